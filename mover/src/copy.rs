@@ -1,0 +1,510 @@
+//! The copy engine: format decoders describe the image as [`Job`]s ("these guest bytes are
+//! here", "this range is zero"), and a few worker threads carry them out — reading from a
+//! random-access source, inflating compressed clusters, skipping zero blocks, writing.
+//!
+//! Memory is fixed by [`CopyConfig`]: `buffers` pooled chunks for the producer plus two
+//! chunks per worker, whatever the image size.
+//!
+//! # Invariant for callers
+//! No two jobs may touch the same [`ZERO_BLOCK`]-aligned block, except that the image's
+//! last block may be partial. Decoders guarantee it by cutting jobs at cluster boundaries
+//! (clusters are at least 4 KiB whenever the target uses direct I/O).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::direct_io::AlignedBuf;
+use crate::error::ImportError;
+use crate::format::FormatError;
+use crate::source::RandomAccess;
+use crate::target::Disk;
+
+/// Zero detection granularity: zero runs of whole 4 KiB blocks become holes, like
+/// `qemu-img convert`'s default `-S 4k`.
+pub const ZERO_BLOCK: usize = 4096;
+/// On targets that do not read zeros where nothing was written (block devices), zero runs
+/// shorter than this inside data are written as zeros rather than punched one by one.
+const MIN_PUNCH: usize = 64 << 10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CopyConfig {
+    pub workers: usize,
+    /// Size of each buffer: the largest single read or write.
+    pub chunk: usize,
+    /// Buffers the producer may fill ahead of the workers.
+    pub buffers: usize,
+}
+
+impl Default for CopyConfig {
+    fn default() -> CopyConfig {
+        CopyConfig { workers: 3, chunk: 2 << 20, buffers: 6 }
+    }
+}
+
+/// How compressed qcow2 clusters are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Raw deflate (no zlib header), qcow2's default.
+    Deflate,
+    Zstd,
+}
+
+/// Subclusters of a cluster that must read as zero after the cluster is fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct ZeroMask {
+    pub unit: usize,
+    pub bits: u32,
+}
+
+/// One compressed cluster within a [`Job::Compressed`] input.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressedCluster {
+    /// Guest offset of the decompressed cluster.
+    pub guest: u64,
+    /// Where its compressed bytes start within the job's input.
+    pub start: usize,
+    pub len: usize,
+    /// Decompressed bytes to keep (the cluster size, less at the image end).
+    pub out_len: usize,
+    /// Bytes the cluster decompresses to (the cluster size).
+    pub cluster_size: usize,
+}
+
+/// Compressed bytes: already in memory, or to be read from the source.
+#[derive(Debug)]
+pub enum Input {
+    Inline(PooledBuf),
+    At { host: u64, len: usize },
+}
+
+/// A unit of work for the engine.
+#[derive(Debug)]
+pub enum Job {
+    /// Guest bytes held in memory, to be placed at `offset`.
+    Data { offset: u64, buf: PooledBuf },
+    /// `len` source bytes at `host` are the guest bytes at `offset`.
+    Copy { offset: u64, host: u64, len: usize, zero_mask: Option<ZeroMask> },
+    /// Compressed clusters to inflate and place.
+    Compressed { input: Input, clusters: Vec<CompressedCluster>, codec: Codec },
+    /// The guest range reads as zero.
+    Zero { offset: u64, len: u64 },
+}
+
+/// A chunk borrowed from the engine's pool; it goes back when dropped.
+#[derive(Debug)]
+pub struct PooledBuf {
+    buf: Option<AlignedBuf>,
+    home: Sender<AlignedBuf>,
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = AlignedBuf;
+    fn deref(&self) -> &AlignedBuf {
+        self.buf.as_ref().expect("pooled buffer present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut AlignedBuf {
+        self.buf.as_mut().expect("pooled buffer present until drop")
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(mut buf) = self.buf.take() {
+            buf.set_len(0);
+            let _ = self.home.send(buf);
+        }
+    }
+}
+
+/// Counters shared with progress reporting.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Source bytes read: by the workers (random access) or from the stream.
+    pub source_read: Arc<AtomicU64>,
+    /// Guest bytes whose final content is on the target (data and zeros).
+    pub guest_done: Arc<AtomicU64>,
+}
+
+struct Shared {
+    failed: AtomicBool,
+    error: std::sync::Mutex<Option<ImportError>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn fail(&self, e: ImportError) {
+        let mut slot = self.error.lock().expect("error slot");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// The producer's handle: submit jobs and borrow buffers.
+pub struct JobSink<'a> {
+    tx: Sender<Job>,
+    pool_rx: Receiver<AlignedBuf>,
+    pool_tx: Sender<AlignedBuf>,
+    shared: &'a Shared,
+    chunk: usize,
+}
+
+impl std::fmt::Debug for JobSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSink").field("chunk", &self.chunk).finish()
+    }
+}
+
+impl JobSink<'_> {
+    /// The size of pooled buffers and the largest job the engine accepts.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Queues a job; blocks while the workers are busy.
+    pub fn submit(&self, job: Job) -> Result<(), ImportError> {
+        let mut job = job;
+        loop {
+            self.check()?;
+            match self.tx.send_timeout(job, Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(j)) => job = j,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(self.stopped_error()),
+            }
+        }
+    }
+
+    /// Borrows an empty buffer of [`JobSink::chunk`] bytes; blocks until one is free.
+    pub fn buffer(&self) -> Result<PooledBuf, ImportError> {
+        loop {
+            self.check()?;
+            match self.pool_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(buf) => return Ok(PooledBuf { buf: Some(buf), home: self.pool_tx.clone() }),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(self.stopped_error()),
+            }
+        }
+    }
+
+    /// Fails fast once a worker failed or the import was cancelled.
+    pub fn check(&self) -> Result<(), ImportError> {
+        if self.shared.stopped() { Err(self.stopped_error()) } else { Ok(()) }
+    }
+
+    fn stopped_error(&self) -> ImportError {
+        // The worker's own error is reported by `run`; this one only unwinds the producer.
+        ImportError::Cancelled
+    }
+}
+
+/// Runs `produce` on the calling thread and the jobs it submits on `cfg.workers` threads.
+///
+/// # Errors
+/// The first worker error wins over the producer's; cancellation via `cancel` yields
+/// [`ImportError::Cancelled`].
+pub fn run<F, T>(
+    cfg: CopyConfig,
+    disk: &Disk,
+    source: Option<&dyn RandomAccess>,
+    counters: &Counters,
+    cancel: Arc<AtomicBool>,
+    produce: F,
+) -> Result<T, ImportError>
+where
+    F: FnOnce(&JobSink<'_>) -> Result<T, ImportError>,
+{
+    let shared = Shared { failed: AtomicBool::new(false), error: std::sync::Mutex::new(None), cancel };
+    let (tx, rx) = bounded::<Job>(cfg.workers * 2);
+    let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.buffers);
+    for _ in 0..cfg.buffers {
+        pool_tx.send(AlignedBuf::new(cfg.chunk)).expect("pool has room");
+    }
+    let produced = std::thread::scope(|scope| {
+        for _ in 0..cfg.workers.max(1) {
+            let rx = rx.clone();
+            let shared = &shared;
+            scope.spawn(move || {
+                let mut worker = Worker::new(disk, source, counters, cfg.chunk);
+                for job in rx {
+                    if shared.stopped() {
+                        continue; // drain: dropping the job returns its buffer
+                    }
+                    if let Err(e) = worker.run(job) {
+                        shared.fail(e);
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let sink = JobSink { tx, pool_rx, pool_tx, shared: &shared, chunk: cfg.chunk };
+        let produced = produce(&sink);
+        if let Err(e) = &produced
+            && !matches!(e, ImportError::Cancelled)
+        {
+            shared.failed.store(true, Ordering::SeqCst);
+        }
+        drop(sink);
+        produced
+    });
+    if let Some(e) = shared.error.lock().expect("error slot").take() {
+        return Err(e);
+    }
+    let value = produced?;
+    if shared.cancel.load(Ordering::Relaxed) {
+        return Err(ImportError::Cancelled);
+    }
+    Ok(value)
+}
+
+/// A worker's private state: two chunks and the decompressors.
+struct Worker<'a> {
+    disk: &'a Disk,
+    source: Option<&'a dyn RandomAccess>,
+    counters: &'a Counters,
+    input: Option<AlignedBuf>,
+    output: Option<AlignedBuf>,
+    chunk: usize,
+    inflate: Option<flate2::Decompress>,
+    zstd: Option<zstd::zstd_safe::DCtx<'static>>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(disk: &'a Disk, source: Option<&'a dyn RandomAccess>, counters: &'a Counters, chunk: usize) -> Worker<'a> {
+        Worker { disk, source, counters, input: None, output: None, chunk, inflate: None, zstd: None }
+    }
+
+    fn run(&mut self, job: Job) -> Result<(), ImportError> {
+        match job {
+            Job::Data { offset, buf } => self.place(&buf, offset),
+            Job::Zero { offset, len } => {
+                self.disk.zero(offset, len)?;
+                self.counters.guest_done.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Job::Copy { offset, host, len, zero_mask } => {
+                let mut buf = self.input.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
+                let result = self.copy(&mut buf, offset, host, len, zero_mask);
+                self.input = Some(buf);
+                result
+            }
+            Job::Compressed { input, clusters, codec } => {
+                let mut out = self.output.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
+                let result = match input {
+                    Input::Inline(buf) => self.inflate_all(&buf, &clusters, codec, &mut out),
+                    Input::At { host, len } => {
+                        let mut buf = self.input.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
+                        let r = self
+                            .read_source(&mut buf, host, len)
+                            .and_then(|()| self.inflate_all(&buf, &clusters, codec, &mut out));
+                        self.input = Some(buf);
+                        r
+                    }
+                };
+                self.output = Some(out);
+                result
+            }
+        }
+    }
+
+    fn read_source(&self, buf: &mut AlignedBuf, host: u64, len: usize) -> Result<(), ImportError> {
+        let source =
+            self.source.ok_or_else(|| ImportError::InvalidRequest("copy job without a random-access source".into()))?;
+        assert!(len <= buf.capacity(), "job of {len} bytes exceeds the chunk size {}", buf.capacity());
+        buf.set_len(len);
+        source.read_exact_at(buf, host)?;
+        self.counters.source_read.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        buf: &mut AlignedBuf,
+        offset: u64,
+        host: u64,
+        len: usize,
+        mask: Option<ZeroMask>,
+    ) -> Result<(), ImportError> {
+        self.read_source(buf, host, len)?;
+        if let Some(mask) = mask {
+            for i in 0..32 {
+                if mask.bits & (1 << i) != 0 {
+                    let start = (i * mask.unit).min(len);
+                    let end = ((i + 1) * mask.unit).min(len);
+                    buf[start..end].fill(0);
+                }
+            }
+        }
+        self.place(buf, offset)
+    }
+
+    /// Inflates each cluster into `out`, writing guest-contiguous runs in one go.
+    fn inflate_all(
+        &mut self,
+        input: &[u8],
+        clusters: &[CompressedCluster],
+        codec: Codec,
+        out: &mut AlignedBuf,
+    ) -> Result<(), ImportError> {
+        let mut run_start = 0u64;
+        out.set_len(0);
+        for c in clusters {
+            let contiguous = out.len() > 0 && run_start + out.len() as u64 == c.guest;
+            if out.len() > 0 && (!contiguous || out.len() + c.cluster_size > out.capacity()) {
+                self.place(out, run_start)?;
+                out.set_len(0);
+            }
+            if out.len() == 0 {
+                run_start = c.guest;
+            }
+            let at = out.len();
+            out.set_len(at + c.cluster_size);
+            let src = input
+                .get(c.start..c.start + c.len)
+                .ok_or(FormatError::Internal("compressed cluster outside its job input"))?;
+            self.inflate_one(codec, src, &mut out[at..], c.guest)?;
+            out.set_len(at + c.out_len);
+            if c.out_len < c.cluster_size {
+                // The image ends inside this cluster.
+                self.place(out, run_start)?;
+                out.set_len(0);
+            }
+        }
+        if out.len() > 0 {
+            self.place(out, run_start)?;
+            out.set_len(0);
+        }
+        Ok(())
+    }
+
+    fn inflate_one(&mut self, codec: Codec, src: &[u8], dst: &mut [u8], guest: u64) -> Result<(), ImportError> {
+        let produced = match codec {
+            Codec::Deflate => {
+                let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(false));
+                d.reset(false);
+                match d.decompress(src, dst, flate2::FlushDecompress::Finish) {
+                    Ok(_) => d.total_out() as usize,
+                    Err(e) => return Err(FormatError::BadCompressedCluster { guest, reason: e.to_string() }.into()),
+                }
+            }
+            Codec::Zstd => {
+                use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, ResetDirective};
+                let d = self.zstd.get_or_insert_with(DCtx::create);
+                let _ = d.reset(ResetDirective::SessionOnly);
+                let mut input = InBuffer::around(src);
+                let mut output = OutBuffer::around(dst);
+                // Stop when the cluster is full or the input runs out; bytes after the frame
+                // are the padding up to the next 512-byte sector.
+                loop {
+                    let before = (input.pos(), output.pos());
+                    match d.decompress_stream(&mut output, &mut input) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(code) => {
+                            return Err(FormatError::BadCompressedCluster {
+                                guest,
+                                reason: zstd::zstd_safe::get_error_name(code).to_string(),
+                            }
+                            .into());
+                        }
+                    }
+                    if output.pos() == output.capacity() || (input.pos(), output.pos()) == before {
+                        break;
+                    }
+                }
+                output.pos()
+            }
+        };
+        if produced != dst.len() {
+            return Err(FormatError::BadCompressedCluster {
+                guest,
+                reason: format!("decompressed to {produced} bytes instead of {}", dst.len()),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes guest bytes, turning zero blocks into holes (files) or punched ranges (block
+    /// devices, when long enough to be worth an ioctl).
+    fn place(&self, data: &[u8], offset: u64) -> Result<(), ImportError> {
+        let reads_zero = self.disk.unwritten_reads_zero();
+        let mut pending: Option<(usize, usize)> = None; // a data run to write: [start, end)
+        let mut pos = 0;
+        while pos < data.len() {
+            let end = (pos + ZERO_BLOCK).min(data.len());
+            if !is_zero(&data[pos..end]) {
+                pending = Some(match pending {
+                    Some((s, _)) => (s, end),
+                    None => (pos, end),
+                });
+                pos = end;
+                continue;
+            }
+            // A zero run: how long?
+            let mut zend = end;
+            while zend < data.len() {
+                let next = (zend + ZERO_BLOCK).min(data.len());
+                if !is_zero(&data[zend..next]) {
+                    break;
+                }
+                zend = next;
+            }
+            if !reads_zero && zend - pos < MIN_PUNCH && pending.is_some() && zend < data.len() {
+                // Short gap between data on a block device: cheaper to write the zeros.
+                pending = pending.map(|(s, _)| (s, zend));
+            } else {
+                if let Some((s, e)) = pending.take() {
+                    self.disk.write(&data[s..e], offset + s as u64)?;
+                }
+                if !reads_zero {
+                    self.disk.zero(offset + pos as u64, (zend - pos) as u64)?;
+                }
+            }
+            pos = zend;
+        }
+        if let Some((s, e)) = pending {
+            self.disk.write(&data[s..e], offset + s as u64)?;
+        }
+        self.counters.guest_done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Whether every byte is zero; vectorises 64 bytes at a time and exits early on data.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_check() {
+        assert!(is_zero(&[0u8; 4096]));
+        assert!(is_zero(&[]));
+        let mut v = vec![0u8; 4099];
+        v[4098] = 1;
+        assert!(!is_zero(&v));
+        v[4098] = 0;
+        v[3] = 9;
+        assert!(!is_zero(&v));
+    }
+}

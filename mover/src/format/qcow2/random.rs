@@ -1,0 +1,239 @@
+//! qcow2 from a random-access source: metadata first, then data in host-offset order.
+//!
+//! The L1 table is read once; L2 tables are read a window at a time (bounded memory), each
+//! window's clusters sorted by host offset and coalesced into large reads, so a file or an
+//! HTTP server with ranges is read front to back, once, in big requests.
+
+use super::header::Header;
+use super::table::{Cluster, decode_l2, l1_entry};
+use crate::copy::{CompressedCluster, Input, Job, JobSink, ZeroMask};
+use crate::error::ImportError;
+use crate::format::FormatError;
+use crate::source::RandomAccess;
+
+/// Guest clusters planned at once; bounds the planner's memory (about 32 bytes each).
+const WINDOW_CLUSTERS: u64 = 256 << 10;
+/// Compressed data may run this far past the end of the file (its last sector is partial).
+const COMPRESSED_SLACK: u64 = 512;
+
+/// One allocated guest cluster (or the part of it below the virtual size).
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    host: u64,
+    guest: u64,
+    /// Host bytes to read.
+    len: u64,
+    kind: PieceKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PieceKind {
+    Data {
+        zero_mask: Option<u32>,
+    },
+    /// `out_len` guest bytes kept out of the decompressed cluster.
+    Compressed {
+        out_len: u64,
+    },
+}
+
+/// Emits the jobs that convert the image. `need_zero`: the target needs zero ranges written
+/// explicitly (block devices).
+pub fn convert(h: &Header, src: &dyn RandomAccess, sink: &JobSink<'_>, need_zero: bool) -> Result<(), ImportError> {
+    let file_len = src.len();
+    let cs = h.cluster_size();
+    let l1 = read_l1(h, src)?;
+    let mut zeros = ZeroRuns::new(need_zero);
+    let mut index = 0usize;
+    let mut table = vec![0u8; cs as usize];
+    while index < l1.len() {
+        // Plan one window of L2 tables.
+        let mut pieces = Vec::new();
+        let mut planned = 0u64;
+        while index < l1.len() && planned < WINDOW_CLUSTERS {
+            sink.check()?;
+            let guest_base = index as u64 * h.bytes_per_l2();
+            let span = h.bytes_per_l2().min(h.virtual_size - guest_base);
+            match l1_entry(h, l1[index])? {
+                None => zeros.add(guest_base, span, sink)?,
+                Some(l2_offset) => {
+                    check_bounds("L2 table", l2_offset, cs, file_len)?;
+                    src.read_exact_at(&mut table, l2_offset)?;
+                    for (i, cluster) in decode_l2(h, &table)?.into_iter().enumerate() {
+                        let guest = guest_base + i as u64 * cs;
+                        if guest >= h.virtual_size {
+                            break;
+                        }
+                        let glen = cs.min(h.virtual_size - guest);
+                        match cluster {
+                            Cluster::Zero => zeros.add(guest, glen, sink)?,
+                            Cluster::Data { host } => {
+                                check_bounds("data cluster", host, glen, file_len)?;
+                                pieces.push(Piece {
+                                    host,
+                                    guest,
+                                    len: glen,
+                                    kind: PieceKind::Data { zero_mask: None },
+                                });
+                            }
+                            Cluster::Partial { host, zero_mask } => {
+                                check_bounds("data cluster", host, glen, file_len)?;
+                                pieces.push(Piece {
+                                    host,
+                                    guest,
+                                    len: glen,
+                                    kind: PieceKind::Data { zero_mask: Some(zero_mask) },
+                                });
+                            }
+                            Cluster::Compressed { host, len } => {
+                                let len = clamp_compressed(host, len, file_len)?;
+                                pieces.push(Piece { host, guest, len, kind: PieceKind::Compressed { out_len: glen } });
+                            }
+                        }
+                    }
+                    planned += h.l2_entries();
+                }
+            }
+            index += 1;
+        }
+        zeros.flush(sink)?;
+        pieces.sort_unstable_by_key(|p| (p.host, p.guest));
+        emit(h, &pieces, sink)?;
+    }
+    zeros.flush(sink)
+}
+
+fn read_l1(h: &Header, src: &dyn RandomAccess) -> Result<Vec<u64>, ImportError> {
+    let used = h.l1_used();
+    check_bounds("L1 table", h.l1_offset, used * 8, src.len())?;
+    let mut raw = vec![0u8; (used * 8) as usize];
+    src.read_exact_at(&mut raw, h.l1_offset)?;
+    Ok(raw.chunks_exact(8).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).collect())
+}
+
+fn check_bounds(what: &'static str, offset: u64, len: u64, file_len: u64) -> Result<(), FormatError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= file_len => Ok(()),
+        _ => Err(FormatError::OutOfBounds { what, offset, len, file_len }),
+    }
+}
+
+/// The compressed length to read: the descriptor rounds up to whole sectors, so the last
+/// compressed cluster of a file may claim up to 511 bytes past its end.
+pub(super) fn clamp_compressed(host: u64, len: u64, file_len: u64) -> Result<u64, FormatError> {
+    let end = host.checked_add(len).ok_or(FormatError::OutOfBounds {
+        what: "compressed cluster",
+        offset: host,
+        len,
+        file_len,
+    })?;
+    if host >= file_len || end > file_len + COMPRESSED_SLACK {
+        return Err(FormatError::OutOfBounds { what: "compressed cluster", offset: host, len, file_len });
+    }
+    Ok(end.min(file_len) - host)
+}
+
+/// Turns host-sorted pieces into coalesced jobs.
+fn emit(h: &Header, pieces: &[Piece], sink: &JobSink<'_>) -> Result<(), ImportError> {
+    let chunk = sink.chunk() as u64;
+    let mut i = 0;
+    while i < pieces.len() {
+        sink.check()?;
+        let first = pieces[i];
+        match first.kind {
+            PieceKind::Data { zero_mask: Some(bits) } => {
+                let mask = ZeroMask { unit: h.subcluster_size() as usize, bits };
+                sink.submit(Job::Copy {
+                    offset: first.guest,
+                    host: first.host,
+                    len: first.len as usize,
+                    zero_mask: Some(mask),
+                })?;
+                i += 1;
+            }
+            PieceKind::Data { zero_mask: None } => {
+                // Extend while both host and guest stay contiguous.
+                let mut len = first.len;
+                let mut j = i + 1;
+                while let Some(p) = pieces.get(j) {
+                    let contiguous = matches!(p.kind, PieceKind::Data { zero_mask: None })
+                        && p.host == first.host + len
+                        && p.guest == first.guest + len;
+                    if !contiguous || len + p.len > chunk {
+                        break;
+                    }
+                    len += p.len;
+                    j += 1;
+                }
+                sink.submit(Job::Copy { offset: first.guest, host: first.host, len: len as usize, zero_mask: None })?;
+                i = j;
+            }
+            PieceKind::Compressed { .. } => {
+                // Gather compressed clusters whose host span fits one chunk.
+                let mut clusters = Vec::new();
+                let mut end = first.host;
+                let mut j = i;
+                while let Some(p) = pieces.get(j) {
+                    let PieceKind::Compressed { out_len } = p.kind else { break };
+                    let new_end = end.max(p.host + p.len);
+                    if new_end - first.host > chunk || (p.host > end + h.cluster_size()) {
+                        break;
+                    }
+                    clusters.push(CompressedCluster {
+                        guest: p.guest,
+                        start: (p.host - first.host) as usize,
+                        len: p.len as usize,
+                        out_len: out_len as usize,
+                        cluster_size: h.cluster_size() as usize,
+                    });
+                    end = new_end;
+                    j += 1;
+                }
+                if clusters.is_empty() {
+                    return Err(FormatError::Corrupt(format!(
+                        "compressed cluster at host offset {} is larger than a job",
+                        first.host
+                    ))
+                    .into());
+                }
+                let input = Input::At { host: first.host, len: (end - first.host) as usize };
+                sink.submit(Job::Compressed { input, clusters, codec: h.codec })?;
+                i = j;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Coalesces zero ranges arriving in guest order into few jobs.
+pub(super) struct ZeroRuns {
+    enabled: bool,
+    run: Option<(u64, u64)>,
+}
+
+impl ZeroRuns {
+    pub(super) fn new(enabled: bool) -> ZeroRuns {
+        ZeroRuns { enabled, run: None }
+    }
+
+    pub(super) fn add(&mut self, offset: u64, len: u64, sink: &JobSink<'_>) -> Result<(), ImportError> {
+        if !self.enabled || len == 0 {
+            return Ok(());
+        }
+        match &mut self.run {
+            Some((start, run_len)) if *start + *run_len == offset => *run_len += len,
+            _ => {
+                self.flush(sink)?;
+                self.run = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush(&mut self, sink: &JobSink<'_>) -> Result<(), ImportError> {
+        if let Some((offset, len)) = self.run.take() {
+            sink.submit(Job::Zero { offset, len })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! One import, end to end: open the source, detect what it holds, size and open the target,
+//! run the copy engine, verify, and only then make the result visible.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use crate::checksum::{Checksum, Hasher, HashingReader};
+use crate::copy::{self, CopyConfig};
+use crate::decompress::{self, DecompressError};
+use crate::detect::{self, Detected, ImageFormat, Peeked, SNIFF_LEN};
+use crate::error::ImportError;
+use crate::format::qcow2::{self, StreamLimits};
+use crate::format::{FormatError, raw};
+use crate::progress::{Phase, Progress};
+use crate::source::{self, CountingReader, Opened, RandomAccess, SourceError, SourceOptions, SourceSpec};
+use crate::target::{Disk, TargetOptions, TargetPlan, sizing};
+
+/// Most compression layers peeled off one source (e.g. `.tar.gz.xz`); more is hostile.
+const MAX_LAYERS: usize = 4;
+
+/// What the source holds, as CDI's `contentType` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentType {
+    /// A VM disk image, converted to raw.
+    #[default]
+    Kubevirt,
+    /// A tar archive, extracted into a filesystem volume.
+    Archive,
+}
+
+/// Everything one import needs.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    pub source: SourceSpec,
+    pub source_options: SourceOptions,
+    pub target: PathBuf,
+    pub content_type: ContentType,
+    pub checksum: Option<Checksum>,
+    pub target_options: TargetOptions,
+    pub copy: CopyConfig,
+    pub stream_limits: StreamLimits,
+}
+
+impl ImportRequest {
+    pub fn new(source: SourceSpec, target: PathBuf) -> ImportRequest {
+        ImportRequest {
+            source,
+            source_options: SourceOptions::default(),
+            target,
+            content_type: ContentType::Kubevirt,
+            checksum: None,
+            target_options: TargetOptions::default(),
+            copy: CopyConfig::default(),
+            stream_limits: StreamLimits::default(),
+        }
+    }
+}
+
+/// What a successful import produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportResult {
+    /// The image's virtual size (for archives: the content bytes extracted).
+    pub virtual_size: u64,
+    /// Data bytes written to the target (zero ranges are not written).
+    pub bytes_written: u64,
+    /// The layers detected, outermost first, e.g. `["xz", "qcow2"]`.
+    pub formats: Vec<&'static str>,
+    /// `ALGO:HEX` of the source bytes, when a checksum was requested (and verified).
+    pub source_digest: Option<String>,
+    /// Where the result is: the device, the `disk.img`, the file, or the directory.
+    pub target: PathBuf,
+    /// Final size of the target file or device.
+    pub target_size: u64,
+}
+
+/// Runs one import. Network I/O runs on `rt`; call this from a thread outside that
+/// runtime (a plain thread, or `spawn_blocking`). Setting `cancel` stops it within a
+/// chunk's time, leaving nothing that looks complete.
+pub fn import(
+    req: &ImportRequest,
+    rt: &tokio::runtime::Handle,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    let result = run(req, rt, progress, cancel);
+    progress.set_phase(if result.is_ok() { Phase::Complete } else { Phase::Failed });
+    if result.is_ok() {
+        progress.complete();
+    }
+    result
+}
+
+fn run(
+    req: &ImportRequest,
+    rt: &tokio::runtime::Handle,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    sizing::validate_overhead(req.target_options.filesystem_overhead).map_err(ImportError::InvalidRequest)?;
+    let plan = TargetPlan::inspect(&req.target, req.target_options.clone())?;
+    if req.content_type == ContentType::Archive && !plan.is_directory() {
+        return Err(ImportError::InvalidRequest(format!(
+            "content type archive needs a directory target (a filesystem volume); {} is not a directory",
+            req.target.display()
+        )));
+    }
+    let opened = source::open(&req.source, &req.source_options, rt)?;
+    tracing::debug!(source = %opened.name, len = ?opened.len, random = opened.random.is_some(), "source opened");
+
+    // Random access when nothing forces one pass over the bytes.
+    let random =
+        if req.checksum.is_none() && req.content_type == ContentType::Kubevirt { opened.random.clone() } else { None };
+    if let Some(src) = random {
+        let head = read_head(src.as_ref())?;
+        if let Detected::Image(format) = detect::sniff(&head) {
+            return run_random(req, plan, src, &head, format, progress, cancel);
+        }
+        // Compressed: the layers can only be peeled in one pass.
+    }
+    run_stream(req, plan, opened, progress, cancel)
+}
+
+fn read_head(src: &dyn RandomAccess) -> Result<Vec<u8>, ImportError> {
+    let mut head = vec![0u8; (SNIFF_LEN as u64).min(src.len()) as usize];
+    src.read_exact_at(&mut head, 0)?;
+    Ok(head)
+}
+
+/// What the decoder will be: the format plus what it knows of the size.
+enum Plan {
+    Raw,
+    Qcow2(qcow2::Header),
+}
+
+fn plan_image(format: ImageFormat, head: &[u8]) -> Result<Plan, ImportError> {
+    match format {
+        ImageFormat::Raw | ImageFormat::Iso => Ok(Plan::Raw),
+        ImageFormat::Tar => {
+            // CDI recognises a tar but attaches no reader to it: for disk images the bytes
+            // are the disk. Say so, since it is rarely what was meant.
+            tracing::warn!(
+                "the source is a tar archive; importing its bytes as a raw disk (use content type archive to extract it)"
+            );
+            Ok(Plan::Raw)
+        }
+        ImageFormat::Qcow2 => Ok(Plan::Qcow2(qcow2::Header::parse(head)?)),
+        other => Err(FormatError::Unsupported { format: Detected::Image(other).name() }.into()),
+    }
+}
+
+/// Whether every write of this plan is aligned well enough for direct I/O.
+fn direct_ok(plan: &Plan) -> bool {
+    match plan {
+        Plan::Raw => true,
+        Plan::Qcow2(h) => h.cluster_size() >= copy::ZERO_BLOCK as u64,
+    }
+}
+
+fn run_random(
+    req: &ImportRequest,
+    plan: TargetPlan,
+    src: Arc<dyn RandomAccess>,
+    head: &[u8],
+    format: ImageFormat,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    let image = plan_image(format, head)?;
+    let virtual_size = match &image {
+        Plan::Raw => src.len(),
+        Plan::Qcow2(h) => h.virtual_size,
+    };
+    plan.check_fits(virtual_size)?;
+    let disk = plan.open(Some(virtual_size), direct_ok(&image))?;
+    progress.set_total(src.len());
+    progress.set_phase(Phase::Transferring);
+    let need_zero = !disk.unwritten_reads_zero();
+    let copied = copy::run(req.copy, &disk, Some(src.as_ref()), &progress.counters, cancel, |sink| match &image {
+        Plan::Raw => raw::convert_random(src.as_ref(), sink, need_zero),
+        Plan::Qcow2(h) => qcow2::random::convert(h, src.as_ref(), sink, need_zero),
+    });
+    let formats = vec![Detected::Image(format).name()];
+    finish(disk, copied.map(|()| virtual_size), formats, None, progress)
+}
+
+fn run_stream(
+    req: &ImportRequest,
+    plan: TargetPlan,
+    opened: Opened,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    let source_len = opened.len;
+    if let Some(len) = source_len {
+        progress.set_total(len);
+    }
+    let hasher = req.checksum.as_ref().map(|c| Arc::new(Mutex::new(c.algorithm.hasher())));
+    let mut stream: Box<dyn Read + Send> =
+        Box::new(CountingReader::new(opened.into_stream()?, progress.counters.source_read.clone()));
+    if let Some(h) = &hasher {
+        stream = Box::new(HashingReader::new(stream, h.clone()));
+    }
+
+    // Peel compression layers.
+    let mut formats = Vec::new();
+    let (mut stream, format) = loop {
+        let peeked = Peeked::new(stream, SNIFF_LEN).map_err(read_error)?;
+        match detect::sniff(peeked.head()) {
+            Detected::Compressed(c) if formats.len() < MAX_LAYERS => {
+                formats.push(Detected::Compressed(c).name());
+                stream = decompress::decoder(c, Box::new(peeked)).map_err(read_error)?;
+            }
+            Detected::Compressed(_) => {
+                return Err(FormatError::Corrupt(format!("more than {MAX_LAYERS} nested compression layers")).into());
+            }
+            Detected::Image(format) => break (peeked, format),
+        }
+    };
+    formats.push(Detected::Image(format).name());
+    progress.set_phase(Phase::Transferring);
+
+    if req.content_type == ContentType::Archive {
+        if format != ImageFormat::Tar {
+            return Err(FormatError::NotAnArchive { found: Detected::Image(format).name() }.into());
+        }
+        return extract_archive(req, &mut stream, hasher, formats, progress, cancel);
+    }
+
+    let image = plan_image(format, stream.head())?;
+    // A raw stream's size is known up front only without compression.
+    let virtual_size = match &image {
+        Plan::Qcow2(h) => Some(h.virtual_size),
+        Plan::Raw if formats.len() == 1 => source_len,
+        Plan::Raw => None,
+    };
+    if let Some(size) = virtual_size {
+        plan.check_fits(size)?;
+    }
+    let disk = plan.open(virtual_size, direct_ok(&image))?;
+    let need_zero = !disk.unwritten_reads_zero();
+    let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| match &image {
+        Plan::Raw => raw::convert_stream(&mut stream, sink),
+        Plan::Qcow2(h) => {
+            qcow2::stream::convert(h, &mut stream, sink, need_zero, req.stream_limits).map(|()| h.virtual_size)
+        }
+    });
+    let copied = copied.and_then(|size| {
+        if let Some(expected) = virtual_size.filter(|_| matches!(image, Plan::Raw))
+            && size != expected
+        {
+            return Err(SourceError::ShortBody { url: req.source.display(), offset: size, expected, got: size }.into());
+        }
+        verify(req, hasher.as_ref()).map(|()| size)
+    });
+    let digest = req.checksum.as_ref().map(|c| c.to_string());
+    finish(disk, copied, formats, digest, progress)
+}
+
+fn extract_archive(
+    req: &ImportRequest,
+    stream: &mut dyn Read,
+    hasher: Option<Arc<Mutex<Hasher>>>,
+    formats: Vec<&'static str>,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    // The checksum covers the whole archive, known only at its end: it is verified before
+    // the extracted files are moved into place.
+    let extracted = crate::archive::extract(stream, &req.target, &cancel, |rest| {
+        qcow2::stream::drain(rest)?;
+        verify(req, hasher.as_ref())
+    })?;
+    progress.set_phase(Phase::Finishing);
+    sync_dir(&req.target)?;
+    Ok(ImportResult {
+        virtual_size: extracted.bytes,
+        bytes_written: extracted.bytes,
+        formats,
+        source_digest: req.checksum.as_ref().map(|c| c.to_string()),
+        target: req.target.clone(),
+        target_size: extracted.bytes,
+    })
+}
+
+/// Flushes the volume: syncfs covers every extracted file, not only the directory.
+fn sync_dir(path: &std::path::Path) -> Result<(), ImportError> {
+    let dir = std::fs::File::open(path).map_err(|source| crate::target::TargetError::Finish {
+        op: "open",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    nix::unistd::syncfs(&dir).map_err(|e| crate::target::TargetError::Finish {
+        op: "flush",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(())
+}
+
+fn verify(req: &ImportRequest, hasher: Option<&Arc<Mutex<Hasher>>>) -> Result<(), ImportError> {
+    let (Some(expected), Some(hasher)) = (&req.checksum, hasher) else { return Ok(()) };
+    let actual = hasher.lock().expect("hasher lock").clone().finish_hex();
+    if actual != expected.hex {
+        return Err(ImportError::ChecksumMismatch {
+            algorithm: expected.algorithm.name(),
+            expected: expected.hex.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn finish(
+    disk: Disk,
+    copied: Result<u64, ImportError>,
+    formats: Vec<&'static str>,
+    source_digest: Option<String>,
+    progress: &Progress,
+) -> Result<ImportResult, ImportError> {
+    let virtual_size = match copied {
+        Ok(size) => size,
+        Err(e) => {
+            disk.abort();
+            return Err(map_no_space(e));
+        }
+    };
+    progress.set_phase(Phase::Finishing);
+    let finished = disk.finish()?;
+    Ok(ImportResult {
+        virtual_size,
+        bytes_written: finished.bytes_written,
+        formats,
+        source_digest,
+        target: finished.path,
+        target_size: finished.size,
+    })
+}
+
+/// A stream that outgrows the target is the "image too large" case CDI reports.
+fn map_no_space(e: ImportError) -> ImportError {
+    match e {
+        ImportError::Target(crate::target::TargetError::NoSpace { needed, available, .. }) => {
+            ImportError::TooLarge { virtual_size: needed, available }
+        }
+        other => other,
+    }
+}
+
+/// Recovers the typed error carried through `io::Read` by the layers below.
+pub fn read_error(e: io::Error) -> ImportError {
+    let e = match SourceError::from_io(e) {
+        Ok(s) => return s.into(),
+        Err(e) => e,
+    };
+    match DecompressError::from_io(e) {
+        Ok(d) => d.into(),
+        Err(e) => SourceError::Aborted(e.to_string()).into(),
+    }
+}

@@ -1,0 +1,330 @@
+//! Where image bytes come from.
+//!
+//! Every source reads sequentially ([`Opened::into_stream`]); sources whose transport allows
+//! it also offer random access ([`RandomAccess`]): local files and HTTP servers that honour
+//! `Range`. The import uses random access when nothing forces a single pass (no outer
+//! compression, no checksum over the stream), which lets qcow2 be read metadata-first and
+//! lets several workers fetch in parallel.
+
+mod file;
+mod http;
+
+use std::fmt;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use file::FileSource;
+pub use http::{Credentials, HttpOptions, HttpSource};
+
+/// Random access to the source's bytes. Implementations are shared by the copy workers.
+pub trait RandomAccess: Send + Sync + fmt::Debug {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from `offset`; reading past [`RandomAccess::len`] is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError>;
+
+    /// The next allocated region at or after `offset`, if the source knows its holes (sparse
+    /// local files). The default says "everything is data".
+    fn next_data(&self, offset: u64) -> Option<(u64, u64)> {
+        (offset < self.len()).then(|| (offset, self.len()))
+    }
+}
+
+/// What the user asked to import from.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    File(PathBuf),
+    Http(reqwest::Url),
+}
+
+impl SourceSpec {
+    /// Parses a path, `file://…`, `http://…` or `https://…`.
+    pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
+        if let Some(rest) = s.strip_prefix("file://") {
+            if rest.is_empty() || !rest.starts_with('/') {
+                return Err(SourceError::InvalidUrl {
+                    url: s.to_string(),
+                    reason: "a file:// URL needs an absolute path, e.g. file:///var/images/disk.qcow2".into(),
+                });
+            }
+            return Ok(SourceSpec::File(PathBuf::from(rest)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            let url = reqwest::Url::parse(s)
+                .map_err(|e| SourceError::InvalidUrl { url: redact_str(s), reason: e.to_string() })?;
+            return match scheme.to_ascii_lowercase().as_str() {
+                "http" | "https" => Ok(SourceSpec::Http(url)),
+                other => Err(SourceError::UnsupportedScheme { scheme: other.to_string(), url: redact(&url) }),
+            };
+        }
+        Ok(SourceSpec::File(PathBuf::from(s)))
+    }
+
+    /// The source as it may be shown to users: no credentials, no query string.
+    pub fn display(&self) -> String {
+        match self {
+            SourceSpec::File(p) => p.display().to_string(),
+            SourceSpec::Http(u) => redact(u),
+        }
+    }
+}
+
+/// An opened source, before the import decides how to read it.
+pub struct Opened {
+    /// How the source may be named in messages (credentials removed).
+    pub name: String,
+    /// Length in bytes when known (file size, Content-Length).
+    pub len: Option<u64>,
+    /// Random access, when the transport supports it.
+    pub random: Option<Arc<dyn RandomAccess>>,
+    stream: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, SourceError> + Send>,
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opened")
+            .field("name", &self.name)
+            .field("len", &self.len)
+            .field("random", &self.random.is_some())
+            .finish()
+    }
+}
+
+impl Opened {
+    pub fn new(
+        name: String,
+        len: Option<u64>,
+        random: Option<Arc<dyn RandomAccess>>,
+        stream: impl FnOnce() -> Result<Box<dyn Read + Send>, SourceError> + Send + 'static,
+    ) -> Opened {
+        Opened { name, len, random, stream: Box::new(stream) }
+    }
+
+    /// Starts the sequential read of the whole source. Errors surface from `read` as
+    /// `io::Error`s wrapping a [`SourceError`] (see [`SourceError::from_io`]).
+    pub fn into_stream(self) -> Result<Box<dyn Read + Send>, SourceError> {
+        (self.stream)()
+    }
+}
+
+/// Options for opening any source.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    pub http: HttpOptions,
+}
+
+/// Opens the source named by `spec`. Network sources run their I/O on `rt`; this function
+/// and everything it returns must be used from outside that runtime's worker threads.
+pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle) -> Result<Opened, SourceError> {
+    match spec {
+        SourceSpec::File(path) => FileSource::open(path),
+        SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), rt.clone()),
+    }
+}
+
+/// Why reading the source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open source {path}: {source}")]
+    OpenFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source {path} is neither a regular file nor a block device")]
+    NotAFile { path: PathBuf },
+    #[error("cannot read source {path} at offset {offset}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid source URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("unsupported source scheme {scheme:?} in {url}; use a path, file://, http:// or https://")]
+    UnsupportedScheme { scheme: String, url: String },
+    #[error("invalid HTTP option: {0}")]
+    InvalidOption(String),
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("{url}: HTTP {status}{hint}")]
+    Status { url: String, status: u16, hint: &'static str },
+    #[error("{url}: {operation} failed at offset {offset}: {source}")]
+    Transfer {
+        url: String,
+        operation: &'static str,
+        offset: u64,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "{url}: the connection dropped at offset {offset} and the server does not support range \
+         requests, so the download cannot resume"
+    )]
+    Interrupted { url: String, offset: u64 },
+    #[error("{url}: the server sent {got} bytes where {expected} were expected at offset {offset}")]
+    ShortBody { url: String, offset: u64, expected: u64, got: u64 },
+    #[error("{url}: the server answered a range request for offset {offset} with {detail}")]
+    BadRange { url: String, offset: u64, detail: String },
+    #[error("{url}: more than {limit} redirects")]
+    TooManyRedirects { url: String, limit: usize },
+    #[error("{url}: redirect without a usable Location header")]
+    BadRedirect { url: String },
+    #[error("read of {len} bytes at offset {offset} is beyond the end of the source ({size} bytes)")]
+    OutOfBounds { offset: u64, len: u64, size: u64 },
+    #[error("the download stopped: {0}")]
+    Aborted(String),
+}
+
+impl SourceError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Status { status, .. } => is_retryable_status(*status),
+            SourceError::Transfer { .. }
+            | SourceError::Interrupted { .. }
+            | SourceError::ShortBody { .. }
+            | SourceError::ReadFile { .. } => true,
+            SourceError::OpenFile { source, .. } => source.kind() != io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
+    pub fn reason(&self) -> crate::error::Reason {
+        use crate::error::Reason;
+        match self {
+            SourceError::Status { status: 404 | 410, .. } => Reason::NotFound,
+            SourceError::Status { status: 401 | 403 | 407, .. } => Reason::Unauthorized,
+            SourceError::OpenFile { source, .. } if source.kind() == io::ErrorKind::NotFound => Reason::NotFound,
+            e if e.is_retryable() => Reason::SourceUnavailable,
+            _ => Reason::SourceInvalid,
+        }
+    }
+
+    /// Wraps the error for transport through `std::io::Read`.
+    pub fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// Recovers a [`SourceError`] carried inside an `io::Error` by [`SourceError::into_io`].
+    pub fn from_io(e: io::Error) -> Result<SourceError, io::Error> {
+        if e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+            let inner = e.into_inner().expect("checked above");
+            Ok(*inner.downcast::<SourceError>().expect("checked above"))
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// HTTP statuses worth retrying: timeouts, rate limits and server-side failures.
+pub(crate) fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429) || (500..600).contains(&status)
+}
+
+/// A URL as it may appear in logs and errors: no user info, no query string (presigned URLs
+/// carry their credentials there), no fragment.
+pub fn redact(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+fn redact_str(s: &str) -> String {
+    match reqwest::Url::parse(s) {
+        Ok(u) => redact(&u),
+        // Unparseable: show the part before any '@' or '?', where credentials hide.
+        Err(_) => match s.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                format!("{scheme}://{}", rest.split('?').next().unwrap_or(""))
+            }
+            None => s.split('?').next().unwrap_or("").to_string(),
+        },
+    }
+}
+
+/// Counts source bytes for progress as they are read.
+#[derive(Debug)]
+pub struct CountingReader<R> {
+    inner: R,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> CountingReader<R> {
+    pub fn new(inner: R, counter: Arc<std::sync::atomic::AtomicU64>) -> CountingReader<R> {
+        CountingReader { inner, counter }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_urls() {
+        assert!(
+            matches!(SourceSpec::parse("/tmp/x.qcow2").unwrap(), SourceSpec::File(p) if p == PathBuf::from("/tmp/x.qcow2"))
+        );
+        assert!(matches!(SourceSpec::parse("rel/x.img").unwrap(), SourceSpec::File(_)));
+        assert!(
+            matches!(SourceSpec::parse("file:///tmp/x").unwrap(), SourceSpec::File(p) if p == PathBuf::from("/tmp/x"))
+        );
+        assert!(matches!(SourceSpec::parse("https://h/x").unwrap(), SourceSpec::Http(_)));
+        assert!(matches!(SourceSpec::parse("HTTP://h/x").unwrap(), SourceSpec::Http(_)));
+    }
+
+    #[test]
+    fn refuses_other_schemes_and_relative_file_urls() {
+        let e = SourceSpec::parse("ftp://user:pw@h/x").unwrap_err();
+        assert!(matches!(e, SourceError::UnsupportedScheme { .. }));
+        assert!(!e.to_string().contains("pw"), "{e}");
+        assert!(matches!(SourceSpec::parse("file://rel").unwrap_err(), SourceError::InvalidUrl { .. }));
+    }
+
+    #[test]
+    fn redaction_drops_credentials_and_query() {
+        let u = reqwest::Url::parse("https://bob:secret@example.com:8443/a/b.img?X-Amz-Signature=abc#frag").unwrap();
+        assert_eq!(redact(&u), "https://example.com:8443/a/b.img?…");
+        assert_eq!(redact_str("http://bob:secret@[bad/x?tok=1"), "http://[bad/x");
+    }
+
+    #[test]
+    fn source_errors_survive_an_io_round_trip() {
+        let e = SourceError::Interrupted { url: "http://h/x".into(), offset: 7 }.into_io();
+        let back = SourceError::from_io(e).unwrap();
+        assert!(matches!(back, SourceError::Interrupted { offset: 7, .. }));
+        assert!(SourceError::from_io(io::Error::other("plain")).is_err());
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let st = |status| SourceError::Status { url: String::new(), status, hint: "" };
+        assert!(!st(404).is_retryable());
+        assert!(!st(401).is_retryable());
+        assert!(st(503).is_retryable());
+        assert!(st(429).is_retryable());
+        assert_eq!(st(404).reason(), crate::error::Reason::NotFound);
+        assert_eq!(st(403).reason(), crate::error::Reason::Unauthorized);
+    }
+}
