@@ -242,9 +242,8 @@ fn run_stream(
     let need_zero = !disk.unwritten_reads_zero();
     let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| match &image {
         Plan::Raw => raw::convert_stream(&mut stream, sink),
-        Plan::Qcow2(h) => {
-            qcow2::stream::convert(h, &mut stream, sink, need_zero, req.stream_limits).map(|()| h.virtual_size)
-        }
+        Plan::Qcow2(h) => qcow2::stream::convert(h, &mut stream, sink, need_zero, req.stream_limits, Some(&disk))
+            .map(|()| h.virtual_size),
     });
     let copied = copied.and_then(|size| {
         if let Some(expected) = virtual_size.filter(|_| matches!(image, Plan::Raw))

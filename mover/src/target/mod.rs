@@ -27,6 +27,8 @@ pub const DISK_IMAGE: &str = "disk.img";
 const DISK_IMAGE_MODE: u32 = 0o660;
 /// How much of each end of a block device is zeroed when an import fails after writing.
 const WIPE_ON_FAILURE: u64 = 1 << 20;
+/// Alignment of the spool region (above any cluster size and logical block size).
+const SPOOL_ALIGN: u64 = 2 << 20;
 
 /// What the target path turned out to be.
 #[derive(Debug, Clone)]
@@ -133,7 +135,16 @@ impl TargetPlan {
             Destination::Block { device, size } => {
                 let (file, mode) = direct_io::open(device, direct, false)
                     .map_err(|source| TargetError::Open { path: device.clone(), source })?;
-                let disk = Disk::new(device.clone(), None, file, mode, limit, true, preallocate, Some(*size));
+                // Beyond the image, the device's tail can hold a streamed image's spool.
+                let spool_start = virtual_size.unwrap_or(*size).next_multiple_of(SPOOL_ALIGN);
+                let spool = (spool_start < *size).then(|| (spool_start, *size - spool_start));
+                let disk = Disk {
+                    limit,
+                    preallocate,
+                    size: Some(*size),
+                    spool,
+                    ..Disk::new(device.clone(), None, file, mode, true)
+                };
                 if preallocate {
                     // Everything beyond the image is written too: the device ends up fully
                     // allocated, as CDI's dd of zeros leaves it.
@@ -173,7 +184,21 @@ impl TargetPlan {
         let _ = std::fs::remove_file(&partial);
         let (file, mode) = direct_io::open(&partial, direct, true)
             .map_err(|source| TargetError::Open { path: partial.clone(), source })?;
-        let disk = Disk::new(partial, Some(final_path), file, mode, limit, false, self.opts.preallocate, final_len);
+        // A file can grow past its final length while a streamed image's spool needs room;
+        // it is cut back when finished. Room: the free space the image itself leaves.
+        let spool = final_len.and_then(|len| {
+            let stat = nix::sys::statvfs::statvfs(&partial).ok()?;
+            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            let room = free.saturating_sub(len);
+            (room > 0).then_some((len.next_multiple_of(SPOOL_ALIGN), room))
+        });
+        let disk = Disk {
+            limit,
+            preallocate: self.opts.preallocate,
+            size: final_len,
+            spool,
+            ..Disk::new(partial, Some(final_path), file, mode, false)
+        };
         if let Some(len) = final_len {
             disk.set_len(len)?;
             if self.opts.preallocate {
@@ -210,6 +235,10 @@ pub struct Disk {
     end: AtomicU64,
     touched: AtomicBool,
     bytes_written: AtomicU64,
+    /// Room past the image for a streaming decoder's spool: (start, length).
+    spool: Option<(u64, u64)>,
+    /// End of the spool bytes written, to clean them up.
+    spool_end: AtomicU64,
 }
 
 /// What [`Disk::finish`] reports.
@@ -224,30 +253,66 @@ pub struct Finished {
 }
 
 impl Disk {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        path: PathBuf,
-        final_path: Option<PathBuf>,
-        file: File,
-        mode: IoMode,
-        limit: u64,
-        is_block: bool,
-        preallocate: bool,
-        size: Option<u64>,
-    ) -> Disk {
+    fn new(path: PathBuf, final_path: Option<PathBuf>, file: File, mode: IoMode, is_block: bool) -> Disk {
         Disk {
             path,
             final_path,
             file,
             mode,
-            limit,
+            limit: u64::MAX,
             is_block,
-            preallocate,
-            size,
+            preallocate: false,
+            size: None,
             end: AtomicU64::new(0),
             touched: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
+            spool: None,
+            spool_end: AtomicU64::new(0),
         }
+    }
+
+    /// Room past the image where a streaming decoder may park bytes: `(start, length)`.
+    pub fn spool_region(&self) -> Option<(u64, u64)> {
+        self.spool
+    }
+
+    /// Parks `data` at `offset` inside [`Disk::spool_region`].
+    pub fn spool_write(&self, data: &[u8], offset: u64) -> Result<(), TargetError> {
+        let (start, len) =
+            self.spool.ok_or(TargetError::NoSpace { path: self.path.clone(), needed: offset, available: 0 })?;
+        let end = offset + data.len() as u64;
+        if offset < start || end > start + len {
+            return Err(TargetError::NoSpace { path: self.path.clone(), needed: end, available: start + len });
+        }
+        self.touched.store(true, Ordering::Relaxed);
+        self.spool_end.fetch_max(end, Ordering::Relaxed);
+        let result = match self.mode {
+            IoMode::Direct { align } if !direct_io::is_aligned(data, offset, align) => {
+                self.write_bounced(data, offset, align)
+            }
+            _ => direct_io::write_all_at(&self.file, data, offset),
+        };
+        result.map_err(|source| TargetError::Io { op: "spool to", path: self.path.clone(), offset, source })
+    }
+
+    /// Reads back `len` parked bytes from `offset`.
+    pub fn spool_read(&self, offset: u64, len: usize) -> Result<Vec<u8>, TargetError> {
+        let align = match self.mode {
+            IoMode::Direct { align } => align as u64,
+            IoMode::Buffered => 1,
+        };
+        let start = offset / align * align;
+        let span = (offset + len as u64).next_multiple_of(align) - start;
+        let mut buf = AlignedBuf::new(span as usize);
+        buf.set_len(span as usize);
+        self.read_into(&mut buf, start).map_err(|source| TargetError::Io {
+            op: "read the spool of",
+            path: self.path.clone(),
+            offset,
+            source,
+        })?;
+        let from = (offset - start) as usize;
+        Ok(buf[from..from + len].to_vec())
     }
 
     /// Whether ranges never written read as zero (a fresh file, sparse or preallocated).
@@ -400,6 +465,7 @@ impl Disk {
         let image_end = self.end.load(Ordering::Relaxed);
         let bytes_written = self.bytes_written.load(Ordering::Relaxed);
         let Some(final_path) = self.final_path.clone() else {
+            self.clear_spool()?;
             self.file.sync_all().map_err(|e| fin("flush", e))?;
             return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_end), bytes_written });
         };
@@ -416,6 +482,17 @@ impl Disk {
             File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fin("flush the directory of", e))?;
         }
         Ok(Finished { path: final_path, size, bytes_written })
+    }
+
+    /// Zeroes what a spool left in a block device's tail.
+    fn clear_spool(&self) -> Result<(), TargetError> {
+        if let Some((start, _)) = self.spool {
+            let end = self.spool_end.load(Ordering::Relaxed);
+            if end > start {
+                self.zero(start, end.next_multiple_of(self.zero_granularity()) - start)?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives up: removes a partial file, or wipes both ends of a block device that was
@@ -439,6 +516,9 @@ impl Disk {
             {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not wipe the partial image");
             }
+        }
+        if let Err(e) = self.clear_spool() {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not clear the spool");
         }
         let _ = self.file.sync_all();
     }

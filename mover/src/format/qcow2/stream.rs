@@ -5,8 +5,9 @@
 //! cluster can be placed on arrival: the decoder learns the L1 table, then each L2 table as
 //! it passes, and keeps a map of "host offset → guest offset" for what is still ahead.
 //! Data runs are read straight into output buffers. What cannot be placed yet is kept:
-//! * the last few clusters (a look-behind window): qemu packs a compressed cluster into the
-//!   tail of the host cluster just before a newly allocated L2 table that maps it;
+//! * the last few clusters (a look-behind window), and the last one that held compressed
+//!   data: qemu keeps packing compressed clusters into the tail of a partly used host
+//!   cluster, even after it allocated whole clusters and new L2 tables past it;
 //! * clusters nothing has claimed yet while some L2 table is still ahead, in a spool bounded
 //!   by configuration. An image that needs more fails with a clear error instead.
 
@@ -19,6 +20,7 @@ use super::table::{Cluster, decode_l2, l1_entry};
 use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf};
 use crate::error::ImportError;
 use crate::format::FormatError;
+use crate::target::Disk;
 
 /// Limits of the streaming decoder (memory is bounded by these, not by the image).
 #[derive(Debug, Clone, Copy)]
@@ -49,14 +51,28 @@ enum Pend {
 }
 
 /// Converts the qcow2 image read from `stream`, whose first bytes were parsed into `h`.
+/// `disk` lends the room past the image (its spool region) for clusters that do not fit
+/// the memory spool.
 pub fn convert(
     h: &Header,
     stream: &mut dyn Read,
     sink: &JobSink<'_>,
     need_zero: bool,
     limits: StreamLimits,
+    disk: Option<&Disk>,
 ) -> Result<(), ImportError> {
-    Decoder::new(h, sink, need_zero, limits).run(stream)
+    Decoder::new(h, sink, need_zero, limits, disk).run(stream)
+}
+
+/// Where a spooled cluster is kept.
+#[derive(Debug)]
+enum Spooled {
+    Memory(Vec<u8>),
+    /// Parked on the target, past the image, at this offset.
+    Target {
+        offset: u64,
+        len: usize,
+    },
 }
 
 struct Decoder<'a, 's> {
@@ -78,10 +94,15 @@ struct Decoder<'a, 's> {
     /// Data still ahead: (host, guest) → what.
     pending: BTreeMap<(u64, u64), Pend>,
     /// Whole clusters passed before anything claimed them.
-    spool: BTreeMap<u64, Vec<u8>>,
+    spool: BTreeMap<u64, Spooled>,
     spool_used: u64,
+    /// The target's spool region, and how much of it is used.
+    disk: Option<&'a Disk>,
+    disk_spool_next: u64,
     /// The last clusters read one by one: (host offset, bytes).
     window: VecDeque<(u64, Vec<u8>)>,
+    /// The last cluster that held compressed data.
+    last_compressed: Option<(u64, Vec<u8>)>,
     /// Compressed clusters being batched into one job.
     batch: Option<(PooledBuf, Vec<CompressedCluster>)>,
     /// The stream has ended.
@@ -89,7 +110,13 @@ struct Decoder<'a, 's> {
 }
 
 impl<'a, 's> Decoder<'a, 's> {
-    fn new(h: &'a Header, sink: &'a JobSink<'s>, need_zero: bool, limits: StreamLimits) -> Decoder<'a, 's> {
+    fn new(
+        h: &'a Header,
+        sink: &'a JobSink<'s>,
+        need_zero: bool,
+        limits: StreamLimits,
+        disk: Option<&'a Disk>,
+    ) -> Decoder<'a, 's> {
         let rt_len = u64::from(h.refcount_table_clusters) * h.cluster_size();
         Decoder {
             h,
@@ -105,7 +132,10 @@ impl<'a, 's> Decoder<'a, 's> {
             pending: BTreeMap::new(),
             spool: BTreeMap::new(),
             spool_used: 0,
+            disk_spool_next: disk.and_then(|d| d.spool_region()).map_or(0, |(start, _)| start),
+            disk,
             window: VecDeque::new(),
+            last_compressed: None,
             batch: None,
             eof: false,
         }
@@ -196,8 +226,6 @@ impl<'a, 's> Decoder<'a, 's> {
         if run_len > len {
             self.pending.insert((pos + len, guest + len), Pend::Run { len: run_len - len });
         }
-        // The look-behind window is only for clusters read one by one.
-        self.window.clear();
         self.sink.submit(Job::Data { offset: guest, buf })
     }
 
@@ -264,6 +292,9 @@ impl<'a, 's> Decoder<'a, 's> {
         }
         if self.pending.range((start, 0)..(end, 0)).next().is_some() {
             claimed = true; // compressed data: placed once it has fully passed
+            // qemu keeps packing compressed clusters into the last partly used host cluster,
+            // even after allocating whole clusters (and new L2 tables) past it.
+            self.last_compressed = Some((start, bytes.to_vec()));
         }
         self.window.push_back((start, bytes.to_vec()));
         if self.window.len() > LOOKBEHIND {
@@ -286,7 +317,7 @@ impl<'a, 's> Decoder<'a, 's> {
                 }
                 Some(offset) if offset < self.pos => {
                     // Already passed: it must be in the spool or the look-behind window.
-                    let table = self.passed_bytes(offset, self.cs).ok_or_else(|| FormatError::NeedsRandomAccess {
+                    let table = self.passed_bytes(offset, self.cs)?.ok_or_else(|| FormatError::NeedsRandomAccess {
                         reason: format!("L2 table at host offset {offset} comes before the L1 table that names it"),
                     })?;
                     self.on_l2(index as u64, &table)?;
@@ -323,7 +354,7 @@ impl<'a, 's> Decoder<'a, 's> {
             };
             if host < self.pos && !matches!(pend, Pend::Compressed { .. }) {
                 // Passed before this table told us what it was.
-                let bytes = self.passed_bytes(host, glen).ok_or_else(|| FormatError::NeedsRandomAccess {
+                let bytes = self.passed_bytes(host, glen)?.ok_or_else(|| FormatError::NeedsRandomAccess {
                     reason: format!(
                         "data for guest offset {guest} at host offset {host} comes before the L2 table that maps it \
                          and did not fit the spool"
@@ -410,7 +441,7 @@ impl<'a, 's> Decoder<'a, 's> {
                 return Ok(()); // its end is still ahead
             }
             self.pending.remove(&(host, guest));
-            let bytes = self.passed_bytes(host, len).ok_or_else(|| FormatError::NeedsRandomAccess {
+            let bytes = self.passed_bytes(host, len)?.ok_or_else(|| FormatError::NeedsRandomAccess {
                 reason: format!(
                     "compressed data for guest offset {guest} at host offset {host} is no longer available"
                 ),
@@ -456,42 +487,64 @@ impl<'a, 's> Decoder<'a, 's> {
     }
 
     /// Bytes `[host, host + len)` that already passed: from the look-behind window or the
-    /// spool, which both hold whole clusters.
-    fn passed_bytes(&self, host: u64, len: u64) -> Option<Vec<u8>> {
+    /// spool, which both hold whole clusters. `None` when they were not kept.
+    fn passed_bytes(&self, host: u64, len: u64) -> Result<Option<Vec<u8>>, ImportError> {
         let mut out = Vec::with_capacity(len as usize);
         let mut at = host;
         while at < host + len {
             let cluster = at / self.cs * self.cs;
-            let bytes = self
-                .window
-                .iter()
-                .find(|(s, _)| *s == cluster)
-                .map(|(_, b)| b.as_slice())
-                .or_else(|| self.spool.get(&cluster).map(|b| b.as_slice()))?;
+            let parked;
+            let recent = self.window.iter().chain(self.last_compressed.iter()).find(|(s, _)| *s == cluster);
+            let bytes: &[u8] = if let Some((_, b)) = recent {
+                b
+            } else {
+                match self.spool.get(&cluster) {
+                    Some(Spooled::Memory(b)) => b,
+                    Some(Spooled::Target { offset, len }) => {
+                        let disk = self.disk.ok_or(FormatError::Internal("spool on a target without one"))?;
+                        parked = disk.spool_read(*offset, *len)?;
+                        &parked
+                    }
+                    None => return Ok(None),
+                }
+            };
             let from = (at - cluster) as usize;
             let to = ((host + len - cluster) as usize).min(bytes.len());
             if from >= to {
-                return None;
+                return Ok(None);
             }
             out.extend_from_slice(&bytes[from..to]);
             at = cluster + to as u64;
         }
-        Some(out)
+        Ok(Some(out))
     }
 
     fn spool_cluster(&mut self, start: u64, bytes: &[u8]) -> Result<(), ImportError> {
-        if self.spool_used + bytes.len() as u64 > self.limits.spool_bytes {
-            return Err(FormatError::NeedsRandomAccess {
-                reason: format!(
-                    "more than {} bytes pass before the metadata that maps them (at host offset {start})",
-                    self.limits.spool_bytes
-                ),
-            }
-            .into());
+        if self.spool_used + bytes.len() as u64 <= self.limits.spool_bytes {
+            self.spool_used += bytes.len() as u64;
+            self.spool.insert(start, Spooled::Memory(bytes.to_vec()));
+            return Ok(());
         }
-        self.spool_used += bytes.len() as u64;
-        self.spool.insert(start, bytes.to_vec());
-        Ok(())
+        // Memory is full: park it on the target, past the image, if there is room.
+        if let Some(disk) = self.disk
+            && let Some((region, room)) = disk.spool_region()
+            && self.disk_spool_next + self.cs <= region + room
+        {
+            let offset = self.disk_spool_next;
+            disk.spool_write(bytes, offset)?;
+            self.disk_spool_next += self.cs;
+            self.spool.insert(start, Spooled::Target { offset, len: bytes.len() });
+            return Ok(());
+        }
+        Err(FormatError::NeedsRandomAccess {
+            reason: format!(
+                "more bytes pass before the metadata that maps them (at host offset {start}) than the spool \
+                 holds ({} bytes in memory, {} on the target)",
+                self.limits.spool_bytes,
+                self.disk.and_then(|d| d.spool_region()).map_or(0, |(_, room)| room)
+            ),
+        }
+        .into())
     }
 
     /// Once every L2 table is known, nothing passed can be claimed any more.
@@ -499,6 +552,7 @@ impl<'a, 's> Decoder<'a, 's> {
         if self.metadata_done() {
             self.spool.clear();
             self.spool_used = 0;
+            // Target slots are not reused: the region only has to hold what waits at once.
         }
     }
 

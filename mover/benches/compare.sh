@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# compare.sh - cdi-mover import next to the reference tools, on the reference workload.
+#
+# Prints, for each case, wall time, CPU time, peak RSS and allocated output bytes of
+# `cdi-mover import` and of the reference tool(s), with ratios (cdi / best reference).
+# Medians of RUNS runs. Every command is timed with a `sync` after it: qemu-img and the
+# decompressors leave dirty pages behind, cdi-mover fsyncs before it reports success.
+#
+# Usage: mover/benches/compare.sh [IMAGES_DIR]
+#   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images; it is made with
+#   ../shared/bench/make_images.sh when missing (5-20 min). Needs root for the loop device.
+#   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst" OUT_DIR=<scratch dir on the same disk>
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+IMAGES=${1:-${BENCH_IMAGES:-$repo/bench-images}}
+RUNS=${RUNS:-3}
+CASES=${CASES:-"qcow2 qcow2-c loop gz xz zst"}
+OUT_DIR=${OUT_DIR:-$IMAGES/out}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need pigz || ! need zstd || ! need xz || ! need qemu-img; then
+  apt-get update -qq && apt-get install -y -qq pigz zstd xz-utils qemu-utils >/dev/null
+fi
+if [ ! -f "$IMAGES/disk.raw.xz" ]; then
+  shared=$(cd "$repo/../shared/bench" 2>/dev/null && pwd) || { echo "no images in $IMAGES and no ../shared/bench/make_images.sh" >&2; exit 1; }
+  OUT_DIR="$IMAGES" "$shared/make_images.sh"
+fi
+cargo build --release -p cdi-mover --manifest-path "$repo/Cargo.toml" >&2
+MOVER="$repo/target/release/cdi-mover"
+mkdir -p "$OUT_DIR"
+out="$OUT_DIR/out.raw"
+
+# One timed run: prints "wall cpu rss_kib alloc_bytes". $1 = output path to measure, rest = command.
+measure() {
+  local output=$1; shift
+  rm -f "$output"
+  sync
+  # Keep the source in the page cache for every tool alike.
+  local t
+  t=$( { /usr/bin/time -f "%e %U %S %M" sh -c "$* && sync" >/dev/null 2>/dev/null; } 2>&1 | tail -n1 )
+  local wall user sys rss
+  read -r wall user sys rss <<<"$t"
+  local alloc=0
+  if [ -f "$output" ]; then alloc=$(( $(stat -c %b "$output") * $(stat -c %B "$output") )); fi
+  if [ -b "$output" ]; then alloc=-; fi
+  echo "$wall $(echo "$user + $sys" | bc) $rss $alloc"
+}
+
+# Median of RUNS measurements of the same command (by wall time).
+median() {
+  local output=$1; shift
+  local prep=${PREP:-true}
+  local rows=()
+  for _ in $(seq "$RUNS"); do
+    eval "$prep"
+    rows+=("$(measure "$output" "$@")")
+  done
+  printf '%s\n' "${rows[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+
+warm() { cat "$@" >/dev/null; }
+
+printf '%-10s %-44s %8s %8s %9s %14s\n' case tool wall_s cpu_s rss_MiB alloc_bytes
+row() { # case tool "wall cpu rss alloc"
+  local wall cpu rss alloc
+  read -r wall cpu rss alloc <<<"$3"
+  printf '%-10s %-44s %8.2f %8.2f %9.1f %14s\n' "$1" "$2" "$wall" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$alloc"
+}
+ratio() { # case "cdi row" "best ref row"
+  local cw cc cr ca rw rc rr ra
+  read -r cw cc cr ca <<<"$2"
+  read -r rw rc rr ra <<<"$3"
+  local ar="-"
+  if [ "$ca" != "-" ] && [ "$ra" != "-" ] && [ "$ra" -gt 0 ]; then ar=$(echo "scale=3; $ca / $ra" | bc); fi
+  printf '%-10s %-44s %8.3f %8.3f %9.3f %14s\n\n' "$1" "ratio cdi/best" "$(echo "$cw / $rw" | bc -l)" "$(echo "$cc / $rc" | bc -l)" "$(echo "$cr / $rr" | bc -l)" "$ar"
+}
+best() { printf '%s\n' "$@" | sort -n | head -n1; }
+
+for c in $CASES; do
+  case $c in
+    qcow2|qcow2-c)
+      src=$IMAGES/disk.qcow2; [ "$c" = qcow2-c ] && src=$IMAGES/disk-c.qcow2
+      warm "$src"
+      cdi=$(median "$out" "$MOVER" import "$src" "$out" --progress none)
+      ref=$(median "$out" qemu-img convert -O raw "$src" "$out")
+      row "$c" "cdi-mover import" "$cdi"
+      row "$c" "qemu-img convert -O raw" "$ref"
+      ratio "$c" "$cdi" "$ref"
+      ;;
+    loop)
+      src=$IMAGES/disk.qcow2
+      backing=$OUT_DIR/loop.img
+      rm -f "$backing"; truncate -s 4G "$backing"
+      dev=$(losetup -f --show --direct-io=on "$backing")
+      trap 'losetup -d "$dev" 2>/dev/null || true' EXIT
+      # The device holds old data before every run, so zero ranges must really be zeroed.
+      export PREP="tr '\\0' '\\377' </dev/zero | dd of=$dev bs=4M count=1024 oflag=direct status=none; sync; warm $src"
+      cdi=$(median "$dev" "$MOVER" import "$src" "$dev" --progress none)
+      "$MOVER" import "$src" "$dev" --progress none && qemu-img compare -f qcow2 -F raw "$src" "$dev" >&2
+      ref=$(median "$dev" qemu-img convert -n -t none -W -O raw "$src" "$dev")
+      unset PREP
+      row "$c" "cdi-mover import → loop (held data)" "$cdi"
+      row "$c" "qemu-img convert -n -t none -W → loop" "$ref"
+      ratio "$c" "$cdi" "$ref"
+      losetup -d "$dev"; trap - EXIT; rm -f "$backing"
+      ;;
+    gz|xz|zst)
+      src=$IMAGES/disk.raw.$c
+      warm "$src"
+      cdi=$(median "$out" "$MOVER" import "$src" "$out" --progress none)
+      row "$c" "cdi-mover import" "$cdi"
+      refs=()
+      case $c in
+        gz)  tools=("gzip -dc" "pigz -dc") ;;
+        xz)  tools=("xz -dc" "xz -T0 -dc") ;;
+        zst) tools=("zstd -dc" "zstd -T0 -dc") ;;
+      esac
+      for t in "${tools[@]}"; do
+        r=$(median "$out" "$t $src > $out")
+        row "$c" "$t > file" "$r"
+        refs+=("$r")
+      done
+      ratio "$c" "$cdi" "$(best "${refs[@]}")"
+      ;;
+    *) echo "unknown case $c" >&2; exit 2 ;;
+  esac
+done
+rm -f "$out"

@@ -1,0 +1,7 @@
+//! Integration tests of `cdi-mover import` against real peers: qemu-img as the conversion
+//! oracle, loop devices as block targets, nginx as the HTTP server. One test binary, many
+//! modules (each binary links the whole crate; one keeps the build quick).
+
+mod support;
+
+mod oracle;

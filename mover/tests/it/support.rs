@@ -1,0 +1,393 @@
+//! Shared fixtures: deterministic disk images, qemu-img as the oracle, loop devices, nginx,
+//! and a runner for the real `cdi-mover` binary.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MIB: u64 = 1 << 20;
+
+/// The binary under test.
+pub fn mover_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cdi-mover")
+}
+
+/// Installs a Debian package if `binary` is missing, serialised across test processes.
+pub fn ensure_tool(binary: &str, package: &str) {
+    if which(binary) {
+        return;
+    }
+    let script = format!(
+        "command -v {binary} >/dev/null || {{ [ -f /tmp/cdi-rs-apt-updated ] || {{ apt-get update -qq && touch /tmp/cdi-rs-apt-updated; }}; \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package} >/dev/null; }}"
+    );
+    let status = Command::new("flock").args(["/tmp/cdi-rs-apt.lock", "sh", "-c", &script]).status().expect("run flock");
+    assert!(status.success() && which(binary), "could not install {package} (needed for {binary})");
+}
+
+pub fn which(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn qemu_img(args: &[&str]) -> Output {
+    run(Command::new("qemu-img").args(args))
+}
+
+pub fn qemu_io(image: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg("qcow2");
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg(image);
+    run(&mut c);
+}
+
+/// `qemu-img compare` of an image (any format qemu reads) with a raw target: the oracle.
+pub fn assert_same(image: &Path, image_fmt: &str, target: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", image_fmt, "-F", "raw"])
+        .arg(image)
+        .arg(target)
+        .output()
+        .expect("run qemu-img compare");
+    assert!(
+        out.status.success(),
+        "qemu-img compare {} {} differs: {}{}",
+        image.display(),
+        target.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Like [`assert_same`], for a raw target larger than the image: only its first `size`
+/// bytes are compared.
+pub fn assert_same_prefix(image: &Path, image_fmt: &str, target: &Path, size: u64) {
+    let a = format!("driver={image_fmt},file.filename={}", image.display());
+    let b = format!("driver=raw,size={size},file.filename={}", target.display());
+    let out =
+        Command::new("qemu-img").args(["compare", "--image-opts", &a, &b]).output().expect("run qemu-img compare");
+    assert!(
+        out.status.success(),
+        "qemu-img compare {a} {b} differs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A deterministic pseudo-random generator (xorshift), so fixtures need no crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes a sparse raw disk of `size` bytes shaped like a real one: random extents, text-like
+/// extents, zero-filled extents written as data, holes, and data in the last bytes.
+pub fn make_raw(path: &Path, size: u64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let write = |off: u64, data: &[u8]| std::os::unix::fs::FileExt::write_all_at(&f, data, off).unwrap();
+    let mut off = 0u64;
+    while off < size {
+        let kind = rng.next() % 5;
+        let len = ((rng.next() % 96) + 1) * 16 * 1024; // 16 KiB .. 1.5 MiB
+        let len = len.min(size - off);
+        let mut buf = vec![0u8; len as usize];
+        match kind {
+            0 | 1 => rng.fill(&mut buf),
+            2 => {
+                let words: [&[u8]; 6] = [b"kernel ", b"image ", b"the ", b"disk\n", b"42 ", b"volume "];
+                let mut i = 0;
+                while i < buf.len() {
+                    let w = words[(rng.next() % 6) as usize];
+                    let n = w.len().min(buf.len() - i);
+                    buf[i..i + n].copy_from_slice(&w[..n]);
+                    i += n;
+                }
+            }
+            3 => {} // zeros written as data: must become holes / zeroed ranges
+            _ => {
+                off += len; // a hole
+                continue;
+            }
+        }
+        if kind != 3 || rng.next() % 2 == 0 {
+            write(off, &buf);
+        }
+        off += len;
+    }
+    // Data right at the end, so truncation at the image's tail shows.
+    let tail = 4096.min(size) as usize;
+    let mut buf = vec![0u8; tail];
+    rng.fill(&mut buf);
+    write(size - tail as u64, &buf);
+    f.sync_all().unwrap();
+}
+
+/// Bytes allocated on disk for a file.
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Runs `cdi-mover import` with extra args; returns the output.
+pub fn import(source: &str, target: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(mover_bin());
+    cmd.arg("import").arg(source).arg(target).args(extra).arg("--progress").arg("none");
+    cmd.env("RUST_LOG", "warn");
+    with_timeout(cmd, Duration::from_secs(120))
+}
+
+/// Runs a command with a deadline, so a hang fails the test with a message instead of
+/// stalling the suite.
+pub fn with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still running after {limit:?} (hung?): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "cdi-mover failed ({:?}): {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts a clean refusal: non-zero exit (not a panic's 101), one line on stderr that
+/// contains every `needle`.
+pub fn assert_refused(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let code = out.status.code();
+    assert!(code.is_some() && code != Some(0) && code != Some(101), "expected a clean failure, got {code:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("cdi-mover: error:"))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+    for n in needles {
+        assert!(line.to_lowercase().contains(&n.to_lowercase()), "error line {line:?} lacks {n:?}");
+    }
+    line.to_string()
+}
+
+/// A loop device over a sparse backing file, pre-filled with random bytes (old data that
+/// must not survive where the image has zeros). Detached on drop.
+pub struct LoopDev {
+    pub path: PathBuf,
+    _backing: PathBuf,
+}
+
+impl LoopDev {
+    pub fn new(dir: &Path, size: u64, seed: u64) -> LoopDev {
+        let backing = dir.join(format!("loop-{seed}.img"));
+        let mut f = std::fs::File::create(&backing).unwrap();
+        let mut rng = Rng::new(seed ^ 0xdead_beef);
+        let mut buf = vec![0u8; MIB as usize];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(MIB) as usize;
+            rng.fill(&mut buf[..n]);
+            f.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+        f.sync_all().unwrap();
+        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        LoopDev { path, _backing: backing }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is closed before use; nginx retries).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An nginx serving `root` on a loopback port, with extra `server` directives.
+pub struct Nginx {
+    pub port: u16,
+    pub prefix: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// `server_extra` goes inside the `server` block (locations, ssl settings...).
+    pub fn start(dir: &Path, root: &Path, server_extra: &str, listen_extra: &str) -> Nginx {
+        ensure_tool("nginx", "nginx-light");
+        for attempt in 0..5 {
+            let port = free_port();
+            let prefix = dir.join(format!("nginx-{port}"));
+            std::fs::create_dir_all(prefix.join("logs")).unwrap();
+            let conf = format!(
+                r#"daemon off;
+master_process off;
+worker_processes 1;
+error_log {p}/logs/error.log warn;
+pid {p}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log {p}/logs/access.log combined;
+  log_format detail '$request "$http_range" $status $body_bytes_sent "$http_authorization" "$http_x_extra"';
+  client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fcgi;
+  uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;
+  types {{ application/octet-stream img qcow2 gz; }}
+  server {{
+    listen 127.0.0.1:{port} {listen_extra};
+    root {root};
+    access_log {p}/logs/detail.log detail;
+    {server_extra}
+  }}
+}}
+"#,
+                p = prefix.display(),
+                root = root.display(),
+            );
+            let conf_path = prefix.join("nginx.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let child = Command::new("nginx")
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nginx");
+            let mut n = Nginx { port, prefix, child };
+            if n.wait_ready() {
+                return n;
+            }
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+            eprintln!("nginx attempt {attempt} on port {port} failed to come up; retrying");
+        }
+        panic!("nginx did not start");
+    }
+
+    /// Waits until nginx accepts connections, or it exited (port taken).
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The detailed access log: request, Range header, status, body bytes, Authorization.
+    pub fn detail_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/detail.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.1, as PEM files in `dir`.
+pub struct TestCa {
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+pub fn make_ca(dir: &Path) -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cdi-rs test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let t = TestCa { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("server.pem"), key_pem: dir.join("server.key") };
+    std::fs::write(&t.ca_pem, ca.pem()).unwrap();
+    std::fs::write(&t.cert_pem, cert.pem()).unwrap();
+    std::fs::write(&t.key_pem, key.serialize_pem()).unwrap();
+    t
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    // On the real disk (not tmpfs): direct I/O and sparse files behave as on a volume.
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    // CDI_KEEP_TEST_FILES=1 keeps them for a post-mortem.
+    tempfile::Builder::new()
+        .prefix("it-")
+        .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())
+        .tempdir_in(base)
+        .unwrap()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
