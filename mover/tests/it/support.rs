@@ -168,7 +168,10 @@ pub fn allocated(path: &Path) -> u64 {
 /// Runs `cdi-mover import` with extra args; returns the output.
 pub fn import(source: &str, target: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new(mover_bin());
-    cmd.arg("import").arg(source).arg(target).args(extra).arg("--progress").arg("none");
+    cmd.arg("import").arg(source).arg(target).args(extra);
+    if !extra.contains(&"--progress") {
+        cmd.args(["--progress", "none"]);
+    }
     cmd.env("RUST_LOG", "warn");
     with_timeout(cmd, Duration::from_secs(120))
 }
