@@ -359,12 +359,12 @@ impl<'a> Worker<'a> {
         let mut run_start = 0u64;
         out.set_len(0);
         for c in clusters {
-            let contiguous = out.len() > 0 && run_start + out.len() as u64 == c.guest;
-            if out.len() > 0 && (!contiguous || out.len() + c.cluster_size > out.capacity()) {
+            let contiguous = !out.is_empty() && run_start + out.len() as u64 == c.guest;
+            if !out.is_empty() && (!contiguous || out.len() + c.cluster_size > out.capacity()) {
                 self.place(out, run_start)?;
                 out.set_len(0);
             }
-            if out.len() == 0 {
+            if out.is_empty() {
                 run_start = c.guest;
             }
             let at = out.len();
@@ -380,7 +380,7 @@ impl<'a> Worker<'a> {
                 out.set_len(0);
             }
         }
-        if out.len() > 0 {
+        if !out.is_empty() {
             self.place(out, run_start)?;
             out.set_len(0);
         }

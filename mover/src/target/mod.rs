@@ -339,7 +339,7 @@ impl Disk {
     }
 
     fn check_limit(&self, offset: u64, len: u64) -> Result<(), TargetError> {
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > self.limit {
             return Err(TargetError::NoSpace { path: self.path.clone(), needed: end, available: self.limit });
         }
@@ -379,7 +379,7 @@ impl Disk {
             // Keep what the first block already holds in front of our bytes.
             self.read_into(&mut bounce[..align], start)?;
         }
-        if (head + data.len()) % align != 0 && (head == 0 || len > align) {
+        if !(head + data.len()).is_multiple_of(align) && (head == 0 || len > align) {
             // Keep what the last block already holds behind our bytes (zeros past the end).
             self.read_into(&mut bounce[len - align..], start + (len - align) as u64)?;
         }
@@ -401,11 +401,11 @@ impl Disk {
         if len == 0 || !self.is_block {
             return Ok(());
         }
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
-        if let Some(size) = self.size {
-            if end > size {
-                return Err(TargetError::NoSpace { path: self.path.clone(), needed: end, available: size });
-            }
+        let end = offset.saturating_add(len);
+        if let Some(size) = self.size
+            && end > size
+        {
+            return Err(TargetError::NoSpace { path: self.path.clone(), needed: end, available: size });
         }
         self.touched.store(true, Ordering::Relaxed);
         let g = self.zero_granularity();

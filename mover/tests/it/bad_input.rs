@@ -248,7 +248,7 @@ fn mutated_images_never_panic() {
         for round in 0..60 {
             let mut bytes = pristine.clone();
             for _ in 0..1 + rng.next() % 6 {
-                let at = if rng.next() % 2 == 0 { rng.next() % 112 } else { rng.next() % meta_end } as usize;
+                let at = if rng.next().is_multiple_of(2) { rng.next() % 112 } else { rng.next() % meta_end } as usize;
                 bytes[at] = rng.next() as u8;
             }
             let m = dir.path().join("mut.qcow2");

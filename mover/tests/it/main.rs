@@ -4,6 +4,8 @@
 
 mod support;
 
+mod archive;
 mod bad_input;
+mod cli;
 mod http;
 mod oracle;

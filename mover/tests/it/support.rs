@@ -146,7 +146,7 @@ pub fn make_raw(path: &Path, size: u64, seed: u64) {
                 continue;
             }
         }
-        if kind != 3 || rng.next() % 2 == 0 {
+        if kind != 3 || rng.next().is_multiple_of(2) {
             write(off, &buf);
         }
         off += len;

@@ -203,17 +203,17 @@ impl Header {
         if u64::from(l1_entries) * 8 > MAX_L1_BYTES {
             return Err(bad("l1_size", l1_entries.into(), "the L1 table is larger than QEMU's 32 MiB limit"));
         }
-        if l1_entries > 0 && (l1_offset == 0 || l1_offset % cluster_size != 0) {
+        if l1_entries > 0 && (l1_offset == 0 || !l1_offset.is_multiple_of(cluster_size)) {
             return Err(bad("l1_table_offset", l1_offset, "must be a non-zero multiple of the cluster size"));
         }
         let refcount_table_offset = be64(head, 48);
-        if refcount_table_offset % cluster_size != 0 {
+        if !refcount_table_offset.is_multiple_of(cluster_size) {
             return Err(bad("refcount_table_offset", refcount_table_offset, "must be a multiple of the cluster size"));
         }
         let refcount_table_clusters = be32(head, 56);
         let snapshot_count = be32(head, 60);
         let snapshots_offset = be64(head, 64);
-        if snapshot_count > 0 && snapshots_offset % 8 != 0 {
+        if snapshot_count > 0 && !snapshots_offset.is_multiple_of(8) {
             return Err(bad("snapshots_offset", snapshots_offset, "must be 8-byte aligned"));
         }
         Ok(Header {

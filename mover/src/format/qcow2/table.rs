@@ -23,7 +23,7 @@ pub fn l1_entry(header: &Header, raw: u64) -> Result<Option<u64>, FormatError> {
     if offset == 0 {
         return Ok(None);
     }
-    if offset % header.cluster_size() != 0 {
+    if !offset.is_multiple_of(header.cluster_size()) {
         return Err(FormatError::Misaligned { what: "L2 table", offset, cluster_size: header.cluster_size() });
     }
     Ok(Some(offset))
@@ -48,7 +48,7 @@ pub fn l2_entry(header: &Header, raw: u64, bitmap: Option<u64>) -> Result<Cluste
         return Ok(Cluster::Compressed { host, len });
     }
     let host = raw & HOST_OFFSET_MASK;
-    if host != 0 && host % cs != 0 {
+    if host != 0 && !host.is_multiple_of(cs) {
         return Err(FormatError::Misaligned { what: "data cluster", offset: host, cluster_size: cs });
     }
     let Some(bitmap) = bitmap else {
