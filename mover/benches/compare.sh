@@ -38,10 +38,11 @@ measure() {
   rm -f "$output"
   sync
   # Keep the source in the page cache for every tool alike.
-  local t
-  t=$( { /usr/bin/time -f "%e %U %S %M" sh -c "$* && sync" >/dev/null 2>/dev/null; } 2>&1 | tail -n1 )
-  local wall user sys rss
-  read -r wall user sys rss <<<"$t"
+  local tf wall user sys rss
+  tf=$(mktemp)
+  /usr/bin/time -o "$tf" -f "%e %U %S %M" sh -c "$* && sync" >/dev/null 2>&1 || { echo "failed: $*" >&2; cat "$tf" >&2; }
+  read -r wall user sys rss < <(tail -n1 "$tf")
+  rm -f "$tf"
   local alloc=0
   if [ -f "$output" ]; then alloc=$(( $(stat -c %b "$output") * $(stat -c %B "$output") )); fi
   if [ -b "$output" ]; then alloc=-; fi
@@ -104,7 +105,7 @@ for c in $CASES; do
       row "$c" "cdi-mover import → loop (held data)" "$cdi"
       row "$c" "qemu-img convert -n -t none -W → loop" "$ref"
       ratio "$c" "$cdi" "$ref"
-      losetup -d "$dev"; trap - EXIT; rm -f "$backing"
+      trap - EXIT; losetup -d "$dev"; rm -f "$backing"
       ;;
     gz|xz|zst)
       src=$IMAGES/disk.raw.$c

@@ -153,7 +153,9 @@ impl Shared {
 
 /// The producer's handle: submit jobs and borrow buffers.
 pub struct JobSink<'a> {
-    tx: Sender<Job>,
+    tx: Sender<(u64, Job)>,
+    /// Number of the next job: workers allocate space in this order.
+    seq: std::cell::Cell<u64>,
     pool_rx: Receiver<AlignedBuf>,
     pool_tx: Sender<AlignedBuf>,
     shared: &'a Shared,
@@ -174,12 +176,16 @@ impl JobSink<'_> {
 
     /// Queues a job; blocks while the workers are busy.
     pub fn submit(&self, job: Job) -> Result<(), ImportError> {
-        let mut job = job;
+        let seq = self.seq.get();
+        let mut item = (seq, job);
         loop {
             self.check()?;
-            match self.tx.send_timeout(job, Duration::from_millis(100)) {
-                Ok(()) => return Ok(()),
-                Err(crossbeam_channel::SendTimeoutError::Timeout(j)) => job = j,
+            match self.tx.send_timeout(item, Duration::from_millis(100)) {
+                Ok(()) => {
+                    self.seq.set(seq + 1);
+                    return Ok(());
+                }
+                Err(crossbeam_channel::SendTimeoutError::Timeout(i)) => item = i,
                 Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(self.stopped_error()),
             }
         }
@@ -225,7 +231,9 @@ where
     F: FnOnce(&JobSink<'_>) -> Result<T, ImportError>,
 {
     let shared = Shared { failed: AtomicBool::new(false), error: std::sync::Mutex::new(None), cancel };
-    let (tx, rx) = bounded::<Job>(cfg.workers * 2);
+    let (tx, rx) = bounded::<(u64, Job)>(cfg.workers * 2);
+    let turns = Turns { next: std::sync::Mutex::new(0), moved: std::sync::Condvar::new() };
+    let turns = disk.wants_ordered_allocation().then_some(&turns);
     let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.buffers);
     for _ in 0..cfg.buffers {
         pool_tx.send(AlignedBuf::new(cfg.chunk)).expect("pool has room");
@@ -235,19 +243,30 @@ where
             let rx = rx.clone();
             let shared = &shared;
             scope.spawn(move || {
-                let mut worker = Worker::new(disk, source, counters, cfg.chunk);
-                for job in rx {
+                let mut worker = Worker {
+                    disk,
+                    source,
+                    counters,
+                    shared,
+                    turns,
+                    input: AlignedBuf::new(cfg.chunk),
+                    output: None,
+                    chunk: cfg.chunk,
+                    inflate: None,
+                    zstd: None,
+                };
+                for (seq, job) in rx {
                     if shared.stopped() {
                         continue; // drain: dropping the job returns its buffer
                     }
-                    if let Err(e) = worker.run(job) {
+                    if let Err(e) = worker.run(seq, job) {
                         shared.fail(e);
                     }
                 }
             });
         }
         drop(rx);
-        let sink = JobSink { tx, pool_rx, pool_tx, shared: &shared, chunk: cfg.chunk };
+        let sink = JobSink { tx, pool_rx, pool_tx, shared: &shared, chunk: cfg.chunk, seq: std::cell::Cell::new(0) };
         let produced = produce(&sink);
         if let Err(e) = &produced
             && !matches!(e, ImportError::Cancelled)
@@ -267,12 +286,68 @@ where
     Ok(value)
 }
 
+/// Hands out the order in which jobs allocate space on a file target.
+///
+/// Direct writes from several workers allocate blocks in whatever order they land, which
+/// splits the file's extents and inserts them mid-tree (ext4 then needs more extent-tree
+/// blocks than a sequential writer). Allocating each job's data runs in submission order,
+/// just before its parallel writes, keeps allocation at one moving front, as a
+/// sequential writer's would be.
+struct Turns {
+    next: std::sync::Mutex<u64>,
+    moved: std::sync::Condvar,
+}
+
+impl Turns {
+    /// Runs `allocate` once every earlier job has run its own, then lets the next one go.
+    /// Gives up (without running it) when the import stops.
+    fn in_order(
+        &self,
+        seq: u64,
+        shared: &Shared,
+        allocate: impl FnOnce() -> Result<(), ImportError>,
+    ) -> Result<(), ImportError> {
+        let mut next = self.next.lock().expect("turns lock");
+        while *next < seq {
+            if shared.stopped() {
+                return Err(ImportError::Cancelled);
+            }
+            next = self.moved.wait_timeout(next, Duration::from_millis(50)).expect("turns lock").0;
+        }
+        let result = if *next == seq { allocate() } else { Ok(()) };
+        *next = (*next).max(seq + 1);
+        self.moved.notify_all();
+        result
+    }
+}
+
+/// What a job does in its turn on a file written directly (see [`Turns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Its writes: jobs whose data was decoded (inflated clusters, decompressed streams)
+    /// are CPU-bound, so writing them one job at a time costs nothing, and the filesystem
+    /// then lays the file out exactly as a sequential writer's.
+    Writes,
+    /// Only the allocation of its data runs, then the writes go in parallel: plain copies
+    /// are I/O-bound and need several writes in flight.
+    Allocation,
+}
+
+/// One write or zeroing a job resolves to.
+enum Op<'b> {
+    Write { offset: u64, data: &'b [u8] },
+    Zero { offset: u64, len: u64 },
+}
+
 /// A worker's private state: two chunks and the decompressors.
 struct Worker<'a> {
     disk: &'a Disk,
     source: Option<&'a dyn RandomAccess>,
     counters: &'a Counters,
-    input: Option<AlignedBuf>,
+    shared: &'a Shared,
+    /// Set for file targets written directly: allocation happens in job order.
+    turns: Option<&'a Turns>,
+    input: AlignedBuf,
     output: Option<AlignedBuf>,
     chunk: usize,
     inflate: Option<flate2::Decompress>,
@@ -280,111 +355,109 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(disk: &'a Disk, source: Option<&'a dyn RandomAccess>, counters: &'a Counters, chunk: usize) -> Worker<'a> {
-        Worker { disk, source, counters, input: None, output: None, chunk, inflate: None, zstd: None }
+    /// Runs job number `seq`; whatever happens, its allocation turn is passed on.
+    fn run(&mut self, seq: u64, job: Job) -> Result<(), ImportError> {
+        let mut input = std::mem::replace(&mut self.input, AlignedBuf::new(0));
+        let mut output = self.output.take();
+        let result = self.run_job(seq, job, &mut input, &mut output);
+        self.input = input;
+        self.output = output;
+        if result.is_err()
+            && let Some(turns) = self.turns
+        {
+            // A job that failed before its turn must not hold up the ones after it.
+            let _ = turns.in_order(seq, self.shared, || Ok(()));
+        }
+        result
     }
 
-    fn run(&mut self, job: Job) -> Result<(), ImportError> {
+    fn run_job(
+        &mut self,
+        seq: u64,
+        job: Job,
+        input: &mut AlignedBuf,
+        output: &mut Option<AlignedBuf>,
+    ) -> Result<(), ImportError> {
         match job {
-            Job::Data { offset, buf } => self.place(&buf, offset),
+            Job::Data { offset, buf } => self.commit(seq, Order::Writes, &[(offset, &buf[..])]),
             Job::Zero { offset, len } => {
+                if let Some(turns) = self.turns {
+                    turns.in_order(seq, self.shared, || Ok(()))?;
+                }
                 self.disk.zero(offset, len)?;
                 self.counters.guest_done.fetch_add(len, Ordering::Relaxed);
                 Ok(())
             }
             Job::Copy { offset, host, len, zero_mask } => {
-                let mut buf = self.input.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
-                let result = self.copy(&mut buf, offset, host, len, zero_mask);
-                self.input = Some(buf);
-                result
+                self.read_source(input, host, len)?;
+                if let Some(mask) = zero_mask {
+                    for i in 0..32 {
+                        if mask.bits & (1 << i) != 0 {
+                            let start = (i * mask.unit).min(len);
+                            let end = ((i + 1) * mask.unit).min(len);
+                            input[start..end].fill(0);
+                        }
+                    }
+                }
+                self.commit(seq, Order::Allocation, &[(offset, &input[..])])
             }
-            Job::Compressed { input, clusters, codec } => {
-                let mut out = self.output.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
-                let result = match input {
-                    Input::Inline(buf) => self.inflate_all(&buf, &clusters, codec, &mut out),
+            Job::Compressed { input: compressed, clusters, codec } => {
+                let out = output.get_or_insert_with(|| AlignedBuf::new(self.chunk));
+                let runs = match compressed {
+                    Input::Inline(buf) => self.inflate_all(&buf, &clusters, codec, out)?,
                     Input::At { host, len } => {
-                        let mut buf = self.input.take().unwrap_or_else(|| AlignedBuf::new(self.chunk));
-                        let r = self
-                            .read_source(&mut buf, host, len)
-                            .and_then(|()| self.inflate_all(&buf, &clusters, codec, &mut out));
-                        self.input = Some(buf);
-                        r
+                        self.read_source(input, host, len)?;
+                        self.inflate_all(input, &clusters, codec, out)?
                     }
                 };
-                self.output = Some(out);
-                result
+                let pieces: Vec<(u64, &[u8])> =
+                    runs.iter().map(|&(guest, start, end)| (guest, &out[start..end])).collect();
+                self.commit(seq, Order::Writes, &pieces)
             }
         }
     }
 
     fn read_source(&self, buf: &mut AlignedBuf, host: u64, len: usize) -> Result<(), ImportError> {
-        let source =
-            self.source.ok_or_else(|| ImportError::InvalidRequest("copy job without a random-access source".into()))?;
-        assert!(len <= buf.capacity(), "job of {len} bytes exceeds the chunk size {}", buf.capacity());
+        let source = self.source.ok_or(FormatError::Internal("copy job without a random-access source"))?;
+        if buf.capacity() < len {
+            *buf = AlignedBuf::new(len.max(self.chunk));
+        }
         buf.set_len(len);
         source.read_exact_at(buf, host)?;
         self.counters.source_read.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    fn copy(
-        &self,
-        buf: &mut AlignedBuf,
-        offset: u64,
-        host: u64,
-        len: usize,
-        mask: Option<ZeroMask>,
-    ) -> Result<(), ImportError> {
-        self.read_source(buf, host, len)?;
-        if let Some(mask) = mask {
-            for i in 0..32 {
-                if mask.bits & (1 << i) != 0 {
-                    let start = (i * mask.unit).min(len);
-                    let end = ((i + 1) * mask.unit).min(len);
-                    buf[start..end].fill(0);
-                }
-            }
-        }
-        self.place(buf, offset)
-    }
-
-    /// Inflates each cluster into `out`, writing guest-contiguous runs in one go.
+    /// Inflates every cluster into `out`, back to back. Returns the guest-contiguous runs
+    /// as (guest offset, start, end) in `out`.
     fn inflate_all(
         &mut self,
         input: &[u8],
         clusters: &[CompressedCluster],
         codec: Codec,
         out: &mut AlignedBuf,
-    ) -> Result<(), ImportError> {
-        let mut run_start = 0u64;
-        out.set_len(0);
+    ) -> Result<Vec<(u64, usize, usize)>, ImportError> {
+        let needed: usize = clusters.iter().map(|c| c.cluster_size).sum();
+        if needed > out.capacity() {
+            return Err(FormatError::Internal("compressed job larger than a chunk").into());
+        }
+        out.set_len(needed);
+        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+        let mut at = 0;
         for c in clusters {
-            let contiguous = !out.is_empty() && run_start + out.len() as u64 == c.guest;
-            if !out.is_empty() && (!contiguous || out.len() + c.cluster_size > out.capacity()) {
-                self.place(out, run_start)?;
-                out.set_len(0);
-            }
-            if out.is_empty() {
-                run_start = c.guest;
-            }
-            let at = out.len();
-            out.set_len(at + c.cluster_size);
             let src = input
                 .get(c.start..c.start + c.len)
                 .ok_or(FormatError::Internal("compressed cluster outside its job input"))?;
-            self.inflate_one(codec, src, &mut out[at..], c.guest)?;
-            out.set_len(at + c.out_len);
-            if c.out_len < c.cluster_size {
-                // The image ends inside this cluster.
-                self.place(out, run_start)?;
-                out.set_len(0);
+            self.inflate_one(codec, src, &mut out[at..at + c.cluster_size], c.guest)?;
+            match runs.last_mut() {
+                Some((guest, start, end)) if *guest + (*end - *start) as u64 == c.guest && *end == at => {
+                    *end = at + c.out_len
+                }
+                _ => runs.push((c.guest, at, at + c.out_len)),
             }
+            at += c.cluster_size;
         }
-        if !out.is_empty() {
-            self.place(out, run_start)?;
-            out.set_len(0);
-        }
-        Ok(())
+        Ok(runs)
     }
 
     fn inflate_one(&mut self, codec: Codec, src: &[u8], dst: &mut [u8], guest: u64) -> Result<(), ImportError> {
@@ -435,49 +508,82 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Writes guest bytes, turning zero blocks into holes (files) or punched ranges (block
-    /// devices, when long enough to be worth an ioctl).
-    fn place(&self, data: &[u8], offset: u64) -> Result<(), ImportError> {
-        let reads_zero = self.disk.unwritten_reads_zero();
-        let mut pending: Option<(usize, usize)> = None; // a data run to write: [start, end)
-        let mut pos = 0;
-        while pos < data.len() {
-            let end = (pos + ZERO_BLOCK).min(data.len());
-            if !is_zero(&data[pos..end]) {
-                pending = Some(match pending {
-                    Some((s, _)) => (s, end),
-                    None => (pos, end),
-                });
-                pos = end;
-                continue;
+    /// Allocates the job's data runs (files written directly), in the caller's turn.
+    fn allocate(&self, ops: &[Op<'_>]) -> Result<(), ImportError> {
+        for op in ops {
+            if let Op::Write { offset, data } = op {
+                self.disk.allocate(*offset, data.len() as u64)?;
             }
-            // A zero run: how long?
-            let mut zend = end;
-            while zend < data.len() {
-                let next = (zend + ZERO_BLOCK).min(data.len());
-                if !is_zero(&data[zend..next]) {
-                    break;
-                }
-                zend = next;
-            }
-            if !reads_zero && zend - pos < MIN_PUNCH && pending.is_some() && zend < data.len() {
-                // Short gap between data on a block device: cheaper to write the zeros.
-                pending = pending.map(|(s, _)| (s, zend));
-            } else {
-                if let Some((s, e)) = pending.take() {
-                    self.disk.write(&data[s..e], offset + s as u64)?;
-                }
-                if !reads_zero {
-                    self.disk.zero(offset + pos as u64, (zend - pos) as u64)?;
-                }
-            }
-            pos = zend;
         }
-        if let Some((s, e)) = pending {
-            self.disk.write(&data[s..e], offset + s as u64)?;
-        }
-        self.counters.guest_done.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Places guest bytes: zero blocks become holes (files) or zeroed ranges (block
+    /// devices, punched when long enough to be worth an ioctl); data runs are allocated in
+    /// job order ([`Turns`]) and written.
+    fn commit(&self, seq: u64, order: Order, pieces: &[(u64, &[u8])]) -> Result<(), ImportError> {
+        let mut ops = Vec::new();
+        for &(offset, data) in pieces {
+            plan_ops(data, offset, self.disk.unwritten_reads_zero(), &mut ops);
+        }
+        let apply = |ops: &[Op<'_>]| -> Result<(), ImportError> {
+            for op in ops {
+                match op {
+                    Op::Write { offset, data } => self.disk.write(data, *offset)?,
+                    Op::Zero { offset, len } => self.disk.zero(*offset, *len)?,
+                }
+            }
+            Ok(())
+        };
+        match (self.turns, order) {
+            (Some(turns), Order::Writes) => turns.in_order(seq, self.shared, || apply(&ops))?,
+            (Some(turns), Order::Allocation) => {
+                turns.in_order(seq, self.shared, || self.allocate(&ops))?;
+                apply(&ops)?;
+            }
+            (None, _) => apply(&ops)?,
+        }
+        let done: u64 = pieces.iter().map(|(_, d)| d.len() as u64).sum();
+        self.counters.guest_done.fetch_add(done, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Splits guest bytes into writes of data runs and zeroings of zero runs. Where unwritten
+/// ranges read as zero, zero runs are simply skipped.
+fn plan_ops<'b>(data: &'b [u8], offset: u64, reads_zero: bool, ops: &mut Vec<Op<'b>>) {
+    let mut pending: Option<(usize, usize)> = None; // a data run: [start, end)
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + ZERO_BLOCK).min(data.len());
+        if !is_zero(&data[pos..end]) {
+            pending = Some(pending.map_or((pos, end), |(s, _)| (s, end)));
+            pos = end;
+            continue;
+        }
+        let mut zend = end;
+        while zend < data.len() {
+            let next = (zend + ZERO_BLOCK).min(data.len());
+            if !is_zero(&data[zend..next]) {
+                break;
+            }
+            zend = next;
+        }
+        if !reads_zero && zend - pos < MIN_PUNCH && pending.is_some() && zend < data.len() {
+            // A short gap between data on a block device: cheaper to write the zeros.
+            pending = pending.map(|(s, _)| (s, zend));
+        } else {
+            if let Some((s, e)) = pending.take() {
+                ops.push(Op::Write { offset: offset + s as u64, data: &data[s..e] });
+            }
+            if !reads_zero {
+                ops.push(Op::Zero { offset: offset + pos as u64, len: (zend - pos) as u64 });
+            }
+        }
+        pos = zend;
+    }
+    if let Some((s, e)) = pending {
+        ops.push(Op::Write { offset: offset + s as u64, data: &data[s..e] });
     }
 }
 

@@ -321,6 +321,34 @@ impl Disk {
         !self.is_block
     }
 
+    /// Whether writers should allocate their data runs in image order before writing them
+    /// (files written directly; see `copy::Turns`).
+    pub fn wants_ordered_allocation(&self) -> bool {
+        !self.is_block && matches!(self.mode, IoMode::Direct { .. })
+    }
+
+    /// Allocates `[offset, offset + len)` of a file target ahead of writing it.
+    pub fn allocate(&self, offset: u64, len: u64) -> Result<(), TargetError> {
+        self.check_limit(offset, len)?;
+        direct_io::allocate_file_range(&self.file, offset, len).map_err(|source| TargetError::Io {
+            op: "allocate",
+            path: self.path.clone(),
+            offset,
+            source,
+        })
+    }
+
+    /// Gives back the blocks of `[offset, offset + len)` of a file target: it reads as zero
+    /// again, like a range never written.
+    pub fn deallocate(&self, offset: u64, len: u64) -> Result<(), TargetError> {
+        direct_io::punch_file_range(&self.file, offset, len).map_err(|source| TargetError::Io {
+            op: "punch a hole in",
+            path: self.path.clone(),
+            offset,
+            source,
+        })
+    }
+
     pub fn io_mode(&self) -> IoMode {
         self.mode
     }

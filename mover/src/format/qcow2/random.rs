@@ -1,8 +1,11 @@
 //! qcow2 from a random-access source: metadata first, then data in host-offset order.
 //!
-//! The L1 table is read once; L2 tables are read a window at a time (bounded memory), each
-//! window's clusters sorted by host offset and coalesced into large reads, so a file or an
-//! HTTP server with ranges is read front to back, once, in big requests.
+//! The L1 table is read once; L2 tables are read a window at a time (bounded memory), and
+//! each window's clusters are coalesced into large reads: runs contiguous in both guest and
+//! host, and batches of compressed clusters whose host span fits a chunk. Jobs go out in
+//! guest order, which for images qemu-img wrote is host order give or take the few clusters
+//! its parallel writers reorder, so the source is read front to back in big requests while
+//! the target is allocated front to back.
 
 use super::header::Header;
 use super::table::{Cluster, decode_l2, l1_entry};
@@ -97,7 +100,8 @@ pub fn convert(h: &Header, src: &dyn RandomAccess, sink: &JobSink<'_>, need_zero
             index += 1;
         }
         zeros.flush(sink)?;
-        pieces.sort_unstable_by_key(|p| (p.host, p.guest));
+        // Guest order: the target is then allocated front to back (see copy::Turns), and for
+        // images qemu-img wrote, host order is guest order give or take a few clusters.
         emit(h, &pieces, sink)?;
     }
     zeros.flush(sink)
@@ -169,34 +173,44 @@ fn emit(h: &Header, pieces: &[Piece], sink: &JobSink<'_>) -> Result<(), ImportEr
                 i = j;
             }
             PieceKind::Compressed { .. } => {
-                // Gather compressed clusters whose host span fits one chunk.
-                let mut clusters = Vec::new();
-                let mut end = first.host;
+                // Gather compressed clusters, in guest order, while their host span and their
+                // output each fit one chunk. Writers compress in parallel, so neighbours in
+                // the guest are near, not always in order, in the file.
+                let (mut lo, mut hi) = (first.host, first.host + first.len);
                 let mut j = i;
                 while let Some(p) = pieces.get(j) {
-                    let PieceKind::Compressed { out_len } = p.kind else { break };
-                    let new_end = end.max(p.host + p.len);
-                    if new_end - first.host > chunk || (p.host > end + h.cluster_size()) {
+                    if !matches!(p.kind, PieceKind::Compressed { .. }) {
                         break;
                     }
-                    clusters.push(CompressedCluster {
-                        guest: p.guest,
-                        start: (p.host - first.host) as usize,
-                        len: p.len as usize,
-                        out_len: out_len as usize,
-                        cluster_size: h.cluster_size() as usize,
-                    });
-                    end = new_end;
+                    let (nlo, nhi) = (lo.min(p.host), hi.max(p.host + p.len));
+                    let out = (j - i + 1) as u64 * h.cluster_size();
+                    if j > i && (nhi - nlo > chunk || out > chunk) {
+                        break;
+                    }
+                    (lo, hi) = (nlo, nhi);
                     j += 1;
                 }
-                if clusters.is_empty() {
+                if hi - lo > chunk {
                     return Err(FormatError::Corrupt(format!(
                         "compressed cluster at host offset {} is larger than a job",
                         first.host
                     ))
                     .into());
                 }
-                let input = Input::At { host: first.host, len: (end - first.host) as usize };
+                let clusters = pieces[i..j]
+                    .iter()
+                    .map(|p| {
+                        let PieceKind::Compressed { out_len } = p.kind else { unreachable!("checked above") };
+                        CompressedCluster {
+                            guest: p.guest,
+                            start: (p.host - lo) as usize,
+                            len: p.len as usize,
+                            out_len: out_len as usize,
+                            cluster_size: h.cluster_size() as usize,
+                        }
+                    })
+                    .collect();
+                let input = Input::At { host: lo, len: (hi - lo) as usize };
                 sink.submit(Job::Compressed { input, clusters, codec: h.codec })?;
                 i = j;
             }

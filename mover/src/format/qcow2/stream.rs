@@ -451,7 +451,10 @@ impl<'a, 's> Decoder<'a, 's> {
     }
 
     fn add_to_batch(&mut self, compressed: &[u8], guest: u64, out_len: u64) -> Result<(), ImportError> {
-        let full = self.batch.as_ref().is_some_and(|(buf, _)| buf.len() + compressed.len() > buf.capacity());
+        // A job's input and its decompressed output must each fit in a chunk.
+        let full = self.batch.as_ref().is_some_and(|(buf, clusters)| {
+            buf.len() + compressed.len() > buf.capacity() || (clusters.len() + 1) * self.cs as usize > buf.capacity()
+        });
         if full {
             self.flush_batch()?;
         }
