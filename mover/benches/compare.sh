@@ -9,7 +9,7 @@
 # Usage: mover/benches/compare.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images; it is made with
 #   ../shared/bench/make_images.sh when missing (5-20 min). Needs root for the loop device.
-#   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst" OUT_DIR=<scratch dir on the same disk>
+#   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst" BENCH_OUT=<scratch dir on the same disk>
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +17,7 @@ repo=$(cd "$here/../.." && pwd)
 IMAGES=${1:-${BENCH_IMAGES:-$repo/bench-images}}
 RUNS=${RUNS:-3}
 CASES=${CASES:-"qcow2 qcow2-c loop gz xz zst"}
-OUT_DIR=${OUT_DIR:-$IMAGES/out}
+BENCH_OUT=${BENCH_OUT:-$IMAGES/out}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need pigz || ! need zstd || ! need xz || ! need qemu-img; then
@@ -25,17 +25,17 @@ if ! need pigz || ! need zstd || ! need xz || ! need qemu-img; then
 fi
 if [ ! -f "$IMAGES/disk.raw.xz" ]; then
   shared=$(cd "$repo/../shared/bench" 2>/dev/null && pwd) || { echo "no images in $IMAGES and no ../shared/bench/make_images.sh" >&2; exit 1; }
-  OUT_DIR="$IMAGES" "$shared/make_images.sh"
+  (unset BENCH_OUT; OUT_DIR="$IMAGES" "$shared/make_images.sh")
 fi
 cargo build --release -p cdi-mover --manifest-path "$repo/Cargo.toml" >&2
 MOVER="$repo/target/release/cdi-mover"
-mkdir -p "$OUT_DIR"
-out="$OUT_DIR/out.raw"
+mkdir -p "$BENCH_OUT"
+out="$BENCH_OUT/out.raw"
 
 # One timed run: prints "wall cpu rss_kib alloc_bytes". $1 = output path to measure, rest = command.
 measure() {
   local output=$1; shift
-  rm -f "$output"
+  if [ -f "$output" ]; then rm -f "$output"; fi   # never a device node
   sync
   # Keep the source in the page cache for every tool alike.
   local tf wall user sys rss
@@ -43,9 +43,8 @@ measure() {
   /usr/bin/time -o "$tf" -f "%e %U %S %M" sh -c "$* && sync" >/dev/null 2>&1 || { echo "failed: $*" >&2; cat "$tf" >&2; }
   read -r wall user sys rss < <(tail -n1 "$tf")
   rm -f "$tf"
-  local alloc=0
+  local alloc=-
   if [ -f "$output" ]; then alloc=$(( $(stat -c %b "$output") * $(stat -c %B "$output") )); fi
-  if [ -b "$output" ]; then alloc=-; fi
   echo "$wall $(echo "$user + $sys" | bc) $rss $alloc"
 }
 
@@ -92,9 +91,9 @@ for c in $CASES; do
       ;;
     loop)
       src=$IMAGES/disk.qcow2
-      backing=$OUT_DIR/loop.img
+      backing=$BENCH_OUT/loop.img
       rm -f "$backing"; truncate -s 4G "$backing"
-      dev=$(losetup -f --show --direct-io=on "$backing")
+      dev=$(losetup -f --show "$backing")
       trap 'losetup -d "$dev" 2>/dev/null || true' EXIT
       # The device holds old data before every run, so zero ranges must really be zeroed.
       export PREP="tr '\\0' '\\377' </dev/zero | dd of=$dev bs=4M count=1024 oflag=direct status=none; sync; warm $src"

@@ -91,6 +91,9 @@ pub enum Job {
     Compressed { input: Input, clusters: Vec<CompressedCluster>, codec: Codec },
     /// The guest range reads as zero.
     Zero { offset: u64, len: u64 },
+    /// One block of a multi-block xz file whose content is a raw disk, decoded and placed
+    /// by the worker (blocks decode in parallel).
+    XzBlock { layout: Arc<crate::decompress::xz_blocks::Layout>, index: usize },
 }
 
 /// A chunk borrowed from the engine's pool; it goes back when dropped.
@@ -331,6 +334,8 @@ enum Order {
     /// Only the allocation of its data runs, then the writes go in parallel: plain copies
     /// are I/O-bound and need several writes in flight.
     Allocation,
+    /// Nothing: parallel xz blocks fill separate regions of the target at once by design.
+    None,
 }
 
 /// One write or zeroing a job resolves to.
@@ -400,6 +405,20 @@ impl<'a> Worker<'a> {
                     }
                 }
                 self.commit(seq, Order::Allocation, &[(offset, &input[..])])
+            }
+            Job::XzBlock { layout, index } => {
+                if let Some(turns) = self.turns {
+                    turns.in_order(seq, self.shared, || Ok(()))?;
+                }
+                let source = self.source.ok_or(FormatError::Internal("xz block job without a random-access source"))?;
+                let out = output.get_or_insert_with(|| AlignedBuf::new(self.chunk));
+                out.set_len(out.capacity());
+                input.set_len(input.capacity());
+                layout.decode(source, index, input, out, None, &mut |offset, data| {
+                    self.commit(seq, Order::None, &[(offset, data)])
+                })?;
+                self.counters.source_read.fetch_add(layout.blocks[index].total(), Ordering::Relaxed);
+                Ok(())
             }
             Job::Compressed { input: compressed, clusters, codec } => {
                 let out = output.get_or_insert_with(|| AlignedBuf::new(self.chunk));
@@ -541,7 +560,7 @@ impl<'a> Worker<'a> {
                 turns.in_order(seq, self.shared, || self.allocate(&ops))?;
                 apply(&ops)?;
             }
-            (None, _) => apply(&ops)?,
+            (None, _) | (_, Order::None) => apply(&ops)?,
         }
         let done: u64 = pieces.iter().map(|(_, d)| d.len() as u64).sum();
         self.counters.guest_done.fetch_add(done, Ordering::Relaxed);

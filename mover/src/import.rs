@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::checksum::{Checksum, Hasher, HashingReader};
-use crate::copy::{self, CopyConfig};
+use crate::copy::{self, CopyConfig, Job};
+use crate::decompress::xz_blocks::Layout;
 use crate::decompress::{self, DecompressError};
-use crate::detect::{self, Detected, ImageFormat, Peeked, SNIFF_LEN};
+use crate::detect::{self, Compression, Detected, ImageFormat, Peeked, SNIFF_LEN};
 use crate::error::ImportError;
 use crate::format::qcow2::{self, StreamLimits};
 use crate::format::{FormatError, raw};
@@ -114,10 +115,16 @@ fn run(
         if req.checksum.is_none() && req.content_type == ContentType::Kubevirt { opened.random.clone() } else { None };
     if let Some(src) = random {
         let head = read_head(src.as_ref())?;
-        if let Detected::Image(format) = detect::sniff(&head) {
-            return run_random(req, plan, src, &head, format, progress, cancel);
+        match detect::sniff(&head) {
+            Detected::Image(format) => return run_random(req, plan, src, &head, format, progress, cancel),
+            Detected::Compressed(Compression::Xz) => {
+                if let Some((layout, format)) = xz_raw_layout(src.as_ref())? {
+                    return run_xz_blocks(req, plan, src, layout, format, progress, cancel);
+                }
+            }
+            // Other compression can only be peeled in one pass.
+            Detected::Compressed(_) => {}
         }
-        // Compressed: the layers can only be peeled in one pass.
     }
     run_stream(req, plan, opened, progress, cancel)
 }
@@ -126,6 +133,49 @@ fn read_head(src: &dyn RandomAccess) -> Result<Vec<u8>, ImportError> {
     let mut head = vec![0u8; (SNIFF_LEN as u64).min(src.len()) as usize];
     src.read_exact_at(&mut head, 0)?;
     Ok(head)
+}
+
+/// The block layout of an xz file worth decoding in parallel: several blocks holding a raw
+/// disk (a qcow2 or tar inside needs its bytes in order, so it takes the one-pass path).
+fn xz_raw_layout(src: &dyn RandomAccess) -> Result<Option<(Arc<Layout>, ImageFormat)>, ImportError> {
+    let Some(layout) = Layout::read(src)? else { return Ok(None) };
+    if layout.blocks.len() < 2 {
+        return Ok(None);
+    }
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    let (mut input, mut out) = (vec![0u8; 1 << 20], vec![0u8; SNIFF_LEN]);
+    layout.decode(src, 0, &mut input, &mut out, Some(SNIFF_LEN as u64), &mut |_, bytes| {
+        head.extend_from_slice(bytes);
+        Ok(())
+    })?;
+    match detect::sniff(&head) {
+        Detected::Image(f @ (ImageFormat::Raw | ImageFormat::Iso)) => Ok(Some((Arc::new(layout), f))),
+        _ => Ok(None),
+    }
+}
+
+fn run_xz_blocks(
+    req: &ImportRequest,
+    plan: TargetPlan,
+    src: Arc<dyn RandomAccess>,
+    layout: Arc<Layout>,
+    format: ImageFormat,
+    progress: &Progress,
+    cancel: Arc<AtomicBool>,
+) -> Result<ImportResult, ImportError> {
+    let virtual_size = layout.out_len;
+    plan.check_fits(virtual_size)?;
+    let disk = plan.open(Some(virtual_size), true)?;
+    progress.set_total(src.len());
+    progress.set_phase(Phase::Transferring);
+    let copied = copy::run(req.copy, &disk, Some(src.as_ref()), &progress.counters, cancel, |sink| {
+        for index in 0..layout.blocks.len() {
+            sink.submit(Job::XzBlock { layout: layout.clone(), index })?;
+        }
+        Ok(virtual_size)
+    });
+    let formats = vec![Detected::Compressed(Compression::Xz).name(), Detected::Image(format).name()];
+    finish(disk, copied, formats, None, progress)
 }
 
 /// What the decoder will be: the format plus what it knows of the size.

@@ -2,6 +2,8 @@
 //! (multi-frame). Each decoder is wrapped so that its failures come out as a typed
 //! [`DecompressError`] naming the layer, while transport errors from below pass through.
 
+pub mod xz_blocks;
+
 use std::io::{self, BufReader, Read};
 
 use crate::detect::Compression;
