@@ -140,6 +140,7 @@ async fn dispatch(
         let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
         ua.split('/').next().unwrap_or("unknown").to_string()
     });
+    let explicit_manager = q.get("fieldManager").is_some_and(|m| !m.is_empty());
     let wopts = WriteOptions {
         field_manager: manager,
         force: q.get("force").is_some_and(|f| f == "true"),
@@ -235,6 +236,9 @@ async fn dispatch(
                     )));
                 }
             };
+            if ty == PatchType::Apply && !explicit_manager {
+                return Err(ApiError::bad_request("PATCH, fieldManager is required for apply requests"));
+            }
             let patch: Value = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::bad_request(format!("the patch body is not JSON (YAML apply bodies are not supported): {e}"))
             })?;

@@ -338,7 +338,7 @@ impl Kubelet {
 
     fn host_path(&self, p: &str) -> PathBuf {
         if let Ok(rest) = Path::new(p).strip_prefix(HOST_KUBELET_ROOT) {
-            return self.root.join(rest);
+            return if rest.as_os_str().is_empty() { self.root.clone() } else { self.root.join(rest) };
         }
         if p.starts_with("/dev") {
             return PathBuf::from(p);
