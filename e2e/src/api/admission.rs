@@ -180,11 +180,11 @@ pub fn on_create(storage: &str, obj: &mut Value, ctx: &CreateContext) -> Result<
 
 /// `stringData` is write-only: it is folded into `data` on every write.
 pub fn fold_string_data(obj: &mut Value) {
-    if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
-        if let Some(sd) = sd.as_object() {
-            for (k, v) in sd {
-                obj["data"][k] = json!(base64(v.as_str().unwrap_or_default().as_bytes()));
-            }
+    if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
+        && let Some(sd) = sd.as_object()
+    {
+        for (k, v) in sd {
+            obj["data"][k] = json!(base64(v.as_str().unwrap_or_default().as_bytes()));
         }
     }
 }

@@ -354,13 +354,12 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
         }
     }
     match entries.iter_mut().find(|e| mine(e)) {
-        Some(e) => {
-            if !changed.is_empty() {
-                e.set.extend(changed);
-                e.time = w.time.into();
-                e.api_version = w.api_version.into();
-            }
+        Some(e) if !changed.is_empty() => {
+            e.set.extend(changed);
+            e.time = w.time.into();
+            e.api_version = w.api_version.into();
         }
+        Some(_) => {}
         None if !changed.is_empty() => entries.push(Entry {
             manager: w.manager.into(),
             operation: "Update".into(),

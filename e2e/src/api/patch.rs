@@ -130,7 +130,7 @@ fn merge_object(target: &mut Value, patch: &Value, path: &mut Vec<String>, direc
     }
 }
 
-fn key_of<'a>(item: &'a Value, kind: ListKind) -> Option<&'a Value> {
+fn key_of(item: &Value, kind: ListKind) -> Option<&Value> {
     match kind {
         ListKind::Map(key) => item.get(key),
         ListKind::Set => Some(item),

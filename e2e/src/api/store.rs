@@ -354,6 +354,7 @@ impl Store {
         self.commit(g, out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
         rt: &ResourceType,

@@ -71,7 +71,7 @@ async fn a_wffc_claim_binds_only_after_a_consumer_pod_is_scheduled() {
     event_seen(&events, "data", "WaitForFirstConsumer").await;
     let c = pvcs.get("data").await.unwrap();
     assert_eq!(c.status.unwrap().phase.as_deref(), Some("Pending"));
-    assert!(c.metadata.annotations.unwrap_or_default().get("volume.kubernetes.io/selected-node").is_none());
+    assert!(!c.metadata.annotations.unwrap_or_default().contains_key("volume.kubernetes.io/selected-node"));
     assert!(
         Api::<PersistentVolume>::all(tc.client.clone()).list(&ListParams::default()).await.unwrap().items.is_empty()
     );
