@@ -97,6 +97,7 @@ impl Cluster {
             store: store.clone(),
             watch_generation: watch_generation.clone(),
             bookmark_interval: config.bookmark_interval,
+            nodes_dir: dir.join("nodes"),
         };
         let mut tasks = Vec::new();
         let mut srv_stop = stop_rx.clone();

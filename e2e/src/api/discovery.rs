@@ -84,6 +84,8 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
         if t.binding {
             resources.push(json!({"name": format!("{}/binding", t.plural), "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"]}));
+            resources.push(json!({"name": format!("{}/log", t.plural), "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"]}));
         }
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };

@@ -30,6 +30,8 @@ pub struct ApiState {
     /// connection).
     pub watch_generation: watch::Sender<u64>,
     pub bookmark_interval: Duration,
+    /// `nodes/<node>/logs/` holds the output of the processes pods run (`pods/log`).
+    pub nodes_dir: std::path::PathBuf,
 }
 
 /// The router: every path goes to one handler, which parses Kubernetes paths itself.
@@ -153,6 +155,7 @@ async fn dispatch(
         None => Sub::Main,
         Some("status") if rt.status => Sub::Status,
         Some("binding") if rt.binding => Sub::Main,
+        Some("log") if rt.binding && method == Method::GET => Sub::Main,
         Some(_) => return Err(ApiError::path_not_found()),
     };
     let body_json = || -> Result<Value, ApiError> {
@@ -186,6 +189,25 @@ async fn dispatch(
                 StatusCode::OK,
                 &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": res.items}),
             ))
+        }
+        (&Method::GET, Some(name), Some("log")) => {
+            let pod = st.store.get(rt, ns, name)?;
+            let container = match q.get("container") {
+                Some(c) => c.clone(),
+                None => pod["spec"]["containers"][0]["name"].as_str().unwrap_or_default().to_string(),
+            };
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+            let file = st.nodes_dir.join(node).join("logs").join(format!("{ns}_{name}_{container}.log"));
+            // Containers that only pretend to run have no output.
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let text = match q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+                Some(n) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("{l}\n")).collect()
+                }
+                None => text,
+            };
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
         }
         (&Method::GET, Some(name), _) => {
             if target.legacy_watch {

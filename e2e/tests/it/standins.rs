@@ -301,7 +301,7 @@ exec sleep 600"#,
 #[tokio::test]
 async fn run_to_completion_pods_end_succeeded_or_failed_by_exit_code() {
     let bin_dir = tempfile::tempdir().unwrap();
-    let script = fake_mover(bin_dir.path(), r#"exit "$1""#);
+    let script = fake_mover(bin_dir.path(), r#"echo "exiting with $1"; exit "$1""#);
     let tc = TestCluster::start_with(|c| c.mover_binary = Some(script.clone())).await;
     let pods: Api<Pod> = Api::default_namespaced(tc.client.clone());
     for (name, code) in [("ok", "0"), ("bad", "3")] {
@@ -317,6 +317,8 @@ async fn run_to_completion_pods_end_succeeded_or_failed_by_exit_code() {
     let bad = within("bad to fail", await_condition(pods.clone(), "bad", phase("Failed"))).await.unwrap().unwrap();
     let st: Value = serde_json::to_value(&bad.status.unwrap().container_statuses.unwrap()[0]).unwrap();
     assert_eq!(st["state"]["terminated"]["exitCode"], 3);
+    let logs = pods.logs("bad", &kube::api::LogParams::default()).await.unwrap();
+    assert_eq!(logs, "exiting with 3\n", "pods/log serves the process output");
     tc.shutdown_and_check_leaks().await;
 }
 
