@@ -510,7 +510,7 @@ impl Inner {
         c
     }
 
-    fn check_namespace(&self, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+    fn check_namespace(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<(), ApiError> {
         if !rt.namespaced {
             return Ok(());
         }
@@ -521,9 +521,9 @@ impl Inner {
             .ok_or_else(|| ApiError::namespace_not_found(ns))?;
         if !nsobj["metadata"]["deletionTimestamp"].is_null() {
             return Err(ApiError::forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being \
+                 terminated",
                 rt.qualified(),
-                "",
             )));
         }
         Ok(())
@@ -582,7 +582,7 @@ impl Inner {
             }
             name = format!("{prefix}{}", name_suffix());
         }
-        self.check_namespace(rt, ns)?;
+        self.check_namespace(rt, ns, &name)?;
         let ns = if rt.namespaced { ns } else { "" };
         if self.buckets.get(&rt.storage).is_some_and(|b| b.contains_key(&(ns.to_string(), name.clone()))) {
             return Err(ApiError::already_exists(rt, &name));

@@ -440,3 +440,34 @@ async fn a_crd_registered_at_run_time_serves_its_custom_resources() {
     assert_eq!(api_code(&widgets.list(&ListParams::default()).await.unwrap_err()).0, 404);
     tc.shutdown_and_check_leaks().await;
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_removes_its_content_then_the_namespace() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let tc = TestCluster::start().await;
+    let nss: Api<Namespace> = Api::all(tc.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "scratch"}})).unwrap();
+    let ns = nss.create(&PostParams::default(), &ns).await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(tc.client.clone(), "scratch");
+    let mut held = cm("held", &[]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &held).await.unwrap();
+    api.create(&PostParams::default(), &cm("free", &[])).await.unwrap();
+    nss.delete("scratch", &DeleteParams::default()).await.unwrap();
+    let terminating = nss.get("scratch").await.unwrap();
+    assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let err = api.create(&PostParams::default(), &cm("new", &[])).await.unwrap_err();
+    assert_eq!(api_code(&err), (403, "Forbidden".into()));
+    within("the free object to go", await_condition(api.clone(), "free", |o: Option<&ConfigMap>| o.is_none()))
+        .await
+        .unwrap();
+    assert!(nss.get("scratch").await.is_ok(), "the namespace waits for its content");
+    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    within(
+        "the namespace to go",
+        await_condition(nss.clone(), "scratch", conditions::is_deleted(&ns.metadata.uid.unwrap())),
+    )
+    .await
+    .unwrap();
+    tc.shutdown_and_check_leaks().await;
+}
