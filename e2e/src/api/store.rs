@@ -791,8 +791,8 @@ impl Inner {
         }
         let current = match self.get(rt, ns, name) {
             Ok(o) => present(rt, o),
-            Err(e) if ty == PatchType::Apply && sub == Sub::Main => {
-                let _ = e;
+            // Apply to a missing object creates it.
+            Err(_) if ty == PatchType::Apply && sub == Sub::Main => {
                 let mut obj = body.clone();
                 obj["metadata"]["name"] = json!(name);
                 return self.create(rt, ns, obj, opts, Some(body));
