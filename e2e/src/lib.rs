@@ -1,3 +1,24 @@
-//! The embedded mini-cluster (an API server plus stand-in scheduler, binder, provisioner
-//! and kubelet) that the end-to-end scenarios run on (DESIGN.md §5). Arrives with the
-//! mini-cluster issue.
+//! `cdi-e2e`: an embedded Kubernetes mini-cluster for end-to-end runs and demos (DESIGN.md §5).
+//!
+//! ```text
+//!  kubectl / kube-rs ──HTTP──> api::server ──> api::store  (objects, resourceVersions, history)
+//!                                                  ^   │ every write wakes the loops below
+//!        controllers::gc          (owners, namespaces, protection finalizers, CRD cleanup)
+//!        controllers::scheduler   (binds pods to nodes; selected-node for WaitForFirstConsumer)
+//!        controllers::binder      (PV <-> PVC binding, pre-bound PVs, Lost claims)
+//!        controllers::provisioner (PVs on ext4-on-loop directories or raw loop devices)
+//!        controllers::kubelet     (one per node: volume paths, processes, pod status)
+//!                                                  │
+//!                                     host (loop devices, mounts, child processes)
+//! ```
+//!
+//! Everything runs in one process. [`Cluster::start`] brings it up on an ephemeral loopback
+//! port and writes a kubeconfig; [`Cluster::shutdown`] (or dropping the [`Cluster`]) stops
+//! every process and removes every mount and loop device it made.
+
+pub mod api;
+pub mod cluster;
+pub mod controllers;
+pub mod host;
+
+pub use cluster::{Cluster, ClusterConfig};

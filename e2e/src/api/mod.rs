@@ -1,0 +1,13 @@
+//! The API server: a store of JSON objects with Kubernetes semantics, and its HTTP front.
+
+pub mod admission;
+pub mod discovery;
+pub mod error;
+pub mod fields;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod util;

@@ -1,0 +1,298 @@
+//! Starting and stopping the whole mini-cluster.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::server::{ApiState, router};
+use crate::api::store::{Store, WriteOptions};
+use crate::controllers::{self, binder, gc, kubelet, provisioner, scheduler};
+use crate::host::{self, Children};
+
+/// The provisioner name of the built-in local storage classes (and their CSIDriver).
+pub const PROVISIONER: &str = "local.e2e.cdi.kubevirt.io";
+/// The default class: WaitForFirstConsumer, as local storage is in real clusters.
+pub const CLASS_WFFC: &str = "local";
+/// The same storage, bound immediately.
+pub const CLASS_IMMEDIATE: &str = "local-immediate";
+
+/// How to build a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Working directory: kubeconfig, node roots, volume backing files, process logs.
+    pub dir: PathBuf,
+    /// Simulated nodes, named `node-1` … `node-N`.
+    pub nodes: usize,
+    /// Loopback port to serve on; 0 picks a free one.
+    pub port: u16,
+    /// Containers whose image is this (by repository name, e.g. `registry/x/cdi-mover:tag`)
+    /// run `mover_binary` as a process; other containers only pretend to run.
+    pub mover_image: String,
+    pub mover_binary: Option<PathBuf>,
+    /// How many changes the watch history keeps; older resourceVersions get 410 Gone.
+    pub watch_history: usize,
+    /// Interval of BOOKMARK events on watches that allow them.
+    pub bookmark_interval: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            dir: dir.into(),
+            nodes: 2,
+            port: 0,
+            mover_image: "cdi-mover".into(),
+            mover_binary: None,
+            watch_history: 10_000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running mini-cluster. Dropping it stops everything too, but [`Cluster::shutdown`] waits
+/// for the processes to end and is the way to stop it in async code.
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    store: Arc<Store>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    watch_generation: watch::Sender<u64>,
+    tasks: Vec<JoinHandle<()>>,
+    kubelets: Vec<Arc<kubelet::Kubelet>>,
+    children: Children,
+    stopped: bool,
+}
+
+impl Cluster {
+    /// Brings the cluster up: API server on 127.0.0.1, the stand-in controllers, one kubelet
+    /// per node, the built-in namespaces, nodes and storage classes, and `DIR/kubeconfig`.
+    ///
+    /// # Errors
+    /// When the directory or the listener cannot be set up.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Cluster> {
+        let dir = &config.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let config = ClusterConfig { dir: dir.clone(), ..config };
+        let children = Children::default();
+        // Whatever a crashed earlier run left in this directory goes first.
+        host::cleanup(&dir, &children);
+
+        let store = Arc::new(Store::new(config.watch_history));
+        seed(&store, &config)?;
+
+        let listener =
+            tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API port")?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (watch_generation, _) = watch::channel(0u64);
+        let state = ApiState {
+            store: store.clone(),
+            watch_generation: watch_generation.clone(),
+            bookmark_interval: config.bookmark_interval,
+            nodes_dir: dir.join("nodes"),
+        };
+        let mut tasks = Vec::new();
+        let mut srv_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = srv_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        }));
+
+        let s = store.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "gc", move || {
+            let s = s.clone();
+            async move { gc::sweep(&s) }
+        })));
+        let s = store.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "scheduler", move || {
+            let s = s.clone();
+            async move { scheduler::sweep(&s) }
+        })));
+        let s = store.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "binder", move || {
+            let s = s.clone();
+            async move { binder::sweep(&s) }
+        })));
+        let prov = Arc::new(provisioner::Provisioner::new(store.clone(), dir.join("nodes")));
+        let p = prov.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "provisioner", move || {
+            let p = p.clone();
+            async move { p.sweep().await }
+        })));
+        let mut kubelets = Vec::new();
+        for i in 0..config.nodes {
+            let k = Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone()));
+            let kk = k.clone();
+            tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "kubelet", move || {
+                let k = kk.clone();
+                async move { k.sweep().await }
+            })));
+            kubelets.push(k);
+        }
+
+        let cluster =
+            Cluster { config, store, addr, stop, watch_generation, tasks, kubelets, children, stopped: false };
+        cluster.write_kubeconfig()?;
+        Ok(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.config.dir.join("kubeconfig")
+    }
+
+    /// The node names, `node-1` … `node-N`.
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.config.nodes).map(node_name).collect()
+    }
+
+    /// The kubelet root directory of a node (`node-1`).
+    pub fn kubelet_root(&self, node: &str) -> PathBuf {
+        self.config.dir.join("nodes").join(node).join("kubelet")
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A kube-rs client for this cluster (default namespace `default`).
+    ///
+    /// # Errors
+    /// Only if kube-rs rejects the configuration.
+    pub fn client(&self) -> anyhow::Result<kube::Client> {
+        let uri: http::Uri = self.url().parse()?;
+        let config = kube::Config::new(uri);
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Ends every open watch stream, as an API server restart or a dropped connection would;
+    /// clients resume from their last resourceVersion.
+    pub fn drop_watches(&self) {
+        self.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    fn write_kubeconfig(&self) -> anyhow::Result<()> {
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: cdi-e2e\n  cluster:\n    server: {}\ncontexts:\n- name: \
+             cdi-e2e\n  context:\n    cluster: cdi-e2e\n    user: cdi-e2e\n    namespace: default\ncurrent-context: \
+             cdi-e2e\nusers:\n- name: cdi-e2e\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(self.kubeconfig_path(), kc).context("writing the kubeconfig")
+    }
+
+    /// Stops the controllers and the server, ends every pod process, then removes every
+    /// mount and loop device the cluster made.
+    pub async fn shutdown(mut self) {
+        self.stop_now();
+        for k in &self.kubelets {
+            k.stop_all().await;
+        }
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                tracing::warn!("a cluster task did not stop within 5s");
+            }
+        }
+        host::cleanup(&self.config.dir, &self.children);
+        self.stopped = true;
+    }
+
+    fn stop_now(&self) {
+        let _ = self.stop.send(true);
+        self.drop_watches();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stop_now();
+        for t in &self.tasks {
+            t.abort();
+        }
+        host::cleanup(&self.config.dir, &self.children);
+    }
+}
+
+pub fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// The namespaces, nodes, CSIDriver and storage classes every cluster starts with.
+fn seed(store: &Store, config: &ClusterConfig) -> anyhow::Result<()> {
+    let opts = WriteOptions { field_manager: "cdi-e2e".into(), ..Default::default() };
+    let ns = store.rt("", "namespaces");
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        store.create(&ns, "", json!({"metadata": {"name": n}}), &opts)?;
+    }
+    let nodes = store.rt("", "nodes");
+    for i in 1..=config.nodes {
+        let name = node_name(i);
+        let ip = kubelet::node_ip(i);
+        let now = crate::api::util::now();
+        let node = json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
+            "spec": {},
+        });
+        store.create(&nodes, "", node, &opts)?;
+        let status = json!({"status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+            "nodeInfo": {"kubeletVersion": "v1.33.0-cdi-e2e", "operatingSystem": "linux", "architecture": "amd64",
+                "containerRuntimeVersion": "cdi-e2e://0.1", "kernelVersion": "", "osImage": "cdi-e2e",
+                "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+        }});
+        store.patch(
+            &nodes,
+            "",
+            &name,
+            crate::api::store::PatchType::Merge,
+            &status,
+            crate::api::store::Sub::Status,
+            &opts,
+        )?;
+    }
+    let csi = store.rt("storage.k8s.io", "csidrivers");
+    store.create(&csi, "", json!({"metadata": {"name": PROVISIONER}, "spec": {"attachRequired": false}}), &opts)?;
+    let sc = store.rt("storage.k8s.io", "storageclasses");
+    store.create(
+        &sc,
+        "",
+        json!({"metadata": {"name": CLASS_WFFC, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+               "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"}),
+        &opts,
+    )?;
+    store.create(
+        &sc,
+        "",
+        json!({"metadata": {"name": CLASS_IMMEDIATE}, "provisioner": PROVISIONER, "reclaimPolicy": "Delete",
+               "volumeBindingMode": "Immediate"}),
+        &opts,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The stand-ins for Kubernetes' control-plane and node components. Each is a small
+//! level-triggered loop on the shared store: it wakes on any write (or a short tick), looks
+//! at the objects it cares about, and converges them with ordinary API writes, so every
+//! change it makes is visible to watches exactly like a real controller's.
+
+pub mod binder;
+pub mod gc;
+pub mod kubelet;
+pub mod provisioner;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use serde_json::json;
+
+use crate::api::store::{PatchType, Query, Store, Sub, WriteOptions};
+use crate::api::util::{meta_str, now};
+
+/// How often a loop looks again without a write having happened (for time-based work such
+/// as graceful pod termination).
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// Runs `sweep` after every store write until `stop` turns true. A sweep that fails is
+/// logged and retried at the next wake-up, as a controller's requeue would.
+pub async fn run_loop<F, Fut>(store: Arc<Store>, mut stop: watch::Receiver<bool>, name: &'static str, mut sweep: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut changes = store.subscribe_changes();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if let Err(e) = sweep().await {
+            tracing::debug!(controller = name, error = %e, "sweep failed; retrying");
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+pub(crate) fn is_deleting(o: &Value) -> bool {
+    !o["metadata"]["deletionTimestamp"].is_null()
+}
+
+pub(crate) fn has_finalizer(o: &Value, f: &str) -> bool {
+    o["metadata"]["finalizers"].as_array().is_some_and(|l| l.iter().any(|x| x == f))
+}
+
+/// An identical event is recorded again (as a count bump) at most this often.
+const EVENT_REPEAT_SECS: i64 = 30;
+
+pub(crate) fn opts(manager: &str) -> WriteOptions {
+    WriteOptions { field_manager: manager.into(), ..Default::default() }
+}
+
+/// A merge patch as `manager`; errors (the object went away, a conflict) are for the next
+/// sweep to resolve, so they are returned for logging only.
+pub(crate) fn merge(
+    store: &Store,
+    plural: (&str, &str),
+    o: &Value,
+    sub: Sub,
+    patch: Value,
+    manager: &str,
+) -> anyhow::Result<Value> {
+    let rt = store.rt(plural.0, plural.1);
+    Ok(store.patch(
+        &rt,
+        meta_str(o, "namespace"),
+        meta_str(o, "name"),
+        PatchType::Merge,
+        &patch,
+        sub,
+        &opts(manager),
+    )?)
+}
+
+/// Records a core/v1 Event about `about`, folding repeats into `count` as client-go's
+/// recorder does.
+pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str, message: &str, component: &str) {
+    let rt = store.rt("", "events");
+    let ns = match meta_str(about, "namespace") {
+        "" => "default",
+        n => n,
+    };
+    let uid = meta_str(about, "uid");
+    let q = Query { namespace: Some(ns.to_string()), ..Default::default() };
+    let t = now();
+    if let Ok(list) = store.list(&rt, &q, None, None)
+        && let Some(e) = list.items.iter().find(|e| {
+            e["involvedObject"]["uid"] == uid
+                && e["reason"] == reason
+                && e["message"] == message
+                && e["source"]["component"] == component
+        })
+    {
+        // Repeats within a short window are dropped (client-go's recorder aggregates and
+        // rate-limits too); otherwise every sweep would write and wake every loop again.
+        let recent = e["lastTimestamp"]
+            .as_str()
+            .and_then(|l| l.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|l| (jiff::Timestamp::now() - l).get_seconds() < EVENT_REPEAT_SECS);
+        if recent {
+            return;
+        }
+        let count = e["count"].as_i64().unwrap_or(1) + 1;
+        let _ = merge(store, ("", "events"), e, Sub::Main, json!({"count": count, "lastTimestamp": t}), component);
+        return;
+    }
+    let event = json!({
+        "metadata": {"name": format!("{}.{:x}", meta_str(about, "name"), jiff::Timestamp::now().as_nanosecond()), "namespace": ns},
+        "involvedObject": {
+            "kind": about["kind"], "apiVersion": about["apiVersion"], "name": meta_str(about, "name"),
+            "namespace": meta_str(about, "namespace"), "uid": uid, "resourceVersion": meta_str(about, "resourceVersion"),
+        },
+        "reason": reason, "message": message, "type": ty,
+        "source": {"component": component},
+        "reportingComponent": component, "reportingInstance": component,
+        "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+    });
+    let _ = store.create(&rt, ns, event, &opts(component));
+}

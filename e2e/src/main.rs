@@ -1,0 +1,70 @@
+//! `cdi-e2e up`: runs the mini-cluster in the foreground until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cdi_e2e::{Cluster, ClusterConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cdi-e2e", about = "An embedded Kubernetes mini-cluster for cdi-rs", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the cluster and run until interrupted.
+    Up(UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of simulated nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Working directory (kubeconfig, node roots, volumes, pod logs).
+    #[arg(long, default_value = "./cdi-e2e")]
+    dir: PathBuf,
+    /// Loopback port for the API server (0: any free port).
+    #[arg(long, default_value_t = 0, env = "CDI_E2E_PORT")]
+    port: u16,
+    /// Image name whose containers run the mover binary.
+    #[arg(long, default_value = "cdi-mover")]
+    mover_image: String,
+    /// The binary such containers run.
+    #[arg(long, env = "CDI_E2E_MOVER_BINARY")]
+    mover_binary: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdi_e2e=info".into()),
+        )
+        .init();
+    let Command::Up(args) = Cli::parse().command;
+    let mut config = ClusterConfig::new(&args.dir);
+    config.nodes = args.nodes;
+    config.port = args.port;
+    config.mover_image = args.mover_image;
+    config.mover_binary = args.mover_binary;
+    let cluster = Cluster::start(config).await.context("starting the cluster")?;
+    let kc = cluster.kubeconfig_path();
+    println!("cdi-e2e cluster up at {} with nodes {}", cluster.url(), cluster.node_names().join(", "));
+    println!("  export KUBECONFIG={}", kc.display());
+    println!("  kubectl get nodes,storageclasses");
+    println!("Ctrl-C stops it and removes every loop device, mount and process it made.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("stopping…");
+    cluster.shutdown().await;
+    println!("stopped; nothing left behind");
+    Ok(())
+}
