@@ -262,8 +262,12 @@ where
                     if shared.stopped() {
                         continue; // drain: dropping the job returns its buffer
                     }
-                    if let Err(e) = worker.run(seq, job) {
-                        shared.fail(e);
+                    match worker.run(seq, job) {
+                        Ok(()) => {}
+                        // Only a consequence of another failure (or of a cancellation, which
+                        // `run` reports itself): the cause is recorded elsewhere.
+                        Err(ImportError::Cancelled) => {}
+                        Err(e) => shared.fail(e),
                     }
                 }
             });
