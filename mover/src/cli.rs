@@ -14,7 +14,7 @@ use cdi_mover::copy::CopyConfig;
 use cdi_mover::error::{ImportError, one_line};
 use cdi_mover::format::qcow2::StreamLimits;
 use cdi_mover::progress::{Phase, Progress, Rate};
-use cdi_mover::source::{Credentials, HttpOptions, SourceOptions, SourceSpec};
+use cdi_mover::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
 use cdi_mover::target::{TargetOptions, sizing};
 use cdi_mover::{ContentType, ImportRequest, ImportResult};
 
@@ -133,8 +133,15 @@ impl ImportArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let credentials = self.basic_auth_file.as_deref().map(read_credentials).transpose()?;
+        let ca = match &self.ca_file {
+            Some(path) => Some(CaBundle {
+                pem: std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?,
+                origin: path.display().to_string(),
+            }),
+            None => None,
+        };
         let http = HttpOptions {
-            ca_file: self.ca_file.clone(),
+            ca,
             insecure_skip_verify: self.insecure_skip_verify,
             headers,
             credentials,
@@ -143,7 +150,7 @@ impl ImportArgs {
         };
         Ok(ImportRequest {
             source,
-            source_options: SourceOptions { http },
+            source_options: SourceOptions { http, cancel: None },
             target: self.target.clone(),
             content_type: match self.content_type {
                 ContentTypeArg::Kubevirt => ContentType::Kubevirt,

@@ -85,7 +85,12 @@ pub fn import(
     progress: &Progress,
     cancel: Arc<AtomicBool>,
 ) -> Result<ImportResult, ImportError> {
-    let result = run(req, rt, progress, cancel);
+    let result = run(req, rt, progress, cancel.clone());
+    // Whatever a cancelled import tripped over on its way out, it was cancelled.
+    let result = match result {
+        Err(_) if cancel.load(std::sync::atomic::Ordering::SeqCst) => Err(ImportError::Cancelled),
+        other => other,
+    };
     progress.set_phase(if result.is_ok() { Phase::Complete } else { Phase::Failed });
     if result.is_ok() {
         progress.complete();
@@ -107,7 +112,9 @@ fn run(
             req.target.display()
         )));
     }
-    let opened = source::open(&req.source, &req.source_options, rt)?;
+    let mut source_options = req.source_options.clone();
+    source_options.cancel = Some(cancel.clone());
+    let opened = source::open(&req.source, &source_options, rt)?;
     tracing::debug!(source = %opened.name, len = ?opened.len, random = opened.random.is_some(), "source opened");
 
     // Random access when nothing forces one pass over the bytes.

@@ -36,6 +36,7 @@ pub mod error;
 pub mod format;
 pub mod import;
 pub mod progress;
+pub mod service;
 pub mod source;
 pub mod target;
 pub mod tls;

@@ -5,8 +5,8 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +33,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const USER_AGENT: &str = concat!("cdi-mover/", env!("CARGO_PKG_VERSION"));
 
+/// PEM certificates to trust, and where they came from (for messages).
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    pub pem: Vec<u8>,
+    /// A file name, or "the request".
+    pub origin: String,
+}
+
 /// User name and password for HTTP basic auth. Never printed.
 #[derive(Clone)]
 pub struct Credentials {
@@ -48,8 +56,8 @@ impl fmt::Debug for Credentials {
 
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// Extra trusted CA certificates (PEM), in addition to the system's.
-    pub ca_file: Option<PathBuf>,
+    /// Extra trusted CA certificates, in addition to the system's.
+    pub ca: Option<CaBundle>,
     pub insecure_skip_verify: bool,
     /// Extra request headers, sent to the named origin only.
     pub headers: Vec<(String, String)>,
@@ -61,7 +69,7 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> HttpOptions {
         HttpOptions {
-            ca_file: None,
+            ca: None,
             insecure_skip_verify: false,
             headers: Vec::new(),
             credentials: None,
@@ -86,6 +94,7 @@ pub struct HttpSource {
     credentials: Option<Credentials>,
     connections: usize,
     chunk_size: usize,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl HttpSource {
@@ -93,7 +102,12 @@ impl HttpSource {
     /// (ranges work: random access and parallel download) or the GET that will stream it.
     /// Failures that make the import pointless (404, refused credentials) surface here,
     /// before any target is touched.
-    pub fn open(url: Url, opts: HttpOptions, rt: Handle) -> Result<Opened, SourceError> {
+    pub fn open(
+        url: Url,
+        opts: HttpOptions,
+        cancel: Option<Arc<AtomicBool>>,
+        rt: Handle,
+    ) -> Result<Opened, SourceError> {
         crate::tls::install_crypto_provider();
         let client = build_client(&opts)?;
         let headers = parse_headers(&opts.headers)?;
@@ -108,6 +122,7 @@ impl HttpSource {
             credentials: opts.credentials.clone(),
             connections: opts.connections.max(1),
             chunk_size: opts.chunk_size.max(64 << 10),
+            cancel,
         };
         let head = rt.block_on(source.head());
         if let Ok((final_url, Some(len), true)) = head
@@ -302,7 +317,11 @@ impl HttpSource {
                 }
             }
         });
-        ChannelReader { rx, current: Bytes::new() }
+        self.reader(rx)
+    }
+
+    fn reader(&self, rx: tokio::sync::mpsc::Receiver<Result<Bytes, SourceError>>) -> ChannelReader {
+        ChannelReader { rx, current: Bytes::new(), cancel: self.cancel.clone(), rt: self.rt.clone() }
     }
 
     /// Streams the body of a GET that was already answered (no range support).
@@ -333,7 +352,7 @@ impl HttpSource {
                 let _ = tx.send(Err(SourceError::ShortBody { url: name, offset: pos, expected, got: pos })).await;
             }
         });
-        ChannelReader { rx, current: Bytes::new() }
+        self.reader(rx)
     }
 }
 
@@ -359,12 +378,31 @@ impl RandomAccess for HttpSource {
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, SourceError>>,
     current: Bytes,
+    cancel: Option<Arc<AtomicBool>>,
+    rt: Handle,
+}
+
+/// How often a reader waiting on the network checks for cancellation.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
+
+impl ChannelReader {
+    fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        let Some(cancel) = self.cancel.clone() else { return self.rx.blocking_recv() };
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Some(Err(SourceError::Aborted("cancelled".into())));
+            }
+            if let Ok(item) = self.rt.block_on(tokio::time::timeout(CANCEL_POLL, self.rx.recv())) {
+                return item;
+            }
+        }
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.blocking_recv() {
+            match self.next() {
                 Some(Ok(bytes)) => self.current = bytes,
                 Some(Err(e)) => return Err(e.into_io()),
                 None => return Ok(0),
@@ -383,12 +421,11 @@ fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, SourceError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(IDLE_TIMEOUT)
         .tcp_nodelay(true);
-    if let Some(path) = &opts.ca_file {
-        let pem = std::fs::read(path).map_err(|e| SourceError::CaFile { path: path.clone(), reason: e.to_string() })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| SourceError::CaFile { path: path.clone(), reason: e.without_url().to_string() })?;
+    if let Some(ca) = &opts.ca {
+        let bad = |reason: String| SourceError::CaFile { origin: ca.origin.clone(), reason };
+        let certs = reqwest::Certificate::from_pem_bundle(&ca.pem).map_err(|e| bad(e.without_url().to_string()))?;
         if certs.is_empty() {
-            return Err(SourceError::CaFile { path: path.clone(), reason: "no PEM certificate found".into() });
+            return Err(bad("no PEM certificate found".into()));
         }
         builder = builder.tls_certs_merge(certs);
     }

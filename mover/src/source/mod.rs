@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use file::FileSource;
-pub use http::{Credentials, HttpOptions, HttpSource};
+pub use http::{CaBundle, Credentials, HttpOptions, HttpSource};
 
 /// Random access to the source's bytes. Implementations are shared by the copy workers.
 pub trait RandomAccess: Send + Sync + fmt::Debug {
@@ -37,10 +37,20 @@ pub trait RandomAccess: Send + Sync + fmt::Debug {
 }
 
 /// What the user asked to import from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SourceSpec {
     File(PathBuf),
     Http(reqwest::Url),
+}
+
+/// Redacted: a URL may carry credentials in its user info or query.
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::File(p) => f.debug_tuple("File").field(p).finish(),
+            SourceSpec::Http(u) => f.debug_tuple("Http").field(&redact(u)).finish(),
+        }
+    }
 }
 
 impl SourceSpec {
@@ -117,6 +127,8 @@ impl Opened {
 #[derive(Debug, Clone, Default)]
 pub struct SourceOptions {
     pub http: HttpOptions,
+    /// Set to stop blocked network reads promptly (the import's cancel flag).
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Opens the source named by `spec`. Network sources run their I/O on `rt`; this function
@@ -124,7 +136,7 @@ pub struct SourceOptions {
 pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle) -> Result<Opened, SourceError> {
     match spec {
         SourceSpec::File(path) => FileSource::open(path),
-        SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), rt.clone()),
+        SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), opts.cancel.clone(), rt.clone()),
     }
 }
 
@@ -152,8 +164,8 @@ pub enum SourceError {
     UnsupportedScheme { scheme: String, url: String },
     #[error("invalid HTTP option: {0}")]
     InvalidOption(String),
-    #[error("CA file {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
+    #[error("CA certificates from {origin}: {reason}")]
+    CaFile { origin: String, reason: String },
     #[error("{url}: HTTP {status}{hint}")]
     Status { url: String, status: u16, hint: &'static str },
     #[error("{url}: {operation} failed at offset {offset}: {source}")]

@@ -1,0 +1,291 @@
+//! Conversions between the wire types of `cdi.mover.v1` and the mover's own. Requests are
+//! validated here, once: every problem is an INVALID_ARGUMENT naming the field at fault.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cdi_proto::v1 as pb;
+use tonic::Status;
+
+use super::resolve::{PodVolume, ResolveError};
+use super::tasks::{Snapshot, State, Task, TaskSpec};
+use crate::checksum::Checksum;
+use crate::import::{ContentType, ImportRequest, ImportResult};
+use crate::progress::Phase;
+use crate::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
+use crate::target::{TargetOptions, sizing};
+
+/// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
+const MAX_TASK_ID: usize = 253;
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+pub fn task_id(id: &str) -> Result<String, Status> {
+    if id.is_empty() {
+        return Err(invalid("task_id", "is required"));
+    }
+    if id.len() > MAX_TASK_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(invalid("task_id", format!("must be 1-{MAX_TASK_ID} characters of [A-Za-z0-9._-]")));
+    }
+    Ok(id.to_string())
+}
+
+/// A target resolved to a path on this node, with how it may be shown.
+#[derive(Debug, Clone)]
+pub struct ResolvedTarget {
+    pub path: PathBuf,
+    pub display: String,
+}
+
+pub fn target(field: &str, target: Option<&pb::Target>, kubelet_root: &Path) -> Result<ResolvedTarget, Status> {
+    use pb::target::Kind;
+    match target.and_then(|t| t.kind.as_ref()) {
+        None => Err(invalid(field, "is required (host_path or pod_volume)")),
+        Some(Kind::HostPath(h)) => {
+            if h.path.is_empty() || !h.path.starts_with('/') {
+                return Err(invalid(&format!("{field}.host_path.path"), "must be an absolute path"));
+            }
+            Ok(ResolvedTarget { path: PathBuf::from(&h.path), display: h.path.clone() })
+        }
+        Some(Kind::PodVolume(v)) => {
+            let volume = PodVolume {
+                pod_uid: v.pod_uid.clone(),
+                volume_name: v.volume_name.clone(),
+                pv_name: v.pv_name.clone(),
+                block: v.mode == pb::VolumeMode::Block as i32,
+            };
+            let path = volume.resolve(kubelet_root).map_err(|e| match e {
+                ResolveError::NotFound { .. } => Status::not_found(e.to_string()),
+                _ => invalid(&format!("{field}.pod_volume"), e),
+            })?;
+            let name = if v.pv_name.is_empty() { &v.volume_name } else { &v.pv_name };
+            Ok(ResolvedTarget { path, display: format!("pod {} volume {name}", v.pod_uid) })
+        }
+    }
+}
+
+fn overhead(field: &str, value: Option<f64>) -> Result<f64, Status> {
+    let overhead = value.unwrap_or(sizing::DEFAULT_OVERHEAD);
+    sizing::validate_overhead(overhead).map_err(|e| invalid(field, e))
+}
+
+/// Validates a Populate request into the task to run.
+pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSpec, Status> {
+    let id = task_id(&req.task_id)?;
+    let (source, source_options) = source(req.source.as_ref())?;
+    let target = target("target", req.target.as_ref(), kubelet_root)?;
+    let content_type = match pb::ContentType::try_from(req.content_type) {
+        Ok(pb::ContentType::Unspecified | pb::ContentType::Kubevirt) => ContentType::Kubevirt,
+        Ok(pb::ContentType::Archive) => ContentType::Archive,
+        Err(_) => return Err(invalid("content_type", format!("unknown value {}", req.content_type))),
+    };
+    let checksum = if req.checksum.is_empty() {
+        None
+    } else {
+        Some(req.checksum.parse::<Checksum>().map_err(|e| invalid("checksum", e))?)
+    };
+    let display = source.display();
+    let mut request = ImportRequest::new(source, target.path);
+    request.source_options = source_options;
+    request.content_type = content_type;
+    request.checksum = checksum;
+    request.target_options = TargetOptions {
+        requested_size: (req.requested_size > 0).then_some(req.requested_size),
+        filesystem_overhead: overhead("filesystem_overhead", req.filesystem_overhead)?,
+        preallocate: req.preallocate,
+    };
+    Ok(TaskSpec { id, request, source: display, target: target.display })
+}
+
+fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
+    use pb::source::Kind;
+    match source.and_then(|s| s.kind.as_ref()) {
+        None => Err(invalid("source", "is required (http or file)")),
+        Some(Kind::File(f)) => {
+            if !f.path.starts_with('/') {
+                return Err(invalid("source.file.path", "must be an absolute path"));
+            }
+            Ok((SourceSpec::File(PathBuf::from(&f.path)), SourceOptions::default()))
+        }
+        Some(Kind::Http(h)) => {
+            let spec = SourceSpec::parse(&h.url).map_err(|e| invalid("source.http.url", e))?;
+            if !matches!(spec, SourceSpec::Http(_)) {
+                return Err(invalid("source.http.url", "must be an http:// or https:// URL"));
+            }
+            for header in &h.headers {
+                if header.name.trim().is_empty() {
+                    return Err(invalid("source.http.headers", "a header has no name"));
+                }
+            }
+            let credentials = h
+                .basic_auth
+                .as_ref()
+                .map(|a| Credentials { username: a.username.clone(), password: a.password.clone() });
+            if credentials.as_ref().is_some_and(|c| c.username.is_empty()) {
+                return Err(invalid("source.http.basic_auth.username", "is required with basic_auth"));
+            }
+            let http = HttpOptions {
+                ca: (!h.ca_pem.is_empty())
+                    .then(|| CaBundle { pem: h.ca_pem.clone(), origin: "the request's ca_pem".into() }),
+                insecure_skip_verify: h.insecure_skip_verify,
+                headers: h.headers.iter().map(|x| (x.name.clone(), x.value.clone())).collect(),
+                credentials,
+                ..HttpOptions::default()
+            };
+            Ok((spec, SourceOptions { http, cancel: None }))
+        }
+    }
+}
+
+/// The options of a WriteVolume into a directory.
+pub fn write_target_options(t: &pb::WriteVolumeTarget) -> Result<TargetOptions, Status> {
+    Ok(TargetOptions {
+        requested_size: (t.requested_size > 0).then_some(t.requested_size),
+        filesystem_overhead: overhead("target.filesystem_overhead", t.filesystem_overhead)?,
+        preallocate: false,
+    })
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn phase(p: Option<Phase>) -> pb::Phase {
+    match p {
+        None => pb::Phase::Queued,
+        Some(Phase::Probing) => pb::Phase::Probing,
+        Some(Phase::Transferring) => pb::Phase::Transferring,
+        Some(Phase::Finishing | Phase::Complete | Phase::Failed) => pb::Phase::Finishing,
+    }
+}
+
+pub fn state(s: State) -> pb::TaskState {
+    match s {
+        State::Queued => pb::TaskState::Queued,
+        State::Running => pb::TaskState::Running,
+        State::Succeeded => pb::TaskState::Succeeded,
+        State::Failed => pb::TaskState::Failed,
+        State::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+pub fn progress(s: &Snapshot) -> pb::Progress {
+    pb::Progress {
+        phase: phase(s.phase) as i32,
+        bytes_done: s.bytes_done,
+        bytes_total: s.bytes_total.unwrap_or(0),
+        bytes_per_second: s.bytes_per_second,
+    }
+}
+
+pub fn completed(r: &ImportResult) -> pb::Completed {
+    pb::Completed {
+        virtual_size: r.virtual_size,
+        bytes_written: r.bytes_written,
+        formats: r.formats.iter().map(|f| f.to_string()).collect(),
+        source_digest: r.source_digest.clone().unwrap_or_default(),
+        target_path: r.target.display().to_string(),
+        target_size: r.target_size,
+    }
+}
+
+pub fn failed(s: &Snapshot) -> Option<pb::Failed> {
+    s.failure.as_ref().map(|f| pb::Failed {
+        reason: f.reason.as_str().to_string(),
+        message: f.message.clone(),
+        retryable: f.retryable,
+    })
+}
+
+pub fn task(t: &Task) -> pb::Task {
+    let s = t.snapshot();
+    pb::Task {
+        task_id: t.id.clone(),
+        state: state(s.state) as i32,
+        source: t.source.clone(),
+        target: t.target.clone(),
+        progress: Some(progress(&s)),
+        completed: s.result.as_ref().map(completed),
+        failed: failed(&s),
+        created_unix_ms: unix_ms(t.created),
+        finished_unix_ms: s.finished.map_or(0, unix_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> pb::PopulateRequest {
+        pb::PopulateRequest {
+            task_id: "t-1".into(),
+            source: Some(pb::Source {
+                kind: Some(pb::source::Kind::Http(pb::HttpSource {
+                    url: "https://h/x.qcow2".into(),
+                    ..Default::default()
+                })),
+            }),
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: "/tmp/out.raw".into() })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(r: pb::PopulateRequest) -> String {
+        let s = populate(&r, Path::new("/var/lib/kubelet")).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        s.message().to_string()
+    }
+
+    #[test]
+    fn a_good_request_converts() {
+        let spec = populate(&req(), Path::new("/var/lib/kubelet")).unwrap();
+        assert_eq!(spec.id, "t-1");
+        assert_eq!(spec.request.target_options.filesystem_overhead, 0.06);
+        assert_eq!(spec.source, "https://h/x.qcow2");
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        assert!(field_of(pb::PopulateRequest { task_id: String::new(), ..req() }).starts_with("task_id"));
+        assert!(field_of(pb::PopulateRequest { task_id: "a/b".into(), ..req() }).starts_with("task_id"));
+        assert!(field_of(pb::PopulateRequest { source: None, ..req() }).starts_with("source"));
+        assert!(field_of(pb::PopulateRequest { target: None, ..req() }).starts_with("target"));
+        let ftp = pb::Source {
+            kind: Some(pb::source::Kind::Http(pb::HttpSource { url: "ftp://h/x".into(), ..Default::default() })),
+        };
+        let m = field_of(pb::PopulateRequest { source: Some(ftp), ..req() });
+        assert!(m.starts_with("source.http.url") && m.contains("ftp"), "{m}");
+        assert!(field_of(pb::PopulateRequest { checksum: "crc:1".into(), ..req() }).starts_with("checksum"));
+        assert!(
+            field_of(pb::PopulateRequest { filesystem_overhead: Some(2.0), ..req() })
+                .starts_with("filesystem_overhead")
+        );
+        let escape = pb::Target {
+            kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                pod_uid: "../../etc".into(),
+                pv_name: "pv".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(field_of(pb::PopulateRequest { target: Some(escape), ..req() }).starts_with("target.pod_volume"));
+    }
+
+    #[test]
+    fn credentials_never_reach_the_display() {
+        let mut r = req();
+        r.source = Some(pb::Source {
+            kind: Some(pb::source::Kind::Http(pb::HttpSource {
+                url: "https://u:pw@h/x?sig=secret".into(),
+                basic_auth: Some(pb::BasicAuth { username: "u".into(), password: "hunter2".into() }),
+                ..Default::default()
+            })),
+        });
+        let spec = populate(&r, Path::new("/")).unwrap();
+        assert!(!spec.source.contains("pw") && !spec.source.contains("secret"), "{}", spec.source);
+        assert!(!format!("{:?}", spec.request.source_options).contains("hunter2"));
+    }
+}

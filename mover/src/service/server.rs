@@ -1,0 +1,148 @@
+//! Running the service: listeners, TLS handshakes, metrics, and draining on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdi_proto::v1::mover_server::MoverServer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+use super::MoverService;
+use super::metrics::{self, Metrics};
+use super::tasks::Registry;
+use super::tls::{Reloading, TlsFiles};
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// `None`: plaintext (local tests only).
+    pub tls: Option<TlsFiles>,
+    pub kubelet_root: PathBuf,
+    pub max_concurrent: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub node_name: String,
+    /// How long finished tasks stay visible.
+    pub retention: Duration,
+    /// How long shutdown waits for cancelled tasks to clean up.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Where the server listens, once bound (port 0 picks one).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Binds, reports the addresses through `on_bound`, and serves until `shutdown`; then
+/// refuses new tasks, cancels the running ones, waits for them, and stops.
+pub async fn serve(
+    cfg: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    crate::tls::install_crypto_provider();
+    let metrics = Metrics::new();
+    let tasks = Registry::new(cfg.max_concurrent, cfg.retention, metrics.clone());
+    let service =
+        MoverService { kubelet_root: cfg.kubelet_root.clone(), node_name: cfg.node_name.clone(), tasks: tasks.clone() };
+
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+    let grpc = listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(metrics::serve(l, metrics.clone(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+    on_bound(Bound { grpc, metrics: metrics_addr });
+    tracing::info!(%grpc, metrics = ?metrics_addr, tls = cfg.tls.is_some(), "serving cdi.mover.v1");
+
+    let drain_timeout = cfg.drain_timeout;
+    let drained = async move {
+        shutdown.await;
+        tracing::info!("shutting down: refusing new tasks, cancelling running ones");
+        tasks.drain(drain_timeout).await;
+        let _ = stop_tx.send(true);
+    };
+    let router = tonic::transport::Server::builder().add_service(MoverServer::new(service));
+    match cfg.tls {
+        None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained).await?,
+        Some(files) => {
+            let tls = Arc::new(Reloading::new(files)?);
+            let mut stop = stop_rx.clone();
+            let incoming = tls_incoming(listener, tls, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            router.serve_with_incoming_shutdown(incoming, drained).await?;
+        }
+    }
+    Ok(())
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Accepts TCP connections and completes their TLS handshakes (each with the configuration
+/// current at accept time), handing established connections to the server.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Reloading>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut stop => return,
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    // Refused clients (no certificate, wrong CA) end here.
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
