@@ -19,3 +19,6 @@ pub mod api;
 pub mod cli;
 pub mod crds;
 pub mod plan;
+
+#[cfg(test)]
+mod deploy_tests;
