@@ -1,5 +1,24 @@
-//! The control plane: CRD types (`cdi.kubevirt.io/v1beta1`) and the populate controllers.
+//! The control plane: the CDI-compatible kinds (`cdi.kubevirt.io/v1beta1`), their CRDs, and
+//! the populate controllers.
 //!
-//! Arrives with the populator issue; the populator never touches volume bytes, it drives
-//! the node mover over gRPC (DESIGN.md §4).
+//! ```text
+//! PVC.spec.dataSourceRef ──> VolumeImportSource ... (api: kube types, the edge)
+//!                                  │ TryFrom, once
+//!                                  ▼
+//!                            ImportPlan ...       (plan: validated, kube-free)
+//!                                  │
+//!                                  ▼
+//!                   controller ──gRPC──> cdi-mover on the node
+//! ```
+//!
+//! The populator never touches volume bytes; it drives the node mover over gRPC
+//! (DESIGN.md §4).
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod crds;
+pub mod plan;
+
+#[cfg(test)]
+mod deploy_tests;
