@@ -11,8 +11,17 @@ use clap::Parser as _;
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds(args) => print_crds(&args),
-        Command::Run(_) => {
-            anyhow::bail!("`cdi-populator run` is not implemented yet: it lands with the populate controller")
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(cdi_populator::app::run(args))
         }
     }
 }
