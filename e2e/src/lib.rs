@@ -20,7 +20,9 @@ pub mod addresses;
 pub mod api;
 pub mod cluster;
 pub mod controllers;
+pub mod demo;
 pub mod host;
 pub mod system;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterConfig};

@@ -1,4 +1,5 @@
 //! `cdi-e2e up`: runs the mini-cluster in the foreground until Ctrl-C or SIGTERM.
+//! `cdi-e2e demo`: the whole of cdi-rs on it, populating two PVCs from a local image.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,19 @@ struct Cli {
 enum Command {
     /// Start the cluster and run until interrupted.
     Up(UpArgs),
+    /// Populate a Filesystem and a Block PVC from a generated qcow2 served over local HTTP,
+    /// through the populator and the movers, check them, and clean up.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Working directory (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Virtual size of the generated disk, in GiB.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    disk_gib: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +59,12 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cdi_e2e=info".into()),
         )
         .init();
-    let Command::Up(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Up(args) => args,
+        Command::Demo(args) => {
+            return cdi_e2e::demo::run(cdi_e2e::demo::DemoArgs { dir: args.dir, disk_size: args.disk_gib << 30 }).await;
+        }
+    };
     let mut config = ClusterConfig::new(&args.dir);
     config.nodes = args.nodes;
     config.port = args.port;

@@ -1,0 +1,169 @@
+//! `cdi-e2e demo`: the whole of cdi-rs on the embedded mini-cluster. It serves a generated
+//! qcow2 over local HTTP, applies a VolumeImportSource and two PVCs (Filesystem and Block)
+//! whose `dataSourceRef` names it, prints progress until both are Bound, shows them with
+//! kubectl, compares what the volumes hold with the image, and cleans up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, DeleteParams, PostParams};
+
+use crate::cluster::CLASS_IMMEDIATE;
+use crate::system::{System, SystemConfig};
+use crate::workload::{self, ImageServer, Mode, annotation, human, secs};
+
+const NAMESPACE: &str = "default";
+const SOURCE: &str = "sample-disk";
+
+#[derive(Debug, Clone)]
+pub struct DemoArgs {
+    /// Working directory; a temporary one when `None`.
+    pub dir: Option<PathBuf>,
+    /// Virtual size of the generated disk.
+    pub disk_size: u64,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let temp;
+    let dir = match args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("cdi-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let size = args.disk_size;
+    println!("== generating a sample VM disk: {} virtual, random and text extents with holes between", human(size));
+    let (raw, qcow2) = workload::sample_disk(&dir, size)?;
+    println!("   {} as qcow2 (made by qemu-img)", human(std::fs::metadata(&qcow2)?.len()));
+
+    println!("== starting the mini-cluster (2 nodes), the populator and a mover on each node");
+    let started = Instant::now();
+    let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
+    println!("   up in {}; KUBECONFIG={}", secs(started.elapsed()), system.cluster.kubeconfig_path().display());
+    let outcome = populate_and_check(&system, &dir, &raw, size).await;
+    println!("== cleaning up: the PVCs, then the populator, the movers and the cluster");
+    let cleaned = delete_targets(&system.client).await;
+    system.shutdown().await;
+    outcome?;
+    cleaned?;
+    println!("done: both volumes hold the image; nothing is left running");
+    Ok(())
+}
+
+async fn populate_and_check(
+    system: &System,
+    dir: &std::path::Path,
+    raw: &std::path::Path,
+    size: u64,
+) -> anyhow::Result<()> {
+    let server = ImageServer::start(dir.join("www")).await?;
+    let url = server.url("disk.qcow2");
+    println!("== serving it at {url}");
+    let client = &system.client;
+    let gib = size.div_ceil(1 << 30);
+    // A filesystem volume must hold disk.img plus CDI's 6 % overhead, and ext4 keeps some
+    // for itself (journal, inode tables, 5 % reserved).
+    let targets = [
+        ("vm-disk-fs", Mode::Filesystem, format!("{}Mi", (gib << 10) * 125 / 100)),
+        ("vm-disk-block", Mode::Block, format!("{gib}Gi")),
+    ];
+    println!("== kubectl apply: VolumeImportSource {SOURCE} and two PVCs with dataSourceRef to it");
+    workload::create_http_source(client, NAMESPACE, SOURCE, &url).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let created = Instant::now();
+    for (name, mode, request) in &targets {
+        pvcs.create(&PostParams::default(), &workload::target_pvc(name, CLASS_IMMEDIATE, *mode, request, SOURCE))
+            .await
+            .with_context(|| format!("creating PVC {name}"))?;
+        println!("   {name:<14} {:<10} {request:>7}  class {CLASS_IMMEDIATE}", mode.as_str());
+    }
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    workload::until_bound(client, NAMESPACE, &names, |pvc| {
+        let name = pvc.metadata.name.clone().unwrap_or_default();
+        let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+        let progress = annotation(pvc, "cdi.kubevirt.io/storage.populator.progress").unwrap_or("-");
+        let state = format!("{phase:<8} {progress:>8}");
+        if shown.get(&name) != Some(&state) {
+            shown.insert(name.clone(), state);
+            let line: Vec<String> = shown.iter().map(|(n, s)| format!("{n}: {s}")).collect();
+            println!("   [{:>6}] {}", secs(created.elapsed()), line.join("   "));
+        }
+    })
+    .await?;
+    println!("   both Bound {} after creation", secs(created.elapsed()));
+
+    println!("== kubectl get pvc");
+    kubectl(system, &["get", "pvc", "-o", "wide"])?;
+    println!("== kubectl get events (the populator's)");
+    kubectl(
+        system,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=PersistentVolumeClaim",
+            "--sort-by",
+            ".metadata.creationTimestamp",
+            "-o",
+            "custom-columns=PVC:.involvedObject.name,REASON:.reason,MESSAGE:.message",
+        ],
+    )?;
+
+    println!("== sha256 of the first {} (the virtual disk) and whether the rest is zeros", human(size));
+    let (want, _) = workload::digest_prefix(raw, size)?;
+    println!("   {:<14} {want}", "image");
+    let mut mismatched = Vec::new();
+    for (name, _, _) in &targets {
+        let pvc = pvcs.get(name).await?;
+        let data = workload::volume_data(client, &pvc).await?;
+        let (got, rest_zero) = workload::digest_prefix(&data, size)?;
+        let verdict = if got == want && rest_zero { "same" } else { "DIFFERENT" };
+        println!("   {name:<14} {got}  {verdict} ({}, {})", data.display(), human(byte_len(&data).unwrap_or(0)));
+        if verdict != "same" {
+            mismatched.push(*name);
+        }
+    }
+    if !mismatched.is_empty() {
+        bail!("{} do not hold the image", mismatched.join(" and "));
+    }
+    Ok(())
+}
+
+/// Runs kubectl against the mini-cluster, showing its output.
+fn kubectl(system: &System, args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", system.cluster.kubeconfig_path())
+        .status()
+        .context("running kubectl (is it installed?)")?;
+    if !status.success() {
+        bail!("kubectl {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+async fn delete_targets(client: &kube::Client) -> anyhow::Result<()> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    for name in ["vm-disk-fs", "vm-disk-block"] {
+        match pvcs.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting PVC {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// The length of a file or a block device (whose metadata length is 0).
+fn byte_len(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Seek as _;
+    std::fs::File::open(path)?.seek(std::io::SeekFrom::End(0))
+}
