@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::copy::is_zero;
 
 /// Name of the staging directory inside the target.
-const STAGING: &str = ".cdi-archive.partial";
+pub(crate) const STAGING: &str = ".cdi-archive.partial";
 /// Symlinks followed when resolving one link (Linux's own limit is 40).
 const MAX_LINK_DEPTH: usize = 40;
 
