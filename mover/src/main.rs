@@ -1,4 +1,4 @@
-//! `cdi-mover`: see `cli.rs` for the commands.
+//! `cdi-mover`: see `cli/` for the commands.
 
 mod cli;
 
@@ -6,16 +6,16 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    // `serve` logs at info; the one-shot commands only warn.
+    let default = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
     cdi_mover::tls::install_crypto_provider();
-    let code = match &cli.command {
-        cli::Command::Import(args) => cli::run_import(args),
-    };
-    std::process::exit(code);
+    std::process::exit(cli::run(cli));
 }

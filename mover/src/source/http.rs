@@ -392,7 +392,9 @@ impl ChannelReader {
             if cancel.load(Ordering::Relaxed) {
                 return Some(Err(SourceError::Aborted("cancelled".into())));
             }
-            if let Ok(item) = self.rt.block_on(tokio::time::timeout(CANCEL_POLL, self.rx.recv())) {
+            // Built inside block_on: a timer needs the runtime's context to be created.
+            let rx = &mut self.rx;
+            if let Ok(item) = self.rt.block_on(async { tokio::time::timeout(CANCEL_POLL, rx.recv()).await }) {
                 return item;
             }
         }

@@ -302,7 +302,12 @@ fn a_drop_without_range_support_is_a_retryable_failure() {
     let cut = cutter(n.port, 100, 3 * MIB);
     let url = format!("http://127.0.0.1:{}/disk.qcow2", cut.port);
     let res = import(&url, &out(&sv), &[]);
-    assert_eq!(res.status.code(), Some(75), "retryable failures exit with EX_TEMPFAIL");
+    assert_eq!(
+        res.status.code(),
+        Some(75),
+        "retryable failures exit with EX_TEMPFAIL: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     assert_refused(&res, &["cannot resume"]);
     assert!(!out(&sv).exists() && !sv.dir.path().join("out.raw.partial").exists());
 }

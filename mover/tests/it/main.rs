@@ -9,3 +9,4 @@ mod bad_input;
 mod cli;
 mod http;
 mod oracle;
+mod service;

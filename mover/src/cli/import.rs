@@ -1,42 +1,24 @@
-//! The command line: `cdi-mover import SOURCE TARGET [flags]`.
+//! `cdi-mover import SOURCE TARGET [flags]`, and the transfer flags `client populate` shares.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 use cdi_mover::checksum::Checksum;
 use cdi_mover::copy::CopyConfig;
 use cdi_mover::error::{ImportError, one_line};
 use cdi_mover::format::qcow2::StreamLimits;
-use cdi_mover::progress::{Phase, Progress, Rate};
+use cdi_mover::progress::Progress;
 use cdi_mover::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
 use cdi_mover::target::{TargetOptions, sizing};
 use cdi_mover::{ContentType, ImportRequest, ImportResult};
 
-/// How often progress is shown.
-const BAR_TICK: Duration = Duration::from_millis(100);
-const JSON_TICK: Duration = Duration::from_millis(500);
-/// Exit status of a failure worth retrying (EX_TEMPFAIL); other failures exit with 1.
-pub const EXIT_RETRYABLE: i32 = 75;
-
-#[derive(Debug, Parser)]
-#[command(name = "cdi-mover", version, about = "The cdi-rs data mover: VM images into raw disks")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Import one image on this machine: SOURCE (a path, file://, http:// or https:// URL)
-    /// into TARGET (a block device, a directory for a filesystem volume's disk.img, or a file).
-    Import(ImportArgs),
-}
+use super::EXIT_RETRYABLE;
+use super::output::{ProgressArg, Reporter, error_line, human};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ContentTypeArg {
@@ -44,18 +26,19 @@ pub enum ContentTypeArg {
     Archive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressArg {
-    /// A bar on a terminal, nothing otherwise.
-    Auto,
-    Bar,
-    /// One JSON object per line on stdout, then the result.
-    Json,
-    None,
-}
-
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressArg,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// What to import from where, and how: shared by `import` and `client populate`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
     /// The image: a path, file:///path, http://… or https://…
     pub source: String,
     /// A block device (written in place), a directory (writes disk.img inside) or a file.
@@ -86,10 +69,6 @@ pub struct ImportArgs {
     /// A file with the basic-auth user name on the first line and the password on the second.
     #[arg(long, value_name = "FILE")]
     pub basic_auth_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub progress: ProgressArg,
-    #[command(flatten)]
-    pub tuning: Tuning,
 }
 
 /// Knobs for memory and parallelism; the defaults suit a node agent.
@@ -112,16 +91,9 @@ pub struct Tuning {
     pub connections: usize,
 }
 
-impl ImportArgs {
-    fn request(&self) -> anyhow::Result<ImportRequest> {
-        let source = SourceSpec::parse(&self.source)?;
-        sizing::validate_overhead(self.filesystem_overhead).map_err(anyhow::Error::msg)?;
-        if self.tuning.chunk_size < (64 << 10) || !self.tuning.chunk_size.is_power_of_two() {
-            bail!("--chunk-size must be a power of two of at least 65536");
-        }
-        if self.tuning.workers == 0 || self.tuning.buffers == 0 || self.tuning.connections == 0 {
-            bail!("--workers, --buffers and --connections must be at least 1");
-        }
+impl TransferArgs {
+    /// The HTTP options: CA file read, headers split, credentials loaded.
+    pub fn http_options(&self) -> anyhow::Result<HttpOptions> {
         let headers = self
             .headers
             .iter()
@@ -140,28 +112,50 @@ impl ImportArgs {
             }),
             None => None,
         };
-        let http = HttpOptions {
+        Ok(HttpOptions {
             ca,
             insecure_skip_verify: self.insecure_skip_verify,
             headers,
             credentials,
-            connections: self.tuning.connections,
             ..HttpOptions::default()
-        };
+        })
+    }
+
+    pub fn content_type(&self) -> ContentType {
+        match self.content_type {
+            ContentTypeArg::Kubevirt => ContentType::Kubevirt,
+            ContentTypeArg::Archive => ContentType::Archive,
+        }
+    }
+
+    pub fn target_options(&self) -> anyhow::Result<TargetOptions> {
+        sizing::validate_overhead(self.filesystem_overhead).map_err(anyhow::Error::msg)?;
+        Ok(TargetOptions {
+            requested_size: self.size,
+            filesystem_overhead: self.filesystem_overhead,
+            preallocate: self.preallocate,
+        })
+    }
+}
+
+impl ImportArgs {
+    fn request(&self) -> anyhow::Result<ImportRequest> {
+        let t = &self.transfer;
+        let source = SourceSpec::parse(&t.source)?;
+        if self.tuning.chunk_size < (64 << 10) || !self.tuning.chunk_size.is_power_of_two() {
+            bail!("--chunk-size must be a power of two of at least 65536");
+        }
+        if self.tuning.workers == 0 || self.tuning.buffers == 0 || self.tuning.connections == 0 {
+            bail!("--workers, --buffers and --connections must be at least 1");
+        }
+        let http = HttpOptions { connections: self.tuning.connections, ..t.http_options()? };
         Ok(ImportRequest {
             source,
             source_options: SourceOptions { http, cancel: None },
-            target: self.target.clone(),
-            content_type: match self.content_type {
-                ContentTypeArg::Kubevirt => ContentType::Kubevirt,
-                ContentTypeArg::Archive => ContentType::Archive,
-            },
-            checksum: self.checksum.clone(),
-            target_options: TargetOptions {
-                requested_size: self.size,
-                filesystem_overhead: self.filesystem_overhead,
-                preallocate: self.preallocate,
-            },
+            target: t.target.clone(),
+            content_type: t.content_type(),
+            checksum: t.checksum.clone(),
+            target_options: t.target_options()?,
             copy: CopyConfig {
                 workers: self.tuning.workers,
                 chunk: self.tuning.chunk_size,
@@ -189,23 +183,19 @@ fn read_credentials(path: &std::path::Path) -> anyhow::Result<Credentials> {
 }
 
 /// Runs `cdi-mover import`; returns the process exit status.
-pub fn run_import(args: &ImportArgs) -> i32 {
+pub fn run(args: &ImportArgs) -> i32 {
     let request = match args.request() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cdi-mover: error: {}", one_line(e.as_ref()));
+            error_line(&one_line(e.as_ref()));
             return 2;
         }
     };
-    let mode = match args.progress {
-        ProgressArg::Auto if std::io::stderr().is_terminal() => ProgressArg::Bar,
-        ProgressArg::Auto => ProgressArg::None,
-        other => other,
-    };
+    let mode = args.progress.resolve();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cdi-mover: error: cannot start the I/O runtime: {e}");
+            error_line(&format!("cannot start the I/O runtime: {e}"));
             return 1;
         }
     };
@@ -217,10 +207,11 @@ pub fn run_import(args: &ImportArgs) -> i32 {
         }
     });
     let progress = Progress::new();
-    let reporter = Reporter::start(mode, progress.clone());
+    let sampled = progress.clone();
+    let reporter = Reporter::start(mode, move || sampled.snapshot());
     let result = cdi_mover::import(&request, rt.handle(), &progress, cancel);
     reporter.stop();
-    report(mode, &progress, &result);
+    report(mode, progress.elapsed().as_secs_f64(), &result);
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(_) => 0,
@@ -229,8 +220,7 @@ pub fn run_import(args: &ImportArgs) -> i32 {
     }
 }
 
-fn report(mode: ProgressArg, progress: &Progress, result: &Result<ImportResult, ImportError>) {
-    let seconds = progress.elapsed().as_secs_f64();
+fn report(mode: ProgressArg, seconds: f64, result: &Result<ImportResult, ImportError>) {
     match result {
         Ok(r) => {
             if mode == ProgressArg::Json {
@@ -259,101 +249,7 @@ fn report(mode: ProgressArg, progress: &Progress, result: &Result<ImportResult, 
                 });
                 println!("{line}");
             }
-            eprintln!("cdi-mover: error: {}", one_line(e));
+            error_line(&one_line(e));
         }
     }
-}
-
-/// Shows progress from a thread of its own until stopped.
-struct Reporter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reporter {
-    fn start(mode: ProgressArg, progress: Arc<Progress>) -> Reporter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = match mode {
-            ProgressArg::Bar => {
-                let stop = stop.clone();
-                Some(std::thread::spawn(move || bar(&progress, &stop)))
-            }
-            ProgressArg::Json => {
-                let stop = stop.clone();
-                Some(std::thread::spawn(move || json_lines(&progress, &stop)))
-            }
-            _ => None,
-        };
-        Reporter { stop, thread }
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn bar(progress: &Progress, stop: &AtomicBool) {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>12} [{bar:40.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    while !stop.load(Ordering::SeqCst) {
-        let s = progress.snapshot();
-        if let Some(total) = s.bytes_total {
-            bar.set_length(total);
-        }
-        bar.set_position(s.bytes_done);
-        bar.set_message(phase_name(s.phase));
-        std::thread::sleep(BAR_TICK);
-    }
-    bar.finish_and_clear();
-}
-
-fn json_lines(progress: &Progress, stop: &AtomicBool) {
-    let mut rate = Rate::default();
-    let mut out = std::io::stdout();
-    while !stop.load(Ordering::SeqCst) {
-        let s = progress.snapshot();
-        let line = serde_json::json!({
-            "phase": s.phase,
-            "bytes_done": s.bytes_done,
-            "bytes_total": s.bytes_total,
-            "bytes_per_second": rate.update(s.bytes_done).round(),
-        });
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-        let mut slept = Duration::ZERO;
-        while slept < JSON_TICK && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
-            slept += Duration::from_millis(20);
-        }
-    }
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Probing => "probing",
-        Phase::Transferring => "transferring",
-        Phase::Finishing => "flushing",
-        Phase::Complete => "done",
-        Phase::Failed => "failed",
-    }
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }

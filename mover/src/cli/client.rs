@@ -1,0 +1,312 @@
+//! `cdi-mover client`: drive a running mover over its gRPC API, for scripts, debugging and
+//! tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use cdi_mover::progress::{Phase, Snapshot};
+use cdi_mover::source::SourceSpec;
+use cdi_proto::v1 as pb;
+use cdi_proto::v1::mover_client::MoverClient;
+
+use super::EXIT_RETRYABLE;
+use super::import::TransferArgs;
+use super::output::{ProgressArg, Reporter, error_line, human};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The mover's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7443", env = "MOVER_ADDRESS")]
+    pub address: String,
+    /// Connect without TLS (a mover started with --insecure-plaintext).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "ca"])]
+    pub insecure_plaintext: bool,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "MOVER_CLIENT_CERT", required_unless_present = "insecure_plaintext")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "MOVER_CLIENT_KEY", required_unless_present = "insecure_plaintext")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) the mover's certificate is signed by.
+    #[arg(long, env = "MOVER_CA", required_unless_present = "insecure_plaintext")]
+    pub ca: Option<PathBuf>,
+    /// Name expected in the mover's certificate.
+    #[arg(long, default_value = "cdi-mover")]
+    pub tls_server_name: String,
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Start (or re-attach to) an import and follow it. TARGET: a path on the mover's node,
+    /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume.
+    Populate(PopulateArgs),
+    /// Show one task.
+    Get { task_id: String },
+    /// List the mover's tasks.
+    List,
+    /// Cancel a task.
+    Cancel { task_id: String },
+    /// What the mover can do.
+    Capabilities,
+}
+
+#[derive(Debug, Args)]
+pub struct PopulateArgs {
+    /// The task's id (default: one made from the time and this process).
+    #[arg(long)]
+    pub task_id: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressArg,
+}
+
+/// Runs `cdi-mover client ...`; returns the process exit status.
+pub fn run(args: &ClientArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error_line(&format!("cannot start the runtime: {e}"));
+            return 1;
+        }
+    };
+    match rt.block_on(dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            error_line(&format!("{e:#}"));
+            1
+        }
+    }
+}
+
+async fn dispatch(args: &ClientArgs) -> anyhow::Result<i32> {
+    let mut client = connect(args).await?;
+    match &args.command {
+        ClientCommand::Populate(p) => populate(&mut client, p).await,
+        ClientCommand::Get { task_id } => {
+            let task = client.get_task(pb::GetTaskRequest { task_id: task_id.clone() }).await?.into_inner();
+            println!("{}", task_json(&task));
+            Ok(0)
+        }
+        ClientCommand::List => {
+            let tasks = client.list_tasks(pb::ListTasksRequest {}).await?.into_inner().tasks;
+            println!("{}", serde_json::Value::Array(tasks.iter().map(task_json).collect()));
+            Ok(0)
+        }
+        ClientCommand::Cancel { task_id } => {
+            let task = client.cancel_task(pb::CancelTaskRequest { task_id: task_id.clone() }).await?.into_inner();
+            println!("{}", task_json(&task));
+            Ok(0)
+        }
+        ClientCommand::Capabilities => {
+            let c = client.capabilities(pb::CapabilitiesRequest {}).await?.into_inner();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "version": c.version, "api": c.api, "formats": c.formats, "sources": c.sources,
+                    "content_types": c.content_types, "node_name": c.node_name,
+                })
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Connects to the mover, with mutual TLS unless told otherwise.
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<MoverClient<Channel>> {
+    cdi_mover::tls::install_crypto_provider();
+    let scheme = if args.insecure_plaintext { "http" } else { "https" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", args.address))
+        .with_context(|| format!("invalid --address {:?}", args.address))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.ca) {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .identity(Identity::from_pem(read(cert)?, read(key)?))
+            .domain_name(args.tls_server_name.clone());
+        endpoint = endpoint.tls_config(tls).context("invalid TLS setup")?;
+    }
+    let channel =
+        endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {}", args.address))?;
+    // Volume streams carry chunks of a few MiB.
+    Ok(MoverClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+/// `pod:UID/NAME`, `pod-block:UID/NAME`, or a path (made absolute).
+pub fn target(spec: &Path) -> anyhow::Result<pb::Target> {
+    let text = spec.to_string_lossy();
+    let pod = |rest: &str, mode: pb::VolumeMode| -> anyhow::Result<pb::Target> {
+        let (uid, name) = rest.split_once('/').context("a pod volume is pod:UID/NAME")?;
+        Ok(pb::Target {
+            kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                pod_uid: uid.to_string(),
+                volume_name: String::new(),
+                pv_name: name.to_string(),
+                mode: mode as i32,
+            })),
+        })
+    };
+    if let Some(rest) = text.strip_prefix("pod:") {
+        return pod(rest, pb::VolumeMode::Filesystem);
+    }
+    if let Some(rest) = text.strip_prefix("pod-block:") {
+        return pod(rest, pb::VolumeMode::Block);
+    }
+    let path = std::path::absolute(spec).with_context(|| format!("invalid path {}", spec.display()))?;
+    Ok(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: path.display().to_string() })) })
+}
+
+fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
+    let t = &p.transfer;
+    let source = match SourceSpec::parse(&t.source)? {
+        SourceSpec::File(path) => {
+            let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
+            pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
+        }
+        SourceSpec::Http(_) => {
+            let http = t.http_options()?;
+            pb::source::Kind::Http(pb::HttpSource {
+                url: t.source.clone(),
+                ca_pem: http.ca.map(|c| c.pem).unwrap_or_default(),
+                insecure_skip_verify: http.insecure_skip_verify,
+                headers: http.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
+                basic_auth: http.credentials.map(|c| pb::BasicAuth { username: c.username, password: c.password }),
+            })
+        }
+    };
+    let options = t.target_options()?;
+    let content_type = match t.content_type() {
+        cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
+        cdi_mover::ContentType::Archive => pb::ContentType::Archive,
+    };
+    let task_id = p.task_id.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("cli-{}-{}", now.as_millis(), std::process::id())
+    });
+    Ok(pb::PopulateRequest {
+        task_id,
+        source: Some(pb::Source { kind: Some(source) }),
+        target: Some(target(&t.target)?),
+        content_type: content_type as i32,
+        preallocate: options.preallocate,
+        requested_size: options.requested_size.unwrap_or(0),
+        filesystem_overhead: Some(options.filesystem_overhead),
+        checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+    })
+}
+
+async fn populate(client: &mut MoverClient<Channel>, p: &PopulateArgs) -> anyhow::Result<i32> {
+    let request = request(p)?;
+    let mode = p.progress.resolve();
+    let mut events = client.populate(request).await?.into_inner();
+    let latest = Arc::new(Mutex::new(Snapshot { phase: Phase::Probing, bytes_done: 0, bytes_total: None }));
+    let sampled = latest.clone();
+    // JSON lines come straight from the events; the bar samples the latest one.
+    let reporter = Reporter::start(if mode == ProgressArg::Bar { mode } else { ProgressArg::None }, move || {
+        *sampled.lock().expect("progress lock")
+    });
+    let outcome = loop {
+        let Some(event) = events.message().await? else {
+            reporter.stop();
+            bail!("the mover ended the event stream without a result");
+        };
+        use pb::populate_event::Event;
+        match event.event {
+            Some(Event::Accepted(a)) if mode == ProgressArg::Json => {
+                println!(
+                    "{}",
+                    serde_json::json!({ "task_id": event.task_id, "accepted": true, "reattached": a.reattached })
+                );
+            }
+            Some(Event::Progress(pr)) => {
+                let phase = match pb::Phase::try_from(pr.phase) {
+                    Ok(pb::Phase::Transferring) => Phase::Transferring,
+                    Ok(pb::Phase::Finishing) => Phase::Finishing,
+                    _ => Phase::Probing,
+                };
+                let total = (pr.bytes_total > 0).then_some(pr.bytes_total);
+                *latest.lock().expect("progress lock") =
+                    Snapshot { phase, bytes_done: pr.bytes_done, bytes_total: total };
+                if mode == ProgressArg::Json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "phase": phase, "bytes_done": pr.bytes_done, "bytes_total": total,
+                            "bytes_per_second": pr.bytes_per_second.round(),
+                        })
+                    );
+                }
+            }
+            Some(Event::Completed(c)) => break Ok(c),
+            Some(Event::Failed(f)) => break Err(f),
+            _ => {}
+        }
+    };
+    reporter.stop();
+    match outcome {
+        Ok(c) => {
+            if mode == ProgressArg::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "phase": "complete", "virtual_size": c.virtual_size, "bytes_written": c.bytes_written,
+                        "formats": c.formats, "source_digest": (!c.source_digest.is_empty()).then_some(&c.source_digest),
+                        "target": c.target_path, "target_size": c.target_size,
+                    })
+                );
+            } else if mode == ProgressArg::Bar {
+                eprintln!(
+                    "imported {} ({}) into {}: {} of data",
+                    human(c.virtual_size),
+                    c.formats.join(" → "),
+                    c.target_path,
+                    human(c.bytes_written)
+                );
+            }
+            Ok(0)
+        }
+        Err(f) => {
+            if mode == ProgressArg::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "phase": "failed", "error": f.message, "reason": f.reason, "retryable": f.retryable })
+                );
+            }
+            error_line(&f.message);
+            Ok(if f.retryable { EXIT_RETRYABLE } else { 1 })
+        }
+    }
+}
+
+fn task_json(t: &pb::Task) -> serde_json::Value {
+    let state = pb::TaskState::try_from(t.state).map(|s| s.as_str_name()).unwrap_or("TASK_STATE_UNSPECIFIED");
+    let progress = t.progress.as_ref().map(|p| {
+        serde_json::json!({ "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "bytes_per_second": p.bytes_per_second })
+    });
+    serde_json::json!({
+        "task_id": t.task_id,
+        "state": state.trim_start_matches("TASK_STATE_").to_ascii_lowercase(),
+        "source": t.source,
+        "target": t.target,
+        "progress": progress,
+        "completed": t.completed.as_ref().map(|c| serde_json::json!({
+            "virtual_size": c.virtual_size, "bytes_written": c.bytes_written, "formats": c.formats,
+            "target": c.target_path, "target_size": c.target_size,
+        })),
+        "failed": t.failed.as_ref().map(|f| serde_json::json!({
+            "reason": f.reason, "message": f.message, "retryable": f.retryable,
+        })),
+        "created_unix_ms": t.created_unix_ms,
+        "finished_unix_ms": t.finished_unix_ms,
+    })
+}

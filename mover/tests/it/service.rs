@@ -1,0 +1,582 @@
+//! `cdi-mover serve` as a user meets it: real processes over TCP with mutual TLS, driven by
+//! the CLI client, by a Rust client, and by a client generated for another language.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdi_proto::v1 as pb;
+use cdi_proto::v1::mover_client::MoverClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::support::*;
+
+/// A CA that signs the mover's certificate and its clients'.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Pki { ca: rcgen::Issuer::new(params, key), ca_pem: cert.pem(), dir }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for the mover (`server`) or a client; returns (cert, key) paths.
+    fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string(), "localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// A running `cdi-mover serve`, stopped (SIGTERM) on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    metrics: String,
+    stderr: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, extra: &[&str]) -> Serve {
+        let stderr = dir.join(format!("serve-{}.log", std::process::id() ^ rand_u32()));
+        let mut child = Command::new(mover_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let bound: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "serve did not report its address: {:?} {}",
+                line,
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        });
+        Serve {
+            child,
+            addr: bound["listening"].as_str().unwrap().to_string(),
+            metrics: bound["metrics"].as_str().unwrap().to_string(),
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop within 30s of SIGTERM: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+}
+
+fn tls_args<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
+    vec!["--tls-cert", s(cert), "--tls-key", s(key), "--client-ca", s(ca)]
+}
+
+async fn client_tls(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<(&Path, &Path)>,
+) -> Result<MoverClient<Channel>, String> {
+    cdi_mover::tls::install_crypto_provider();
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("cdi-mover");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut client = MoverClient::new(channel);
+    // The handshake's verdict on the client certificate shows on the first call.
+    client.capabilities(pb::CapabilitiesRequest {}).await.map_err(|e| format!("{e:?}"))?;
+    Ok(client)
+}
+
+async fn client_plain(addr: &str) -> MoverClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    MoverClient::new(channel)
+}
+
+fn http_source(url: &str) -> Option<pb::Source> {
+    Some(pb::Source { kind: Some(pb::source::Kind::Http(pb::HttpSource { url: url.into(), ..Default::default() })) })
+}
+
+fn host_target(p: &Path) -> Option<pb::Target> {
+    Some(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: s(p).into() })) })
+}
+
+/// A served qcow2 of a known raw disk; `slow` throttles nginx so tasks last a while.
+struct Image {
+    dir: tempfile::TempDir,
+    raw: PathBuf,
+    nginx: Nginx,
+}
+
+fn image(size: u64, nginx_conf: &str) -> Image {
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let raw = dir.path().join("disk.raw");
+    make_raw(&raw, size, 31);
+    qemu_img(&["convert", "-O", "qcow2", s(&raw), s(&www.join("disk.qcow2"))]);
+    let nginx = Nginx::start(dir.path(), &www, nginx_conf, "");
+    Image { dir, raw, nginx }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 60s (hung?)"))
+}
+
+/// Follows a Populate stream to its end: (accepted.reattached, progress events, outcome).
+async fn follow(stream: &mut tonic::Streaming<pb::PopulateEvent>) -> (bool, usize, Result<pb::Completed, pb::Failed>) {
+    let (mut reattached, mut progress) = (false, 0);
+    while let Some(ev) = within("the event stream", stream.message()).await.unwrap() {
+        match ev.event.unwrap() {
+            pb::populate_event::Event::Accepted(a) => reattached = a.reattached,
+            pb::populate_event::Event::Progress(_) => progress += 1,
+            pb::populate_event::Event::Completed(c) => return (reattached, progress, Ok(c)),
+            pb::populate_event::Event::Failed(f) => return (reattached, progress, Err(f)),
+        }
+    }
+    panic!("the stream ended without an outcome");
+}
+
+#[test]
+fn populate_over_mutual_tls_with_the_cli_client_into_a_file_and_a_loop_device() {
+    let img = image(24 * MIB, "");
+    let pki = Pki::new(img.dir.path(), "main");
+    let (scert, skey) = pki.issue("cdi-mover", true);
+    let (ccert, ckey) = pki.issue("populator", false);
+    let _serve = Serve::start(img.dir.path(), &tls_args(&scert, &skey, &pki.ca_path()));
+    let url = img.nginx.url("http", "disk.qcow2");
+    let client = |target: &str, id: &str| {
+        let mut c = Command::new(mover_bin());
+        c.args([
+            "client",
+            "--address",
+            &_serve.addr,
+            "--tls-cert",
+            s(&ccert),
+            "--tls-key",
+            s(&ckey),
+            "--ca",
+            s(&pki.ca_path()),
+        ])
+        .args(["populate", "--task-id", id, &url, target, "--progress", "json"]);
+        with_timeout(c, Duration::from_secs(120))
+    };
+    let out = img.dir.path().join("out.raw");
+    let res = client(s(&out), "to-file");
+    assert_ok(&res);
+    assert_same(&img.raw, "raw", &out);
+    let last = String::from_utf8_lossy(&res.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["phase"], "complete");
+    assert_eq!(v["virtual_size"], 24 * MIB);
+
+    let dev = LoopDev::new(img.dir.path(), 24 * MIB, 8);
+    assert_ok(&client(s(&dev.path), "to-loop"));
+    assert_same(&img.raw, "raw", &dev.path);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_without_a_certificate_from_the_ca_are_refused() {
+    let dir = tempdir();
+    let pki = Pki::new(dir.path(), "main");
+    let other = Pki::new(dir.path(), "other");
+    let (scert, skey) = pki.issue("cdi-mover", true);
+    let (good_c, good_k) = pki.issue("populator", false);
+    let (bad_c, bad_k) = other.issue("intruder", false);
+    let serve = Serve::start(dir.path(), &tls_args(&scert, &skey, &pki.ca_path()));
+
+    assert!(client_tls(&serve.addr, &pki.ca_pem, Some((&good_c, &good_k))).await.is_ok());
+    let wrong_ca = client_tls(&serve.addr, &pki.ca_pem, Some((&bad_c, &bad_k))).await;
+    assert!(wrong_ca.is_err(), "a certificate from another CA was accepted");
+    let anonymous = client_tls(&serve.addr, &pki.ca_pem, None).await;
+    assert!(anonymous.is_err(), "a client without a certificate was accepted");
+    // Plaintext gets nowhere either.
+    let plain = Endpoint::from_shared(format!("http://{}", serve.addr)).unwrap().connect().await;
+    if let Ok(channel) = plain {
+        assert!(MoverClient::new(channel).capabilities(pb::CapabilitiesRequest {}).await.is_err());
+    }
+    assert!(serve.log().contains("TLS handshake refused"), "refusals are logged: {}", serve.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_certificates_are_picked_up_without_a_restart() {
+    let dir = tempdir();
+    let old = Pki::new(dir.path(), "old");
+    let new = Pki::new(dir.path(), "new");
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (lc, lk, lca) = (live.join("tls.crt"), live.join("tls.key"), live.join("ca.crt"));
+    let install = |pki: &Pki| {
+        let (c, k) = pki.issue("cdi-mover", true);
+        // As a kubelet updates a projected Secret: each file replaced atomically.
+        for (from, to) in [(c, &lc), (k, &lk), (pki.ca_path(), &lca)] {
+            let tmp = to.with_extension("tmp");
+            std::fs::copy(&from, &tmp).unwrap();
+            std::fs::rename(&tmp, to).unwrap();
+        }
+    };
+    install(&old);
+    let serve = Serve::start(dir.path(), &tls_args(&lc, &lk, &lca));
+    let (oc, ok) = old.issue("populator", false);
+    let (nc, nk) = new.issue("populator", false);
+    assert!(client_tls(&serve.addr, &old.ca_pem, Some((&oc, &ok))).await.is_ok());
+    assert!(client_tls(&serve.addr, &new.ca_pem, Some((&nc, &nk))).await.is_err());
+
+    install(&new);
+    assert!(client_tls(&serve.addr, &new.ca_pem, Some((&nc, &nk))).await.is_ok(), "new certificates not picked up");
+    assert!(client_tls(&serve.addr, &old.ca_pem, Some((&oc, &ok))).await.is_err(), "the old CA still trusted");
+    assert!(serve.log().contains("reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_comes_back_re_attaches_to_the_same_download() {
+    // No ranges, throttled: one GET that lasts a few seconds.
+    let img = image(24 * MIB, "max_ranges 0; limit_rate 6m;");
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext"]);
+    let mut client = client_plain(&serve.addr).await;
+    let out = img.dir.path().join("out.raw");
+    let req = pb::PopulateRequest {
+        task_id: "reattach-1".into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: host_target(&out),
+        ..Default::default()
+    };
+    // Follow until bytes move, then walk away.
+    let mut first = within("populate", client.populate(req.clone())).await.unwrap().into_inner();
+    loop {
+        let ev = within("progress", first.message()).await.unwrap().expect("stream ended early");
+        if let Some(pb::populate_event::Event::Progress(p)) = ev.event
+            && p.bytes_done > 0
+        {
+            break;
+        }
+    }
+    drop(first);
+    let task = client.get_task(pb::GetTaskRequest { task_id: "reattach-1".into() }).await.unwrap().into_inner();
+    assert_eq!(task.state, pb::TaskState::Running as i32, "the task stops when its client leaves");
+
+    let mut again = within("populate again", client.populate(req.clone())).await.unwrap().into_inner();
+    let (reattached, _, outcome) = follow(&mut again).await;
+    assert!(reattached);
+    let done = outcome.expect("completed");
+    assert_eq!(done.virtual_size, 24 * MIB);
+    assert_same(&img.raw, "raw", &out);
+    // A third call after the end replays the result.
+    let (reattached, _, outcome) = follow(&mut client.populate(req).await.unwrap().into_inner()).await;
+    assert!(reattached && outcome.is_ok());
+    let gets = img.nginx.detail_log().lines().filter(|l| l.starts_with("GET /disk.qcow2")).count();
+    assert_eq!(gets, 1, "one download: {}", img.nginx.detail_log());
+    let list = client.list_tasks(pb::ListTasksRequest {}).await.unwrap().into_inner().tasks;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].state, pb::TaskState::Succeeded as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_task_within_a_second_and_leaves_no_image() {
+    let img = image(32 * MIB, "max_ranges 0; limit_rate 2m;");
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext"]);
+    let mut client = client_plain(&serve.addr).await;
+    let out = img.dir.path().join("out.raw");
+    let req = pb::PopulateRequest {
+        task_id: "cancel-me".into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: host_target(&out),
+        ..Default::default()
+    };
+    let mut events = client.populate(req).await.unwrap().into_inner();
+    loop {
+        if let Some(pb::populate_event::Event::Progress(p)) =
+            within("progress", events.message()).await.unwrap().unwrap().event
+            && p.bytes_done > 0
+        {
+            break;
+        }
+    }
+    let asked = Instant::now();
+    let task = client.cancel_task(pb::CancelTaskRequest { task_id: "cancel-me".into() }).await.unwrap().into_inner();
+    assert!(asked.elapsed() < Duration::from_secs(2), "cancel took {:?}", asked.elapsed());
+    assert_eq!(task.state, pb::TaskState::Cancelled as i32);
+    let (_, _, outcome) = follow(&mut events).await;
+    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists(), "a cancelled task left an image");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_queues_the_rest() {
+    let img = image(16 * MIB, "max_ranges 0; limit_rate 2m;");
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext", "--max-concurrent", "1"]);
+    let mut client = client_plain(&serve.addr).await;
+    let start = |id: &str| pb::PopulateRequest {
+        task_id: id.into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: host_target(&img.dir.path().join(format!("{id}.raw"))),
+        ..Default::default()
+    };
+    let mut a = client.populate(start("a")).await.unwrap().into_inner();
+    let mut b = client.populate(start("b")).await.unwrap().into_inner();
+    let accepted = |ev: pb::PopulateEvent| match ev.event {
+        Some(pb::populate_event::Event::Accepted(acc)) => acc.state,
+        other => panic!("first event {other:?}"),
+    };
+    let sa = accepted(within("a", a.message()).await.unwrap().unwrap());
+    let sb = accepted(within("b", b.message()).await.unwrap().unwrap());
+    let states = [sa, sb];
+    let get = |id: &'static str| {
+        let mut c = client.clone();
+        async move { c.get_task(pb::GetTaskRequest { task_id: id.into() }).await.unwrap().into_inner().state }
+    };
+    let (ga, gb) = (get("a").await, get("b").await);
+    assert!(
+        [ga, gb].contains(&(pb::TaskState::Queued as i32)),
+        "with one slot, one of two tasks waits (accepted as {states:?}, now {ga} {gb})"
+    );
+    assert!(!(ga == pb::TaskState::Running as i32 && gb == pb::TaskState::Running as i32));
+    let (_, _, ra) = follow(&mut a).await;
+    let (_, _, rb) = follow(&mut b).await;
+    assert!(ra.is_ok() && rb.is_ok(), "both complete in turn");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_invalid_arguments_that_name_the_field() {
+    let dir = tempdir();
+    let serve = Serve::start(dir.path(), &["--insecure-plaintext", "--kubelet-root", s(dir.path())]);
+    let mut client = client_plain(&serve.addr).await;
+    let good = pb::PopulateRequest {
+        task_id: "t".into(),
+        source: http_source("http://127.0.0.1:9/x.qcow2"),
+        target: host_target(&dir.path().join("x.raw")),
+        ..Default::default()
+    };
+    let cases = vec![
+        (pb::PopulateRequest { task_id: String::new(), ..good.clone() }, "task_id"),
+        (pb::PopulateRequest { source: None, ..good.clone() }, "source"),
+        (pb::PopulateRequest { target: None, ..good.clone() }, "target"),
+        (pb::PopulateRequest { source: http_source("ftp://h/x"), ..good.clone() }, "source.http.url"),
+        (pb::PopulateRequest { checksum: "sha256:xyz".into(), ..good.clone() }, "checksum"),
+        (
+            pb::PopulateRequest {
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                        pod_uid: "..".into(),
+                        pv_name: "pv".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..good.clone()
+            },
+            "target.pod_volume",
+        ),
+        (
+            pb::PopulateRequest {
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                        pod_uid: "uid".into(),
+                        pv_name: "../../../etc".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..good.clone()
+            },
+            "pv_name",
+        ),
+    ];
+    for (req, field) in cases {
+        let Err(status) = client.populate(req).await else { panic!("a bad request ({field}) was accepted") };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    }
+    // The same id for another import is a conflict, not a silent re-attach.
+    let _ = client.populate(good.clone()).await.unwrap();
+    let other = pb::PopulateRequest { target: host_target(&dir.path().join("y.raw")), ..good };
+    assert_eq!(client.populate(other).await.err().unwrap().code(), tonic::Code::AlreadyExists);
+    let caps = client.capabilities(pb::CapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.api, "cdi.mover.v1");
+    assert!(caps.formats.contains(&"qcow2".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cancels_running_tasks_and_exits() {
+    let img = image(32 * MIB, "max_ranges 0; limit_rate 2m;");
+    let mut serve = Serve::start(img.dir.path(), &["--insecure-plaintext"]);
+    cdi_mover::tls::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://{}/healthz", serve.metrics)).await.unwrap().text().await.unwrap();
+    assert_eq!(metrics.trim(), "ok");
+    let mut client = client_plain(&serve.addr).await;
+    let out = img.dir.path().join("out.raw");
+    let req = pb::PopulateRequest {
+        task_id: "drained".into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: host_target(&out),
+        ..Default::default()
+    };
+    let mut events = client.populate(req).await.unwrap().into_inner();
+    loop {
+        if let Some(pb::populate_event::Event::Progress(p)) =
+            within("progress", events.message()).await.unwrap().unwrap().event
+            && p.bytes_done > 0
+        {
+            break;
+        }
+    }
+    let text = reqwest::get(format!("http://{}/metrics", serve.metrics)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("cdi_mover_tasks_running 1"), "{text}");
+    let status = tokio::task::spawn_blocking(move || {
+        let st = serve.stop();
+        (st, serve)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "serve exited with {:?}: {}", status.0, status.1.log());
+    let (_, _, outcome) = follow(&mut events).await;
+    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists());
+}
+
+/// Another language: a Python client generated from the same .proto drives a Populate.
+#[test]
+fn a_python_client_generated_from_the_proto_drives_a_populate() {
+    let img = image(16 * MIB, "");
+    ensure_python_grpc();
+    let py_dir = img.dir.path().join("py");
+    std::fs::create_dir(&py_dir).unwrap();
+    let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    run(Command::new("python3").args([
+        "-m",
+        "grpc_tools.protoc",
+        "-I",
+        s(&proto_root),
+        "--python_out",
+        s(&py_dir),
+        "--grpc_python_out",
+        s(&py_dir),
+        "cdi/mover/v1/mover.proto",
+    ]));
+    let pki = Pki::new(img.dir.path(), "py");
+    let (scert, skey) = pki.issue("cdi-mover", true);
+    let (ccert, ckey) = pki.issue("python", false);
+    let serve = Serve::start(img.dir.path(), &tls_args(&scert, &skey, &pki.ca_path()));
+    let out = img.dir.path().join("py.raw");
+    let script = format!(
+        r#"
+import json, sys
+sys.path.insert(0, {py:?})
+import grpc
+from cdi.mover.v1 import mover_pb2 as pb, mover_pb2_grpc as rpc
+creds = grpc.ssl_channel_credentials(open({ca:?}, 'rb').read(), open({key:?}, 'rb').read(), open({cert:?}, 'rb').read())
+chan = grpc.secure_channel({addr:?}, creds, options=[('grpc.ssl_target_name_override', 'cdi-mover')])
+stub = rpc.MoverStub(chan)
+req = pb.PopulateRequest(task_id='from-python', source=pb.Source(http=pb.HttpSource(url={url:?})), target=pb.Target(host_path=pb.HostPath(path={out:?})))
+seen = []
+for ev in stub.Populate(req, timeout=120):
+    kind = ev.WhichOneof('event')
+    seen.append(kind)
+    if kind == 'completed':
+        print(json.dumps({{'events': seen, 'virtual_size': ev.completed.virtual_size, 'formats': list(ev.completed.formats)}}))
+    if kind == 'failed':
+        print(json.dumps({{'events': seen, 'failed': ev.failed.message}}))
+"#,
+        py = s(&py_dir),
+        ca = s(&pki.ca_path()),
+        key = s(&ckey),
+        cert = s(&ccert),
+        addr = serve.addr,
+        url = img.nginx.url("http", "disk.qcow2"),
+        out = s(&out),
+    );
+    let script_path = img.dir.path().join("client.py");
+    std::fs::write(&script_path, script).unwrap();
+    let res = with_timeout(
+        {
+            let mut c = Command::new("python3");
+            c.arg(&script_path);
+            c
+        },
+        Duration::from_secs(120),
+    );
+    assert!(res.status.success(), "python client failed: {}", String::from_utf8_lossy(&res.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&res.stdout).trim()).unwrap();
+    assert_eq!(v["virtual_size"], 16 * MIB, "{v}");
+    assert_eq!(v["events"][0], "accepted");
+    assert_eq!(v["events"].as_array().unwrap().last().unwrap(), "completed");
+    assert_same(&img.raw, "raw", &out);
+}
+
+/// grpcio-tools from PyPI, installed once for all test processes.
+fn ensure_python_grpc() {
+    let have = || Command::new("python3").args(["-c", "import grpc_tools, grpc"]).status().is_ok_and(|s| s.success());
+    if have() {
+        return;
+    }
+    let status = Command::new("flock")
+        .args([
+            "/tmp/cdi-rs-pip.lock",
+            "sh",
+            "-c",
+            "python3 -c 'import grpc_tools, grpc' 2>/dev/null || python3 -m pip install -q grpcio-tools",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success() && have(), "could not install grpcio-tools from PyPI");
+}
