@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cdi_proto::v1 as pb;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -63,36 +64,50 @@ pub fn serve_read(
 pub async fn serve_write(
     path: PathBuf,
     options: TargetOptions,
-    mut stream: Streaming<pb::WriteVolumeRequest>,
+    stream: Streaming<pb::WriteVolumeRequest>,
 ) -> Result<pb::WriteVolumeResponse, Status> {
+    let chunks = stream.map(|msg| match msg?.request {
+        Some(pb::write_volume_request::Request::Chunk(c)) => Ok(c),
+        Some(pb::write_volume_request::Request::Target(_)) => {
+            Err(Status::invalid_argument("target: only the first message names the target; the rest are chunks"))
+        }
+        None => Err(Status::invalid_argument("request: a message carries neither target nor chunk")),
+    });
+    let written = write_stream(path, options, TarInto::Directory, chunks).await?;
+    Ok(pb::WriteVolumeResponse {
+        bytes_written: written.data_bytes,
+        zero_bytes: written.zero_bytes,
+        target_path: written.path.display().to_string(),
+    })
+}
+
+/// Writes a stream of volume chunks to `path`: a client's WriteVolume, or (in a client)
+/// another mover's ReadVolume. The stream's clean end commits the volume; an error item, a
+/// malformed chunk or a dropped future leaves nothing that looks complete. Returns once the
+/// writer is done, its cleanup included.
+pub async fn write_stream(
+    path: PathBuf,
+    options: TargetOptions,
+    tar_into: TarInto,
+    mut chunks: impl Stream<Item = Result<pb::VolumeChunk, Status>> + Unpin,
+) -> Result<volume::Written, Status> {
     let started = Instant::now();
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let target = path.clone();
-    // If this call is dropped (the client went away), the sender goes with it and the writer,
-    // never seeing the stream's end, aborts.
-    let writer = tokio::task::spawn_blocking(move || {
-        volume::write_volume(&target, options, TarInto::Directory, || rx.blocking_recv())
-    });
+    // If this future is dropped (the client went away), the sender goes with it and the
+    // writer, never seeing the stream's end, aborts.
+    let writer =
+        tokio::task::spawn_blocking(move || volume::write_volume(&target, options, tar_into, || rx.blocking_recv()));
     let pumped = async {
-        loop {
-            let Some(msg) = stream.message().await? else {
-                let _ = tx.send(Incoming::End).await;
-                return Ok(());
-            };
-            let chunk = match msg.request {
-                Some(pb::write_volume_request::Request::Chunk(c)) => chunk_from_pb(c)?,
-                Some(pb::write_volume_request::Request::Target(_)) => {
-                    return Err(Status::invalid_argument(
-                        "target: only the first message names the target; the rest are chunks",
-                    ));
-                }
-                None => return Err(Status::invalid_argument("request: a message carries neither target nor chunk")),
-            };
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk_from_pb(chunk?)?;
             if tx.send(Incoming::Chunk(chunk)).await.is_err() {
                 // The writer stopped: its result says why.
                 return Ok(());
             }
         }
+        let _ = tx.send(Incoming::End).await;
+        Ok::<(), Status>(())
     }
     .await;
     drop(tx);
@@ -119,11 +134,7 @@ pub async fn serve_write(
         seconds = started.elapsed().as_secs_f64(),
         "volume written"
     );
-    Ok(pb::WriteVolumeResponse {
-        bytes_written: written.data_bytes,
-        zero_bytes: written.zero_bytes,
-        target_path: written.path.display().to_string(),
-    })
+    Ok(written)
 }
 
 /// `UNSPECIFIED` lets the reader decide from what the path holds.
