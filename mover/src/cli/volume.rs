@@ -1,10 +1,8 @@
 //! `cdi-mover client read-volume | write-volume | copy-volume`: volume streams between a
 //! mover and this machine, or between two movers (a host-assisted clone by hand).
 //!
-//! A stream that fails on one side must never look finished on the other: a local read that
-//! fails stops feeding the request without ending it, and the call is dropped (the server
-//! sees a reset stream, not its end, and aborts); a failed ReadVolume is never turned into a
-//! clean end of the WriteVolume it feeds.
+//! A stream that fails on one side never looks finished on the other: a failed read sends no
+//! end chunk, and a mover commits nothing without one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use futures_util::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
@@ -191,24 +189,23 @@ pub async fn write_volume(client: &mut MoverClient<Channel>, args: &WriteVolumeA
     let reader = open_local(&args.file, args.format)?;
     let format = reader.header().format;
     let first = args.sizing.write_target(target(&args.target)?)?;
-    let (tx, rx) = mpsc::channel::<Result<pb::VolumeChunk, String>>(QUEUE);
-    tokio::task::spawn_blocking(move || {
-        let read = reader.run(|chunk| tx.blocking_send(Ok(chunk_to_pb(chunk))).map_err(|_| VolumeError::Closed));
-        match read {
-            // The call ended first; its outcome is reported.
-            Ok(_) | Err(VolumeError::Closed) => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(one_line(&e)));
-            }
-        }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    // A failed read sends no end chunk: the mover then commits nothing.
+    let reading = tokio::task::spawn_blocking(move || {
+        reader.run(|chunk| tx.blocking_send(chunk_to_pb(chunk)).map_err(|_| VolumeError::Closed))
     });
     let message_bytes = Arc::new(AtomicU64::new(0));
-    let failure = Arc::new(Failure::default());
-    let chunks = guarded(counted(ReceiverStream::new(rx), message_bytes.clone()), failure.clone());
-    let response = tokio::select! {
-        response = client.write_volume(requests(first, chunks)) => response?.into_inner(),
-        message = failure.wait() => bail!("cannot read {}: {message}; nothing was committed", args.file.display()),
-    };
+    let counter = message_bytes.clone();
+    let chunks = ReceiverStream::new(rx).inspect(move |c| {
+        counter.fetch_add(c.encoded_len() as u64, Ordering::Relaxed);
+    });
+    let response = client.write_volume(requests(first, chunks)).await;
+    match reading.await.context("the local reader crashed")? {
+        // Closed: the mover stopped listening; its answer says why.
+        Ok(_) | Err(VolumeError::Closed) => {}
+        Err(e) => bail!("cannot read {}: {}; nothing was committed", args.file.display(), one_line(&e)),
+    }
+    let response = response?.into_inner();
     Report {
         format,
         data_bytes: response.bytes_written,
@@ -233,21 +230,30 @@ pub async fn copy_volume(
     let message_bytes = Arc::new(AtomicU64::new(0));
     let format = Arc::new(Mutex::new(Format::Raw));
     let seen = format.clone();
-    let source = source.map(|c| c.map_err(|s| s.message().to_string())).inspect(move |c| {
-        if let Ok(pb::VolumeChunk { chunk: Some(pb::volume_chunk::Chunk::Header(h)) }) = c
-            && h.format == pb::VolumeFormat::Tar as i32
-        {
-            *seen.lock().expect("format lock") = Format::Tar;
-        }
-    });
-    let failure = Arc::new(Failure::default());
-    let chunks = guarded(counted(source, message_bytes.clone()), failure.clone());
-    let response = tokio::select! {
-        response = to.write_volume(requests(first, chunks)) => {
-            response.context("the target mover failed to write")?.into_inner()
-        }
-        message = failure.wait() => bail!("the source mover failed to read: {message}; nothing was committed"),
-    };
+    // The source's failure ends the forwarded stream without an end chunk, so the target
+    // commits nothing; the failure itself is reported here.
+    let failure = Arc::new(Mutex::new(None));
+    let failed = failure.clone();
+    let chunks = counted(source, message_bytes.clone())
+        .take_while(move |c| {
+            if let Err(status) = c {
+                *failed.lock().expect("failure lock") = Some(status.message().to_string());
+            }
+            std::future::ready(c.is_ok())
+        })
+        .filter_map(|c| std::future::ready(c.ok()))
+        .inspect(move |c| {
+            if let Some(pb::volume_chunk::Chunk::Header(h)) = &c.chunk
+                && h.format == pb::VolumeFormat::Tar as i32
+            {
+                *seen.lock().expect("format lock") = Format::Tar;
+            }
+        });
+    let response = to.write_volume(requests(first, chunks)).await;
+    if let Some(message) = failure.lock().expect("failure lock").take() {
+        bail!("the source mover failed to read {}: {message}; nothing was committed", args.source.display());
+    }
+    let response = response.context("the target mover failed to write")?.into_inner();
     let format = *format.lock().expect("format lock");
     Report {
         format,
@@ -268,44 +274,6 @@ fn requests(
 ) -> impl Stream<Item = pb::WriteVolumeRequest> + Send + 'static {
     futures_util::stream::once(async move { first })
         .chain(chunks.map(|c| pb::WriteVolumeRequest { request: Some(pb::write_volume_request::Request::Chunk(c)) }))
-}
-
-/// Why the chunks feeding a WriteVolume stopped short.
-#[derive(Debug, Default)]
-struct Failure {
-    message: Mutex<Option<String>>,
-    notify: Notify,
-}
-
-impl Failure {
-    fn set(&self, message: String) {
-        *self.message.lock().expect("failure lock") = Some(message);
-        self.notify.notify_one();
-    }
-
-    async fn wait(&self) -> String {
-        self.notify.notified().await;
-        self.message.lock().expect("failure lock").take().unwrap_or_default()
-    }
-}
-
-/// The chunks of `stream` until an error item; then the error goes to `failure` and the
-/// stream stays pending instead of ending, so that the caller resets the call rather than
-/// letting it end cleanly.
-fn guarded(
-    stream: impl Stream<Item = Result<pb::VolumeChunk, String>> + Send + 'static,
-    failure: Arc<Failure>,
-) -> impl Stream<Item = pb::VolumeChunk> + Send + 'static {
-    futures_util::stream::unfold((Box::pin(stream), failure), |(mut stream, failure)| async move {
-        match stream.next().await {
-            Some(Ok(chunk)) => Some((chunk, (stream, failure))),
-            Some(Err(message)) => {
-                failure.set(message);
-                std::future::pending().await
-            }
-            None => None,
-        }
-    })
 }
 
 /// Opens a local path for `write-volume`: a file holding a tar archive is sent as TAR.

@@ -23,7 +23,7 @@ use crate::archive::ArchiveError;
 use crate::error::one_line;
 use crate::target::{TargetError, TargetOptions};
 use crate::volume::write::TarInto;
-use crate::volume::{self, Chunk, Extent, Format, Header, Incoming, VolumeError, VolumeReader};
+use crate::volume::{self, Chunk, Extent, Format, Header, VolumeError, VolumeReader};
 
 /// Chunks buffered between the network and the disk, per stream.
 pub const QUEUE: usize = 4;
@@ -82,31 +82,43 @@ pub async fn serve_write(
 }
 
 /// Writes a stream of volume chunks to `path`: a client's WriteVolume, or (in a client)
-/// another mover's ReadVolume. The stream's clean end commits the volume; an error item, a
-/// malformed chunk or a dropped future leaves nothing that looks complete. Returns once the
-/// writer is done, its cleanup included.
+/// another mover's ReadVolume. Only the stream's end chunk commits the volume; an error
+/// item, a malformed chunk or a dropped future leaves nothing that looks complete. Returns
+/// once the writer is done, its cleanup included.
 pub async fn write_stream(
     path: PathBuf,
     options: TargetOptions,
     tar_into: TarInto,
     mut chunks: impl Stream<Item = Result<pb::VolumeChunk, Status>> + Unpin,
 ) -> Result<volume::Written, Status> {
-    let started = Instant::now();
     let (tx, mut rx) = mpsc::channel(QUEUE);
-    let target = path.clone();
     // If this future is dropped (the client went away), the sender goes with it and the
-    // writer, never seeing the stream's end, aborts.
-    let writer =
-        tokio::task::spawn_blocking(move || volume::write_volume(&target, options, tar_into, || rx.blocking_recv()));
+    // writer, stopped short of the stream's end, aborts. It reports on its own for that
+    // reason: hyper drops a handler whose client reset the stream.
+    let writer = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let written = volume::write_volume(&path, options, tar_into, || rx.blocking_recv());
+        match &written {
+            Ok(w) => tracing::info!(
+                path = %w.path.display(),
+                format = %w.format,
+                data_bytes = w.data_bytes,
+                zero_bytes = w.zero_bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "volume written"
+            ),
+            Err(e) => tracing::warn!(path = %path.display(), error = one_line(e), "volume write failed"),
+        }
+        written
+    });
     let pumped = async {
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk_from_pb(chunk?)?;
-            if tx.send(Incoming::Chunk(chunk)).await.is_err() {
+            if tx.send(chunk).await.is_err() {
                 // The writer stopped: its result says why.
                 return Ok(());
             }
         }
-        let _ = tx.send(Incoming::End).await;
         Ok::<(), Status>(())
     }
     .await;
@@ -114,27 +126,12 @@ pub async fn write_stream(
     // Wait for the writer even when the stream failed, so that its cleanup is done when
     // the call returns.
     let written = writer.await.map_err(|e| Status::internal(format!("the volume writer crashed: {e}")))?;
-    let shown = path.display().to_string();
-    let written = match (pumped, written) {
-        (Err(s), _) => {
-            tracing::warn!(path = shown, error = s.message(), "volume write failed");
-            return Err(s);
-        }
-        (Ok(()), Err(e)) => {
-            tracing::warn!(path = shown, error = one_line(&e), "volume write failed");
-            return Err(status(&e));
-        }
-        (Ok(()), Ok(w)) => w,
-    };
-    tracing::info!(
-        path = %written.path.display(),
-        format = %written.format,
-        data_bytes = written.data_bytes,
-        zero_bytes = written.zero_bytes,
-        seconds = started.elapsed().as_secs_f64(),
-        "volume written"
-    );
-    Ok(written)
+    match (pumped, written) {
+        // What broke the stream, rather than the writer's "it stopped short".
+        (Err(s), _) => Err(s),
+        (Ok(()), Err(e)) => Err(status(&e)),
+        (Ok(()), Ok(w)) => Ok(w),
+    }
 }
 
 /// `UNSPECIFIED` lets the reader decide from what the path holds.
@@ -159,6 +156,7 @@ pub fn chunk_to_pb(chunk: Chunk) -> pb::VolumeChunk {
         Chunk::Header(h) => C::Header(pb::VolumeHeader { format: format_to_pb(h.format) as i32, size: h.size }),
         Chunk::Extent(Extent::Data { offset, data }) => C::Data(pb::DataExtent { offset, data }),
         Chunk::Extent(Extent::Zero { offset, len }) => C::Zero(pb::ZeroExtent { offset, length: len }),
+        Chunk::End { length } => C::End(pb::VolumeEnd { length }),
     };
     pb::VolumeChunk { chunk: Some(chunk) }
 }
@@ -167,7 +165,7 @@ pub fn chunk_to_pb(chunk: Chunk) -> pb::VolumeChunk {
 pub fn chunk_from_pb(chunk: pb::VolumeChunk) -> Result<Chunk, Status> {
     use pb::volume_chunk::Chunk as C;
     Ok(match chunk.chunk {
-        None => return Err(Status::invalid_argument("chunk: carries neither header, data nor zero")),
+        None => return Err(Status::invalid_argument("chunk: carries neither header, data, zero nor end")),
         Some(C::Header(h)) => {
             let format = match pb::VolumeFormat::try_from(h.format) {
                 Ok(pb::VolumeFormat::Raw) => Format::Raw,
@@ -183,6 +181,7 @@ pub fn chunk_from_pb(chunk: pb::VolumeChunk) -> Result<Chunk, Status> {
         }
         Some(C::Data(d)) => Chunk::Extent(Extent::Data { offset: d.offset, data: d.data }),
         Some(C::Zero(z)) => Chunk::Extent(Extent::Zero { offset: z.offset, len: z.length }),
+        Some(C::End(e)) => Chunk::End { length: e.length },
     })
 }
 
@@ -212,7 +211,7 @@ pub fn status(e: &VolumeError) -> Status {
             ImportError::Archive(_) | ImportError::InvalidRequest(_) => Status::invalid_argument(message),
             _ => Status::internal(message),
         },
-        VolumeError::Interrupted | VolumeError::Closed => Status::cancelled(message),
+        VolumeError::Closed => Status::cancelled(message),
     }
 }
 
@@ -227,6 +226,7 @@ mod tests {
             Chunk::Header(Header { format: Format::Tar, size: 0 }),
             Chunk::Extent(Extent::Data { offset: 4096, data: vec![1, 2, 3] }),
             Chunk::Extent(Extent::Zero { offset: 8192, len: u64::MAX }),
+            Chunk::End { length: 1 << 40 },
         ];
         for c in chunks {
             let wire = prost::Message::encode_to_vec(&chunk_to_pb(c.clone()));

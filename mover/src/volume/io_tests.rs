@@ -35,17 +35,19 @@ fn read_all(path: &Path, format: Option<Format>) -> (Vec<Chunk>, ReadStats) {
     (chunks, stats)
 }
 
-fn feed(chunks: Vec<Chunk>, end: bool) -> impl FnMut() -> Option<Incoming> {
-    let mut items: Vec<Incoming> = chunks.into_iter().map(Incoming::Chunk).collect();
-    if end {
-        items.push(Incoming::End);
-    }
-    let mut items = items.into_iter();
+fn feed(chunks: Vec<Chunk>) -> impl FnMut() -> Option<Chunk> {
+    let mut items = chunks.into_iter();
     move || items.next()
 }
 
-fn write(path: &Path, chunks: Vec<Chunk>, end: bool) -> Result<Written, VolumeError> {
-    write_volume(path, TargetOptions::default(), TarInto::Directory, feed(chunks, end))
+/// The chunks without their end.
+fn cut(mut chunks: Vec<Chunk>) -> Vec<Chunk> {
+    assert!(matches!(chunks.pop(), Some(Chunk::End { .. })));
+    chunks
+}
+
+fn write(path: &Path, chunks: Vec<Chunk>) -> Result<Written, VolumeError> {
+    write_volume(path, TargetOptions::default(), TarInto::Directory, feed(chunks))
 }
 
 #[test]
@@ -60,24 +62,28 @@ fn a_sparse_file_streams_its_data_only_and_lands_sparse() {
     assert_eq!(stats.data_bytes, 3 * BLOCK + 100, "{chunks:?}");
     assert_eq!(stats.data_bytes + stats.zero_bytes, size);
     let dst = dir.path().join("dst.raw");
-    let written = write(&dst, chunks, true).unwrap();
+    let written = write(&dst, chunks).unwrap();
     assert_eq!(written.path, dst);
     assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
     assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 <= 8 * BLOCK, "the copy is not sparse");
 }
 
 #[test]
-fn an_interrupted_raw_stream_leaves_no_file() {
+fn a_raw_stream_without_its_end_leaves_no_file() {
     let dir = tempdir();
     let src = dir.path().join("src.raw");
     mk_sparse(&src, 16 * BLOCK);
-    let (mut chunks, _) = read_all(&src, None);
-    chunks.pop();
+    let (chunks, _) = read_all(&src, None);
     let dst = dir.path().join("dst.raw");
-    assert!(matches!(write(&dst, chunks.clone(), false), Err(VolumeError::Interrupted)));
-    // Ended cleanly, but short of the header's size.
-    let short = write(&dst, chunks, true).unwrap_err();
-    assert!(matches!(short, VolumeError::Stream(StreamError::Short { .. })), "{short}");
+    // Every extent, but no end.
+    let err = write(&dst, cut(chunks.clone())).unwrap_err();
+    assert!(matches!(err, VolumeError::Stream(StreamError::NoEnd { end }) if end == 16 * BLOCK), "{err}");
+    // An end, but short of the header's size.
+    let mut short = cut(chunks);
+    let Some(Chunk::Extent(last)) = short.pop() else { panic!("no last extent") };
+    short.push(Chunk::End { length: last.offset() });
+    let err = write(&dst, short).unwrap_err();
+    assert!(matches!(err, VolumeError::Stream(StreamError::Short { .. })), "{err}");
     let left: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(left, [src], "the target or its .partial was left behind");
 }
@@ -90,7 +96,7 @@ fn a_raw_stream_into_a_directory_becomes_disk_img() {
     let vol = dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     let (chunks, _) = read_all(&src, None);
-    let written = write(&vol, chunks, true).unwrap();
+    let written = write(&vol, chunks).unwrap();
     assert_eq!(written.path, vol.join("disk.img"));
     let img = std::fs::File::open(vol.join("disk.img")).unwrap();
     assert!(img.metadata().unwrap().len() >= 16 * BLOCK, "disk.img is grown to the volume's usable space");
@@ -119,7 +125,7 @@ fn a_symlink_named_disk_img_is_never_followed() {
         .flat_map(|c| match c {
             Chunk::Extent(Extent::Data { data, .. }) => data.clone(),
             Chunk::Extent(Extent::Zero { len, .. }) => vec![0; *len as usize],
-            Chunk::Header(_) => vec![],
+            Chunk::Header(_) | Chunk::End { .. } => vec![],
         })
         .collect();
     assert!(!bytes.windows(9).any(|w| w == b"host file"), "the link's target was archived");
@@ -150,7 +156,7 @@ fn a_tree_round_trips_as_tar_with_its_holes_left_out() {
     assert!(stats.data_bytes < 64 * BLOCK, "{stats:?}");
     let dst = dir.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let written = write(&dst, chunks, true).unwrap();
+    let written = write(&dst, chunks).unwrap();
     assert_eq!(written.data_bytes, stats.data_bytes);
     assert_eq!(std::fs::read(dst.join("a/b/c/deep.txt")).unwrap(), b"deep");
     assert_eq!(std::fs::read(dst.join("empty")).unwrap(), b"");
@@ -178,7 +184,8 @@ fn an_interrupted_tar_stream_leaves_the_directory_as_it_was() {
     std::fs::create_dir(&dst).unwrap();
     std::fs::write(dst.join("old"), b"old").unwrap();
     // Every extent arrived, but not the stream's end.
-    assert!(matches!(write(&dst, chunks, false), Err(VolumeError::Interrupted)));
+    let err = write(&dst, cut(chunks)).unwrap_err();
+    assert!(matches!(err, VolumeError::Stream(StreamError::NoEnd { .. })), "{err}");
     let left: Vec<_> = std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["old"]);
 }
@@ -189,12 +196,14 @@ fn what_follows_the_archive_is_drained_without_expanding_zeros() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"x").unwrap();
-    let (mut chunks, stats) = read_all(&src, None);
+    let (chunks, stats) = read_all(&src, None);
+    let mut chunks = cut(chunks);
     // A zero extent of 2^62 bytes after the archive: expanding it would never end.
     chunks.push(Chunk::Extent(Extent::Zero { offset: stats.length, len: 1 << 62 }));
+    chunks.push(Chunk::End { length: stats.length + (1 << 62) });
     let dst = dir.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let written = write(&dst, chunks, true).unwrap();
+    let written = write(&dst, chunks).unwrap();
     assert!(written.zero_bytes >= 1 << 62);
     assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"x");
 }
@@ -205,11 +214,11 @@ fn a_tar_stream_is_only_extracted_into_a_directory() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     let (chunks, _) = read_all(&src, None);
-    let err = write(&dir.path().join("out.tar"), chunks.clone(), true).unwrap_err();
+    let err = write(&dir.path().join("out.tar"), chunks.clone()).unwrap_err();
     assert!(matches!(err, VolumeError::WrongFormat { format: Format::Tar, .. }), "{err}");
     // The CLI keeps it as a tar file when asked to.
     let out = dir.path().join("out.tar");
-    write_volume(&out, TargetOptions::default(), TarInto::DirectoryOrFile, feed(chunks, true)).unwrap();
+    write_volume(&out, TargetOptions::default(), TarInto::DirectoryOrFile, feed(chunks)).unwrap();
     let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
     assert_eq!(archive.entries().unwrap().count(), 0);
 }
@@ -226,11 +235,12 @@ fn a_hostile_archive_is_refused_and_nothing_is_extracted() {
     let bytes = tar.into_inner().unwrap();
     let chunks = vec![
         Chunk::Header(Header { format: Format::Tar, size: 0 }),
-        Chunk::Extent(Extent::Data { offset: 0, data: bytes }),
+        Chunk::Extent(Extent::Data { offset: 0, data: bytes.clone() }),
+        Chunk::End { length: bytes.len() as u64 },
     ];
     let dst = dir.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let err = write(&dst, chunks, true).unwrap_err();
+    let err = write(&dst, chunks).unwrap_err();
     assert!(err.to_string().contains("points outside the target directory"), "{err}");
     assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
 }

@@ -12,12 +12,18 @@
 //!
 //! # The stream
 //! A [`Header`] first, then [`Extent`]s that start at offset 0 and follow each other with no
-//! gap and no overlap. RAW: they cover exactly `[0, header.size)`. TAR: `header.size` is 0
-//! and the archive ends where the last extent ends. Data extents carry at most
-//! [`MAX_DATA_EXTENT`] bytes when we produce them; every whole 4 KiB block of zeros (aligned
-//! to the stream's offsets) travels as a zero extent, so holes and zeroed regions cost
-//! nothing on the wire. A writer refuses any other shape ([`StreamError`]) and makes nothing
-//! look complete until the stream's end was seen.
+//! gap and no overlap, then [`Chunk::End`]. RAW: the extents cover exactly
+//! `[0, header.size)`. TAR: `header.size` is 0 and the archive ends where the last extent
+//! ends. Data extents carry at most [`MAX_DATA_EXTENT`] bytes when we produce them; every
+//! whole 4 KiB block of zeros (aligned to the stream's offsets) travels as a zero extent, so
+//! holes and zeroed regions cost nothing on the wire. A writer refuses any other shape
+//! ([`StreamError`]) and commits nothing unless the end arrived.
+//!
+//! Why an end message rather than the end of the gRPC stream: over HTTP/2 (hyper) a client
+//! that cancels its request stream looks, to the server, just like one that finished it; and
+//! a client forwarding a failed ReadVolume may well end its WriteVolume stream cleanly. The
+//! end travels from the reader to the writer with the data, so neither can fake a complete
+//! volume.
 
 #[cfg(test)]
 mod io_tests;
@@ -102,14 +108,10 @@ impl std::fmt::Debug for Extent {
 pub enum Chunk {
     Header(Header),
     Extent(Extent),
-}
-
-/// What a writer receives: chunks, then `End` when the sender finished cleanly. A source
-/// that runs dry without `End` was interrupted, and nothing is committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    Chunk(Chunk),
-    End,
+    /// The last message: the stream is complete, `length` bytes long.
+    End {
+        length: u64,
+    },
 }
 
 /// Why a stream was refused: its shape is wrong, whatever the target.
@@ -134,6 +136,15 @@ pub enum StreamError {
     BeyondSize { offset: u64, len: u64, size: u64 },
     #[error("the volume stream ended at offset {end}, short of the volume size {size} given in the header")]
     Short { end: u64, size: u64 },
+    #[error("the volume stream's end says it is {length} bytes long, but its extents end at {end}")]
+    WrongLength { length: u64, end: u64 },
+    #[error("the volume stream goes on after its end")]
+    AfterEnd,
+    #[error(
+        "the volume stream stopped at offset {end} without its end message (the sender failed or went away); \
+         nothing was committed"
+    )]
+    NoEnd { end: u64 },
 }
 
 /// Checks the shape of a stream, chunk by chunk (see the module docs).
@@ -144,6 +155,7 @@ pub struct StreamCheck {
     next: u64,
     data_bytes: u64,
     zero_bytes: u64,
+    ended: bool,
 }
 
 impl StreamCheck {
@@ -167,10 +179,26 @@ impl StreamCheck {
     }
 
     pub fn check(&mut self, chunk: &Chunk) -> Result<(), StreamError> {
+        if self.ended {
+            return Err(StreamError::AfterEnd);
+        }
         match chunk {
             Chunk::Header(h) => self.check_header(h),
             Chunk::Extent(e) => self.check_extent(e),
+            Chunk::End { length } => self.check_end(*length),
         }
+    }
+
+    fn check_end(&mut self, length: u64) -> Result<(), StreamError> {
+        let header = self.header.ok_or(StreamError::Empty)?;
+        if header.format == Format::Raw && self.next != header.size {
+            return Err(StreamError::Short { end: self.next, size: header.size });
+        }
+        if length != self.next {
+            return Err(StreamError::WrongLength { length, end: self.next });
+        }
+        self.ended = true;
+        Ok(())
     }
 
     fn check_header(&mut self, h: &Header) -> Result<(), StreamError> {
@@ -207,11 +235,11 @@ impl StreamCheck {
         Ok(())
     }
 
-    /// The stream ended cleanly: a RAW stream must have covered the whole volume.
+    /// The stream stopped: it is whole if its end arrived.
     pub fn finish(&self) -> Result<Header, StreamError> {
         let header = self.header.ok_or(StreamError::Empty)?;
-        if header.format == Format::Raw && self.next != header.size {
-            return Err(StreamError::Short { end: self.next, size: header.size });
+        if !self.ended {
+            return Err(StreamError::NoEnd { end: self.next });
         }
         Ok(header)
     }
@@ -241,8 +269,6 @@ pub enum VolumeError {
     Target(#[from] crate::target::TargetError),
     #[error(transparent)]
     Import(Box<crate::ImportError>),
-    #[error("the volume stream was interrupted before its end; nothing was committed")]
-    Interrupted,
     #[error("the receiver of the volume stream went away")]
     Closed,
 }
@@ -431,6 +457,10 @@ mod tests {
         Chunk::Header(Header { format: Format::Raw, size })
     }
 
+    fn end(length: u64) -> Chunk {
+        Chunk::End { length }
+    }
+
     fn run(chunks: &[Chunk]) -> Result<Header, StreamError> {
         let mut check = StreamCheck::default();
         for c in chunks {
@@ -441,14 +471,15 @@ mod tests {
 
     #[test]
     fn a_well_formed_raw_stream_passes() {
-        assert_eq!(run(&[raw(10), data(0, 4), zero(4, 6)]), Ok(Header { format: Format::Raw, size: 10 }));
-        assert_eq!(run(&[raw(0)]), Ok(Header { format: Format::Raw, size: 0 }));
+        assert_eq!(run(&[raw(10), data(0, 4), zero(4, 6), end(10)]), Ok(Header { format: Format::Raw, size: 10 }));
+        assert_eq!(run(&[raw(0), end(0)]), Ok(Header { format: Format::Raw, size: 0 }));
     }
 
     #[test]
     fn a_tar_stream_ends_where_its_last_extent_ends() {
         let tar = Chunk::Header(Header { format: Format::Tar, size: 0 });
-        assert!(run(&[tar.clone(), data(0, 512), zero(512, 1 << 40)]).is_ok());
+        assert!(run(&[tar.clone(), data(0, 512), zero(512, 1 << 40), end(512 + (1 << 40))]).is_ok());
+        assert_eq!(run(&[tar, data(0, 512), end(1024)]), Err(StreamError::WrongLength { length: 1024, end: 512 }));
         assert_eq!(
             run(&[Chunk::Header(Header { format: Format::Tar, size: 5 })]),
             Err(StreamError::TarWithSize { size: 5 })
@@ -464,7 +495,10 @@ mod tests {
         assert_eq!(run(&[raw(10), data(0, 4), zero(2, 8)]), Err(StreamError::OutOfOrder { offset: 2, expected: 4 }));
         assert_eq!(run(&[raw(10), data(0, 0)]), Err(StreamError::EmptyExtent { offset: 0 }));
         assert_eq!(run(&[raw(10), zero(0, 11)]), Err(StreamError::BeyondSize { offset: 0, len: 11, size: 10 }));
-        assert_eq!(run(&[raw(10), data(0, 4)]), Err(StreamError::Short { end: 4, size: 10 }));
+        assert_eq!(run(&[raw(10), data(0, 4), end(4)]), Err(StreamError::Short { end: 4, size: 10 }));
+        assert_eq!(run(&[raw(10), data(0, 10)]), Err(StreamError::NoEnd { end: 10 }));
+        assert_eq!(run(&[raw(10), data(0, 10), end(10), zero(10, 1)]), Err(StreamError::AfterEnd));
+        assert_eq!(run(&[end(0)]), Err(StreamError::Empty));
         let huge = Chunk::Header(Header { format: Format::Tar, size: 0 });
         assert_eq!(
             run(&[huge, zero(0, u64::MAX), zero(u64::MAX, 2)]),

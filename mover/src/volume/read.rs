@@ -158,8 +158,9 @@ impl VolumeReader {
         &self.path
     }
 
-    /// Streams the header, then the extents, to `emit`. An error from `emit` (the receiver
-    /// went away) stops the read and is returned as it is.
+    /// Streams the header, the extents, then the end, to `emit`. An error from `emit` (the
+    /// receiver went away) stops the read and is returned as it is. A failed read sends no
+    /// end, so no writer commits what it got.
     pub fn run(self, mut emit: impl FnMut(Chunk) -> Result<(), VolumeError>) -> Result<ReadStats, VolumeError> {
         emit(Chunk::Header(self.header()))?;
         let mut stats = ReadStats::default();
@@ -171,12 +172,18 @@ impl VolumeReader {
             emit(Chunk::Extent(extent))
         });
         let path = self.path;
-        match self.source {
-            Source::Raw { file, size, mode, holes } => read_raw(&path, &file, size, mode, holes, &mut cutter)?,
-            Source::TarFile { file, size } => read_raw(&path, &file, size, IoMode::Buffered, true, &mut cutter)?,
-            Source::Tree { dir } => return read_tree(&path, dir, cutter).map(|length| ReadStats { length, ..stats }),
-        }
-        let length = cutter.finish()?;
+        let length = match self.source {
+            Source::Raw { file, size, mode, holes } => {
+                read_raw(&path, &file, size, mode, holes, &mut cutter)?;
+                cutter.finish()?
+            }
+            Source::TarFile { file, size } => {
+                read_raw(&path, &file, size, IoMode::Buffered, true, &mut cutter)?;
+                cutter.finish()?
+            }
+            Source::Tree { dir } => read_tree(&path, dir, cutter)?,
+        };
+        emit(Chunk::End { length })?;
         Ok(ReadStats { length, ..stats })
     }
 }

@@ -10,10 +10,10 @@
 //! * The stream is checked as it arrives ([`StreamCheck`]): header first, extents in order,
 //!   no gap or overlap, RAW extents within the header's size, and a RAW stream must cover the
 //!   whole size.
-//! * Nothing looks complete unless the stream's end ([`Incoming::End`]) was seen: a RAW target
-//!   is finished (fsync'd, renamed) only then, and aborted otherwise (a partial file removed,
-//!   a block device's ends wiped); a TAR tree is moved into place only then, and the
-//!   directory is left as it was otherwise.
+//! * Nothing looks complete unless the stream's end ([`Chunk::End`]) arrived: a RAW target is
+//!   finished (fsync'd, renamed) only then, and aborted otherwise (a partial file removed, a
+//!   block device's ends wiped); a TAR tree is moved into place only then, and the directory
+//!   is left as it was otherwise.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use super::{Chunk, Extent, Format, Header, Incoming, StreamCheck, StreamError, VolumeError};
+use super::{Chunk, Extent, Format, Header, StreamCheck, StreamError, VolumeError};
 use crate::archive;
 use crate::direct_io::AlignedBuf;
 use crate::target::{Destination, Disk, TargetOptions, TargetPlan};
@@ -50,29 +50,29 @@ pub enum TarInto {
     DirectoryOrFile,
 }
 
-/// Writes the stream pulled from `next` to `path`. `next` returns `None` when the stream was
-/// cut off (its sender went away without [`Incoming::End`]).
+/// Writes the stream pulled from `next` to `path`. `next` returns `None` once the stream
+/// stopped, whether after its end or not.
 ///
 /// # Errors
-/// [`VolumeError::Stream`] for a malformed stream, [`VolumeError::Interrupted`] when it
-/// stopped before its end, [`VolumeError::WrongFormat`] for a TAR stream aimed at anything
-/// but a directory; target and archive errors otherwise. In every case the target is left
-/// without anything that looks complete.
+/// [`VolumeError::Stream`] for a malformed stream (one that stopped without its end
+/// included), [`VolumeError::WrongFormat`] for a TAR stream aimed at anything but a
+/// directory; target and archive errors otherwise. In every case the target is left without
+/// anything that looks complete.
 pub fn write_volume(
     path: &Path,
     opts: TargetOptions,
     tar_into: TarInto,
-    mut next: impl FnMut() -> Option<Incoming>,
+    mut next: impl FnMut() -> Option<Chunk>,
 ) -> Result<Written, VolumeError> {
     let mut check = StreamCheck::default();
     let header = match next() {
-        None => return Err(VolumeError::Interrupted),
-        Some(Incoming::End) => return Err(StreamError::Empty.into()),
-        Some(Incoming::Chunk(chunk)) => {
+        None => return Err(StreamError::Empty.into()),
+        Some(chunk) => {
             check.check(&chunk)?;
             match chunk {
                 Chunk::Header(h) => h,
-                Chunk::Extent(e) => return Err(StreamError::NoHeader { offset: e.offset() }.into()),
+                // Refused by the check already.
+                Chunk::Extent(_) | Chunk::End { .. } => return Err(StreamError::Empty.into()),
             }
         }
     };
@@ -95,20 +95,19 @@ pub fn write_volume(
     }
 }
 
-/// Pulls the next extent, checked; `None` at the stream's end.
-fn pull(check: &mut StreamCheck, next: &mut dyn FnMut() -> Option<Incoming>) -> Result<Option<Extent>, VolumeError> {
-    match next() {
-        None => Err(VolumeError::Interrupted),
-        Some(Incoming::End) => {
+/// Pulls the next extent, checked; `None` once the stream stopped after its end.
+fn pull(check: &mut StreamCheck, next: &mut dyn FnMut() -> Option<Chunk>) -> Result<Option<Extent>, VolumeError> {
+    loop {
+        let Some(chunk) = next() else {
             check.finish()?;
-            Ok(None)
-        }
-        Some(Incoming::Chunk(chunk)) => {
-            check.check(&chunk)?;
-            match chunk {
-                Chunk::Extent(e) => Ok(Some(e)),
-                Chunk::Header(_) => Err(StreamError::SecondHeader.into()),
-            }
+            return Ok(None);
+        };
+        check.check(&chunk)?;
+        match chunk {
+            Chunk::Extent(e) => return Ok(Some(e)),
+            // Whatever follows the end is refused by the check; the stream must stop.
+            Chunk::End { .. } => {}
+            Chunk::Header(_) => return Err(StreamError::SecondHeader.into()),
         }
     }
 }
@@ -117,7 +116,7 @@ fn write_raw(
     plan: TargetPlan,
     header: Header,
     mut check: StreamCheck,
-    mut next: impl FnMut() -> Option<Incoming>,
+    mut next: impl FnMut() -> Option<Chunk>,
 ) -> Result<Written, VolumeError> {
     plan.check_fits(header.size)?;
     let disk = plan.open(Some(header.size), true)?;
@@ -138,7 +137,7 @@ fn write_raw(
 fn copy_extents(
     disk: &Disk,
     check: &mut StreamCheck,
-    next: &mut dyn FnMut() -> Option<Incoming>,
+    next: &mut dyn FnMut() -> Option<Chunk>,
 ) -> Result<(), VolumeError> {
     // Direct I/O wants aligned memory: extents are copied into this buffer rather than
     // bounced through a fresh allocation per write.
@@ -162,7 +161,7 @@ fn copy_extents(
 /// The extents of a TAR stream as a byte stream, for [`archive::extract`]. Shared with the
 /// extraction's commit hook, which drains what follows the archive's end.
 struct Feed<'a> {
-    next: Box<dyn FnMut() -> Option<Incoming> + 'a>,
+    next: Box<dyn FnMut() -> Option<Chunk> + 'a>,
     check: StreamCheck,
     /// The extent being read, and how much of it was read.
     current: Option<(Extent, u64)>,
@@ -237,7 +236,7 @@ impl Read for FeedReader<'_> {
 fn write_tar<'a>(
     dir: &Path,
     check: StreamCheck,
-    next: Box<dyn FnMut() -> Option<Incoming> + 'a>,
+    next: Box<dyn FnMut() -> Option<Chunk> + 'a>,
 ) -> Result<Written, VolumeError> {
     let feed = Rc::new(RefCell::new(Feed { next, check, current: None, ended: false, failed: None }));
     let mut reader = FeedReader(feed.clone());
@@ -271,7 +270,7 @@ fn write_tar<'a>(
 fn write_tar_file(
     path: &Path,
     mut check: StreamCheck,
-    mut next: impl FnMut() -> Option<Incoming>,
+    mut next: impl FnMut() -> Option<Chunk>,
 ) -> Result<Written, VolumeError> {
     let mut partial = path.as_os_str().to_os_string();
     partial.push(".partial");
