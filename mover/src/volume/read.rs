@@ -1,7 +1,7 @@
 //! Reading a volume as a stream of extents.
 //!
-//! * A block device is read in [`MAX_DATA_EXTENT`] chunks (`O_DIRECT` where possible, so a
-//!   large volume does not wash out the node's page cache); zero blocks become zero extents.
+//! * A block device is read in 4 MiB chunks (`O_DIRECT` where possible, so a large volume
+//!   does not wash out the node's page cache); zero blocks become zero extents.
 //! * A regular file or `disk.img` is read region by region with `SEEK_DATA`/`SEEK_HOLE`:
 //!   holes are never read, and zero blocks inside data become zero extents too.
 //! * A directory streams as a tar archive of its tree, built by `tar::Builder` into an
@@ -11,8 +11,8 @@
 //!   swapped in while we read can never make us archive anything outside the volume.
 //!
 //! # Guarantees
-//! Memory is bounded: one buffer of [`MAX_DATA_EXTENT`] bytes and one pending extent,
-//! whatever the volume's size (plus, for a tree, one sorted listing per directory level).
+//! Memory is bounded: one 4 MiB read buffer and one pending extent of at most
+//! [`MAX_DATA_EXTENT`](super::MAX_DATA_EXTENT) bytes, whatever the volume's size (plus, for a tree, one sorted listing per directory level).
 //! A file that changes size while it is archived fails the stream ([`VolumeError::Changed`])
 //! rather than producing an archive whose members disagree with their headers.
 
@@ -28,9 +28,12 @@ use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-use super::{Chunk, ExtentCutter, Format, Header, MAX_DATA_EXTENT, VolumeError};
+use super::{Chunk, ExtentCutter, Format, Header, VolumeError};
 use crate::direct_io::{self, AlignedBuf, IoMode};
 use crate::target::DISK_IMAGE;
+
+/// Size of each read: a few extents' worth, so that devices see large requests.
+const READ_CHUNK: usize = 4 << 20;
 
 /// What a finished read sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,7 +192,8 @@ impl VolumeReader {
 }
 
 /// Reads `[0, size)` of `file` into the cutter; with `holes`, skips what `SEEK_DATA` says
-/// is a hole.
+/// is a hole. A thread of its own reads ahead into [`READ_BUFFERS`] buffers, so that the
+/// device works while the previous chunk is scanned and sent.
 fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     path: &Path,
     file: &File,
@@ -198,8 +202,47 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     holes: bool,
     cutter: &mut ExtentCutter<F>,
 ) -> Result<(), VolumeError> {
-    let mut buf = AlignedBuf::new(MAX_DATA_EXTENT);
-    buf.set_len(MAX_DATA_EXTENT);
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = crossbeam_channel::bounded(READ_BUFFERS);
+        let (empty_tx, empty_rx) = crossbeam_channel::bounded(READ_BUFFERS);
+        for _ in 0..READ_BUFFERS {
+            let mut buf = AlignedBuf::new(READ_CHUNK);
+            buf.set_len(READ_CHUNK);
+            let _ = empty_tx.send(buf);
+        }
+        // It stops when either channel's other end is gone (dropped below on any return).
+        scope.spawn(move || read_ahead(path, file, size, mode, holes, &empty_rx, &full_tx));
+        for piece in &full_rx {
+            match piece? {
+                Piece::Hole(len) => cutter.zero(len)?,
+                Piece::Data(buf, len) => {
+                    cutter.data(&buf[..len])?;
+                    let _ = empty_tx.send(buf);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Read-ahead buffers of [`READ_CHUNK`] bytes per stream.
+const READ_BUFFERS: usize = 2;
+
+/// What the read-ahead thread found next.
+enum Piece {
+    Hole(u64),
+    Data(AlignedBuf, usize),
+}
+
+fn read_ahead(
+    path: &Path,
+    file: &File,
+    size: u64,
+    mode: IoMode,
+    holes: bool,
+    empty: &crossbeam_channel::Receiver<AlignedBuf>,
+    full: &crossbeam_channel::Sender<Result<Piece, VolumeError>>,
+) {
     let mut pos = 0u64;
     while pos < size {
         let (start, end) = if holes {
@@ -212,26 +255,31 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
         } else {
             (pos, size)
         };
-        cutter.zero(start.saturating_sub(pos))?;
+        if start > pos && full.send(Ok(Piece::Hole(start - pos))).is_err() {
+            return;
+        }
         pos = start.max(pos);
         while pos < end {
-            let n = (end - pos).min(MAX_DATA_EXTENT as u64) as usize;
+            let Ok(mut buf) = empty.recv() else { return };
+            let n = (end - pos).min(READ_CHUNK as u64) as usize;
             // Direct reads need whole blocks; the last block of a device is whole.
             let want = match mode {
                 IoMode::Direct { align } => n.next_multiple_of(align),
                 IoMode::Buffered => n,
             };
-            direct_io::read_exact_at(file, &mut buf[..want], pos).map_err(|source| match source.kind() {
+            let read = direct_io::read_exact_at(file, &mut buf[..want], pos).map_err(|source| match source.kind() {
                 io::ErrorKind::UnexpectedEof => {
                     VolumeError::Changed { path: path.to_path_buf(), what: format!("it ended before offset {end}") }
                 }
                 _ => VolumeError::Io { op: "read", path: path.to_path_buf(), source },
-            })?;
-            cutter.data(&buf[..n])?;
+            });
+            let failed = read.is_err();
+            if full.send(read.map(|()| Piece::Data(buf, n))).is_err() || failed {
+                return;
+            }
             pos += n as u64;
         }
     }
-    Ok(())
 }
 
 /// The tar builder's output: cut into extents as it is written.

@@ -139,23 +139,79 @@ fn copy_extents(
     check: &mut StreamCheck,
     next: &mut dyn FnMut() -> Option<Chunk>,
 ) -> Result<(), VolumeError> {
-    // Direct I/O wants aligned memory: extents are copied into this buffer rather than
-    // bounced through a fresh allocation per write.
-    let mut buf = AlignedBuf::new(super::MAX_DATA_EXTENT);
+    let mut batch = Batch { buf: AlignedBuf::new(WRITE_BATCH), start: 0 };
+    let reads_zero = disk.unwritten_reads_zero();
     while let Some(extent) = pull(check, next)? {
         match extent {
             Extent::Data { offset, data } => {
-                if data.len() > buf.capacity() {
-                    buf = AlignedBuf::new(data.len());
+                if !batch.extends(offset, data.len()) {
+                    batch.flush(disk)?;
+                    batch.start = offset;
                 }
-                buf.set_len(data.len());
-                buf.copy_from_slice(&data);
-                disk.write(&buf, offset)?;
+                if data.len() > batch.buf.capacity() {
+                    // Larger than a batch (a client's own extent size): written on its own.
+                    let mut own = AlignedBuf::new(data.len());
+                    own.set_len(data.len());
+                    own.copy_from_slice(&data);
+                    disk.write(&own, offset)?;
+                    continue;
+                }
+                batch.push(&data);
             }
-            Extent::Zero { offset, len } => disk.zero(offset, len)?,
+            // A short gap between data on a block device: cheaper to write the zeros than
+            // to zero the range on its own.
+            Extent::Zero { offset, len } if !reads_zero && len < MIN_PUNCH && batch.extends(offset, len as usize) => {
+                batch.push_zeros(len as usize);
+            }
+            Extent::Zero { offset, len } => {
+                batch.flush(disk)?;
+                disk.zero(offset, len)?;
+            }
         }
     }
-    Ok(())
+    batch.flush(disk)
+}
+
+/// Largest write: consecutive extents are gathered into one aligned buffer, so devices see
+/// large requests and direct I/O needs no bounce copies.
+const WRITE_BATCH: usize = 4 << 20;
+/// On targets that do not read zeros where nothing was written (block devices), zero
+/// extents shorter than this between data are written as zeros rather than zeroed one by one.
+const MIN_PUNCH: u64 = 64 << 10;
+
+/// Data waiting to be written at `start`.
+struct Batch {
+    buf: AlignedBuf,
+    start: u64,
+}
+
+impl Batch {
+    /// Whether `len` bytes at `offset` continue the batch and fit in it.
+    fn extends(&self, offset: u64, len: usize) -> bool {
+        !self.buf.is_empty()
+            && self.start + self.buf.len() as u64 == offset
+            && self.buf.len() + len <= self.buf.capacity()
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let at = self.buf.len();
+        self.buf.set_len(at + data.len());
+        self.buf[at..].copy_from_slice(data);
+    }
+
+    fn push_zeros(&mut self, len: usize) {
+        let at = self.buf.len();
+        self.buf.set_len(at + len);
+        self.buf[at..].fill(0);
+    }
+
+    fn flush(&mut self, disk: &Disk) -> Result<(), VolumeError> {
+        if !self.buf.is_empty() {
+            disk.write(&self.buf, self.start)?;
+            self.buf.set_len(0);
+        }
+        Ok(())
+    }
 }
 
 /// The extents of a TAR stream as a byte stream, for [`archive::extract`]. Shared with the
