@@ -1,5 +1,45 @@
-//! The control plane: CRD types (`cdi.kubevirt.io/v1beta1`) and the populate controllers.
+//! The control plane: the CDI-compatible kinds (`cdi.kubevirt.io/v1beta1`), their CRDs, and
+//! the populate controllers.
 //!
-//! Arrives with the populator issue; the populator never touches volume bytes, it drives
-//! the node mover over gRPC (DESIGN.md §4).
+//! ```text
+//! PVC.spec.dataSourceRef ──> VolumeImportSource ... (api: kube types, the edge)
+//!                                  │ TryFrom, once
+//!                                  ▼
+//!                            ImportPlan ...       (plan: validated, kube-free)
+//!                                  │
+//!                                  ▼
+//!                   controller ──gRPC──> cdi-mover on the node
+//! ```
+//!
+//! The populator never touches volume bytes; it drives the node mover over gRPC
+//! (DESIGN.md §4).
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod certs;
+pub mod cli;
+pub mod controller;
+pub mod crds;
+pub mod leader;
+pub mod metrics;
+pub mod mover;
+pub mod plan;
+
+/// An error and its causes on one line: "a: b: c" (causes already in the text skipped).
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod deploy_tests;

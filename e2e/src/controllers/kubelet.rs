@@ -361,8 +361,10 @@ impl Kubelet {
         let command = strs(&c["command"]);
         let mut argv: Vec<String> = command.into_iter().skip(1).collect();
         argv.extend(strs(&c["args"]));
-        let argv: Vec<String> = argv.iter().map(|a| rewrite(a, map)).collect();
-        let env = self.env(pod, c, ip).into_iter().map(|(k, v)| (k, rewrite(&v, map)));
+        let env: Vec<(String, String)> = self.env(pod, c, ip).into_iter().map(|(k, v)| (k, rewrite(&v, map))).collect();
+        // `$(VAR)` in command and args expands from the container's environment, as the
+        // kubelet does (e.g. `--listen $(POD_IP):7443`).
+        let argv: Vec<String> = argv.iter().map(|a| rewrite(&expand_vars(a, &env), map)).collect();
         let logs = self.node_dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let log_path = logs.join(format!("{}_{}_{}.log", meta_str(pod, "namespace"), meta_str(pod, "name"), crt.name));
@@ -606,6 +608,35 @@ fn teardown_paths(paths: &[PathBuf]) {
     }
 }
 
+/// Expands `$(NAME)` from `env`, leaves unknown references as they are, and turns `$$(`
+/// into a literal `$(`, the kubelet's rules.
+fn expand_vars(arg: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(escaped) = tail.strip_prefix("$$(") {
+            out.push_str("$(");
+            rest = escaped;
+        } else if let Some(inner) = tail.strip_prefix("$(")
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..end + 3]),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Replaces container paths in an argument or env value by their host paths: the whole
 /// value, a path under it, or the value of `--flag=PATH`.
 fn rewrite(s: &str, map: &[(String, PathBuf)]) -> String {
@@ -653,6 +684,13 @@ fn decode_b64(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_in_args_expand_like_the_kubelet() {
+        let env = vec![("POD_IP".to_string(), "127.1.1.2".to_string())];
+        assert_eq!(expand_vars("--listen=$(POD_IP):7443", &env), "--listen=127.1.1.2:7443");
+        assert_eq!(expand_vars("$(MISSING) $$(POD_IP) $x", &env), "$(MISSING) $(POD_IP) $x");
+    }
 
     #[test]
     fn container_paths_in_flags_and_values_become_host_paths() {

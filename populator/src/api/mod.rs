@@ -1,0 +1,31 @@
+//! The `cdi.kubevirt.io/v1beta1` kinds, with CDI's field names and JSON shapes: a manifest
+//! written for CDI deserialises unchanged and serialises back to the same JSON.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`import`] | `VolumeImportSource`: import a claim's data from a URL, registry, ... |
+//! | [`upload`] | `VolumeUploadSource`: fill a claim by upload |
+//! | [`clone`]  | `VolumeCloneSource`: fill a claim with a copy of a PVC or snapshot |
+//! | [`sources`] | the import source variants (`http`, `s3`, ...) and checkpoints |
+//! | [`names`]  | annotation keys, labels, event and condition reasons, kinds |
+//!
+//! These types are the edge: the controller checks them once, through
+//! [`crate::plan`], and works on the result.
+
+pub mod clone;
+pub mod import;
+pub mod names;
+mod schema;
+pub mod sources;
+pub mod upload;
+
+pub use clone::{VolumeCloneSource, VolumeCloneSourceSpec};
+pub use import::{VolumeImportSource, VolumeImportSourceSpec, VolumeImportSourceStatus};
+pub use sources::{
+    DataVolumeBlankImage, DataVolumeCheckpoint, DataVolumeSourceGcs, DataVolumeSourceHttp, DataVolumeSourceImageIo,
+    DataVolumeSourceRegistry, DataVolumeSourceS3, DataVolumeSourceVddk, ImportSourceType, PlatformOptions,
+};
+pub use upload::{VolumeUploadSource, VolumeUploadSourceSpec, VolumeUploadSourceStatus};
+
+#[cfg(test)]
+mod tests;

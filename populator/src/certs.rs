@@ -1,0 +1,190 @@
+//! The mutual-TLS material between the populator and the movers, kept in Secrets of the
+//! populator's namespace and created on first start.
+//!
+//! * `cdi-rs-ca`: the CA (`ca.crt`, `ca.key`), which only the populator reads.
+//! * `cdi-mover-tls`: the movers' server certificate (`tls.crt`, `tls.key`, and `ca.crt`
+//!   to check clients), mounted by the mover DaemonSet.
+//! * `cdi-populator-tls`: the populator's client certificate (`tls.crt`, `tls.key`,
+//!   `ca.crt` to check movers).
+//!
+//! Creation is idempotent: an existing Secret is kept; a create that loses a race re-reads.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+
+pub const CA_SECRET: &str = "cdi-rs-ca";
+pub const MOVER_SECRET: &str = "cdi-mover-tls";
+pub const CLIENT_SECRET: &str = "cdi-populator-tls";
+/// The name every mover certificate carries, and clients expect (pods have changing IPs).
+pub const MOVER_SERVER_NAME: &str = "cdi-mover";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot {op} Secret {namespace}/{name}: {source}")]
+    Api {
+        op: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("Secret {namespace}/{name} lacks {key}")]
+    Missing { namespace: String, name: String, key: &'static str },
+    #[error("cannot make certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The populator's client identity and the CA its movers' certificates come from (PEM).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(<redacted>)")
+    }
+}
+
+fn data(pairs: &[(&str, String)]) -> BTreeMap<String, ByteString> {
+    pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes()))).collect()
+}
+
+fn get<'a>(secret: &'a Secret, key: &'static str, namespace: &str) -> Result<&'a [u8], CertError> {
+    secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.as_slice()).ok_or_else(|| CertError::Missing {
+        namespace: namespace.to_string(),
+        name: secret.metadata.name.clone().unwrap_or_default(),
+        key,
+    })
+}
+
+/// Creates `name` with `make()`'s data unless it exists; returns the Secret as stored.
+async fn ensure(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    make: impl FnOnce() -> Result<BTreeMap<String, ByteString>, CertError>,
+) -> Result<Secret, CertError> {
+    let err = |op, source| CertError::Api {
+        op,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    if let Some(s) = api.get_opt(name).await.map_err(|e| err("read", e))? {
+        return Ok(s);
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/part-of".to_string(), "cdi-rs".to_string())])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(make()?),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(s) => {
+            tracing::info!(%namespace, %name, "created TLS Secret");
+            Ok(s)
+        }
+        // Another populator made it first: use theirs.
+        Err(kube::Error::Api(status)) if status.code == 409 => api.get(name).await.map_err(|e| err("read", e)),
+        Err(e) => Err(err("create", e)),
+    }
+}
+
+/// Makes sure the CA and both certificates exist; returns the client identity.
+pub async fn ensure_all(client: kube::Client, namespace: &str) -> Result<ClientIdentity, CertError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let ca = ensure(&api, namespace, CA_SECRET, || {
+        let (cert, key) = new_ca()?;
+        Ok(data(&[("ca.crt", cert), ("ca.key", key)]))
+    })
+    .await?;
+    let ca_cert = String::from_utf8_lossy(get(&ca, "ca.crt", namespace)?).into_owned();
+    let ca_key = String::from_utf8_lossy(get(&ca, "ca.key", namespace)?).into_owned();
+    // The CA's parameters are fixed, so its issuer is rebuilt from them and its key (no
+    // certificate parsing needed).
+    let issuer = || -> Result<Issuer<'static, KeyPair>, CertError> {
+        Ok(Issuer::new(ca_params()?, KeyPair::from_pem(&ca_key)?))
+    };
+    ensure(&api, namespace, MOVER_SECRET, || {
+        let (cert, key) = issue(&issuer()?, MOVER_SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca_cert.clone())]))
+    })
+    .await?;
+    let client = ensure(&api, namespace, CLIENT_SECRET, || {
+        let (cert, key) = issue(&issuer()?, "cdi-populator", ExtendedKeyUsagePurpose::ClientAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca_cert.clone())]))
+    })
+    .await?;
+    Ok(ClientIdentity {
+        cert: get(&client, "tls.crt", namespace)?.to_vec(),
+        key: get(&client, "tls.key", namespace)?.to_vec(),
+        ca: get(&client, "ca.crt", namespace)?.to_vec(),
+    })
+}
+
+fn ca_params() -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name.push(DnType::CommonName, "cdi-rs mover CA");
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    Ok(params)
+}
+
+fn new_ca() -> Result<(String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn issue(ca: &Issuer<'_, KeyPair>, name: &str, usage: ExtendedKeyUsagePurpose) -> Result<(String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![usage];
+    params.not_after = rcgen::date_time_ymd(2035, 12, 31);
+    if name == MOVER_SERVER_NAME {
+        params.subject_alt_names.push(SanType::DnsName(format!("{MOVER_SERVER_NAME}.cdi-rs.svc").try_into()?));
+    }
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_chain_to_the_ca() {
+        let (ca_cert, ca_key) = new_ca().unwrap();
+        let issuer = Issuer::new(ca_params().unwrap(), KeyPair::from_pem(&ca_key).unwrap());
+        let (cert, key) = issue(&issuer, MOVER_SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+        assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
+        // A rustls verifier built on the CA accepts the server certificate for its name.
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_cert.as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        verifier
+            .verify_server_cert(&leaf, &[], &ServerName::try_from(MOVER_SERVER_NAME).unwrap(), &[], UnixTime::now())
+            .unwrap();
+    }
+}

@@ -1,0 +1,81 @@
+//! Command-line interface of `cdi-populator`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default address of the HTTP endpoint serving `/healthz` and `/metrics`; the Deployment
+/// in `deploy/` probes this port.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9101";
+
+/// `cdi-populator`: the cdi-rs control plane.
+#[derive(Debug, Parser)]
+#[command(name = "cdi-populator", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CRDs of our kinds as multi-document YAML (or write one file per CRD).
+    Crds(CrdsArgs),
+    /// Run the controllers (leader-elected).
+    Run(RunArgs),
+}
+
+/// `cdi-populator crds`.
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `cdi-populator run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to serve `/healthz` and `/metrics`.
+    #[arg(long, env = "CDI_POPULATOR_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
+    /// The namespace the populator runs in (its leader-election Lease and certificates
+    /// live there); the Deployment sets it from the downward API.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cdi-rs")]
+    pub namespace: String,
+    /// This replica's identity for leader election; the Deployment sets the pod name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "cdi-populator")]
+    pub lease: String,
+    /// Label selector of the mover pods (one per node).
+    #[arg(long, default_value = "app.kubernetes.io/name=cdi-mover")]
+    pub mover_selector: String,
+    /// Namespace of the mover pods (default: the populator's).
+    #[arg(long)]
+    pub mover_namespace: Option<String>,
+    /// The movers' gRPC port.
+    #[arg(long, default_value_t = 7443)]
+    pub mover_port: u16,
+    /// Speak plaintext to movers started with --insecure-plaintext. For local tests only.
+    #[arg(long)]
+    pub insecure_mover_plaintext: bool,
+    /// Image of the holder pods (it runs `cdi-mover hold`).
+    #[arg(long, env = "HOLDER_IMAGE", default_value = "cdi-rs/mover:latest")]
+    pub holder_image: String,
+    /// Milliseconds between progress writes on one PVC (at least 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub progress_interval_ms: u64,
+    /// First delay after a retryable failure, in seconds; doubles up to --retry-cap.
+    #[arg(long, default_value_t = 10)]
+    pub retry_base: u64,
+    /// Longest delay between retries, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub retry_cap: u64,
+    /// Filesystem overhead for filesystem volumes (CDIConfig's global default).
+    #[arg(long, default_value_t = 0.06)]
+    pub filesystem_overhead: f64,
+}

@@ -1,0 +1,215 @@
+//! What the populator creates for a target PVC, built from it alone: the prime PVC and the
+//! holder pod. Pure functions, tested in memory.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    Volume, VolumeDevice, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
+
+use super::vocab::{ann, label};
+
+/// The volume's name inside the holder pod (what the mover addresses).
+pub const HOLDER_VOLUME: &str = "target";
+pub const HOLDER_MOUNT: &str = "/data";
+pub const HOLDER_DEVICE: &str = "/dev/cdi-block-volume";
+
+pub fn prime_name(target_uid: &str) -> String {
+    format!("prime-{target_uid}")
+}
+
+pub fn holder_name(target_uid: &str) -> String {
+    format!("cdi-holder-{target_uid}")
+}
+
+pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
+/// The owner reference that ties what we create to the target PVC (garbage-collected with
+/// it).
+pub fn owned_by(target: &PersistentVolumeClaim) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "PersistentVolumeClaim".into(),
+        name: target.name_any(),
+        uid: target.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn labels(role: &str, target: &PersistentVolumeClaim) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (label::NAME.to_string(), role.to_string()),
+        (label::FOR.to_string(), target.uid().unwrap_or_default()),
+        (label::MANAGED_BY.to_string(), label::MANAGER.to_string()),
+    ])
+}
+
+/// PVC′: same class, access modes, volume mode and request as the target; the selected node
+/// copied so the volume is provisioned where the consumer will run.
+pub fn prime_pvc(target: &PersistentVolumeClaim) -> PersistentVolumeClaim {
+    let spec = target.spec.clone().unwrap_or_default();
+    let mut annotations = BTreeMap::new();
+    if let Some(node) = target.annotations().get(ann::SELECTED_NODE) {
+        annotations.insert(ann::SELECTED_NODE.to_string(), node.clone());
+    }
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(prime_name(&target.uid().unwrap_or_default())),
+            namespace: target.namespace(),
+            labels: Some(labels(label::PRIME, target)),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owned_by(target)]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: spec.access_modes,
+            storage_class_name: spec.storage_class_name,
+            volume_mode: spec.volume_mode,
+            resources: spec.resources,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The holder pod: it keeps PVC′ attached and mounted on a node while the node's mover
+/// fills it, and does nothing else (`cdi-mover hold`).
+pub fn holder_pod(target: &PersistentVolumeClaim, node: Option<&str>, image: &str) -> Pod {
+    let uid = target.uid().unwrap_or_default();
+    let block = is_block(target);
+    let container = Container {
+        name: "holder".into(),
+        image: Some(image.to_string()),
+        command: Some(vec!["cdi-mover".into(), "hold".into()]),
+        volume_mounts: (!block).then(|| {
+            vec![VolumeMount { name: HOLDER_VOLUME.into(), mount_path: HOLDER_MOUNT.into(), ..Default::default() }]
+        }),
+        volume_devices: block
+            .then(|| vec![VolumeDevice { name: HOLDER_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(holder_name(&uid)),
+            namespace: target.namespace(),
+            labels: Some(labels(label::HOLDER, target)),
+            owner_references: Some(vec![owned_by(target)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: HOLDER_VOLUME.into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: prime_name(&uid),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            }]),
+            node_name: node.map(str::to_string),
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(5),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The storage a PVC requests, in bytes.
+pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Option<u64> {
+    let q = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage")?;
+    parse_quantity(q)
+}
+
+/// A Kubernetes quantity ("10Gi", "500M", "1e9", "1.5Gi") in bytes, rounded up.
+pub fn parse_quantity(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "m" => 1e-3,
+        _ => return None,
+    };
+    let value: f64 = num.parse().ok()?;
+    (value >= 0.0 && value.is_finite()).then(|| (value * multiplier).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(block: bool) -> PersistentVolumeClaim {
+        let mut pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "disk", "namespace": "vms", "uid": "u-1",
+                         "annotations": {"volume.kubernetes.io/selected-node": "node-2", "other": "x"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                     "resources": {"requests": {"storage": "2Gi"}},
+                     "dataSourceRef": {"apiGroup": "cdi.kubevirt.io", "kind": "VolumeImportSource", "name": "src"}}
+        }))
+        .unwrap();
+        if block {
+            pvc.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        }
+        pvc
+    }
+
+    #[test]
+    fn the_prime_copies_what_provisioning_needs_and_nothing_else() {
+        let prime = prime_pvc(&target(true));
+        assert_eq!(prime.metadata.name.as_deref(), Some("prime-u-1"));
+        assert_eq!(prime.metadata.namespace.as_deref(), Some("vms"));
+        let spec = prime.spec.unwrap();
+        assert!(spec.data_source_ref.is_none(), "the prime must not point at the source: nothing else may populate it");
+        assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local"));
+        let ann = prime.metadata.annotations.unwrap();
+        assert_eq!(ann.get(ann::SELECTED_NODE).map(String::as_str), Some("node-2"));
+        assert!(!ann.contains_key("other"));
+        let owner = &prime.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+    }
+
+    #[test]
+    fn the_holder_mounts_or_maps_the_prime() {
+        let fs = holder_pod(&target(false), Some("node-2"), "cdi-rs/mover");
+        let spec = fs.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-2"));
+        assert!(spec.containers[0].volume_mounts.is_some() && spec.containers[0].volume_devices.is_none());
+        assert_eq!(spec.volumes.unwrap()[0].persistent_volume_claim.as_ref().unwrap().claim_name, "prime-u-1");
+        let blk = holder_pod(&target(true), None, "cdi-rs/mover").spec.unwrap();
+        assert!(blk.containers[0].volume_devices.is_some() && blk.containers[0].volume_mounts.is_none());
+        assert_eq!(blk.containers[0].command.as_ref().unwrap(), &["cdi-mover", "hold"]);
+    }
+
+    #[test]
+    fn quantities() {
+        let q = |s: &str| parse_quantity(&Quantity(s.into()));
+        assert_eq!(q("2Gi"), Some(2 << 30));
+        assert_eq!(q("500M"), Some(500_000_000));
+        assert_eq!(q("1e9"), Some(1_000_000_000));
+        assert_eq!(q("1.5Gi"), Some(1_610_612_736));
+        assert_eq!(q("1024"), Some(1024));
+        assert_eq!(q("12Qi"), None);
+        assert_eq!(requested_bytes(&target(false)), Some(2 << 30));
+    }
+}

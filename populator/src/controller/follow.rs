@@ -1,0 +1,189 @@
+//! Following mover tasks: one stream per target PVC whose import runs, turning events into
+//! progress annotations (throttled) and, at the end, an outcome the reconciler picks up.
+//!
+//! The mover owns the task; a follower is only a view of it. If the populator restarts or
+//! the stream breaks, a new follower calls `Populate` with the same task id and the mover
+//! re-attaches: no second download.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cdi_proto::v1 as pb;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+
+use super::Ctx;
+use super::vocab::{ann, condition, reason};
+use crate::api::names::values;
+
+/// How a task ended, as far as its follower saw.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded(pb::Completed),
+    Failed(pb::Failed),
+    /// The mover could not be reached or the stream broke: follow again later.
+    Lost(String),
+}
+
+#[derive(Debug)]
+struct Follow {
+    task_id: String,
+    node: String,
+    outcome: Option<Outcome>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// The followers, by target PVC UID.
+#[derive(Debug, Default)]
+pub struct Followers {
+    inner: Mutex<HashMap<String, Follow>>,
+}
+
+/// What the reconciler sees of a target's task.
+#[derive(Debug, Clone)]
+pub enum TaskView {
+    None,
+    Running { task_id: String },
+    Done { task_id: String, outcome: Outcome },
+}
+
+impl Followers {
+    pub fn view(&self, target_uid: &str) -> TaskView {
+        match self.inner.lock().expect("followers lock").get(target_uid) {
+            None => TaskView::None,
+            Some(f) => match &f.outcome {
+                None => TaskView::Running { task_id: f.task_id.clone() },
+                Some(o) => TaskView::Done { task_id: f.task_id.clone(), outcome: o.clone() },
+            },
+        }
+    }
+
+    /// The task and node of a target, while followed.
+    pub fn task_of(&self, target_uid: &str) -> Option<(String, String)> {
+        self.inner.lock().expect("followers lock").get(target_uid).map(|f| (f.task_id.clone(), f.node.clone()))
+    }
+
+    pub fn forget(&self, target_uid: &str) {
+        if let Some(f) = self.inner.lock().expect("followers lock").remove(target_uid) {
+            f.handle.abort();
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.inner.lock().expect("followers lock").values().filter(|f| f.outcome.is_none()).count()
+    }
+
+    /// Starts following (and, on the mover, starting or re-attaching to) the task.
+    pub fn start(
+        self: &Arc<Self>,
+        ctx: Arc<Ctx>,
+        target: ObjectRef<PersistentVolumeClaim>,
+        target_uid: String,
+        node: String,
+        request: pb::PopulateRequest,
+    ) {
+        let task_id = request.task_id.clone();
+        let this = self.clone();
+        let uid = target_uid.clone();
+        let follow_node = node.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = run(&ctx, &target, &follow_node, request).await;
+            if let Some(f) = this.inner.lock().expect("followers lock").get_mut(&uid) {
+                f.outcome = Some(outcome);
+            }
+            let _ = ctx.trigger.send(target);
+        });
+        let mut inner = self.inner.lock().expect("followers lock");
+        if let Some(old) = inner.insert(target_uid, Follow { task_id, node, outcome: None, handle }) {
+            old.handle.abort();
+        }
+    }
+}
+
+async fn run(
+    ctx: &Ctx,
+    target: &ObjectRef<PersistentVolumeClaim>,
+    node: &str,
+    request: pb::PopulateRequest,
+) -> Outcome {
+    let mut client = match ctx.movers.on_node(node).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Lost(e.to_string()),
+    };
+    let mut stream = match client.populate(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            return match status.code() {
+                // The request itself is wrong: retrying cannot help.
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(pb::Failed {
+                    reason: "InvalidRequest".into(),
+                    message: status.message().to_string(),
+                    retryable: false,
+                }),
+                _ => Outcome::Lost(format!("mover on {node}: {}", status.message())),
+            };
+        }
+    };
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), target.namespace.as_deref().unwrap_or_default());
+    let mut last_write: Option<Instant> = None;
+    let mut announced = false;
+    loop {
+        let event = match stream.message().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Outcome::Lost("the mover closed the event stream".into()),
+            Err(status) => return Outcome::Lost(format!("mover on {node}: {}", status.message())),
+        };
+        use pb::populate_event::Event;
+        match event.event {
+            Some(Event::Progress(p)) => {
+                if last_write.is_some_and(|t| t.elapsed() < ctx.cfg.progress_interval) {
+                    continue;
+                }
+                last_write = Some(Instant::now());
+                let percent = if p.bytes_total > 0 { p.bytes_done as f64 * 100.0 / p.bytes_total as f64 } else { 0.0 };
+                // "100%" is only written once the task succeeded, as CDI holds it back.
+                let shown = values::progress(percent);
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    ann::PROGRESS: shown,
+                    ann::POD_PHASE: "Running",
+                    ann::RUNNING: "true",
+                    ann::RUNNING_REASON: condition::POD_RUNNING,
+                    ann::RUNNING_MESSAGE: "",
+                }}});
+                if let Err(e) = api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    tracing::debug!(pvc = %target, error = %e, "progress not recorded");
+                }
+                if !announced && p.bytes_done > 0 {
+                    announced = true;
+                    ctx.event(target, reason::IN_PROGRESS, &format!("Import in progress on node {node}")).await;
+                }
+            }
+            Some(Event::Completed(c)) => return Outcome::Succeeded(c),
+            Some(Event::Failed(f)) => return Outcome::Failed(f),
+            Some(Event::Accepted(_)) | None => {}
+        }
+    }
+}
+
+/// Delay before retry number `n` (1-based) after retryable failures: doubling, capped.
+pub fn backoff(n: u32, base: Duration, cap: Duration) -> Duration {
+    base.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX)).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let (b, c) = (Duration::from_secs(10), Duration::from_secs(300));
+        assert_eq!(backoff(1, b, c), Duration::from_secs(10));
+        assert_eq!(backoff(2, b, c), Duration::from_secs(20));
+        assert_eq!(backoff(5, b, c), Duration::from_secs(160));
+        assert_eq!(backoff(6, b, c), c);
+        assert_eq!(backoff(40, b, c), c);
+    }
+}

@@ -1,0 +1,171 @@
+//! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind.
+//!
+//! ```text
+//!  watches: PVCs ─────────────┐
+//!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time)
+//!           prime PVCs (owned) │                   │        ▲
+//!           VolumeImportSource ┘                   ▼        │ outcome triggers a reconcile
+//!                                         follow.rs: mover task streams ──▶ progress annotations
+//! ```
+
+pub mod build;
+pub mod follow;
+pub mod reconcile;
+pub mod source;
+pub mod vocab;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use tokio::sync::mpsc;
+
+use crate::api::VolumeImportSource;
+use crate::metrics::Metrics;
+use crate::mover::Movers;
+use follow::Followers;
+use vocab::label;
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Image of the holder pods (one with `cdi-mover hold`).
+    pub holder_image: String,
+    /// At most one progress write per PVC per this.
+    pub progress_interval: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// CDI's filesystem overhead for filesystem volumes (CDIConfig's global default).
+    pub filesystem_overhead: f64,
+}
+
+/// Everything a reconcile needs.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub cfg: ControllerConfig,
+    pub movers: Movers,
+    pub followers: Arc<Followers>,
+    pub metrics: Arc<Metrics>,
+    /// Asks for a reconcile of a PVC (followers, when their task ends).
+    pub trigger: mpsc::UnboundedSender<ObjectRef<PersistentVolumeClaim>>,
+    me: Weak<Ctx>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Ctx {
+    pub fn me(&self) -> Arc<Ctx> {
+        self.me.upgrade().expect("the context outlives its reconciles")
+    }
+
+    /// Records an event on a target PVC. Failing to record is logged, never fatal.
+    pub async fn event(&self, target: &ObjectRef<PersistentVolumeClaim>, reason: &str, note: &str) {
+        let warning = reason.contains("Fail") || reason.starts_with("Err") || reason.contains("Unsupported");
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Populate".into(),
+            secondary: None,
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("PersistentVolumeClaim".into()),
+            name: Some(target.name.clone()),
+            namespace: target.namespace.clone(),
+            uid: target.extra.uid.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(%target, %reason, error = %e, "event not recorded");
+        }
+    }
+}
+
+/// Why a reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {op} {name}: {source}")]
+    Kube {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn kube(op: &'static str, name: &str, source: kube::Error) -> Error {
+        Error::Kube { op, name: name.to_string(), source: Box::new(source) }
+    }
+}
+
+/// Runs the controller until the stream of reconciles ends.
+pub async fn run(client: kube::Client, cfg: ControllerConfig, movers: Movers, metrics: Arc<Metrics>) {
+    let (trigger, triggered) = mpsc::unbounded_channel();
+    let ctx = Arc::new_cyclic(|me| Ctx {
+        recorder: Recorder::new(client.clone(), Reporter { controller: "cdi-populator".into(), instance: None }),
+        client: client.clone(),
+        cfg,
+        movers,
+        followers: Arc::new(Followers::default()),
+        metrics: metrics.clone(),
+        trigger,
+        me: me.clone(),
+    });
+    metrics.set_followers(ctx.followers.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let controller = Controller::new(pvcs, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}={}", label::NAME, label::HOLDER)),
+        )
+        .owns(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}={}", label::NAME, label::PRIME)),
+        )
+        .watches(Api::<VolumeImportSource>::all(client.clone()), watcher::Config::default(), move |source| {
+            // A source changed: every PVC in its namespace that names it.
+            let ns = source.metadata.namespace.clone();
+            let name = source.metadata.name.clone().unwrap_or_default();
+            store
+                .state()
+                .into_iter()
+                .filter(|pvc| pvc.metadata.namespace == ns)
+                .filter(|pvc| {
+                    pvc.spec
+                        .as_ref()
+                        .and_then(|s| s.data_source_ref.as_ref())
+                        .is_some_and(|r| r.kind == crate::api::names::kinds::VOLUME_IMPORT_SOURCE && r.name == name)
+                })
+                .map(|pvc| ObjectRef::from_obj(pvc.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(tokio_stream_wrapper(triggered))
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|_| futures_util::future::ready(()))
+        .await;
+}
+
+fn tokio_stream_wrapper<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,139 @@
+//! From a validated import source to the mover's `PopulateRequest`: credentials from the
+//! Secret, CA certificates from the ConfigMap, read by the populator and passed in the
+//! request (the mover never reads the API).
+
+use cdi_proto::v1 as pb;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+
+use crate::api::names::secret_keys;
+use crate::plan::{ContentType, Header, ImportPlan, ImportSource};
+
+/// Why a request could not be built (nothing retried until the objects change).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("Secret {namespace}/{name} {problem}")]
+    Secret { namespace: String, name: String, problem: String },
+    #[error("ConfigMap {namespace}/{name} {problem}")]
+    ConfigMap { namespace: String, name: String, problem: String },
+    #[error("cannot read {what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+/// The mover's target and the import's own fields, filled in by the reconciler.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub task_id: String,
+    pub target: pb::Target,
+    pub requested_size: u64,
+    pub filesystem_overhead: Option<f64>,
+}
+
+/// Builds the request for an HTTP import (the only kind supported end to end so far).
+pub async fn populate_request(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &ImportPlan,
+    dest: Destination,
+) -> Result<pb::PopulateRequest, SourceError> {
+    let ImportSource::Http(http) = &plan.source else {
+        unreachable!("the reconciler reports unsupported kinds before building requests")
+    };
+    let mut source =
+        pb::HttpSource { url: http.url.clone(), insecure_skip_verify: http.insecure_skip_verify, ..Default::default() };
+    if let Some(name) = &http.secret_ref {
+        let secret = secret(client, namespace, name).await?;
+        let field = |key: &str| {
+            secret.data.as_ref().and_then(|d| d.get(key)).map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        let bad = |problem: &str| SourceError::Secret {
+            namespace: namespace.into(),
+            name: name.clone(),
+            problem: problem.into(),
+        };
+        match (field(secret_keys::ACCESS_KEY_ID), field(secret_keys::SECRET_KEY)) {
+            (Some(username), Some(password)) => source.basic_auth = Some(pb::BasicAuth { username, password }),
+            _ => {
+                return Err(bad(&format!(
+                    "needs the keys {} (user) and {} (password)",
+                    secret_keys::ACCESS_KEY_ID,
+                    secret_keys::SECRET_KEY
+                )));
+            }
+        }
+    }
+    if let Some(name) = &http.cert_config_map {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let cm = api
+            .get_opt(name)
+            .await
+            .map_err(|source| SourceError::Api {
+                what: format!("ConfigMap {namespace}/{name}"),
+                source: Box::new(source),
+            })?
+            .ok_or_else(|| SourceError::ConfigMap {
+                namespace: namespace.into(),
+                name: name.clone(),
+                problem: "does not exist".into(),
+            })?;
+        // CDI mounts every key of the ConfigMap as a CA file: take all PEM blocks.
+        let pem: String = cm
+            .data
+            .unwrap_or_default()
+            .into_values()
+            .filter(|v| v.contains("-----BEGIN"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if pem.is_empty() {
+            return Err(SourceError::ConfigMap {
+                namespace: namespace.into(),
+                name: name.clone(),
+                problem: "holds no PEM certificate".into(),
+            });
+        }
+        source.ca_pem = pem.into_bytes();
+    }
+    let mut headers: Vec<Header> = http.extra_headers.clone();
+    for name in &http.secret_extra_headers {
+        let secret = secret(client, namespace, name).await?;
+        // CDI reads one "Name: value" header from the Secret's secretHeader key.
+        let line = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(secret_keys::SECRET_HEADER))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        let bad = |problem: String| SourceError::Secret { namespace: namespace.into(), name: name.clone(), problem };
+        let line = line.ok_or_else(|| bad(format!("lacks the key {}", secret_keys::SECRET_HEADER)))?;
+        headers.push(Header::parse(&line).map_err(|e| bad(format!("key {}: {e}", secret_keys::SECRET_HEADER)))?);
+    }
+    source.headers = headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect();
+    Ok(pb::PopulateRequest {
+        task_id: dest.task_id,
+        source: Some(pb::Source { kind: Some(pb::source::Kind::Http(source)) }),
+        target: Some(dest.target),
+        content_type: match plan.content_type {
+            ContentType::Archive => pb::ContentType::Archive,
+            ContentType::Kubevirt => pb::ContentType::Kubevirt,
+        } as i32,
+        preallocate: plan.preallocate(false),
+        requested_size: dest.requested_size,
+        filesystem_overhead: dest.filesystem_overhead,
+        checksum: http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+    })
+}
+
+async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Secret, SourceError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|source| SourceError::Api { what: format!("Secret {namespace}/{name}"), source: Box::new(source) })?
+        .ok_or_else(|| SourceError::Secret {
+            namespace: namespace.into(),
+            name: name.into(),
+            problem: "does not exist".into(),
+        })
+}

@@ -1,0 +1,112 @@
+//! [`ImportPlan`]: a checked `VolumeImportSource`.
+
+use super::{ContentType, HttpImport, PlanError, non_empty};
+use crate::api::{ImportSourceType, VolumeImportSource, VolumeImportSourceSpec};
+
+/// What to import, checked. Built with `ImportPlan::try_from(&volume_import_source)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportPlan {
+    /// Where the data comes from.
+    pub source: ImportSource,
+    /// What it holds.
+    pub content_type: ContentType,
+    /// `spec.preallocation`; unset means the cluster default, see [`Self::preallocate`].
+    pub preallocation: Option<bool>,
+    /// `spec.targetClaim`: when set, the only claim this source populates; see
+    /// [`Self::serves_claim`].
+    pub target_claim: Option<String>,
+}
+
+/// The source variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportSource {
+    /// An `http://` or `https://` download.
+    Http(HttpImport),
+    /// A variant the data path does not handle yet, by its `spec.source` name (`"s3"`,
+    /// `"gcs"`, `"registry"`, `"blank"`, `"imageio"`, `"vddk"`). The controller must
+    /// report it (event, condition) and leave the claim alone.
+    Unsupported(&'static str),
+}
+
+impl ImportSource {
+    /// The variant's name in `spec.source`. (The `storage.import.source` annotation spells
+    /// `blank` as `none`; see [`crate::api::names::values::import_source`].)
+    pub fn name(&self) -> &'static str {
+        match self {
+            ImportSource::Http(_) => "http",
+            ImportSource::Unsupported(name) => name,
+        }
+    }
+}
+
+impl ImportPlan {
+    /// Whether this source may populate the claim named `claim_name` (in its namespace).
+    /// CDI skips claims other than `targetClaim` when that is set, without an error.
+    pub fn serves_claim(&self, claim_name: &str) -> bool {
+        self.target_claim.as_deref().is_none_or(|target| target == claim_name)
+    }
+
+    /// Whether to preallocate, given the cluster default for an unset `preallocation`.
+    pub fn preallocate(&self, cluster_default: bool) -> bool {
+        self.preallocation.unwrap_or(cluster_default)
+    }
+}
+
+impl TryFrom<&VolumeImportSource> for ImportPlan {
+    type Error = PlanError;
+
+    fn try_from(source: &VolumeImportSource) -> Result<Self, Self::Error> {
+        Self::try_from(&source.spec)
+    }
+}
+
+impl TryFrom<&VolumeImportSourceSpec> for ImportPlan {
+    type Error = PlanError;
+
+    /// # Errors
+    /// No variant or several; an invalid `contentType`, or `archive` with `blank` or
+    /// `registry`; for `http`, what [`HttpImport`] refuses.
+    ///
+    /// `checkpoints` and `finalCheckpoint` are not looked at: CDI uses them with `vddk`
+    /// and `imageio` only, which are unsupported here anyway.
+    fn try_from(spec: &VolumeImportSourceSpec) -> Result<Self, Self::Error> {
+        let variant = only_variant(spec.source.as_ref())?;
+        let content_type = ContentType::from_spec(spec.content_type.as_deref())?;
+        // CDI's webhook rules: a blank disk or a container disk is never an archive.
+        if content_type == ContentType::Archive && matches!(variant, "blank" | "registry") {
+            return Err(PlanError::ArchiveNotAllowed { variant });
+        }
+        let source = match spec.source.as_ref().and_then(|s| s.http.as_ref()) {
+            Some(http) => ImportSource::Http(HttpImport::try_from(http)?),
+            None => ImportSource::Unsupported(variant),
+        };
+        Ok(ImportPlan {
+            source,
+            content_type,
+            preallocation: spec.preallocation,
+            target_claim: non_empty(spec.target_claim.as_ref()),
+        })
+    }
+}
+
+/// The name of the one variant set, or why there is not exactly one.
+fn only_variant(source: Option<&ImportSourceType>) -> Result<&'static str, PlanError> {
+    let Some(s) = source else {
+        return Err(PlanError::NoSource);
+    };
+    let set = [
+        ("http", s.http.is_some()),
+        ("s3", s.s3.is_some()),
+        ("registry", s.registry.is_some()),
+        ("gcs", s.gcs.is_some()),
+        ("blank", s.blank.is_some()),
+        ("imageio", s.imageio.is_some()),
+        ("vddk", s.vddk.is_some()),
+    ];
+    let found: Vec<&'static str> = set.into_iter().filter_map(|(name, is_set)| is_set.then_some(name)).collect();
+    match found.as_slice() {
+        [] => Err(PlanError::NoSource),
+        [one] => Ok(one),
+        _ => Err(PlanError::MultipleSources { found }),
+    }
+}
