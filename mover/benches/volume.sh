@@ -11,17 +11,21 @@
 #   file    RAW of disk.raw (a sparse file)          -> a file on the other mover
 #   block   RAW of a loop device holding the image   -> a loop device (fresh, sparse backing)
 #   volume  RAW of a volume's disk.img               -> a volume directory (disk.img)
+#   tree    TAR of a directory holding the image as a sparse file (not named disk.img)
+#           and a few small files                    -> a directory (extracted)
 #
 # Usage: mover/benches/volume.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images (needs disk.raw and disk.qcow2).
-#   RUNS=3 CASES="file block volume" BENCH_OUT=<scratch dir on the same disk>. Needs root.
+#   RUNS=3 CASES="file block volume tree" BENCH_OUT=<scratch dir on the same disk>.
+#   LOOP_DIRECT_IO=on|off: the loop devices' own direct I/O (on: no second page cache,
+#   closer to a real block device). Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 IMAGES=${1:-${BENCH_IMAGES:-$repo/bench-images}}
 RUNS=${RUNS:-3}
-CASES=${CASES:-"file block volume"}
+CASES=${CASES:-"file block volume tree"}
 BENCH_OUT=${BENCH_OUT:-$IMAGES/out-volume}
 
 command -v qemu-img >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null; }
@@ -129,6 +133,18 @@ for c in $CASES; do
       for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" >>"$rows"; done
       qemu-img compare -q -f raw -F raw "$src/disk.img" "$dst/disk.img" || { echo "volume: the clone differs" >&2; exit 1; }
       report_row volume "$size" "$(median <"$rows")" "$dst/disk.img"
+      ;;
+    tree)
+      src=$BENCH_OUT/src-tree dst=$BENCH_OUT/dst-tree
+      rm -rf "$src"; mkdir -p "$src/etc" "$src/images"
+      cp --sparse=always "$IMAGES/disk.raw" "$src/images/vm.raw"
+      for i in $(seq 100); do echo "setting $i" >"$src/etc/conf-$i"; done
+      ln -s images/vm.raw "$src/current"
+      size=$(stat -c %s "$src/images/vm.raw")
+      for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" >>"$rows"; done
+      cmp "$src/images/vm.raw" "$dst/images/vm.raw" || { echo "tree: the clone differs" >&2; exit 1; }
+      diff -r --no-dereference "$src" "$dst" >/dev/null || { echo "tree: the trees differ" >&2; exit 1; }
+      report_row tree "$size" "$(median <"$rows")" "$dst/images/vm.raw"
       ;;
   esac
 done

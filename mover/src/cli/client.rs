@@ -20,6 +20,11 @@ use super::output::{ProgressArg, Reporter, error_line, human};
 use super::volume;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow control for what a mover sends back (ReadVolume): a few 1 MiB chunks in
+/// flight, in large frames.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -146,7 +151,10 @@ pub async fn connect_to(args: &ClientArgs, address: &str) -> anyhow::Result<Move
     let scheme = if args.insecure_plaintext { "http" } else { "https" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .with_context(|| format!("invalid mover address {address:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME);
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.ca) {
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
         let tls = ClientTlsConfig::new()
