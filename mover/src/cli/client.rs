@@ -22,8 +22,8 @@ use super::volume;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 flow control for what a mover sends back (ReadVolume): a few 1 MiB chunks in
 /// flight, in large frames.
-const STREAM_WINDOW: u32 = 8 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, Args)]

@@ -17,8 +17,8 @@ use super::tls::{Reloading, TlsFiles};
 
 /// HTTP/2 flow control for what clients send (WriteVolume uploads): room for a few 1 MiB
 /// chunks in flight, in large frames, rather than hyper's 1 MiB windows of 16 KiB frames.
-const STREAM_WINDOW: u32 = 8 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,10 +5,10 @@
 //!  WriteVolume: request stream ─▶ pump (async) ─▶ bounded channel ─(spawn_blocking)─▶ write_volume
 //! ```
 //!
-//! Each stream holds at most [`QUEUE`] chunks of at most
-//! [`MAX_DATA_EXTENT`](crate::volume::MAX_DATA_EXTENT) bytes (ours; a
-//! client's may be up to gRPC's 4 MiB message limit) in its channel, plus the reader's or
-//! writer's own buffer: a few MiB, whatever the volume's size.
+//! Memory per stream is bounded by configuration, whatever the volume's size: the HTTP/2
+//! receive window (4 MiB, `server.rs`), [`QUEUE`] chunks in the channel (1 MiB each from a
+//! mover, at most gRPC's 4 MiB message limit from another client), and the reader's
+//! read-ahead (2 × 4 MiB) or the writer's batch (4 MiB).
 
 use std::path::PathBuf;
 use std::time::Instant;
