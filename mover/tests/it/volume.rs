@@ -170,6 +170,13 @@ async fn block_to_block_moves_only_the_data_and_leaves_no_stale_bytes() {
     assert_eq!(response.bytes_written, wire.data_bytes);
     assert_eq!(response.zero_bytes, size - wire.data_bytes);
     assert_eq!(response.target_path, s(&dst.path));
+    // The old random bytes were punched out where the image is zero, not overwritten.
+    let dst_alloc = allocated(dst.backing());
+    assert!(
+        dst_alloc <= allocated(&image) + 4 * MIB,
+        "the destination holds {dst_alloc} bytes, the image {}: zero ranges were written",
+        allocated(&image)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
