@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::addresses::AddressBlock;
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
 use crate::controllers::{self, binder, gc, kubelet, provisioner, scheduler};
@@ -67,6 +68,7 @@ pub struct Cluster {
     tasks: Vec<JoinHandle<()>>,
     kubelets: Vec<Arc<kubelet::Kubelet>>,
     children: Children,
+    addresses: Arc<AddressBlock>,
     stopped: bool,
 }
 
@@ -85,8 +87,9 @@ impl Cluster {
         // Whatever a crashed earlier run left in this directory goes first.
         host::cleanup(&dir, &children);
 
+        let addresses = Arc::new(AddressBlock::lease()?);
         let store = Arc::new(Store::new(config.watch_history));
-        seed(&store, &config)?;
+        seed(&store, &config, &addresses)?;
 
         let listener =
             tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API port")?;
@@ -133,7 +136,7 @@ impl Cluster {
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
-            let k = Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone()));
+            let k = Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone(), addresses.clone()));
             let kk = k.clone();
             tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "kubelet", move || {
                 let k = kk.clone();
@@ -142,8 +145,18 @@ impl Cluster {
             kubelets.push(k);
         }
 
-        let cluster =
-            Cluster { config, store, addr, stop, watch_generation, tasks, kubelets, children, stopped: false };
+        let cluster = Cluster {
+            config,
+            store,
+            addr,
+            stop,
+            watch_generation,
+            tasks,
+            kubelets,
+            children,
+            addresses,
+            stopped: false,
+        };
         cluster.write_kubeconfig()?;
         Ok(cluster)
     }
@@ -158,6 +171,11 @@ impl Cluster {
 
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.config.dir.join("kubeconfig")
+    }
+
+    /// The loopback addresses this cluster's nodes and pods use.
+    pub fn addresses(&self) -> &AddressBlock {
+        &self.addresses
     }
 
     /// The node names, `node-1` … `node-N`.
@@ -240,7 +258,7 @@ pub fn node_name(i: usize) -> String {
 }
 
 /// The namespaces, nodes, CSIDriver and storage classes every cluster starts with.
-fn seed(store: &Store, config: &ClusterConfig) -> anyhow::Result<()> {
+fn seed(store: &Store, config: &ClusterConfig, addresses: &AddressBlock) -> anyhow::Result<()> {
     let opts = WriteOptions { field_manager: "cdi-e2e".into(), ..Default::default() };
     let ns = store.rt("", "namespaces");
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -249,7 +267,7 @@ fn seed(store: &Store, config: &ClusterConfig) -> anyhow::Result<()> {
     let nodes = store.rt("", "nodes");
     for i in 1..=config.nodes {
         let name = node_name(i);
-        let ip = kubelet::node_ip(i);
+        let ip = addresses.node_ip(i);
         let now = crate::api::util::now();
         let node = json!({
             "metadata": {"name": name, "labels": {

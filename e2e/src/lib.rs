@@ -16,9 +16,11 @@
 //! port and writes a kubeconfig; [`Cluster::shutdown`] (or dropping the [`Cluster`]) stops
 //! every process and removes every mount and loop device it made.
 
+pub mod addresses;
 pub mod api;
 pub mod cluster;
 pub mod controllers;
 pub mod host;
+pub mod system;
 
 pub use cluster::{Cluster, ClusterConfig};

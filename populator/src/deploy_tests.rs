@@ -326,7 +326,7 @@ fn the_mover_daemon_set_reaches_kubelet_volumes_and_its_certificates() {
             "cdi-mover",
             "serve",
             "--listen",
-            "0.0.0.0:7443",
+            "$(POD_IP):7443",
             "--tls-cert",
             "/etc/cdi-mover/tls/tls.crt",
             "--tls-key",
@@ -336,7 +336,7 @@ fn the_mover_daemon_set_reaches_kubelet_volumes_and_its_certificates() {
             "--kubelet-root",
             "/var/lib/kubelet",
             "--metrics-listen",
-            "0.0.0.0:9102",
+            "$(POD_IP):9102",
         ]
     );
     let env = container.env.as_deref().unwrap_or_default();

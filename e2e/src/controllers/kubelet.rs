@@ -30,6 +30,7 @@ use tokio::sync::Mutex;
 
 use super::provisioner::{ATTR_DEVICE, ATTR_PATH};
 use super::{is_deleting, merge, record_event};
+use crate::addresses::AddressBlock;
 use crate::api::store::{DeleteOptions, Store, Sub};
 use crate::api::util::{meta_str, now, str_at};
 use crate::cluster::{ClusterConfig, node_name};
@@ -40,12 +41,6 @@ const NAME: &str = "kubelet";
 const MAX_GRACE: Duration = Duration::from_secs(10);
 /// The container path of the kubelet root in node-agent pods.
 const HOST_KUBELET_ROOT: &str = "/var/lib/kubelet";
-
-/// The IP of node `i` (1-based): its own loopback address, so node-agent pods on different
-/// nodes can listen on the same port.
-pub fn node_ip(i: usize) -> String {
-    format!("127.0.1.{i}")
-}
 
 #[derive(Debug)]
 struct ContainerRt {
@@ -85,11 +80,20 @@ pub struct Kubelet {
     children: Children,
     pods: Mutex<HashMap<String, PodRt>>,
     next_ip: AtomicU32,
+    /// Each node and pod has its own loopback address, so node agents on different nodes
+    /// (and clusters) can listen on the same port.
+    addresses: Arc<AddressBlock>,
 }
 
 impl Kubelet {
     /// The kubelet of node `index` (0-based).
-    pub fn new(store: Arc<Store>, config: &ClusterConfig, index: usize, children: Children) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        config: &ClusterConfig,
+        index: usize,
+        children: Children,
+        addresses: Arc<AddressBlock>,
+    ) -> Self {
         let node = node_name(index + 1);
         let node_dir = config.dir.join("nodes").join(&node);
         Kubelet {
@@ -103,6 +107,7 @@ impl Kubelet {
             children,
             pods: Mutex::new(HashMap::new()),
             next_ip: AtomicU32::new(0),
+            addresses,
         }
     }
 
@@ -189,7 +194,8 @@ impl Kubelet {
             })
             .collect();
         if pod["status"]["containerStatuses"] != json!(statuses) {
-            let status = json!({"status": {"hostIP": node_ip(self.index), "containerStatuses": statuses}});
+            let status =
+                json!({"status": {"hostIP": self.addresses.node_ip(self.index), "containerStatuses": statuses}});
             merge(&self.store, ("", "pods"), pod, Sub::Status, status, NAME)?;
         }
         Ok(())
@@ -288,9 +294,9 @@ impl Kubelet {
         }
 
         let ip = if pod["spec"]["hostNetwork"] == true {
-            node_ip(self.index)
+            self.addresses.node_ip(self.index)
         } else {
-            format!("127.1.{}.{}", self.index, self.next_ip.fetch_add(1, Ordering::Relaxed) % 250 + 2)
+            self.addresses.pod_ip(self.index, self.next_ip.fetch_add(1, Ordering::Relaxed))
         };
         let mut rt = PodRt {
             uid: uid.to_string(),
@@ -425,7 +431,7 @@ impl Kubelet {
             let value = if let Some(path) = vf["fieldRef"]["fieldPath"].as_str() {
                 Some(match path {
                     "status.podIP" => ip.to_string(),
-                    "status.hostIP" => node_ip(self.index),
+                    "status.hostIP" => self.addresses.node_ip(self.index),
                     "spec.nodeName" => self.node.clone(),
                     p => str_at(pod, p).to_string(),
                 })
@@ -519,8 +525,8 @@ impl Kubelet {
         };
         let status = json!({
             "phase": phase,
-            "hostIP": node_ip(self.index),
-            "hostIPs": [{"ip": node_ip(self.index)}],
+            "hostIP": self.addresses.node_ip(self.index),
+            "hostIPs": [{"ip": self.addresses.node_ip(self.index)}],
             "podIP": rt.ip,
             "podIPs": [{"ip": rt.ip}],
             "startTime": rt.started,

@@ -4,5 +4,6 @@
 mod api_kube;
 mod api_kubectl;
 mod common;
+mod populate;
 mod standins;
 mod up;

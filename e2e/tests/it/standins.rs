@@ -280,7 +280,11 @@ exec sleep 600"#,
     pods.create(&PostParams::default(), &agent).await.unwrap();
     let pod =
         within("the agent to run", await_condition(pods.clone(), "mover-node-2", running)).await.unwrap().unwrap();
-    assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("127.0.1.2"), "host network pods get the node IP");
+    assert_eq!(
+        pod.status.unwrap().pod_ip.as_deref(),
+        Some(tc.cluster().addresses().node_ip(2).as_str()),
+        "host network pods get the node IP"
+    );
     let root = tc.cluster().kubelet_root("node-2");
     let line = file_appears(&root.join("started")).await;
     let fields: Vec<&str> = line.split_whitespace().collect();

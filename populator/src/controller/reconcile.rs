@@ -62,8 +62,15 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, pvc, |event| async {
         match event {
-            Finalizer::Apply(pvc) => apply(&pvc, kind, &source_name, &ctx).await,
-            Finalizer::Cleanup(pvc) => cleanup(&pvc, &ctx).await,
+            Finalizer::Apply(pvc) => {
+                let action = apply(&pvc, kind, &source_name, &ctx).await;
+                tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), ?action, "applied");
+                action
+            }
+            Finalizer::Cleanup(pvc) => {
+                tracing::info!(pvc = %ObjectRef::from_obj(pvc.as_ref()), "target deleted: cleaning up");
+                cleanup(&pvc, &ctx).await
+            }
         }
     })
     .await

@@ -1,0 +1,456 @@
+//! The populate flow end to end: the real `cdi-populator` and `cdi-mover` binaries on the
+//! mini-cluster, PVCs with `dataSourceRef` to a VolumeImportSource, an HTTP server serving
+//! a qcow2 made by qemu-img, and qemu-img comparing what lands in the volume.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cdi_e2e::system::{System, SystemConfig, pv_backing};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::json;
+
+use crate::common::within;
+
+const IMPORT_WAIT: Duration = Duration::from_secs(120);
+
+/// A small HTTP server (no ranges, so the mover streams) that counts GETs of each file and
+/// can answer 503 to the first N of them.
+#[derive(Clone)]
+struct Server {
+    addr: SocketAddr,
+    gets: Arc<AtomicUsize>,
+    fail_first: Arc<AtomicUsize>,
+    throttle: Arc<AtomicUsize>,
+}
+
+impl Server {
+    async fn start(root: PathBuf) -> Server {
+        use axum::body::Body;
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::{Method, StatusCode};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server {
+            addr: listener.local_addr().unwrap(),
+            gets: Arc::new(AtomicUsize::new(0)),
+            fail_first: Arc::new(AtomicUsize::new(0)),
+            throttle: Arc::new(AtomicUsize::new(0)),
+        };
+        let state = (root, server.clone());
+        let handler = |method: Method, State((root, s)): State<(PathBuf, Server)>, UrlPath(name): UrlPath<String>| async move {
+            use axum::response::IntoResponse;
+            let Ok(bytes) = tokio::fs::read(root.join(&name)).await else {
+                return (StatusCode::NOT_FOUND, Body::from("not found")).into_response();
+            };
+            // The length, so progress can be a percentage.
+            let length = [(axum::http::header::CONTENT_LENGTH, bytes.len().to_string())];
+            if method == Method::HEAD {
+                return (StatusCode::OK, length, Body::empty()).into_response();
+            }
+            s.gets.fetch_add(1, Ordering::SeqCst);
+            if s.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return (StatusCode::SERVICE_UNAVAILABLE, Body::from("try later")).into_response();
+            }
+            let per_second = s.throttle.load(Ordering::SeqCst);
+            if per_second == 0 {
+                return (StatusCode::OK, Body::from(bytes)).into_response();
+            }
+            // Throttled: 64 KiB pieces at the configured rate, so an import lasts a while.
+            let pieces: Vec<Vec<u8>> = bytes.chunks(64 << 10).map(<[u8]>::to_vec).collect();
+            let delay = Duration::from_secs_f64((64 << 10) as f64 / per_second as f64);
+            let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+                let piece = it.next()?;
+                tokio::time::sleep(delay).await;
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(piece)), it))
+            });
+            (StatusCode::OK, length, Body::from_stream(stream)).into_response()
+        };
+        let app = axum::Router::new().route("/{name}", axum::routing::get(handler).head(handler)).with_state(state);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        server
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+}
+
+/// A raw disk with data, zeros and holes, and its qcow2.
+fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
+    let raw = dir.join("disk.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let mut seed = 0x1234_5678_u64;
+    for i in 0..mib / 4 {
+        let mut block = vec![0u8; 1 << 20];
+        for b in block.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        std::os::unix::fs::FileExt::write_all_at(&f, &block, (i * 4) << 20).unwrap();
+    }
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let qcow2 = www.join("disk.qcow2");
+    let st =
+        std::process::Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
+    assert!(st.success());
+    (raw, qcow2)
+}
+
+struct Env {
+    system: Option<System>,
+    server: Server,
+    raw: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(image_mib: u64, populator_args: &[&str]) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cdi-populate-")
+            .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())
+            .tempdir()
+            .unwrap();
+        let (raw, _) = make_image(dir.path(), image_mib);
+        let server = Server::start(dir.path().join("www")).await;
+        let mut config = SystemConfig::new(dir.path().join("cluster")).expect("binaries built");
+        config.populator_args = populator_args.iter().map(|s| s.to_string()).collect();
+        let system = within("cdi-rs to start on the mini-cluster", System::start(config)).await.expect("system");
+        Env { system: Some(system), server, raw, dir }
+    }
+
+    fn system(&mut self) -> &mut System {
+        self.system.as_mut().unwrap()
+    }
+
+    fn client(&self) -> kube::Client {
+        self.system.as_ref().unwrap().client.clone()
+    }
+
+    async fn source(&self, name: &str, url: &str) {
+        let api: Api<cdi_populator::api::VolumeImportSource> = Api::default_namespaced(self.client());
+        let src = serde_json::from_value(json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeImportSource",
+            "metadata": {"name": name},
+            "spec": {"source": {"http": {"url": url}}},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &src).await.unwrap();
+    }
+
+    async fn pvc(&self, name: &str, class: &str, block: bool, source: &str) {
+        let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let pvc = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                "volumeMode": if block { "Block" } else { "Filesystem" },
+                "resources": {"requests": {"storage": "64Mi"}},
+                "dataSourceRef": {"apiGroup": "cdi.kubevirt.io", "kind": "VolumeImportSource", "name": source},
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &pvc).await.unwrap();
+    }
+
+    async fn wait_bound(&self, name: &str) -> PersistentVolumeClaim {
+        let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let bound = await_condition(api.clone(), name, |p: Option<&PersistentVolumeClaim>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
+        });
+        if tokio::time::timeout(IMPORT_WAIT, bound).await.is_err() {
+            let pvc = api.get(name).await.unwrap();
+            panic!(
+                "PVC {name} not bound within {IMPORT_WAIT:?}: {:?}\nevents: {:?}\npopulator log:\n{}",
+                pvc.metadata.annotations,
+                self.events(name).await,
+                self.system.as_ref().unwrap().populator_log("cdi-populator-1")
+            );
+        }
+        api.get(name).await.unwrap()
+    }
+
+    async fn events(&self, pvc: &str) -> Vec<String> {
+        let api: Api<Event> = Api::default_namespaced(self.client());
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(pvc))
+            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Where the bound PV's data is on this host.
+    async fn backing(&self, pvc: &PersistentVolumeClaim) -> PathBuf {
+        let pv_name = pvc.spec.as_ref().unwrap().volume_name.clone().unwrap();
+        let pv = Api::<PersistentVolume>::all(self.client()).get(&pv_name).await.unwrap();
+        pv_backing(&pv).expect("a provisioned PV")
+    }
+
+    async fn leftovers(&self) -> (usize, usize) {
+        let pods: Api<Pod> = Api::default_namespaced(self.client());
+        let holders =
+            pods.list(&ListParams::default().labels("app.kubernetes.io/name=cdi-populator-holder")).await.unwrap();
+        let claims: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let primes =
+            claims.list(&ListParams::default().labels("app.kubernetes.io/name=cdi-populator-prime")).await.unwrap();
+        (holders.items.len(), primes.items.len())
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.system.take() {
+            s.shutdown().await;
+        }
+        drop(self.dir);
+    }
+}
+
+fn qemu_same(raw: &Path, target: &Path, size: Option<u64>) {
+    let args: Vec<String> = match size {
+        None => vec![
+            "compare".into(),
+            "-f".into(),
+            "raw".into(),
+            "-F".into(),
+            "raw".into(),
+            raw.display().to_string(),
+            target.display().to_string(),
+        ],
+        Some(size) => vec![
+            "compare".into(),
+            "--image-opts".into(),
+            format!("driver=raw,file.filename={}", raw.display()),
+            format!("driver=raw,size={size},file.filename={}", target.display()),
+        ],
+    };
+    let out = std::process::Command::new("qemu-img").args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
+    let env = Env::start(32, &[]).await;
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("fs", "local-immediate", false, "img").await;
+    env.pvc("blk", "local-immediate", true, "img").await;
+
+    let fs = env.wait_bound("fs").await;
+    let ann = fs.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get("cdi.kubevirt.io/storage.populator.progress").map(String::as_str), Some("100.0%"));
+    assert_eq!(ann.get("cdi.kubevirt.io/storage.pod.phase").map(String::as_str), Some("Succeeded"));
+    let disk = env.backing(&fs).await.join("disk.img");
+    qemu_same(&env.raw, &disk, None);
+    // CDI's sizing: usable = round_down(ceil(min(request, free) / 1.06), 1 MiB).
+    let size = std::fs::metadata(&disk).unwrap().len();
+    assert!(size >= 32 << 20 && size <= ((64 << 20) as f64 / 1.06) as u64, "disk.img of {size} bytes");
+
+    let blk = env.wait_bound("blk").await;
+    let device = env.backing(&blk).await;
+    qemu_same(&env.raw, &device, Some(32 << 20));
+
+    let events = env.events("fs").await;
+    for reason in ["CreatedPVCPrimeSuccessfully", "ImportScheduled", "ImportSucceeded"] {
+        assert!(events.iter().any(|e| e.starts_with(reason)), "no {reason} event: {events:?}");
+    }
+    let (holders, primes) = env.leftovers().await;
+    let settled = within("the prime PVCs and holder pods to go", async {
+        loop {
+            if env.leftovers().await == (0, 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let _ = (holders, primes);
+    settled.await;
+    assert_eq!(env.server.gets.load(Ordering::SeqCst), 2, "one download per PVC");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_for_first_consumer_pvc_is_populated_on_its_consumer_node() {
+    let env = Env::start(16, &[]).await;
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local", false, "img").await;
+    // The populator sees the claim and waits for a consumer; nothing more happens.
+    within("the populator to report it waits for a consumer", async {
+        while !env.events("data").await.iter().any(|e| e.starts_with("PendingPopulation")) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod before any consumer");
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let pending = api.get("data").await.unwrap();
+    assert_ne!(pending.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Bound"));
+    let pods: Api<Pod> = Api::default_namespaced(env.client());
+    let consumer = serde_json::from_value(json!({
+        "metadata": {"name": "vm"},
+        "spec": {"containers": [{"name": "vm", "image": "busybox", "volumeMounts": [{"name": "disk", "mountPath": "/disk"}]}],
+                 "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": "data"}}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &consumer).await.unwrap();
+    let bound = env.wait_bound("data").await;
+    let node = bound.metadata.annotations.as_ref().unwrap().get("volume.kubernetes.io/selected-node").cloned().unwrap();
+    qemu_same(&env.raw, &env.backing(&bound).await.join("disk.img"), None);
+    let vm = await_condition(pods.clone(), "vm", kube::runtime::conditions::is_pod_running());
+    within("the consumer to run", vm).await.unwrap();
+    assert_eq!(pods.get("vm").await.unwrap().spec.unwrap().node_name.as_deref(), Some(node.as_str()));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_found_is_a_terminal_failure_and_is_not_retried() {
+    let env = Env::start(8, &["--retry-base", "1"]).await;
+    env.source("gone", &env.server.url("missing.qcow2")).await;
+    env.pvc("data", "local-immediate", false, "gone").await;
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let failed = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned()).as_deref()
+            == Some("Failed")
+    });
+    within("the import to fail", failed).await.unwrap();
+    let pvc = api.get("data").await.unwrap();
+    let ann = pvc.metadata.annotations.unwrap();
+    assert_eq!(ann.get("cdi.kubevirt.io/storage.condition.running").map(String::as_str), Some("false"));
+    assert_eq!(ann.get("cdi.kubevirt.io/storage.condition.running.reason").map(String::as_str), Some("Error"));
+    assert!(ann["cdi.kubevirt.io/storage.condition.running.message"].contains("404"), "{ann:?}");
+    let events = env.events("data").await;
+    assert!(events.iter().any(|e| e.starts_with("ImportFailed") && e.contains("404")), "{events:?}");
+    // No retry loop: the number of failed attempts stays put.
+    let attempts = ann.get("cdi.kubevirt.io/storage.populator.attempt").cloned();
+    tokio::time::sleep(Duration::from_secs(3)).await; // deliberately idle: proving nothing happens
+    let later = api.get("data").await.unwrap().metadata.annotations.unwrap();
+    assert_eq!(later.get("cdi.kubevirt.io/storage.populator.attempt").cloned(), attempts);
+    assert!(!later.contains_key("cdi.kubevirt.io/storage.pod.restarts"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_fails_twice_then_works_succeeds_with_two_restarts() {
+    let env = Env::start(8, &["--retry-base", "1", "--retry-cap", "2"]).await;
+    env.server.fail_first.store(2, Ordering::SeqCst);
+    env.source("flaky", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", false, "flaky").await;
+    let pvc = env.wait_bound("data").await;
+    let ann = pvc.metadata.annotations.clone().unwrap();
+    assert_eq!(ann.get("cdi.kubevirt.io/storage.pod.restarts").map(String::as_str), Some("2"));
+    qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_populator_killed_mid_import_resumes_without_a_second_download() {
+    let mut env = Env::start(16, &[]).await;
+    // About 23 s: longer than the dead leader's lease (15 s), so the new populator finds the
+    // download still running.
+    env.server.throttle.store(192 << 10, Ordering::SeqCst);
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", false, "img").await;
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.populator.progress").cloned())
+            .is_some_and(|v| v != "0.00%")
+    });
+    within("progress to show", running).await.unwrap();
+    env.system().kill_populator("cdi-populator-1").await.unwrap();
+    env.system().start_populator("cdi-populator-2").await.unwrap();
+    let pvc = env.wait_bound("data").await;
+    qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
+    assert_eq!(env.server.gets.load(Ordering::SeqCst), 1, "the new populator re-attached to the running download");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_target_mid_import_leaves_nothing_behind() {
+    let env = Env::start(16, &[]).await;
+    env.server.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", false, "img").await;
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.populator.progress").cloned())
+            .is_some_and(|v| v != "0.00%")
+    });
+    within("progress to show", running).await.unwrap();
+    api.delete("data", &DeleteParams::default()).await.unwrap();
+    let gone = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| p.is_none());
+    within("the target PVC to be deleted", gone).await.unwrap();
+    within("the prime PVC and holder pod to go", async {
+        loop {
+            if env.leftovers().await == (0, 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    within("the prime's PV to be deleted", async {
+        let api = Api::<PersistentVolume>::all(env.client());
+        loop {
+            let left = api.list(&ListParams::default()).await.unwrap().items.len();
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    // The mover's task is cancelled, not finished in the background. The
+    // task ends asynchronously after the cancel, so wait for its last word.
+    let nodes = env.dir.path().join("cluster/nodes");
+    let mover_log = move || {
+        std::fs::read_dir(&nodes)
+            .into_iter()
+            .flatten()
+            .flat_map(|n| std::fs::read_dir(n.unwrap().path().join("logs")).into_iter().flatten())
+            .filter_map(|f| std::fs::read_to_string(f.unwrap().path()).ok())
+            .collect::<String>()
+    };
+    let cancelled = within("the mover to report the task cancelled", {
+        let mover_log = mover_log.clone();
+        async move {
+            loop {
+                let log = mover_log();
+                if log.contains("task failed") {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+    .await;
+    assert!(cancelled.contains("reason=\"Cancelled\""), "the mover's task was not cancelled: {cancelled}");
+    assert!(!cancelled.contains("task succeeded"), "{cancelled}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_populators_only_the_leader_acts() {
+    let mut env = Env::start(8, &[]).await;
+    env.system().start_populator("cdi-populator-2").await.unwrap();
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", false, "img").await;
+    env.wait_bound("data").await;
+    let one = env.system().populator_log("cdi-populator-1");
+    let two = env.system().populator_log("cdi-populator-2");
+    assert!(one.contains("acquired leadership"), "{one}");
+    assert!(!two.contains("acquired leadership"), "both populators lead: {two}");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.client(), "cdi-rs");
+    let lease = leases.get("cdi-populator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cdi-populator-1"));
+    env.stop().await;
+}
