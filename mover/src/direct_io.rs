@@ -140,9 +140,10 @@ pub fn open(path: &Path, direct: bool, create: bool) -> io::Result<(File, IoMode
 
 /// Opens `path` read-only, with `O_DIRECT` when `direct` is asked and the filesystem
 /// supports it (a large sequential read then leaves the page cache alone); otherwise through
-/// the page cache. `nofollow` refuses a symlink in the last component.
-pub fn open_read(path: &Path, direct: bool, nofollow: bool) -> io::Result<(File, IoMode)> {
-    let flags = if nofollow { libc::O_NOFOLLOW } else { 0 };
+/// the page cache. `untrusted` (a name inside a volume, which its users control) refuses a
+/// symlink in the last component and never blocks on a FIFO swapped in under that name.
+pub fn open_read(path: &Path, direct: bool, untrusted: bool) -> io::Result<(File, IoMode)> {
+    let flags = if untrusted { libc::O_NOFOLLOW | libc::O_NONBLOCK } else { 0 };
     if direct {
         match OpenOptions::new().read(true).custom_flags(flags | libc::O_DIRECT).open(path) {
             Ok(file) => {

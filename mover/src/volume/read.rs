@@ -11,10 +11,14 @@
 //!   swapped in while we read can never make us archive anything outside the volume.
 //!
 //! # Guarantees
-//! Memory is bounded: one 4 MiB read buffer and one pending extent of at most
-//! [`MAX_DATA_EXTENT`](super::MAX_DATA_EXTENT) bytes, whatever the volume's size (plus, for a tree, one sorted listing per directory level).
-//! A file that changes size while it is archived fails the stream ([`VolumeError::Changed`])
-//! rather than producing an archive whose members disagree with their headers.
+//! * Memory is bounded whatever the volume's size: two 4 MiB read-ahead buffers and one
+//!   pending extent of at most [`MAX_DATA_EXTENT`](super::MAX_DATA_EXTENT) bytes (for a
+//!   tree, plus one sorted listing per directory level).
+//! * Names inside a volume are its users' to choose: `disk.img` and the tree's entries are
+//!   opened without following symlinks and checked to be what they claimed after opening.
+//! * A file that changes size while it is archived fails the stream
+//!   ([`VolumeError::Changed`]) rather than producing an archive whose members disagree
+//!   with their headers.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -99,7 +103,7 @@ impl VolumeReader {
             // on the node.
             let has_image = std::fs::symlink_metadata(&image).is_ok_and(|m| m.is_file());
             match format {
-                Some(Format::Raw) | None if has_image => return VolumeReader::open_raw_file(&image),
+                Some(Format::Raw) | None if has_image => return VolumeReader::open_raw_file(&image, true),
                 Some(Format::Raw) => {
                     return Err(VolumeError::WrongFormat {
                         path: path.to_path_buf(),
@@ -116,17 +120,26 @@ impl VolumeReader {
             if format == Some(Format::Tar) {
                 return Err(wrong("a file holds raw bytes; TAR streams are read from directories"));
             }
-            return VolumeReader::open_raw_file(path);
+            return VolumeReader::open_raw_file(path, false);
         } else {
             return Err(VolumeError::Unsupported { path: path.to_path_buf() });
         };
         Ok(VolumeReader { path: path.to_path_buf(), source })
     }
 
-    fn open_raw_file(path: &Path) -> Result<VolumeReader, VolumeError> {
+    /// `untrusted`: a name inside a volume (its `disk.img`), which may be swapped for a
+    /// symlink or a FIFO at any time.
+    fn open_raw_file(path: &Path, untrusted: bool) -> Result<VolumeReader, VolumeError> {
         let io_err = |op, source| VolumeError::Io { op, path: path.to_path_buf(), source };
-        let (file, mode) = direct_io::open_read(path, false, true).map_err(|e| io_err("open", e))?;
-        let size = file.metadata().map_err(|e| io_err("inspect", e))?.len();
+        let (file, mode) = direct_io::open_read(path, false, untrusted).map_err(|e| io_err("open", e))?;
+        let meta = file.metadata().map_err(|e| io_err("inspect", e))?;
+        if !meta.is_file() {
+            return Err(VolumeError::Changed {
+                path: path.to_path_buf(),
+                what: "it is no longer a regular file".into(),
+            });
+        }
+        let size = meta.len();
         Ok(VolumeReader { path: path.to_path_buf(), source: Source::Raw { file, size, mode, holes: true } })
     }
 
@@ -379,7 +392,8 @@ fn walk<W: io::Write>(root_path: &Path, root: OwnedFd, builder: &mut tar::Builde
             stack.push(Level { dir, rel: rel.clone(), names, next: 0 });
             appended
         } else if kind == SFlag::S_IFREG {
-            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+            // Non-blocking: a FIFO swapped in under the name must not hang us.
+            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
             let fd = nix::fcntl::openat(&level.dir, name.as_os_str(), flags, Mode::empty())
                 .map_err(|e| io_err("open", e.into()))?;
             let mut file = File::from(fd);
