@@ -138,6 +138,25 @@ pub fn open(path: &Path, direct: bool, create: bool) -> io::Result<(File, IoMode
     Ok((opts.open(path)?, IoMode::Buffered))
 }
 
+/// Opens `path` read-only, with `O_DIRECT` when `direct` is asked and the filesystem
+/// supports it (a large sequential read then leaves the page cache alone); otherwise through
+/// the page cache. `untrusted` (a name inside a volume, which its users control) refuses a
+/// symlink in the last component and never blocks on a FIFO swapped in under that name.
+pub fn open_read(path: &Path, direct: bool, untrusted: bool) -> io::Result<(File, IoMode)> {
+    let flags = if untrusted { libc::O_NOFOLLOW | libc::O_NONBLOCK } else { 0 };
+    if direct {
+        match OpenOptions::new().read(true).custom_flags(flags | libc::O_DIRECT).open(path) {
+            Ok(file) => {
+                let align = direct_alignment(&file)?;
+                return Ok((file, IoMode::Direct { align }));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((OpenOptions::new().read(true).custom_flags(flags).open(path)?, IoMode::Buffered))
+}
+
 /// The alignment direct I/O needs on `file`: the logical block size for a block device,
 /// [`BUF_ALIGN`] for regular files (safe on every filesystem block size Linux supports).
 fn direct_alignment(file: &File) -> io::Result<usize> {

@@ -341,7 +341,7 @@ fn extract_archive(
 }
 
 /// Flushes the volume: syncfs covers every extracted file, not only the directory.
-fn sync_dir(path: &std::path::Path) -> Result<(), ImportError> {
+pub(crate) fn sync_dir(path: &std::path::Path) -> Result<(), ImportError> {
     let dir = std::fs::File::open(path).map_err(|source| crate::target::TargetError::Finish {
         op: "open",
         path: path.to_path_buf(),

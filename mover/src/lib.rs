@@ -24,6 +24,8 @@
 //! * [`target`] owns the destination: sizing as CDI computes it, sparse writes, direct I/O,
 //!   zeroing that never leaves stale bytes, and the rule that nothing looks complete until it
 //!   is (written under a `.partial` name, fsync'd, then renamed).
+//! * [`volume`] streams a volume's contents out and in as sparse extents (RAW or TAR): one
+//!   mover's `ReadVolume` feeding another's `WriteVolume` is a host-assisted clone.
 //! * [`import`] composes the above for one request; the CLI in `main.rs` is a thin shell.
 
 pub mod archive;
@@ -40,6 +42,7 @@ pub mod service;
 pub mod source;
 pub mod target;
 pub mod tls;
+pub mod volume;
 
 pub use error::ImportError;
 pub use import::{ContentType, ImportRequest, ImportResult, import};

@@ -17,8 +17,14 @@ use cdi_proto::v1::mover_client::MoverClient;
 use super::EXIT_RETRYABLE;
 use super::import::TransferArgs;
 use super::output::{ProgressArg, Reporter, error_line, human};
+use super::volume;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow control for what a mover sends back (ReadVolume): a few 1 MiB chunks in
+/// flight, in large frames.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -57,6 +63,13 @@ pub enum ClientCommand {
     Cancel { task_id: String },
     /// What the mover can do.
     Capabilities,
+    /// Stream a volume of the mover's node (TARGET) into FILE here.
+    ReadVolume(volume::ReadVolumeArgs),
+    /// Stream FILE from here into a volume of the mover's node (TARGET).
+    WriteVolume(volume::WriteVolumeArgs),
+    /// Stream a volume of this mover's node into one of the mover at --to: a host-assisted
+    /// clone, by hand.
+    CopyVolume(volume::CopyVolumeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +104,12 @@ pub fn run(args: &ClientArgs) -> i32 {
 async fn dispatch(args: &ClientArgs) -> anyhow::Result<i32> {
     let mut client = connect(args).await?;
     match &args.command {
+        ClientCommand::ReadVolume(a) => volume::read_volume(&mut client, a).await,
+        ClientCommand::WriteVolume(a) => volume::write_volume(&mut client, a).await,
+        ClientCommand::CopyVolume(a) => {
+            let mut to = connect_to(args, &a.to).await?;
+            volume::copy_volume(&mut client, &mut to, a).await
+        }
         ClientCommand::Populate(p) => populate(&mut client, p).await,
         ClientCommand::Get { task_id } => {
             let task = client.get_task(pb::GetTaskRequest { task_id: task_id.clone() }).await?.into_inner();
@@ -123,11 +142,19 @@ async fn dispatch(args: &ClientArgs) -> anyhow::Result<i32> {
 
 /// Connects to the mover, with mutual TLS unless told otherwise.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<MoverClient<Channel>> {
+    connect_to(args, &args.address).await
+}
+
+/// Connects to the mover at `address` with the TLS settings of `args`.
+pub async fn connect_to(args: &ClientArgs, address: &str) -> anyhow::Result<MoverClient<Channel>> {
     cdi_mover::tls::install_crypto_provider();
     let scheme = if args.insecure_plaintext { "http" } else { "https" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", args.address))
-        .with_context(|| format!("invalid --address {:?}", args.address))?
-        .connect_timeout(CONNECT_TIMEOUT);
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .with_context(|| format!("invalid mover address {address:?}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME);
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.ca) {
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
         let tls = ClientTlsConfig::new()
@@ -136,8 +163,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<MoverClient<Channel>> 
             .domain_name(args.tls_server_name.clone());
         endpoint = endpoint.tls_config(tls).context("invalid TLS setup")?;
     }
-    let channel =
-        endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {}", args.address))?;
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {address}"))?;
     // Volume streams carry chunks of a few MiB.
     Ok(MoverClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }

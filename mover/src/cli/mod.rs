@@ -9,6 +9,7 @@ pub mod client;
 pub mod import;
 pub mod output;
 pub mod serve;
+pub mod volume;
 
 use clap::{Parser, Subcommand};
 

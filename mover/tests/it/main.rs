@@ -10,3 +10,4 @@ mod cli;
 mod http;
 mod oracle;
 mod service;
+mod volume;

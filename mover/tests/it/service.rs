@@ -54,15 +54,15 @@ impl Pki {
 }
 
 /// A running `cdi-mover serve`, stopped (SIGTERM) on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     metrics: String,
     stderr: PathBuf,
 }
 
 impl Serve {
-    fn start(dir: &Path, extra: &[&str]) -> Serve {
+    pub(crate) fn start(dir: &Path, extra: &[&str]) -> Serve {
         let stderr = dir.join(format!("serve-{}.log", std::process::id() ^ rand_u32()));
         let mut child = Command::new(mover_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
@@ -89,7 +89,7 @@ impl Serve {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
@@ -148,7 +148,7 @@ async fn client_tls(
     Ok(client)
 }
 
-async fn client_plain(addr: &str) -> MoverClient<Channel> {
+pub(crate) async fn client_plain(addr: &str) -> MoverClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     MoverClient::new(channel)
 }
@@ -157,7 +157,7 @@ fn http_source(url: &str) -> Option<pb::Source> {
     Some(pb::Source { kind: Some(pb::source::Kind::Http(pb::HttpSource { url: url.into(), ..Default::default() })) })
 }
 
-fn host_target(p: &Path) -> Option<pb::Target> {
+pub(crate) fn host_target(p: &Path) -> Option<pb::Target> {
     Some(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: s(p).into() })) })
 }
 
@@ -179,7 +179,7 @@ fn image(size: u64, nginx_conf: &str) -> Image {
     Image { dir, raw, nginx }
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within 60s (hung?)"))

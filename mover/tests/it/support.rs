@@ -247,6 +247,11 @@ impl LoopDev {
         let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         LoopDev { path, _backing: backing }
     }
+
+    /// The file behind the device: its allocation shows what was written and what punched.
+    pub fn backing(&self) -> &Path {
+        &self._backing
+    }
 }
 
 impl Drop for LoopDev {

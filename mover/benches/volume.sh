@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# volume.sh - ReadVolume -> WriteVolume (a host-assisted clone) between two
+# `cdi-mover serve` processes over loopback, on the reference image.
+#
+# For each case: wall time, throughput (virtual bytes / s and data bytes / s), bytes on the
+# wire (data extents, whole chunk messages, and loopback traffic per hop), CPU time of the
+# two movers and of the client, and the output's allocated bytes. Medians of RUNS runs. The
+# target is verified against the source with `qemu-img compare` after each case.
+#
+# Cases:
+#   file    RAW of disk.raw (a sparse file)          -> a file on the other mover
+#   block   RAW of a loop device holding the image   -> a loop device (fresh, sparse backing)
+#   volume  RAW of a volume's disk.img               -> a volume directory (disk.img)
+#   tree    TAR of a directory holding the image as a sparse file (not named disk.img)
+#           and a few small files                    -> a directory (extracted)
+#
+# Usage: mover/benches/volume.sh [IMAGES_DIR]
+#   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images (needs disk.raw and disk.qcow2).
+#   RUNS=3 CASES="file block volume tree" BENCH_OUT=<scratch dir on the same disk>.
+#   LOOP_DIRECT_IO=on|off: the loop devices' own direct I/O (on: no second page cache,
+#   closer to a real block device). Needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+IMAGES=${1:-${BENCH_IMAGES:-$repo/bench-images}}
+RUNS=${RUNS:-3}
+CASES=${CASES:-"file block volume tree"}
+BENCH_OUT=${BENCH_OUT:-$IMAGES/out-volume}
+
+command -v qemu-img >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null; }
+cargo build --release -p cdi-mover --manifest-path "$repo/Cargo.toml" >&2
+MOVER="$repo/target/release/cdi-mover"
+mkdir -p "$BENCH_OUT"
+
+pids=() loops=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# Starts a mover; sets $addr and $pid.
+serve() {
+  local log=$BENCH_OUT/serve-$1.log out=$BENCH_OUT/serve-$1.out
+  : >"$out"
+  "$MOVER" serve --insecure-plaintext --listen 127.0.0.1:0 >"$out" 2>"$log" &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
+  [ -s "$out" ] || { echo "serve $1 did not start: $(cat "$log")" >&2; exit 1; }
+  addr=$(sed -E 's/.*"listening":"([^"]+)".*/\1/' "$out")
+}
+serve a; A=$addr; PA=$pid
+serve b; B=$addr; PB=$pid
+
+cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }        # utime + stime, in ticks
+lo_bytes() { awk '/^ *lo:/ { print $2 }' /proc/net/dev; }       # bytes received on loopback
+tick=$(getconf CLK_TCK)
+
+# A loop device over a fresh sparse file of $2 bytes; sets $dev.
+mkloop() {
+  rm -f "$1"
+  truncate -s "$2" "$1"
+  dev=$(losetup -f --show --direct-io="${LOOP_DIRECT_IO:-on}" "$1")
+  loops+=("$dev")
+}
+
+# One copy: prints "wall data_bytes message_bytes lo_per_hop cpu_movers cpu_client".
+run_copy() { # source target [extra client args]
+  local src=$1 dst=$2; shift 2
+  sync
+  local ca cb lo0 tf report
+  ca=$(cpu_of "$PA"); cb=$(cpu_of "$PB"); lo0=$(lo_bytes)
+  tf=$(mktemp)
+  report=$(/usr/bin/time -o "$tf" -f "%U %S" "$MOVER" client --insecure-plaintext --address "$A" \
+    copy-volume "$src" "$dst" --to "$B" "$@")
+  local lo1 ca1 cb1 cu cs
+  lo1=$(lo_bytes); ca1=$(cpu_of "$PA"); cb1=$(cpu_of "$PB")
+  read -r cu cs < <(tail -n1 "$tf"); rm -f "$tf"
+  local secs data msg
+  secs=$(sed -E 's/.*"seconds":([0-9.e+-]+).*/\1/' <<<"$report")
+  data=$(sed -E 's/.*"data_bytes":([0-9]+).*/\1/' <<<"$report")
+  msg=$(sed -E 's/.*"message_bytes":([0-9]+).*/\1/' <<<"$report")
+  echo "$secs $data $msg $(( (lo1 - lo0) / 2 )) $(echo "($ca1 - $ca + $cb1 - $cb) / $tick" | bc -l) $(echo "$cu + $cs" | bc)"
+}
+
+median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
+alloc() { if [ -f "$1" ]; then echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); else echo -; fi; }
+
+printf '%-7s %8s %10s %10s %13s %13s %13s %9s %9s %14s\n' \
+  case wall_s virt_MB/s data_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
+
+report_row() { # case virtual_size "median row" output
+  local wall data msg lo cm cc
+  read -r wall data msg lo cm cc <<<"$3"
+  printf '%-7s %8.2f %10.0f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" \
+    "$(echo "$2 / $wall / 1000000" | bc -l)" "$(echo "$data / $wall / 1000000" | bc -l)" \
+    "$data" "$msg" "$lo" "$cm" "$cc" "$(alloc "$4")"
+}
+
+rows=$BENCH_OUT/rows
+for c in $CASES; do
+  : >"$rows"
+  case $c in
+    file)
+      src=$IMAGES/disk.raw; out=$BENCH_OUT/clone.raw
+      size=$(stat -c %s "$src")
+      for _ in $(seq "$RUNS"); do rm -f "$out"; run_copy "$src" "$out" >>"$rows"; done
+      qemu-img compare -q -f raw -F raw "$src" "$out" || { echo "file: the clone differs" >&2; exit 1; }
+      report_row file "$size" "$(median <"$rows")" "$out"
+      ;;
+    block)
+      size=$(qemu-img info --output=json "$IMAGES/disk.qcow2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+      mkloop "$BENCH_OUT/src-loop.img" "$size"; srcdev=$dev
+      "$MOVER" import "$IMAGES/disk.qcow2" "$srcdev" --progress none >/dev/null
+      for _ in $(seq "$RUNS"); do
+        # A fresh destination each time: zero extents are punched into its sparse backing.
+        mkloop "$BENCH_OUT/dst-loop.img" "$size"; dstdev=$dev
+        run_copy "$srcdev" "$dstdev" >>"$rows"
+        qemu-img compare -q -f qcow2 -F raw "$IMAGES/disk.qcow2" "$dstdev" || { echo "block: the clone differs" >&2; exit 1; }
+        losetup -d "$dstdev"
+      done
+      report_row block "$size" "$(median <"$rows")" "$BENCH_OUT/dst-loop.img"
+      ;;
+    volume)
+      src=$BENCH_OUT/src-volume dst=$BENCH_OUT/dst-volume
+      rm -rf "$src"; mkdir -p "$src"
+      # A 4.5 GiB claim, as CDI inflates a 4 GiB request by the filesystem overhead.
+      "$MOVER" import "$IMAGES/disk.qcow2" "$src" --size $((4608 << 20)) --progress none >/dev/null
+      size=$(stat -c %s "$src/disk.img")
+      for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" >>"$rows"; done
+      qemu-img compare -q -f raw -F raw "$src/disk.img" "$dst/disk.img" || { echo "volume: the clone differs" >&2; exit 1; }
+      report_row volume "$size" "$(median <"$rows")" "$dst/disk.img"
+      ;;
+    tree)
+      src=$BENCH_OUT/src-tree dst=$BENCH_OUT/dst-tree
+      rm -rf "$src"; mkdir -p "$src/etc" "$src/images"
+      cp --sparse=always "$IMAGES/disk.raw" "$src/images/vm.raw"
+      for i in $(seq 100); do echo "setting $i" >"$src/etc/conf-$i"; done
+      ln -s images/vm.raw "$src/current"
+      size=$(stat -c %s "$src/images/vm.raw")
+      for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" >>"$rows"; done
+      cmp "$src/images/vm.raw" "$dst/images/vm.raw" || { echo "tree: the clone differs" >&2; exit 1; }
+      diff -r --no-dereference "$src" "$dst" >/dev/null || { echo "tree: the trees differ" >&2; exit 1; }
+      report_row tree "$size" "$(median <"$rows")" "$dst/images/vm.raw"
+      ;;
+  esac
+done
+echo "peak RSS of the movers (KiB): $(grep VmHWM "/proc/$PA/status" | awk '{print $2}') (reader) $(grep VmHWM "/proc/$PB/status" | awk '{print $2}') (writer)"

@@ -1,0 +1,356 @@
+//! Writing a volume from a stream of extents.
+//!
+//! * RAW goes through [`TargetPlan`]/[`Disk`] like an import: into a block device (direct
+//!   I/O, zero extents zeroed so no stale bytes survive), a directory's `disk.img` (sized as
+//!   CDI sizes a volume) or a file; zero extents on a fresh file are holes and cost nothing.
+//! * TAR is extracted into a directory by [`archive::extract`], fed by a reader that turns
+//!   zero extents back into zeros, with every safety rule of an archive import.
+//!
+//! # Guarantees
+//! * The stream is checked as it arrives ([`StreamCheck`]): header first, extents in order,
+//!   no gap or overlap, RAW extents within the header's size, and a RAW stream must cover the
+//!   whole size.
+//! * Nothing looks complete unless the stream's end ([`Chunk::End`]) arrived: a RAW target is
+//!   finished (fsync'd, renamed) only then, and aborted otherwise (a partial file removed, a
+//!   block device's ends wiped); a TAR tree is moved into place only then, and the directory
+//!   is left as it was otherwise.
+
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::{Chunk, Extent, Format, Header, StreamCheck, StreamError, VolumeError};
+use crate::archive;
+use crate::direct_io::AlignedBuf;
+use crate::target::{Destination, Disk, TargetOptions, TargetPlan};
+
+/// What a finished write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub format: Format,
+    /// Bytes received in data extents (and written).
+    pub data_bytes: u64,
+    /// Bytes described by zero extents (not written to fresh files).
+    pub zero_bytes: u64,
+    /// Where the volume is now: the device, the `disk.img`, the file or the directory.
+    pub path: PathBuf,
+}
+
+/// Where a TAR stream may go besides a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TarInto {
+    /// Only extracted into a directory (what the service does).
+    #[default]
+    Directory,
+    /// Into a directory, or kept as a tar file when the target is a (new) file: the CLI's
+    /// `read-volume` saving a TAR stream.
+    DirectoryOrFile,
+}
+
+/// Writes the stream pulled from `next` to `path`. `next` returns `None` once the stream
+/// stopped, whether after its end or not.
+///
+/// # Errors
+/// [`VolumeError::Stream`] for a malformed stream (one that stopped without its end
+/// included), [`VolumeError::WrongFormat`] for a TAR stream aimed at anything but a
+/// directory; target and archive errors otherwise. In every case the target is left without
+/// anything that looks complete.
+pub fn write_volume(
+    path: &Path,
+    opts: TargetOptions,
+    tar_into: TarInto,
+    mut next: impl FnMut() -> Option<Chunk>,
+) -> Result<Written, VolumeError> {
+    let mut check = StreamCheck::default();
+    let header = match next() {
+        None => return Err(StreamError::Empty.into()),
+        Some(chunk) => {
+            check.check(&chunk)?;
+            match chunk {
+                Chunk::Header(h) => h,
+                // Refused by the check already.
+                Chunk::Extent(_) | Chunk::End { .. } => return Err(StreamError::Empty.into()),
+            }
+        }
+    };
+    let plan = TargetPlan::inspect(path, opts)?;
+    match (header.format, &plan.destination) {
+        (Format::Raw, _) => write_raw(plan, header, check, next),
+        (Format::Tar, Destination::Volume { dir, .. }) => {
+            let dir = dir.clone();
+            write_tar(&dir, check, Box::new(next))
+        }
+        (Format::Tar, Destination::File { path }) if tar_into == TarInto::DirectoryOrFile => {
+            let path = path.clone();
+            write_tar_file(&path, check, next)
+        }
+        (Format::Tar, _) => Err(VolumeError::WrongFormat {
+            path: path.to_path_buf(),
+            format: Format::Tar,
+            why: "TAR streams are extracted into a directory (a filesystem volume)",
+        }),
+    }
+}
+
+/// Pulls the next extent, checked; `None` once the stream stopped after its end.
+fn pull(check: &mut StreamCheck, next: &mut dyn FnMut() -> Option<Chunk>) -> Result<Option<Extent>, VolumeError> {
+    loop {
+        let Some(chunk) = next() else {
+            check.finish()?;
+            return Ok(None);
+        };
+        check.check(&chunk)?;
+        match chunk {
+            Chunk::Extent(e) => return Ok(Some(e)),
+            // Whatever follows the end is refused by the check; the stream must stop.
+            Chunk::End { .. } => {}
+            Chunk::Header(_) => return Err(StreamError::SecondHeader.into()),
+        }
+    }
+}
+
+fn write_raw(
+    plan: TargetPlan,
+    header: Header,
+    mut check: StreamCheck,
+    mut next: impl FnMut() -> Option<Chunk>,
+) -> Result<Written, VolumeError> {
+    plan.check_fits(header.size)?;
+    let disk = plan.open(Some(header.size), true)?;
+    let copied = copy_extents(&disk, &mut check, &mut next);
+    if let Err(e) = copied {
+        disk.abort();
+        return Err(e);
+    }
+    let finished = disk.finish()?;
+    Ok(Written {
+        format: Format::Raw,
+        data_bytes: check.data_bytes(),
+        zero_bytes: check.zero_bytes(),
+        path: finished.path,
+    })
+}
+
+fn copy_extents(
+    disk: &Disk,
+    check: &mut StreamCheck,
+    next: &mut dyn FnMut() -> Option<Chunk>,
+) -> Result<(), VolumeError> {
+    let mut batch = Batch { buf: AlignedBuf::new(WRITE_BATCH), start: 0 };
+    let reads_zero = disk.unwritten_reads_zero();
+    while let Some(extent) = pull(check, next)? {
+        match extent {
+            Extent::Data { offset, data } => {
+                if !batch.extends(offset, data.len()) {
+                    batch.flush(disk)?;
+                    batch.start = offset;
+                }
+                if data.len() > batch.buf.capacity() {
+                    // Larger than a batch (a client's own extent size): written on its own.
+                    let mut own = AlignedBuf::new(data.len());
+                    own.set_len(data.len());
+                    own.copy_from_slice(&data);
+                    disk.write(&own, offset)?;
+                    continue;
+                }
+                batch.push(&data);
+            }
+            // A short gap between data on a block device: cheaper to write the zeros than
+            // to zero the range on its own.
+            Extent::Zero { offset, len } if !reads_zero && len < MIN_PUNCH && batch.extends(offset, len as usize) => {
+                batch.push_zeros(len as usize);
+            }
+            Extent::Zero { offset, len } => {
+                batch.flush(disk)?;
+                disk.zero(offset, len)?;
+            }
+        }
+    }
+    batch.flush(disk)
+}
+
+/// Largest write: consecutive extents are gathered into one aligned buffer, so devices see
+/// large requests and direct I/O needs no bounce copies.
+const WRITE_BATCH: usize = 4 << 20;
+/// On targets that do not read zeros where nothing was written (block devices), zero
+/// extents shorter than this between data are written as zeros rather than zeroed one by one.
+const MIN_PUNCH: u64 = 64 << 10;
+
+/// Data waiting to be written at `start`.
+struct Batch {
+    buf: AlignedBuf,
+    start: u64,
+}
+
+impl Batch {
+    /// Whether `len` bytes at `offset` continue the batch and fit in it.
+    fn extends(&self, offset: u64, len: usize) -> bool {
+        !self.buf.is_empty()
+            && self.start + self.buf.len() as u64 == offset
+            && self.buf.len() + len <= self.buf.capacity()
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let at = self.buf.len();
+        self.buf.set_len(at + data.len());
+        self.buf[at..].copy_from_slice(data);
+    }
+
+    fn push_zeros(&mut self, len: usize) {
+        let at = self.buf.len();
+        self.buf.set_len(at + len);
+        self.buf[at..].fill(0);
+    }
+
+    fn flush(&mut self, disk: &Disk) -> Result<(), VolumeError> {
+        if !self.buf.is_empty() {
+            disk.write(&self.buf, self.start)?;
+            self.buf.set_len(0);
+        }
+        Ok(())
+    }
+}
+
+/// The extents of a TAR stream as a byte stream, for [`archive::extract`]. Shared with the
+/// extraction's commit hook, which drains what follows the archive's end.
+struct Feed<'a> {
+    next: Box<dyn FnMut() -> Option<Chunk> + 'a>,
+    check: StreamCheck,
+    /// The extent being read, and how much of it was read.
+    current: Option<(Extent, u64)>,
+    ended: bool,
+    /// Why the stream failed, to report rather than the archive error it caused.
+    failed: Option<VolumeError>,
+}
+
+impl Feed<'_> {
+    /// Pulls the next extent into `current`; false at the stream's end.
+    fn advance(&mut self) -> Result<bool, VolumeError> {
+        if self.ended {
+            return Ok(false);
+        }
+        match pull(&mut self.check, &mut *self.next)? {
+            Some(e) => {
+                self.current = Some((e, 0));
+                Ok(true)
+            }
+            None => {
+                self.ended = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Skips the rest of the stream (after the archive's end), checking its shape. Zero
+    /// extents are skipped whole, never expanded.
+    fn drain(&mut self) -> Result<(), VolumeError> {
+        self.current = None;
+        while self.advance()? {
+            self.current = None;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: VolumeError) -> io::Error {
+        let message = e.to_string();
+        self.failed = Some(e);
+        io::Error::other(message)
+    }
+}
+
+struct FeedReader<'a>(Rc<RefCell<Feed<'a>>>);
+
+impl Read for FeedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut feed = self.0.borrow_mut();
+        loop {
+            if let Some((extent, done)) = &mut feed.current {
+                let left = extent.len() - *done;
+                if left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    match extent {
+                        Extent::Data { data, .. } => buf[..n].copy_from_slice(&data[*done as usize..][..n]),
+                        Extent::Zero { .. } => buf[..n].fill(0),
+                    }
+                    *done += n as u64;
+                    return Ok(n);
+                }
+            }
+            feed.current = None;
+            match feed.advance() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => return Err(feed.fail(e)),
+            }
+        }
+    }
+}
+
+fn write_tar<'a>(
+    dir: &Path,
+    check: StreamCheck,
+    next: Box<dyn FnMut() -> Option<Chunk> + 'a>,
+) -> Result<Written, VolumeError> {
+    let feed = Rc::new(RefCell::new(Feed { next, check, current: None, ended: false, failed: None }));
+    let mut reader = FeedReader(feed.clone());
+    // Nothing cancels an extraction from outside: a stream that stops fails it.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let extracted = archive::extract(&mut reader, dir, &cancel, |_rest| {
+        // The tree is moved into place only once the whole stream arrived intact.
+        let mut feed = feed.borrow_mut();
+        feed.drain().map_err(|e| {
+            let message = e.to_string();
+            feed.failed = Some(e);
+            crate::ImportError::InvalidRequest(message)
+        })
+    });
+    let mut feed = feed.borrow_mut();
+    if let Some(e) = feed.failed.take() {
+        return Err(e);
+    }
+    extracted?;
+    crate::import::sync_dir(dir)?;
+    Ok(Written {
+        format: Format::Tar,
+        data_bytes: feed.check.data_bytes(),
+        zero_bytes: feed.check.zero_bytes(),
+        path: dir.to_path_buf(),
+    })
+}
+
+/// Keeps a TAR stream as a tar file: data written at its offsets, zero extents left as
+/// holes, under a `.partial` name until the stream's end.
+fn write_tar_file(
+    path: &Path,
+    mut check: StreamCheck,
+    mut next: impl FnMut() -> Option<Chunk>,
+) -> Result<Written, VolumeError> {
+    let mut partial = path.as_os_str().to_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let io_err = |op, source| VolumeError::Io { op, path: partial.clone(), source };
+    let file = std::fs::File::create(&partial).map_err(|e| io_err("create", e))?;
+    let written = (|| {
+        while let Some(extent) = pull(&mut check, &mut next)? {
+            if let Extent::Data { offset, data } = extent {
+                crate::direct_io::write_all_at(&file, &data, offset).map_err(|e| io_err("write", e))?;
+            }
+        }
+        file.set_len(check.position()).map_err(|e| io_err("resize", e))?;
+        file.sync_all().map_err(|e| io_err("flush", e))?;
+        std::fs::rename(&partial, path).map_err(|e| io_err("rename", e))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    Ok(Written {
+        format: Format::Tar,
+        data_bytes: check.data_bytes(),
+        zero_bytes: check.zero_bytes(),
+        path: path.to_path_buf(),
+    })
+}
