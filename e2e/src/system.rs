@@ -132,6 +132,20 @@ impl System {
         Ok(())
     }
 
+    /// The process id of a running populator.
+    pub fn populator_pid(&self, identity: &str) -> Option<u32> {
+        self.populators.iter().find(|(id, _)| id == identity)?.1.id()
+    }
+
+    /// Where a populator serves `/metrics` and `/healthz` (it binds an ephemeral port and
+    /// logs it), once it has said so.
+    pub fn populator_metrics_addr(&self, identity: &str) -> Option<std::net::SocketAddr> {
+        let log = self.populator_log(identity);
+        let line = log.lines().find(|l| l.contains("metrics on /metrics"))?;
+        let value = line.split("addr=").nth(1)?;
+        value.split(|c: char| c.is_whitespace() || c == '\u{1b}').next()?.parse().ok()
+    }
+
     pub fn log_path(&self, identity: &str) -> PathBuf {
         self.config.dir.join(format!("{identity}.log"))
     }

@@ -5,6 +5,8 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -18,12 +20,34 @@ use sha2::Digest as _;
 use crate::system::pv_backing;
 
 /// Serves the files of a directory over HTTP on 127.0.0.1 with a `Content-Length` and no
-/// `Range` support, like a plain web server (the mover converts while it streams).
+/// `Range` support, like a plain web server (the mover converts while it streams). Tests
+/// steer it through its [`ServerKnobs`].
 #[derive(Debug)]
 pub struct ImageServer {
     addr: SocketAddr,
+    pub knobs: Arc<ServerKnobs>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// What a test can see of and do to an [`ImageServer`].
+#[derive(Debug, Default)]
+pub struct ServerKnobs {
+    /// GET requests answered so far (HEADs are not counted).
+    pub gets: AtomicUsize,
+    /// Answer this many GETs with 503 before serving again.
+    pub fail_first: AtomicUsize,
+    /// Bytes per second to serve at; 0 is as fast as possible.
+    pub throttle: AtomicUsize,
+}
+
+impl ServerKnobs {
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+/// Throttled bodies go out in pieces of this size.
+const THROTTLE_PIECE: usize = 64 << 10;
 
 impl ImageServer {
     pub async fn start(root: PathBuf) -> anyhow::Result<ImageServer> {
@@ -34,7 +58,10 @@ impl ImageServer {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the image server")?;
         let addr = listener.local_addr()?;
-        let handler = |method: Method, State(root): State<PathBuf>, UrlPath(name): UrlPath<String>| async move {
+        let knobs = Arc::new(ServerKnobs::default());
+        let handler = |method: Method,
+                       State((root, knobs)): State<(PathBuf, Arc<ServerKnobs>)>,
+                       UrlPath(name): UrlPath<String>| async move {
             // One flat directory: a name with a separator is not one of its files.
             if name.contains('/') || name.starts_with('.') {
                 return StatusCode::NOT_FOUND.into_response();
@@ -47,10 +74,23 @@ impl ImageServer {
             if method == Method::HEAD {
                 return (StatusCode::OK, length, Body::empty()).into_response();
             }
-            let chunks = futures_util::stream::unfold(file, |mut file| async move {
+            knobs.gets.fetch_add(1, Ordering::SeqCst);
+            if knobs.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
+            }
+            let rate = knobs.throttle.load(Ordering::SeqCst);
+            let (piece, delay) = match rate {
+                0 => (1 << 20, Duration::ZERO),
+                rate => (THROTTLE_PIECE, Duration::from_secs_f64(THROTTLE_PIECE as f64 / rate as f64)),
+            };
+            let chunks = futures_util::stream::unfold(file, move |mut file| async move {
                 use tokio::io::AsyncReadExt as _;
-                let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-                match file.read_buf(&mut buf).await {
+                let mut buf = bytes::BytesMut::with_capacity(piece);
+                let read = (&mut file).take(piece as u64).read_buf(&mut buf).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match read {
                     Ok(0) => None,
                     Ok(_) => Some((Ok::<_, std::io::Error>(buf.freeze()), file)),
                     Err(e) => Some((Err(e), file)),
@@ -58,11 +98,13 @@ impl ImageServer {
             });
             (StatusCode::OK, length, Body::from_stream(chunks)).into_response()
         };
-        let app = axum::Router::new().route("/{name}", axum::routing::get(handler).head(handler)).with_state(root);
+        let app = axum::Router::new()
+            .route("/{name}", axum::routing::get(handler).head(handler))
+            .with_state((root, knobs.clone()));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(ImageServer { addr, task })
+        Ok(ImageServer { addr, knobs, task })
     }
 
     pub fn url(&self, name: &str) -> String {

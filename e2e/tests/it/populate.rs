@@ -2,82 +2,25 @@
 //! mini-cluster, PVCs with `dataSourceRef` to a VolumeImportSource, an HTTP server serving
 //! a qcow2 made by qemu-img, and qemu-img comparing what lands in the volume.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cdi_e2e::system::{System, SystemConfig, pv_backing};
+use cdi_e2e::workload::{ImageServer, Mode, target_pvc};
+use cdi_populator::api::names::annotations as key;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 use crate::common::within;
 
+/// The populator's own record of attempts (not one of CDI's annotations).
+const ATTEMPT: &str = "cdi.kubevirt.io/storage.populator.attempt";
+
 const IMPORT_WAIT: Duration = Duration::from_secs(120);
-
-/// A small HTTP server (no ranges, so the mover streams) that counts GETs of each file and
-/// can answer 503 to the first N of them.
-#[derive(Clone)]
-struct Server {
-    addr: SocketAddr,
-    gets: Arc<AtomicUsize>,
-    fail_first: Arc<AtomicUsize>,
-    throttle: Arc<AtomicUsize>,
-}
-
-impl Server {
-    async fn start(root: PathBuf) -> Server {
-        use axum::body::Body;
-        use axum::extract::{Path as UrlPath, State};
-        use axum::http::{Method, StatusCode};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server {
-            addr: listener.local_addr().unwrap(),
-            gets: Arc::new(AtomicUsize::new(0)),
-            fail_first: Arc::new(AtomicUsize::new(0)),
-            throttle: Arc::new(AtomicUsize::new(0)),
-        };
-        let state = (root, server.clone());
-        let handler = |method: Method, State((root, s)): State<(PathBuf, Server)>, UrlPath(name): UrlPath<String>| async move {
-            use axum::response::IntoResponse;
-            let Ok(bytes) = tokio::fs::read(root.join(&name)).await else {
-                return (StatusCode::NOT_FOUND, Body::from("not found")).into_response();
-            };
-            // The length, so progress can be a percentage.
-            let length = [(axum::http::header::CONTENT_LENGTH, bytes.len().to_string())];
-            if method == Method::HEAD {
-                return (StatusCode::OK, length, Body::empty()).into_response();
-            }
-            s.gets.fetch_add(1, Ordering::SeqCst);
-            if s.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-                return (StatusCode::SERVICE_UNAVAILABLE, Body::from("try later")).into_response();
-            }
-            let per_second = s.throttle.load(Ordering::SeqCst);
-            if per_second == 0 {
-                return (StatusCode::OK, Body::from(bytes)).into_response();
-            }
-            // Throttled: 64 KiB pieces at the configured rate, so an import lasts a while.
-            let pieces: Vec<Vec<u8>> = bytes.chunks(64 << 10).map(<[u8]>::to_vec).collect();
-            let delay = Duration::from_secs_f64((64 << 10) as f64 / per_second as f64);
-            let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
-                let piece = it.next()?;
-                tokio::time::sleep(delay).await;
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(piece)), it))
-            });
-            (StatusCode::OK, length, Body::from_stream(stream)).into_response()
-        };
-        let app = axum::Router::new().route("/{name}", axum::routing::get(handler).head(handler)).with_state(state);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        server
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}", self.addr)
-    }
-}
 
 /// A raw disk with data, zeros and holes, and its qcow2.
 fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
@@ -106,8 +49,9 @@ fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
 
 struct Env {
     system: Option<System>,
-    server: Server,
+    server: ImageServer,
     raw: PathBuf,
+    qcow2: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -118,12 +62,12 @@ impl Env {
             .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())
             .tempdir()
             .unwrap();
-        let (raw, _) = make_image(dir.path(), image_mib);
-        let server = Server::start(dir.path().join("www")).await;
+        let (raw, qcow2) = make_image(dir.path(), image_mib);
+        let server = ImageServer::start(dir.path().join("www")).await.expect("image server");
         let mut config = SystemConfig::new(dir.path().join("cluster")).expect("binaries built");
         config.populator_args = populator_args.iter().map(|s| s.to_string()).collect();
         let system = within("cdi-rs to start on the mini-cluster", System::start(config)).await.expect("system");
-        Env { system: Some(system), server, raw, dir }
+        Env { system: Some(system), server, raw, qcow2, dir }
     }
 
     fn system(&mut self) -> &mut System {
@@ -135,29 +79,33 @@ impl Env {
     }
 
     async fn source(&self, name: &str, url: &str) {
+        self.source_spec(name, json!({"source": {"http": {"url": url}}})).await;
+    }
+
+    async fn source_spec(&self, name: &str, spec: serde_json::Value) {
         let api: Api<cdi_populator::api::VolumeImportSource> = Api::default_namespaced(self.client());
         let src = serde_json::from_value(json!({
             "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeImportSource",
             "metadata": {"name": name},
-            "spec": {"source": {"http": {"url": url}}},
+            "spec": spec,
         }))
         .unwrap();
         api.create(&PostParams::default(), &src).await.unwrap();
     }
 
-    async fn pvc(&self, name: &str, class: &str, block: bool, source: &str) {
+    async fn pvc(&self, name: &str, class: &str, mode: Mode, source: &str) {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
-        let pvc = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                "volumeMode": if block { "Block" } else { "Filesystem" },
-                "resources": {"requests": {"storage": "64Mi"}},
-                "dataSourceRef": {"apiGroup": "cdi.kubevirt.io", "kind": "VolumeImportSource", "name": source},
-            },
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &pvc).await.unwrap();
+        api.create(&PostParams::default(), &target_pvc(name, class, mode, "64Mi", source)).await.unwrap();
+    }
+
+    /// Waits until the PVC's `storage.pod.phase` annotation says `phase`.
+    async fn wait_pod_phase(&self, name: &str, phase: &str) -> BTreeMap<String, String> {
+        let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let reached = await_condition(api.clone(), name, |p: Option<&PersistentVolumeClaim>| {
+            p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POD_PHASE).cloned()).as_deref() == Some(phase)
+        });
+        within(&format!("PVC {name} to reach pod phase {phase}"), reached).await.unwrap();
+        api.get(name).await.unwrap().metadata.annotations.unwrap_or_default()
     }
 
     async fn wait_bound(&self, name: &str) -> PersistentVolumeClaim {
@@ -239,22 +187,46 @@ fn qemu_same(raw: &Path, target: &Path, size: Option<u64>) {
     );
 }
 
+/// `disk.img` is sized as CDI sizes it: round_down(ceil(min(request, free) / 1.06), 1 MiB),
+/// where free is what the volume had before the import (now: free + what disk.img holds,
+/// give or take the file's own metadata blocks, hence the one-MiB tolerance).
+fn assert_cdi_sized(disk: &Path, request: u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(disk).unwrap();
+    let stat = nix::sys::statvfs::statvfs(disk.parent().unwrap()).unwrap();
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64 + meta.blocks() * 512;
+    let usable = ((request.min(free) as f64 / 1.06).ceil() as u64) / (1 << 20) * (1 << 20);
+    let size = meta.len();
+    assert_eq!(size % (1 << 20), 0, "disk.img of {size} bytes is not a whole number of MiB");
+    assert!(size <= usable && size + (1 << 20) >= usable, "disk.img of {size} bytes; CDI would make {usable}");
+}
+
+/// One plain HTTP/1.0 GET; returns the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    within(&format!("GET {path}"), stream.read_to_string(&mut response)).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
     let env = Env::start(32, &[]).await;
     env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("fs", "local-immediate", false, "img").await;
-    env.pvc("blk", "local-immediate", true, "img").await;
+    env.pvc("fs", "local-immediate", Mode::Filesystem, "img").await;
+    env.pvc("blk", "local-immediate", Mode::Block, "img").await;
 
     let fs = env.wait_bound("fs").await;
     let ann = fs.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(ann.get("cdi.kubevirt.io/storage.populator.progress").map(String::as_str), Some("100.0%"));
-    assert_eq!(ann.get("cdi.kubevirt.io/storage.pod.phase").map(String::as_str), Some("Succeeded"));
+    assert_eq!(ann.get(key::POPULATOR_PROGRESS).map(String::as_str), Some("100.0%"));
+    assert_eq!(ann.get(key::POD_PHASE).map(String::as_str), Some("Succeeded"));
     let disk = env.backing(&fs).await.join("disk.img");
     qemu_same(&env.raw, &disk, None);
-    // CDI's sizing: usable = round_down(ceil(min(request, free) / 1.06), 1 MiB).
-    let size = std::fs::metadata(&disk).unwrap().len();
-    assert!(size >= 32 << 20 && size <= ((64 << 20) as f64 / 1.06) as u64, "disk.img of {size} bytes");
+    assert_cdi_sized(&disk, 64 << 20);
 
     let blk = env.wait_bound("blk").await;
     let device = env.backing(&blk).await;
@@ -264,6 +236,12 @@ async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
     for reason in ["CreatedPVCPrimeSuccessfully", "ImportScheduled", "ImportSucceeded"] {
         assert!(events.iter().any(|e| e.starts_with(reason)), "no {reason} event: {events:?}");
     }
+    // The populator's own endpoint counts both, as Prometheus would scrape it.
+    let system = env.system.as_ref().unwrap();
+    let addr = system.populator_metrics_addr("cdi-populator-1").expect("the populator logs its metrics address");
+    assert_eq!(http_get(addr, "/healthz").await, "ok\n");
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("cdi_populator_populations_total{result=\"succeeded\"} 2"), "{metrics}");
     let (holders, primes) = env.leftovers().await;
     let settled = within("the prime PVCs and holder pods to go", async {
         loop {
@@ -275,7 +253,7 @@ async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
     });
     let _ = (holders, primes);
     settled.await;
-    assert_eq!(env.server.gets.load(Ordering::SeqCst), 2, "one download per PVC");
+    assert_eq!(env.server.knobs.gets(), 2, "one download per PVC");
     env.stop().await;
 }
 
@@ -283,7 +261,7 @@ async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
 async fn a_wait_for_first_consumer_pvc_is_populated_on_its_consumer_node() {
     let env = Env::start(16, &[]).await;
     env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local", false, "img").await;
+    env.pvc("data", "local", Mode::Filesystem, "img").await;
     // The populator sees the claim and waits for a consumer; nothing more happens.
     within("the populator to report it waits for a consumer", async {
         while !env.events("data").await.iter().any(|e| e.starts_with("PendingPopulation")) {
@@ -316,38 +294,32 @@ async fn a_wait_for_first_consumer_pvc_is_populated_on_its_consumer_node() {
 async fn not_found_is_a_terminal_failure_and_is_not_retried() {
     let env = Env::start(8, &["--retry-base", "1"]).await;
     env.source("gone", &env.server.url("missing.qcow2")).await;
-    env.pvc("data", "local-immediate", false, "gone").await;
-    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
-    let failed = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned()).as_deref()
-            == Some("Failed")
-    });
-    within("the import to fail", failed).await.unwrap();
-    let pvc = api.get("data").await.unwrap();
-    let ann = pvc.metadata.annotations.unwrap();
-    assert_eq!(ann.get("cdi.kubevirt.io/storage.condition.running").map(String::as_str), Some("false"));
-    assert_eq!(ann.get("cdi.kubevirt.io/storage.condition.running.reason").map(String::as_str), Some("Error"));
-    assert!(ann["cdi.kubevirt.io/storage.condition.running.message"].contains("404"), "{ann:?}");
+    env.pvc("data", "local-immediate", Mode::Filesystem, "gone").await;
+    let ann = env.wait_pod_phase("data", "Failed").await;
+    assert_eq!(ann.get(key::RUNNING_CONDITION).map(String::as_str), Some("false"));
+    assert_eq!(ann.get(key::RUNNING_CONDITION_REASON).map(String::as_str), Some("Error"));
+    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("404"), "{ann:?}");
     let events = env.events("data").await;
     assert!(events.iter().any(|e| e.starts_with("ImportFailed") && e.contains("404")), "{events:?}");
     // No retry loop: the number of failed attempts stays put.
-    let attempts = ann.get("cdi.kubevirt.io/storage.populator.attempt").cloned();
+    let attempts = ann.get(ATTEMPT).cloned();
     tokio::time::sleep(Duration::from_secs(3)).await; // deliberately idle: proving nothing happens
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let later = api.get("data").await.unwrap().metadata.annotations.unwrap();
-    assert_eq!(later.get("cdi.kubevirt.io/storage.populator.attempt").cloned(), attempts);
-    assert!(!later.contains_key("cdi.kubevirt.io/storage.pod.restarts"));
+    assert_eq!(later.get(ATTEMPT).cloned(), attempts);
+    assert!(!later.contains_key(key::POD_RESTARTS));
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_fails_twice_then_works_succeeds_with_two_restarts() {
     let env = Env::start(8, &["--retry-base", "1", "--retry-cap", "2"]).await;
-    env.server.fail_first.store(2, Ordering::SeqCst);
+    env.server.knobs.fail_first.store(2, Ordering::SeqCst);
     env.source("flaky", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local-immediate", false, "flaky").await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "flaky").await;
     let pvc = env.wait_bound("data").await;
     let ann = pvc.metadata.annotations.clone().unwrap();
-    assert_eq!(ann.get("cdi.kubevirt.io/storage.pod.restarts").map(String::as_str), Some("2"));
+    assert_eq!(ann.get(key::POD_RESTARTS).map(String::as_str), Some("2"));
     qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
     env.stop().await;
 }
@@ -357,12 +329,12 @@ async fn a_populator_killed_mid_import_resumes_without_a_second_download() {
     let mut env = Env::start(16, &[]).await;
     // About 23 s: longer than the dead leader's lease (15 s), so the new populator finds the
     // download still running.
-    env.server.throttle.store(192 << 10, Ordering::SeqCst);
+    env.server.knobs.throttle.store(192 << 10, Ordering::SeqCst);
     env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local-immediate", false, "img").await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.populator.progress").cloned())
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
             .is_some_and(|v| v != "0.00%")
     });
     within("progress to show", running).await.unwrap();
@@ -370,19 +342,19 @@ async fn a_populator_killed_mid_import_resumes_without_a_second_download() {
     env.system().start_populator("cdi-populator-2").await.unwrap();
     let pvc = env.wait_bound("data").await;
     qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
-    assert_eq!(env.server.gets.load(Ordering::SeqCst), 1, "the new populator re-attached to the running download");
+    assert_eq!(env.server.knobs.gets(), 1, "the new populator re-attached to the running download");
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_target_mid_import_leaves_nothing_behind() {
     let env = Env::start(16, &[]).await;
-    env.server.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
+    env.server.knobs.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
     env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local-immediate", false, "img").await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.populator.progress").cloned())
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
             .is_some_and(|v| v != "0.00%")
     });
     within("progress to show", running).await.unwrap();
@@ -443,7 +415,7 @@ async fn with_two_populators_only_the_leader_acts() {
     let mut env = Env::start(8, &[]).await;
     env.system().start_populator("cdi-populator-2").await.unwrap();
     env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local-immediate", false, "img").await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
     env.wait_bound("data").await;
     let one = env.system().populator_log("cdi-populator-1");
     let two = env.system().populator_log("cdi-populator-2");
@@ -452,5 +424,67 @@ async fn with_two_populators_only_the_leader_acts() {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.client(), "cdi-rs");
     let lease = leases.get("cdi-populator").await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cdi-populator-1"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checksum_mismatch_is_terminal_until_the_source_is_corrected() {
+    let env = Env::start(8, &["--retry-base", "1"]).await;
+    let url = env.server.url("disk.qcow2");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    env.source_spec("img", json!({"source": {"http": {"url": url, "checksum": wrong}}})).await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
+    let ann = env.wait_pod_phase("data", "Failed").await;
+    assert_eq!(ann.get(key::RUNNING_CONDITION_REASON).map(String::as_str), Some("ChecksumError"), "{ann:?}");
+    assert!(!ann.contains_key(key::POD_RESTARTS), "a checksum mismatch was retried: {ann:?}");
+    let events = env.events("data").await;
+    assert!(events.iter().any(|e| e.starts_with("ImportFailed") && e.contains("checksum")), "{events:?}");
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    assert_ne!(api.get("data").await.unwrap().status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    assert_eq!(env.server.knobs.gets(), 1);
+
+    // The admin corrects the checksum: a new generation of the source is tried afresh.
+    let digest = {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(&env.qcow2).unwrap();
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let sources: Api<cdi_populator::api::VolumeImportSource> = Api::default_namespaced(env.client());
+    let patch = json!({"spec": {"source": {"http": {"checksum": format!("sha256:{digest}")}}}});
+    sources.patch("img", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let pvc = env.wait_bound("data").await;
+    qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
+    assert_eq!(env.server.knobs.gets(), 2);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupported_source_is_reported_on_the_pvc_and_nothing_is_started() {
+    let env = Env::start(8, &[]).await;
+    env.source_spec("reg", json!({"source": {"registry": {"url": "docker://quay.io/containerdisks/fedora:40"}}})).await;
+    env.pvc("data", "local-immediate", Mode::Block, "reg").await;
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let reported = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::RUNNING_CONDITION_REASON).cloned()).as_deref()
+            == Some("Unsupported")
+    });
+    within("the PVC to be marked unsupported", reported).await.unwrap();
+    let pvc = api.get("data").await.unwrap();
+    let ann = pvc.metadata.annotations.unwrap();
+    assert_eq!(ann.get(key::RUNNING_CONDITION).map(String::as_str), Some("false"));
+    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("registry"), "{ann:?}");
+    let events = within("the UnsupportedSource event", async {
+        loop {
+            let events = env.events("data").await;
+            if events.iter().any(|e| e.starts_with("UnsupportedSource")) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(events.iter().all(|e| !e.starts_with("CreatedPVCPrime")), "{events:?}");
+    assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod for an unsupported source");
+    assert_ne!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
     env.stop().await;
 }

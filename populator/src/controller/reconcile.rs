@@ -366,7 +366,9 @@ async fn fail_terminally(
         &format!("{message} ({why}); not retried until the source changes"),
     )
     .await;
-    let mut pairs = running_condition("false", condition::ERROR, message);
+    // CDI singles out a checksum mismatch; everything else terminal is an Error.
+    let condition_reason = if why == "ChecksumMismatch" { condition::CHECKSUM_ERROR } else { condition::ERROR };
+    let mut pairs = running_condition("false", condition_reason, message);
     pairs.extend([
         (ann::POD_PHASE, Some("Failed".to_string())),
         (ann::FAILED_GENERATION, Some(generation.to_string())),
