@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  watches: PVCs ─────────────┐
-//!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time)
+//!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time, chosen by decide.rs)
 //!           prime PVCs (owned) │                   │        ▲
 //!           VolumeImportSource ┘                   ▼        │ outcome triggers a reconcile
 //!                                         follow.rs: mover task streams ──▶ progress annotations
 //! ```
 
 pub mod build;
+pub mod decide;
 pub mod follow;
 pub mod reconcile;
 pub mod source;

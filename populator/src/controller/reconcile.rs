@@ -20,56 +20,39 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
 use super::build::{self, HOLDER_VOLUME};
-use super::follow::{Outcome, TaskView, backoff};
+use super::decide::{
+    Ended, Fact, Holder, INVALID_REQUEST, Lazy, PodPhase, Prime, Pv, Snapshot, Source, Step, Target, Task, Terminal,
+    decide, unfollowed_task,
+};
+use super::follow::backoff;
 use super::source::{self, Destination};
 use super::vocab::{FINALIZER, UNSUPPORTED_CONDITION, ann, condition, reason};
 use super::{Ctx, Error};
 use crate::api::VolumeImportSource;
-use crate::api::names::{api as group, kinds};
-use crate::plan::{ImportPlan, ImportSource};
 
 /// How often to look again while waiting on something no watch reports.
 const POLL: Duration = Duration::from_secs(10);
 /// How often to look again while waiting on the binder or the kubelet.
 const SHORT: Duration = Duration::from_secs(2);
-
-/// The kinds a target PVC's `dataSourceRef` may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SourceKind {
-    Import,
-    Upload,
-    Clone,
-}
-
-fn source_of(pvc: &PersistentVolumeClaim) -> Option<(SourceKind, String)> {
-    let r = pvc.spec.as_ref()?.data_source_ref.as_ref()?;
-    if r.api_group.as_deref() != Some(group::GROUP) {
-        return None;
-    }
-    let kind = match r.kind.as_str() {
-        kinds::VOLUME_IMPORT_SOURCE => SourceKind::Import,
-        kinds::VOLUME_UPLOAD_SOURCE => SourceKind::Upload,
-        kinds::VOLUME_CLONE_SOURCE => SourceKind::Clone,
-        _ => return None,
-    };
-    Some((kind, r.name.clone()))
-}
+/// How often to look again while a follower watches the task (its end triggers a
+/// reconcile anyway).
+const FOLLOWED: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let Some((kind, source_name)) = source_of(&pvc) else { return Ok(Action::await_change()) };
+    let Some(target) = Target::from_pvc(&pvc) else { return Ok(Action::await_change()) };
     let namespace = pvc.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, pvc, |event| async {
         match event {
             Finalizer::Apply(pvc) => {
-                let action = apply(&pvc, kind, &source_name, &ctx).await;
+                let action = apply(&pvc, target, &ctx).await;
                 tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), ?action, "applied");
                 action
             }
             Finalizer::Cleanup(pvc) => {
                 tracing::info!(pvc = %ObjectRef::from_obj(pvc.as_ref()), "target deleted: cleaning up");
-                cleanup(&pvc, &ctx).await
+                cleanup(&pvc, &target, &ctx).await
             }
         }
     })
@@ -83,12 +66,103 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Ctx
     Action::requeue(POLL)
 }
 
-fn annotation<'a>(pvc: &'a PersistentVolumeClaim, key: &str) -> Option<&'a str> {
-    pvc.annotations().get(key).map(String::as_str)
+/// Decides and acts until a step ends this reconcile. Reads and creations feed the
+/// snapshot and the loop goes on; each fact is read at most once and each child created at
+/// most once, so it ends.
+async fn apply(pvc: &PersistentVolumeClaim, target: Target, ctx: &Ctx) -> Result<Action, Error> {
+    let mut seen = Snapshot::new(target);
+    loop {
+        let step = decide(&seen);
+        tracing::trace!(pvc = %ObjectRef::from_obj(pvc), ?step, "decided");
+        if let Some(action) = act(step, &mut seen, pvc, ctx).await? {
+            return Ok(action);
+        }
+    }
 }
 
-fn bound(pvc: &PersistentVolumeClaim) -> bool {
-    pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+/// Does `step`; `None`: decide again.
+async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Option<Action>, Error> {
+    let action = match step {
+        Step::Read(fact) => {
+            observe(fact, seen, pvc, ctx).await?;
+            return Ok(None);
+        }
+        Step::CreatePrime => {
+            seen.prime = Lazy::Read(Some(create_prime(pvc, ctx).await?));
+            return Ok(None);
+        }
+        Step::CreateHolder { node } => {
+            seen.holder = Lazy::Read(Some(create_holder(pvc, node.as_deref(), ctx).await?));
+            return Ok(None);
+        }
+        Step::Done => {
+            delete_children(pvc, ctx).await?;
+            Action::await_change()
+        }
+        Step::Unsupported { message, announce } => unsupported(pvc, ctx, &message, announce).await?,
+        Step::WaitForSource => wait_for_source(pvc, &seen.target, ctx).await,
+        Step::NotOurs | Step::WaitForSourceChange => Action::await_change(),
+        Step::FailTerminally(failure) => fail_terminally(pvc, ctx, &failure).await?,
+        Step::WaitForStorageClass => wait_for_class(pvc, &seen.target, ctx).await,
+        Step::WaitForConsumer { announce } => wait_for_consumer(pvc, ctx, announce).await?,
+        Step::WaitForHolder => Action::requeue(POLL),
+        Step::StartTask { task, announce } => start_task(pvc, &seen.target, *task, announce, ctx).await?,
+        Step::WaitForTask => Action::requeue(FOLLOWED),
+        Step::TaskEnded(ended) => {
+            ctx.followers.forget(&seen.target.uid);
+            task_ended(pvc, ctx, ended).await?
+        }
+        Step::DeleteHolder => {
+            delete(ctx, Child::Holder, pvc).await?;
+            Action::requeue(SHORT)
+        }
+        Step::RebindPv { pv } => rebind_pv(pvc, &pv, ctx).await?,
+        Step::DeletePrime => {
+            delete(ctx, Child::Prime, pvc).await?;
+            Action::requeue(SHORT)
+        }
+        Step::WaitForLost | Step::WaitForBind => Action::requeue(SHORT),
+    };
+    Ok(Some(action))
+}
+
+/// Reads what `decide` asked for into the snapshot.
+async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+    let namespace = pvc.namespace().unwrap_or_default();
+    let uid = seen.target.uid.clone();
+    match fact {
+        Fact::Source => {
+            let name = &seen.target.source_name;
+            let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &namespace);
+            let source = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeImportSource", name, e))?;
+            seen.source = Lazy::Read(Source::from_object(source.as_ref()));
+        }
+        Fact::StorageClass => {
+            let name = &seen.target.class;
+            let api: Api<StorageClass> = Api::all(ctx.client.clone());
+            let class = api.get_opt(name).await.map_err(|e| Error::kube("read StorageClass", name, e))?;
+            seen.storage_class = Lazy::Read(class.as_ref().map(Into::into));
+        }
+        Fact::Prime => {
+            let name = build::prime_name(&uid);
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+            let prime = api.get_opt(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e))?;
+            seen.prime = Lazy::Read(prime.as_ref().map(Prime::from));
+        }
+        Fact::Holder => {
+            let name = build::holder_name(&uid);
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let holder = api.get_opt(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))?;
+            seen.holder = Lazy::Read(holder.as_ref().map(Holder::from));
+        }
+        Fact::Pv { name } => {
+            let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            let pv = api.get_opt(&name).await.map_err(|e| Error::kube("read PV", &name, e))?;
+            seen.pv = Lazy::Read(pv.as_ref().map(Pv::from));
+        }
+        Fact::Task => seen.task = Lazy::Read(ctx.followers.view(&uid)),
+    }
+    Ok(())
 }
 
 /// Writes annotations on the target (a merge patch: never a read-modify-write); `None`
@@ -115,110 +189,46 @@ fn running_condition(status: &str, reason: &str, message: &str) -> Vec<(&'static
     ]
 }
 
-async fn apply(pvc: &PersistentVolumeClaim, kind: SourceKind, source_name: &str, ctx: &Ctx) -> Result<Action, Error> {
-    let namespace = pvc.namespace().unwrap_or_default();
-    let target = ObjectRef::from_obj(pvc);
-    let uid = pvc.uid().unwrap_or_default();
-    let populated = annotation(pvc, ann::POD_PHASE) == Some("Succeeded");
-    if bound(pvc) && populated {
-        // Done; only leftovers of an interrupted cleanup may remain.
-        delete_children(pvc, ctx).await?;
-        return Ok(Action::await_change());
-    }
-    if kind != SourceKind::Import {
-        let what = if kind == SourceKind::Upload { "VolumeUploadSource" } else { "VolumeCloneSource" };
-        return unsupported(pvc, ctx, &format!("{what} is not supported by this populator yet")).await;
-    }
-    let sources: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(source) =
-        sources.get_opt(source_name).await.map_err(|e| Error::kube("read VolumeImportSource", source_name, e))?
-    else {
-        ctx.event(
-            &target,
-            reason::SOURCE_MISSING,
-            &format!("VolumeImportSource {namespace}/{source_name} not found; waiting for it"),
-        )
-        .await;
-        return Ok(Action::requeue(POLL));
-    };
-    let generation = source.metadata.generation.unwrap_or(0).to_string();
-    let plan = match ImportPlan::try_from(&source) {
-        Ok(plan) => plan,
-        Err(e) => {
-            return fail_terminally(
-                pvc,
-                ctx,
-                &generation,
-                "InvalidRequest",
-                &format!("VolumeImportSource {source_name}: {e}"),
-            )
-            .await;
-        }
-    };
-    if !plan.serves_claim(&pvc.name_any()) {
-        return Ok(Action::await_change());
-    }
-    if let ImportSource::Unsupported(name) = &plan.source {
-        return unsupported(pvc, ctx, &format!("import source type {name} is not supported by this populator yet"))
-            .await;
-    }
-    if annotation(pvc, ann::FAILED_GENERATION) == Some(generation.as_str()) {
-        // A terminal failure for this very source: nothing changes until it does.
-        return Ok(Action::await_change());
-    }
-    if !populated {
-        let Some(node) = schedulable(pvc, ctx).await? else { return Ok(Action::await_change()) };
-        let prime = ensure_prime(pvc, ctx).await?;
-        let holder = ensure_holder(pvc, node.as_deref(), ctx).await?;
-        let phase = holder.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-        let (Some(node), "Running") = (holder.spec.as_ref().and_then(|s| s.node_name.clone()), phase) else {
-            return Ok(Action::requeue(POLL));
-        };
-        return follow(pvc, &prime, &holder, &node, &plan, &generation, ctx).await;
-    }
-    rebind(pvc, ctx, &uid).await
+fn phase(phase: PodPhase) -> (&'static str, Option<String>) {
+    (ann::POD_PHASE, Some(phase.as_str().to_string()))
 }
 
-/// Whether the claim may be populated now: its class exists, and under
-/// WaitForFirstConsumer the scheduler has chosen a node. `Some(node)`: go on (with the node
-/// to pin the holder to, if any).
-async fn schedulable(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Option<Option<String>>, Error> {
-    let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
-    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
-    let Some(sc) = classes.get_opt(&class).await.map_err(|e| Error::kube("read StorageClass", &class, e))? else {
-        ctx.event(
-            &ObjectRef::from_obj(pvc),
-            reason::PENDING_POPULATION,
-            &format!("StorageClass {class:?} not found; waiting for it"),
-        )
-        .await;
-        return Ok(None);
-    };
-    let node = annotation(pvc, ann::SELECTED_NODE).map(str::to_string);
-    if sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && node.is_none() {
-        if annotation(pvc, ann::POD_PHASE) != Some("Pending") {
-            ctx.event(
-                &ObjectRef::from_obj(pvc),
-                reason::PENDING_POPULATION,
-                "waiting for a consumer to be scheduled (WaitForFirstConsumer)",
-            )
-            .await;
-            let mut pairs = running_condition("false", condition::PENDING, "waiting for the first consumer");
-            pairs.push((ann::POD_PHASE, Some("Pending".into())));
-            annotate(ctx, pvc, &pairs).await?;
-        }
-        return Ok(None);
+async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str, announce: bool) -> Result<Action, Error> {
+    if announce {
+        ctx.event(&ObjectRef::from_obj(pvc), reason::UNSUPPORTED, message).await;
+        annotate(ctx, pvc, &running_condition("false", UNSUPPORTED_CONDITION, message)).await?;
     }
-    Ok(Some(node))
+    Ok(Action::await_change())
 }
 
-async fn ensure_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<PersistentVolumeClaim, Error> {
+async fn wait_for_source(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Action {
     let namespace = pvc.namespace().unwrap_or_default();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let note = format!("VolumeImportSource {namespace}/{} not found; waiting for it", target.source_name);
+    ctx.event(&ObjectRef::from_obj(pvc), reason::SOURCE_MISSING, &note).await;
+    Action::requeue(POLL)
+}
+
+async fn wait_for_class(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Action {
+    let note = format!("StorageClass {:?} not found; waiting for it", target.class);
+    ctx.event(&ObjectRef::from_obj(pvc), reason::PENDING_POPULATION, &note).await;
+    Action::await_change()
+}
+
+async fn wait_for_consumer(pvc: &PersistentVolumeClaim, ctx: &Ctx, announce: bool) -> Result<Action, Error> {
+    if announce {
+        let note = "waiting for a consumer to be scheduled (WaitForFirstConsumer)";
+        ctx.event(&ObjectRef::from_obj(pvc), reason::PENDING_POPULATION, note).await;
+        let mut pairs = running_condition("false", condition::PENDING, "waiting for the first consumer");
+        pairs.push(phase(PodPhase::Pending));
+        annotate(ctx, pvc, &pairs).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Creates the prime PVC (or takes the one a racing reconcile created), and says so.
+async fn create_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Prime, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     let name = build::prime_name(&pvc.uid().unwrap_or_default());
-    if let Some(prime) = api.get_opt(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e))? {
-        return Ok(prime);
-    }
     let prime = match api.create(&PostParams::default(), &build::prime_pvc(pvc)).await {
         Ok(p) => p,
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -228,89 +238,89 @@ async fn ensure_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Persiste
     };
     ctx.event(&ObjectRef::from_obj(pvc), reason::PRIME_CREATED, &format!("created PVC prime {name}")).await;
     annotate(ctx, pvc, &[(ann::PVC_PRIME, Some(name))]).await?;
-    Ok(prime)
+    Ok(Prime::from(&prime))
 }
 
-async fn ensure_holder(pvc: &PersistentVolumeClaim, node: Option<&str>, ctx: &Ctx) -> Result<Pod, Error> {
-    let namespace = pvc.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+/// Creates the holder pod (or takes the one a racing reconcile created).
+async fn create_holder(pvc: &PersistentVolumeClaim, node: Option<&str>, ctx: &Ctx) -> Result<Holder, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     let name = build::holder_name(&pvc.uid().unwrap_or_default());
-    if let Some(pod) = api.get_opt(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))? {
-        return Ok(pod);
-    }
     let pod = build::holder_pod(pvc, node, &ctx.cfg.holder_image);
-    match api.create(&PostParams::default(), &pod).await {
-        Ok(p) => Ok(p),
+    let pod = match api.create(&PostParams::default(), &pod).await {
+        Ok(p) => p,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            api.get(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))
+            api.get(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))?
         }
-        Err(e) => Err(Error::kube("create holder pod", &name, e)),
-    }
+        Err(e) => return Err(Error::kube("create holder pod", &name, e)),
+    };
+    Ok(Holder::from(&pod))
 }
 
-fn attempt(pvc: &PersistentVolumeClaim) -> u32 {
-    annotation(pvc, ann::ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0)
-}
-
-/// Runs (or re-attaches to) the mover task and acts on its outcome.
-async fn follow(
+/// Starts following (and the mover starts or re-attaches to) the task.
+async fn start_task(
     pvc: &PersistentVolumeClaim,
-    prime: &PersistentVolumeClaim,
-    holder: &Pod,
-    node: &str,
-    plan: &ImportPlan,
-    generation: &str,
+    target: &Target,
+    task: Task,
+    announce: bool,
     ctx: &Ctx,
 ) -> Result<Action, Error> {
-    let uid = pvc.uid().unwrap_or_default();
-    let target = ObjectRef::from_obj(pvc);
-    let task_id = format!("{}-{}", prime.uid().unwrap_or_default(), attempt(pvc));
-    match ctx.followers.view(&uid) {
-        TaskView::Running { task_id: running } if running == task_id => Ok(Action::requeue(Duration::from_secs(60))),
-        TaskView::Done { task_id: done, outcome } if done == task_id => {
-            ctx.followers.forget(&uid);
-            match outcome {
-                Outcome::Succeeded(c) => succeeded(pvc, &c, ctx).await,
-                Outcome::Failed(f) if f.retryable => retry_later(pvc, ctx, &f.reason, &f.message).await,
-                Outcome::Failed(f) => fail_terminally(pvc, ctx, generation, &f.reason, &f.message).await,
-                Outcome::Lost(why) => {
-                    ctx.event(&target, reason::NO_MOVER, &why).await;
-                    Ok(Action::requeue(POLL))
-                }
-            }
+    let request = match populate_request(pvc, &task, ctx).await {
+        Ok(r) => r,
+        Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
+        Err(e) => {
+            let failure = Terminal {
+                reason: INVALID_REQUEST.into(),
+                message: e.to_string(),
+                generation: task.generation,
+                attempt: target.attempt + 1,
+            };
+            return fail_terminally(pvc, ctx, &failure).await;
         }
-        _ => {
-            let pv_name = prime.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
-            let mode = if build::is_block(pvc) { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
-            let dest = Destination {
-                task_id: task_id.clone(),
-                target: pb::Target {
-                    kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
-                        pod_uid: holder.uid().unwrap_or_default(),
-                        volume_name: HOLDER_VOLUME.into(),
-                        pv_name,
-                        mode: mode as i32,
-                    })),
-                },
-                requested_size: build::requested_bytes(pvc).unwrap_or(0),
-                filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then_some(ctx.cfg.filesystem_overhead),
-            };
-            let namespace = pvc.namespace().unwrap_or_default();
-            let request = match source::populate_request(&ctx.client, &namespace, plan, dest).await {
-                Ok(r) => r,
-                Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
-                Err(e) => return fail_terminally(pvc, ctx, generation, "InvalidRequest", &e.to_string()).await,
-            };
-            if annotation(pvc, ann::POD_PHASE) != Some("Running") {
-                ctx.event(&target, reason::SCHEDULED, &format!("Import scheduled on node {node} (task {task_id})"))
-                    .await;
-                let mut pairs = running_condition("true", condition::POD_RUNNING, "");
-                pairs.push((ann::POD_PHASE, Some("Running".into())));
-                pairs.push((ann::FAILED_GENERATION, None));
-                annotate(ctx, pvc, &pairs).await?;
-            }
-            ctx.followers.start(ctx.me(), target, uid, node.to_string(), request);
-            Ok(Action::requeue(Duration::from_secs(60)))
+    };
+    let target_ref = ObjectRef::from_obj(pvc);
+    if announce {
+        let note = format!("Import scheduled on node {} (task {})", task.node, task.id);
+        ctx.event(&target_ref, reason::SCHEDULED, &note).await;
+        let mut pairs = running_condition("true", condition::POD_RUNNING, "");
+        pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None)]);
+        annotate(ctx, pvc, &pairs).await?;
+    }
+    ctx.followers.start(ctx.me(), target_ref, target.uid.clone(), task.node, request);
+    Ok(Action::requeue(FOLLOWED))
+}
+
+async fn populate_request(
+    pvc: &PersistentVolumeClaim,
+    task: &Task,
+    ctx: &Ctx,
+) -> Result<pb::PopulateRequest, source::SourceError> {
+    let mode = if build::is_block(pvc) { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
+    let dest = Destination {
+        task_id: task.id.clone(),
+        target: pb::Target {
+            kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                pod_uid: task.holder_uid.clone(),
+                volume_name: HOLDER_VOLUME.into(),
+                pv_name: task.pv_name.clone(),
+                mode: mode as i32,
+            })),
+        },
+        requested_size: build::requested_bytes(pvc).unwrap_or(0),
+        filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then_some(ctx.cfg.filesystem_overhead),
+    };
+    source::populate_request(&ctx.client, &pvc.namespace().unwrap_or_default(), &task.plan, dest).await
+}
+
+async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
+    match ended {
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx).await,
+        Ended::Retry { reason, message, restarts, attempt } => {
+            retry_later(pvc, ctx, &reason, &message, restarts, attempt).await
+        }
+        Ended::Failed(failure) => fail_terminally(pvc, ctx, &failure).await,
+        Ended::Lost(why) => {
+            ctx.event(&ObjectRef::from_obj(pvc), reason::NO_MOVER, &why).await;
+            Ok(Action::requeue(POLL))
         }
     }
 }
@@ -318,7 +328,7 @@ async fn follow(
 async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) -> Result<Action, Error> {
     let mut pairs = running_condition("false", condition::COMPLETED, "Import Complete");
     pairs.extend([
-        (ann::POD_PHASE, Some("Succeeded".to_string())),
+        phase(PodPhase::Succeeded),
         (ann::PROGRESS, Some(crate::api::names::values::PROGRESS_DONE.to_string())),
     ]);
     annotate(ctx, pvc, &pairs).await?;
@@ -333,8 +343,14 @@ async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) ->
     Ok(Action::requeue(Duration::ZERO))
 }
 
-async fn retry_later(pvc: &PersistentVolumeClaim, ctx: &Ctx, why: &str, message: &str) -> Result<Action, Error> {
-    let restarts = annotation(pvc, ann::POD_RESTARTS).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0) + 1;
+async fn retry_later(
+    pvc: &PersistentVolumeClaim,
+    ctx: &Ctx,
+    why: &str,
+    message: &str,
+    restarts: u32,
+    attempt: u32,
+) -> Result<Action, Error> {
     let delay = backoff(restarts, ctx.cfg.retry_base, ctx.cfg.retry_cap);
     ctx.event(
         &ObjectRef::from_obj(pvc),
@@ -345,21 +361,16 @@ async fn retry_later(pvc: &PersistentVolumeClaim, ctx: &Ctx, why: &str, message:
     let mut pairs = running_condition("false", condition::ERROR, message);
     pairs.extend([
         (ann::POD_RESTARTS, Some(restarts.to_string())),
-        (ann::ATTEMPT, Some((attempt(pvc) + 1).to_string())),
-        (ann::POD_PHASE, Some("Pending".to_string())),
+        (ann::ATTEMPT, Some(attempt.to_string())),
+        phase(PodPhase::Pending),
     ]);
     annotate(ctx, pvc, &pairs).await?;
     ctx.metrics.population_finished("retried", pvc);
     Ok(Action::requeue(delay))
 }
 
-async fn fail_terminally(
-    pvc: &PersistentVolumeClaim,
-    ctx: &Ctx,
-    generation: &str,
-    why: &str,
-    message: &str,
-) -> Result<Action, Error> {
+async fn fail_terminally(pvc: &PersistentVolumeClaim, ctx: &Ctx, failure: &Terminal) -> Result<Action, Error> {
+    let Terminal { reason: why, message, generation, attempt } = failure;
     ctx.event(
         &ObjectRef::from_obj(pvc),
         reason::FAILED,
@@ -370,96 +381,54 @@ async fn fail_terminally(
     let condition_reason = if why == "ChecksumMismatch" { condition::CHECKSUM_ERROR } else { condition::ERROR };
     let mut pairs = running_condition("false", condition_reason, message);
     pairs.extend([
-        (ann::POD_PHASE, Some("Failed".to_string())),
+        phase(PodPhase::Failed),
         (ann::FAILED_GENERATION, Some(generation.to_string())),
-        (ann::ATTEMPT, Some((attempt(pvc) + 1).to_string())),
+        (ann::ATTEMPT, Some(attempt.to_string())),
     ]);
     annotate(ctx, pvc, &pairs).await?;
     // Free the volume; the prime stays for the next attempt.
-    delete(ctx, "Pod", &pvc.namespace().unwrap_or_default(), &build::holder_name(&pvc.uid().unwrap_or_default()))
-        .await?;
+    delete(ctx, Child::Holder, pvc).await?;
     ctx.metrics.population_finished("failed", pvc);
     Ok(Action::await_change())
 }
 
-async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str) -> Result<Action, Error> {
-    if annotation(pvc, ann::RUNNING_REASON) != Some(UNSUPPORTED_CONDITION) {
-        ctx.event(&ObjectRef::from_obj(pvc), reason::UNSUPPORTED, message).await;
-        annotate(ctx, pvc, &running_condition("false", UNSUPPORTED_CONDITION, message)).await?;
-    }
-    Ok(Action::await_change())
-}
-
-/// The import succeeded: hand its PV to the target.
-async fn rebind(pvc: &PersistentVolumeClaim, ctx: &Ctx, uid: &str) -> Result<Action, Error> {
+/// Hands the prime's PV to the target: the binder then binds the target to it and marks
+/// the prime `Lost`.
+async fn rebind_pv(pvc: &PersistentVolumeClaim, pv_name: &str, ctx: &Ctx) -> Result<Action, Error> {
     let namespace = pvc.namespace().unwrap_or_default();
-    // The holder goes first, so nothing has the volume mounted when the consumer comes.
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let holder = build::holder_name(uid);
-    if pods.get_opt(&holder).await.map_err(|e| Error::kube("read holder pod", &holder, e))?.is_some() {
-        delete(ctx, "Pod", &namespace, &holder).await?;
-        return Ok(Action::requeue(SHORT));
-    }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let prime_name = build::prime_name(uid);
-    let prime = claims.get_opt(&prime_name).await.map_err(|e| Error::kube("read prime PVC", &prime_name, e))?;
-    if let Some(prime) = &prime {
-        let pv_name = prime.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
-        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        let pv = pvs.get_opt(&pv_name).await.map_err(|e| Error::kube("read PV", &pv_name, e))?;
-        let claimed_by_target =
-            pv.as_ref().and_then(|p| p.spec.as_ref()?.claim_ref.as_ref()?.uid.clone()).as_deref() == Some(uid);
-        if pv.is_some() && !claimed_by_target {
-            let patch = serde_json::json!({
-                "metadata": {"annotations": {ann::POPULATED_FOR: format!("{namespace}/{}", pvc.name_any())}},
-                "spec": {"claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": namespace, "name": pvc.name_any(), "uid": uid,
-                    "resourceVersion": pvc.resource_version(),
-                }},
-            });
-            pvs.patch(&pv_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| Error::kube("rebind PV", &pv_name, e))?;
-            ctx.event(
-                &ObjectRef::from_obj(pvc),
-                reason::REBIND,
-                &format!("PV {pv_name} handed over from {prime_name}"),
-            )
-            .await;
-            return Ok(Action::requeue(SHORT));
-        }
-        // The binder marks the prime Lost once its PV belongs to the target.
-        let lost = prime.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost");
-        if lost || pv.is_none() {
-            delete(ctx, "PersistentVolumeClaim", &namespace, &prime_name).await?;
-        }
-        return Ok(Action::requeue(SHORT));
-    }
-    if bound(pvc) {
-        tracing::info!(pvc = %ObjectRef::from_obj(pvc), "populated and bound");
-        return Ok(Action::await_change());
-    }
+    let uid = pvc.uid().unwrap_or_default();
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {ann::POPULATED_FOR: format!("{namespace}/{}", pvc.name_any())}},
+        "spec": {"claimRef": {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "namespace": namespace, "name": pvc.name_any(), "uid": uid,
+            "resourceVersion": pvc.resource_version(),
+        }},
+    });
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    pvs.patch(pv_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube("rebind PV", pv_name, e))?;
+    let note = format!("PV {pv_name} handed over from {}", build::prime_name(&uid));
+    ctx.event(&ObjectRef::from_obj(pvc), reason::REBIND, &note).await;
     Ok(Action::requeue(SHORT))
 }
 
 /// The target is being deleted: stop the mover task, remove the holder and the prime.
-async fn cleanup(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, Error> {
-    let uid = pvc.uid().unwrap_or_default();
+async fn cleanup(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Result<Action, Error> {
+    let uid = &target.uid;
     let namespace = pvc.namespace().unwrap_or_default();
-    let task = match ctx.followers.task_of(&uid) {
+    let task = match ctx.followers.task_of(uid) {
         Some(t) => Some(t),
         // Not followed (e.g. after a restart): the task of the current attempt, on the
         // holder's node.
         None => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
             let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-            let holder = pods.get_opt(&build::holder_name(&uid)).await.ok().flatten();
-            let prime = claims.get_opt(&build::prime_name(&uid)).await.ok().flatten();
-            match (holder.and_then(|h| h.spec.and_then(|s| s.node_name)), prime.and_then(|p| p.uid())) {
-                (Some(node), Some(prime_uid)) => Some((format!("{prime_uid}-{}", attempt(pvc)), node)),
-                _ => None,
-            }
+            // Best effort: the children are deleted below whatever these reads say.
+            let holder = pods.get_opt(&build::holder_name(uid)).await.ok().flatten().as_ref().map(Holder::from);
+            let prime = claims.get_opt(&build::prime_name(uid)).await.ok().flatten().as_ref().map(Prime::from);
+            unfollowed_task(target, holder.as_ref(), prime.as_ref())
         }
     };
     if let Some((task_id, node)) = task {
@@ -474,31 +443,44 @@ async fn cleanup(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, Error
             Err(e) => tracing::warn!(task = %task_id, error = %e, "could not reach the mover to cancel"),
         }
     }
-    ctx.followers.forget(&uid);
+    ctx.followers.forget(uid);
     delete_children(pvc, ctx).await?;
     Ok(Action::await_change())
 }
 
-async fn delete_children(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
-    let namespace = pvc.namespace().unwrap_or_default();
-    let uid = pvc.uid().unwrap_or_default();
-    delete(ctx, "Pod", &namespace, &build::holder_name(&uid)).await?;
-    delete(ctx, "PersistentVolumeClaim", &namespace, &build::prime_name(&uid)).await
+/// What the populator creates for a target.
+#[derive(Debug, Clone, Copy)]
+enum Child {
+    Holder,
+    Prime,
 }
 
-/// Deletes, treating NotFound as done.
-async fn delete(ctx: &Ctx, kind: &str, namespace: &str, name: &str) -> Result<(), Error> {
+async fn delete_children(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+    delete(ctx, Child::Holder, pvc).await?;
+    delete(ctx, Child::Prime, pvc).await
+}
+
+/// Deletes a child of `pvc`, treating NotFound as done.
+async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+    let namespace = pvc.namespace().unwrap_or_default();
+    let uid = pvc.uid().unwrap_or_default();
     let params = DeleteParams::background();
-    let result = match kind {
-        "Pod" => Api::<Pod>::namespaced(ctx.client.clone(), namespace).delete(name, &params).await.map(|_| ()),
-        _ => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
+    let (name, result) = match child {
+        Child::Holder => {
+            let name = build::holder_name(&uid);
+            let result = Api::<Pod>::namespaced(ctx.client.clone(), &namespace).delete(&name, &params).await;
+            (name, result.map(|_| ()))
+        }
+        Child::Prime => {
+            let name = build::prime_name(&uid);
+            let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
+            let result = api.delete(&name, &params).await;
+            (name, result.map(|_| ()))
+        }
     };
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("delete", name, e)),
+        Err(e) => Err(Error::kube("delete", &name, e)),
     }
 }

@@ -1,0 +1,526 @@
+//! The populate flow's decisions, apart from the API calls that observe and act on them.
+//!
+//! ```text
+//!            ┌───────────────── Step::Read(fact): reconcile.rs reads it ◀──────┐
+//!            ▼                                                                  │
+//!  target ─▶ Snapshot ──decide()──▶ Step ─┬────────────────────────────────────┘
+//!                                         ├─ CreatePrime / CreateHolder: create, record, decide again
+//!                                         └─ anything else: reconcile.rs acts and returns an Action
+//! ```
+//!
+//! A [`Snapshot`] starts with the target PVC's facts only; everything else is a [`Lazy`]
+//! fact that [`decide`] asks for when a decision needs it. So the reads happen in the order
+//! the flow needs them, and only those: a populated claim never costs a StorageClass read,
+//! the holder is looked up only once the prime exists.
+//!
+//! Nothing here talks to the API or awaits; the tests drive the whole flow in memory.
+
+use cdi_proto::v1 as pb;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::ResourceExt;
+
+use super::follow::{Outcome, TaskView};
+use super::vocab::{UNSUPPORTED_CONDITION, ann};
+use crate::api::VolumeImportSource;
+use crate::api::names::{api as group, kinds};
+use crate::plan::{ImportPlan, ImportSource, PlanError};
+
+/// The reason recorded when a source or the request built from it cannot work.
+pub const INVALID_REQUEST: &str = "InvalidRequest";
+
+/// The kinds a target PVC's `dataSourceRef` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Import,
+    Upload,
+    Clone,
+}
+
+/// A pod phase, as Kubernetes spells it in `status.phase` and CDI in the `pod.phase`
+/// annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub const ALL: [PodPhase; 5] =
+        [PodPhase::Pending, PodPhase::Running, PodPhase::Succeeded, PodPhase::Failed, PodPhase::Unknown];
+
+    /// `None` for text that names no phase: it is treated like no phase at all.
+    pub fn parse(s: &str) -> Option<PodPhase> {
+        PodPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodPhase::Pending => "Pending",
+            PodPhase::Running => "Running",
+            PodPhase::Succeeded => "Succeeded",
+            PodPhase::Failed => "Failed",
+            PodPhase::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A PVC's `status.phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimPhase {
+    Pending,
+    Bound,
+    Lost,
+}
+
+impl ClaimPhase {
+    pub fn parse(s: &str) -> Option<ClaimPhase> {
+        match s {
+            "Pending" => Some(ClaimPhase::Pending),
+            "Bound" => Some(ClaimPhase::Bound),
+            "Lost" => Some(ClaimPhase::Lost),
+            _ => None,
+        }
+    }
+}
+
+/// A StorageClass's `volumeBindingMode`; unset (or unknown) binds immediately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeBinding {
+    Immediate,
+    WaitForFirstConsumer,
+}
+
+impl From<&StorageClass> for VolumeBinding {
+    fn from(class: &StorageClass) -> Self {
+        match class.volume_binding_mode.as_deref() {
+            Some("WaitForFirstConsumer") => VolumeBinding::WaitForFirstConsumer,
+            _ => VolumeBinding::Immediate,
+        }
+    }
+}
+
+/// What the flow needs of the target PVC, read from it once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub uid: String,
+    pub kind: SourceKind,
+    /// The source object's name (`dataSourceRef.name`).
+    pub source_name: String,
+    /// `spec.storageClassName`; empty when unset.
+    pub class: String,
+    pub bound: bool,
+    /// The `pod.phase` annotation: where this claim's population stands.
+    pub phase: Option<PodPhase>,
+    /// The source generation of the last terminal failure, as written (compared as text,
+    /// as it always was).
+    pub failed_generation: Option<String>,
+    /// The current attempt (part of the mover task id); 0 when unset.
+    pub attempt: u32,
+    /// Retryable failures so far; 0 when unset.
+    pub restarts: u32,
+    /// Where the scheduler put the consumer (WaitForFirstConsumer).
+    pub selected_node: Option<String>,
+    /// The running condition already says `Unsupported`: reported once is enough.
+    pub unsupported_reported: bool,
+}
+
+impl Target {
+    /// `None` unless the claim's `dataSourceRef` names one of CDI's source kinds.
+    pub fn from_pvc(pvc: &PersistentVolumeClaim) -> Option<Target> {
+        let r = pvc.spec.as_ref()?.data_source_ref.as_ref()?;
+        if r.api_group.as_deref() != Some(group::GROUP) {
+            return None;
+        }
+        let kind = match r.kind.as_str() {
+            kinds::VOLUME_IMPORT_SOURCE => SourceKind::Import,
+            kinds::VOLUME_UPLOAD_SOURCE => SourceKind::Upload,
+            kinds::VOLUME_CLONE_SOURCE => SourceKind::Clone,
+            _ => return None,
+        };
+        let annotation = |key: &str| pvc.annotations().get(key).map(String::as_str);
+        // Our own bookkeeping; anything unreadable counts as never written.
+        let number = |key: &str| annotation(key).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        Some(Target {
+            name: pvc.name_any(),
+            uid: pvc.uid().unwrap_or_default(),
+            kind,
+            source_name: r.name.clone(),
+            class: pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default(),
+            bound: claim_phase(pvc) == Some(ClaimPhase::Bound),
+            phase: annotation(ann::POD_PHASE).and_then(PodPhase::parse),
+            failed_generation: annotation(ann::FAILED_GENERATION).map(str::to_string),
+            attempt: number(ann::ATTEMPT),
+            restarts: number(ann::POD_RESTARTS),
+            selected_node: annotation(ann::SELECTED_NODE).map(str::to_string),
+            unsupported_reported: annotation(ann::RUNNING_REASON) == Some(UNSUPPORTED_CONDITION),
+        })
+    }
+
+    fn populated(&self) -> bool {
+        self.phase == Some(PodPhase::Succeeded)
+    }
+}
+
+fn claim_phase(pvc: &PersistentVolumeClaim) -> Option<ClaimPhase> {
+    pvc.status.as_ref()?.phase.as_deref().and_then(ClaimPhase::parse)
+}
+
+/// The `VolumeImportSource` the target names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    Missing,
+    Invalid { generation: i64, error: PlanError },
+    Found { generation: i64, plan: ImportPlan },
+}
+
+impl Source {
+    pub fn from_object(source: Option<&VolumeImportSource>) -> Source {
+        let Some(source) = source else { return Source::Missing };
+        let generation = source.metadata.generation.unwrap_or(0);
+        match ImportPlan::try_from(source) {
+            Ok(plan) => Source::Found { generation, plan },
+            Err(error) => Source::Invalid { generation, error },
+        }
+    }
+}
+
+/// The prime PVC (`prime-<target uid>`), which the mover fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prime {
+    pub uid: String,
+    /// The PV it is bound to.
+    pub volume_name: Option<String>,
+    pub phase: Option<ClaimPhase>,
+}
+
+impl From<&PersistentVolumeClaim> for Prime {
+    fn from(pvc: &PersistentVolumeClaim) -> Self {
+        Prime {
+            uid: pvc.uid().unwrap_or_default(),
+            volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
+            phase: claim_phase(pvc),
+        }
+    }
+}
+
+/// The holder pod, which keeps the prime attached on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub uid: String,
+    /// `None` until the kubelet reports one: as good as Pending.
+    pub phase: Option<PodPhase>,
+    pub node: Option<String>,
+}
+
+impl From<&Pod> for Holder {
+    fn from(pod: &Pod) -> Self {
+        Holder {
+            uid: pod.uid().unwrap_or_default(),
+            phase: pod.status.as_ref().and_then(|s| s.phase.as_deref()).and_then(PodPhase::parse),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        }
+    }
+}
+
+/// The prime's PV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pv {
+    /// `spec.claimRef.uid`: whose volume it is.
+    pub claim_uid: Option<String>,
+}
+
+impl From<&PersistentVolume> for Pv {
+    fn from(pv: &PersistentVolume) -> Self {
+        Pv { claim_uid: pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()?.uid.clone()) }
+    }
+}
+
+/// A fact read only when a decision needs it.
+#[derive(Debug, Clone)]
+pub enum Lazy<T> {
+    Unread,
+    Read(T),
+}
+
+impl<T> Lazy<T> {
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Lazy::Unread => None,
+            Lazy::Read(t) => Some(t),
+        }
+    }
+}
+
+/// What a decision may ask to be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    Source,
+    StorageClass,
+    Prime,
+    Holder,
+    /// The prime's PV, by the name the prime is bound to (empty if none).
+    Pv {
+        name: String,
+    },
+    /// The follower's view of the mover task.
+    Task,
+}
+
+/// What one reconcile has seen so far.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub target: Target,
+    pub source: Lazy<Source>,
+    /// `None`: the class does not exist.
+    pub storage_class: Lazy<Option<VolumeBinding>>,
+    pub prime: Lazy<Option<Prime>>,
+    pub holder: Lazy<Option<Holder>>,
+    pub pv: Lazy<Option<Pv>>,
+    pub task: Lazy<TaskView>,
+}
+
+impl Snapshot {
+    pub fn new(target: Target) -> Snapshot {
+        Snapshot {
+            target,
+            source: Lazy::Unread,
+            storage_class: Lazy::Unread,
+            prime: Lazy::Unread,
+            holder: Lazy::Unread,
+            pv: Lazy::Unread,
+            task: Lazy::Unread,
+        }
+    }
+}
+
+/// A failure that is not retried until the source changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminal {
+    pub reason: String,
+    pub message: String,
+    /// The source generation it is for.
+    pub generation: i64,
+    /// The attempt to record: the failed one is used up.
+    pub attempt: u32,
+}
+
+/// The mover task of the current attempt, and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// `<prime uid>-<attempt>`.
+    pub id: String,
+    pub node: String,
+    pub holder_uid: String,
+    /// The prime's PV (empty if not bound yet).
+    pub pv_name: String,
+    pub plan: ImportPlan,
+    /// For a terminal failure if no request can be built from the plan.
+    pub generation: i64,
+}
+
+/// How the followed mover task of the current attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    Succeeded(pb::Completed),
+    Retry {
+        reason: String,
+        message: String,
+        /// Retryable failures including this one (the backoff's exponent).
+        restarts: u32,
+        /// The next attempt, so the retry is a new task.
+        attempt: u32,
+    },
+    Failed(Terminal),
+    /// The mover was unreachable or the stream broke; the task itself may be fine.
+    Lost(String),
+}
+
+/// The next thing to do for a target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Read this fact, then decide again.
+    Read(Fact),
+    /// Populated and bound: only leftovers of an interrupted cleanup may remain.
+    Done,
+    /// The source kind or variant is accepted but not handled; `announce` unless already
+    /// reported.
+    Unsupported {
+        message: String,
+        announce: bool,
+    },
+    WaitForSource,
+    /// The source's `targetClaim` names another claim.
+    NotOurs,
+    /// Nothing is retried until the source changes.
+    FailTerminally(Terminal),
+    /// The last terminal failure was for this very source generation.
+    WaitForSourceChange,
+    WaitForStorageClass,
+    /// WaitForFirstConsumer and no node selected yet; `announce` the wait once.
+    WaitForConsumer {
+        announce: bool,
+    },
+    CreatePrime,
+    /// Pinned to the consumer's node, if one was selected.
+    CreateHolder {
+        node: Option<String>,
+    },
+    /// Until the holder runs on a node, the volume is not there to fill.
+    WaitForHolder,
+    /// Start (or re-attach to) the mover task of the current attempt; `announce` that the
+    /// import is scheduled unless the claim already says it runs.
+    StartTask {
+        task: Box<Task>,
+        announce: bool,
+    },
+    WaitForTask,
+    /// Forget the follower, then act on how the task ended.
+    TaskEnded(Ended),
+    /// After success the holder goes first, so nothing has the volume mounted when the
+    /// consumer comes.
+    DeleteHolder,
+    /// Hand the PV over to the target.
+    RebindPv {
+        pv: String,
+    },
+    /// The prime has nothing left to hold.
+    DeletePrime,
+    /// The PV is the target's; the binder has yet to mark the prime `Lost`.
+    WaitForLost,
+    /// The prime is gone; the binder has yet to bind the target.
+    WaitForBind,
+}
+
+/// The next step for what `snapshot` holds.
+pub fn decide(snapshot: &Snapshot) -> Step {
+    next(snapshot).unwrap_or_else(Step::Read)
+}
+
+/// `Err(fact)`: the decision needs `fact`, which is unread.
+fn next(s: &Snapshot) -> Result<Step, Fact> {
+    let t = &s.target;
+    if t.bound && t.populated() {
+        return Ok(Step::Done);
+    }
+    match t.kind {
+        SourceKind::Import => {}
+        SourceKind::Upload => return Ok(unsupported(t, kinds::VOLUME_UPLOAD_SOURCE)),
+        SourceKind::Clone => return Ok(unsupported(t, kinds::VOLUME_CLONE_SOURCE)),
+    }
+    let (generation, plan) = match s.source.get().ok_or(Fact::Source)? {
+        Source::Missing => return Ok(Step::WaitForSource),
+        Source::Invalid { generation, error } => {
+            let message = format!("{} {}: {error}", kinds::VOLUME_IMPORT_SOURCE, t.source_name);
+            return Ok(Step::FailTerminally(terminal(t, *generation, INVALID_REQUEST, &message)));
+        }
+        Source::Found { generation, plan } => (*generation, plan),
+    };
+    if !plan.serves_claim(&t.name) {
+        return Ok(Step::NotOurs);
+    }
+    if let ImportSource::Unsupported(name) = &plan.source {
+        return Ok(unsupported(t, &format!("import source type {name}")));
+    }
+    if t.failed_generation.as_deref() == Some(generation.to_string().as_str()) {
+        return Ok(Step::WaitForSourceChange);
+    }
+    if t.populated() { rebind(s) } else { populate(s, generation, plan) }
+}
+
+fn unsupported(t: &Target, what: &str) -> Step {
+    Step::Unsupported {
+        message: format!("{what} is not supported by this populator yet"),
+        announce: !t.unsupported_reported,
+    }
+}
+
+fn terminal(t: &Target, generation: i64, reason: &str, message: &str) -> Terminal {
+    Terminal { reason: reason.to_string(), message: message.to_string(), generation, attempt: t.attempt + 1 }
+}
+
+/// Up to the running mover task, and what its end means.
+fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fact> {
+    let t = &s.target;
+    match s.storage_class.get().ok_or(Fact::StorageClass)? {
+        None => return Ok(Step::WaitForStorageClass),
+        Some(VolumeBinding::WaitForFirstConsumer) if t.selected_node.is_none() => {
+            return Ok(Step::WaitForConsumer { announce: t.phase != Some(PodPhase::Pending) });
+        }
+        Some(_) => {}
+    }
+    let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::CreatePrime) };
+    let Some(holder) = s.holder.get().ok_or(Fact::Holder)? else {
+        return Ok(Step::CreateHolder { node: t.selected_node.clone() });
+    };
+    let (Some(node), Some(PodPhase::Running)) = (&holder.node, holder.phase) else { return Ok(Step::WaitForHolder) };
+    let task_id = task_id(prime, t);
+    Ok(match s.task.get().ok_or(Fact::Task)? {
+        TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
+        TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, generation, outcome)),
+        // Not followed, or followed for an earlier attempt.
+        _ => Step::StartTask {
+            task: Box::new(Task {
+                id: task_id,
+                node: node.clone(),
+                holder_uid: holder.uid.clone(),
+                pv_name: prime.volume_name.clone().unwrap_or_default(),
+                plan: plan.clone(),
+                generation,
+            }),
+            announce: t.phase != Some(PodPhase::Running),
+        },
+    })
+}
+
+/// A retry is a new task; a restarted populator re-attaches to the same one.
+fn task_id(prime: &Prime, t: &Target) -> String {
+    format!("{}-{}", prime.uid, t.attempt)
+}
+
+fn ended(t: &Target, generation: i64, outcome: &Outcome) -> Ended {
+    match outcome {
+        Outcome::Succeeded(c) => Ended::Succeeded(c.clone()),
+        Outcome::Failed(f) if f.retryable => Ended::Retry {
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+            restarts: t.restarts + 1,
+            attempt: t.attempt + 1,
+        },
+        Outcome::Failed(f) => Ended::Failed(terminal(t, generation, &f.reason, &f.message)),
+        Outcome::Lost(why) => Ended::Lost(why.clone()),
+    }
+}
+
+/// The import succeeded: hand its PV to the target, then clear the prime away.
+fn rebind(s: &Snapshot) -> Result<Step, Fact> {
+    if s.holder.get().ok_or(Fact::Holder)?.is_some() {
+        return Ok(Step::DeleteHolder);
+    }
+    let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::WaitForBind) };
+    let pv_name = prime.volume_name.clone().unwrap_or_default();
+    let pv = s.pv.get().ok_or_else(|| Fact::Pv { name: pv_name.clone() })?;
+    Ok(match pv {
+        Some(pv) if pv.claim_uid.as_deref() != Some(s.target.uid.as_str()) => Step::RebindPv { pv: pv_name },
+        // The binder marks the prime Lost once its PV belongs to the target.
+        Some(_) if prime.phase != Some(ClaimPhase::Lost) => Step::WaitForLost,
+        _ => Step::DeletePrime,
+    })
+}
+
+/// The target is being deleted and no follower knows its task (e.g. after a restart):
+/// the task of the current attempt, as `(task id, node)`, if the holder has a node and the
+/// prime exists.
+pub fn unfollowed_task(t: &Target, holder: Option<&Holder>, prime: Option<&Prime>) -> Option<(String, String)> {
+    let node = holder?.node.clone()?;
+    // Only a prime the API returned can name a task, and those have a uid.
+    let prime = prime.filter(|p| !p.uid.is_empty())?;
+    Some((task_id(prime, t), node))
+}
+
+#[cfg(test)]
+mod tests;

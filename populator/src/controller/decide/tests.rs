@@ -1,0 +1,596 @@
+//! The populate flow, branch by branch, on in-memory snapshots of API objects.
+
+use cdi_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::*;
+
+const TARGET_UID: &str = "t-uid";
+const PRIME_UID: &str = "p-uid";
+const HOLDER_UID: &str = "h-uid";
+const GENERATION: i64 = 3;
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+fn import_ref() -> Value {
+    json!({"apiGroup": "cdi.kubevirt.io", "kind": "VolumeImportSource", "name": "src"})
+}
+
+/// The target PVC `vms/disk`, naming the VolumeImportSource `src`.
+fn claim(annotations: Value, phase: &str) -> PersistentVolumeClaim {
+    from_json(json!({
+        "metadata": {"name": "disk", "namespace": "vms", "uid": TARGET_UID, "annotations": annotations},
+        "spec": {"storageClassName": "local", "dataSourceRef": import_ref()},
+        "status": {"phase": phase},
+    }))
+}
+
+/// The pending target with these annotations.
+fn target(annotations: Value) -> Target {
+    Target::from_pvc(&claim(annotations, "Pending")).expect("a target")
+}
+
+fn fresh() -> Target {
+    target(json!({}))
+}
+
+fn populated() -> Target {
+    target(json!({ann::POD_PHASE: "Succeeded"}))
+}
+
+fn running(attempt: u32) -> Target {
+    target(json!({ann::POD_PHASE: "Running", ann::ATTEMPT: attempt.to_string()}))
+}
+
+fn source(generation: i64, spec: Value) -> VolumeImportSource {
+    from_json(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeImportSource",
+        "metadata": {"name": "src", "namespace": "vms", "generation": generation},
+        "spec": spec,
+    }))
+}
+
+fn http_source() -> VolumeImportSource {
+    source(GENERATION, json!({"source": {"http": {"url": "https://images.example.com/disk.img"}}}))
+}
+
+fn class(mode: Option<&str>) -> StorageClass {
+    from_json(json!({"metadata": {"name": "local"}, "provisioner": "p", "volumeBindingMode": mode}))
+}
+
+/// The prime PVC, bound to `pv-1` unless `phase` says otherwise.
+fn prime(phase: &str) -> PersistentVolumeClaim {
+    from_json(json!({
+        "metadata": {"name": "prime-t-uid", "namespace": "vms", "uid": PRIME_UID},
+        "spec": {"volumeName": "pv-1"}, "status": {"phase": phase},
+    }))
+}
+
+fn holder(phase: Option<&str>, node: Option<&str>) -> Pod {
+    from_json(json!({
+        "metadata": {"name": "cdi-holder-t-uid", "namespace": "vms", "uid": HOLDER_UID},
+        "spec": {"containers": [], "nodeName": node},
+        "status": {"phase": phase},
+    }))
+}
+
+/// `pv-1`, claimed by the claim with this uid.
+fn pv(claim_uid: Option<&str>) -> PersistentVolume {
+    from_json(json!({"metadata": {"name": "pv-1"}, "spec": {"claimRef": {"uid": claim_uid}}}))
+}
+
+fn failed(retryable: bool) -> Outcome {
+    Outcome::Failed(pb::Failed { reason: "HttpError".into(), message: "HTTP 503".into(), retryable })
+}
+
+fn done(attempt: u32, outcome: Outcome) -> TaskView {
+    TaskView::Done { task_id: format!("{PRIME_UID}-{attempt}"), outcome }
+}
+
+/// The cluster and the followers as a reconcile would find them.
+struct World {
+    source: Option<VolumeImportSource>,
+    class: Option<StorageClass>,
+    prime: Option<PersistentVolumeClaim>,
+    holder: Option<Pod>,
+    pv: Option<PersistentVolume>,
+    task: TaskView,
+}
+
+impl World {
+    /// A valid source, an Immediate class, nothing created yet, no task.
+    fn fresh() -> World {
+        World {
+            source: Some(http_source()),
+            class: Some(class(None)),
+            prime: None,
+            holder: None,
+            pv: None,
+            task: TaskView::None,
+        }
+    }
+
+    /// The prime bound to `pv-1`, the holder running on `node-1`, no task followed.
+    fn holding() -> World {
+        World {
+            prime: Some(prime("Bound")),
+            holder: Some(holder(Some("Running"), Some("node-1"))),
+            pv: Some(pv(Some(PRIME_UID))),
+            ..World::fresh()
+        }
+    }
+
+    /// After a successful import: the holder gone, the prime still bound to `pv-1`.
+    fn imported() -> World {
+        World { holder: None, ..World::holding() }
+    }
+}
+
+/// Runs decide the way reconcile.rs does: reads come from `world`, creations succeed.
+/// Returns the steps on the way (reads and creations) and the step that ends the reconcile.
+fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
+    let mut s = Snapshot::new(target);
+    let mut trace = Vec::new();
+    loop {
+        let step = decide(&s);
+        match &step {
+            Step::Read(Fact::Source) => s.source = Lazy::Read(Source::from_object(world.source.as_ref())),
+            Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
+            Step::Read(Fact::Prime) => s.prime = Lazy::Read(world.prime.as_ref().map(Prime::from)),
+            Step::Read(Fact::Holder) => s.holder = Lazy::Read(world.holder.as_ref().map(Holder::from)),
+            Step::Read(Fact::Pv { name }) => {
+                let found = world.pv.as_ref().filter(|pv| pv.name_any() == *name);
+                s.pv = Lazy::Read(found.map(Pv::from));
+            }
+            Step::Read(Fact::Task) => s.task = Lazy::Read(world.task.clone()),
+            // What the API returns right after a create: not bound, not scheduled.
+            Step::CreatePrime => {
+                let created: PersistentVolumeClaim = from_json(json!({"metadata": {"uid": PRIME_UID}, "spec": {}}));
+                s.prime = Lazy::Read(Some(Prime::from(&created)));
+            }
+            Step::CreateHolder { .. } => s.holder = Lazy::Read(Some(Holder::from(&holder(None, None)))),
+            _ => return (trace, step),
+        }
+        trace.push(step);
+        assert!(trace.len() < 20, "decide keeps asking instead of deciding: {trace:?}");
+    }
+}
+
+fn decide_in(target: Target, world: World) -> Step {
+    drive(target, world).1
+}
+
+// ---- done, unsupported, the source ----
+
+#[test]
+fn a_populated_bound_claim_is_done_without_reading_anything() {
+    let target = Target::from_pvc(&claim(json!({ann::POD_PHASE: "Succeeded"}), "Bound")).unwrap();
+    assert_eq!(drive(target, World::imported()), (vec![], Step::Done));
+}
+
+#[test]
+fn a_bound_claim_that_is_not_populated_yet_is_not_done() {
+    let target = Target::from_pvc(&claim(json!({ann::POD_PHASE: "Running"}), "Bound")).unwrap();
+    assert_ne!(decide_in(target, World::holding()), Step::Done);
+}
+
+#[test]
+fn upload_and_clone_sources_are_reported_unsupported_without_reading_the_source() {
+    for kind in ["VolumeUploadSource", "VolumeCloneSource"] {
+        let mut pvc = claim(json!({}), "Pending");
+        pvc.spec.as_mut().unwrap().data_source_ref.as_mut().unwrap().kind = kind.into();
+        let (trace, step) = drive(Target::from_pvc(&pvc).unwrap(), World::fresh());
+        assert!(trace.is_empty(), "{kind}: read {trace:?}");
+        assert_eq!(
+            step,
+            Step::Unsupported { message: format!("{kind} is not supported by this populator yet"), announce: true }
+        );
+    }
+}
+
+#[test]
+fn an_unsupported_claim_is_reported_only_once() {
+    let target = Target { kind: SourceKind::Clone, ..target(json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION})) };
+    assert!(matches!(decide_in(target, World::fresh()), Step::Unsupported { announce: false, .. }));
+}
+
+#[test]
+fn an_unsupported_import_variant_is_reported_and_nothing_is_created() {
+    let world =
+        World { source: Some(source(GENERATION, json!({"source": {"s3": {"url": "s3://b/k"}}}))), ..World::fresh() };
+    let (trace, step) = drive(fresh(), world);
+    assert_eq!(trace, [Step::Read(Fact::Source)]);
+    assert_eq!(
+        step,
+        Step::Unsupported {
+            message: "import source type s3 is not supported by this populator yet".into(),
+            announce: true
+        }
+    );
+}
+
+#[test]
+fn a_missing_source_is_waited_for() {
+    let world = World { source: None, ..World::fresh() };
+    assert_eq!(drive(fresh(), world), (vec![Step::Read(Fact::Source)], Step::WaitForSource));
+}
+
+#[test]
+fn an_invalid_source_fails_terminally_for_its_generation_and_uses_up_the_attempt() {
+    let world = World { source: Some(source(7, json!({}))), ..World::fresh() };
+    let Step::FailTerminally(failure) = decide_in(target(json!({ann::ATTEMPT: "2"})), world) else {
+        panic!("expected a terminal failure")
+    };
+    assert_eq!((failure.reason.as_str(), failure.generation, failure.attempt), (INVALID_REQUEST, 7, 3));
+    assert!(failure.message.starts_with("VolumeImportSource src: spec.source names no source"), "{}", failure.message);
+}
+
+#[test]
+fn a_source_for_another_claim_is_left_alone() {
+    let spec = json!({"targetClaim": "other", "source": {"http": {"url": "https://images.example.com/disk.img"}}});
+    let world = World { source: Some(source(GENERATION, spec)), ..World::fresh() };
+    assert_eq!(decide_in(fresh(), world), Step::NotOurs);
+}
+
+#[test]
+fn a_source_that_names_this_claim_is_populated() {
+    let spec = json!({"targetClaim": "disk", "source": {"http": {"url": "https://images.example.com/disk.img"}}});
+    let world = World { source: Some(source(GENERATION, spec)), ..World::fresh() };
+    assert_eq!(decide_in(fresh(), world), Step::WaitForHolder);
+}
+
+// ---- terminal failures are remembered per source generation ----
+
+fn failed_for(generation: i64) -> Target {
+    target(json!({ann::POD_PHASE: "Failed", ann::FAILED_GENERATION: generation.to_string(), ann::ATTEMPT: "1"}))
+}
+
+#[test]
+fn after_a_terminal_failure_nothing_happens_until_the_source_changes() {
+    assert_eq!(
+        drive(failed_for(GENERATION), World::holding()),
+        (vec![Step::Read(Fact::Source)], Step::WaitForSourceChange)
+    );
+}
+
+#[test]
+fn a_changed_source_after_a_terminal_failure_starts_the_next_attempt() {
+    // The failure deleted the holder and kept the prime.
+    let (trace, _) = drive(failed_for(GENERATION - 1), World { holder: None, ..World::holding() });
+    assert!(trace.contains(&Step::CreateHolder { node: None }), "{trace:?}");
+    assert!(!trace.contains(&Step::CreatePrime), "{trace:?}");
+    let Step::StartTask { task, announce } = decide_in(failed_for(GENERATION - 1), World::holding()) else {
+        panic!("expected a start")
+    };
+    assert_eq!((task.id, task.generation), (format!("{PRIME_UID}-1"), GENERATION));
+    assert!(announce, "the claim says Failed: the new attempt must be announced (and the failure cleared)");
+}
+
+#[test]
+fn the_remembered_generation_is_compared_as_written() {
+    // Only this populator writes it, always as the plain number.
+    let target = target(json!({ann::FAILED_GENERATION: format!("0{GENERATION}")}));
+    assert!(matches!(decide_in(target, World::holding()), Step::StartTask { .. }));
+}
+
+#[test]
+fn a_populated_claim_keeps_waiting_while_a_terminal_failure_is_recorded_for_the_source() {
+    // The check for a failed generation comes before the hand-over, as it always did.
+    let target = target(json!({ann::POD_PHASE: "Succeeded", ann::FAILED_GENERATION: GENERATION.to_string()}));
+    assert_eq!(decide_in(target, World::imported()), Step::WaitForSourceChange);
+}
+
+// ---- scheduling ----
+
+#[test]
+fn a_missing_storage_class_is_waited_for_before_anything_is_created() {
+    let world = World { class: None, ..World::fresh() };
+    let (trace, step) = drive(fresh(), world);
+    assert_eq!(trace, [Step::Read(Fact::Source), Step::Read(Fact::StorageClass)]);
+    assert_eq!(step, Step::WaitForStorageClass);
+}
+
+#[test]
+fn wait_for_first_consumer_without_a_node_waits_and_announces_it_once() {
+    let world = || World { class: Some(class(Some("WaitForFirstConsumer"))), ..World::fresh() };
+    let (trace, step) = drive(fresh(), world());
+    assert_eq!(trace, [Step::Read(Fact::Source), Step::Read(Fact::StorageClass)]);
+    assert_eq!(step, Step::WaitForConsumer { announce: true });
+    let announced = target(json!({ann::POD_PHASE: "Pending"}));
+    assert_eq!(decide_in(announced, world()), Step::WaitForConsumer { announce: false });
+}
+
+#[test]
+fn wait_for_first_consumer_with_a_selected_node_pins_the_holder_there() {
+    let world = World { class: Some(class(Some("WaitForFirstConsumer"))), ..World::fresh() };
+    let (trace, _) = drive(target(json!({ann::SELECTED_NODE: "node-2"})), world);
+    assert!(trace.contains(&Step::CreateHolder { node: Some("node-2".into()) }), "{trace:?}");
+}
+
+#[test]
+fn a_fresh_claim_gets_its_prime_then_its_holder_in_one_reconcile() {
+    let (trace, step) = drive(fresh(), World::fresh());
+    assert_eq!(
+        trace,
+        [
+            Step::Read(Fact::Source),
+            Step::Read(Fact::StorageClass),
+            Step::Read(Fact::Prime),
+            Step::CreatePrime,
+            Step::Read(Fact::Holder),
+            Step::CreateHolder { node: None },
+        ]
+    );
+    assert_eq!(step, Step::WaitForHolder, "a new holder is not running yet");
+}
+
+#[test]
+fn an_existing_prime_is_not_created_again() {
+    let world = World { prime: Some(prime("Pending")), ..World::fresh() };
+    let (trace, step) = drive(fresh(), world);
+    assert!(!trace.contains(&Step::CreatePrime), "{trace:?}");
+    assert!(trace.contains(&Step::CreateHolder { node: None }), "{trace:?}");
+    assert_eq!(step, Step::WaitForHolder);
+}
+
+#[test]
+fn a_missing_holder_is_created_again_for_the_existing_prime() {
+    let target = running(1);
+    let (trace, step) = drive(target, World { holder: None, ..World::holding() });
+    assert_eq!(&trace[trace.len() - 2..], [Step::Read(Fact::Holder), Step::CreateHolder { node: None }]);
+    assert_eq!(step, Step::WaitForHolder);
+}
+
+#[test]
+fn a_holder_that_is_not_running_on_a_node_is_waited_for() {
+    for pod in [
+        holder(None, None),
+        holder(Some("Pending"), Some("node-1")),
+        holder(Some("Running"), None),
+        holder(Some("Failed"), Some("node-1")),
+    ] {
+        let world = World { holder: Some(pod.clone()), ..World::holding() };
+        let (trace, step) = drive(fresh(), world);
+        assert_eq!(step, Step::WaitForHolder, "{:?}", pod.status);
+        assert!(!trace.contains(&Step::Read(Fact::Task)), "no task before the volume is there");
+    }
+}
+
+// ---- the mover task ----
+
+#[test]
+fn a_running_holder_starts_the_task_of_the_current_attempt() {
+    let step = decide_in(target(json!({ann::ATTEMPT: "2"})), World::holding());
+    let expected = Task {
+        id: format!("{PRIME_UID}-2"),
+        node: "node-1".into(),
+        holder_uid: HOLDER_UID.into(),
+        pv_name: "pv-1".into(),
+        plan: ImportPlan::try_from(&http_source()).unwrap(),
+        generation: GENERATION,
+    };
+    assert_eq!(step, Step::StartTask { task: Box::new(expected), announce: true });
+}
+
+#[test]
+fn a_claim_already_running_restarts_its_task_without_announcing_it() {
+    // E.g. after the populator restarted: the mover re-attaches to the same task id.
+    let Step::StartTask { task, announce } = decide_in(running(1), World::holding()) else {
+        panic!("expected a start")
+    };
+    assert_eq!(task.id, format!("{PRIME_UID}-1"));
+    assert!(!announce);
+}
+
+#[test]
+fn a_followed_task_of_this_attempt_is_waited_for() {
+    let task = TaskView::Running { task_id: format!("{PRIME_UID}-1") };
+    assert_eq!(decide_in(running(1), World { task, ..World::holding() }), Step::WaitForTask);
+}
+
+#[test]
+fn a_task_of_an_earlier_attempt_is_replaced_by_the_current_one() {
+    let stale_running = TaskView::Running { task_id: format!("{PRIME_UID}-0") };
+    for task in [stale_running, done(0, failed(true))] {
+        let step = decide_in(running(1), World { task, ..World::holding() });
+        assert!(matches!(&step, Step::StartTask { task, .. } if task.id == format!("{PRIME_UID}-1")), "{step:?}");
+    }
+}
+
+#[test]
+fn a_successful_task_ends_in_success() {
+    let completed = pb::Completed { virtual_size: 1 << 30, formats: vec!["qcow2".into()], ..Default::default() };
+    let task = done(0, Outcome::Succeeded(completed.clone()));
+    let step = decide_in(running(0), World { task, ..World::holding() });
+    assert_eq!(step, Step::TaskEnded(Ended::Succeeded(completed)));
+}
+
+#[test]
+fn a_retryable_failure_retries_as_a_new_attempt_with_one_more_restart() {
+    let target = target(json!({ann::POD_PHASE: "Running", ann::ATTEMPT: "2", ann::POD_RESTARTS: "1"}));
+    let step = decide_in(target, World { task: done(2, failed(true)), ..World::holding() });
+    let expected = Ended::Retry { reason: "HttpError".into(), message: "HTTP 503".into(), restarts: 2, attempt: 3 };
+    assert_eq!(step, Step::TaskEnded(expected));
+}
+
+#[test]
+fn a_terminal_task_failure_is_recorded_against_the_source_generation() {
+    let target = target(json!({ann::POD_PHASE: "Running", ann::ATTEMPT: "2", ann::POD_RESTARTS: "1"}));
+    let step = decide_in(target, World { task: done(2, failed(false)), ..World::holding() });
+    let expected =
+        Terminal { reason: "HttpError".into(), message: "HTTP 503".into(), generation: GENERATION, attempt: 3 };
+    assert_eq!(step, Step::TaskEnded(Ended::Failed(expected)));
+}
+
+#[test]
+fn a_lost_task_is_reported_and_keeps_its_attempt() {
+    let task = done(0, Outcome::Lost("mover on node-1: unavailable".into()));
+    let step = decide_in(running(0), World { task, ..World::holding() });
+    assert_eq!(step, Step::TaskEnded(Ended::Lost("mover on node-1: unavailable".into())));
+}
+
+// ---- after success: the hand-over ----
+
+#[test]
+fn after_success_the_holder_is_deleted_first_and_the_class_is_never_read() {
+    let (trace, step) = drive(populated(), World::holding());
+    assert_eq!(trace, [Step::Read(Fact::Source), Step::Read(Fact::Holder)]);
+    assert_eq!(step, Step::DeleteHolder);
+}
+
+#[test]
+fn after_success_a_pv_still_claimed_by_the_prime_is_handed_to_the_target() {
+    let (trace, step) = drive(populated(), World::imported());
+    assert_eq!(
+        trace,
+        [
+            Step::Read(Fact::Source),
+            Step::Read(Fact::Holder),
+            Step::Read(Fact::Prime),
+            Step::Read(Fact::Pv { name: "pv-1".into() }),
+        ]
+    );
+    assert_eq!(step, Step::RebindPv { pv: "pv-1".into() });
+}
+
+#[test]
+fn a_pv_claimed_by_nobody_is_handed_over_too() {
+    let world = World { pv: Some(pv(None)), ..World::imported() };
+    assert_eq!(decide_in(populated(), world), Step::RebindPv { pv: "pv-1".into() });
+}
+
+#[test]
+fn once_the_pv_is_the_targets_the_prime_is_deleted_when_lost() {
+    let world = |phase| World { prime: Some(prime(phase)), pv: Some(pv(Some(TARGET_UID))), ..World::imported() };
+    assert_eq!(decide_in(populated(), world("Bound")), Step::WaitForLost);
+    assert_eq!(decide_in(populated(), world("Lost")), Step::DeletePrime);
+}
+
+#[test]
+fn a_prime_whose_pv_is_gone_is_deleted() {
+    let world = World { pv: None, ..World::imported() };
+    assert_eq!(decide_in(populated(), world), Step::DeletePrime);
+}
+
+#[test]
+fn with_the_prime_gone_the_target_waits_to_be_bound() {
+    let world = World { prime: None, ..World::imported() };
+    let (trace, step) = drive(populated(), world);
+    assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::Pv { .. }))), "{trace:?}");
+    assert_eq!(step, Step::WaitForBind);
+}
+
+// ---- the target being deleted ----
+
+#[test]
+fn a_deleted_target_cancels_the_task_of_its_current_attempt_on_the_holders_node() {
+    let holder = Holder::from(&holder(Some("Running"), Some("node-1")));
+    let prime = Prime::from(&prime("Bound"));
+    assert_eq!(
+        unfollowed_task(&running(2), Some(&holder), Some(&prime)),
+        Some((format!("{PRIME_UID}-2"), "node-1".to_string()))
+    );
+}
+
+#[test]
+fn a_deleted_target_without_a_scheduled_holder_or_a_prime_has_no_task_to_cancel() {
+    let scheduled = Holder::from(&holder(Some("Running"), Some("node-1")));
+    let unscheduled = Holder::from(&holder(None, None));
+    let prime = Prime::from(&prime("Bound"));
+    let t = running(0);
+    assert_eq!(unfollowed_task(&t, None, Some(&prime)), None);
+    assert_eq!(unfollowed_task(&t, Some(&unscheduled), Some(&prime)), None);
+    assert_eq!(unfollowed_task(&t, Some(&scheduled), None), None);
+}
+
+// ---- reading the API objects ----
+
+#[test]
+fn a_claim_is_read_into_typed_facts() {
+    let pvc = claim(
+        json!({
+            ann::POD_PHASE: "Running", ann::FAILED_GENERATION: "4", ann::ATTEMPT: "2",
+            ann::POD_RESTARTS: "5", ann::SELECTED_NODE: "node-2", ann::RUNNING_REASON: UNSUPPORTED_CONDITION,
+        }),
+        "Bound",
+    );
+    let expected = Target {
+        name: "disk".into(),
+        uid: TARGET_UID.into(),
+        kind: SourceKind::Import,
+        source_name: "src".into(),
+        class: "local".into(),
+        bound: true,
+        phase: Some(PodPhase::Running),
+        failed_generation: Some("4".into()),
+        attempt: 2,
+        restarts: 5,
+        selected_node: Some("node-2".into()),
+        unsupported_reported: true,
+    };
+    assert_eq!(Target::from_pvc(&pvc), Some(expected));
+}
+
+#[test]
+fn unreadable_bookkeeping_counts_as_never_written() {
+    let target = target(json!({ann::POD_PHASE: "Bogus", ann::ATTEMPT: "x", ann::POD_RESTARTS: "-1"}));
+    assert_eq!((target.phase, target.attempt, target.restarts), (None, 0, 0));
+}
+
+#[test]
+fn only_claims_naming_a_cdi_source_kind_are_targets() {
+    let with_ref = |r: Value| {
+        let mut pvc = claim(json!({}), "Pending");
+        pvc.spec.as_mut().unwrap().data_source_ref = Some(from_json(r));
+        Target::from_pvc(&pvc).map(|t| t.kind)
+    };
+    let kind = |kind: &str| json!({"apiGroup": "cdi.kubevirt.io", "kind": kind, "name": "src"});
+    assert_eq!(with_ref(kind("VolumeUploadSource")), Some(SourceKind::Upload));
+    assert_eq!(with_ref(kind("VolumeCloneSource")), Some(SourceKind::Clone));
+    assert_eq!(with_ref(kind("DataVolume")), None);
+    assert_eq!(with_ref(json!({"apiGroup": "example.com", "kind": "VolumeImportSource", "name": "src"})), None);
+    let plain: PersistentVolumeClaim = from_json(json!({"metadata": {"name": "p"}}));
+    assert_eq!(Target::from_pvc(&plain), None);
+}
+
+#[test]
+fn children_are_read_into_typed_facts() {
+    assert_eq!(
+        Prime::from(&prime("Lost")),
+        Prime { uid: PRIME_UID.into(), volume_name: Some("pv-1".into()), phase: Some(ClaimPhase::Lost) }
+    );
+    assert_eq!(
+        Holder::from(&holder(Some("Running"), Some("node-1"))),
+        Holder { uid: HOLDER_UID.into(), phase: Some(PodPhase::Running), node: Some("node-1".into()) }
+    );
+    let unscheduled: Pod = from_json(json!({"metadata": {"name": "h"}}));
+    assert_eq!(Holder::from(&unscheduled), Holder { uid: String::new(), phase: None, node: None });
+    assert_eq!(Pv::from(&pv(Some(TARGET_UID))), Pv { claim_uid: Some(TARGET_UID.into()) });
+}
+
+#[test]
+fn only_wait_for_first_consumer_classes_wait() {
+    assert_eq!(VolumeBinding::from(&class(Some("WaitForFirstConsumer"))), VolumeBinding::WaitForFirstConsumer);
+    assert_eq!(VolumeBinding::from(&class(Some("Immediate"))), VolumeBinding::Immediate);
+    assert_eq!(VolumeBinding::from(&class(None)), VolumeBinding::Immediate);
+}
+
+#[test]
+fn a_source_without_a_generation_counts_as_generation_zero() {
+    let object: VolumeImportSource = from_json(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeImportSource",
+        "metadata": {"name": "src"}, "spec": {"source": {"http": {"url": "https://images.example.com/a.img"}}},
+    }));
+    assert!(matches!(Source::from_object(Some(&object)), Source::Found { generation: 0, .. }));
+    assert_eq!(Source::from_object(None), Source::Missing);
+}
+
+#[test]
+fn pod_phases_round_trip_their_names() {
+    for phase in PodPhase::ALL {
+        assert_eq!(PodPhase::parse(phase.as_str()), Some(phase));
+    }
+    assert_eq!(PodPhase::parse("running"), None);
+}
