@@ -462,6 +462,8 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
         TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, generation, outcome)),
+        // Acted on already, and this PVC predates that write: wait for it to arrive.
+        TaskView::Settled { task_id: settled } if *settled == task_id => Step::WaitForTask,
         // Not followed, or followed for an earlier attempt.
         _ => Step::StartTask {
             task: Box::new(Task {

@@ -32,6 +32,10 @@ struct Follow {
     task_id: String,
     node: String,
     outcome: Option<Outcome>,
+    /// The outcome has been acted on (annotations written). Kept so that a reconcile
+    /// reading the PVC from a cache that lags behind that write does not follow the same
+    /// task again and act on its outcome twice.
+    settled: bool,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -45,14 +49,24 @@ pub struct Followers {
 #[derive(Debug, Clone)]
 pub enum TaskView {
     None,
-    Running { task_id: String },
-    Done { task_id: String, outcome: Outcome },
+    Running {
+        task_id: String,
+    },
+    Done {
+        task_id: String,
+        outcome: Outcome,
+    },
+    /// Ended, and its outcome already acted on.
+    Settled {
+        task_id: String,
+    },
 }
 
 impl Followers {
     pub fn view(&self, target_uid: &str) -> TaskView {
         match self.inner.lock().expect("followers lock").get(target_uid) {
             None => TaskView::None,
+            Some(f) if f.settled => TaskView::Settled { task_id: f.task_id.clone() },
             Some(f) => match &f.outcome {
                 None => TaskView::Running { task_id: f.task_id.clone() },
                 Some(o) => TaskView::Done { task_id: f.task_id.clone(), outcome: o.clone() },
@@ -71,8 +85,16 @@ impl Followers {
         }
     }
 
+    /// Marks a target's ended task as acted on; its outcome is dropped.
+    pub fn settle(&self, target_uid: &str) {
+        if let Some(f) = self.inner.lock().expect("followers lock").get_mut(target_uid) {
+            f.settled = true;
+            f.outcome = None;
+        }
+    }
+
     pub fn running(&self) -> usize {
-        self.inner.lock().expect("followers lock").values().filter(|f| f.outcome.is_none()).count()
+        self.inner.lock().expect("followers lock").values().filter(|f| f.outcome.is_none() && !f.settled).count()
     }
 
     /// Starts following (and, on the mover, starting or re-attaching to) the task.
@@ -96,7 +118,7 @@ impl Followers {
             let _ = ctx.trigger.send(target);
         });
         let mut inner = self.inner.lock().expect("followers lock");
-        if let Some(old) = inner.insert(target_uid, Follow { task_id, node, outcome: None, handle }) {
+        if let Some(old) = inner.insert(target_uid, Follow { task_id, node, outcome: None, settled: false, handle }) {
             old.handle.abort();
         }
     }

@@ -109,8 +109,16 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         Step::StartTask { task, announce } => start_task(pvc, &seen.target, *task, announce, ctx).await?,
         Step::WaitForTask => Action::requeue(FOLLOWED),
         Step::TaskEnded(ended) => {
-            ctx.followers.forget(&seen.target.uid);
-            task_ended(pvc, ctx, ended).await?
+            let lost = matches!(ended, Ended::Lost(_));
+            // Only once the outcome is recorded: if that fails, the next reconcile acts again.
+            let action = task_ended(pvc, ctx, ended).await?;
+            if lost {
+                // The task may still run: follow it afresh next time.
+                ctx.followers.forget(&seen.target.uid);
+            } else {
+                ctx.followers.settle(&seen.target.uid);
+            }
+            action
         }
         Step::DeleteHolder => {
             delete(ctx, Child::Holder, pvc).await?;

@@ -400,6 +400,18 @@ fn a_task_of_an_earlier_attempt_is_replaced_by_the_current_one() {
 }
 
 #[test]
+fn a_settled_task_is_not_acted_on_again_from_a_stale_claim() {
+    // The claim still says Running at attempt 0 (the cache lags behind the write that
+    // recorded the outcome): following task 0 again would act on its outcome twice.
+    let task = TaskView::Settled { task_id: format!("{PRIME_UID}-0") };
+    assert_eq!(decide_in(running(0), World { task, ..World::holding() }), Step::WaitForTask);
+    // The next attempt is a new task.
+    let task = TaskView::Settled { task_id: format!("{PRIME_UID}-0") };
+    let step = decide_in(running(1), World { task, ..World::holding() });
+    assert!(matches!(&step, Step::StartTask { task, .. } if task.id == format!("{PRIME_UID}-1")), "{step:?}");
+}
+
+#[test]
 fn a_successful_task_ends_in_success() {
     let completed = pb::Completed { virtual_size: 1 << 30, formats: vec!["qcow2".into()], ..Default::default() };
     let task = done(0, Outcome::Succeeded(completed.clone()));
