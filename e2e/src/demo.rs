@@ -47,7 +47,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
     println!("   up in {}; KUBECONFIG={}", secs(started.elapsed()), system.cluster.kubeconfig_path().display());
-    let outcome = populate_and_check(&system, &dir, &raw, size).await;
+    let outcome = workload::interruptible(populate_and_check(&system, &dir, &raw, size)).await;
     println!("== cleaning up: the PVCs, then the populator, the movers and the cluster");
     let cleaned = delete_targets(&system.client).await;
     system.shutdown().await;

@@ -18,6 +18,7 @@
 
 pub mod addresses;
 pub mod api;
+pub mod bench;
 pub mod cluster;
 pub mod controllers;
 pub mod demo;

@@ -1,5 +1,6 @@
 //! `cdi-e2e up`: runs the mini-cluster in the foreground until Ctrl-C or SIGTERM.
 //! `cdi-e2e demo`: the whole of cdi-rs on it, populating two PVCs from a local image.
+//! `cdi-e2e bench`: what the control plane costs in time and memory.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,35 @@ enum Command {
     /// Populate a Filesystem and a Block PVC from a generated qcow2 served over local HTTP,
     /// through the populator and the movers, check them, and clean up.
     Demo(DemoArgs),
+    /// Measure the control plane: PVC-to-Bound against the mover alone, and the
+    /// populator's memory with many PVCs at once (prints figures; never run by CI).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Time from PVC creation to Bound vs `cdi-mover import` of the same image alone.
+    Bound {
+        /// The image to serve (e.g. the reference 4 GiB disk.qcow2).
+        #[arg(long)]
+        image: PathBuf,
+        /// Measured runs (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Populate many Block PVCs at once; report the populator's peak resident memory.
+    Scale {
+        #[arg(long, default_value_t = 200)]
+        pvcs: usize,
+        /// Serve each download at this many MiB/s (0: unthrottled), to keep more in flight.
+        #[arg(long, default_value_t = 0)]
+        throttle_mib: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +93,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => args,
         Command::Demo(args) => {
             return cdi_e2e::demo::run(cdi_e2e::demo::DemoArgs { dir: args.dir, disk_size: args.disk_gib << 30 }).await;
+        }
+        Command::Bench(BenchCommand::Bound { image, runs, dir }) => {
+            return cdi_e2e::bench::bound(cdi_e2e::bench::BoundArgs { image, runs, dir }).await;
+        }
+        Command::Bench(BenchCommand::Scale { pvcs, throttle_mib, dir }) => {
+            return cdi_e2e::bench::scale(cdi_e2e::bench::ScaleArgs { pvcs, throttle: throttle_mib << 20, dir }).await;
         }
     };
     let mut config = ClusterConfig::new(&args.dir);

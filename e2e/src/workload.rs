@@ -305,3 +305,14 @@ pub fn human(bytes: u64) -> String {
 pub fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
+
+/// Runs `work` until it ends or Ctrl-C/SIGTERM comes, whichever is first, so the caller
+/// can always clean up (loop devices, mounts, processes) afterwards.
+pub async fn interruptible<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    }
+}

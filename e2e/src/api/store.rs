@@ -265,15 +265,32 @@ impl Store {
 
     /// All objects of a bucket in storage form, for the in-process controllers.
     pub fn all(&self, rt: &ResourceType) -> Vec<Value> {
+        self.all_where(rt, |_| true)
+    }
+
+    /// The objects of a bucket that `keep` accepts; only those are copied, which is what
+    /// keeps the controllers' sweeps cheap when the store holds thousands of objects.
+    pub fn all_where(&self, rt: &ResourceType, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
         let g = self.lock();
-        g.buckets.get(&rt.storage).map(|b| b.values().map(|o| present(rt, o)).collect()).unwrap_or_default()
+        g.buckets
+            .get(&rt.storage)
+            .map(|b| b.values().filter(|o| keep(o)).map(|o| present(rt, o)).collect())
+            .unwrap_or_default()
     }
 
     /// Every object of every bucket, as served at its preferred version.
     pub fn snapshot(&self) -> Vec<(ResourceType, Value)> {
+        self.snapshot_except(&[])
+    }
+
+    /// Every object of every bucket but the `skipped` storage buckets.
+    pub fn snapshot_except(&self, skipped: &[&str]) -> Vec<(ResourceType, Value)> {
         let g = self.lock();
         let mut out = Vec::new();
         for (storage, bucket) in &g.buckets {
+            if skipped.contains(&storage.as_str()) {
+                continue;
+            }
             let Some(rt) = g.registry.by_storage(storage) else { continue };
             out.extend(bucket.values().map(|o| (rt.clone(), present(rt, o))));
         }

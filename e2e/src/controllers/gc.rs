@@ -14,10 +14,14 @@ use crate::api::store::{DeleteOptions, Propagation, Store, Sub, WriteOptions};
 use crate::api::util::{meta_str, str_at};
 
 const MANAGER: &str = "kube-controller-manager";
+/// The storage bucket core and events.k8s.io Events share.
+const EVENTS: &str = "events";
 
 /// One pass over the whole store.
 pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
-    let all = store.snapshot();
+    // Events are the bulk of the store and own nothing, nor are they owned in practice;
+    // they matter only when their namespace goes, and are looked up then.
+    let all = store.snapshot_except(&[EVENTS]);
     let by_uid: HashMap<&str, &Value> = all.iter().map(|(_, o)| (meta_str(o, "uid"), o)).collect();
     let del = |rt: &ResourceType, o: &Value, p: Propagation| {
         let opts = DeleteOptions { propagation: Some(p), ..Default::default() };
@@ -63,8 +67,17 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
         }
         if rt.storage == "/namespaces" {
             let name = meta_str(o, "name");
-            let content: Vec<&(ResourceType, Value)> =
-                all.iter().filter(|(t, x)| t.namespaced && meta_str(x, "namespace") == name).collect();
+            let events = store.rt("", "events");
+            let namespaced_events: Vec<(ResourceType, Value)> = store
+                .all_where(&events, |e| meta_str(e, "namespace") == name)
+                .into_iter()
+                .map(|e| (events.clone(), e))
+                .collect();
+            let content: Vec<&(ResourceType, Value)> = all
+                .iter()
+                .filter(|(t, x)| t.namespaced && meta_str(x, "namespace") == name)
+                .chain(&namespaced_events)
+                .collect();
             for (t, x) in &content {
                 if !is_deleting(x) {
                     del(t, x, Propagation::Background);

@@ -17,12 +17,16 @@ use tokio::sync::watch;
 
 use serde_json::json;
 
+use crate::api::selectors::FieldSelector;
 use crate::api::store::{PatchType, Query, Store, Sub, WriteOptions};
 use crate::api::util::{meta_str, now};
 
 /// How often a loop looks again without a write having happened (for time-based work such
 /// as graceful pod termination).
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// See [`run_loop`]: a loop rests this many times as long as its last sweep took.
+const REST_FACTOR: u32 = 8;
 
 /// Runs `sweep` after every store write until `stop` turns true. A sweep that fails is
 /// logged and retried at the next wake-up, as a controller's requeue would.
@@ -36,12 +40,22 @@ where
         if *stop.borrow() {
             break;
         }
+        let started = std::time::Instant::now();
         if let Err(e) = sweep().await {
             tracing::debug!(controller = name, error = %e, "sweep failed; retrying");
         }
+        // A sweep costs in proportion to the store's size. Resting a multiple of that
+        // before the next one bounds each loop's share of the CPU (and of the store's lock)
+        // when writes never stop, as with hundreds of PVCs; on a small store the rest is
+        // microseconds. Writes during the rest are coalesced into the next sweep.
+        let rest = started.elapsed() * REST_FACTOR;
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
             _ = stop.changed() => {}
         }
     }
@@ -93,7 +107,8 @@ pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str,
         n => n,
     };
     let uid = meta_str(about, "uid");
-    let q = Query { namespace: Some(ns.to_string()), ..Default::default() };
+    let Ok(fields) = FieldSelector::parse(&format!("involvedObject.uid={uid}")) else { return };
+    let q = Query { namespace: Some(ns.to_string()), fields, ..Default::default() };
     let t = now();
     if let Ok(list) = store.list(&rt, &q, None, None)
         && let Some(e) = list.items.iter().find(|e| {

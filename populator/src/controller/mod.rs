@@ -114,6 +114,22 @@ impl Error {
     pub fn kube(op: &'static str, name: &str, source: kube::Error) -> Error {
         Error::Kube { op, name: name.to_string(), source: Box::new(source) }
     }
+
+    /// A write based on a cached object the server has moved past (409 Conflict, or a
+    /// JSON-patch `test` that failed): the cache catches up within moments.
+    pub fn is_stale_write(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        let api = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+        match self {
+            Error::Kube { source, .. } => api(source),
+            Error::Finalizer(f) => match f.as_ref() {
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => api(e),
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_stale_write(),
+                _ => false,
+            },
+            Error::Source(_) => false,
+        }
+    }
 }
 
 /// Runs the controller until the stream of reconciles ends.
@@ -169,4 +185,24 @@ fn tokio_stream_wrapper<T: Send + 'static>(
     mut rx: mpsc::UnboundedReceiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use kube::runtime::finalizer::Error as Finalizer;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }))
+    }
+
+    #[test]
+    fn writes_from_a_lagging_cache_are_retried_soon_and_other_errors_are_not() {
+        assert!(Error::kube("update", "pvc", api(409)).is_stale_write());
+        assert!(Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(422)))).is_stale_write());
+        let nested = Finalizer::ApplyFailed(Error::kube("patch", "pvc", api(409)));
+        assert!(Error::Finalizer(Box::new(nested)).is_stale_write());
+        assert!(!Error::kube("read", "pvc", api(403)).is_stale_write());
+        assert!(!Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(500)))).is_stale_write());
+    }
 }

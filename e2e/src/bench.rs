@@ -1,0 +1,303 @@
+//! `cdi-e2e bench`: what the control plane costs, measured on the embedded default. Never
+//! run by CI; the figures go into notes and the README.
+//!
+//! - `bound`: time from creating a Block PVC with `dataSourceRef` to it being Bound, against
+//!   `cdi-mover import` of the same URL into a loop device of the same size alone, in
+//!   alternating runs on one machine. The difference is the control plane's overhead.
+//! - `scale`: many PVCs populated at once; samples the populator's resident memory and how
+//!   many mover tasks it follows at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{conditions, wait::await_condition};
+
+use crate::cluster::CLASS_IMMEDIATE;
+use crate::host;
+use crate::system::{System, SystemConfig};
+use crate::workload::{self, ImageServer, Mode, human, secs};
+
+const NAMESPACE: &str = "default";
+const POPULATOR: &str = "cdi-populator-1";
+
+#[derive(Debug, Clone)]
+pub struct BoundArgs {
+    pub image: PathBuf,
+    pub runs: usize,
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleArgs {
+    pub pvcs: usize,
+    /// Serve each download at this many bytes per second (0: unthrottled), so that more
+    /// imports are in flight at once.
+    pub throttle: usize,
+    pub dir: Option<PathBuf>,
+}
+
+/// A working directory: the one asked for, or a temporary one removed afterwards.
+fn workdir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            (d, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("cdi-bench-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    })
+}
+
+fn virtual_size(image: &Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output", "json"])
+        .arg(image)
+        .output()
+        .context("running qemu-img info (is qemu-utils installed?)")?;
+    if !out.status.success() {
+        bail!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    info["virtual-size"].as_u64().context("qemu-img info without a virtual size")
+}
+
+/// Serves `image` (by a symlink in `dir/www`) and returns the server and the URL.
+async fn serve(dir: &Path, image: &Path) -> anyhow::Result<(ImageServer, String)> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    let name = image.file_name().context("an image file name")?;
+    let link = www.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(std::fs::canonicalize(image)?, &link)?;
+    let server = ImageServer::start(www).await?;
+    let url = server.url(&name.to_string_lossy());
+    Ok((server, url))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub async fn bound(args: BoundArgs) -> anyhow::Result<()> {
+    let (dir, _temp) = workdir(args.dir)?;
+    let size = virtual_size(&args.image)?;
+    let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
+    let outcome = workload::interruptible(bound_runs(&system, &dir, &args.image, size, args.runs.max(1))).await;
+    system.shutdown().await;
+    outcome
+}
+
+async fn bound_runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize) -> anyhow::Result<()> {
+    let (_server, url) = serve(dir, image).await?;
+    let client = &system.client;
+    workload::create_http_source(client, NAMESPACE, "bench", &url).await?;
+    let request = format!("{}Mi", size.div_ceil(1 << 20));
+    println!("image {} ({} virtual), served at {url}", image.display(), human(size));
+    println!("{:>4}  {:>14}  {:>16}  {:>9}", "run", "mover alone", "PVC to Bound", "overhead");
+    let (mut alone, mut populated) = (Vec::new(), Vec::new());
+    // One unmeasured round first: page cache and the populator's connections warm, as
+    // they are on a cluster that has been up for a while.
+    for run in 0..=runs {
+        // Alternate which goes first, and start each from written-back caches, so neither
+        // inherits the other's writeback.
+        let (a, p) = if run % 2 == 0 {
+            sync();
+            let a = import_alone(&system.config.mover_binary, dir, &url, size).await?;
+            sync();
+            (a, populate_block(client, &format!("bench-{run}"), &request).await?)
+        } else {
+            sync();
+            let p = populate_block(client, &format!("bench-{run}"), &request).await?;
+            sync();
+            (import_alone(&system.config.mover_binary, dir, &url, size).await?, p)
+        };
+        if run == 0 {
+            println!("{:>4}  {:>14}  {:>16}  {:>9}", "warm", secs(a), secs(p), "-");
+            continue;
+        }
+        println!("{run:>4}  {:>14}  {:>16}  {:>+8.2}s", secs(a), secs(p), p.as_secs_f64() - a.as_secs_f64());
+        alone.push(a);
+        populated.push(p);
+    }
+    let (a, p) = (median(alone), median(populated));
+    println!(
+        "median: cdi-mover import alone {}, PVC creation to Bound {}: control-plane overhead {:+.2} s ({:.3}x)",
+        secs(a),
+        secs(p),
+        p.as_secs_f64() - a.as_secs_f64(),
+        p.as_secs_f64() / a.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sync() {
+    nix::unistd::sync();
+}
+
+/// `cdi-mover import URL /dev/loopN` into a fresh loop device of `size` bytes, as the
+/// provisioner makes them.
+async fn import_alone(mover: &Path, dir: &Path, url: &str, size: u64) -> anyhow::Result<Duration> {
+    let backing = dir.join("alone.img");
+    host::sparse_file(&backing, size)?;
+    let device = host::loop_attach(&backing)?;
+    let started = Instant::now();
+    let status = tokio::process::Command::new(mover)
+        .args(["import", url])
+        .arg(&device)
+        .args(["--progress", "none"])
+        .status()
+        .await;
+    let took = started.elapsed();
+    host::loop_detach(&device)?;
+    std::fs::remove_file(&backing)?;
+    if !status?.success() {
+        bail!("cdi-mover import {url} {} failed", device.display());
+    }
+    Ok(took)
+}
+
+/// Creates a Block PVC populated from the `bench` source, waits until it is Bound, then
+/// deletes it and waits for its PV (and loop device) to go.
+async fn populate_block(client: &kube::Client, name: &str, request: &str) -> anyhow::Result<Duration> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let pvc = workload::target_pvc(name, CLASS_IMMEDIATE, Mode::Block, request, "bench");
+    let started = Instant::now();
+    pvcs.create(&PostParams::default(), &pvc).await?;
+    workload::until_bound(client, NAMESPACE, &[name], |_| {}).await?;
+    let took = started.elapsed();
+    let pv_name = pvcs.get(name).await?.spec.and_then(|s| s.volume_name).context("bound without a volume")?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv_uid = pvs.get(&pv_name).await?.metadata.uid.unwrap_or_default();
+    pvcs.delete(name, &DeleteParams::default()).await?;
+    await_condition(pvs, &pv_name, conditions::is_deleted(&pv_uid)).await?;
+    Ok(took)
+}
+
+pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let (dir, _temp) = workdir(args.dir)?;
+    let (_, qcow2) = small_image(&dir)?;
+    let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
+    let outcome = workload::interruptible(scale_run(&system, &dir, &qcow2, args.pvcs, args.throttle)).await;
+    system.shutdown().await;
+    outcome
+}
+
+/// 64 MiB virtual with 8 MiB of random data: small enough for hundreds of copies.
+fn small_image(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::FileExt as _;
+    let raw = dir.join("small.raw");
+    let file = std::fs::File::create(&raw)?;
+    file.set_len(64 << 20)?;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..8u64 {
+        for b in block.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        file.write_all_at(&block, i * (8 << 20))?;
+    }
+    let qcow2 = dir.join("small.qcow2");
+    let st = std::process::Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status()?;
+    if !st.success() {
+        bail!("qemu-img convert failed");
+    }
+    Ok((raw, qcow2))
+}
+
+#[derive(Debug, Default)]
+struct Peaks {
+    rss_kib: u64,
+    followed: u64,
+}
+
+async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, throttle: usize) -> anyhow::Result<()> {
+    let (server, url) = serve(dir, image).await?;
+    server.knobs.throttle.store(throttle, std::sync::atomic::Ordering::SeqCst);
+    let client = &system.client;
+    workload::create_http_source(client, NAMESPACE, "small", &url).await?;
+    let pid = system.populator_pid(POPULATOR).context("the populator is not running")?;
+    let metrics = system.populator_metrics_addr(POPULATOR).context("the populator did not log its metrics address")?;
+    let idle_kib = proc_status_kib(pid, "VmRSS:")?;
+    println!("populator pid {pid}: {} resident before any PVC", human(idle_kib << 10));
+
+    let names: Vec<String> = (0..count).map(|i| format!("vm-{i:03}")).collect();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let started = Instant::now();
+    for name in &names {
+        pvcs.create(&PostParams::default(), &workload::target_pvc(name, CLASS_IMMEDIATE, Mode::Block, "64Mi", "small"))
+            .await?;
+    }
+    println!("{count} Block PVCs created in {}", secs(started.elapsed()));
+
+    // Sample while they populate: resident memory and the followed-task gauge.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peaks = Peaks::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return peaks,
+                _ = tick.tick() => {}
+            }
+            if let Ok(kib) = proc_status_kib(pid, "VmRSS:") {
+                peaks.rss_kib = peaks.rss_kib.max(kib);
+            }
+            if let Some(n) = scrape_gauge(metrics, "cdi_populator_populations_running").await {
+                peaks.followed = peaks.followed.max(n);
+            }
+        }
+    });
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let waited = workload::until_bound(client, NAMESPACE, &refs, |_| {}).await;
+    let took = started.elapsed();
+    let _ = stop.send(());
+    let peaks = sampler.await?;
+    waited?;
+    let hwm = proc_status_kib(pid, "VmHWM:")?;
+    println!("all {count} Bound {} after the first was created", secs(took));
+    println!(
+        "populator resident memory: peak {} (VmHWM {}), {} before; at most {} mover tasks followed at once",
+        human(peaks.rss_kib << 10),
+        human(hwm << 10),
+        human(idle_kib << 10),
+        peaks.followed
+    );
+
+    println!("deleting the PVCs");
+    for name in &names {
+        pvcs.delete(name, &DeleteParams::default()).await?;
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for pv in pvs.list(&Default::default()).await?.items {
+        let (name, uid) = (pv.metadata.name.unwrap_or_default(), pv.metadata.uid.unwrap_or_default());
+        await_condition(pvs.clone(), &name, conditions::is_deleted(&uid)).await?;
+    }
+    Ok(())
+}
+
+/// A `kB` line of /proc/PID/status, in KiB.
+fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key} for {pid}"))?;
+    line[key.len()..].trim().trim_end_matches("kB").trim().parse().context("parsing /proc status")
+}
+
+/// One gauge's value from a Prometheus text endpoint.
+async fn scrape_gauge(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
+    line[name.len()..].trim().parse::<f64>().ok().map(|v| v as u64)
+}
