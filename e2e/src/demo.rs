@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 
 use crate::cluster::CLASS_IMMEDIATE;
@@ -102,20 +102,22 @@ async fn populate_and_check(
 
     println!("== kubectl get pvc");
     kubectl(system, &["get", "pvc", "-o", "wide"])?;
-    println!("== kubectl get events (the populator's)");
-    kubectl(
-        system,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=PersistentVolumeClaim",
-            "--sort-by",
-            ".metadata.creationTimestamp",
-            "-o",
-            "custom-columns=PVC:.involvedObject.name,REASON:.reason,MESSAGE:.message",
-        ],
-    )?;
+    println!("== the events of each PVC, in order");
+    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut all = events.list(&Default::default()).await?.items;
+    // The mini-cluster's resourceVersion is one counter: it orders events finer than their
+    // one-second timestamps.
+    all.sort_by_key(|e| e.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()));
+    for (name, _, _) in &targets {
+        println!("   {name}");
+        for e in all.iter().filter(|e| e.involved_object.name.as_deref() == Some(name)) {
+            println!(
+                "     {:<28} {}",
+                e.reason.as_deref().unwrap_or_default(),
+                e.message.as_deref().unwrap_or_default()
+            );
+        }
+    }
 
     println!("== sha256 of the first {} (the virtual disk) and whether the rest is zeros", human(size));
     let (want, _) = workload::digest_prefix(raw, size)?;
