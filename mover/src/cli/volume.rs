@@ -133,6 +133,18 @@ struct Report {
 }
 
 impl Report {
+    /// What a target mover's WriteVolume answer says it wrote.
+    fn written(format: Format, response: pb::WriteVolumeResponse, message_bytes: u64, started: Instant) -> Report {
+        Report {
+            format,
+            data_bytes: response.bytes_written,
+            zero_bytes: response.zero_bytes,
+            message_bytes,
+            target: response.target_path,
+            started,
+        }
+    }
+
     fn print(&self) {
         let seconds = self.started.elapsed().as_secs_f64();
         let volume = self.data_bytes + self.zero_bytes;
@@ -206,15 +218,7 @@ pub async fn write_volume(client: &mut MoverClient<Channel>, args: &WriteVolumeA
         Err(e) => bail!("cannot read {}: {}; nothing was committed", args.file.display(), one_line(&e)),
     }
     let response = response?.into_inner();
-    Report {
-        format,
-        data_bytes: response.bytes_written,
-        zero_bytes: response.zero_bytes,
-        message_bytes: message_bytes.load(Ordering::Relaxed),
-        target: response.target_path,
-        started,
-    }
-    .print();
+    Report::written(format, response, message_bytes.load(Ordering::Relaxed), started).print();
     Ok(0)
 }
 
@@ -255,15 +259,7 @@ pub async fn copy_volume(
     }
     let response = response.context("the target mover failed to write")?.into_inner();
     let format = *format.lock().expect("format lock");
-    Report {
-        format,
-        data_bytes: response.bytes_written,
-        zero_bytes: response.zero_bytes,
-        message_bytes: message_bytes.load(Ordering::Relaxed),
-        target: response.target_path,
-        started,
-    }
-    .print();
+    Report::written(format, response, message_bytes.load(Ordering::Relaxed), started).print();
     Ok(0)
 }
 
