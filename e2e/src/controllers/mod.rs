@@ -27,6 +27,8 @@ pub const TICK: Duration = Duration::from_millis(500);
 
 /// See [`run_loop`]: a loop rests this many times as long as its last sweep took.
 const REST_FACTOR: u32 = 8;
+/// The longest rest between sweeps.
+const MAX_REST: Duration = Duration::from_millis(100);
 
 /// Runs `sweep` after every store write until `stop` turns true. A sweep that fails is
 /// logged and retried at the next wake-up, as a controller's requeue would.
@@ -48,7 +50,9 @@ where
         // before the next one bounds each loop's share of the CPU (and of the store's lock)
         // when writes never stop, as with hundreds of PVCs; on a small store the rest is
         // microseconds. Writes during the rest are coalesced into the next sweep.
-        let rest = started.elapsed() * REST_FACTOR;
+        // Capped: a sweep that waited on a process or the disk says nothing about the
+        // store's size, and must not stall the loop.
+        let rest = (started.elapsed() * REST_FACTOR).min(MAX_REST);
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(TICK) => {}

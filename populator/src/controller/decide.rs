@@ -215,6 +215,9 @@ pub struct Holder {
     /// `None` until the kubelet reports one: as good as Pending.
     pub phase: Option<PodPhase>,
     pub node: Option<String>,
+    /// Being deleted (after a terminal failure): its volume is going away, so a new task
+    /// must wait for the new holder rather than write through this one.
+    pub deleting: bool,
 }
 
 impl From<&Pod> for Holder {
@@ -223,6 +226,7 @@ impl From<&Pod> for Holder {
             uid: pod.uid().unwrap_or_default(),
             phase: pod.status.as_ref().and_then(|s| s.phase.as_deref()).and_then(PodPhase::parse),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -457,7 +461,9 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     let Some(holder) = s.holder.get().ok_or(Fact::Holder)? else {
         return Ok(Step::CreateHolder { node: t.selected_node.clone() });
     };
-    let (Some(node), Some(PodPhase::Running)) = (&holder.node, holder.phase) else { return Ok(Step::WaitForHolder) };
+    let (Some(node), Some(PodPhase::Running), false) = (&holder.node, holder.phase, holder.deleting) else {
+        return Ok(Step::WaitForHolder);
+    };
     let task_id = task_id(prime, t);
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,

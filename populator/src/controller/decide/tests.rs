@@ -400,6 +400,16 @@ fn a_task_of_an_earlier_attempt_is_replaced_by_the_current_one() {
 }
 
 #[test]
+fn a_holder_on_its_way_out_is_not_written_through() {
+    // The previous attempt's holder is still terminating when a corrected source comes:
+    // its volume is being torn down, so wait for it to go and a new one to run.
+    let mut pod = holder(Some("Running"), Some("node-1"));
+    pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
+    let world = World { holder: Some(pod), ..World::holding() };
+    assert_eq!(decide_in(running(1), world), Step::WaitForHolder);
+}
+
+#[test]
 fn a_settled_task_is_not_acted_on_again_from_a_stale_claim() {
     // The claim still says Running at attempt 0 (the cache lags behind the write that
     // recorded the outcome): following task 0 again would act on its outcome twice.
@@ -575,10 +585,10 @@ fn children_are_read_into_typed_facts() {
     );
     assert_eq!(
         Holder::from(&holder(Some("Running"), Some("node-1"))),
-        Holder { uid: HOLDER_UID.into(), phase: Some(PodPhase::Running), node: Some("node-1".into()) }
+        Holder { uid: HOLDER_UID.into(), phase: Some(PodPhase::Running), node: Some("node-1".into()), deleting: false }
     );
     let unscheduled: Pod = from_json(json!({"metadata": {"name": "h"}}));
-    assert_eq!(Holder::from(&unscheduled), Holder { uid: String::new(), phase: None, node: None });
+    assert_eq!(Holder::from(&unscheduled), Holder { uid: String::new(), phase: None, node: None, deleting: false });
     assert_eq!(Pv::from(&pv(Some(TARGET_UID))), Pv { claim_uid: Some(TARGET_UID.into()) });
 }
 
