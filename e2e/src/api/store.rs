@@ -420,11 +420,15 @@ impl Store {
     fn commit(&self, g: MutexGuard<'_, Inner>, out: Outcome) -> Result<Value, ApiError> {
         let Outcome { value, changes } = out;
         let rv = g.rv;
-        drop(g);
         let any = !changes.is_empty();
+        // Published while still holding the lock, so watchers receive changes in
+        // resourceVersion order: a watcher skips anything older than what it last saw, and
+        // two writers publishing after unlocking could swap their changes and lose one.
+        // (Sending on a broadcast channel never blocks.)
         for c in changes {
             let _ = self.tx.send(c);
         }
+        drop(g);
         if any {
             self.changed.send_replace(rv);
         }
@@ -1031,5 +1035,34 @@ mod tests {
         let body = json!([{"op": "remove", "path": "/metadata/finalizers/0"}]);
         s.patch(&cm, "default", "a", PatchType::Json, &body, Sub::Main, &Default::default()).unwrap();
         assert_eq!(s.get(&cm, "default", "a").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn concurrent_writers_publish_changes_in_resource_version_order() {
+        // A watcher drops anything not newer than what it last saw, so publication order
+        // must be resourceVersion order even with writers racing on several threads.
+        let (s, cm) = store_with_ns();
+        let s = Arc::new(s);
+        let mut live = s.tx.subscribe();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (s, cm) = (s.clone(), cm.clone());
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let o = json!({"metadata": {"name": format!("w{w}-{i}")}});
+                        s.create(&cm, "default", o, &WriteOptions::default()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut last = 0;
+        for _ in 0..800 {
+            let c = live.try_recv().expect("every change published");
+            assert!(c.rv > last, "change {} published after {last}", c.rv);
+            last = c.rv;
+        }
     }
 }

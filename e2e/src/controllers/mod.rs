@@ -28,7 +28,7 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// See [`run_loop`]: a loop rests this many times as long as its last sweep took.
 const REST_FACTOR: u32 = 8;
 /// The longest rest between sweeps.
-const MAX_REST: Duration = Duration::from_millis(100);
+const MAX_REST: Duration = Duration::from_secs(1);
 
 /// Runs `sweep` after every store write until `stop` turns true. A sweep that fails is
 /// logged and retried at the next wake-up, as a controller's requeue would.
