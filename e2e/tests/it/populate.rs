@@ -98,6 +98,16 @@ impl Env {
         api.create(&PostParams::default(), &target_pvc(name, class, mode, "64Mi", source)).await.unwrap();
     }
 
+    /// Waits until the PVC's import shows progress past zero.
+    async fn wait_progress(&self, name: &str) {
+        let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let running = await_condition(api, name, |p: Option<&PersistentVolumeClaim>| {
+            p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
+                .is_some_and(|v| v != "0.00%")
+        });
+        within("progress to show", running).await.unwrap();
+    }
+
     /// Waits until the PVC's `storage.pod.phase` annotation says `phase`.
     async fn wait_pod_phase(&self, name: &str, phase: &str) -> BTreeMap<String, String> {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
@@ -135,6 +145,23 @@ impl Env {
             .collect()
     }
 
+    /// Waits for an event with `reason` about the PVC; returns all of its events then.
+    async fn wait_event(&self, pvc: &str, reason: &str) -> Vec<String> {
+        use futures_util::TryStreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        let api: Api<Event> = Api::default_namespaced(self.client());
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).applied_objects());
+        within(&format!("a {reason} event about {pvc}"), async {
+            while let Some(e) = events.try_next().await.unwrap() {
+                if e.involved_object.name.as_deref() == Some(pvc) && e.reason.as_deref() == Some(reason) {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.events(pvc).await
+    }
+
     /// Where the bound PV's data is on this host.
     async fn backing(&self, pvc: &PersistentVolumeClaim) -> PathBuf {
         let pv_name = pvc.spec.as_ref().unwrap().volume_name.clone().unwrap();
@@ -150,6 +177,25 @@ impl Env {
         let primes =
             claims.list(&ListParams::default().labels("app.kubernetes.io/name=cdi-populator-prime")).await.unwrap();
         (holders.items.len(), primes.items.len())
+    }
+
+    /// Waits until every prime PVC and holder pod there is now has gone.
+    async fn wait_no_leftovers(&self) {
+        let pods: Api<Pod> = Api::default_namespaced(self.client());
+        let holders = ListParams::default().labels("app.kubernetes.io/name=cdi-populator-holder");
+        for pod in pods.list(&holders).await.unwrap().items {
+            let (name, uid) = (pod.metadata.name.unwrap(), pod.metadata.uid.unwrap());
+            let gone = await_condition(pods.clone(), &name, kube::runtime::conditions::is_deleted(&uid));
+            within(&format!("holder pod {name} to go"), gone).await.unwrap();
+        }
+        let claims: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
+        let primes = ListParams::default().labels("app.kubernetes.io/name=cdi-populator-prime");
+        for pvc in claims.list(&primes).await.unwrap().items {
+            let (name, uid) = (pvc.metadata.name.unwrap(), pvc.metadata.uid.unwrap());
+            let gone = await_condition(claims.clone(), &name, kube::runtime::conditions::is_deleted(&uid));
+            within(&format!("prime PVC {name} to go"), gone).await.unwrap();
+        }
+        assert_eq!(self.leftovers().await, (0, 0));
     }
 
     async fn stop(mut self) {
@@ -242,17 +288,7 @@ async fn filesystem_and_block_pvcs_on_an_immediate_class_are_populated() {
     assert_eq!(http_get(addr, "/healthz").await, "ok\n");
     let metrics = http_get(addr, "/metrics").await;
     assert!(metrics.contains("cdi_populator_populations_total{result=\"succeeded\"} 2"), "{metrics}");
-    let (holders, primes) = env.leftovers().await;
-    let settled = within("the prime PVCs and holder pods to go", async {
-        loop {
-            if env.leftovers().await == (0, 0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    let _ = (holders, primes);
-    settled.await;
+    env.wait_no_leftovers().await;
     assert_eq!(env.server.knobs.gets(), 2, "one download per PVC");
     env.stop().await;
 }
@@ -263,12 +299,7 @@ async fn a_wait_for_first_consumer_pvc_is_populated_on_its_consumer_node() {
     env.source("img", &env.server.url("disk.qcow2")).await;
     env.pvc("data", "local", Mode::Filesystem, "img").await;
     // The populator sees the claim and waits for a consumer; nothing more happens.
-    within("the populator to report it waits for a consumer", async {
-        while !env.events("data").await.iter().any(|e| e.starts_with("PendingPopulation")) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    env.wait_event("data", "PendingPopulation").await;
     assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod before any consumer");
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let pending = api.get("data").await.unwrap();
@@ -332,12 +363,7 @@ async fn a_populator_killed_mid_import_resumes_without_a_second_download() {
     env.server.knobs.throttle.store(192 << 10, Ordering::SeqCst);
     env.source("img", &env.server.url("disk.qcow2")).await;
     env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
-    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
-    let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
-            .is_some_and(|v| v != "0.00%")
-    });
-    within("progress to show", running).await.unwrap();
+    env.wait_progress("data").await;
     env.system().kill_populator("cdi-populator-1").await.unwrap();
     env.system().start_populator("cdi-populator-2").await.unwrap();
     let pvc = env.wait_bound("data").await;
@@ -352,35 +378,22 @@ async fn deleting_the_target_mid_import_leaves_nothing_behind() {
     env.server.knobs.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
     env.source("img", &env.server.url("disk.qcow2")).await;
     env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
+    env.wait_progress("data").await;
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
-    let running = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
-            .is_some_and(|v| v != "0.00%")
-    });
-    within("progress to show", running).await.unwrap();
+    // The prime's PV, provisioned by now since the import runs.
+    let pvs = Api::<PersistentVolume>::all(env.client());
+    let volumes = pvs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
     api.delete("data", &DeleteParams::default()).await.unwrap();
     let gone = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| p.is_none());
     within("the target PVC to be deleted", gone).await.unwrap();
-    within("the prime PVC and holder pod to go", async {
-        loop {
-            if env.leftovers().await == (0, 0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    within("the prime's PV to be deleted", async {
-        let api = Api::<PersistentVolume>::all(env.client());
-        loop {
-            let left = api.list(&ListParams::default()).await.unwrap().items.len();
-            if left == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    env.wait_no_leftovers().await;
+    for pv in volumes {
+        let (name, uid) = (pv.metadata.name.unwrap(), pv.metadata.uid.unwrap());
+        let gone = await_condition(pvs.clone(), &name, kube::runtime::conditions::is_deleted(&uid));
+        within(&format!("the prime's PV {name} to be deleted"), gone).await.unwrap();
+    }
+    assert!(pvs.list(&ListParams::default()).await.unwrap().items.is_empty());
     // The mover's task is cancelled, not finished in the background. The
     // task ends asynchronously after the cancel, so wait for its last word.
     let nodes = env.dir.path().join("cluster/nodes");
@@ -473,16 +486,7 @@ async fn an_unsupported_source_is_reported_on_the_pvc_and_nothing_is_started() {
     let ann = pvc.metadata.annotations.unwrap();
     assert_eq!(ann.get(key::RUNNING_CONDITION).map(String::as_str), Some("false"));
     assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("registry"), "{ann:?}");
-    let events = within("the UnsupportedSource event", async {
-        loop {
-            let events = env.events("data").await;
-            if events.iter().any(|e| e.starts_with("UnsupportedSource")) {
-                return events;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    let events = env.wait_event("data", "UnsupportedSource").await;
     assert!(events.iter().all(|e| !e.starts_with("CreatedPVCPrime")), "{events:?}");
     assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod for an unsupported source");
     assert_ne!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
