@@ -153,6 +153,23 @@ pub(crate) async fn client_plain(addr: &str) -> MoverClient<Channel> {
     MoverClient::new(channel)
 }
 
+/// Starts (or re-attaches to) a populate and follows its events until bytes have moved;
+/// returns the stream, positioned after that progress event.
+async fn populate_until_bytes_move(
+    client: &mut MoverClient<Channel>,
+    req: pb::PopulateRequest,
+) -> tonic::Streaming<pb::PopulateEvent> {
+    let mut events = within("populate", client.populate(req)).await.unwrap().into_inner();
+    loop {
+        let ev = within("progress", events.message()).await.unwrap().expect("stream ended early");
+        if let Some(pb::populate_event::Event::Progress(p)) = ev.event
+            && p.bytes_done > 0
+        {
+            return events;
+        }
+    }
+}
+
 fn http_source(url: &str) -> Option<pb::Source> {
     Some(pb::Source { kind: Some(pb::source::Kind::Http(pb::HttpSource { url: url.into(), ..Default::default() })) })
 }
@@ -304,16 +321,7 @@ async fn a_client_that_comes_back_re_attaches_to_the_same_download() {
         ..Default::default()
     };
     // Follow until bytes move, then walk away.
-    let mut first = within("populate", client.populate(req.clone())).await.unwrap().into_inner();
-    loop {
-        let ev = within("progress", first.message()).await.unwrap().expect("stream ended early");
-        if let Some(pb::populate_event::Event::Progress(p)) = ev.event
-            && p.bytes_done > 0
-        {
-            break;
-        }
-    }
-    drop(first);
+    drop(populate_until_bytes_move(&mut client, req.clone()).await);
     let task = client.get_task(pb::GetTaskRequest { task_id: "reattach-1".into() }).await.unwrap().into_inner();
     assert_eq!(task.state, pb::TaskState::Running as i32, "the task stops when its client leaves");
 
@@ -345,15 +353,7 @@ async fn cancel_stops_a_task_within_a_second_and_leaves_no_image() {
         target: host_target(&out),
         ..Default::default()
     };
-    let mut events = client.populate(req).await.unwrap().into_inner();
-    loop {
-        if let Some(pb::populate_event::Event::Progress(p)) =
-            within("progress", events.message()).await.unwrap().unwrap().event
-            && p.bytes_done > 0
-        {
-            break;
-        }
-    }
+    let mut events = populate_until_bytes_move(&mut client, req).await;
     let asked = Instant::now();
     let task = client.cancel_task(pb::CancelTaskRequest { task_id: "cancel-me".into() }).await.unwrap().into_inner();
     assert!(asked.elapsed() < Duration::from_secs(2), "cancel took {:?}", asked.elapsed());
@@ -471,15 +471,7 @@ async fn sigterm_cancels_running_tasks_and_exits() {
         target: host_target(&out),
         ..Default::default()
     };
-    let mut events = client.populate(req).await.unwrap().into_inner();
-    loop {
-        if let Some(pb::populate_event::Event::Progress(p)) =
-            within("progress", events.message()).await.unwrap().unwrap().event
-            && p.bytes_done > 0
-        {
-            break;
-        }
-    }
+    let mut events = populate_until_bytes_move(&mut client, req).await;
     let text = reqwest::get(format!("http://{}/metrics", serve.metrics)).await.unwrap().text().await.unwrap();
     assert!(text.contains("cdi_mover_tasks_running 1"), "{text}");
     let status = tokio::task::spawn_blocking(move || {
