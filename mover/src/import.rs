@@ -10,10 +10,12 @@ use crate::checksum::{Checksum, Hasher, HashingReader};
 use crate::copy::{self, CopyConfig, Job};
 use crate::decompress::xz_blocks::Layout;
 use crate::decompress::{self, DecompressError};
-use crate::detect::{self, Compression, Detected, ImageFormat, Peeked, SNIFF_LEN};
+use crate::detect::{self, Compression, Detected, Foreign, ImageFormat, Peeked, SNIFF_LEN, Trailer};
 use crate::error::ImportError;
+use crate::format::mapped::{Forward, Mapped, Meta, RandomMeta};
 use crate::format::qcow2::{self, StreamLimits};
-use crate::format::{FormatError, raw};
+use crate::format::vmdk::{self, Vmdk};
+use crate::format::{FormatError, raw, vdi, vhd, vhdx};
 use crate::progress::{Phase, Progress};
 use crate::source::{self, CountingReader, Opened, RandomAccess, SourceError, SourceOptions, SourceSpec};
 use crate::target::{Disk, TargetOptions, TargetPlan, sizing};
@@ -123,7 +125,12 @@ fn run(
     if let Some(src) = random {
         let head = read_head(src.as_ref())?;
         match detect::sniff(&head) {
-            Detected::Image(format) => return run_random(req, plan, src, &head, format, progress, cancel),
+            Detected::Image(format) => {
+                // None: a layout only one pass can decode (vmdk streamOptimized).
+                if let Some((image, name)) = plan_random(format, &head, src.as_ref())? {
+                    return run_random(req, plan, src, image, name, progress, cancel);
+                }
+            }
             Detected::Compressed(Compression::Xz) => {
                 if let Some((layout, format)) = xz_raw_layout(src.as_ref())? {
                     return run_xz_blocks(req, plan, src, layout, format, progress, cancel);
@@ -156,9 +163,34 @@ fn xz_raw_layout(src: &dyn RandomAccess) -> Result<Option<(Arc<Layout>, ImageFor
         Ok(())
     })?;
     match detect::sniff(&head) {
-        Detected::Image(f @ (ImageFormat::Raw | ImageFormat::Iso)) => Ok(Some((Arc::new(layout), f))),
+        // A trailer (a fixed VHD's footer) must not be written as disk bytes: the one-pass
+        // path holds the last bytes back and looks at them.
+        Detected::Image(f @ (ImageFormat::Raw | ImageFormat::Iso)) if xz_tail(src, &layout)?.is_none() => {
+            Ok(Some((Arc::new(layout), f)))
+        }
         _ => Ok(None),
     }
+}
+
+/// What the last 512 decompressed bytes of a multi-block xz say, if anything.
+fn xz_tail(src: &dyn RandomAccess, layout: &Layout) -> Result<Option<Trailer>, ImportError> {
+    let from = layout.out_len.saturating_sub(vhd::FOOTER_LEN as u64);
+    let mut tail = Vec::with_capacity(vhd::FOOTER_LEN);
+    let (mut input, mut out) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for (i, block) in layout.blocks.iter().enumerate() {
+        if block.out_offset + block.out_len <= from {
+            continue;
+        }
+        layout.decode(src, i, &mut input, &mut out, None, &mut |offset, bytes| {
+            let end = offset + bytes.len() as u64;
+            if end > from {
+                let skip = from.saturating_sub(offset) as usize;
+                tail.extend_from_slice(&bytes[skip..]);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(detect::sniff_tail(&tail, layout.out_len)?)
 }
 
 fn run_xz_blocks(
@@ -185,61 +217,145 @@ fn run_xz_blocks(
     finish(disk, copied, formats, None, progress)
 }
 
-/// What the decoder will be: the format plus what it knows of the size.
+/// How an image is converted, once its headers (and tables) are read.
 enum Plan {
-    Raw,
+    /// The first `data_len` bytes are the disk; it reads as zero from there to
+    /// `virtual_size` (a fixed VHD: the disk without its footer).
+    Raw {
+        data_len: u64,
+        virtual_size: u64,
+    },
     Qcow2(qcow2::Header),
+    /// A block-mapped image: vhd, vhdx, vdi, sparse vmdk.
+    Mapped(Mapped),
+    /// vmdk streamOptimized: compressed grains, one pass.
+    VmdkStream(vmdk::StreamOptimized),
 }
 
-fn plan_image(format: ImageFormat, head: &[u8]) -> Result<Plan, ImportError> {
-    match format {
-        ImageFormat::Raw | ImageFormat::Iso => Ok(Plan::Raw),
-        ImageFormat::Tar => {
-            // CDI recognises a tar but attaches no reader to it: for disk images the bytes
-            // are the disk. Say so, since it is rarely what was meant.
-            tracing::warn!(
-                "the source is a tar archive; importing its bytes as a raw disk (use content type archive to extract it)"
-            );
-            Ok(Plan::Raw)
+impl Plan {
+    /// The virtual size, when the headers tell it.
+    fn virtual_size(&self) -> Option<u64> {
+        match self {
+            Plan::Raw { virtual_size, .. } => Some(*virtual_size),
+            Plan::Qcow2(h) => Some(h.virtual_size),
+            Plan::Mapped(m) => Some(m.virtual_size),
+            Plan::VmdkStream(s) => Some(s.virtual_size),
         }
-        ImageFormat::Qcow2 => Ok(Plan::Qcow2(qcow2::Header::parse(head)?)),
-        other => Err(FormatError::Unsupported { format: Detected::Image(other).name() }.into()),
+    }
+
+    /// Whether every write of this plan is aligned well enough for direct I/O.
+    fn direct_ok(&self) -> bool {
+        match self {
+            Plan::Raw { .. } => true,
+            Plan::Qcow2(h) => h.cluster_size() >= copy::ZERO_BLOCK as u64,
+            Plan::Mapped(m) => m.direct_ok(),
+            Plan::VmdkStream(s) => s.direct_ok(),
+        }
     }
 }
 
-/// Whether every write of this plan is aligned well enough for direct I/O.
-fn direct_ok(plan: &Plan) -> bool {
-    match plan {
-        Plan::Raw => true,
-        Plan::Qcow2(h) => h.cluster_size() >= copy::ZERO_BLOCK as u64,
+/// Why a format recognised by its magic is refused.
+fn refuse(format: ImageFormat) -> ImportError {
+    match format {
+        ImageFormat::Foreign(Foreign::VmdkDescriptor) => FormatError::MultiFile {
+            format: vmdk::FORMAT,
+            kind: "descriptor file (flat, split or multi-extent)".into(),
+        }
+        .into(),
+        other => FormatError::Unsupported { format: Detected::Image(other).name() }.into(),
     }
+}
+
+fn warn_tar() {
+    // CDI recognises a tar but attaches no reader to it: for disk images the bytes are the
+    // disk. Say so, since it is rarely what was meant.
+    tracing::warn!(
+        "the source is a tar archive; importing its bytes as a raw disk (use content type archive to extract it)"
+    );
+}
+
+/// Reads what the image's headers and tables say, with random access. `None`: the image
+/// must be read in one pass.
+fn plan_random(
+    format: ImageFormat,
+    head: &[u8],
+    src: &dyn RandomAccess,
+) -> Result<Option<(Plan, &'static str)>, ImportError> {
+    let name = Detected::Image(format).name();
+    let mut meta = RandomMeta { format: name, src };
+    let plan = match format {
+        ImageFormat::Raw | ImageFormat::Iso | ImageFormat::Tar => {
+            if format == ImageFormat::Tar {
+                warn_tar();
+            }
+            let len = src.len();
+            let mut tail = vec![0u8; (vhd::FOOTER_LEN as u64).min(len) as usize];
+            let tail_at = len - tail.len() as u64;
+            src.read_exact_at(&mut tail, tail_at)?;
+            match detect::sniff_tail(&tail, len)? {
+                Some(Trailer::FixedVhd { virtual_size, data_len }) => {
+                    return Ok(Some((Plan::Raw { data_len, virtual_size }, vhd::FORMAT)));
+                }
+                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg))),
+                None => Plan::Raw { data_len: len, virtual_size: len },
+            }
+        }
+        ImageFormat::Qcow2 => Plan::Qcow2(qcow2::Header::parse(head)?),
+        ImageFormat::Vhd => Plan::Mapped(vhd::map(&mut meta, head)?),
+        ImageFormat::Vhdx => Plan::Mapped(vhdx::map(&mut meta, head)?),
+        ImageFormat::Vdi => Plan::Mapped(vdi::map(&mut meta, head)?),
+        ImageFormat::Vmdk => match vmdk::open(&mut meta, head)? {
+            Vmdk::Sparse(m) => Plan::Mapped(m),
+            Vmdk::StreamOptimized(_) => return Ok(None),
+        },
+        ImageFormat::Foreign(_) => return Err(refuse(format)),
+    };
+    Ok(Some((plan, name)))
+}
+
+/// Reads what a block-mapped image's headers and tables say from the stream, which then
+/// goes on with the data.
+fn plan_stream(format: ImageFormat, meta: &mut dyn Meta, head: &[u8]) -> Result<Plan, ImportError> {
+    Ok(match format {
+        ImageFormat::Qcow2 => Plan::Qcow2(qcow2::Header::parse(head)?),
+        ImageFormat::Vhd => Plan::Mapped(vhd::map(meta, head)?),
+        ImageFormat::Vhdx => Plan::Mapped(vhdx::map(meta, head)?),
+        ImageFormat::Vdi => Plan::Mapped(vdi::map(meta, head)?),
+        ImageFormat::Vmdk => match vmdk::open(meta, head)? {
+            Vmdk::Sparse(m) => Plan::Mapped(m),
+            Vmdk::StreamOptimized(s) => Plan::VmdkStream(s),
+        },
+        ImageFormat::Foreign(_) => return Err(refuse(format)),
+        ImageFormat::Raw | ImageFormat::Iso | ImageFormat::Tar => {
+            return Err(FormatError::Internal("raw images have no stream plan").into());
+        }
+    })
 }
 
 fn run_random(
     req: &ImportRequest,
     plan: TargetPlan,
     src: Arc<dyn RandomAccess>,
-    head: &[u8],
-    format: ImageFormat,
+    image: Plan,
+    name: &'static str,
     progress: &Progress,
     cancel: Arc<AtomicBool>,
 ) -> Result<ImportResult, ImportError> {
-    let image = plan_image(format, head)?;
-    let virtual_size = match &image {
-        Plan::Raw => src.len(),
-        Plan::Qcow2(h) => h.virtual_size,
-    };
+    let virtual_size = image.virtual_size().ok_or(FormatError::Internal("random-access plan without a size"))?;
     plan.check_fits(virtual_size)?;
-    let disk = plan.open(Some(virtual_size), direct_ok(&image))?;
+    let disk = plan.open(Some(virtual_size), image.direct_ok())?;
     progress.set_total(src.len());
     progress.set_phase(Phase::Transferring);
     let need_zero = !disk.unwritten_reads_zero();
     let copied = copy::run(req.copy, &disk, Some(src.as_ref()), &progress.counters, cancel, |sink| match &image {
-        Plan::Raw => raw::convert_random(src.as_ref(), sink, need_zero),
+        Plan::Raw { data_len, virtual_size } => {
+            raw::convert_random(src.as_ref(), *data_len, *virtual_size, sink, need_zero)
+        }
         Plan::Qcow2(h) => qcow2::random::convert(h, src.as_ref(), sink, need_zero),
+        Plan::Mapped(m) => m.convert_random(src.as_ref(), sink, need_zero),
+        Plan::VmdkStream(_) => Err(FormatError::Internal("streamOptimized vmdk planned for random access").into()),
     });
-    let formats = vec![Detected::Image(format).name()];
-    finish(disk, copied.map(|()| virtual_size), formats, None, progress)
+    finish(disk, copied.map(|()| virtual_size), vec![name], None, progress)
 }
 
 fn run_stream(
@@ -270,7 +386,7 @@ fn run_stream(
                 stream = decompress::decoder(c, Box::new(peeked)).map_err(read_error)?;
             }
             Detected::Compressed(_) => {
-                return Err(FormatError::Corrupt(format!("more than {MAX_LAYERS} nested compression layers")).into());
+                return Err(FormatError::TooManyLayers { max: MAX_LAYERS }.into());
             }
             Detected::Image(format) => break (peeked, format),
         }
@@ -285,32 +401,56 @@ fn run_stream(
         return extract_archive(req, &mut stream, hasher, formats, progress, cancel);
     }
 
-    let image = plan_image(format, stream.head())?;
-    // A raw stream's size is known up front only without compression.
-    let virtual_size = match &image {
-        Plan::Qcow2(h) => Some(h.virtual_size),
-        Plan::Raw if formats.len() == 1 => source_len,
-        Plan::Raw => None,
-    };
-    if let Some(size) = virtual_size {
-        plan.check_fits(size)?;
+    let digest = req.checksum.as_ref().map(|c| c.to_string());
+    let uncompressed_len = source_len.filter(|_| formats.len() == 1);
+    if matches!(format, ImageFormat::Raw | ImageFormat::Iso | ImageFormat::Tar) {
+        if format == ImageFormat::Tar {
+            warn_tar();
+        }
+        // A raw stream's size is known up front only without compression; it may still end
+        // in a fixed VHD's footer, which is not part of the disk.
+        if let Some(len) = uncompressed_len {
+            plan.check_fits(raw::smallest_disk(len))?;
+        }
+        let disk = plan.open(uncompressed_len, true)?;
+        let need_zero = !disk.unwritten_reads_zero();
+        let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| {
+            raw::convert_stream(&mut stream, sink, need_zero)
+        });
+        let copied = copied.and_then(|end| {
+            if let Some(expected) = uncompressed_len
+                && end.stream_len != expected
+            {
+                let got = end.stream_len;
+                return Err(SourceError::ShortBody { url: req.source.display(), offset: got, expected, got }.into());
+            }
+            match end.trailer {
+                Some(Trailer::FixedVhd { .. }) => *formats.last_mut().expect("the image's format") = vhd::FORMAT,
+                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg))),
+                None => {}
+            }
+            verify(req, hasher.as_ref()).map(|()| end.virtual_size)
+        });
+        return finish(disk, copied, formats, digest, progress);
     }
-    let disk = plan.open(virtual_size, direct_ok(&image))?;
+
+    let head = stream.head().to_vec();
+    let name = Detected::Image(format).name();
+    let mut input = Forward::new(name, &mut stream, &head, uncompressed_len);
+    let image = plan_stream(format, &mut input, &head)?;
+    let virtual_size = image.virtual_size().ok_or(FormatError::Internal("stream plan without a size"))?;
+    plan.check_fits(virtual_size)?;
+    let disk = plan.open(Some(virtual_size), image.direct_ok())?;
     let need_zero = !disk.unwritten_reads_zero();
     let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| match &image {
-        Plan::Raw => raw::convert_stream(&mut stream, sink),
-        Plan::Qcow2(h) => qcow2::stream::convert(h, &mut stream, sink, need_zero, req.stream_limits, Some(&disk))
-            .map(|()| h.virtual_size),
-    });
-    let copied = copied.and_then(|size| {
-        if let Some(expected) = virtual_size.filter(|_| matches!(image, Plan::Raw))
-            && size != expected
-        {
-            return Err(SourceError::ShortBody { url: req.source.display(), offset: size, expected, got: size }.into());
+        Plan::Qcow2(h) => {
+            qcow2::stream::convert(h, input.into_inner()?, sink, need_zero, req.stream_limits, Some(&disk))
         }
-        verify(req, hasher.as_ref()).map(|()| size)
+        Plan::Mapped(m) => m.convert_stream(&mut input, sink, need_zero),
+        Plan::VmdkStream(s) => s.convert(&mut input, sink, need_zero),
+        Plan::Raw { .. } => Err(FormatError::Internal("raw plan on the image path").into()),
     });
-    let digest = req.checksum.as_ref().map(|c| c.to_string());
+    let copied = copied.and_then(|()| verify(req, hasher.as_ref()).map(|()| virtual_size));
     finish(disk, copied, formats, digest, progress)
 }
 
@@ -383,7 +523,7 @@ fn finish(
         }
     };
     progress.set_phase(Phase::Finishing);
-    let finished = disk.finish()?;
+    let finished = disk.finish(virtual_size)?;
     Ok(ImportResult {
         virtual_size,
         bytes_written: finished.bytes_written,

@@ -2,33 +2,62 @@
 //!
 //! * [`raw`]: the bytes are the disk (also ISO and anything unrecognised).
 //! * [`qcow2`]: our own bounds-checked reader, random-access or streaming.
+//! * [`vhd`], [`vhdx`], [`vdi`], [`vmdk`]: block-mapped images, read into a
+//!   [`mapped::Mapped`] (where each block is) and converted by [`mapped`], from random access
+//!   or a stream alike; vmdk's streamOptimized grains have their own one-pass decoder.
 //!
-//! vmdk, vhd, vhdx and vdi are detected and refused for now.
+//! Every reader treats its input as hostile: fields are checked against named limits, table
+//! entries against the file, and anything that would read another file (backing files,
+//! parents, extents) is refused.
 
+pub(crate) mod bytes;
+pub mod mapped;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
-use crate::error::Reason;
+use crate::copy::{Job, JobSink};
+use crate::error::{ImportError, Reason};
 
-/// Why an image could not be read.
+/// Why an image could not be read. `format` names the layer that refused ("qcow2", "vhdx", ...).
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error(
-        "unsupported format: {format} images cannot be imported yet; convert the image to qcow2 or raw \
+        "unsupported format: {format} images cannot be imported; convert the image to qcow2 or raw \
          (qemu-img convert -O qcow2) and import that"
     )]
     Unsupported { format: &'static str },
     #[error("content type archive expects a tar archive (optionally gz/xz/zst compressed), but the source is {found}")]
     NotAnArchive { found: &'static str },
-    #[error("qcow2 header is truncated: {available} bytes, {needed} needed")]
-    HeaderTruncated { available: usize, needed: usize },
-    #[error("invalid qcow2 header: {field} is {value}: {reason}")]
-    BadHeader { field: &'static str, value: u64, reason: &'static str },
+    #[error("more than {max} nested compression layers: the source is hostile or corrupt")]
+    TooManyLayers { max: usize },
+    #[error("{format} header is truncated: {available} bytes, {needed} needed")]
+    HeaderTruncated { format: &'static str, available: usize, needed: usize },
+    #[error("invalid {format} header: {field} is {value}: {reason}")]
+    BadHeader { format: &'static str, field: &'static str, value: u64, reason: &'static str },
     #[error(
         "qcow2 image names a backing file{name}; images with backing files are refused because the \
          file would be read from the importer's host: flatten it first (qemu-img convert -O qcow2)"
     )]
     BackingFile { name: String },
+    #[error(
+        "{format} image is a differencing image whose parent is {parent}; differencing images are refused \
+         because the parent would be read from the importer's host: merge it first (qemu-img convert -O qcow2)"
+    )]
+    Differencing { format: &'static str, parent: String },
+    #[error(
+        "{format} image of type {kind} keeps its data in several files, which one source cannot carry: \
+         convert it to a single file first (qemu-img convert -O qcow2, or -O vmdk -o subformat=streamOptimized)"
+    )]
+    MultiFile { format: &'static str, kind: String },
+    #[error(
+        "{format} image has a log that was never replayed (it was not closed cleanly), so its tables may be \
+         stale: open it once in Hyper-V, or repair it with qemu-img check -r all, then import it"
+    )]
+    DirtyLog { format: &'static str },
     #[error(
         "qcow2 image keeps its data in an external data file{name}; such images are refused because the \
          file would be read from the importer's host: convert it first (qemu-img convert -O qcow2)"
@@ -39,33 +68,35 @@ pub enum FormatError {
     #[error("qcow2 image uses incompatible features this reader does not know ({names}); refusing to guess")]
     UnknownIncompatible { bits: u64, names: String },
     #[error(
-        "qcow2 {what} at host offset {offset} (+{len} bytes) lies beyond the end of the image \
+        "{format} {what} at host offset {offset} (+{len} bytes) lies beyond the end of the image \
          ({file_len} bytes): the file is truncated or corrupt"
     )]
-    OutOfBounds { what: &'static str, offset: u64, len: u64, file_len: u64 },
+    OutOfBounds { format: &'static str, what: &'static str, offset: u64, len: u64, file_len: u64 },
+    #[error("{format} {what} at host offset {offset} is not aligned to {unit} bytes: the image is corrupt")]
+    Misaligned { format: &'static str, what: &'static str, offset: u64, unit: u64 },
     #[error(
-        "qcow2 {what} at host offset {offset} is not aligned to the cluster size {cluster_size}: the image is corrupt"
-    )]
-    Misaligned { what: &'static str, offset: u64, cluster_size: u64 },
-    #[error(
-        "qcow2 image ends at byte {received} but its {what} at host offset {offset} lies beyond: the file is \
+        "{format} image ends at byte {received} but its {what} at host offset {offset} lies beyond: the file is \
          truncated or the download was cut short"
     )]
-    Truncated { what: &'static str, offset: u64, received: u64 },
-    #[error("qcow2 compressed cluster for guest offset {guest} cannot be decompressed: {reason}")]
+    Truncated { format: &'static str, what: &'static str, offset: u64, received: u64 },
+    #[error("compressed data for guest offset {guest} cannot be decompressed: {reason}")]
     BadCompressedCluster { guest: u64, reason: String },
-    #[error("qcow2 image is corrupt: {0}")]
-    Corrupt(String),
+    #[error("{format} image is corrupt: {detail}")]
+    Corrupt { format: &'static str, detail: String },
     #[error(
-        "this qcow2 image's layout cannot be converted in one pass: {reason}; serve it from a file or an \
+        "this {format} image's layout cannot be converted in one pass: {reason}; serve it from a file or an \
          HTTP server with range support, without outer compression, or raise --spool-limit"
     )]
-    NeedsRandomAccess { reason: String },
+    NeedsRandomAccess { format: &'static str, reason: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
 
 impl FormatError {
+    pub fn corrupt(format: &'static str, detail: impl Into<String>) -> FormatError {
+        FormatError::Corrupt { format, detail: detail.into() }
+    }
+
     pub fn reason(&self) -> Reason {
         match self {
             FormatError::Unsupported { .. }
@@ -73,8 +104,44 @@ impl FormatError {
             | FormatError::ExternalDataFile { .. }
             | FormatError::Encrypted { .. }
             | FormatError::UnknownIncompatible { .. }
+            | FormatError::Differencing { .. }
+            | FormatError::MultiFile { .. }
+            | FormatError::DirtyLog { .. }
             | FormatError::NeedsRandomAccess { .. } => Reason::UnsupportedImage,
             _ => Reason::InvalidImage,
         }
+    }
+}
+
+/// Coalesces zero ranges arriving in guest order into few jobs.
+pub(crate) struct ZeroRuns {
+    enabled: bool,
+    run: Option<(u64, u64)>,
+}
+
+impl ZeroRuns {
+    pub(crate) fn new(enabled: bool) -> ZeroRuns {
+        ZeroRuns { enabled, run: None }
+    }
+
+    pub(crate) fn add(&mut self, offset: u64, len: u64, sink: &JobSink<'_>) -> Result<(), ImportError> {
+        if !self.enabled || len == 0 {
+            return Ok(());
+        }
+        match &mut self.run {
+            Some((start, run_len)) if *start + *run_len == offset => *run_len += len,
+            _ => {
+                self.flush(sink)?;
+                self.run = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self, sink: &JobSink<'_>) -> Result<(), ImportError> {
+        if let Some((offset, len)) = self.run.take() {
+            sink.submit(Job::Zero { offset, len })?;
+        }
+        Ok(())
     }
 }

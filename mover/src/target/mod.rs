@@ -163,23 +163,25 @@ impl TargetPlan {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(source) => return Err(TargetError::Finish { op: "remove the old", path: final_path, source }),
                 }
-                let final_len = Some(limit);
-                self.open_file(final_path, final_len, limit, direct)
+                self.open_file(final_path, Some(limit), Some(limit), direct)
             }
             Destination::File { path } => {
-                let final_len = self.opts.requested_size.or(virtual_size);
-                self.open_file(path.clone(), final_len, limit, direct)
+                let fixed = self.opts.requested_size;
+                self.open_file(path.clone(), fixed.or(virtual_size), fixed, direct)
             }
         }
     }
 
+    /// `final_len`: the length to give the file now (when known); `fixed_len`: the length
+    /// it must end with whatever the image's size.
     fn open_file(
         &self,
         final_path: PathBuf,
         final_len: Option<u64>,
-        limit: u64,
+        fixed_len: Option<u64>,
         direct: bool,
     ) -> Result<Disk, TargetError> {
+        let limit = self.available();
         let partial = partial_path(&final_path);
         let _ = std::fs::remove_file(&partial);
         let (file, mode) = direct_io::open(&partial, direct, true)
@@ -196,6 +198,7 @@ impl TargetPlan {
             limit,
             preallocate: self.opts.preallocate,
             size: final_len,
+            fixed_len,
             spool,
             ..Disk::new(partial, Some(final_path), file, mode, false)
         };
@@ -229,10 +232,12 @@ pub struct Disk {
     limit: u64,
     is_block: bool,
     preallocate: bool,
-    /// The length the file will have (files), or the device size.
+    /// The length the file has while written (files; the image's size when known up
+    /// front), or the device size.
     size: Option<u64>,
-    /// Highest offset written, for images whose size is only known at the end.
-    end: AtomicU64,
+    /// The length a file ends with whatever the image's size: a volume's usable space, or
+    /// the size asked for.
+    fixed_len: Option<u64>,
     touched: AtomicBool,
     bytes_written: AtomicU64,
     /// Room past the image for a streaming decoder's spool: (start, length).
@@ -263,7 +268,7 @@ impl Disk {
             is_block,
             preallocate: false,
             size: None,
-            end: AtomicU64::new(0),
+            fixed_len: None,
             touched: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             spool: None,
@@ -371,7 +376,6 @@ impl Disk {
         if end > self.limit {
             return Err(TargetError::NoSpace { path: self.path.clone(), needed: end, available: self.limit });
         }
-        self.end.fetch_max(end, Ordering::Relaxed);
         Ok(())
     }
 
@@ -487,19 +491,22 @@ impl Disk {
 
     /// Flushes everything to stable storage and, for files, gives the image its final size,
     /// mode and name. Only after this returns is the image complete.
+    ///
+    /// `image_size` is the image's virtual size as the decoder found it: a file without a
+    /// fixed length (a volume's `disk.img` has one, so does a file given a size) ends there,
+    /// whatever was written or parked past it, and however much of its tail is zeros.
     #[must_use = "an unfinished disk is removed or wiped, never left looking complete"]
-    pub fn finish(self) -> Result<Finished, TargetError> {
+    pub fn finish(self, image_size: u64) -> Result<Finished, TargetError> {
         let fin = |op, source| TargetError::Finish { op, path: self.path.clone(), source };
-        let image_end = self.end.load(Ordering::Relaxed);
         let bytes_written = self.bytes_written.load(Ordering::Relaxed);
         let Some(final_path) = self.final_path.clone() else {
             self.clear_spool()?;
             self.file.sync_all().map_err(|e| fin("flush", e))?;
-            return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_end), bytes_written });
+            return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_size), bytes_written });
         };
-        let size = self.size.unwrap_or(image_end).max(image_end);
+        let size = self.fixed_len.unwrap_or(image_size);
         self.set_len(size)?;
-        if self.preallocate && self.size.is_none() {
+        if self.preallocate && self.fixed_len.is_none() {
             self.preallocate(size)?;
         }
         self.file.sync_all().map_err(|e| fin("flush", e))?;

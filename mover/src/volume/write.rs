@@ -125,7 +125,7 @@ fn write_raw(
         disk.abort();
         return Err(e);
     }
-    let finished = disk.finish()?;
+    let finished = disk.finish(header.size)?;
     Ok(Written {
         format: Format::Raw,
         data_bytes: check.data_bytes(),

@@ -5,8 +5,10 @@
 //! than the image (backing file, external data file) or that we cannot decode (encryption,
 //! unknown incompatible bits) are refused here, before anything is written.
 
+use super::FORMAT;
 use crate::copy::Codec;
 use crate::format::FormatError;
+use crate::format::bytes::{be32, be64};
 
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Size of the version 2 header; version 3 headers are at least [`V3_HEADER_LEN`].
@@ -64,16 +66,8 @@ pub struct Header {
     pub header_bytes: u64,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 fn bad(field: &'static str, value: u64, reason: &'static str) -> FormatError {
-    FormatError::BadHeader { field, value, reason }
+    FormatError::BadHeader { format: FORMAT, field, value, reason }
 }
 
 impl Header {
@@ -81,7 +75,7 @@ impl Header {
     /// extensions; the first cluster is always enough).
     pub fn parse(head: &[u8]) -> Result<Header, FormatError> {
         if head.len() < V2_HEADER_LEN {
-            return Err(FormatError::HeaderTruncated { available: head.len(), needed: V2_HEADER_LEN });
+            return Err(FormatError::HeaderTruncated { format: FORMAT, available: head.len(), needed: V2_HEADER_LEN });
         }
         if &head[..4] != MAGIC {
             return Err(FormatError::Internal("qcow2 parser called on non-qcow2 data"));
@@ -98,7 +92,11 @@ impl Header {
 
         let (incompatible, header_len, refcount_order) = if version == 3 {
             if head.len() < V3_HEADER_LEN {
-                return Err(FormatError::HeaderTruncated { available: head.len(), needed: V3_HEADER_LEN });
+                return Err(FormatError::HeaderTruncated {
+                    format: FORMAT,
+                    available: head.len(),
+                    needed: V3_HEADER_LEN,
+                });
             }
             let header_len = be32(head, 100) as usize;
             if header_len < V3_HEADER_LEN {
@@ -283,7 +281,7 @@ impl Extensions {
                 if (at as u64) + 8 > cluster_size {
                     return Err(bad("header extensions", at as u64, "run past the first cluster"));
                 }
-                return Err(FormatError::HeaderTruncated { available: head.len(), needed: at + 8 });
+                return Err(FormatError::HeaderTruncated { format: FORMAT, available: head.len(), needed: at + 8 });
             }
             let kind = be32(head, at);
             let len = be32(head, at + 4) as usize;

@@ -16,4 +16,7 @@ pub mod stream;
 pub mod table;
 
 pub use header::Header;
+
+/// The name this reader gives in messages.
+pub(crate) const FORMAT: &str = "qcow2";
 pub use stream::StreamLimits;

@@ -7,11 +7,12 @@
 //! its parallel writers reorder, so the source is read front to back in big requests while
 //! the target is allocated front to back.
 
+use super::FORMAT;
 use super::header::Header;
 use super::table::{Cluster, decode_l2, l1_entry};
 use crate::copy::{CompressedCluster, Input, Job, JobSink, ZeroMask};
 use crate::error::ImportError;
-use crate::format::FormatError;
+use crate::format::{FormatError, ZeroRuns};
 use crate::source::RandomAccess;
 
 /// Guest clusters planned at once; bounds the planner's memory (about 32 bytes each).
@@ -118,7 +119,7 @@ fn read_l1(h: &Header, src: &dyn RandomAccess) -> Result<Vec<u64>, ImportError> 
 fn check_bounds(what: &'static str, offset: u64, len: u64, file_len: u64) -> Result<(), FormatError> {
     match offset.checked_add(len) {
         Some(end) if end <= file_len => Ok(()),
-        _ => Err(FormatError::OutOfBounds { what, offset, len, file_len }),
+        _ => Err(FormatError::OutOfBounds { format: FORMAT, what, offset, len, file_len }),
     }
 }
 
@@ -126,13 +127,20 @@ fn check_bounds(what: &'static str, offset: u64, len: u64, file_len: u64) -> Res
 /// compressed cluster of a file may claim up to 511 bytes past its end.
 pub(super) fn clamp_compressed(host: u64, len: u64, file_len: u64) -> Result<u64, FormatError> {
     let end = host.checked_add(len).ok_or(FormatError::OutOfBounds {
+        format: FORMAT,
         what: "compressed cluster",
         offset: host,
         len,
         file_len,
     })?;
     if host >= file_len || end > file_len + COMPRESSED_SLACK {
-        return Err(FormatError::OutOfBounds { what: "compressed cluster", offset: host, len, file_len });
+        return Err(FormatError::OutOfBounds {
+            format: FORMAT,
+            what: "compressed cluster",
+            offset: host,
+            len,
+            file_len,
+        });
     }
     Ok(end.min(file_len) - host)
 }
@@ -191,10 +199,10 @@ fn emit(h: &Header, pieces: &[Piece], sink: &JobSink<'_>) -> Result<(), ImportEr
                     j += 1;
                 }
                 if hi - lo > chunk {
-                    return Err(FormatError::Corrupt(format!(
-                        "compressed cluster at host offset {} is larger than a job",
-                        first.host
-                    ))
+                    return Err(FormatError::corrupt(
+                        FORMAT,
+                        format!("compressed cluster at host offset {} is larger than a job", first.host),
+                    )
                     .into());
                 }
                 let clusters = pieces[i..j]
@@ -217,37 +225,4 @@ fn emit(h: &Header, pieces: &[Piece], sink: &JobSink<'_>) -> Result<(), ImportEr
         }
     }
     Ok(())
-}
-
-/// Coalesces zero ranges arriving in guest order into few jobs.
-pub(super) struct ZeroRuns {
-    enabled: bool,
-    run: Option<(u64, u64)>,
-}
-
-impl ZeroRuns {
-    pub(super) fn new(enabled: bool) -> ZeroRuns {
-        ZeroRuns { enabled, run: None }
-    }
-
-    pub(super) fn add(&mut self, offset: u64, len: u64, sink: &JobSink<'_>) -> Result<(), ImportError> {
-        if !self.enabled || len == 0 {
-            return Ok(());
-        }
-        match &mut self.run {
-            Some((start, run_len)) if *start + *run_len == offset => *run_len += len,
-            _ => {
-                self.flush(sink)?;
-                self.run = Some((offset, len));
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn flush(&mut self, sink: &JobSink<'_>) -> Result<(), ImportError> {
-        if let Some((offset, len)) = self.run.take() {
-            sink.submit(Job::Zero { offset, len })?;
-        }
-        Ok(())
-    }
 }

@@ -11,15 +11,16 @@
 //! * clusters nothing has claimed yet while some L2 table is still ahead, in a spool bounded
 //!   by configuration. An image that needs more fails with a clear error instead.
 
+use super::FORMAT;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read};
 
 use super::header::{HOST_OFFSET_MASK, Header};
-use super::random::{ZeroRuns, clamp_compressed};
+use super::random::clamp_compressed;
 use super::table::{Cluster, decode_l2, l1_entry};
 use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf};
 use crate::error::ImportError;
-use crate::format::FormatError;
+use crate::format::{FormatError, ZeroRuns};
 use crate::target::Disk;
 
 /// Limits of the streaming decoder (memory is bounded by these, not by the image).
@@ -216,6 +217,7 @@ impl<'a, 's> Decoder<'a, 's> {
         let n = read_full(stream, &mut buf)?;
         if (n as u64) < len {
             return Err(FormatError::Truncated {
+                format: FORMAT,
                 what: "data cluster",
                 offset: pos + n as u64,
                 received: pos + n as u64,
@@ -270,7 +272,9 @@ impl<'a, 's> Decoder<'a, 's> {
         }
         if let Some(index) = self.unseen_l2.remove(&start) {
             if bytes.len() as u64 != self.cs {
-                return Err(FormatError::Truncated { what: "L2 table", offset: start, received: end }.into());
+                return Err(
+                    FormatError::Truncated { format: FORMAT, what: "L2 table", offset: start, received: end }.into()
+                );
             }
             self.on_l2(index, bytes)?;
             claimed = true;
@@ -318,15 +322,18 @@ impl<'a, 's> Decoder<'a, 's> {
                 Some(offset) if offset < self.pos => {
                     // Already passed: it must be in the spool or the look-behind window.
                     let table = self.passed_bytes(offset, self.cs)?.ok_or_else(|| FormatError::NeedsRandomAccess {
+                        format: FORMAT,
                         reason: format!("L2 table at host offset {offset} comes before the L1 table that names it"),
                     })?;
                     self.on_l2(index as u64, &table)?;
                 }
                 Some(offset) => {
                     if self.unseen_l2.insert(offset, index as u64).is_some() {
-                        return Err(
-                            FormatError::Corrupt(format!("two L1 entries name the L2 table at {offset}")).into()
-                        );
+                        return Err(FormatError::corrupt(
+                            FORMAT,
+                            format!("two L1 entries name the L2 table at {offset}"),
+                        )
+                        .into());
                     }
                 }
             }
@@ -355,6 +362,7 @@ impl<'a, 's> Decoder<'a, 's> {
             if host < self.pos && !matches!(pend, Pend::Compressed { .. }) {
                 // Passed before this table told us what it was.
                 let bytes = self.passed_bytes(host, glen)?.ok_or_else(|| FormatError::NeedsRandomAccess {
+                    format: FORMAT,
                     reason: format!(
                         "data for guest offset {guest} at host offset {host} comes before the L2 table that maps it \
                          and did not fit the spool"
@@ -382,12 +390,13 @@ impl<'a, 's> Decoder<'a, 's> {
         }
         if self.pending.len() >= self.limits.pending_entries {
             return Err(FormatError::NeedsRandomAccess {
+                format: FORMAT,
                 reason: format!("more than {} fragments are mapped ahead of the stream", self.limits.pending_entries),
             }
             .into());
         }
         if self.pending.insert((host, guest), pend).is_some() {
-            return Err(FormatError::Corrupt(format!("guest offset {guest} is mapped twice")).into());
+            return Err(FormatError::corrupt(FORMAT, format!("guest offset {guest} is mapped twice")).into());
         }
         Ok(())
     }
@@ -403,6 +412,7 @@ impl<'a, 's> Decoder<'a, 's> {
         let take = len.min(self.cs);
         let from = (host - base) as usize;
         let data = bytes.get(from..from + take as usize).ok_or(FormatError::Truncated {
+            format: FORMAT,
             what: "data cluster",
             offset: host,
             received: self.pos,
@@ -442,6 +452,7 @@ impl<'a, 's> Decoder<'a, 's> {
             }
             self.pending.remove(&(host, guest));
             let bytes = self.passed_bytes(host, len)?.ok_or_else(|| FormatError::NeedsRandomAccess {
+                format: FORMAT,
                 reason: format!(
                     "compressed data for guest offset {guest} at host offset {host} is no longer available"
                 ),
@@ -466,9 +477,11 @@ impl<'a, 's> Decoder<'a, 's> {
         let (buf, clusters) = self.batch.as_mut().expect("just set");
         let start = buf.len();
         if start + compressed.len() > buf.capacity() {
-            return Err(
-                FormatError::Corrupt(format!("compressed cluster of {} bytes is too large", compressed.len())).into()
-            );
+            return Err(FormatError::corrupt(
+                FORMAT,
+                format!("compressed cluster of {} bytes is too large", compressed.len()),
+            )
+            .into());
         }
         buf.set_len(start + compressed.len());
         buf[start..].copy_from_slice(compressed);
@@ -540,6 +553,7 @@ impl<'a, 's> Decoder<'a, 's> {
             return Ok(());
         }
         Err(FormatError::NeedsRandomAccess {
+            format: FORMAT,
             reason: format!(
                 "more bytes pass before the metadata that maps them (at host offset {start}) than the spool \
                  holds ({} bytes in memory, {} on the target)",
@@ -564,16 +578,20 @@ impl<'a, 's> Decoder<'a, 's> {
             self.place_compressed()?;
         }
         if self.l1.is_some() {
-            return Err(
-                FormatError::Truncated { what: "L1 table", offset: self.h.l1_offset, received: self.pos }.into()
-            );
+            return Err(FormatError::Truncated {
+                format: FORMAT,
+                what: "L1 table",
+                offset: self.h.l1_offset,
+                received: self.pos,
+            }
+            .into());
         }
         if let Some((&offset, _)) = self.unseen_l2.iter().next() {
-            return Err(FormatError::Truncated { what: "L2 table", offset, received: self.pos }.into());
+            return Err(FormatError::Truncated { format: FORMAT, what: "L2 table", offset, received: self.pos }.into());
         }
         if let Some((&(host, _), pend)) = self.pending.iter().next() {
             let what = if matches!(pend, Pend::Compressed { .. }) { "compressed cluster" } else { "data cluster" };
-            return Err(FormatError::Truncated { what, offset: host, received: self.pos }.into());
+            return Err(FormatError::Truncated { format: FORMAT, what, offset: host, received: self.pos }.into());
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! L1 and L2 table entries, decoded into the mapping primitive: what one guest cluster is.
 
+use super::FORMAT;
 use super::header::{HOST_OFFSET_MASK, Header};
 use crate::format::FormatError;
 
@@ -24,7 +25,7 @@ pub fn l1_entry(header: &Header, raw: u64) -> Result<Option<u64>, FormatError> {
         return Ok(None);
     }
     if !offset.is_multiple_of(header.cluster_size()) {
-        return Err(FormatError::Misaligned { what: "L2 table", offset, cluster_size: header.cluster_size() });
+        return Err(FormatError::Misaligned { format: FORMAT, what: "L2 table", offset, unit: header.cluster_size() });
     }
     Ok(Some(offset))
 }
@@ -43,13 +44,13 @@ pub fn l2_entry(header: &Header, raw: u64, bitmap: Option<u64>) -> Result<Cluste
         let sectors = ((raw >> x) & ((1u64 << (header.cluster_bits - 8)) - 1)) + 1;
         let len = sectors * 512 - (host & 511);
         if host == 0 {
-            return Err(FormatError::Corrupt("compressed cluster at host offset 0".into()));
+            return Err(FormatError::corrupt(FORMAT, "compressed cluster at host offset 0"));
         }
         return Ok(Cluster::Compressed { host, len });
     }
     let host = raw & HOST_OFFSET_MASK;
     if host != 0 && !host.is_multiple_of(cs) {
-        return Err(FormatError::Misaligned { what: "data cluster", offset: host, cluster_size: cs });
+        return Err(FormatError::Misaligned { format: FORMAT, what: "data cluster", offset: host, unit: cs });
     }
     let Some(bitmap) = bitmap else {
         return Ok(if raw & ZERO_FLAG != 0 && header.version >= 3 || host == 0 {
@@ -61,18 +62,20 @@ pub fn l2_entry(header: &Header, raw: u64, bitmap: Option<u64>) -> Result<Cluste
     let alloc = bitmap as u32;
     let zero = (bitmap >> 32) as u32;
     if alloc & zero != 0 {
-        return Err(FormatError::Corrupt(format!(
-            "subcluster bitmap {bitmap:#018x} marks subclusters both allocated and zero"
-        )));
+        return Err(FormatError::corrupt(
+            FORMAT,
+            format!("subcluster bitmap {bitmap:#018x} marks subclusters both allocated and zero"),
+        ));
     }
     if alloc == 0 {
         // Unallocated subclusters read as zero: there is no backing file.
         return Ok(Cluster::Zero);
     }
     if host == 0 {
-        return Err(FormatError::Corrupt(format!(
-            "subclusters marked allocated ({alloc:#010x}) in a cluster without a host offset"
-        )));
+        return Err(FormatError::corrupt(
+            FORMAT,
+            format!("subclusters marked allocated ({alloc:#010x}) in a cluster without a host offset"),
+        ));
     }
     Ok(if alloc == u32::MAX { Cluster::Data { host } } else { Cluster::Partial { host, zero_mask: !alloc } })
 }
