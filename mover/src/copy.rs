@@ -59,6 +59,31 @@ pub struct ZeroMask {
     pub bits: u32,
 }
 
+impl ZeroMask {
+    /// Bytes of a `len`-byte cluster that are stored: up to the end of its last allocated
+    /// subcluster. qemu leaves a cluster's unwritten tail out of the file when the cluster
+    /// ends the image, so nothing past that may be read.
+    pub fn stored_len(&self, len: usize) -> usize {
+        let allocated = !self.bits;
+        if allocated == 0 {
+            return 0;
+        }
+        let last = 31 - allocated.leading_zeros() as usize;
+        ((last + 1) * self.unit).min(len)
+    }
+
+    /// Zeroes the subclusters that read as zero.
+    pub fn apply(&self, cluster: &mut [u8]) {
+        for i in 0..32 {
+            if self.bits & (1 << i) != 0 {
+                let start = (i * self.unit).min(cluster.len());
+                let end = ((i + 1) * self.unit).min(cluster.len());
+                cluster[start..end].fill(0);
+            }
+        }
+    }
+}
+
 /// One compressed cluster within a [`Job::Compressed`] input.
 #[derive(Debug, Clone, Copy)]
 pub struct CompressedCluster {
@@ -398,15 +423,12 @@ impl<'a> Worker<'a> {
                 Ok(())
             }
             Job::Copy { offset, host, len, zero_mask } => {
-                self.read_source(input, host, len)?;
+                let stored = zero_mask.map_or(len, |m| m.stored_len(len));
+                self.read_source(input, host, stored)?;
                 if let Some(mask) = zero_mask {
-                    for i in 0..32 {
-                        if mask.bits & (1 << i) != 0 {
-                            let start = (i * mask.unit).min(len);
-                            let end = ((i + 1) * mask.unit).min(len);
-                            input[start..end].fill(0);
-                        }
-                    }
+                    input.set_len(len);
+                    input[stored..].fill(0);
+                    mask.apply(input);
                 }
                 self.commit(seq, Order::Allocation, &[(offset, &input[..])])
             }

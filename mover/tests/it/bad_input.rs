@@ -62,6 +62,15 @@ fn truncated_images_fail_instead_of_becoming_zeros() {
         refused(dir.path(), &cut, &["beyond the end of the image", "truncated"]);
         refused(dir.path(), &gzip(&cut), &["truncated"]);
     }
+    // An extended-L2 image ending inside its last, partly written cluster, cut inside the
+    // written subclusters: still truncation.
+    let q = dir.path().join("sparse-tail.qcow2");
+    qemu_img(&["create", "-f", "qcow2", "-o", "extended_l2=on", s(&q), "16M"]);
+    qemu_io(s(&q), &["write -P 0x5a 5m 8k"]);
+    let len = std::fs::metadata(&q).unwrap().len();
+    std::fs::File::options().write(true).open(&q).unwrap().set_len(len - 2048).unwrap();
+    refused(dir.path(), &q, &["beyond the end of the image"]);
+    refused(dir.path(), &gzip(&q), &["truncated"]);
     // A truncated gzip stream of a raw image.
     let raw = dir.path().join("src.raw");
     let gz = gzip(&raw);
@@ -172,25 +181,13 @@ fn corrupt_compressed_data_is_refused() {
         let bad = dir.path().join(format!("garbled-{codec}.qcow2"));
         std::fs::copy(&q, &bad).unwrap();
         poke(&bad, host, &[0xff; 64]);
-        refused(dir.path(), &bad, &["compressed cluster", "cannot be decompressed"]);
-        refused(dir.path(), &gzip(&bad), &["compressed cluster"]);
+        refused(dir.path(), &bad, &["compressed data", "cannot be decompressed"]);
+        refused(dir.path(), &gzip(&bad), &["compressed data"]);
     }
     // A corrupt outer gzip stream.
     let gz = gzip(&dir.path().join("src.raw"));
     poke(&gz, 4096, &[0x55; 512]);
     refused(dir.path(), &gz, &["gzip"]);
-}
-
-#[test]
-fn other_disk_formats_are_detected_and_refused() {
-    let dir = tempdir();
-    let raw = dir.path().join("src.raw");
-    make_raw(&raw, 8 * MIB, 5);
-    for (fmt, name) in [("vmdk", "vmdk"), ("vpc", "vhd"), ("vhdx", "vhdx"), ("vdi", "vdi")] {
-        let img = dir.path().join(format!("d.{name}"));
-        qemu_img(&["convert", "-O", fmt, s(&raw), s(&img)]);
-        refused(dir.path(), &img, &["unsupported format", name]);
-    }
 }
 
 #[test]

@@ -43,6 +43,14 @@ fn build(dir: &Path, variant: &str) -> (PathBuf, u64) {
                 &["write -P 0xab 1m 4k", "write -P 0xcd 9502720 8k", "write -z 2101248 8k", "write -z 30m 128k"],
             );
         }
+        "extended-l2-sparse-tail" => {
+            // The last allocated cluster has only its first subclusters written, and the file
+            // ends right after them, as qemu leaves it after a small write into a fresh image.
+            qemu_img(&["create", "-f", "qcow2", "-o", "extended_l2=on", &qs, &SIZE.to_string()]);
+            qemu_io(&qs, &["write -P 0x11 1m 64k", "write -P 0x5a 5m 4k"]);
+            let len = std::fs::metadata(&q).unwrap().len();
+            assert_eq!(len % (64 << 10), 4096, "the fixture must end inside a cluster");
+        }
         "zero-clusters" => {
             convert(&[]);
             qemu_io(&qs, &["write -z 0 1m", "write -z 5m 3m", "write -z 39m 1m"]);
@@ -162,6 +170,10 @@ fn zstd_compressed_small_clusters() {
 #[test]
 fn extended_l2_with_partial_and_zero_subclusters() {
     check("extended-l2");
+}
+#[test]
+fn extended_l2_whose_last_cluster_is_partly_written() {
+    check("extended-l2-sparse-tail");
 }
 #[test]
 fn zero_flagged_clusters_over_old_data() {

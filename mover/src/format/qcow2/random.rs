@@ -81,7 +81,8 @@ pub fn convert(h: &Header, src: &dyn RandomAccess, sink: &JobSink<'_>, need_zero
                                 });
                             }
                             Cluster::Partial { host, zero_mask } => {
-                                check_bounds("data cluster", host, glen, file_len)?;
+                                let mask = ZeroMask { unit: h.subcluster_size() as usize, bits: zero_mask };
+                                check_bounds("data cluster", host, mask.stored_len(glen as usize) as u64, file_len)?;
                                 pieces.push(Piece {
                                     host,
                                     guest,

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use super::header::{HOST_OFFSET_MASK, Header};
 use super::random::clamp_compressed;
 use super::table::{Cluster, decode_l2, l1_entry};
-use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf};
+use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf, ZeroMask};
 use crate::error::ImportError;
 use crate::format::{FormatError, ZeroRuns};
 use crate::target::Disk;
@@ -409,28 +409,26 @@ impl<'a, 's> Decoder<'a, 's> {
             Pend::Compressed { .. } => return Err(FormatError::Internal("compressed data placed as plain").into()),
         };
         // A run found here (not by run_at) is placed one cluster at a time.
-        let take = len.min(self.cs);
+        let take = len.min(self.cs) as usize;
+        let mask = mask.map(|bits| ZeroMask { unit: self.h.subcluster_size() as usize, bits });
+        // A partly allocated cluster that ends the image may end the file early too.
+        let stored = mask.map_or(take, |m| m.stored_len(take));
         let from = (host - base) as usize;
-        let data = bytes.get(from..from + take as usize).ok_or(FormatError::Truncated {
+        let data = bytes.get(from..from + stored).ok_or(FormatError::Truncated {
             format: FORMAT,
             what: "data cluster",
             offset: host,
             received: self.pos,
         })?;
         let mut buf = self.sink.buffer()?;
-        buf.set_len(data.len());
-        buf.copy_from_slice(data);
+        buf.set_len(take);
+        buf[..stored].copy_from_slice(data);
+        buf[stored..].fill(0);
         if let Some(mask) = mask {
-            let unit = self.h.subcluster_size() as usize;
-            for i in 0..32usize {
-                if mask & (1 << i) != 0 {
-                    let s = (i * unit).min(buf.len());
-                    let e = ((i + 1) * unit).min(buf.len());
-                    buf[s..e].fill(0);
-                }
-            }
+            mask.apply(&mut buf);
         }
         self.sink.submit(Job::Data { offset: guest, buf })?;
+        let take = take as u64;
         if len > take {
             self.add_pending(host + take, guest + take, Pend::Run { len: len - take })?;
         }
