@@ -334,6 +334,21 @@ impl<'a> Forward<'a> {
         Ok(())
     }
 
+    /// Reads until `buf` is full or the stream ends; returns the bytes read. For formats
+    /// whose end is found by reading (vmdk's markers).
+    pub fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, ImportError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = read_some(self.stream, &mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+            self.pos += n as u64;
+        }
+        Ok(filled)
+    }
+
     /// Reads the stream to its end: a checksum covers it, and a transfer that breaks there
     /// must not pass for a complete one.
     pub fn drain(&mut self) -> Result<(), ImportError> {
