@@ -573,7 +573,7 @@ impl StreamOptimized {
         if input.pos() > data_start {
             return Err(FormatError::Internal("vmdk stream read past its first grain before decoding").into());
         }
-        input.skip_to(data_start)?;
+        input.skip_to_reach(data_start, "first grain")?;
         let mut d = Decoder { so: self, sink, seen: GrainSet::new(self.header.grains()), batch: None, inflate: None };
         d.markers(input)?;
         d.flush_batch()?;
@@ -657,7 +657,7 @@ impl Decoder<'_, '_> {
                         .ok_or_else(|| {
                             corrupt(format!("the metadata marker at host offset {at} spans {value} sectors"))
                         })?;
-                    input.skip_to(end)?;
+                    input.skip_to_reach(end, "end of the tables after a metadata marker")?;
                 }
                 MARKER_FOOTER => {
                     if n < SECTOR as usize {
