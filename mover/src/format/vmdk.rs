@@ -12,8 +12,9 @@
 //!   that names its guest sector, so the file decodes front to back without its tables:
 //!   [`StreamOptimized::convert`] does, batching grains into jobs the copy workers inflate.
 //!   VMware writes the tables after the grains (the header says "at the end"; a footer says
-//!   where); qemu writes them first, and then the stream must hold exactly the grains they
-//!   name, which is how a stream cut at a grain boundary is told from a complete one.
+//!   where) and ends the stream with an end-of-stream marker; qemu writes the tables first
+//!   and no marker. A stream cut at a grain boundary is told from a complete one by that
+//!   marker, or by the grains qemu's tables name.
 //!
 //! Refused with the reason: descriptors whose data lives in other files (split, flat, vmfs,
 //! devices) and sparse extents without a descriptor (a piece of a split disk); differencing
@@ -517,6 +518,9 @@ pub struct StreamOptimized {
     /// The grains the tables name, when the tables precede the grains (qemu's layout): the
     /// stream must hold exactly these.
     expected: Option<GrainSet>,
+    /// The tables do not precede the grains: only an end-of-stream marker shows the stream
+    /// is whole.
+    needs_end_marker: bool,
 }
 
 impl StreamOptimized {
@@ -551,7 +555,7 @@ impl StreamOptimized {
         } else {
             None
         };
-        Ok(StreamOptimized { virtual_size: h.capacity * SECTOR, header: h, expected })
+        Ok(StreamOptimized { virtual_size: h.capacity * SECTOR, header: h, expected, needs_end_marker: !tables_first })
     }
 
     /// Whether every write is aligned well enough for direct I/O on the target: grains are
@@ -619,15 +623,13 @@ impl Decoder<'_, '_> {
     /// whether anything is missing).
     fn markers(&mut self, input: &mut Forward<'_>) -> Result<(), ImportError> {
         let so = self.so;
-        let h = &so.header;
         let mut sector = [0u8; SECTOR as usize];
         loop {
             self.sink.check()?;
             let at = input.pos();
             let n = input.read_full(&mut sector)?;
             if n == 0 {
-                if h.gd_offset == GD_AT_END {
-                    // VMware's layout always ends with a footer and an end-of-stream marker.
+                if so.needs_end_marker {
                     return Err(FormatError::Truncated {
                         format: FORMAT,
                         what: "end-of-stream marker",
@@ -1121,11 +1123,16 @@ mod tests {
         let Vmdk::StreamOptimized(so) = open_stream(&img).unwrap() else { panic!("not streamOptimized") };
         let expected = so.expected.as_ref().expect("tables precede the grains");
         assert!(expected.contains(0) && expected.contains(1) && !expected.contains(2));
-        assert!(so.direct_ok());
+        assert!(so.direct_ok() && !so.needs_end_marker);
         // VMware's layout: the tables come at the end, nothing is read ahead of the grains.
         img[56..64].copy_from_slice(&GD_AT_END.to_le_bytes());
         let Vmdk::StreamOptimized(so) = open_stream(&img).unwrap() else { panic!("not streamOptimized") };
-        assert!(so.expected.is_none());
+        assert!(so.expected.is_none() && so.needs_end_marker);
+        // Tables past the first grain (a writer that patched the header): the end marker
+        // is what shows the stream is whole.
+        img[56..64].copy_from_slice(&4000u64.to_le_bytes());
+        let Vmdk::StreamOptimized(so) = open_stream(&img).unwrap() else { panic!("not streamOptimized") };
+        assert!(so.expected.is_none() && so.needs_end_marker);
     }
 
     #[test]
