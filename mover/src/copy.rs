@@ -44,12 +44,16 @@ impl Default for CopyConfig {
     }
 }
 
-/// How compressed qcow2 clusters are encoded.
+/// How compressed clusters (qcow2) or grains (vmdk) are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     /// Raw deflate (no zlib header), qcow2's default.
     Deflate,
     Zstd,
+    /// A zlib stream (RFC 1950: header and Adler-32 trailer), as vmdk's streamOptimized grains
+    /// are stored. It must end inside the grain, and may end short of it only where the image
+    /// ends within the grain (qemu compresses only the bytes up to the end of the disk).
+    Zlib,
 }
 
 /// Subclusters of a cluster that must read as zero after the cluster is fetched.
@@ -94,7 +98,8 @@ pub struct CompressedCluster {
     pub len: usize,
     /// Decompressed bytes to keep (the cluster size, less at the image end).
     pub out_len: usize,
-    /// Bytes the cluster decompresses to (the cluster size).
+    /// Bytes the cluster decompresses to (the cluster size); with [`Codec::Zlib`], at most
+    /// this and at least `out_len`.
     pub cluster_size: usize,
 }
 
@@ -493,7 +498,7 @@ impl<'a> Worker<'a> {
             let src = input
                 .get(c.start..c.start + c.len)
                 .ok_or(FormatError::Internal("compressed cluster outside its job input"))?;
-            self.inflate_one(codec, src, &mut out[at..at + c.cluster_size], c.guest)?;
+            self.inflate_one(codec, src, &mut out[at..at + c.cluster_size], c.out_len, c.guest)?;
             match runs.last_mut() {
                 Some((guest, start, end)) if *guest + (*end - *start) as u64 == c.guest && *end == at => {
                     *end = at + c.out_len
@@ -505,8 +510,21 @@ impl<'a> Worker<'a> {
         Ok(runs)
     }
 
-    fn inflate_one(&mut self, codec: Codec, src: &[u8], dst: &mut [u8], guest: u64) -> Result<(), ImportError> {
+    /// Inflates one cluster into `dst`; `keep` leading bytes of it are used.
+    fn inflate_one(
+        &mut self,
+        codec: Codec,
+        src: &[u8],
+        dst: &mut [u8],
+        keep: usize,
+        guest: u64,
+    ) -> Result<(), ImportError> {
         let produced = match codec {
+            Codec::Zlib => {
+                let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(true));
+                inflate_zlib(d, src, dst, keep, guest)?;
+                return Ok(());
+            }
             Codec::Deflate => {
                 let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(false));
                 d.reset(false);
@@ -594,6 +612,34 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// Inflates the zlib stream `src` into `dst` (reusing `d`), as qemu's vmdk reader does:
+/// the stream must end within `dst`, having produced at least `keep` bytes. Bytes after the
+/// stream's end are ignored (they pad the grain to a sector).
+///
+/// # Errors
+/// [`FormatError::BadCompressedCluster`] naming `guest` when the data is not zlib, is cut
+/// short, inflates past `dst`, or inflates to fewer than `keep` bytes.
+pub(crate) fn inflate_zlib(
+    d: &mut flate2::Decompress,
+    src: &[u8],
+    dst: &mut [u8],
+    keep: usize,
+    guest: u64,
+) -> Result<usize, FormatError> {
+    let bad = |reason: String| FormatError::BadCompressedCluster { guest, reason };
+    d.reset(true);
+    let status = d.decompress(src, dst, flate2::FlushDecompress::Finish).map_err(|e| bad(e.to_string()))?;
+    let produced = d.total_out() as usize;
+    match status {
+        flate2::Status::StreamEnd if produced >= keep => Ok(produced),
+        flate2::Status::StreamEnd => {
+            Err(bad(format!("decompressed to {produced} bytes, fewer than the {keep} it holds")))
+        }
+        _ if produced == dst.len() => Err(bad(format!("decompresses to more than the grain's {} bytes", dst.len()))),
+        _ => Err(bad(format!("its zlib stream is cut short after {} compressed bytes", d.total_in()))),
+    }
+}
+
 /// Splits guest bytes into writes of data runs and zeroings of zero runs. Where unwritten
 /// ranges read as zero, zero runs are simply skipped.
 fn plan_ops<'b>(data: &'b [u8], offset: u64, reads_zero: bool, ops: &mut Vec<Op<'b>>) {
@@ -646,6 +692,38 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn zlib_grains_inflate_full_or_short_only_down_to_what_is_kept() {
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let mut d = flate2::Decompress::new(true);
+        let mut out = vec![0u8; 8192];
+        // Whole, and padded with garbage after the stream's end (sector padding).
+        let mut z = zlib(&data);
+        z.extend_from_slice(&[0xaa; 100]);
+        assert_eq!(inflate_zlib(&mut d, &z, &mut out, 8192, 0).unwrap(), 8192);
+        assert_eq!(out, data);
+        // The image's last grain: compressed short, or whole with only its start kept.
+        assert_eq!(inflate_zlib(&mut d, &zlib(&data[..1536]), &mut out, 1536, 0).unwrap(), 1536);
+        assert_eq!(inflate_zlib(&mut d, &zlib(&data), &mut out, 1536, 0).unwrap(), 8192);
+        let short = inflate_zlib(&mut d, &zlib(&data[..1024]), &mut out, 1536, 7).unwrap_err();
+        assert!(short.to_string().contains("guest offset 7") && short.to_string().contains("fewer than"), "{short}");
+        let long = inflate_zlib(&mut d, &zlib(&[1u8; 8193]), &mut out, 8192, 0).unwrap_err();
+        assert!(long.to_string().contains("more than the grain's 8192 bytes"), "{long}");
+        let cut = inflate_zlib(&mut d, &zlib(&data)[..40], &mut out, 8192, 0).unwrap_err();
+        assert!(cut.to_string().contains("cut short"), "{cut}");
+        assert!(inflate_zlib(&mut d, &[0x55; 64], &mut out, 8192, 0).is_err());
+        // Raw deflate (qcow2's) is not zlib.
+        let raw = &zlib(&data)[2..];
+        assert!(inflate_zlib(&mut d, raw, &mut out, 8192, 0).is_err());
+    }
 
     #[test]
     fn zero_check() {

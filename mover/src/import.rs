@@ -254,14 +254,11 @@ impl Plan {
     }
 }
 
-/// Why a format recognised by its magic is refused.
-fn refuse(format: ImageFormat) -> ImportError {
+/// Why a format recognised by its magic (its first bytes: `head`) is refused.
+fn refuse(format: ImageFormat, head: &[u8]) -> ImportError {
     match format {
-        ImageFormat::Foreign(Foreign::VmdkDescriptor) => FormatError::MultiFile {
-            format: vmdk::FORMAT,
-            kind: "descriptor file (flat, split or multi-extent)".into(),
-        }
-        .into(),
+        // Its text names the files that hold the data, or a parent.
+        ImageFormat::Foreign(Foreign::VmdkDescriptor) => vmdk::refuse_descriptor(head).into(),
         other => FormatError::Unsupported { format: Detected::Image(other).name() }.into(),
     }
 }
@@ -296,7 +293,7 @@ fn plan_random(
                 Some(Trailer::FixedVhd { virtual_size, data_len }) => {
                     return Ok(Some((Plan::Raw { data_len, virtual_size }, vhd::FORMAT)));
                 }
-                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg))),
+                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg), head)),
                 None => Plan::Raw { data_len: len, virtual_size: len },
             }
         }
@@ -308,7 +305,7 @@ fn plan_random(
             Vmdk::Sparse(m) => Plan::Mapped(m),
             Vmdk::StreamOptimized(_) => return Ok(None),
         },
-        ImageFormat::Foreign(_) => return Err(refuse(format)),
+        ImageFormat::Foreign(_) => return Err(refuse(format, head)),
     };
     Ok(Some((plan, name)))
 }
@@ -325,7 +322,7 @@ fn plan_stream(format: ImageFormat, meta: &mut dyn Meta, head: &[u8]) -> Result<
             Vmdk::Sparse(m) => Plan::Mapped(m),
             Vmdk::StreamOptimized(s) => Plan::VmdkStream(s),
         },
-        ImageFormat::Foreign(_) => return Err(refuse(format)),
+        ImageFormat::Foreign(_) => return Err(refuse(format, head)),
         ImageFormat::Raw | ImageFormat::Iso | ImageFormat::Tar => {
             return Err(FormatError::Internal("raw images have no stream plan").into());
         }
@@ -426,7 +423,7 @@ fn run_stream(
             }
             match end.trailer {
                 Some(Trailer::FixedVhd { .. }) => *formats.last_mut().expect("the image's format") = vhd::FORMAT,
-                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg))),
+                Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg), &[])),
                 None => {}
             }
             verify(req, hasher.as_ref()).map(|()| end.virtual_size)

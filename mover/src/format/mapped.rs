@@ -211,7 +211,7 @@ impl Mapped {
                 }
                 .into());
             }
-            input.skip_to(e.host)?;
+            input.skip_to_reach(e.host, "data block")?;
             let mut at = e.guest;
             let end = e.guest + e.len;
             while at < end {
@@ -305,14 +305,17 @@ impl<'a> Forward<'a> {
 
     /// Discards bytes up to `offset` (which must not be behind the position).
     pub fn skip_to(&mut self, offset: u64) -> Result<(), ImportError> {
+        self.skip_to_reach(offset, "image")
+    }
+
+    /// [`Forward::skip_to`] on the way to the structure `what`, named if the stream ends first.
+    pub fn skip_to_reach(&mut self, offset: u64, what: &'static str) -> Result<(), ImportError> {
         let mut scratch = [0u8; 64 << 10];
         while self.pos < offset {
             let want = (offset - self.pos).min(scratch.len() as u64) as usize;
             let n = read_some(self.stream, &mut scratch[..want])?;
             if n == 0 {
-                return Err(
-                    FormatError::Truncated { format: self.format, what: "image", offset, received: self.pos }.into()
-                );
+                return Err(FormatError::Truncated { format: self.format, what, offset, received: self.pos }.into());
             }
             self.pos += n as u64;
         }
@@ -332,6 +335,21 @@ impl<'a> Forward<'a> {
             self.pos += n as u64;
         }
         Ok(())
+    }
+
+    /// Reads until `buf` is full or the stream ends; returns the bytes read. For formats
+    /// whose end is found by reading (vmdk's markers).
+    pub fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, ImportError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = read_some(self.stream, &mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+            self.pos += n as u64;
+        }
+        Ok(filled)
     }
 
     /// Reads the stream to its end: a checksum covers it, and a transfer that breaks there
@@ -378,7 +396,7 @@ impl Meta for Forward<'_> {
             }
             .into());
         }
-        self.skip_to(offset)?;
+        self.skip_to_reach(offset, what)?;
         self.read_exact(buf, self.format, what)
     }
 
