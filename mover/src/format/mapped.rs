@@ -217,7 +217,7 @@ impl Mapped {
                 }
                 .into());
             }
-            input.skip_to(e.host)?;
+            input.skip_for(e.host, "data block")?;
             let mut at = e.guest;
             let end = e.guest + e.len;
             while at < end {
@@ -311,14 +311,17 @@ impl<'a> Forward<'a> {
 
     /// Discards bytes up to `offset` (which must not be behind the position).
     pub fn skip_to(&mut self, offset: u64) -> Result<(), ImportError> {
+        self.skip_for(offset, "image")
+    }
+
+    /// [`Forward::skip_to`] on the way to `what`, which a stream ending first names.
+    fn skip_for(&mut self, offset: u64, what: &'static str) -> Result<(), ImportError> {
         let mut scratch = [0u8; 64 << 10];
         while self.pos < offset {
             let want = (offset - self.pos).min(scratch.len() as u64) as usize;
             let n = read_some(self.stream, &mut scratch[..want])?;
             if n == 0 {
-                return Err(
-                    FormatError::Truncated { format: self.format, what: "image", offset, received: self.pos }.into()
-                );
+                return Err(FormatError::Truncated { format: self.format, what, offset, received: self.pos }.into());
             }
             self.pos += n as u64;
         }
@@ -384,7 +387,7 @@ impl Meta for Forward<'_> {
             }
             .into());
         }
-        self.skip_to(offset)?;
+        self.skip_for(offset, what)?;
         self.read_exact(buf, self.format, what)
     }
 
