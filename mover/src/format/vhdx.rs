@@ -594,7 +594,15 @@ fn read_metadata(meta: &mut dyn Meta, region: Region) -> Result<Geometry, Import
 
 fn check_bat_len(region: Region, geometry: &Geometry) -> Result<(), FormatError> {
     if geometry.bat_bytes() > region.len {
-        return Err(bad("BAT region length", region.len, "too short for the entries the disk's size needs"));
+        return Err(corrupt(format!(
+            "its BAT region (host offset {}) holds {} bytes, but a disk of {} bytes in blocks of {} needs {} bytes of \
+             BAT entries",
+            region.offset,
+            region.len,
+            geometry.virtual_size,
+            geometry.block,
+            geometry.bat_bytes()
+        )));
     }
     Ok(())
 }
@@ -1162,7 +1170,11 @@ mod tests {
             (MIB as u32, (64 << 40) + MIB, "virtual disk size is 70368745226240"),
             (MIB as u32, MIB + 100, "must be a multiple of the logical sector size"),
             // 200 GiB of 1 MiB blocks needs more than the 1 MiB BAT region holds.
-            (MIB as u32, 200 << 30, "BAT region length is 1048576"),
+            (
+                MIB as u32,
+                200 << 30,
+                "holds 1048576 bytes, but a disk of 214748364800 bytes in blocks of 1048576 needs 1638792 bytes",
+            ),
         ];
         for (block, size, needle) in cases {
             let mut img = mk_image(MIB as u32, MIB, &[]);
