@@ -1289,6 +1289,55 @@ mod tests {
     }
 
     #[test]
+    fn mutated_tables_never_panic() {
+        let bat: Vec<u64> = (0..4).map(|i| entry(if i == 2 { ZERO } else { FULLY_PRESENT }, DATA_MB + i)).collect();
+        let mut pristine = mk_image(MIB as u32, 4 * MIB - 512, &bat);
+        let mut log = vec![0u8; MIB as usize];
+        mk_log_entry(&mut log, 0, LOG_GUID, 3, 2);
+        put(&mut pristine, LOG_AT, &log);
+        // Where the structures' fields are: headers, region table, log entry, BAT, metadata
+        // table and items.
+        let spots: [(u64, u64); 6] = [
+            (HEADER_OFFSETS[1], 80),
+            (REGION_TABLE_OFFSETS[0], 80),
+            (LOG_AT, 128),
+            (BAT_AT, 40),
+            (META_AT, 200),
+            (META_AT + METADATA_TABLE_LEN, 40),
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut outcomes = [0; 2];
+        for _ in 0..300 {
+            let mut img = pristine.clone();
+            for _ in 0..1 + next() % 4 {
+                let (at, len) = spots[(next() % spots.len() as u64) as usize];
+                img[(at + next() % len) as usize] = next() as u8;
+            }
+            if next() % 4 != 0 {
+                // Resealed, as a hostile writer would: the damage gets past the checksums.
+                for at in HEADER_OFFSETS {
+                    reseal(&mut img, at, HEADER_LEN);
+                }
+                reseal(&mut img, REGION_TABLE_OFFSETS[0], REGION_TABLE_LEN);
+            }
+            let random = parse_random(&img).map(|m| m.extents().to_vec()).map_err(|e| e.to_string());
+            let stream = parse_stream(&img).map(|m| m.extents().to_vec()).map_err(|e| e.to_string());
+            match (&random, &stream) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(e), _) | (_, Err(e)) => assert!(!e.is_empty()),
+            }
+            outcomes[usize::from(random.is_err())] += 1;
+        }
+        assert!(outcomes[0] > 0 && outcomes[1] > 0, "mutations never reached a parser: {outcomes:?}");
+    }
+
+    #[test]
     fn a_held_bat_shorter_than_the_disk_needs_random_access() {
         let geometry = Geometry { block: MIB, virtual_size: 4 * MIB, chunk_ratio: 4096, bat_entries: 4 };
         let layout = Layout { used: vec![] };
