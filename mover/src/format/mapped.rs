@@ -139,6 +139,12 @@ impl Mapped {
         self.granularity >= ZERO_BLOCK as u64
     }
 
+    /// The runs, in guest order: for format readers' tests.
+    #[cfg(test)]
+    pub(crate) fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
     /// Guest bytes holding data.
     pub fn data_bytes(&self) -> u64 {
         self.extents.iter().map(|e| e.len).sum()

@@ -45,7 +45,8 @@ pub enum FormatError {
     BackingFile { name: String },
     #[error(
         "{format} image is a differencing image whose parent is {parent}; differencing images are refused \
-         because the parent would be read from the importer's host: merge it first (qemu-img convert -O qcow2)"
+         because the parent would be read from the importer's host: merge it first (qemu-img convert -O qcow2; \
+         for vhdx, Hyper-V's Merge-VHD)"
     )]
     Differencing { format: &'static str, parent: String },
     #[error(
@@ -53,6 +54,12 @@ pub enum FormatError {
          convert it to a single file first (qemu-img convert -O qcow2, or -O vmdk -o subformat=streamOptimized)"
     )]
     MultiFile { format: &'static str, kind: String },
+    #[error(
+        "{format} image needs a {what} this reader does not know ({id}, marked required), so its data cannot be \
+         read safely: convert it to a plain dynamic or fixed image with the tool that made it (Hyper-V's \
+         Convert-VHD), then import that"
+    )]
+    UnknownRequired { format: &'static str, what: &'static str, id: String },
     #[error(
         "{format} image has a log that was never replayed (it was not closed cleanly), so its tables may be \
          stale: open it once in Hyper-V, or repair it with qemu-img check -r all, then import it"
@@ -107,6 +114,7 @@ impl FormatError {
             | FormatError::Differencing { .. }
             | FormatError::MultiFile { .. }
             | FormatError::DirtyLog { .. }
+            | FormatError::UnknownRequired { .. }
             | FormatError::NeedsRandomAccess { .. } => Reason::UnsupportedImage,
             _ => Reason::InvalidImage,
         }

@@ -152,7 +152,7 @@ impl pb::mover_server::Mover for MoverService {
         Ok(Response::new(pb::CapabilitiesResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api: pb::API.to_string(),
-            formats: strings(&["raw", "qcow2", "vmdk", "gz", "xz", "zst", "tar"]),
+            formats: strings(&["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "gz", "xz", "zst", "tar"]),
             sources: strings(&["http", "https", "file"]),
             content_types: strings(&["kubevirt", "archive"]),
             node_name: self.node_name.clone(),

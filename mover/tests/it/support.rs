@@ -52,8 +52,13 @@ pub fn qemu_img(args: &[&str]) -> Output {
 }
 
 pub fn qemu_io(image: &str, cmds: &[&str]) {
+    qemu_io_fmt("qcow2", image, cmds);
+}
+
+/// [`qemu_io`] on an image of another format (`vhdx`, ...).
+pub fn qemu_io_fmt(format: &str, image: &str, cmds: &[&str]) {
     let mut c = Command::new("qemu-io");
-    c.arg("-f").arg("qcow2");
+    c.arg("-f").arg(format);
     for cmd in cmds {
         c.arg("-c").arg(cmd);
     }
