@@ -17,10 +17,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::direct_io::AlignedBuf;
+use crate::disk::Disk;
 use crate::error::ImportError;
 use crate::format::FormatError;
 use crate::source::RandomAccess;
-use crate::target::Disk;
 
 /// Zero detection granularity: zero runs of whole 4 KiB blocks become holes, like
 /// `qemu-img convert`'s default `-S 4k`.

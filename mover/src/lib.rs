@@ -21,7 +21,7 @@
 //!   that cannot be placed yet, bounded).
 //! * [`copy`] runs the jobs on a small pool of workers with a fixed number of buffers, so
 //!   memory is bounded by configuration, never by image size.
-//! * [`target`] owns the destination: sizing as CDI computes it, sparse writes, direct I/O,
+//! * [`disk`] owns the destination: sizing as CDI computes it, sparse writes, direct I/O,
 //!   zeroing that never leaves stale bytes, and the rule that nothing looks complete until it
 //!   is (written under a `.partial` name, fsync'd, then renamed).
 //! * [`volume`] streams a volume's contents out and in as sparse extents (RAW or TAR): one
@@ -34,13 +34,13 @@ pub mod copy;
 pub mod decompress;
 pub mod detect;
 pub mod direct_io;
+pub mod disk;
 pub mod error;
 pub mod format;
 pub mod import;
 pub mod progress;
 pub mod service;
 pub mod source;
-pub mod target;
 pub mod tls;
 pub mod volume;
 

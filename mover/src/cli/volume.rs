@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use cdi_mover::detect::{self, Detected, ImageFormat};
+use cdi_mover::disk::{TargetOptions, sizing};
 use cdi_mover::error::one_line;
 use cdi_mover::service::volume::{QUEUE, chunk_to_pb, format_to_pb, write_stream};
-use cdi_mover::target::{TargetOptions, sizing};
 use cdi_mover::volume::write::TarInto;
 use cdi_mover::volume::{Format, VolumeError, VolumeReader};
 use cdi_proto::v1 as pb;

@@ -20,8 +20,8 @@ use tonic::{Status, Streaming};
 
 use crate::ImportError;
 use crate::archive::ArchiveError;
+use crate::disk::{TargetError, TargetOptions};
 use crate::error::one_line;
-use crate::target::{TargetError, TargetOptions};
 use crate::volume::write::TarInto;
 use crate::volume::{self, Chunk, Extent, Format, Header, VolumeError, VolumeReader};
 

@@ -19,9 +19,9 @@ use super::header::{HOST_OFFSET_MASK, Header};
 use super::random::clamp_compressed;
 use super::table::{Cluster, decode_l2, l1_entry};
 use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf};
+use crate::disk::Disk;
 use crate::error::ImportError;
 use crate::format::{FormatError, ZeroRuns};
-use crate::target::Disk;
 
 /// Limits of the streaming decoder (memory is bounded by these, not by the image).
 #[derive(Debug, Clone, Copy)]
