@@ -40,6 +40,8 @@ pub struct Disk {
     spool: Option<(u64, u64)>,
     /// End of the spool bytes written, to clean them up.
     spool_end: AtomicU64,
+    /// Until a successful [`Disk::finish`]: dropping the disk cleans up (see `Drop`).
+    armed: bool,
 }
 
 /// Where and how a [`Disk`] writes, as its [`super::TargetPlan`] decided.
@@ -89,6 +91,7 @@ impl Disk {
             bytes_written: AtomicU64::new(0),
             spool,
             spool_end: AtomicU64::new(0),
+            armed: true,
         }
     }
 
@@ -311,13 +314,26 @@ impl Disk {
     /// `image_size` is the image's virtual size as the decoder found it: a file without a
     /// fixed length (a volume's `disk.img` has one, so does a file given a size) ends there,
     /// whatever was written or parked past it, and however much of its tail is zeros.
+    ///
+    /// # Errors
+    /// Any failed step (resize, fsync, chmod, rename, the directory's fsync) is returned
+    /// after the disk was aborted, as [`Disk::abort`] does: nothing is left that looks
+    /// complete, not even a file renamed before its directory could be flushed.
     #[must_use = "an unfinished disk is removed or wiped, never left looking complete"]
-    pub fn finish(self, image_size: u64) -> Result<Finished, TargetError> {
-        let fin = |op, source| TargetError::Finish { op, path: self.path.clone(), source };
+    pub fn finish(mut self, image_size: u64) -> Result<Finished, TargetError> {
+        let finished = self.complete(image_size)?;
+        // Only now is the image complete: the guard stands down.
+        self.armed = false;
+        Ok(finished)
+    }
+
+    /// The steps of [`Disk::finish`]; on error the guard is still armed.
+    fn complete(&mut self, image_size: u64) -> Result<Finished, TargetError> {
+        let fin = |op, path: &PathBuf, source| TargetError::Finish { op, path: path.clone(), source };
         let bytes_written = self.bytes_written.load(Ordering::Relaxed);
         let Some(final_path) = self.final_path.clone() else {
             self.clear_spool()?;
-            self.file.sync_all().map_err(|e| fin("flush", e))?;
+            self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
             return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_size), bytes_written });
         };
         let size = self.fixed_len.unwrap_or(image_size);
@@ -325,12 +341,14 @@ impl Disk {
         if self.preallocate && self.fixed_len.is_none() {
             self.preallocate(size)?;
         }
-        self.file.sync_all().map_err(|e| fin("flush", e))?;
+        self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(DISK_IMAGE_MODE))
-            .map_err(|e| fin("set the mode of", e))?;
-        std::fs::rename(&self.path, &final_path).map_err(|e| fin("rename", e))?;
+            .map_err(|e| fin("set the mode of", &self.path, e))?;
+        std::fs::rename(&self.path, &final_path).map_err(|e| fin("rename", &self.path, e))?;
+        // The file is under its final name now: that is what a failure from here removes.
+        self.path = final_path.clone();
         if let Some(dir) = final_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fin("flush the directory of", e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fin("flush the directory of", &self.path, e))?;
         }
         Ok(Finished { path: final_path, size, bytes_written })
     }
@@ -348,7 +366,15 @@ impl Disk {
 
     /// Gives up: removes a partial file, or wipes both ends of a block device that was
     /// written to, so that nothing is mistaken for a complete image.
+    ///
+    /// Dropping a disk that was not finished does the same (an early return, a panic
+    /// unwinding through the import); calling this says so where it is meant.
     pub fn abort(self) {
+        // The guard in `Drop` does the work.
+        drop(self);
+    }
+
+    fn clean_up(&self) {
         if self.final_path.is_some() {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not remove the partial image");
@@ -372,5 +398,102 @@ impl Disk {
             tracing::warn!(path = %self.path.display(), error = %e, "could not clear the spool");
         }
         let _ = self.file.sync_all();
+    }
+}
+
+/// The guard: a disk that was not finished is cleaned up, whichever way it goes away.
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.clean_up();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::copy::{self, CopyConfig, Counters, Job};
+    use crate::disk::{DISK_IMAGE, TargetOptions, TargetPlan};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A fresh file target of one MiB with a block of data written; (disk, final, partial).
+    fn mk_written_file(dir: &Path) -> (Disk, PathBuf, PathBuf) {
+        let out = dir.join("out.raw");
+        let disk = TargetPlan::inspect(&out, TargetOptions::default()).unwrap().open(Some(MIB), false).unwrap();
+        disk.write(&[0xab; 4096], 0).unwrap();
+        let partial = dir.join("out.raw.partial");
+        assert!(partial.exists(), "the image is written under its partial name");
+        (disk, out, partial)
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, out, partial) = mk_written_file(dir.path());
+        // Something took the name meanwhile: rename cannot replace a non-empty directory.
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("theirs"), b"").unwrap();
+        let err = disk.finish(MIB).unwrap_err();
+        assert!(matches!(err, TargetError::Finish { op: "rename", .. }), "{err}");
+        assert!(!partial.exists(), "the partial image was left behind after a failed finish");
+        assert!(out.join("theirs").exists(), "what took the name is not ours to remove");
+    }
+
+    #[test]
+    fn a_disk_dropped_unfinished_removes_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, out, partial) = mk_written_file(dir.path());
+        // An early return (`?`) between open and finish.
+        drop(disk);
+        assert!(!partial.exists(), "an early return left the partial image behind");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_volume_disk_dropped_unfinished_leaves_no_disk_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = TargetPlan::inspect(dir.path(), TargetOptions::default()).unwrap().open(Some(MIB), false).unwrap();
+        disk.write(&[1; 4096], 0).unwrap();
+        drop(disk);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left in the volume: {left:?}");
+        assert!(!dir.path().join(DISK_IMAGE).exists());
+    }
+
+    #[test]
+    fn a_panic_mid_copy_removes_the_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.raw");
+        let plan = TargetPlan::inspect(&out, TargetOptions::default()).unwrap();
+        let panicked = std::panic::catch_unwind(|| {
+            let disk = plan.open(Some(MIB), false).unwrap();
+            let cancel = Arc::new(AtomicBool::new(false));
+            copy::run::<_, ()>(CopyConfig::default(), &disk, None, &Counters::default(), cancel, |sink| {
+                let mut buf = sink.buffer()?;
+                buf.set_len(4096);
+                buf.fill(7);
+                sink.submit(Job::Data { offset: 0, buf })?;
+                panic!("a decoder bug")
+            })
+        });
+        assert!(panicked.is_err());
+        assert!(!dir.path().join("out.raw.partial").exists(), "a panic left the partial image behind");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_finished_disk_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, out, partial) = mk_written_file(dir.path());
+        let finished = disk.finish(MIB).unwrap();
+        assert_eq!((finished.path, finished.size), (out.clone(), MIB));
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read(&out).unwrap()[..4096], [0xab; 4096]);
     }
 }
