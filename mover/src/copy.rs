@@ -17,7 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::direct_io::AlignedBuf;
-use crate::disk::Disk;
+use crate::disk::Storage;
 use crate::error::ImportError;
 use crate::format::FormatError;
 use crate::source::RandomAccess;
@@ -224,7 +224,7 @@ impl JobSink<'_> {
 /// [`ImportError::Cancelled`].
 pub fn run<F, T>(
     cfg: CopyConfig,
-    disk: &Disk,
+    disk: &dyn Storage,
     source: Option<&dyn RandomAccess>,
     counters: &Counters,
     cancel: Arc<AtomicBool>,
@@ -350,7 +350,7 @@ enum Op<'b> {
 
 /// A worker's private state: two chunks and the decompressors.
 struct Worker<'a> {
-    disk: &'a Disk,
+    disk: &'a dyn Storage,
     source: Option<&'a dyn RandomAccess>,
     counters: &'a Counters,
     shared: &'a Shared,

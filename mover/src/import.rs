@@ -11,7 +11,7 @@ use crate::copy::{self, CopyConfig, Job};
 use crate::decompress::xz_blocks::Layout;
 use crate::decompress::{self, DecompressError};
 use crate::detect::{self, Compression, Detected, Foreign, ImageFormat, Peeked, SNIFF_LEN, Trailer};
-use crate::disk::{Disk, TargetOptions, TargetPlan, sizing};
+use crate::disk::{Storage, TargetOptions, TargetPlan, sizing};
 use crate::error::ImportError;
 use crate::format::mapped::{Forward, Mapped, Meta, RandomMeta};
 use crate::format::qcow2::{self, StreamLimits};
@@ -508,8 +508,10 @@ fn verify(req: &ImportRequest, hasher: Option<&Arc<Mutex<Hasher>>>) -> Result<()
     Ok(())
 }
 
-fn finish(
-    disk: Disk,
+/// Where an import's outcome meets its disk: finished only when the copy succeeded (and was
+/// verified), aborted otherwise.
+pub(crate) fn finish<S: Storage>(
+    disk: S,
     copied: Result<u64, ImportError>,
     formats: Vec<&'static str>,
     source_digest: Option<String>,

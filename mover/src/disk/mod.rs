@@ -5,6 +5,8 @@
 //!   touching nothing; [`TargetPlan::open`] turns it into a [`Disk`].
 //! * [`writer`]: the open [`Disk`] the copy engine writes, and the rule that it is either
 //!   finished or cleaned up.
+//! * [`storage`]: the [`Storage`] trait the copy engine writes through; [`Disk`] is the real
+//!   one, an in-memory one that fails on request serves the engine's unit tests.
 //! * [`sizing`]: CDI's volume size arithmetic.
 //!
 //! # Guarantees
@@ -16,14 +18,18 @@
 //! * Sizes follow CDI ([`sizing`]): a volume's `disk.img` grows (never shrinks) to the usable
 //!   space; an image larger than the space available is refused before anything is written.
 
+#[cfg(test)]
+pub(crate) mod mem;
 pub mod plan;
 pub mod sizing;
+pub mod storage;
 pub mod writer;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use plan::{Destination, TargetOptions, TargetPlan};
+pub use storage::Storage;
 pub use writer::{Disk, Finished};
 
 /// The file CDI keeps the disk in, at the root of a filesystem volume.
