@@ -183,7 +183,8 @@ pub async fn read_volume(client: &mut MoverClient<Channel>, args: &ReadVolumeArg
     let file = std::path::absolute(&args.file).with_context(|| format!("invalid path {}", args.file.display()))?;
     let stream = client.read_volume(request).await?.into_inner();
     let message_bytes = Arc::new(AtomicU64::new(0));
-    let written = write_stream(file, options, TarInto::DirectoryOrFile, counted(stream, message_bytes.clone())).await?;
+    let written =
+        write_stream(file, options, TarInto::DirectoryOrFile, counted(stream, message_bytes.clone()), None).await?;
     Report {
         format: written.format,
         data_bytes: written.data_bytes,
