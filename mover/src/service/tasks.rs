@@ -242,13 +242,16 @@ impl Registry {
         });
     }
 
-    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest, _claim: Claim) {
+    /// Runs the task; its target is released before its end is announced, so a caller that
+    /// saw it end finds the target free.
+    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest, claim: Claim) {
         // Wait for a slot, unless cancelled first.
         let permit = tokio::select! {
             permit = self.slots.clone().acquire_owned() => permit.ok(),
             () = task.cancelled.notified() => None,
         };
         let Some(_permit) = permit.filter(|_| !task.cancel.load(Ordering::SeqCst)) else {
+            drop(claim);
             self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO);
             return;
         };
@@ -268,6 +271,8 @@ impl Registry {
         let result = tokio::task::spawn_blocking(move || crate::import(&request, &rt, &progress_for_import, cancel))
             .await
             .unwrap_or_else(|e| Err(ImportError::InvalidRequest(format!("the import task failed: {e}"))));
+        // The import is over, its disk finished or cleaned up: the target is free.
+        drop(claim);
         done.notify_one();
         let _ = ticker.await;
         self.running.fetch_sub(1, Ordering::Relaxed);

@@ -40,11 +40,17 @@ pub fn serve_read(
     let header = reader.header();
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::task::spawn_blocking(move || {
-        // Held while the volume is read, whether or not the client stays.
-        let _claim = claim;
+        // Held while the volume is read, whether or not the client stays; released before
+        // the end goes out, so a client that saw the end finds the target free.
+        let mut claim = Some(claim);
         let started = Instant::now();
         let shown = reader.path().display().to_string();
-        let sent = reader.run(|chunk| tx.blocking_send(Ok(chunk_to_pb(chunk))).map_err(|_| VolumeError::Closed));
+        let sent = reader.run(|chunk| {
+            if matches!(chunk, Chunk::End { .. }) {
+                claim.take();
+            }
+            tx.blocking_send(Ok(chunk_to_pb(chunk))).map_err(|_| VolumeError::Closed)
+        });
         match sent {
             Ok(stats) => tracing::info!(
                 path = shown,
