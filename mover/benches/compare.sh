@@ -9,14 +9,17 @@
 # Usage: mover/benches/compare.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images; it is made with
 #   ../shared/bench/make_images.sh when missing (5-20 min). Needs root for the loop device.
-#   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst" BENCH_OUT=<scratch dir on the same disk>
+#   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst vmdk vmdk-stream vhd vhd-fixed vhdx vdi"
+#   BENCH_OUT=<scratch dir on the same disk>
+#   The vmdk/vhd/vhdx/vdi images are made once from disk.qcow2 with qemu-img and kept in
+#   IMAGES_DIR beside the others.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 IMAGES=${1:-${BENCH_IMAGES:-$repo/bench-images}}
 RUNS=${RUNS:-3}
-CASES=${CASES:-"qcow2 qcow2-c loop gz xz zst"}
+CASES=${CASES:-"qcow2 qcow2-c loop gz xz zst vmdk vmdk-stream vhd vhd-fixed vhdx vdi"}
 BENCH_OUT=${BENCH_OUT:-$IMAGES/out}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -123,6 +126,27 @@ for c in $CASES; do
         refs+=("$r")
       done
       ratio "$c" "$cdi" "$(best "${refs[@]}")"
+      ;;
+    vmdk|vmdk-stream|vhd|vhd-fixed|vhdx|vdi)
+      case $c in
+        vmdk)        fmt=vmdk opts=subformat=monolithicSparse ;;
+        vmdk-stream) fmt=vmdk opts=subformat=streamOptimized ;;
+        vhd)         fmt=vpc  opts=subformat=dynamic ;;
+        vhd-fixed)   fmt=vpc  opts=subformat=fixed ;;
+        vhdx)        fmt=vhdx opts=subformat=dynamic ;;
+        vdi)         fmt=vdi  opts=static=off ;;
+      esac
+      src=$IMAGES/disk.$c
+      if [ ! -f "$src" ]; then
+        qemu-img convert -f qcow2 -O "$fmt" -o "$opts" "$IMAGES/disk.qcow2" "$src.tmp" && mv "$src.tmp" "$src"
+      fi
+      warm "$src"
+      cdi=$(median "$out" "$MOVER" import "$src" "$out" --progress none)
+      "$MOVER" import "$src" "$out" --progress none && qemu-img compare -f "$fmt" -F raw "$src" "$out" >&2
+      ref=$(median "$out" qemu-img convert -f "$fmt" -O raw "$src" "$out")
+      row "$c" "cdi-mover import" "$cdi"
+      row "$c" "qemu-img convert -O raw" "$ref"
+      ratio "$c" "$cdi" "$ref"
       ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac

@@ -17,10 +17,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::direct_io::AlignedBuf;
+use crate::disk::Storage;
 use crate::error::ImportError;
 use crate::format::FormatError;
 use crate::source::RandomAccess;
-use crate::target::Disk;
 
 /// Zero detection granularity: zero runs of whole 4 KiB blocks become holes, like
 /// `qemu-img convert`'s default `-S 4k`.
@@ -254,7 +254,7 @@ impl JobSink<'_> {
 /// [`ImportError::Cancelled`].
 pub fn run<F, T>(
     cfg: CopyConfig,
-    disk: &Disk,
+    disk: &dyn Storage,
     source: Option<&dyn RandomAccess>,
     counters: &Counters,
     cancel: Arc<AtomicBool>,
@@ -380,7 +380,7 @@ enum Op<'b> {
 
 /// A worker's private state: two chunks and the decompressors.
 struct Worker<'a> {
-    disk: &'a Disk,
+    disk: &'a dyn Storage,
     source: Option<&'a dyn RandomAccess>,
     counters: &'a Counters,
     shared: &'a Shared,

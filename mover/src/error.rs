@@ -6,9 +6,9 @@
 
 use crate::archive::ArchiveError;
 use crate::decompress::DecompressError;
+use crate::disk::TargetError;
 use crate::format::FormatError;
 use crate::source::SourceError;
-use crate::target::TargetError;
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]

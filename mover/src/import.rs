@@ -11,6 +11,7 @@ use crate::copy::{self, CopyConfig, Job};
 use crate::decompress::xz_blocks::Layout;
 use crate::decompress::{self, DecompressError};
 use crate::detect::{self, Compression, Detected, Foreign, ImageFormat, Peeked, SNIFF_LEN, Trailer};
+use crate::disk::{Storage, TargetOptions, TargetPlan, sizing};
 use crate::error::ImportError;
 use crate::format::mapped::{Forward, Mapped, Meta, RandomMeta};
 use crate::format::qcow2::{self, StreamLimits};
@@ -18,7 +19,6 @@ use crate::format::vmdk::{self, Vmdk};
 use crate::format::{FormatError, raw, vdi, vhd, vhdx};
 use crate::progress::{Phase, Progress};
 use crate::source::{self, CountingReader, Opened, RandomAccess, SourceError, SourceOptions, SourceSpec};
-use crate::target::{Disk, TargetOptions, TargetPlan, sizing};
 
 /// Most compression layers peeled off one source (e.g. `.tar.gz.xz`); more is hostile.
 const MAX_LAYERS: usize = 4;
@@ -479,12 +479,12 @@ fn extract_archive(
 
 /// Flushes the volume: syncfs covers every extracted file, not only the directory.
 pub(crate) fn sync_dir(path: &std::path::Path) -> Result<(), ImportError> {
-    let dir = std::fs::File::open(path).map_err(|source| crate::target::TargetError::Finish {
+    let dir = std::fs::File::open(path).map_err(|source| crate::disk::TargetError::Finish {
         op: "open",
         path: path.to_path_buf(),
         source,
     })?;
-    nix::unistd::syncfs(&dir).map_err(|e| crate::target::TargetError::Finish {
+    nix::unistd::syncfs(&dir).map_err(|e| crate::disk::TargetError::Finish {
         op: "flush",
         path: path.to_path_buf(),
         source: e.into(),
@@ -505,8 +505,10 @@ fn verify(req: &ImportRequest, hasher: Option<&Arc<Mutex<Hasher>>>) -> Result<()
     Ok(())
 }
 
-fn finish(
-    disk: Disk,
+/// Where an import's outcome meets its disk: finished only when the copy succeeded (and was
+/// verified), aborted otherwise.
+pub(crate) fn finish<S: Storage>(
+    disk: S,
     copied: Result<u64, ImportError>,
     formats: Vec<&'static str>,
     source_digest: Option<String>,
@@ -534,7 +536,7 @@ fn finish(
 /// A stream that outgrows the target is the "image too large" case CDI reports.
 fn map_no_space(e: ImportError) -> ImportError {
     match e {
-        ImportError::Target(crate::target::TargetError::NoSpace { needed, available, .. }) => {
+        ImportError::Target(crate::disk::TargetError::NoSpace { needed, available, .. }) => {
             ImportError::TooLarge { virtual_size: needed, available }
         }
         other => other,

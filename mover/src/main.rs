@@ -1,4 +1,6 @@
 //! `cdi-mover`: see `cli/` for the commands.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 mod cli;
 

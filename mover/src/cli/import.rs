@@ -10,11 +10,11 @@ use clap::{Args, ValueEnum};
 
 use cdi_mover::checksum::Checksum;
 use cdi_mover::copy::CopyConfig;
+use cdi_mover::disk::{TargetOptions, sizing};
 use cdi_mover::error::{ImportError, one_line};
 use cdi_mover::format::qcow2::StreamLimits;
 use cdi_mover::progress::Progress;
 use cdi_mover::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
-use cdi_mover::target::{TargetOptions, sizing};
 use cdi_mover::{ContentType, ImportRequest, ImportResult};
 
 use super::EXIT_RETRYABLE;

@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use cdi_mover::detect::{self, Detected, ImageFormat};
+use cdi_mover::disk::{TargetOptions, sizing};
 use cdi_mover::error::one_line;
 use cdi_mover::service::volume::{QUEUE, chunk_to_pb, format_to_pb, write_stream};
-use cdi_mover::target::{TargetOptions, sizing};
 use cdi_mover::volume::write::TarInto;
 use cdi_mover::volume::{Format, VolumeError, VolumeReader};
 use cdi_proto::v1 as pb;
@@ -183,7 +183,8 @@ pub async fn read_volume(client: &mut MoverClient<Channel>, args: &ReadVolumeArg
     let file = std::path::absolute(&args.file).with_context(|| format!("invalid path {}", args.file.display()))?;
     let stream = client.read_volume(request).await?.into_inner();
     let message_bytes = Arc::new(AtomicU64::new(0));
-    let written = write_stream(file, options, TarInto::DirectoryOrFile, counted(stream, message_bytes.clone())).await?;
+    let written =
+        write_stream(file, options, TarInto::DirectoryOrFile, counted(stream, message_bytes.clone()), None).await?;
     Report {
         format: written.format,
         data_bytes: written.data_bytes,

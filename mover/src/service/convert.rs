@@ -10,10 +10,10 @@ use tonic::Status;
 use super::resolve::{PodVolume, ResolveError};
 use super::tasks::{Snapshot, State, Task, TaskSpec};
 use crate::checksum::Checksum;
+use crate::disk::{TargetOptions, sizing};
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
 use crate::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
-use crate::target::{TargetOptions, sizing};
 
 /// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
 const MAX_TASK_ID: usize = 253;

@@ -12,6 +12,7 @@
 //! `tonic::Status` lives only in this module: the data path's errors become task failures
 //! with reason codes; request problems become INVALID_ARGUMENT before anything runs.
 
+pub mod claims;
 pub mod convert;
 pub mod metrics;
 pub mod resolve;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use claims::{Access, Claim};
 use tasks::{Registry, StartError, State};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PopulateEvent, Status>> + Send>>;
@@ -43,6 +45,16 @@ pub struct MoverService {
     pub tasks: Arc<Registry>,
 }
 
+impl MoverService {
+    /// Claims a volume stream's target; ABORTED while a task or another stream has it.
+    fn claim(&self, target: &convert::ResolvedTarget, access: Access, holder: &str) -> Result<Claim, Status> {
+        self.tasks
+            .claims()
+            .claim(&target.path, &target.display, access, holder.to_string())
+            .map_err(|e| Status::aborted(e.to_string()))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::mover_server::Mover for MoverService {
     type PopulateStream = EventStream;
@@ -53,6 +65,7 @@ impl pb::mover_server::Mover for MoverService {
         let (task, reattached) = self.tasks.start_or_attach(spec).map_err(|e| match e {
             StartError::Conflict { .. } => Status::already_exists(e.to_string()),
             StartError::Draining => Status::unavailable(e.to_string()),
+            StartError::TargetBusy(_) => Status::aborted(e.to_string()),
         })?;
         let (tx, rx) = mpsc::channel(16);
         let mut follow = task.subscribe();
@@ -122,7 +135,8 @@ impl pb::mover_server::Mover for MoverService {
         let target = convert::target("target", req.target.as_ref(), &self.kubelet_root)?;
         let format =
             pb::VolumeFormat::try_from(req.format).map_err(|_| Status::invalid_argument("format: unknown value"))?;
-        let rx = volume::serve_read(target.path, format)?;
+        let claim = self.claim(&target, Access::Read, "a ReadVolume stream")?;
+        let rx = volume::serve_read(target.path, format, claim)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -140,7 +154,8 @@ impl pb::mover_server::Mover for MoverService {
         };
         let resolved = convert::target("target.target", target.target.as_ref(), &self.kubelet_root)?;
         let options = convert::write_target_options(&target)?;
-        let response = volume::serve_write(resolved.path, options, stream).await?;
+        let claim = self.claim(&resolved, Access::Write, "a WriteVolume stream")?;
+        let response = volume::serve_write(resolved.path, options, stream, claim).await?;
         Ok(Response::new(response))
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore, watch};
 
+use super::claims::{Access, Busy, Claim, Claims};
 use super::metrics::Metrics;
 use crate::error::{ImportError, Reason, one_line};
 use crate::import::{ContentType, ImportRequest, ImportResult};
@@ -103,6 +104,9 @@ pub enum StartError {
     Conflict { id: String, source_name: String, target: String },
     #[error("the mover is shutting down and takes no new tasks")]
     Draining,
+    /// Another task or volume stream has the target.
+    #[error(transparent)]
+    TargetBusy(#[from] Busy),
 }
 
 /// All tasks of this mover.
@@ -116,6 +120,8 @@ pub struct Registry {
     /// Current throughput of each running task, summed for the metrics.
     rates: Mutex<HashMap<String, f64>>,
     metrics: Arc<Metrics>,
+    /// The targets in use, by tasks and by volume streams.
+    claims: Arc<Claims>,
 }
 
 impl Registry {
@@ -128,7 +134,13 @@ impl Registry {
             running: AtomicU64::new(0),
             rates: Mutex::new(HashMap::new()),
             metrics,
+            claims: Claims::new(),
         })
+    }
+
+    /// The targets in use; volume streams claim theirs here too.
+    pub fn claims(&self) -> &Arc<Claims> {
+        &self.claims
     }
 
     /// Starts the task, or returns the existing one of the same id (`true`: re-attached).
@@ -148,6 +160,9 @@ impl Registry {
         if self.draining.load(Ordering::SeqCst) {
             return Err(StartError::Draining);
         }
+        // Held until the task is over, its cleanup included: one target, one writer.
+        let claim =
+            self.claims.claim(&spec.request.target, &spec.target, Access::Write, format!("task {}", spec.id))?;
         let (state, _) = watch::channel(Snapshot {
             state: State::Queued,
             phase: None,
@@ -170,7 +185,7 @@ impl Registry {
         });
         tasks.insert(spec.id.clone(), task.clone());
         drop(tasks);
-        tokio::spawn(self.clone().run(task.clone(), spec.request));
+        tokio::spawn(self.clone().run(task.clone(), spec.request, claim));
         Ok((task, false))
     }
 
@@ -227,13 +242,16 @@ impl Registry {
         });
     }
 
-    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest) {
+    /// Runs the task; its target is released before its end is announced, so a caller that
+    /// saw it end finds the target free.
+    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest, claim: Claim) {
         // Wait for a slot, unless cancelled first.
         let permit = tokio::select! {
             permit = self.slots.clone().acquire_owned() => permit.ok(),
             () = task.cancelled.notified() => None,
         };
         let Some(_permit) = permit.filter(|_| !task.cancel.load(Ordering::SeqCst)) else {
+            drop(claim);
             self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO);
             return;
         };
@@ -253,6 +271,8 @@ impl Registry {
         let result = tokio::task::spawn_blocking(move || crate::import(&request, &rt, &progress_for_import, cancel))
             .await
             .unwrap_or_else(|e| Err(ImportError::InvalidRequest(format!("the import task failed: {e}"))));
+        // The import is over, its disk finished or cleaned up: the target is free.
+        drop(claim);
         done.notify_one();
         let _ = ticker.await;
         self.running.fetch_sub(1, Ordering::Relaxed);

@@ -18,10 +18,11 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::claims::Claim;
 use crate::ImportError;
 use crate::archive::ArchiveError;
+use crate::disk::{TargetError, TargetOptions};
 use crate::error::one_line;
-use crate::target::{TargetError, TargetOptions};
 use crate::volume::write::TarInto;
 use crate::volume::{self, Chunk, Extent, Format, Header, VolumeError, VolumeReader};
 
@@ -33,14 +34,23 @@ pub const QUEUE: usize = 4;
 pub fn serve_read(
     path: PathBuf,
     format: pb::VolumeFormat,
+    claim: Claim,
 ) -> Result<mpsc::Receiver<Result<pb::VolumeChunk, Status>>, Status> {
     let reader = VolumeReader::open(&path, format_from_pb(format)).map_err(|e| status(&e))?;
     let header = reader.header();
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::task::spawn_blocking(move || {
+        // Held while the volume is read, whether or not the client stays; released before
+        // the end goes out, so a client that saw the end finds the target free.
+        let mut claim = Some(claim);
         let started = Instant::now();
         let shown = reader.path().display().to_string();
-        let sent = reader.run(|chunk| tx.blocking_send(Ok(chunk_to_pb(chunk))).map_err(|_| VolumeError::Closed));
+        let sent = reader.run(|chunk| {
+            if matches!(chunk, Chunk::End { .. }) {
+                claim.take();
+            }
+            tx.blocking_send(Ok(chunk_to_pb(chunk))).map_err(|_| VolumeError::Closed)
+        });
         match sent {
             Ok(stats) => tracing::info!(
                 path = shown,
@@ -65,6 +75,7 @@ pub async fn serve_write(
     path: PathBuf,
     options: TargetOptions,
     stream: Streaming<pb::WriteVolumeRequest>,
+    claim: Claim,
 ) -> Result<pb::WriteVolumeResponse, Status> {
     let chunks = stream.map(|msg| match msg?.request {
         Some(pb::write_volume_request::Request::Chunk(c)) => Ok(c),
@@ -73,7 +84,7 @@ pub async fn serve_write(
         }
         None => Err(Status::invalid_argument("request: a message carries neither target nor chunk")),
     });
-    let written = write_stream(path, options, TarInto::Directory, chunks).await?;
+    let written = write_stream(path, options, TarInto::Directory, chunks, Some(claim)).await?;
     Ok(pb::WriteVolumeResponse {
         bytes_written: written.data_bytes,
         zero_bytes: written.zero_bytes,
@@ -84,18 +95,22 @@ pub async fn serve_write(
 /// Writes a stream of volume chunks to `path`: a client's WriteVolume, or (in a client)
 /// another mover's ReadVolume. Only the stream's end chunk commits the volume; an error
 /// item, a malformed chunk or a dropped future leaves nothing that looks complete. Returns
-/// once the writer is done, its cleanup included.
+/// once the writer is done, its cleanup included; `claim` (the service's hold on the
+/// target) is released only then.
 pub async fn write_stream(
     path: PathBuf,
     options: TargetOptions,
     tar_into: TarInto,
     mut chunks: impl Stream<Item = Result<pb::VolumeChunk, Status>> + Unpin,
+    claim: Option<Claim>,
 ) -> Result<volume::Written, Status> {
     let (tx, mut rx) = mpsc::channel(QUEUE);
     // If this future is dropped (the client went away), the sender goes with it and the
     // writer, stopped short of the stream's end, aborts. It reports on its own for that
     // reason: hyper drops a handler whose client reset the stream.
     let writer = tokio::task::spawn_blocking(move || {
+        // Held until the writer is done, its cleanup included, even if the call was dropped.
+        let _claim = claim;
         let started = Instant::now();
         let written = volume::write_volume(&path, options, tar_into, || rx.blocking_recv());
         match &written {

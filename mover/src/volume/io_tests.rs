@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::write::TarInto;
 use super::*;
-use crate::target::TargetOptions;
+use crate::disk::TargetOptions;
 
 const BLOCK: u64 = ZERO_BLOCK as u64;
 

@@ -266,7 +266,7 @@ pub enum VolumeError {
     #[error("{path} changed while it was being read ({what}); stop whatever writes the volume and stream it again")]
     Changed { path: PathBuf, what: String },
     #[error(transparent)]
-    Target(#[from] crate::target::TargetError),
+    Target(#[from] crate::disk::TargetError),
     #[error(transparent)]
     Import(Box<crate::ImportError>),
     #[error("the receiver of the volume stream went away")]

@@ -34,7 +34,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use super::{Chunk, ExtentCutter, Format, Header, VolumeError};
 use crate::direct_io::{self, AlignedBuf, IoMode};
-use crate::target::DISK_IMAGE;
+use crate::disk::DISK_IMAGE;
 
 /// Size of each read: a few extents' worth, so that devices see large requests.
 const READ_CHUNK: usize = 4 << 20;

@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use super::{Chunk, Extent, Format, Header, StreamCheck, StreamError, VolumeError};
 use crate::archive;
 use crate::direct_io::AlignedBuf;
-use crate::target::{Destination, Disk, TargetOptions, TargetPlan};
+use crate::disk::{Destination, Disk, TargetOptions, TargetPlan};
 
 /// What a finished write did.
 #[derive(Debug, Clone, PartialEq, Eq)]

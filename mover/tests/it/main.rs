@@ -7,6 +7,7 @@ mod support;
 mod archive;
 mod bad_input;
 mod cli;
+mod disk;
 mod format_vhdx;
 mod format_vmdk;
 mod formats;

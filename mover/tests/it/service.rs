@@ -363,6 +363,115 @@ async fn cancel_stops_a_task_within_a_second_and_leaves_no_image() {
     assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists(), "a cancelled task left an image");
 }
 
+/// The first message of a WriteVolume stream, naming its target.
+fn write_volume_target(target: Option<pb::Target>) -> pb::WriteVolumeRequest {
+    pb::WriteVolumeRequest {
+        request: Some(pb::write_volume_request::Request::Target(pb::WriteVolumeTarget {
+            target,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The first event of a Populate stream, which must be `accepted`.
+async fn accepted(events: &mut tonic::Streaming<pb::PopulateEvent>) -> pb::Accepted {
+    match within("accepted", events.message()).await.unwrap().and_then(|e| e.event) {
+        Some(pb::populate_event::Event::Accepted(a)) => a,
+        other => panic!("first event {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_target_takes_one_writer_however_it_is_named() {
+    let img = image(32 * MIB, "max_ranges 0; limit_rate 2m;");
+    let root = img.dir.path().join("kubelet");
+    let vol = root.join("pods/uid-1/volumes/kubernetes.io~csi/pv-1/mount");
+    std::fs::create_dir_all(&vol).unwrap();
+    // The same volume as a host path, through a symlink outside the kubelet root.
+    let link = img.dir.path().join("same-volume");
+    std::os::unix::fs::symlink(&vol, &link).unwrap();
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext", "--kubelet-root", s(&root)]);
+    let mut client = client_plain(&serve.addr).await;
+    let pod_volume = Some(pb::Target {
+        kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+            pod_uid: "uid-1".into(),
+            pv_name: "pv-1".into(),
+            mode: pb::VolumeMode::Filesystem as i32,
+            ..Default::default()
+        })),
+    });
+    let first = pb::PopulateRequest {
+        task_id: "first".into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: pod_volume,
+        ..Default::default()
+    };
+    let mut events = populate_until_bytes_move(&mut client, first.clone()).await;
+
+    let busy = |what: &str, status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::Aborted, "{what}: {status:?}");
+        assert!(status.message().contains("in use by task first"), "{what}: {}", status.message());
+    };
+    let second = pb::PopulateRequest { task_id: "second".into(), target: host_target(&link), ..first.clone() };
+    busy("another task", client.populate(second.clone()).await.expect_err("a second writer was accepted"));
+    let inside =
+        pb::PopulateRequest { task_id: "inside".into(), target: host_target(&link.join("disk.img")), ..first.clone() };
+    busy("a file inside the volume", client.populate(inside).await.expect_err("a writer inside was accepted"));
+    let write = client.write_volume(tokio_stream::iter(vec![write_volume_target(host_target(&link))])).await;
+    busy("WriteVolume", write.expect_err("WriteVolume was accepted"));
+    let read = pb::ReadVolumeRequest { target: host_target(&link), format: pb::VolumeFormat::Tar as i32 };
+    busy("ReadVolume", client.read_volume(read.clone()).await.expect_err("ReadVolume was accepted"));
+    // Calling again with the task's own id re-attaches: that is not a second writer.
+    let mut again = within("re-attach", client.populate(first)).await.unwrap().into_inner();
+    assert!(accepted(&mut again).await.reattached);
+
+    // Once the task is over, its cleanup done, the target is free.
+    client.cancel_task(pb::CancelTaskRequest { task_id: "first".into() }).await.unwrap();
+    let (_, _, outcome) = follow(&mut events).await;
+    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    drop(within("ReadVolume once free", client.read_volume(read)).await.expect("the target is still held"));
+    let mut later = within("populate once free", client.populate(second)).await.expect("the target is still held");
+    assert!(!accepted(later.get_mut()).await.reattached);
+    client.cancel_task(pb::CancelTaskRequest { task_id: "second".into() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_device_is_one_target_through_any_of_its_device_nodes() {
+    use std::os::unix::fs::MetadataExt;
+    let img = image(32 * MIB, "max_ranges 0; limit_rate 2m;");
+    let dev = LoopDev::new(img.dir.path(), 32 * MIB, 9);
+    // The kubelet publishes a block volume to a pod as a device node of its own.
+    let root = img.dir.path().join("kubelet");
+    let nodes = root.join("pods/uid-b/volumeDevices/kubernetes.io~csi");
+    std::fs::create_dir_all(&nodes).unwrap();
+    let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
+    use nix::sys::stat::{Mode, SFlag, mknod};
+    mknod(&nodes.join("pv-b"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), rdev).unwrap();
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext", "--kubelet-root", s(&root)]);
+    let mut client = client_plain(&serve.addr).await;
+    let req = pb::PopulateRequest {
+        task_id: "on-device".into(),
+        source: http_source(&img.nginx.url("http", "disk.qcow2")),
+        target: host_target(&dev.path),
+        ..Default::default()
+    };
+    let mut events = populate_until_bytes_move(&mut client, req).await;
+    let pod_volume = Some(pb::Target {
+        kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+            pod_uid: "uid-b".into(),
+            pv_name: "pv-b".into(),
+            mode: pb::VolumeMode::Block as i32,
+            ..Default::default()
+        })),
+    });
+    let read = pb::ReadVolumeRequest { target: pod_volume, format: pb::VolumeFormat::Raw as i32 };
+    let status = client.read_volume(read).await.expect_err("a volume being written was read");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("in use by task on-device"), "{}", status.message());
+    client.cancel_task(pb::CancelTaskRequest { task_id: "on-device".into() }).await.unwrap();
+    assert_eq!(follow(&mut events).await.2.unwrap_err().reason, "Cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn max_concurrent_queues_the_rest() {
     let img = image(16 * MIB, "max_ranges 0; limit_rate 2m;");

@@ -10,6 +10,8 @@
 //! Only the active layer is read: internal snapshots are ignored, as `qemu-img convert`
 //! does. The dirty and corrupt bits concern refcounts, which reading never needs.
 
+#[cfg(test)]
+mod fault_tests;
 pub mod header;
 pub mod random;
 pub mod stream;

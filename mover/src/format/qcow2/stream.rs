@@ -19,9 +19,9 @@ use super::header::{HOST_OFFSET_MASK, Header};
 use super::random::clamp_compressed;
 use super::table::{Cluster, decode_l2, l1_entry};
 use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf, ZeroMask};
+use crate::disk::Storage;
 use crate::error::ImportError;
 use crate::format::{FormatError, ZeroRuns};
-use crate::target::Disk;
 
 /// Limits of the streaming decoder (memory is bounded by these, not by the image).
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +60,7 @@ pub fn convert(
     sink: &JobSink<'_>,
     need_zero: bool,
     limits: StreamLimits,
-    disk: Option<&Disk>,
+    disk: Option<&dyn Storage>,
 ) -> Result<(), ImportError> {
     Decoder::new(h, sink, need_zero, limits, disk).run(stream)
 }
@@ -98,7 +98,7 @@ struct Decoder<'a, 's> {
     spool: BTreeMap<u64, Spooled>,
     spool_used: u64,
     /// The target's spool region, and how much of it is used.
-    disk: Option<&'a Disk>,
+    disk: Option<&'a dyn Storage>,
     disk_spool_next: u64,
     /// The last clusters read one by one: (host offset, bytes).
     window: VecDeque<(u64, Vec<u8>)>,
@@ -116,7 +116,7 @@ impl<'a, 's> Decoder<'a, 's> {
         sink: &'a JobSink<'s>,
         need_zero: bool,
         limits: StreamLimits,
-        disk: Option<&'a Disk>,
+        disk: Option<&'a dyn Storage>,
     ) -> Decoder<'a, 's> {
         let rt_len = u64::from(h.refcount_table_clusters) * h.cluster_size();
         Decoder {

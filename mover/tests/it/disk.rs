@@ -1,0 +1,90 @@
+//! The writer's promise on real storage: a disk that is not finished is cleaned up, however
+//! it goes away (an early return, a panic, a failed flush), on a loop device and on a thin
+//! volume that runs out of space under its filesystem.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cdi_mover::disk::{TargetError, TargetOptions, TargetPlan};
+
+use crate::support::*;
+
+/// An ext2 filesystem on a loop device whose backing file lives on a tmpfs far smaller than
+/// the device: a thin LUN that runs out of space. Buffered writes land in the page cache;
+/// their writeback fails, and `fsync` reports it.
+struct ThinFs {
+    pub mount: PathBuf,
+    pool: PathBuf,
+    dev: String,
+}
+
+impl ThinFs {
+    fn new(dir: &Path, pool: u64, device: u64) -> ThinFs {
+        ensure_tool("mkfs.ext2", "e2fsprogs");
+        let pool_dir = dir.join("pool");
+        let mount = dir.join("fs");
+        std::fs::create_dir_all(&pool_dir).unwrap();
+        std::fs::create_dir_all(&mount).unwrap();
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={pool}")]).arg("tmpfs").arg(&pool_dir));
+        let backing = pool_dir.join("lun");
+        std::fs::File::create(&backing).unwrap().set_len(device).unwrap();
+        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let thin = ThinFs { mount, pool: pool_dir, dev };
+        run(Command::new("mkfs.ext2").args(["-q", &thin.dev]));
+        run(Command::new("mount").arg(&thin.dev).arg(&thin.mount));
+        thin
+    }
+}
+
+impl Drop for ThinFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = Command::new("umount").arg(&self.pool).status();
+    }
+}
+
+#[test]
+fn a_failed_flush_on_a_thin_volume_out_of_space_leaves_no_partial_file() {
+    let dir = tempdir();
+    let thin = ThinFs::new(dir.path(), 8 * MIB, 64 * MIB);
+    let out = thin.mount.join("out.raw");
+    let size = 24 * MIB;
+    // Buffered (no O_DIRECT): the writes succeed into the page cache, the flush fails.
+    let disk = TargetPlan::inspect(&out, TargetOptions::default()).unwrap().open(Some(size), false).unwrap();
+    let mut rng = Rng::new(5);
+    let mut buf = vec![0u8; MIB as usize];
+    for i in 0..size / MIB {
+        rng.fill(&mut buf);
+        disk.write(&buf, i * MIB).unwrap();
+    }
+    let err = disk.finish(size).expect_err("the pool is smaller than the data: the flush must fail");
+    assert!(matches!(err, TargetError::Finish { op: "flush", .. }), "{err}");
+    assert!(!thin.mount.join("out.raw.partial").exists(), "a failed flush left the partial image behind");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_block_device_dropped_unfinished_has_both_ends_wiped() {
+    let dir = tempdir();
+    let dev = LoopDev::new(dir.path(), 8 * MIB, 3);
+    let read = |at: u64, len: u64| {
+        let mut b = vec![0u8; len as usize];
+        std::fs::File::open(&dev.path).unwrap().read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    let middle = read(4 * MIB, MIB);
+    {
+        let disk = TargetPlan::inspect(&dev.path, TargetOptions::default()).unwrap().open(Some(6 * MIB), true).unwrap();
+        let mut data = cdi_mover::direct_io::AlignedBuf::new(MIB as usize);
+        data.set_len(MIB as usize);
+        data.fill(0xab);
+        disk.write(&data, 0).unwrap();
+        // Gone without finish or abort: an early return, or a panic unwinding.
+    }
+    assert!(read(0, MIB).iter().all(|&b| b == 0), "the head still holds the half-written image");
+    assert!(read(7 * MIB, MIB).iter().all(|&b| b == 0), "the tail was not wiped");
+    assert_eq!(read(4 * MIB, MIB), middle, "only the ends are wiped");
+}
