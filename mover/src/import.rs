@@ -373,22 +373,7 @@ fn run_stream(
         stream = Box::new(HashingReader::new(stream, h.clone()));
     }
 
-    // Peel compression layers.
-    let mut formats = Vec::new();
-    let (mut stream, format) = loop {
-        let peeked = Peeked::new(stream, SNIFF_LEN).map_err(read_error)?;
-        match detect::sniff(peeked.head()) {
-            Detected::Compressed(c) if formats.len() < MAX_LAYERS => {
-                formats.push(Detected::Compressed(c).name());
-                stream = decompress::decoder(c, Box::new(peeked)).map_err(read_error)?;
-            }
-            Detected::Compressed(_) => {
-                return Err(FormatError::TooManyLayers { max: MAX_LAYERS }.into());
-            }
-            Detected::Image(format) => break (peeked, format),
-        }
-    };
-    formats.push(Detected::Image(format).name());
+    let (mut stream, format, mut formats) = peel(stream)?;
     progress.set_phase(Phase::Transferring);
 
     if req.content_type == ContentType::Archive {
@@ -449,6 +434,31 @@ fn run_stream(
     });
     let copied = copied.and_then(|()| verify(req, hasher.as_ref()).map(|()| virtual_size));
     finish(disk, copied, formats, digest, progress)
+}
+
+/// What [`peel`] leaves: the innermost stream (its head read for sniffing, and replayed), its
+/// format, and the layers' names, outermost first, the format's last.
+pub(crate) type Peeled = (Peeked<Box<dyn Read + Send>>, ImageFormat, Vec<&'static str>);
+
+/// Peels compression layers off `stream` (at most [`MAX_LAYERS`]).
+pub(crate) fn peel(mut stream: Box<dyn Read + Send>) -> Result<Peeled, ImportError> {
+    let mut formats = Vec::new();
+    loop {
+        let peeked = Peeked::new(stream, SNIFF_LEN).map_err(read_error)?;
+        match detect::sniff(peeked.head()) {
+            Detected::Compressed(c) if formats.len() < MAX_LAYERS => {
+                formats.push(Detected::Compressed(c).name());
+                stream = decompress::decoder(c, Box::new(peeked)).map_err(read_error)?;
+            }
+            Detected::Compressed(_) => {
+                return Err(FormatError::TooManyLayers { max: MAX_LAYERS }.into());
+            }
+            Detected::Image(format) => {
+                formats.push(Detected::Image(format).name());
+                return Ok((peeked, format, formats));
+            }
+        }
+    }
 }
 
 fn extract_archive(
