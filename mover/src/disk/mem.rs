@@ -8,7 +8,7 @@
 //! `finish` and `abort` consume) to show what happened: steps taken, the bytes, and whether
 //! the image was ever marked complete.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +60,8 @@ pub enum Life {
 
 #[derive(Debug)]
 struct Inner {
-    blocks: Mutex<HashMap<u64, Box<[u8]>>>,
+    /// Only blocks ever written, by index; ordered so zeroing a range visits only those.
+    blocks: Mutex<BTreeMap<u64, Box<[u8]>>>,
     steps: AtomicU64,
     faults: BTreeMap<u64, Fault>,
     /// Applied to every step from this one on that has no fault of its own.
@@ -96,7 +97,7 @@ impl MemStorage {
     pub fn new(size: u64, spool: u64) -> MemStorage {
         MemStorage {
             inner: Arc::new(Inner {
-                blocks: Mutex::new(HashMap::new()),
+                blocks: Mutex::new(BTreeMap::new()),
                 steps: AtomicU64::new(0),
                 faults: BTreeMap::new(),
                 from: None,
@@ -204,15 +205,15 @@ impl Storage for MemStorage {
 
     fn zero(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         self.step().map_err(|(_, _, e)| Self::io_error("zero", offset, e))?;
+        // Only blocks written so far are visited: zeroing a range of terabytes (a hostile
+        // image's virtual size) costs nothing more than zeroing a small one.
+        let end = offset.saturating_add(len);
         let mut blocks = self.inner.blocks.lock().expect("blocks lock");
-        let mut pos = offset;
-        while pos < offset + len {
-            let (index, within) = (pos / BLOCK, pos % BLOCK);
-            let n = (BLOCK - within).min(offset + len - pos);
-            if let Some(block) = blocks.get_mut(&index) {
-                block[within as usize..(within + n) as usize].fill(0);
-            }
-            pos += n;
+        for (&index, block) in blocks.range_mut(offset / BLOCK..end.div_ceil(BLOCK)) {
+            let start = index * BLOCK;
+            let from = offset.saturating_sub(start).min(BLOCK) as usize;
+            let to = (end - start).min(BLOCK) as usize;
+            block[from..to].fill(0);
         }
         Ok(())
     }
