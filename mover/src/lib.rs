@@ -43,6 +43,9 @@ pub mod direct_io;
 pub mod disk;
 pub mod error;
 pub mod format;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod progress;
 pub mod service;
