@@ -108,7 +108,10 @@ impl Layout {
         let mut index = vec![0u8; index_len as usize];
         src.read_exact_at(&mut index, index_start)?;
         let body = &index[..index.len() - 4];
-        if crc32(body) != u32::from_le_bytes(index[index.len() - 4..].try_into().expect("4 bytes")) || body[0] != 0 {
+        // The smallest index (backward size 0) is its CRC alone: no indicator byte.
+        if crc32(body) != u32::from_le_bytes(index[index.len() - 4..].try_into().expect("4 bytes"))
+            || body.first() != Some(&0)
+        {
             return Ok(None);
         }
         let mut at = 1;
