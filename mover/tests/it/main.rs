@@ -11,6 +11,7 @@ mod disk;
 mod format_vhdx;
 mod format_vmdk;
 mod formats;
+mod fuzz;
 mod http;
 mod oracle;
 mod service;
