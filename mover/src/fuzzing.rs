@@ -13,6 +13,7 @@
 //!
 //! Compiled only with the `fuzzing` feature (on for the test suite through a dev-dependency).
 
+use std::borrow::Cow;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -129,6 +130,45 @@ fn convert<T>(
     let need_zero = !mem.unwritten_reads_zero();
     let cancel = Arc::new(AtomicBool::new(false));
     copy::run(CFG, mem, source, &Counters::default(), cancel, |sink| produce(sink, need_zero))
+}
+
+/// `data` with the checksums of the structures at `(offset, len, checksum field offset)`
+/// recomputed by `sum`, where the input holds them: a hostile writer seals its damage, and a
+/// fuzzer that has to guess checksums never gets past them. Inputs whose length is 3 mod 4
+/// are left as they are, so that checksum failures are fuzzed too.
+fn resealed<'a>(
+    data: &'a [u8],
+    structures: &[(usize, usize, usize)],
+    sum: fn(&[u8], usize) -> [u8; 4],
+) -> Cow<'a, [u8]> {
+    if data.len() % 4 == 3 {
+        return Cow::Borrowed(data);
+    }
+    let mut data = data.to_vec();
+    for &(at, len, field) in structures {
+        if let Some(s) = at.checked_add(len).and_then(|end| data.get_mut(at..end)) {
+            s[field..field + 4].fill(0);
+            let checksum = sum(s, field);
+            s[field..field + 4].copy_from_slice(&checksum);
+        }
+    }
+    Cow::Owned(data)
+}
+
+/// vhd's checksum: the one's complement of the byte sum, big-endian (the field reads as zero).
+fn vhd_sum(s: &[u8], _field: usize) -> [u8; 4] {
+    (!s.iter().fold(0u32, |acc, &b| acc.wrapping_add(b.into()))).to_be_bytes()
+}
+
+/// vhdx's checksum: CRC-32C, little-endian (the field reads as zero).
+fn vhdx_sum(s: &[u8], _field: usize) -> [u8; 4] {
+    crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(s).to_le_bytes()
+}
+
+/// vhd's footer (its copy at the start, and at the end) and dynamic header.
+fn vhd_sealed(data: &[u8]) -> Cow<'_, [u8]> {
+    let footer = vhd::FOOTER_LEN;
+    resealed(data, &[(0, footer, 64), (footer, 1024, 36), (data.len().saturating_sub(footer), footer, 64)], vhd_sum)
 }
 
 /// The first error of two runs over the same input, else `Ok`.
@@ -273,10 +313,15 @@ fn mapped(data: &[u8], format: &'static str, map: MapFn) -> Result<(), ImportErr
 }
 
 pub fn vhd(data: &[u8]) -> Result<(), ImportError> {
+    let data = &vhd_sealed(data);
     mapped(data, vhd::FORMAT, |meta, head| vhd::map(meta, head).map(Some))
 }
 
+/// vhdx, its headers and region tables (both copies of each) resealed.
 pub fn vhdx(data: &[u8]) -> Result<(), ImportError> {
+    const KIB: usize = 1024;
+    let tables = [(64 * KIB, 4 * KIB, 4), (128 * KIB, 4 * KIB, 4), (192 * KIB, 64 * KIB, 4), (256 * KIB, 64 * KIB, 4)];
+    let data = &resealed(data, &tables, vhdx_sum);
     mapped(data, "vhdx", |meta, head| vhdx::map(meta, head).map(Some))
 }
 
@@ -311,6 +356,8 @@ pub fn vmdk(data: &[u8]) -> Result<(), ImportError> {
 /// A raw image with trailer detection: from a stream (the last bytes held back and looked at)
 /// and with random access (the tail read first), as import plans each.
 pub fn raw_trailer(data: &[u8]) -> Result<(), ImportError> {
+    let footer = vhd::FOOTER_LEN;
+    let data = &resealed(data, &[(data.len().saturating_sub(footer), footer, 64)], vhd_sum);
     let mem = storage(data, 0);
     let mut stream = Trickle::new(data);
     let streamed =
