@@ -106,8 +106,10 @@ pub fn convert_stream(stream: &mut dyn Read, sink: &JobSink<'_>, need_zero: bool
     let trailer = if tail.len() == FOOTER_LEN { detect::sniff_tail(&tail, stream_len)? } else { None };
     let virtual_size = match trailer {
         Some(Trailer::FixedVhd { virtual_size, data_len }) => {
-            // Everything from the footer on is dropped.
-            let keep = (data_len - pos).min(last.len() as u64) as usize;
+            // Everything from the footer on is dropped. A footer whose (CHS) size is smaller
+            // than the bytes already passed keeps nothing more: those bytes lie past the
+            // disk's end, which the target's final size cuts off.
+            let keep = data_len.saturating_sub(pos).min(last.len() as u64) as usize;
             last.set_len(keep);
             short = None;
             if virtual_size > data_len && need_zero {
