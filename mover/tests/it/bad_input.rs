@@ -28,15 +28,6 @@ fn be64(f: &Path, at: u64) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Asserts the import of `src` is refused with `needles` and leaves nothing behind.
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("out.raw");
-    let res = import(s(src), &out, &[]);
-    let line = assert_refused(&res, needles);
-    assert!(!out.exists() && !dir.join("out.raw.partial").exists(), "{}: an image was left behind", src.display());
-    line
-}
-
 #[test]
 fn truncated_images_fail_instead_of_becoming_zeros() {
     let dir = tempdir();

@@ -181,14 +181,6 @@ fn a_log_guid_without_entries_has_nothing_to_replay() {
     check("log-guid");
 }
 
-/// Asserts the import of `src` into a file is refused with `needles` and leaves nothing.
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("out.raw");
-    let line = assert_refused(&import(s(src), &out, &[]), needles);
-    assert!(!out.exists() && !dir.join("out.raw.partial").exists(), "{}: an image was left behind", src.display());
-    line
-}
-
 /// Asserts qemu refuses to open the image too, with `needle` in its message.
 fn qemu_refuses(img: &Path, needle: &str) {
     let out = Command::new("qemu-img").args(["info", "-f", "vhdx", s(img)]).output().unwrap();

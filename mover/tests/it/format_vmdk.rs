@@ -203,14 +203,6 @@ fn stream_optimized_as_vmware_lays_it_out() {
     check("vmware-stream");
 }
 
-/// Asserts the import of `src` is refused with `needles` and leaves nothing behind.
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("out.raw");
-    let line = assert_refused(&import(s(src), &out, &[]), needles);
-    assert!(!out.exists() && !dir.join("out.raw.partial").exists(), "{}: an image was left behind", src.display());
-    line
-}
-
 /// Refused from the file and from a gzip stream alike.
 fn refused_both(dir: &Path, src: &Path, needles: &[&str]) {
     refused(dir, src, needles);

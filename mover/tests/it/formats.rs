@@ -107,13 +107,6 @@ fn vhd_and_vdi_written_out_of_order() {
     }
 }
 
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("refused.raw");
-    let line = assert_refused(&import(s(src), &out, &[]), needles);
-    assert!(!out.exists() && !dir.join("refused.raw.partial").exists(), "{}: an image was left behind", s(src));
-    line
-}
-
 /// Sets a VHD structure's checksum (one's complement of its byte sum) after an edit.
 fn vhd_fix_checksum(f: &Path, at: u64, len: usize, field: usize) {
     let mut b = peek(f, at, len);

@@ -449,3 +449,12 @@ pub fn peek(f: &Path, at: u64, len: usize) -> Vec<u8> {
     std::fs::File::open(f).unwrap().read_exact_at(&mut b, at).unwrap();
     b
 }
+
+/// Asserts the import of `src` into a file in `dir` is refused with `needles` and leaves
+/// nothing behind (no image, no `.partial`). Returns the error line.
+pub fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
+    let out = dir.join("refused.raw");
+    let line = assert_refused(&import(s(src), &out, &[]), needles);
+    assert!(!out.exists() && !dir.join("refused.raw.partial").exists(), "{}: an image was left behind", s(src));
+    line
+}
