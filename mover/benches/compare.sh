@@ -8,7 +8,7 @@
 #
 # Usage: mover/benches/compare.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images; it is made with
-#   ../shared/bench/make_images.sh when missing (5-20 min). Needs root for the loop device.
+#   make_images.sh (beside this script) when missing (5-20 min). Needs root for the loop device.
 #   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst vmdk vmdk-stream vhd vhd-fixed vhdx vdi"
 #   BENCH_OUT=<scratch dir on the same disk>
 #   The vmdk/vhd/vhdx/vdi images are made once from disk.qcow2 with qemu-img and kept in
@@ -27,8 +27,7 @@ if ! need pigz || ! need zstd || ! need xz || ! need qemu-img; then
   apt-get update -qq && apt-get install -y -qq pigz zstd xz-utils qemu-utils >/dev/null
 fi
 if [ ! -f "$IMAGES/disk.raw.xz" ]; then
-  shared=$(cd "$repo/../shared/bench" 2>/dev/null && pwd) || { echo "no images in $IMAGES and no ../shared/bench/make_images.sh" >&2; exit 1; }
-  (unset BENCH_OUT; OUT_DIR="$IMAGES" "$shared/make_images.sh")
+  (unset BENCH_OUT; OUT_DIR="$IMAGES" "$here/make_images.sh")
 fi
 cargo build --release -p cdi-mover --manifest-path "$repo/Cargo.toml" >&2
 MOVER="$repo/target/release/cdi-mover"
