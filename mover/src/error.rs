@@ -65,6 +65,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::NotFound,
+        Reason::Unauthorized,
+        Reason::SourceUnavailable,
+        Reason::SourceInvalid,
+        Reason::ChecksumMismatch,
+        Reason::TooLarge,
+        Reason::InvalidImage,
+        Reason::UnsupportedImage,
+        Reason::InvalidArchive,
+        Reason::TargetFailed,
+        Reason::InvalidRequest,
+        Reason::Cancelled,
+    ];
+
+    /// The CamelCase code: `Failed.reason` on the wire, log fields, metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NotFound => "NotFound",

@@ -18,14 +18,15 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::Ctx;
-use super::vocab::{ann, condition, reason};
+use super::failure::{FailureReason, TaskFailure};
+use super::vocab::{EventReason, ann, condition};
 use crate::api::names::values;
 
 /// How a task ended, as far as its follower saw.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Succeeded(pb::Completed),
-    Failed(pb::Failed),
+    Failed(TaskFailure),
     /// The mover could not be reached or the stream broke: follow again later.
     Lost(String),
 }
@@ -187,8 +188,8 @@ async fn run(
         Err(status) => {
             return match status.code() {
                 // The request itself is wrong: retrying cannot help.
-                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(pb::Failed {
-                    reason: "InvalidRequest".into(),
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(TaskFailure {
+                    reason: FailureReason::InvalidRequest,
                     message: status.message().to_string(),
                     retryable: false,
                 }),
@@ -228,11 +229,12 @@ async fn run(
                 }
                 if !announced && p.bytes_done > 0 {
                     announced = true;
-                    ctx.event(target, reason::IN_PROGRESS, &format!("Import in progress on node {node}")).await;
+                    ctx.event(target, EventReason::ImportInProgress, &format!("Import in progress on node {node}"))
+                        .await;
                 }
             }
             Some(Event::Completed(c)) => return Outcome::Succeeded(c),
-            Some(Event::Failed(f)) => return Outcome::Failed(f),
+            Some(Event::Failed(f)) => return Outcome::Failed(f.into()),
             Some(Event::Accepted(_)) | None => {}
         }
     }
