@@ -121,19 +121,7 @@ impl Metrics {
 
 /// Serves `/metrics` and `/healthz` until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).await
+    cdi_common::http::serve_metrics(listener, move || metrics.encode(), std::future::pending()).await
 }
 
 #[cfg(test)]

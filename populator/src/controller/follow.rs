@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cdi_proto::v1 as pb;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -240,11 +240,6 @@ async fn run(
     }
 }
 
-/// Delay before retry number `n` (1-based) after retryable failures: doubling, capped.
-pub fn backoff(n: u32, base: Duration, cap: Duration) -> Duration {
-    base.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX)).min(cap)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,15 +310,5 @@ mod tests {
             TaskView::Running { task_id } => assert_eq!(task_id, "t-1"),
             other => panic!("the replaced follower's outcome landed: {other:?}"),
         }
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let (b, c) = (Duration::from_secs(10), Duration::from_secs(300));
-        assert_eq!(backoff(1, b, c), Duration::from_secs(10));
-        assert_eq!(backoff(2, b, c), Duration::from_secs(20));
-        assert_eq!(backoff(5, b, c), Duration::from_secs(160));
-        assert_eq!(backoff(6, b, c), c);
-        assert_eq!(backoff(40, b, c), c);
     }
 }

@@ -25,7 +25,6 @@ use super::decide::{
     unfollowed_task,
 };
 use super::failure::FailureReason;
-use super::follow::backoff;
 use super::source::{self, Destination};
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, condition};
 use super::{Ctx, Error};
@@ -65,10 +64,10 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
 pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.reconcile_errors.inc();
     if error.is_stale_write() {
-        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %crate::one_line(error), "stale cache; retrying");
+        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "stale cache; retrying");
         return Action::requeue(SHORT);
     }
-    tracing::warn!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %crate::one_line(error), "reconcile failed");
+    tracing::warn!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "reconcile failed");
     Action::requeue(POLL)
 }
 
@@ -365,7 +364,7 @@ async fn retry_later(
     restarts: u32,
     attempt: u32,
 ) -> Result<Action, Error> {
-    let delay = backoff(restarts, ctx.cfg.retry_base, ctx.cfg.retry_cap);
+    let delay = cdi_common::backoff::Backoff::new(ctx.cfg.retry_base, ctx.cfg.retry_cap).delay(restarts);
     ctx.event(
         &ObjectRef::from_obj(pvc),
         EventReason::ImportFailed,
