@@ -150,6 +150,17 @@ impl Env {
             .collect()
     }
 
+    /// The type (Normal, Warning) of each event reason recorded about the PVC.
+    async fn event_types(&self, pvc: &str) -> BTreeMap<String, String> {
+        let api: Api<Event> = Api::default_namespaced(self.client());
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(pvc))
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
+            .collect()
+    }
+
     /// Waits for an event with `reason` about the PVC; returns all of its events then.
     async fn wait_event(&self, pvc: &str, reason: &str) -> Vec<String> {
         use futures_util::TryStreamExt as _;
@@ -337,6 +348,14 @@ async fn not_found_is_a_terminal_failure_and_is_not_retried() {
     assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("404"), "{ann:?}");
     let events = env.events("data").await;
     assert!(events.iter().any(|e| e.starts_with("ImportFailed") && e.contains("404")), "{events:?}");
+    // The typed reason reaches the event type and the metric label.
+    let types = env.event_types("data").await;
+    assert_eq!(types.get("ImportFailed").map(String::as_str), Some("Warning"), "{types:?}");
+    assert_eq!(types.get("ImportScheduled").map(String::as_str), Some("Normal"), "{types:?}");
+    let system = env.system.as_ref().unwrap();
+    let addr = system.populator_metrics_addr("cdi-populator-1").expect("the populator logs its metrics address");
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("cdi_populator_population_failures_total{reason=\"NotFound\"} 1"), "{metrics}");
     // No retry loop: the number of failed attempts stays put.
     let attempts = ann.get(ATTEMPT).cloned();
     tokio::time::sleep(Duration::from_secs(3)).await; // deliberately idle: proving nothing happens
