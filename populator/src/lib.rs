@@ -26,20 +26,5 @@ pub mod metrics;
 pub mod mover;
 pub mod plan;
 
-/// An error and its causes on one line: "a: b: c" (causes already in the text skipped).
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod deploy_tests;

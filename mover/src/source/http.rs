@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use cdi_common::backoff::Backoff;
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -26,8 +27,8 @@ const PROBE_LEN: u64 = 64 << 10;
 const MAX_REDIRECTS: usize = 10;
 /// Consecutive failures without progress before a ranged transfer gives up.
 const MAX_RETRIES: u32 = 6;
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_CAP: Duration = Duration::from_secs(8);
+/// Between resumptions of a dropped transfer: 200 ms, doubling, at most 8 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(8));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that delivers nothing for this long is considered dead (and resumed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -223,7 +224,7 @@ impl HttpSource {
                     if failures > MAX_RETRIES {
                         return Err(e);
                     }
-                    let delay = RETRY_BASE.saturating_mul(1 << (failures - 1)).min(RETRY_CAP);
+                    let delay = RETRY.delay(failures);
                     tracing::warn!(url = %self.name, offset = pos, attempt = failures, error = %crate::error::one_line(&e), "transfer interrupted; resuming");
                     tokio::time::sleep(delay).await;
                 }

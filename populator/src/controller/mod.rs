@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod decide;
+pub mod failure;
 pub mod follow;
 pub mod reconcile;
 pub mod source;
@@ -31,7 +32,7 @@ use crate::api::VolumeImportSource;
 use crate::metrics::Metrics;
 use crate::mover::Movers;
 use follow::Followers;
-use vocab::label;
+use vocab::{EventReason, label};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -71,11 +72,10 @@ impl Ctx {
     }
 
     /// Records an event on a target PVC. Failing to record is logged, never fatal.
-    pub async fn event(&self, target: &ObjectRef<PersistentVolumeClaim>, reason: &str, note: &str) {
-        let warning = reason.contains("Fail") || reason.starts_with("Err") || reason.contains("Unsupported");
+    pub async fn event(&self, target: &ObjectRef<PersistentVolumeClaim>, reason: EventReason, note: &str) {
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_string(),
+            type_: if reason.is_warning() { EventType::Warning } else { EventType::Normal },
+            reason: reason.as_str().to_string(),
             note: Some(note.chars().take(1000).collect()),
             action: "Populate".into(),
             secondary: None,
@@ -89,7 +89,7 @@ impl Ctx {
             ..Default::default()
         };
         if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%target, %reason, error = %e, "event not recorded");
+            tracing::debug!(%target, reason = reason.as_str(), error = %e, "event not recorded");
         }
     }
 }
