@@ -431,7 +431,9 @@ async fn one_target_takes_one_writer_however_it_is_named() {
     client.cancel_task(pb::CancelTaskRequest { task_id: "first".into() }).await.unwrap();
     let (_, _, outcome) = follow(&mut events).await;
     assert_eq!(outcome.unwrap_err().reason, "Cancelled");
-    drop(within("ReadVolume once free", client.read_volume(read)).await.expect("the target is still held"));
+    // Read to its end: a stream merely dropped holds the target until the server notices.
+    let mut stream = within("ReadVolume once free", client.read_volume(read)).await.expect("the target is still held");
+    while within("ReadVolume to its end", stream.get_mut().message()).await.unwrap().is_some() {}
     let mut later = within("populate once free", client.populate(second)).await.expect("the target is still held");
     assert!(!accepted(later.get_mut()).await.reattached);
     client.cancel_task(pb::CancelTaskRequest { task_id: "second".into() }).await.unwrap();
