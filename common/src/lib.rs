@@ -9,6 +9,7 @@
 //! | [`backoff`] | capped doubling retry delays |
 //! | `http` | `/metrics` and `/healthz` (the `http` feature) |
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backoff;
 pub mod checksum;

@@ -14,6 +14,7 @@
 //! The populator never touches volume bytes; it drives the node mover over gRPC
 //! (DESIGN.md §4).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
 pub mod app;

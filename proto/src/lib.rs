@@ -4,6 +4,7 @@
 //! Both ends use this crate: the mover implements [`v1::mover_server::Mover`], the populator
 //! and the CLI client use [`v1::mover_client::MoverClient`].
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 /// The `cdi.mover.v1` package.
 #[allow(missing_debug_implementations, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
