@@ -359,6 +359,14 @@ fn bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// Everything in a directory, by name.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn sigkill_mid_write_into_a_file_leaves_no_final_file_and_a_rerun_replaces_the_partial() {
     let dir = tempdir();
@@ -396,6 +404,79 @@ fn sigkill_mid_write_into_a_block_device_and_a_rerun_leaves_it_identical() {
         assert!(res.status.success(), "{format}: re-run failed: {}", String::from_utf8_lossy(&res.stderr));
         assert_same_prefix(&raw, "raw", &dev.path, 32 * MIB);
     }
+}
+
+/// A small ext4 filesystem on a loop device, mounted: a volume whose free space is what
+/// CDI sizes `disk.img` by. Unmounted on drop (before the device goes).
+struct SmallFs {
+    mount: PathBuf,
+    _dev: LoopDev,
+}
+
+impl SmallFs {
+    fn new(dir: &Path, size: u64) -> SmallFs {
+        ensure_tool("mkfs.ext4", "e2fsprogs");
+        let dev = LoopDev::new(dir, size, 30);
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&dev.path));
+        let mount = dir.join("vol");
+        std::fs::create_dir_all(&mount).unwrap();
+        run(Command::new("mount").arg(&dev.path).arg(&mount));
+        std::fs::remove_dir(mount.join("lost+found")).unwrap();
+        SmallFs { mount, _dev: dev }
+    }
+
+    fn free(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(&self.mount).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+/// CDI's usable space for `free` bytes with the default overhead.
+fn cdi_usable(free: u64) -> u64 {
+    (free as f64 / 1.06).ceil() as u64 / MIB * MIB
+}
+
+#[test]
+fn sigkill_mid_write_into_a_volume_leaves_no_disk_img_and_a_rerun_gets_the_whole_volume() {
+    let dir = tempdir();
+    // Most of the volume, all data: what the killed run wrote must not count as taken.
+    let raw = dir.path().join("dense.raw");
+    let mut data = vec![0u8; (40 * MIB) as usize];
+    Rng::new(23).fill(&mut data);
+    std::fs::write(&raw, &data).unwrap();
+    let vol = SmallFs::new(dir.path(), 64 * MIB);
+    let usable = cdi_usable(vol.free());
+    assert!(usable > 40 * MIB, "the test volume is too small: {usable}");
+    let server = Flaky::start(data, true);
+    server.gate(32 * MIB);
+    let partial = vol.mount.join("disk.img.partial");
+
+    let killed = Running::start(&server.url(), &vol.mount, &[]);
+    killed.wait_progress(16 * MIB);
+    wait_until("most of the image in disk.img.partial", || partial.exists() && allocated(&partial) >= 24 * MIB);
+    killed.sigkill();
+    assert!(!vol.mount.join("disk.img").exists(), "a killed import left a complete-looking disk.img");
+
+    server.gate(u64::MAX);
+    let res = import(&server.url(), &vol.mount, &[]);
+    assert!(
+        res.status.success(),
+        "the re-run after a crash failed (the crashed run's partial counted as used space?): {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let disk = vol.mount.join("disk.img");
+    assert_same_prefix(&raw, "raw", &disk, 40 * MIB);
+    let len = std::fs::metadata(&disk).unwrap().len();
+    // The partial's blocks are the re-run's to reuse: disk.img is as large as on a fresh
+    // volume (give or take a MiB of the file's own metadata).
+    assert!(len + MIB >= usable && len <= usable, "disk.img of {len} bytes; a fresh volume gets {usable}");
+    assert_eq!(listing(&vol.mount), ["disk.img"], "the re-run left the killed run's partial file");
 }
 
 /// The images a ranged download reads three ways: qcow2 (metadata first, then data
