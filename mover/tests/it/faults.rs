@@ -63,6 +63,8 @@ struct Shared {
     budget: Mutex<Budget>,
     moved: Condvar,
     cuts: Mutex<Option<Cuts>>,
+    /// HEAD requests still to drop before answering.
+    drop_heads: Mutex<usize>,
     log: Mutex<Vec<Served>>,
     stop: AtomicBool,
 }
@@ -87,6 +89,7 @@ impl Flaky {
             budget: Mutex::new(Budget { served: 0, gate: u64::MAX }),
             moved: Condvar::new(),
             cuts: Mutex::new(None),
+            drop_heads: Mutex::new(0),
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -116,6 +119,11 @@ impl Flaky {
 
     fn cut_randomly(&self, seed: u64, one_in: u64, max_cuts: usize) {
         *self.shared.cuts.lock().unwrap() = Some(Cuts { rng: Rng::new(seed), one_in, left: max_cuts });
+    }
+
+    /// Drops the next `n` HEAD requests without an answer.
+    fn drop_heads(&self, n: usize) {
+        *self.shared.drop_heads.lock().unwrap() = n;
     }
 
     fn log(&self) -> Vec<Served> {
@@ -157,6 +165,16 @@ fn respond(mut conn: TcpStream, sh: &Shared) {
         None => ("200 OK", 0, len),
     };
     let mut record = Served { head, ranged: status.starts_with("206"), start, end, sent: 0, cut: false };
+    if head {
+        let mut drops = sh.drop_heads.lock().unwrap();
+        if *drops > 0 {
+            *drops -= 1;
+            record.cut = true;
+            sh.log.lock().unwrap().push(record);
+            let _ = conn.shutdown(Shutdown::Both);
+            return;
+        }
+    }
     // `Some(None)`: cut before the headers; `Some(Some(n))`: after n body bytes.
     let cut_at = if head {
         None
@@ -555,4 +573,25 @@ fn without_ranges_a_connection_dropped_at_a_random_offset_fails_clearly_and_leav
         let gets = server.log().iter().filter(|s| !s.head).count();
         assert_eq!(gets, 1, "{name}: without ranges a download cannot resume, and is not restarted in-process");
     }
+}
+
+#[test]
+fn a_dropped_head_request_does_not_cost_the_download_its_ranges() {
+    let dir = tempdir();
+    let raw = image(dir.path(), 24 * MIB, 26);
+    let server = Flaky::start(bytes(&dir.path().join("disk.qcow2")), true);
+    server.drop_heads(1);
+    server.cut_randomly(9, 3, 6);
+    let out = dir.path().join("out.raw");
+    let res = import(&server.url(), &out, &[]);
+    let log = server.log();
+    assert!(
+        res.status.success(),
+        "a dropped HEAD cost the download: {}\nserved: {log:?}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_same(&raw, "raw", &out);
+    assert!(log.iter().any(|s| s.head && s.cut), "no HEAD was dropped: {log:?}");
+    assert!(log.iter().any(|s| !s.head && s.cut), "no body was cut: {log:?}");
+    assert!(log.iter().all(|s| s.head || s.ranged), "a whole-file GET after the HEAD dropped: {log:?}");
 }
