@@ -127,6 +127,29 @@ async fn a_mover_killed_mid_import_comes_back_and_the_import_starts_over_into_a_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mover_stopped_mid_import_is_retried_not_failed() {
+    let mut env = Env::start(32, &["--retry-base", "1"]).await;
+    env.server.knobs.throttle.store(768 << 10, Ordering::SeqCst);
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", Mode::Block, "img").await;
+    env.wait_progress("data").await;
+    let node = holder_node(&env).await;
+    // What a rolling update of the DaemonSet or a node drain does: SIGTERM, then the mover
+    // cancels its tasks and exits.
+    signal_mover(&mut env, &node, Signal::SIGTERM).await;
+    env.server.knobs.throttle.store(0, Ordering::SeqCst);
+
+    assert_holds_image(&env, "data", Mode::Block).await;
+    assert!(mover_restarts(&env, &node).await >= 1, "the kubelet did not restart the stopped mover");
+    let pvc: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    let ann = pvc.get("data").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(ann.get(key::POD_RESTARTS).map(String::as_str), Some("1"), "retried once: {ann:?}");
+    env.wait_no_leftovers().await;
+    assert_eq!(env.server.knobs.gets(), 2, "one download per attempt");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_populator_killed_mid_import_and_mid_handover_finishes_without_a_second_download() {
     let mut env = Env::start(16, &[]).await;
     // About 23 s: longer than the dead leader's lease (15 s), so the new populator finds the
