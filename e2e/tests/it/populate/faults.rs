@@ -186,6 +186,78 @@ async fn a_populator_killed_mid_import_and_mid_handover_finishes_without_a_secon
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_on_the_lease_does_not_cost_the_leader_its_leadership() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut env = Env::start(8, &[]).await;
+    let faults = env.system().cluster.faults().clone();
+    faults.fail_next(Matcher::any().method(Method::PUT).resource("leases"), 1, 409, When::Before);
+    let conflicted = async {
+        while faults.injected() == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    within("a renewal of the lease to meet the conflict", conflicted).await;
+    let leases: Api<Lease> = Api::namespaced(env.client(), NAMESPACE);
+    let renew_time = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone());
+    let before = renew_time(&leases.get("cdi-populator").await.unwrap());
+    // Renewals come every 3 s: two periods are plenty.
+    let renewed = await_condition(leases.clone(), "cdi-populator", move |l: Option<&Lease>| {
+        l.is_some_and(|l| renew_time(l) != before)
+    });
+    if tokio::time::timeout(Duration::from_secs(7), renewed).await.is_err() {
+        panic!(
+            "the leader stopped renewing its lease after one conflict:\n{}",
+            env.system.as_ref().unwrap().populator_log("cdi-populator-1")
+        );
+    }
+    let lease = leases.get("cdi-populator").await.unwrap();
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("cdi-populator-1"));
+    // And it still acts as the leader.
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
+    assert_holds_image(&env, "data", Mode::Filesystem).await;
+    env.stop().await;
+}
+
+/// Breaks every watch connection of the system every `every` until dropped.
+fn drop_watches_repeatedly(env: &mut Env, every: Duration) -> tokio::task::JoinHandle<()> {
+    let faults = env.system().cluster.faults().clone();
+    tokio::spawn(async move {
+        loop {
+            // Generating faults, not waiting for anything.
+            tokio::time::sleep(every).await;
+            faults.drop_watches();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_and_dropped_watches_during_a_populate_end_with_the_image_bound() {
+    let mut env = Env::start(16, &[]).await;
+    env.server.knobs.throttle.store(4 << 20, Ordering::SeqCst);
+    let faults = env.system().cluster.faults().clone();
+    // Every write of the populator to a claim conflicts at first (status, finalizer,
+    // annotations, progress), then one in three.
+    faults.fail_next(Matcher::any().method(Method::PATCH).resource("persistentvolumeclaims"), 6, 409, When::Before);
+    faults.fail_every(Matcher::any().method(Method::PATCH).resource("persistentvolumeclaims"), 3, 409, When::Before);
+    faults.fail_every(Matcher::any().method(Method::PUT), 2, 409, When::Before);
+    let dropper = drop_watches_repeatedly(&mut env, Duration::from_millis(700));
+    env.source("img", &env.server.url("disk.qcow2")).await;
+    env.pvc("fs", "local-immediate", Mode::Filesystem, "img").await;
+    env.pvc("blk", "local-immediate", Mode::Block, "img").await;
+
+    assert_holds_image(&env, "fs", Mode::Filesystem).await;
+    assert_holds_image(&env, "blk", Mode::Block).await;
+    dropper.abort();
+    assert!(faults.injected() >= 6, "only {} conflicts were injected", faults.injected());
+    assert!(faults.watches_dropped() > 0, "no watch was dropped: the test proves nothing");
+    faults.clear();
+    env.wait_no_leftovers().await;
+    assert_eq!(env.server.knobs.gets(), 2, "one download per PVC");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn server_errors_during_a_populate_end_with_the_image_bound() {
     let mut env = Env::start(16, &[]).await;
     env.server.knobs.throttle.store(4 << 20, Ordering::SeqCst);
