@@ -97,6 +97,7 @@ async fn assert_holds_image(env: &Env, name: &str, mode: Mode) {
     }
     let ann = pvc.metadata.annotations.unwrap_or_default();
     assert_eq!(ann.get(key::POD_PHASE).map(String::as_str), Some("Succeeded"), "{ann:?}");
+    assert!(ann.contains_key(key::POPULATOR_PVC_PRIME), "the pvcPrime annotation is missing: {ann:?}");
     assert_eq!(ann.get(key::POPULATOR_PROGRESS).map(String::as_str), Some("100.0%"), "{ann:?}");
 }
 
