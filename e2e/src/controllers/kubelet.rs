@@ -166,6 +166,18 @@ impl Kubelet {
         Ok(())
     }
 
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Signals the process group of a running container of pod `uid`; its pid, if one runs.
+    pub async fn signal_container(&self, uid: &str, container: &str, signal: Signal) -> Option<i32> {
+        let state = self.pods.lock().await;
+        let pgid = state.get(uid)?.containers.iter().find(|c| c.name == container && c.child.is_some())?.pgid?;
+        self.children.signal(pgid, signal);
+        Some(pgid)
+    }
+
     /// Stops every pod of this node (cluster shutdown).
     pub async fn stop_all(&self) {
         let mut state = self.pods.lock().await;

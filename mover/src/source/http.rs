@@ -29,6 +29,8 @@ const MAX_REDIRECTS: usize = 10;
 const MAX_RETRIES: u32 = 6;
 /// Between resumptions of a dropped transfer: 200 ms, doubling, at most 8 s.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(8));
+/// HEAD requests tried after a dropped connection before streaming without ranges.
+const HEAD_RETRIES: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that delivers nothing for this long is considered dead (and resumed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,7 +127,7 @@ impl HttpSource {
             chunk_size: opts.chunk_size.max(64 << 10),
             cancel,
         };
-        let head = rt.block_on(source.head());
+        let head = rt.block_on(source.head_retrying());
         if let Ok((final_url, Some(len), true)) = head
             && len > 0
         {
@@ -150,6 +152,22 @@ impl HttpSource {
         let name = source.name.clone();
         let source = Arc::new(source);
         Ok(Opened::new(name, len, None, move || Ok(Box::new(source.single_stream(response)) as Box<dyn Read + Send>)))
+    }
+
+    /// [`HttpSource::head`], tried again when the connection drops: taken as "no ranges",
+    /// one lost connection would cost the whole download its ability to resume.
+    async fn head_retrying(&self) -> Result<(Url, Option<u64>, bool), SourceError> {
+        let mut failures = 0;
+        loop {
+            match self.head().await {
+                Err(e @ SourceError::Transfer { .. }) if failures < HEAD_RETRIES => {
+                    failures += 1;
+                    tracing::warn!(url = %self.name, attempt = failures, error = %crate::error::one_line(&e), "HEAD request failed; trying again");
+                    tokio::time::sleep(RETRY.delay(failures)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// HEAD: `(final url, length, accepts byte ranges)`. Errors mean "HEAD is no help";

@@ -362,6 +362,7 @@ async fn cancel_stops_a_task_within_a_second_and_leaves_no_image() {
     let failed = outcome.unwrap_err();
     // Typed for new clients, spelled out for old ones.
     assert_eq!((failed.reason_code(), failed.reason.as_str()), (pb::FailureReason::Cancelled, "Cancelled"));
+    assert!(!failed.retryable, "the caller's own cancel is the end of the task");
     assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists(), "a cancelled task left an image");
 }
 
@@ -595,7 +596,10 @@ async fn sigterm_cancels_running_tasks_and_exits() {
     .unwrap();
     assert!(status.0.success(), "serve exited with {:?}: {}", status.0, status.1.log());
     let (_, _, outcome) = follow(&mut events).await;
-    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    let failed = outcome.unwrap_err();
+    assert_eq!(failed.reason, "Cancelled");
+    // A rolling update or a node drain interrupts the import; the caller tries again.
+    assert!(failed.retryable, "a task interrupted by the mover's shutdown is retryable: {failed:?}");
     assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists());
 }
 

@@ -100,6 +100,7 @@ pub fn assert_same_prefix(image: &Path, image_fmt: &str, target: &Path, size: u6
 }
 
 /// A deterministic pseudo-random generator (xorshift), so fixtures need no crate.
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {

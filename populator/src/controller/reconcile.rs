@@ -295,7 +295,10 @@ async fn start_task(
         let note = format!("Import scheduled on node {} (task {})", task.node, task.id);
         ctx.event(&target_ref, EventReason::ImportScheduled, &note).await;
         let mut pairs = running_condition("true", condition::POD_RUNNING, "");
-        pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None)]);
+        // The prime's name again: written right after creating it, it is lost for good if
+        // that write failed, since the prime then exists and that step is not redone.
+        let prime = (ann::PVC_PRIME, Some(build::prime_name(&target.uid)));
+        pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None), prime]);
         annotate(ctx, pvc, &pairs).await?;
     }
     ctx.followers.start(ctx.me(), target_ref, target.uid.clone(), task.node, request);
