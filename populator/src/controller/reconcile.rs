@@ -63,8 +63,8 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
 
 pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.reconcile_errors.inc();
-    if error.is_stale_write() {
-        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "stale cache; retrying");
+    if error.is_transient() {
+        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "transient API failure; retrying soon");
         return Action::requeue(SHORT);
     }
     tracing::warn!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "reconcile failed");
