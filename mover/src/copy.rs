@@ -288,6 +288,7 @@ where
                     output: None,
                     chunk: cfg.chunk,
                     inflate: None,
+                    libdeflate: None,
                     zstd: None,
                 };
                 for (seq, job) in rx {
@@ -513,6 +514,7 @@ struct Worker<'a> {
     output: Option<AlignedBuf>,
     chunk: usize,
     inflate: Option<flate2::Decompress>,
+    libdeflate: Option<libdeflater::Decompressor>,
     zstd: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
@@ -658,6 +660,15 @@ impl<'a> Worker<'a> {
                 return Ok(());
             }
             Codec::Deflate => {
+                // libdeflate inflates a whole cluster about a fifth faster than zlib-rs. A
+                // stream it will not take (cut at the cluster's end, as qemu accepts when the
+                // output is full) goes the zlib way, which is qemu's own.
+                let fast = self.libdeflate.get_or_insert_with(libdeflater::Decompressor::new);
+                if let Ok(n) = fast.deflate_decompress(src, dst)
+                    && n == dst.len()
+                {
+                    return Ok(());
+                }
                 let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(false));
                 d.reset(false);
                 match d.decompress(src, dst, flate2::FlushDecompress::Finish) {
