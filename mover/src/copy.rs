@@ -655,6 +655,13 @@ impl<'a> Worker<'a> {
     ) -> Result<(), ImportError> {
         let produced = match codec {
             Codec::Zlib => {
+                // As for deflate below: libdeflate first, zlib-rs to decide what it refuses.
+                let fast = self.libdeflate.get_or_insert_with(libdeflater::Decompressor::new);
+                if let Ok(n) = fast.zlib_decompress(src, dst)
+                    && n >= keep
+                {
+                    return Ok(());
+                }
                 let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(true));
                 inflate_zlib(d, src, dst, keep, guest)?;
                 return Ok(());
