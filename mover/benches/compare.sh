@@ -114,7 +114,7 @@ for c in $CASES; do
       dev=$(losetup -f --show "$backing")
       trap 'losetup -d "$dev" 2>/dev/null || true' EXIT
       # The device holds old data before every run, so zero ranges must really be zeroed.
-      export PREP="tr '\\0' '\\377' </dev/zero | dd of=$dev bs=4M count=1024 oflag=direct status=none; sync; warm $src"
+      export PREP="{ tr '\\0' '\\377' </dev/zero || true; } | dd of=$dev bs=4M count=1024 iflag=fullblock oflag=direct status=none; sync; warm $src"
       pair "$dev" "$MOVER import $src $dev --progress none" "qemu-img convert -n -t none -W -O raw $src $dev"
       cdi=$PAIR_A ref=$PAIR_B
       "$MOVER" import "$src" "$dev" --progress none && qemu-img compare -f qcow2 -F raw "$src" "$dev" >&2

@@ -268,7 +268,7 @@ where
     let shared = Shared { failed: AtomicBool::new(false), error: std::sync::Mutex::new(None), cancel };
     let (tx, rx) = bounded::<(u64, Job)>(cfg.workers * 2);
     let turns = Turns::new(cfg.workers.max(1));
-    let turns = disk.wants_ordered_allocation().then_some(&turns);
+    let turns = disk.wants_ordered_writes().then_some(&turns);
     let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.buffers);
     for _ in 0..cfg.buffers {
         pool_tx.send(AlignedBuf::new(cfg.chunk)).expect("pool has room");
@@ -326,20 +326,18 @@ where
     Ok(value)
 }
 
-/// Hands out the order in which jobs allocate space on a file target.
+/// Hands out the order in which jobs write to a file target written directly.
 ///
-/// Direct writes from several workers allocate blocks in whatever order they land, which
-/// splits the file's extents and inserts them mid-tree (ext4 then needs more extent-tree
-/// blocks than a sequential writer). Allocating each job's data runs in submission order,
-/// just before its parallel writes, keeps allocation at one moving front, as a
-/// sequential writer's would be.
+/// Direct writes from several workers allocate blocks in whatever order they land, and
+/// blocks allocated ahead of the writes (fallocate) follow the file's holes: either way
+/// the file ends up in hundreds of physical pieces and ext4 needs more extent-tree blocks
+/// than a sequential writer. Each job therefore writes in its turn, one after another, and
+/// the file is laid out as a sequential writer's (as compact as `qemu-img convert`'s).
 ///
-/// Jobs whose data was decoded (inflated clusters, decompressed streams) are CPU-bound: they
-/// write in their turn, one job after another, so the file is laid out exactly as a
-/// sequential writer's. A worker done decoding before its turn parks its output instead of
-/// waiting ([`Turns::write_in_order`]), and goes on decoding the next job; the worker whose
-/// turn precedes writes the parked outputs once it has written its own. The workers then
-/// keep both cores decoding while one of them writes, and at most `max_parked` outputs wait.
+/// A worker done with its job before its turn parks the output instead of waiting
+/// ([`Turns::write_in_order`]) and goes on with the next job; the worker whose turn comes
+/// first writes the parked outputs after its own. Reading and decoding so go on while one
+/// worker writes, and at most `max_parked` outputs wait.
 struct Turns {
     state: Mutex<TurnState>,
     moved: Condvar,
@@ -399,15 +397,9 @@ impl Turns {
         self.moved.wait_timeout(st, Duration::from_millis(50)).expect("turns lock").0
     }
 
-    /// Runs `allocate` once every earlier job has had its turn, then passes the turn on.
-    /// Gives up (without running it) when the import stops.
-    fn in_order(
-        &self,
-        seq: u64,
-        shared: &Shared,
-        allocate: impl FnOnce() -> Result<(), ImportError>,
-        write: &WriteOutput<'_>,
-    ) -> Result<(), ImportError> {
+    /// Waits until every earlier job has had its turn, then passes the turn on (a job with
+    /// nothing to write in order). Gives up when the import stops.
+    fn in_order(&self, seq: u64, shared: &Shared, write: &WriteOutput<'_>) -> Result<(), ImportError> {
         let mut st = self.lock();
         while st.next < seq {
             if shared.stopped() {
@@ -415,10 +407,9 @@ impl Turns {
             }
             st = self.wait(st);
         }
-        let result = if st.next == seq { allocate() } else { Ok(()) };
         st.next = st.next.max(seq + 1);
         self.pass(st, shared, write);
-        result
+        Ok(())
     }
 
     /// Writes job `seq`'s output in its turn: now if the turn is its own, else parked for
@@ -485,17 +476,6 @@ impl Turns {
     }
 }
 
-/// What a job with data in hand does in its turn on a file written directly (see
-/// [`Turns`]); decoded jobs write in their turn ([`Worker::commit_output`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Order {
-    /// Only the allocation of its data runs, then the writes go in parallel: plain copies
-    /// are I/O-bound and need several writes in flight.
-    Allocation,
-    /// Nothing: parallel xz blocks fill separate regions of the target at once by design.
-    None,
-}
-
 /// One write or zeroing a job resolves to.
 enum Op<'b> {
     Write { offset: u64, data: &'b [u8] },
@@ -530,7 +510,7 @@ impl<'a> Worker<'a> {
             && let Some(turns) = self.turns
         {
             // A job that failed before its turn must not hold up the ones after it.
-            let _ = turns.in_order(seq, self.shared, || Ok(()), &|o| self.write_output(o));
+            let _ = turns.in_order(seq, self.shared, &|o| self.write_output(o));
         }
         result
     }
@@ -549,7 +529,7 @@ impl<'a> Worker<'a> {
             }
             Job::Zero { offset, len } => {
                 if let Some(turns) = self.turns {
-                    turns.in_order(seq, self.shared, || Ok(()), &|o| self.write_output(o))?;
+                    turns.in_order(seq, self.shared, &|o| self.write_output(o))?;
                 }
                 self.disk.zero(offset, len)?;
                 self.counters.guest_done.fetch_add(len, Ordering::Relaxed);
@@ -563,19 +543,23 @@ impl<'a> Worker<'a> {
                     input[stored..].fill(0);
                     mask.apply(input);
                 }
-                self.commit(seq, Order::Allocation, &[(offset, &input[..])])
+                // Parked outputs take their buffer along; the next job reads into a spare.
+                let buf = std::mem::replace(input, self.fresh_output());
+                let runs = vec![(offset, 0, buf.len())];
+                if let Some(back) = self.commit_output(seq, Output { bytes: Held::Own(buf), runs })? {
+                    *input = back;
+                }
+                Ok(())
             }
             Job::XzBlock { layout, index } => {
                 if let Some(turns) = self.turns {
-                    turns.in_order(seq, self.shared, || Ok(()), &|o| self.write_output(o))?;
+                    turns.in_order(seq, self.shared, &|o| self.write_output(o))?;
                 }
                 let source = self.source.ok_or(FormatError::Internal("xz block job without a random-access source"))?;
                 let out = output.get_or_insert_with(|| self.fresh_output());
                 out.set_len(out.capacity());
                 input.set_len(input.capacity());
-                layout.decode(source, index, input, out, None, &mut |offset, data| {
-                    self.commit(seq, Order::None, &[(offset, data)])
-                })?;
+                layout.decode(source, index, input, out, None, &mut |offset, data| self.commit(&[(offset, data)]))?;
                 self.counters.source_read.fetch_add(layout.blocks[index].total(), Ordering::Relaxed);
                 Ok(())
             }
@@ -721,18 +705,8 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Allocates the job's data runs (files written directly), in the caller's turn.
-    fn allocate(&self, ops: &[Op<'_>]) -> Result<(), ImportError> {
-        for op in ops {
-            if let Op::Write { offset, data } = op {
-                self.disk.allocate(*offset, data.len() as u64)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Places a decoded job's output: in its turn on files written
-    /// directly ([`Turns`]), else at once. Returns the buffer when the worker may keep it.
+    /// Places a job's output: in its turn on files written directly ([`Turns`]), else at
+    /// once. Returns the buffer when the worker may keep it.
     fn commit_output(&self, seq: u64, out: Output) -> Result<Option<AlignedBuf>, ImportError> {
         if let Some(turns) = self.turns {
             return turns.write_in_order(seq, out, self.shared, &|o| self.write_output(o));
@@ -744,41 +718,30 @@ impl<'a> Worker<'a> {
         })
     }
 
-    /// Writes an output's runs (zero blocks become holes or zeroed ranges).
+    /// Writes an output's runs.
     fn write_output(&self, out: &Output) -> Result<(), ImportError> {
         let pieces: Vec<(u64, &[u8])> =
             out.runs.iter().map(|&(guest, start, end)| (guest, &out.bytes[start..end])).collect();
-        self.commit(0, Order::None, &pieces)
+        self.commit(&pieces)
     }
 
-    /// A buffer to decode into.
+    /// A buffer to read or decode into: one a written parked output left, if any.
     fn fresh_output(&self) -> AlignedBuf {
         self.turns.and_then(Turns::spare).unwrap_or_else(|| AlignedBuf::new(self.chunk))
     }
 
-    /// Places guest bytes: zero blocks become holes (files) or zeroed ranges (block
-    /// devices, punched when long enough to be worth an ioctl); data runs are allocated in
-    /// job order ([`Turns`]) and written.
-    fn commit(&self, seq: u64, order: Order, pieces: &[(u64, &[u8])]) -> Result<(), ImportError> {
+    /// Places guest bytes now: zero blocks become holes (files) or zeroed ranges (block
+    /// devices, punched when long enough to be worth an ioctl), data runs are written.
+    fn commit(&self, pieces: &[(u64, &[u8])]) -> Result<(), ImportError> {
         let mut ops = Vec::new();
         for &(offset, data) in pieces {
             plan_ops(data, offset, self.disk.unwritten_reads_zero(), &mut ops);
         }
-        let apply = |ops: &[Op<'_>]| -> Result<(), ImportError> {
-            for op in ops {
-                match op {
-                    Op::Write { offset, data } => self.disk.write(data, *offset)?,
-                    Op::Zero { offset, len } => self.disk.zero(*offset, *len)?,
-                }
+        for op in &ops {
+            match op {
+                Op::Write { offset, data } => self.disk.write(data, *offset)?,
+                Op::Zero { offset, len } => self.disk.zero(*offset, *len)?,
             }
-            Ok(())
-        };
-        match (self.turns, order) {
-            (Some(turns), Order::Allocation) => {
-                turns.in_order(seq, self.shared, || self.allocate(&ops), &|o| self.write_output(o))?;
-                apply(&ops)?;
-            }
-            (None, _) | (_, Order::None) => apply(&ops)?,
         }
         let done: u64 = pieces.iter().map(|(_, d)| d.len() as u64).sum();
         self.counters.guest_done.fetch_add(done, Ordering::Relaxed);
