@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addresses::AddressBlock;
+use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
 use crate::controllers::{self, binder, gc, kubelet, provisioner, scheduler};
@@ -69,6 +70,8 @@ pub struct Cluster {
     kubelets: Vec<Arc<kubelet::Kubelet>>,
     children: Children,
     addresses: Arc<AddressBlock>,
+    /// Errors and dropped watches the API server injects, for tests; none unless set.
+    faults: Arc<Faults>,
     stopped: bool,
 }
 
@@ -102,13 +105,15 @@ impl Cluster {
             bookmark_interval: config.bookmark_interval,
             nodes_dir: dir.join("nodes"),
         };
+        let faults = Arc::new(Faults::default());
+        let app = router(state).layer(axum::middleware::from_fn_with_state(faults.clone(), faults::inject));
         let mut tasks = Vec::new();
         let mut srv_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = srv_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                 tracing::error!(error = %e, "API server stopped");
             }
         }));
@@ -155,6 +160,7 @@ impl Cluster {
             kubelets,
             children,
             addresses,
+            faults,
             stopped: false,
         };
         cluster.write_kubeconfig()?;
@@ -192,14 +198,47 @@ impl Cluster {
         &self.store
     }
 
-    /// A kube-rs client for this cluster (default namespace `default`).
+    /// A kube-rs client for this cluster (default namespace `default`). It is the test's
+    /// observer: injected [`Faults`] spare its requests.
     ///
     /// # Errors
     /// Only if kube-rs rejects the configuration.
     pub fn client(&self) -> anyhow::Result<kube::Client> {
         let uri: http::Uri = self.url().parse()?;
-        let config = kube::Config::new(uri);
+        let mut config = kube::Config::new(uri);
+        config
+            .headers
+            .push((http::HeaderName::from_static(faults::OBSERVER_HEADER), http::HeaderValue::from_static("true")));
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The faults the API server injects into every client's requests but
+    /// [`Cluster::client`]'s; none until a test sets some.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Sends `signal` to the process of a running container, as a crash (SIGKILL) or a
+    /// runtime stopping it (SIGTERM) would; the pod's restartPolicy decides what follows.
+    /// Returns the process id signalled.
+    ///
+    /// # Errors
+    /// When the pod is not bound to a node of this cluster or the container runs no process.
+    pub async fn signal_container(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<i32> {
+        let found = self.store.get(&self.store.rt("", "pods"), namespace, pod)?;
+        let node = crate::api::util::str_at(&found, "spec.nodeName");
+        let uid = crate::api::util::meta_str(&found, "uid");
+        let kubelet = self.kubelets.iter().find(|k| k.node() == node).context("the pod is on no node of ours")?;
+        kubelet
+            .signal_container(uid, container, signal)
+            .await
+            .with_context(|| format!("no process runs container {container} of pod {namespace}/{pod}"))
     }
 
     /// Ends every open watch stream, as an API server restart or a dropped connection would;

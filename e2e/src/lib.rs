@@ -15,6 +15,8 @@
 //! Everything runs in one process. [`Cluster::start`] brings it up on an ephemeral loopback
 //! port and writes a kubeconfig; [`Cluster::shutdown`] (or dropping the [`Cluster`]) stops
 //! every process and removes every mount and loop device it made.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod addresses;
 pub mod api;

@@ -1,6 +1,8 @@
 //! `cdi-e2e up`: runs the mini-cluster in the foreground until Ctrl-C or SIGTERM.
 //! `cdi-e2e demo`: the whole of cdi-rs on it, populating two PVCs from a local image.
 //! `cdi-e2e bench`: what the control plane costs in time and memory.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 

@@ -30,6 +30,10 @@ pub struct SystemConfig {
     pub populator_binary: PathBuf,
     /// Extra `cdi-populator run` flags (e.g. faster retries for tests).
     pub populator_args: Vec<String>,
+    /// The populators' `RUST_LOG` (default: `$CDI_POPULATOR_LOG`, else `info,kube=warn`).
+    pub populator_log: Option<String>,
+    /// The movers' `RUST_LOG`, instead of the DaemonSet's.
+    pub mover_log: Option<String>,
 }
 
 impl SystemConfig {
@@ -54,6 +58,8 @@ impl SystemConfig {
             mover_binary: find("cdi-mover")?,
             populator_binary: find("cdi-populator")?,
             populator_args: Vec::new(),
+            populator_log: None,
+            mover_log: None,
         })
     }
 }
@@ -113,7 +119,7 @@ impl System {
             .args(&self.config.populator_args)
             .env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env("POD_NAME", identity)
-            .env("RUST_LOG", std::env::var("CDI_POPULATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .env("RUST_LOG", self.populator_log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -122,6 +128,11 @@ impl System {
             .with_context(|| format!("starting {}", self.config.populator_binary.display()))?;
         self.populators.push((identity.to_string(), child));
         Ok(())
+    }
+
+    fn populator_log_filter(&self) -> String {
+        let from_env = || std::env::var("CDI_POPULATOR_LOG").ok();
+        self.config.populator_log.clone().or_else(from_env).unwrap_or_else(|| "info,kube=warn".into())
     }
 
     /// Kills a populator at once (SIGKILL), as a crash would.
@@ -154,6 +165,17 @@ impl System {
         std::fs::read_to_string(self.log_path(identity)).unwrap_or_default()
     }
 
+    /// Every process log of the system: the populators', and every container's on every
+    /// node (the movers, the holders), as `(file, text)`.
+    pub fn all_logs(&self) -> Vec<(PathBuf, String)> {
+        let mut files: Vec<PathBuf> = self.populators.iter().map(|(id, _)| self.log_path(id)).collect();
+        let nodes = std::fs::read_dir(self.config.dir.join("nodes")).into_iter().flatten().flatten();
+        for node in nodes {
+            files.extend(std::fs::read_dir(node.path().join("logs")).into_iter().flatten().flatten().map(|f| f.path()));
+        }
+        files.into_iter().map(|f| (f.clone(), std::fs::read_to_string(&f).unwrap_or_default())).collect()
+    }
+
     async fn wait_for_certificates(&self) -> anyhow::Result<()> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
         let appeared = await_condition(secrets, "cdi-mover-tls", |s: Option<&Secret>| s.is_some());
@@ -180,6 +202,13 @@ impl System {
         for node in self.cluster.node_names() {
             let mut spec = template.spec.clone().context("template without spec")?;
             spec.node_name = Some(node.clone());
+            if let Some(filter) = &self.config.mover_log {
+                for env in spec.containers.iter_mut().flat_map(|c| c.env.iter_mut().flatten()) {
+                    if env.name == "RUST_LOG" {
+                        env.value = Some(filter.clone());
+                    }
+                }
+            }
             let pod = Pod {
                 metadata: ObjectMeta {
                     name: Some(format!("cdi-mover-{node}")),

@@ -8,7 +8,7 @@
 #
 # Usage: mover/benches/compare.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images; it is made with
-#   ../shared/bench/make_images.sh when missing (5-20 min). Needs root for the loop device.
+#   make_images.sh (beside this script) when missing (5-20 min). Needs root for the loop device.
 #   RUNS=3 CASES="qcow2 qcow2-c loop gz xz zst vmdk vmdk-stream vhd vhd-fixed vhdx vdi"
 #   BENCH_OUT=<scratch dir on the same disk>
 #   The vmdk/vhd/vhdx/vdi images are made once from disk.qcow2 with qemu-img and kept in
@@ -27,8 +27,7 @@ if ! need pigz || ! need zstd || ! need xz || ! need qemu-img; then
   apt-get update -qq && apt-get install -y -qq pigz zstd xz-utils qemu-utils >/dev/null
 fi
 if [ ! -f "$IMAGES/disk.raw.xz" ]; then
-  shared=$(cd "$repo/../shared/bench" 2>/dev/null && pwd) || { echo "no images in $IMAGES and no ../shared/bench/make_images.sh" >&2; exit 1; }
-  (unset BENCH_OUT; OUT_DIR="$IMAGES" "$shared/make_images.sh")
+  (unset BENCH_OUT; OUT_DIR="$IMAGES" "$here/make_images.sh")
 fi
 cargo build --release -p cdi-mover --manifest-path "$repo/Cargo.toml" >&2
 MOVER="$repo/target/release/cdi-mover"
@@ -63,6 +62,22 @@ median() {
   printf '%s\n' "${rows[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
 }
 
+# Medians of RUNS runs of two commands taken in turns (A B, B A, A B, ...), so that both
+# meet the machine in the same state (a shared VM's speed drifts); sets PAIR_A and PAIR_B.
+pair() { # output "command A" "command B"
+  local output=$1 a=$2 b=$3 prep=${PREP:-true} i
+  local ra=() rb=()
+  for i in $(seq "$RUNS"); do
+    if (( i % 2 )); then
+      eval "$prep"; ra+=("$(measure "$output" "$a")"); eval "$prep"; rb+=("$(measure "$output" "$b")")
+    else
+      eval "$prep"; rb+=("$(measure "$output" "$b")"); eval "$prep"; ra+=("$(measure "$output" "$a")")
+    fi
+  done
+  PAIR_A=$(printf '%s\n' "${ra[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+  PAIR_B=$(printf '%s\n' "${rb[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+}
+
 warm() { cat "$@" >/dev/null; }
 
 printf '%-10s %-44s %8s %8s %9s %14s\n' case tool wall_s cpu_s rss_MiB alloc_bytes
@@ -86,8 +101,8 @@ for c in $CASES; do
     qcow2|qcow2-c)
       src=$IMAGES/disk.qcow2; [ "$c" = qcow2-c ] && src=$IMAGES/disk-c.qcow2
       warm "$src"
-      cdi=$(median "$out" "$MOVER" import "$src" "$out" --progress none)
-      ref=$(median "$out" qemu-img convert -O raw "$src" "$out")
+      pair "$out" "$MOVER import $src $out --progress none" "qemu-img convert -O raw $src $out"
+      cdi=$PAIR_A ref=$PAIR_B
       row "$c" "cdi-mover import" "$cdi"
       row "$c" "qemu-img convert -O raw" "$ref"
       ratio "$c" "$cdi" "$ref"
@@ -99,10 +114,10 @@ for c in $CASES; do
       dev=$(losetup -f --show "$backing")
       trap 'losetup -d "$dev" 2>/dev/null || true' EXIT
       # The device holds old data before every run, so zero ranges must really be zeroed.
-      export PREP="tr '\\0' '\\377' </dev/zero | dd of=$dev bs=4M count=1024 oflag=direct status=none; sync; warm $src"
-      cdi=$(median "$dev" "$MOVER" import "$src" "$dev" --progress none)
+      export PREP="{ tr '\\0' '\\377' </dev/zero || true; } | dd of=$dev bs=4M count=1024 iflag=fullblock oflag=direct status=none; sync; warm $src"
+      pair "$dev" "$MOVER import $src $dev --progress none" "qemu-img convert -n -t none -W -O raw $src $dev"
+      cdi=$PAIR_A ref=$PAIR_B
       "$MOVER" import "$src" "$dev" --progress none && qemu-img compare -f qcow2 -F raw "$src" "$dev" >&2
-      ref=$(median "$dev" qemu-img convert -n -t none -W -O raw "$src" "$dev")
       unset PREP
       row "$c" "cdi-mover import → loop (held data)" "$cdi"
       row "$c" "qemu-img convert -n -t none -W → loop" "$ref"
@@ -141,9 +156,9 @@ for c in $CASES; do
         qemu-img convert -f qcow2 -O "$fmt" -o "$opts" "$IMAGES/disk.qcow2" "$src.tmp" && mv "$src.tmp" "$src"
       fi
       warm "$src"
-      cdi=$(median "$out" "$MOVER" import "$src" "$out" --progress none)
       "$MOVER" import "$src" "$out" --progress none && qemu-img compare -f "$fmt" -F raw "$src" "$out" >&2
-      ref=$(median "$out" qemu-img convert -f "$fmt" -O raw "$src" "$out")
+      pair "$out" "$MOVER import $src $out --progress none" "qemu-img convert -f $fmt -O raw $src $out"
+      cdi=$PAIR_A ref=$PAIR_B
       row "$c" "cdi-mover import" "$cdi"
       row "$c" "qemu-img convert -O raw" "$ref"
       ratio "$c" "$cdi" "$ref"

@@ -10,8 +10,10 @@
 //! last block may be partial. Decoders guarantee it by cutting jobs at cluster boundaries
 //! (clusters are at least 4 KiB whenever the target uses direct I/O).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -265,8 +267,8 @@ where
 {
     let shared = Shared { failed: AtomicBool::new(false), error: std::sync::Mutex::new(None), cancel };
     let (tx, rx) = bounded::<(u64, Job)>(cfg.workers * 2);
-    let turns = Turns { next: std::sync::Mutex::new(0), moved: std::sync::Condvar::new() };
-    let turns = disk.wants_ordered_allocation().then_some(&turns);
+    let turns = Turns::new(cfg.workers.max(1));
+    let turns = disk.wants_ordered_writes().then_some(&turns);
     let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.buffers);
     for _ in 0..cfg.buffers {
         pool_tx.send(AlignedBuf::new(cfg.chunk)).expect("pool has room");
@@ -286,6 +288,7 @@ where
                     output: None,
                     chunk: cfg.chunk,
                     inflate: None,
+                    libdeflate: None,
                     zstd: None,
                 };
                 for (seq, job) in rx {
@@ -323,53 +326,154 @@ where
     Ok(value)
 }
 
-/// Hands out the order in which jobs allocate space on a file target.
+/// Hands out the order in which jobs write to a file target written directly.
 ///
-/// Direct writes from several workers allocate blocks in whatever order they land, which
-/// splits the file's extents and inserts them mid-tree (ext4 then needs more extent-tree
-/// blocks than a sequential writer). Allocating each job's data runs in submission order,
-/// just before its parallel writes, keeps allocation at one moving front, as a
-/// sequential writer's would be.
+/// Direct writes from several workers allocate blocks in whatever order they land, and
+/// blocks allocated ahead of the writes (fallocate) follow the file's holes: either way
+/// the file ends up in hundreds of physical pieces and ext4 needs more extent-tree blocks
+/// than a sequential writer. Each job therefore writes in its turn, one after another, and
+/// the file is laid out as a sequential writer's (as compact as `qemu-img convert`'s).
+///
+/// A worker done with its job before its turn parks the output instead of waiting
+/// ([`Turns::write_in_order`]) and goes on with the next job; the worker whose turn comes
+/// first writes the parked outputs after its own. Reading and decoding so go on while one
+/// worker writes, and at most `max_parked` outputs wait.
 struct Turns {
-    next: std::sync::Mutex<u64>,
-    moved: std::sync::Condvar,
+    state: Mutex<TurnState>,
+    moved: Condvar,
+    max_parked: usize,
+    /// Buffers of parked outputs once written, for workers to decode into again.
+    spare: Mutex<Vec<AlignedBuf>>,
 }
 
-impl Turns {
-    /// Runs `allocate` once every earlier job has run its own, then lets the next one go.
-    /// Gives up (without running it) when the import stops.
-    fn in_order(
-        &self,
-        seq: u64,
-        shared: &Shared,
-        allocate: impl FnOnce() -> Result<(), ImportError>,
-    ) -> Result<(), ImportError> {
-        let mut next = self.next.lock().expect("turns lock");
-        while *next < seq {
-            if shared.stopped() {
-                return Err(ImportError::Cancelled);
-            }
-            next = self.moved.wait_timeout(next, Duration::from_millis(50)).expect("turns lock").0;
+struct TurnState {
+    /// The job whose turn it is.
+    next: u64,
+    /// Outputs of later jobs, waiting for their turn.
+    parked: BTreeMap<u64, Output>,
+}
+
+/// A decoded job's bytes and the guest runs in them.
+struct Output {
+    bytes: Held,
+    /// (guest offset, start, end) within `bytes`.
+    runs: Vec<(u64, usize, usize)>,
+}
+
+/// Bytes of an output: a worker's own buffer, or one borrowed from the producer's pool.
+enum Held {
+    Own(AlignedBuf),
+    Pool(PooledBuf),
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Held::Own(b) => b,
+            Held::Pool(b) => b,
         }
-        let result = if *next == seq { allocate() } else { Ok(()) };
-        *next = (*next).max(seq + 1);
-        self.moved.notify_all();
-        result
     }
 }
 
-/// What a job does in its turn on a file written directly (see [`Turns`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Order {
-    /// Its writes: jobs whose data was decoded (inflated clusters, decompressed streams)
-    /// are CPU-bound, so writing them one job at a time costs nothing, and the filesystem
-    /// then lays the file out exactly as a sequential writer's.
-    Writes,
-    /// Only the allocation of its data runs, then the writes go in parallel: plain copies
-    /// are I/O-bound and need several writes in flight.
-    Allocation,
-    /// Nothing: parallel xz blocks fill separate regions of the target at once by design.
-    None,
+/// How outputs are written, by whichever worker's turn reaches them.
+type WriteOutput<'w> = dyn Fn(&Output) -> Result<(), ImportError> + 'w;
+
+impl Turns {
+    fn new(max_parked: usize) -> Turns {
+        Turns {
+            state: Mutex::new(TurnState { next: 0, parked: BTreeMap::new() }),
+            moved: Condvar::new(),
+            max_parked,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TurnState> {
+        self.state.lock().expect("turns lock")
+    }
+
+    fn wait<'g>(&self, st: MutexGuard<'g, TurnState>) -> MutexGuard<'g, TurnState> {
+        self.moved.wait_timeout(st, Duration::from_millis(50)).expect("turns lock").0
+    }
+
+    /// Waits until every earlier job has had its turn, then passes the turn on (a job with
+    /// nothing to write in order). Gives up when the import stops.
+    fn in_order(&self, seq: u64, shared: &Shared, write: &WriteOutput<'_>) -> Result<(), ImportError> {
+        let mut st = self.lock();
+        while st.next < seq {
+            if shared.stopped() {
+                return Err(ImportError::Cancelled);
+            }
+            st = self.wait(st);
+        }
+        st.next = st.next.max(seq + 1);
+        self.pass(st, shared, write);
+        Ok(())
+    }
+
+    /// Writes job `seq`'s output in its turn: now if the turn is its own, else parked for
+    /// the worker whose turn comes before (or, when `max_parked` outputs wait already,
+    /// once there is room or it is its turn). Returns the output's buffer when it was
+    /// written here, for the worker to decode into again.
+    fn write_in_order(
+        &self,
+        seq: u64,
+        out: Output,
+        shared: &Shared,
+        write: &WriteOutput<'_>,
+    ) -> Result<Option<AlignedBuf>, ImportError> {
+        let mut st = self.lock();
+        while st.next != seq {
+            if shared.stopped() {
+                return Err(ImportError::Cancelled);
+            }
+            if st.next > seq {
+                return Err(FormatError::Internal("a job's turn passed before it was written").into());
+            }
+            if st.parked.len() < self.max_parked {
+                st.parked.insert(seq, out);
+                return Ok(None);
+            }
+            st = self.wait(st);
+        }
+        // Written outside the lock: later jobs park or wait meanwhile, as `next` is still ours.
+        drop(st);
+        let result = write(&out);
+        let mut st = self.lock();
+        st.next = seq + 1;
+        self.pass(st, shared, write);
+        result?;
+        Ok(match out.bytes {
+            Held::Own(buf) => Some(buf),
+            Held::Pool(_) => None,
+        })
+    }
+
+    /// Writes the parked outputs whose turn has come, in order, then wakes the waiters.
+    fn pass<'s>(&'s self, mut st: MutexGuard<'s, TurnState>, shared: &Shared, write: &WriteOutput<'_>) {
+        while !shared.stopped() {
+            let at = st.next;
+            let Some(out) = st.parked.remove(&at) else { break };
+            drop(st);
+            match write(&out) {
+                Ok(()) | Err(ImportError::Cancelled) => {}
+                Err(e) => shared.fail(e),
+            }
+            if let Held::Own(buf) = out.bytes {
+                self.spare.lock().expect("spare lock").push(buf);
+            }
+            st = self.lock();
+            st.next = at + 1;
+        }
+        drop(st);
+        self.moved.notify_all();
+    }
+
+    /// A buffer to decode into: one a parked output left, if any.
+    fn spare(&self) -> Option<AlignedBuf> {
+        self.spare.lock().expect("spare lock").pop()
+    }
 }
 
 /// One write or zeroing a job resolves to.
@@ -390,6 +494,7 @@ struct Worker<'a> {
     output: Option<AlignedBuf>,
     chunk: usize,
     inflate: Option<flate2::Decompress>,
+    libdeflate: Option<libdeflater::Decompressor>,
     zstd: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
@@ -405,7 +510,7 @@ impl<'a> Worker<'a> {
             && let Some(turns) = self.turns
         {
             // A job that failed before its turn must not hold up the ones after it.
-            let _ = turns.in_order(seq, self.shared, || Ok(()));
+            let _ = turns.in_order(seq, self.shared, &|o| self.write_output(o));
         }
         result
     }
@@ -418,10 +523,13 @@ impl<'a> Worker<'a> {
         output: &mut Option<AlignedBuf>,
     ) -> Result<(), ImportError> {
         match job {
-            Job::Data { offset, buf } => self.commit(seq, Order::Writes, &[(offset, &buf[..])]),
+            Job::Data { offset, buf } => {
+                let runs = vec![(offset, 0, buf.len())];
+                self.commit_output(seq, Output { bytes: Held::Pool(buf), runs }).map(drop)
+            }
             Job::Zero { offset, len } => {
                 if let Some(turns) = self.turns {
-                    turns.in_order(seq, self.shared, || Ok(()))?;
+                    turns.in_order(seq, self.shared, &|o| self.write_output(o))?;
                 }
                 self.disk.zero(offset, len)?;
                 self.counters.guest_done.fetch_add(len, Ordering::Relaxed);
@@ -435,34 +543,44 @@ impl<'a> Worker<'a> {
                     input[stored..].fill(0);
                     mask.apply(input);
                 }
-                self.commit(seq, Order::Allocation, &[(offset, &input[..])])
+                // Parked outputs take their buffer along; the next job reads into a spare.
+                let buf = std::mem::replace(input, self.fresh_output());
+                let runs = vec![(offset, 0, buf.len())];
+                if let Some(back) = self.commit_output(seq, Output { bytes: Held::Own(buf), runs })? {
+                    *input = back;
+                }
+                Ok(())
             }
             Job::XzBlock { layout, index } => {
                 if let Some(turns) = self.turns {
-                    turns.in_order(seq, self.shared, || Ok(()))?;
+                    turns.in_order(seq, self.shared, &|o| self.write_output(o))?;
                 }
                 let source = self.source.ok_or(FormatError::Internal("xz block job without a random-access source"))?;
-                let out = output.get_or_insert_with(|| AlignedBuf::new(self.chunk));
+                let out = output.get_or_insert_with(|| self.fresh_output());
                 out.set_len(out.capacity());
                 input.set_len(input.capacity());
-                layout.decode(source, index, input, out, None, &mut |offset, data| {
-                    self.commit(seq, Order::None, &[(offset, data)])
-                })?;
+                layout.decode(source, index, input, out, None, &mut |offset, data| self.commit(&[(offset, data)]))?;
                 self.counters.source_read.fetch_add(layout.blocks[index].total(), Ordering::Relaxed);
                 Ok(())
             }
             Job::Compressed { input: compressed, clusters, codec } => {
-                let out = output.get_or_insert_with(|| AlignedBuf::new(self.chunk));
+                let mut out = output.take().unwrap_or_else(|| self.fresh_output());
                 let runs = match compressed {
-                    Input::Inline(buf) => self.inflate_all(&buf, &clusters, codec, out)?,
-                    Input::At { host, len } => {
-                        self.read_source(input, host, len)?;
-                        self.inflate_all(input, &clusters, codec, out)?
+                    Input::Inline(buf) => self.inflate_all(&buf, &clusters, codec, &mut out),
+                    Input::At { host, len } => self
+                        .read_source(input, host, len)
+                        .and_then(|()| self.inflate_all(input, &clusters, codec, &mut out)),
+                };
+                let runs = match runs {
+                    Ok(runs) => runs,
+                    Err(e) => {
+                        *output = Some(out);
+                        return Err(e);
                     }
                 };
-                let pieces: Vec<(u64, &[u8])> =
-                    runs.iter().map(|&(guest, start, end)| (guest, &out[start..end])).collect();
-                self.commit(seq, Order::Writes, &pieces)
+                // Parked outputs take their buffer along; the next job decodes into a spare.
+                *output = self.commit_output(seq, Output { bytes: Held::Own(out), runs })?;
+                Ok(())
             }
         }
     }
@@ -521,11 +639,27 @@ impl<'a> Worker<'a> {
     ) -> Result<(), ImportError> {
         let produced = match codec {
             Codec::Zlib => {
+                // As for deflate below: libdeflate first, zlib-rs to decide what it refuses.
+                let fast = self.libdeflate.get_or_insert_with(libdeflater::Decompressor::new);
+                if let Ok(n) = fast.zlib_decompress(src, dst)
+                    && n >= keep
+                {
+                    return Ok(());
+                }
                 let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(true));
                 inflate_zlib(d, src, dst, keep, guest)?;
                 return Ok(());
             }
             Codec::Deflate => {
+                // libdeflate inflates a whole cluster about a fifth faster than zlib-rs. A
+                // stream it will not take (cut at the cluster's end, as qemu accepts when the
+                // output is full) goes the zlib way, which is qemu's own.
+                let fast = self.libdeflate.get_or_insert_with(libdeflater::Decompressor::new);
+                if let Ok(n) = fast.deflate_decompress(src, dst)
+                    && n == dst.len()
+                {
+                    return Ok(());
+                }
                 let d = self.inflate.get_or_insert_with(|| flate2::Decompress::new(false));
                 d.reset(false);
                 match d.decompress(src, dst, flate2::FlushDecompress::Finish) {
@@ -571,40 +705,43 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Allocates the job's data runs (files written directly), in the caller's turn.
-    fn allocate(&self, ops: &[Op<'_>]) -> Result<(), ImportError> {
-        for op in ops {
-            if let Op::Write { offset, data } = op {
-                self.disk.allocate(*offset, data.len() as u64)?;
-            }
+    /// Places a job's output: in its turn on files written directly ([`Turns`]), else at
+    /// once. Returns the buffer when the worker may keep it.
+    fn commit_output(&self, seq: u64, out: Output) -> Result<Option<AlignedBuf>, ImportError> {
+        if let Some(turns) = self.turns {
+            return turns.write_in_order(seq, out, self.shared, &|o| self.write_output(o));
         }
-        Ok(())
+        self.write_output(&out)?;
+        Ok(match out.bytes {
+            Held::Own(buf) => Some(buf),
+            Held::Pool(_) => None,
+        })
     }
 
-    /// Places guest bytes: zero blocks become holes (files) or zeroed ranges (block
-    /// devices, punched when long enough to be worth an ioctl); data runs are allocated in
-    /// job order ([`Turns`]) and written.
-    fn commit(&self, seq: u64, order: Order, pieces: &[(u64, &[u8])]) -> Result<(), ImportError> {
+    /// Writes an output's runs.
+    fn write_output(&self, out: &Output) -> Result<(), ImportError> {
+        let pieces: Vec<(u64, &[u8])> =
+            out.runs.iter().map(|&(guest, start, end)| (guest, &out.bytes[start..end])).collect();
+        self.commit(&pieces)
+    }
+
+    /// A buffer to read or decode into: one a written parked output left, if any.
+    fn fresh_output(&self) -> AlignedBuf {
+        self.turns.and_then(Turns::spare).unwrap_or_else(|| AlignedBuf::new(self.chunk))
+    }
+
+    /// Places guest bytes now: zero blocks become holes (files) or zeroed ranges (block
+    /// devices, punched when long enough to be worth an ioctl), data runs are written.
+    fn commit(&self, pieces: &[(u64, &[u8])]) -> Result<(), ImportError> {
         let mut ops = Vec::new();
         for &(offset, data) in pieces {
             plan_ops(data, offset, self.disk.unwritten_reads_zero(), &mut ops);
         }
-        let apply = |ops: &[Op<'_>]| -> Result<(), ImportError> {
-            for op in ops {
-                match op {
-                    Op::Write { offset, data } => self.disk.write(data, *offset)?,
-                    Op::Zero { offset, len } => self.disk.zero(*offset, *len)?,
-                }
+        for op in &ops {
+            match op {
+                Op::Write { offset, data } => self.disk.write(data, *offset)?,
+                Op::Zero { offset, len } => self.disk.zero(*offset, *len)?,
             }
-            Ok(())
-        };
-        match (self.turns, order) {
-            (Some(turns), Order::Writes) => turns.in_order(seq, self.shared, || apply(&ops))?,
-            (Some(turns), Order::Allocation) => {
-                turns.in_order(seq, self.shared, || self.allocate(&ops))?;
-                apply(&ops)?;
-            }
-            (None, _) | (_, Order::None) => apply(&ops)?,
         }
         let done: u64 = pieces.iter().map(|(_, d)| d.len() as u64).sum();
         self.counters.guest_done.fetch_add(done, Ordering::Relaxed);

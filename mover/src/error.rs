@@ -65,6 +65,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::NotFound,
+        Reason::Unauthorized,
+        Reason::SourceUnavailable,
+        Reason::SourceInvalid,
+        Reason::ChecksumMismatch,
+        Reason::TooLarge,
+        Reason::InvalidImage,
+        Reason::UnsupportedImage,
+        Reason::InvalidArchive,
+        Reason::TargetFailed,
+        Reason::InvalidRequest,
+        Reason::Cancelled,
+    ];
+
+    /// The CamelCase code: `Failed.reason` on the wire, log fields, metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NotFound => "NotFound",
@@ -120,20 +136,4 @@ impl ImportError {
     }
 }
 
-/// Formats an error and its chain of causes on one line: "a: b: c".
-///
-/// Our own variants already embed their cause where it helps, so causes whose text is
-/// already contained in the message are skipped.
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
-}
+pub use cdi_common::one_line;

@@ -273,7 +273,7 @@ pub fn tar(data: &[u8]) -> Result<(), ImportError> {
         return Err(FormatError::NotAnArchive { found: Detected::Image(format).name() }.into());
     }
     let cancel = Arc::new(AtomicBool::new(false));
-    let result = archive::extract(&mut stream, &target, &cancel, qcow2::stream::drain).map(|_| ());
+    let result = archive::extract(&mut stream, &target, &cancel, crate::format::drain).map(|_| ());
     // The escape checks held: the volume is the only thing in its parent.
     let beside: Vec<_> = std::fs::read_dir(parent.path())
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect())

@@ -472,7 +472,7 @@ fn extract_archive(
     // The checksum covers the whole archive, known only at its end: it is verified before
     // the extracted files are moved into place.
     let extracted = crate::archive::extract(stream, &req.target, &cancel, |rest| {
-        qcow2::stream::drain(rest)?;
+        crate::format::drain(rest)?;
         verify(req, hasher.as_ref())
     })?;
     progress.set_phase(Phase::Finishing);

@@ -15,6 +15,9 @@ use kube::api::{Api, ObjectMeta, PostParams};
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews, and how often others try to take over.
 pub const RETRY: Duration = Duration::from_secs(3);
+/// Writes of the lease refused with a conflict, each after a fresh read, before giving up
+/// for this round.
+const CONFLICT_RETRIES: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -76,6 +79,21 @@ impl Leadership {
     /// Takes or renews the lease if it is free, expired or ours. `Ok(false)`: someone else
     /// holds it.
     async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        // A conflict says only that the lease changed between our read and our write (an
+        // earlier write of ours whose answer was lost, anyone touching the object): read it
+        // again before concluding that someone else holds it. Taking every 409 for a lost
+        // lease, a leader would step down (and its process exit) over one conflict.
+        for _ in 0..CONFLICT_RETRIES {
+            match self.write_lease().await {
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                other => return other,
+            }
+        }
+        Ok(false)
+    }
+
+    /// One read and write of the lease; a lost race is a 409 error.
+    async fn write_lease(&self) -> Result<bool, kube::Error> {
         let now = jiff::Timestamp::now();
         let spec = |acquire: Option<MicroTime>, transitions: Option<i32>| LeaseSpec {
             holder_identity: Some(self.cfg.identity.clone()),
@@ -90,11 +108,7 @@ impl Leadership {
                 metadata: ObjectMeta { name: Some(self.cfg.lease.clone()), ..Default::default() },
                 spec: Some(spec(None, Some(0))),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+            return self.api.create(&PostParams::default(), &lease).await.map(|_| true);
         };
         let current = lease.spec.clone().unwrap_or_default();
         let ours = current.holder_identity.as_deref() == Some(self.cfg.identity.as_str());
@@ -111,10 +125,6 @@ impl Leadership {
         let acquired = if ours { current.acquire_time } else { None };
         lease.spec = Some(spec(acquired, Some(transitions)));
         // `replace` carries the resourceVersion we read: a concurrent taker makes it 409.
-        match self.api.replace(&self.cfg.lease, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.api.replace(&self.cfg.lease, &PostParams::default(), &lease).await.map(|_| true)
     }
 }

@@ -14,6 +14,7 @@
 //! The populator never touches volume bytes; it drives the node mover over gRPC
 //! (DESIGN.md §4).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
 pub mod app;
@@ -25,21 +26,6 @@ pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod plan;
-
-/// An error and its causes on one line: "a: b: c" (causes already in the text skipped).
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
-}
 
 #[cfg(test)]
 mod deploy_tests;

@@ -1,5 +1,6 @@
 //! `cdi-populator`: `crds` prints the CRDs; `run` runs the controllers.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::Write as _;
 

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod fields;
 pub mod patch;
 pub mod registry;

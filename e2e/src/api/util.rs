@@ -37,20 +37,10 @@ pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Standard base64 with padding, as Kubernetes encodes Secret data.
 pub fn base64(data: &[u8]) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// `obj.metadata.<field>` as a string, or "".
@@ -67,29 +57,10 @@ pub fn str_at<'a>(obj: &'a Value, path: &str) -> &'a str {
     cur.as_str().unwrap_or_default()
 }
 
-/// Parses a Kubernetes quantity (`1Gi`, `500M`, `1024`) into bytes; fractional and milli
-/// values are rounded up.
-pub fn parse_quantity(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return None,
-    };
-    Some((n * mult).ceil() as u64)
+/// A Kubernetes quantity (`1Gi`, `500M`, `1e9`) in bytes, rounded up; `None` when it is no
+/// size. The populator's parser, so the stand-ins read requests exactly as it does.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    cdi_populator::api::quantity::parse_bytes(q).ok()
 }
 
 #[cfg(test)]
@@ -105,10 +76,12 @@ mod tests {
     }
 
     #[test]
-    fn quantities_parse_binary_and_decimal_suffixes() {
-        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
-        assert_eq!(parse_quantity("64Mi"), Some(64 << 20));
-        assert_eq!(parse_quantity("1.5k"), Some(1500));
-        assert_eq!(parse_quantity("x"), None);
+    fn quantities_are_read_as_kubernetes_reads_them() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(quantity_bytes("1.5k"), Some(1500));
+        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1Ei"), Some(1 << 60));
+        assert_eq!(quantity_bytes("x"), None);
     }
 }

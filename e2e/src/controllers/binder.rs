@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::scheduler::{SELECTED_NODE, node_matches_terms};
 use super::{is_deleting, merge, record_event};
 use crate::api::store::{Store, Sub};
-use crate::api::util::{meta_str, parse_quantity, str_at};
+use crate::api::util::{meta_str, quantity_bytes, str_at};
 
 const NAME: &str = "persistentvolume-controller";
 pub const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
@@ -37,11 +37,11 @@ fn set_pv_phase(store: &Store, pv: &Value, phase: &str) -> anyhow::Result<()> {
 }
 
 fn request(claim: &Value) -> u64 {
-    parse_quantity(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0)
+    quantity_bytes(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0)
 }
 
 fn capacity(pv: &Value) -> u64 {
-    parse_quantity(str_at(pv, "spec.capacity.storage")).unwrap_or(0)
+    quantity_bytes(str_at(pv, "spec.capacity.storage")).unwrap_or(0)
 }
 
 fn volume_mode(o: &Value) -> &str {

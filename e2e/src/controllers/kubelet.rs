@@ -166,6 +166,18 @@ impl Kubelet {
         Ok(())
     }
 
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Signals the process group of a running container of pod `uid`; its pid, if one runs.
+    pub async fn signal_container(&self, uid: &str, container: &str, signal: Signal) -> Option<i32> {
+        let state = self.pods.lock().await;
+        let pgid = state.get(uid)?.containers.iter().find(|c| c.name == container && c.child.is_some())?.pgid?;
+        self.children.signal(pgid, signal);
+        Some(pgid)
+    }
+
     /// Stops every pod of this node (cluster shutdown).
     pub async fn stop_all(&self) {
         let mut state = self.pods.lock().await;
@@ -663,27 +675,10 @@ fn rewrite(s: &str, map: &[(String, PathBuf)]) -> String {
     s.to_string()
 }
 
+/// A Secret value: base64 (the API server's own encoding, so strict) of UTF-8 text.
 fn decode_b64(s: &str) -> Option<String> {
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    String::from_utf8(out).ok()
+    use base64::Engine as _;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).ok()?).ok()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::binder::{PROVISIONED_BY, STORAGE_PROVISIONER};
 use super::scheduler::SELECTED_NODE;
 use super::{has_finalizer, is_deleting, record_event};
 use crate::api::store::{DeleteOptions, Store, WriteOptions};
-use crate::api::util::{meta_str, parse_quantity, str_at};
+use crate::api::util::{meta_str, quantity_bytes, str_at};
 use crate::cluster::PROVISIONER;
 use crate::host;
 
@@ -153,7 +153,7 @@ impl Provisioner {
             ),
             NAME,
         );
-        let bytes = parse_quantity(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0);
+        let bytes = quantity_bytes(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0);
         // Whole MiB, as most CSI drivers round up.
         let size = bytes.div_ceil(1 << 20).max(1) << 20;
         let block = str_at(claim, "spec.volumeMode") == "Block";

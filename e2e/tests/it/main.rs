@@ -4,6 +4,7 @@
 mod api_kube;
 mod api_kubectl;
 mod common;
+mod nginx;
 mod populate;
 mod standins;
 mod up;

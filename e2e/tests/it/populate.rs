@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use crate::common::within;
 
+mod faults;
+
 /// The populator's own record of attempts (not one of CDI's annotations).
 const ATTEMPT: &str = "cdi.kubevirt.io/storage.populator.attempt";
 
@@ -57,6 +59,10 @@ struct Env {
 
 impl Env {
     async fn start(image_mib: u64, populator_args: &[&str]) -> Env {
+        Env::start_with(image_mib, populator_args, |_| {}).await
+    }
+
+    async fn start_with(image_mib: u64, populator_args: &[&str], tweak: impl FnOnce(&mut SystemConfig)) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("cdi-populate-")
             .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())
@@ -66,6 +72,7 @@ impl Env {
         let server = ImageServer::start(dir.path().join("www")).await.expect("image server");
         let mut config = SystemConfig::new(dir.path().join("cluster")).expect("binaries built");
         config.populator_args = populator_args.iter().map(|s| s.to_string()).collect();
+        tweak(&mut config);
         let system = within("cdi-rs to start on the mini-cluster", System::start(config)).await.expect("system");
         Env { system: Some(system), server, raw, qcow2, dir }
     }
@@ -142,6 +149,17 @@ impl Env {
             .into_iter()
             .filter(|e| e.involved_object.name.as_deref() == Some(pvc))
             .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The type (Normal, Warning) of each event reason recorded about the PVC.
+    async fn event_types(&self, pvc: &str) -> BTreeMap<String, String> {
+        let api: Api<Event> = Api::default_namespaced(self.client());
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(pvc))
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
             .collect()
     }
 
@@ -332,6 +350,14 @@ async fn not_found_is_a_terminal_failure_and_is_not_retried() {
     assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("404"), "{ann:?}");
     let events = env.events("data").await;
     assert!(events.iter().any(|e| e.starts_with("ImportFailed") && e.contains("404")), "{events:?}");
+    // The typed reason reaches the event type and the metric label.
+    let types = env.event_types("data").await;
+    assert_eq!(types.get("ImportFailed").map(String::as_str), Some("Warning"), "{types:?}");
+    assert_eq!(types.get("ImportScheduled").map(String::as_str), Some("Normal"), "{types:?}");
+    let system = env.system.as_ref().unwrap();
+    let addr = system.populator_metrics_addr("cdi-populator-1").expect("the populator logs its metrics address");
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("cdi_populator_population_failures_total{reason=\"NotFound\"} 1"), "{metrics}");
     // No retry loop: the number of failed attempts stays put.
     let attempts = ann.get(ATTEMPT).cloned();
     tokio::time::sleep(Duration::from_secs(3)).await; // deliberately idle: proving nothing happens
@@ -352,23 +378,6 @@ async fn a_server_that_fails_twice_then_works_succeeds_with_two_restarts() {
     let ann = pvc.metadata.annotations.clone().unwrap();
     assert_eq!(ann.get(key::POD_RESTARTS).map(String::as_str), Some("2"));
     qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
-    env.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_populator_killed_mid_import_resumes_without_a_second_download() {
-    let mut env = Env::start(16, &[]).await;
-    // About 23 s: longer than the dead leader's lease (15 s), so the new populator finds the
-    // download still running.
-    env.server.knobs.throttle.store(192 << 10, Ordering::SeqCst);
-    env.source("img", &env.server.url("disk.qcow2")).await;
-    env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;
-    env.wait_progress("data").await;
-    env.system().kill_populator("cdi-populator-1").await.unwrap();
-    env.system().start_populator("cdi-populator-2").await.unwrap();
-    let pvc = env.wait_bound("data").await;
-    qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
-    assert_eq!(env.server.knobs.gets(), 1, "the new populator re-attached to the running download");
     env.stop().await;
 }
 
@@ -490,5 +499,104 @@ async fn an_unsupported_source_is_reported_on_the_pvc_and_nothing_is_started() {
     assert!(events.iter().all(|e| !e.starts_with("CreatedPVCPrime")), "{events:?}");
     assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod for an unsupported source");
     assert_ne!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    env.stop().await;
+}
+
+/// Everything a leak could land in that the system shows: every process log, the populator's
+/// and each mover's `/metrics`, and the Events, PVCs, PVs, pods and import sources of every
+/// namespace (annotations, condition messages and event notes among them), as
+/// `(where, text)`.
+async fn everything_shown(env: &Env) -> Vec<(String, String)> {
+    let system = env.system.as_ref().unwrap();
+    let mut shown: Vec<(String, String)> =
+        system.all_logs().into_iter().map(|(f, text)| (f.display().to_string(), text)).collect();
+    let addr = system.populator_metrics_addr("cdi-populator-1").expect("the populator logs its metrics address");
+    shown.push(("populator /metrics".into(), http_get(addr, "/metrics").await));
+    let movers: Api<Pod> = Api::namespaced(env.client(), cdi_e2e::system::NAMESPACE);
+    for pod in movers.list(&ListParams::default().labels("app.kubernetes.io/name=cdi-mover")).await.unwrap() {
+        let ip = pod.status.and_then(|s| s.pod_ip).expect("a running mover has an IP");
+        let addr = format!("{ip}:9102").parse().unwrap();
+        shown.push((format!("mover {ip} /metrics"), http_get(addr, "/metrics").await));
+    }
+    let client = env.client();
+    let dump = |what: &str, list: serde_json::Value| (what.to_string(), list.to_string());
+    shown.push(dump("events", json!(Api::<Event>::all(client.clone()).list(&Default::default()).await.unwrap().items)));
+    shown.push(dump(
+        "pvcs",
+        json!(Api::<PersistentVolumeClaim>::all(client.clone()).list(&Default::default()).await.unwrap().items),
+    ));
+    shown.push(dump(
+        "pvs",
+        json!(Api::<PersistentVolume>::all(client.clone()).list(&Default::default()).await.unwrap().items),
+    ));
+    shown.push(dump("pods", json!(Api::<Pod>::all(client.clone()).list(&Default::default()).await.unwrap().items)));
+    let sources = Api::<cdi_populator::api::VolumeImportSource>::all(client.clone());
+    shown.push(dump("import sources", json!(sources.list(&Default::default()).await.unwrap().items)));
+    shown
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_credentials_never_leak_into_logs_events_annotations_metrics_or_errors() {
+    use base64::Engine as _;
+    const USER: &str = "e2e-user-w4k";
+    const PASSWORD: &str = "pw-Rb61-e2e-s3cr3t";
+    const WRONG: &str = "pw-Lz09-wrong-guess";
+    let env = Env::start_with(8, &["--retry-base", "1"], |c| {
+        c.populator_log = Some("trace".into());
+        c.mover_log = Some("trace".into());
+    })
+    .await;
+    let users = env.dir.path().join("htpasswd");
+    std::fs::write(&users, format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
+    let conf = format!("auth_basic \"images\"; auth_basic_user_file {};", users.display());
+    let nginx = crate::nginx::Nginx::start(env.dir.path(), &env.dir.path().join("www"), &conf);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(env.client());
+    for (name, password) in [("right", PASSWORD), ("wrong", WRONG)] {
+        let secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"accessKeyId": USER, "secretKey": password},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        let http = json!({"url": nginx.url("disk.qcow2"), "secretRef": name});
+        env.source_spec(name, json!({"source": {"http": http}})).await;
+    }
+    env.pvc("ok", "local-immediate", Mode::Filesystem, "right").await;
+    env.pvc("refused", "local-immediate", Mode::Filesystem, "wrong").await;
+
+    let ann = env.wait_pod_phase("refused", "Failed").await;
+    let message = &ann[key::RUNNING_CONDITION_MESSAGE];
+    assert!(message.contains("401"), "{ann:?}");
+    let pvc = env.wait_bound("ok").await;
+    qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
+    // Meaningful only if the credentials did travel and everything traced.
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    assert!(nginx.detail_log().contains(&b64(&format!("{USER}:{PASSWORD}"))), "{}", nginx.detail_log());
+    let system = env.system.as_ref().unwrap();
+    assert!(system.populator_log("cdi-populator-1").contains("TRACE"), "the populator does not trace");
+
+    let mut needles = vec![USER.to_string(), b64(USER)];
+    for pw in [PASSWORD, WRONG] {
+        needles.extend([pw.to_string(), b64(pw), b64(&format!("{USER}:{pw}"))]);
+    }
+    let shown = everything_shown(&env).await;
+    assert!(
+        shown.iter().any(|(what, text)| what.contains("cdi-mover") && text.contains("TRACE")),
+        "the movers do not trace"
+    );
+    // The scan sees the populator reading the Secrets (it would see what it read, logged).
+    assert!(
+        shown.iter().any(|(_, text)| text.contains("secrets/right")),
+        "the Secret reads are not in the logs scanned"
+    );
+    for (what, text) in &shown {
+        for needle in &needles {
+            if let Some(i) = text.find(needle.as_str()) {
+                let around = &text[text.floor_char_boundary(i.saturating_sub(400))
+                    ..text.ceil_char_boundary((i + 200).min(text.len()))];
+                panic!("{needle:?} appears in {what}: ...{around}...");
+            }
+        }
+    }
     env.stop().await;
 }

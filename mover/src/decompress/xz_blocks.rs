@@ -250,25 +250,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::source::SourceError;
-
-    #[derive(Debug)]
-    struct Mem(Vec<u8>);
-
-    impl RandomAccess for Mem {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
-            let o = offset as usize;
-            buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or(SourceError::OutOfBounds {
-                offset,
-                len: buf.len() as u64,
-                size: self.0.len() as u64,
-            })?);
-            Ok(())
-        }
-    }
+    use crate::source::MemSource;
 
     fn multi_block(data: &[u8], block: u64) -> Vec<u8> {
         let mut builder = liblzma::stream::MtStreamBuilder::new();
@@ -283,7 +265,7 @@ mod tests {
     fn decodes_every_block_on_its_own() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let xz = multi_block(&data, 400_000);
-        let src: Arc<dyn RandomAccess> = Arc::new(Mem(xz));
+        let src: Arc<dyn RandomAccess> = Arc::new(MemSource(Arc::new(xz)));
         let layout = Layout::read(src.as_ref()).unwrap().expect("a layout");
         assert!(layout.blocks.len() >= 7);
         assert_eq!(layout.out_len, data.len() as u64);
@@ -307,12 +289,12 @@ mod tests {
         // Concatenated streams: not a single-stream layout, left to the one-pass decoder.
         let mut two = xz.clone();
         two.extend_from_slice(&xz);
-        assert!(Layout::read(&Mem(two)).unwrap().is_none());
+        assert!(Layout::read(&MemSource(Arc::new(two))).unwrap().is_none());
         // A damaged block fails its own decode with an xz error.
-        let layout = Layout::read(&Mem(xz.clone())).unwrap().unwrap();
+        let layout = Layout::read(&MemSource(Arc::new(xz.clone()))).unwrap().unwrap();
         let b = layout.blocks[1];
         xz[(b.offset + 40) as usize] ^= 0xff;
-        let src = Mem(xz);
+        let src = MemSource(Arc::new(xz));
         let (mut input, mut buf) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         let err = layout.decode(&src, 1, &mut input, &mut buf, None, &mut |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("xz"), "{err}");

@@ -2,7 +2,7 @@
 //! unit tests (imago's `mem_storage` is the model).
 //!
 //! Every call is a numbered step, counted from 0 across all threads in the order they
-//! start: `write`, `zero`, `allocate`, `spool_write`, `spool_read` and the flush of
+//! start: `write`, `zero`, `spool_write`, `spool_read` and the flush of
 //! `finish`. A step can be given a [`Fault`]: fail (EIO, ENOSPC, a short write), go slowly,
 //! or be held until the test releases it. A [`MemHandle`] outlives the storage (which
 //! `finish` and `abort` consume) to show what happened: steps taken, the bytes, and whether
@@ -117,7 +117,7 @@ impl MemStorage {
         self
     }
 
-    /// Like a file written directly: the engine allocates in job order (`allocate` steps).
+    /// Like a file written directly: the engine writes in job order.
     pub fn ordered(mut self) -> MemStorage {
         self.ordered = true;
         self
@@ -218,15 +218,11 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn allocate(&self, offset: u64, _len: u64) -> Result<(), TargetError> {
-        self.step().map_err(|(_, _, e)| Self::io_error("allocate", offset, e))
-    }
-
     fn unwritten_reads_zero(&self) -> bool {
         self.reads_zero
     }
 
-    fn wants_ordered_allocation(&self) -> bool {
+    fn wants_ordered_writes(&self) -> bool {
         self.ordered
     }
 

@@ -59,12 +59,18 @@ impl TargetPlan {
             Ok(meta) if meta.is_dir() => {
                 let stat = nix::sys::statvfs::statvfs(path).map_err(|e| open_err(e.into()))?;
                 let mut free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-                // An existing disk.img is replaced (CDI deletes it before converting): its
-                // blocks are ours to reuse.
-                if let Ok(old) = std::fs::symlink_metadata(path.join(DISK_IMAGE))
-                    && old.is_file()
-                {
-                    free += old.blocks() * 512;
+                // An existing disk.img is replaced (CDI deletes it before converting), and a
+                // disk.img.partial is what an import killed mid-write left (no cleanup runs
+                // on SIGKILL): the blocks of both are ours to reuse. Counting the partial as
+                // used would size the re-run's disk.img smaller, or refuse the image as too
+                // large, after every crash.
+                let image = path.join(DISK_IMAGE);
+                for ours in [partial_path(&image), image] {
+                    if let Ok(old) = std::fs::symlink_metadata(&ours)
+                        && old.is_file()
+                    {
+                        free += old.blocks() * 512;
+                    }
                 }
                 Destination::Volume { dir: path.to_path_buf(), free }
             }

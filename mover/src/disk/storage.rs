@@ -26,15 +26,13 @@ pub trait Storage: Sync + fmt::Debug {
     /// Makes `[offset, offset + len)` read as zero.
     fn zero(&self, offset: u64, len: u64) -> Result<(), TargetError>;
 
-    /// Allocates `[offset, offset + len)` ahead of writing it (file targets written directly).
-    fn allocate(&self, offset: u64, len: u64) -> Result<(), TargetError>;
-
     /// Whether ranges never written read as zero; when false, every zero range of the image
     /// must go through [`Storage::zero`].
     fn unwritten_reads_zero(&self) -> bool;
 
-    /// Whether writers should allocate their data runs in image order before writing them.
-    fn wants_ordered_allocation(&self) -> bool;
+    /// Whether jobs should write one after another, in image order (files written directly:
+    /// see `copy::Turns`).
+    fn wants_ordered_writes(&self) -> bool;
 
     /// Room past the image where a streaming decoder may park bytes: `(start, length)`.
     fn spool_region(&self) -> Option<(u64, u64)>;
@@ -70,16 +68,12 @@ impl Storage for Disk {
         Disk::zero(self, offset, len)
     }
 
-    fn allocate(&self, offset: u64, len: u64) -> Result<(), TargetError> {
-        Disk::allocate(self, offset, len)
-    }
-
     fn unwritten_reads_zero(&self) -> bool {
         Disk::unwritten_reads_zero(self)
     }
 
-    fn wants_ordered_allocation(&self) -> bool {
-        Disk::wants_ordered_allocation(self)
+    fn wants_ordered_writes(&self) -> bool {
+        Disk::wants_ordered_writes(self)
     }
 
     fn spool_region(&self) -> Option<(u64, u64)> {

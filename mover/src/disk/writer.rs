@@ -145,21 +145,10 @@ impl Disk {
         !self.is_block
     }
 
-    /// Whether writers should allocate their data runs in image order before writing them
-    /// (files written directly; see `copy::Turns`).
-    pub fn wants_ordered_allocation(&self) -> bool {
+    /// Whether jobs should write one after another, in image order (files written directly;
+    /// see `copy::Turns`).
+    pub fn wants_ordered_writes(&self) -> bool {
         !self.is_block && matches!(self.mode, IoMode::Direct { .. })
-    }
-
-    /// Allocates `[offset, offset + len)` of a file target ahead of writing it.
-    pub fn allocate(&self, offset: u64, len: u64) -> Result<(), TargetError> {
-        self.check_limit(offset, len)?;
-        direct_io::allocate_file_range(&self.file, offset, len).map_err(|source| TargetError::Io {
-            op: "allocate",
-            path: self.path.clone(),
-            offset,
-            source,
-        })
     }
 
     /// Gives back the blocks of `[offset, offset + len)` of a file target: it reads as zero

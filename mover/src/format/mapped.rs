@@ -361,7 +361,7 @@ impl<'a> Forward<'a> {
     /// Reads the stream to its end: a checksum covers it, and a transfer that breaks there
     /// must not pass for a complete one.
     pub fn drain(&mut self) -> Result<(), ImportError> {
-        crate::format::qcow2::stream::drain(self.stream)
+        super::drain(self.stream)
     }
 }
 

@@ -19,7 +19,9 @@ pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
 
-use crate::copy::{Job, JobSink};
+use std::io::{self, Read};
+
+use crate::copy::{Codec, CompressedCluster, Input, Job, JobSink, PooledBuf};
 use crate::error::{ImportError, Reason};
 
 /// Why an image could not be read. `format` names the layer that refused ("qcow2", "vhdx", ...).
@@ -152,4 +154,97 @@ impl ZeroRuns {
         }
         Ok(())
     }
+}
+
+/// Compressed clusters (or grains) gathered into one [`Job::Compressed`] whose input is held
+/// in a pooled buffer: a one-pass decoder hands the workers inflation a chunk at a time.
+pub(crate) struct CompressedBatch {
+    format: &'static str,
+    codec: Codec,
+    /// Bytes one cluster decompresses to.
+    unit: usize,
+    pending: Option<(PooledBuf, Vec<CompressedCluster>)>,
+}
+
+impl CompressedBatch {
+    pub(crate) fn new(format: &'static str, codec: Codec, unit: usize) -> CompressedBatch {
+        CompressedBatch { format, codec, unit, pending: None }
+    }
+
+    /// The batch's input buffer and clusters, with room for `len` more compressed bytes and
+    /// one more cluster of output (a job's input and output must each fit in a chunk); a
+    /// full batch is submitted first. Fails when `len` alone is more than a chunk.
+    pub(crate) fn room(
+        &mut self,
+        sink: &JobSink<'_>,
+        len: usize,
+    ) -> Result<(&mut PooledBuf, &mut Vec<CompressedCluster>), ImportError> {
+        let (unit, chunk) = (self.unit, sink.chunk());
+        if len > chunk || unit > chunk {
+            let detail =
+                format!("a compressed cluster of {len} bytes ({unit} decompressed) is larger than a copy chunk");
+            return Err(FormatError::corrupt(self.format, detail).into());
+        }
+        let full = self.pending.as_ref().is_some_and(|(buf, clusters)| {
+            buf.len() + len > buf.capacity() || (clusters.len() + 1) * unit > buf.capacity()
+        });
+        if full {
+            self.flush(sink)?;
+        }
+        if self.pending.is_none() {
+            let mut buf = sink.buffer()?;
+            buf.set_len(0);
+            self.pending = Some((buf, Vec::new()));
+        }
+        let (buf, clusters) = self.pending.as_mut().expect("just set");
+        Ok((buf, clusters))
+    }
+
+    /// Adds one cluster's compressed bytes; `out_len` of its decompressed bytes are kept at
+    /// guest offset `guest`.
+    pub(crate) fn push(
+        &mut self,
+        sink: &JobSink<'_>,
+        compressed: &[u8],
+        guest: u64,
+        out_len: usize,
+    ) -> Result<(), ImportError> {
+        let cluster_size = self.unit;
+        let (buf, clusters) = self.room(sink, compressed.len())?;
+        let start = buf.len();
+        buf.set_len(start + compressed.len());
+        buf[start..].copy_from_slice(compressed);
+        clusters.push(CompressedCluster { guest, start, len: compressed.len(), out_len, cluster_size });
+        Ok(())
+    }
+
+    /// Submits what is gathered.
+    pub(crate) fn flush(&mut self, sink: &JobSink<'_>) -> Result<(), ImportError> {
+        if let Some((buf, clusters)) = self.pending.take() {
+            sink.submit(Job::Compressed { input: Input::Inline(buf), clusters, codec: self.codec })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+pub(crate) fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(crate::import::read_error(e)),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads a stream to its end, discarding: what follows an image maps nothing, but a
+/// checksum covers it, and a transfer that breaks there must not pass for a complete one.
+pub fn drain(stream: &mut dyn Read) -> Result<(), ImportError> {
+    let mut scratch = vec![0u8; 256 << 10];
+    while read_full(stream, &mut scratch)? == scratch.len() {}
+    Ok(())
 }

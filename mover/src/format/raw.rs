@@ -6,6 +6,7 @@ use std::io::Read;
 use crate::copy::{Job, JobSink, PooledBuf};
 use crate::detect::{self, Trailer};
 use crate::error::ImportError;
+use crate::format::read_full;
 use crate::format::vhd::FOOTER_LEN;
 use crate::source::RandomAccess;
 
@@ -130,18 +131,4 @@ pub fn convert_stream(stream: &mut dyn Read, sink: &JobSink<'_>, need_zero: bool
         }
     }
     Ok(RawEnd { stream_len, virtual_size, trailer })
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(crate::import::read_error(e)),
-        }
-    }
-    Ok(filled)
 }

@@ -776,7 +776,9 @@ pub fn map(meta: &mut dyn Meta, head: &[u8]) -> Result<Mapped, ImportError> {
 mod tests {
     use super::*;
     use crate::format::mapped::{Extent, Forward, RandomMeta};
-    use crate::source::{RandomAccess, SourceError};
+    use std::sync::Arc;
+
+    use crate::source::MemSource;
 
     // Where the images built here keep things: qemu-img's layout (BAT before metadata).
     const LOG_AT: u64 = MIB;
@@ -784,19 +786,6 @@ mod tests {
     const META_AT: u64 = 3 * MIB;
     const DATA_MB: u64 = 4;
     const LOG_GUID: Guid = Guid::new(0x1234_5678, 0x9abc, 0xdef0, [1, 2, 3, 4, 5, 6, 7, 8]);
-
-    #[derive(Debug)]
-    struct Mem(Vec<u8>);
-
-    impl RandomAccess for Mem {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
-            buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-    }
 
     fn put(img: &mut Vec<u8>, at: u64, bytes: &[u8]) {
         let at = at as usize;
@@ -908,7 +897,7 @@ mod tests {
     }
 
     fn parse_random(img: &[u8]) -> Result<Mapped, ImportError> {
-        let src = Mem(img.to_vec());
+        let src = MemSource(Arc::new(img.to_vec()));
         map(&mut RandomMeta { format: FORMAT, src: &src }, &img[..img.len().min(64 << 10)])
     }
 

@@ -24,8 +24,9 @@
 use super::bytes::{le16, le32, le64};
 use super::mapped::{ExtentMap, Forward, Mapped, Meta};
 use super::{FormatError, ZeroRuns};
-use crate::copy::{self, Codec, CompressedCluster, Input, Job, JobSink, PooledBuf};
+use crate::copy::{self, Codec, CompressedCluster, Job, JobSink};
 use crate::error::ImportError;
+use crate::format::CompressedBatch;
 
 pub(crate) const FORMAT: &str = "vmdk";
 const MAGIC: &[u8; 4] = b"KDMV";
@@ -578,9 +579,15 @@ impl StreamOptimized {
             return Err(FormatError::Internal("vmdk stream read past its first grain before decoding").into());
         }
         input.skip_to_reach(data_start, "first grain")?;
-        let mut d = Decoder { so: self, sink, seen: GrainSet::new(self.header.grains()), batch: None, inflate: None };
+        let mut d = Decoder {
+            so: self,
+            sink,
+            seen: GrainSet::new(self.header.grains()),
+            batch: CompressedBatch::new(FORMAT, Codec::Zlib, self.header.grain_bytes() as usize),
+            inflate: None,
+        };
         d.markers(input)?;
-        d.flush_batch()?;
+        d.batch.flush(sink)?;
         if let Some(expected) = &self.expected
             && let Some(grain) = expected.first_missing_from(&d.seen)
         {
@@ -612,7 +619,7 @@ struct Decoder<'a, 's> {
     sink: &'a JobSink<'s>,
     seen: GrainSet,
     /// Compressed grains being batched into one job.
-    batch: Option<(PooledBuf, Vec<CompressedCluster>)>,
+    batch: CompressedBatch,
     /// For grains too large for a copy chunk, inflated on this thread.
     inflate: Option<flate2::Decompress>,
 }
@@ -758,7 +765,7 @@ impl Decoder<'_, '_> {
         let head = &first[GRAIN_MARKER_LEN..first.len().min(total)];
         let chunk = self.sink.chunk();
         if len <= chunk && grain as usize <= chunk {
-            let (buf, clusters) = self.batch_with_room(len)?;
+            let (buf, clusters) = self.batch.room(self.sink, len)?;
             let start = buf.len();
             buf.set_len(start + len);
             buf[start..start + head.len()].copy_from_slice(head);
@@ -771,32 +778,6 @@ impl Decoder<'_, '_> {
         let padded = (total as u64).next_multiple_of(SECTOR);
         let pad = (at + padded).saturating_sub(input.pos()) as usize;
         input.read_full(&mut [0u8; SECTOR as usize][..pad])?;
-        Ok(())
-    }
-
-    /// The batch, flushed first if it cannot take `len` more compressed bytes and a grain
-    /// more of output.
-    fn batch_with_room(&mut self, len: usize) -> Result<(&mut PooledBuf, &mut Vec<CompressedCluster>), ImportError> {
-        let grain = self.so.header.grain_bytes() as usize;
-        let full = self.batch.as_ref().is_some_and(|(buf, clusters)| {
-            buf.len() + len > buf.capacity() || (clusters.len() + 1) * grain > buf.capacity()
-        });
-        if full {
-            self.flush_batch()?;
-        }
-        if self.batch.is_none() {
-            let mut buf = self.sink.buffer()?;
-            buf.set_len(0);
-            self.batch = Some((buf, Vec::new()));
-        }
-        let (buf, clusters) = self.batch.as_mut().expect("just set");
-        Ok((buf, clusters))
-    }
-
-    fn flush_batch(&mut self) -> Result<(), ImportError> {
-        if let Some((buf, clusters)) = self.batch.take() {
-            self.sink.submit(Job::Compressed { input: Input::Inline(buf), clusters, codec: Codec::Zlib })?;
-        }
         Ok(())
     }
 

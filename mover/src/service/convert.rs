@@ -11,6 +11,7 @@ use super::resolve::{PodVolume, ResolveError};
 use super::tasks::{Snapshot, State, Task, TaskSpec};
 use crate::checksum::Checksum;
 use crate::disk::{TargetOptions, sizing};
+use crate::error::Reason;
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
 use crate::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
@@ -191,12 +192,32 @@ pub fn completed(r: &ImportResult) -> pb::Completed {
     }
 }
 
+/// A failure on the wire: the typed code, and its string for clients older than the code.
 pub fn failed(s: &Snapshot) -> Option<pb::Failed> {
     s.failure.as_ref().map(|f| pb::Failed {
         reason: f.reason.as_str().to_string(),
         message: f.message.clone(),
         retryable: f.retryable,
+        reason_code: failure_reason(f.reason) as i32,
     })
+}
+
+pub fn failure_reason(r: Reason) -> pb::FailureReason {
+    use pb::FailureReason as W;
+    match r {
+        Reason::NotFound => W::NotFound,
+        Reason::Unauthorized => W::Unauthorized,
+        Reason::SourceUnavailable => W::SourceUnavailable,
+        Reason::SourceInvalid => W::SourceInvalid,
+        Reason::ChecksumMismatch => W::ChecksumMismatch,
+        Reason::TooLarge => W::TooLarge,
+        Reason::InvalidImage => W::InvalidImage,
+        Reason::UnsupportedImage => W::UnsupportedImage,
+        Reason::InvalidArchive => W::InvalidArchive,
+        Reason::TargetFailed => W::TargetFailed,
+        Reason::InvalidRequest => W::InvalidRequest,
+        Reason::Cancelled => W::Cancelled,
+    }
 }
 
 pub fn task(t: &Task) -> pb::Task {
@@ -272,6 +293,23 @@ mod tests {
             })),
         };
         assert!(field_of(pb::PopulateRequest { target: Some(escape), ..req() }).starts_with("target.pod_volume"));
+    }
+
+    #[test]
+    fn every_reason_has_its_own_wire_code_named_like_its_string() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            let code = failure_reason(r);
+            assert!(seen.insert(code), "{r:?} shares {code:?}");
+            // FAILURE_REASON_CHECKSUM_MISMATCH <-> ChecksumMismatch: one vocabulary.
+            let camel: String = code
+                .as_str_name()
+                .trim_start_matches("FAILURE_REASON_")
+                .split('_')
+                .map(|w| w[..1].to_string() + &w[1..].to_ascii_lowercase())
+                .collect();
+            assert_eq!(camel, r.as_str());
+        }
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct Task {
     content_type: ContentType,
     pub created: SystemTime,
     cancel: Arc<AtomicBool>,
+    /// Cancelled because the mover is shutting down, not because a client asked: the
+    /// import can be tried again (on the restarted mover).
+    interrupted: AtomicBool,
     /// Wakes a queued task that was cancelled.
     cancelled: Notify,
     state: watch::Sender<Snapshot>,
@@ -180,6 +183,7 @@ impl Registry {
             content_type: spec.request.content_type,
             created: SystemTime::now(),
             cancel: Arc::new(AtomicBool::new(false)),
+            interrupted: AtomicBool::new(false),
             cancelled: Notify::new(),
             state,
         });
@@ -216,6 +220,7 @@ impl Registry {
         self.draining.store(true, Ordering::SeqCst);
         let tasks = self.list();
         for task in &tasks {
+            task.interrupted.store(true, Ordering::SeqCst);
             task.cancel.store(true, Ordering::SeqCst);
             task.cancelled.notify_one();
         }
@@ -320,6 +325,16 @@ impl Registry {
                 self.metrics.bytes_written.inc_by(r.bytes_written);
                 (State::Succeeded, None)
             }
+            Err(ImportError::Cancelled) if task.interrupted.load(Ordering::SeqCst) => (
+                State::Cancelled,
+                Some(Failure {
+                    reason: Reason::Cancelled,
+                    message: "the mover is shutting down: the import was interrupted and can be tried again".into(),
+                    // A rolling update or a node drain, not the caller's wish: not the end
+                    // of the import, which a caller would otherwise record as terminal.
+                    retryable: true,
+                }),
+            ),
             Err(ImportError::Cancelled) => (State::Cancelled, Some(failure(&ImportError::Cancelled))),
             Err(e) => (State::Failed, Some(failure(e))),
         };

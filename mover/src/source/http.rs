@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use cdi_common::backoff::Backoff;
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -26,8 +27,10 @@ const PROBE_LEN: u64 = 64 << 10;
 const MAX_REDIRECTS: usize = 10;
 /// Consecutive failures without progress before a ranged transfer gives up.
 const MAX_RETRIES: u32 = 6;
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_CAP: Duration = Duration::from_secs(8);
+/// Between resumptions of a dropped transfer: 200 ms, doubling, at most 8 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(8));
+/// HEAD requests tried after a dropped connection before streaming without ranges.
+const HEAD_RETRIES: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that delivers nothing for this long is considered dead (and resumed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -124,7 +127,7 @@ impl HttpSource {
             chunk_size: opts.chunk_size.max(64 << 10),
             cancel,
         };
-        let head = rt.block_on(source.head());
+        let head = rt.block_on(source.head_retrying());
         if let Ok((final_url, Some(len), true)) = head
             && len > 0
         {
@@ -149,6 +152,22 @@ impl HttpSource {
         let name = source.name.clone();
         let source = Arc::new(source);
         Ok(Opened::new(name, len, None, move || Ok(Box::new(source.single_stream(response)) as Box<dyn Read + Send>)))
+    }
+
+    /// [`HttpSource::head`], tried again when the connection drops: taken as "no ranges",
+    /// one lost connection would cost the whole download its ability to resume.
+    async fn head_retrying(&self) -> Result<(Url, Option<u64>, bool), SourceError> {
+        let mut failures = 0;
+        loop {
+            match self.head().await {
+                Err(e @ SourceError::Transfer { .. }) if failures < HEAD_RETRIES => {
+                    failures += 1;
+                    tracing::warn!(url = %self.name, attempt = failures, error = %crate::error::one_line(&e), "HEAD request failed; trying again");
+                    tokio::time::sleep(RETRY.delay(failures)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// HEAD: `(final url, length, accepts byte ranges)`. Errors mean "HEAD is no help";
@@ -223,7 +242,7 @@ impl HttpSource {
                     if failures > MAX_RETRIES {
                         return Err(e);
                     }
-                    let delay = RETRY_BASE.saturating_mul(1 << (failures - 1)).min(RETRY_CAP);
+                    let delay = RETRY.delay(failures);
                     tracing::warn!(url = %self.name, offset = pos, attempt = failures, error = %crate::error::one_line(&e), "transfer interrupted; resuming");
                     tokio::time::sleep(delay).await;
                 }

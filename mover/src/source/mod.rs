@@ -36,6 +36,26 @@ pub trait RandomAccess: Send + Sync + fmt::Debug {
     }
 }
 
+/// Bytes held in memory as a random-access source: for tests and fuzzing, where a file or
+/// a server would only add noise.
+#[derive(Debug, Clone)]
+pub struct MemSource(pub Arc<Vec<u8>>);
+
+impl RandomAccess for MemSource {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
+            .ok_or(SourceError::OutOfBounds { offset, len: buf.len() as u64, size: self.0.len() as u64 })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// What the user asked to import from.
 #[derive(Clone)]
 pub enum SourceSpec {

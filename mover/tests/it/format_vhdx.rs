@@ -4,7 +4,6 @@
 //! file and into a loop device that held random data, then `qemu-img compare`d with the
 //! image. Damaged and hostile images are refused with a clear error and leave nothing behind.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,22 +20,12 @@ const VIRTUAL_DISK_SIZE: [u8; 16] = *b"\x24\x42\xa5\x2f\x1b\xcd\x76\x48\xb2\x11\
 const PARENT_LOCATOR: [u8; 16] = *b"\x2d\x5f\xd3\xa8\x0b\xb3\x4d\x45\xab\xf7\xd3\xd8\x48\x34\xab\x0c";
 const VHDX_PARENT_TYPE: [u8; 16] = *b"\xb7\xef\x4a\xb0\x9e\xd1\x81\x4a\xb7\x89\x25\xb8\xe9\x44\x59\x13";
 
-fn read(f: &Path, at: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    std::fs::File::open(f).unwrap().read_exact_at(&mut b, at).unwrap();
-    b
-}
-
 fn le64(f: &Path, at: u64) -> u64 {
-    u64::from_le_bytes(read(f, at, 8).try_into().unwrap())
+    u64::from_le_bytes(peek(f, at, 8).try_into().unwrap())
 }
 
 fn le32(f: &Path, at: u64) -> u32 {
-    u32::from_le_bytes(read(f, at, 4).try_into().unwrap())
-}
-
-fn poke(f: &Path, at: u64, bytes: &[u8]) {
-    std::fs::OpenOptions::new().write(true).open(f).unwrap().write_all_at(bytes, at).unwrap();
+    u32::from_le_bytes(peek(f, at, 4).try_into().unwrap())
 }
 
 /// Host offset of the region `id`, from the region table at 192 KiB.
@@ -44,7 +33,7 @@ fn region(f: &Path, id: [u8; 16]) -> u64 {
     let count = le32(f, (192 << 10) + 8) as u64;
     (0..count)
         .map(|i| (192 << 10) + 16 + 32 * i)
-        .find(|&e| read(f, e, 16) == id)
+        .find(|&e| peek(f, e, 16) == id)
         .map(|e| le64(f, e + 16))
         .expect("region in the table")
 }
@@ -52,10 +41,10 @@ fn region(f: &Path, id: [u8; 16]) -> u64 {
 /// Host offset of metadata item `id`.
 fn metadata_item(f: &Path, id: [u8; 16]) -> u64 {
     let meta = region(f, METADATA_REGION);
-    let count = u64::from(u16::from_le_bytes(read(f, meta + 10, 2).try_into().unwrap()));
+    let count = u64::from(u16::from_le_bytes(peek(f, meta + 10, 2).try_into().unwrap()));
     (0..count)
         .map(|i| meta + 32 + 32 * i)
-        .find(|&e| read(f, e, 16) == id)
+        .find(|&e| peek(f, e, 16) == id)
         .map(|e| meta + u64::from(le32(f, e + 16)))
         .expect("metadata item in the table")
 }
@@ -64,19 +53,13 @@ fn metadata_item(f: &Path, id: [u8; 16]) -> u64 {
 fn edit_headers(f: &Path, edit: impl Fn(&mut [u8])) {
     let crc32c = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     for at in [64 << 10, 128 << 10] {
-        let mut h = read(f, at, 4096);
+        let mut h = peek(f, at, 4096);
         edit(&mut h);
         h[4..8].fill(0);
         let sum = crc32c.checksum(&h);
         h[4..8].copy_from_slice(&sum.to_le_bytes());
         poke(f, at, &h);
     }
-}
-
-fn gzip(src: &Path) -> PathBuf {
-    let gz = PathBuf::from(format!("{}.gz", s(src)));
-    run(Command::new("sh").arg("-c").arg(format!("gzip -1 -c {} > {}", s(src), s(&gz))));
-    gz
 }
 
 /// `qemu-img convert -O vhdx` of a fresh raw disk of `size`, with `-o opts`.
@@ -198,14 +181,6 @@ fn a_log_guid_without_entries_has_nothing_to_replay() {
     check("log-guid");
 }
 
-/// Asserts the import of `src` into a file is refused with `needles` and leaves nothing.
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("out.raw");
-    let line = assert_refused(&import(s(src), &out, &[]), needles);
-    assert!(!out.exists() && !dir.join("out.raw.partial").exists(), "{}: an image was left behind", src.display());
-    line
-}
-
 /// Asserts qemu refuses to open the image too, with `needle` in its message.
 fn qemu_refuses(img: &Path, needle: &str) {
     let out = Command::new("qemu-img").args(["info", "-f", "vhdx", s(img)]).output().unwrap();
@@ -228,8 +203,8 @@ fn a_log_left_unreplayed_is_refused_as_qemu_refuses_it() {
     // stays in the log. Naming its GUID in the headers again is what a writer that died
     // before applying it leaves behind.
     let log = le64(&dirty, (64 << 10) + 72);
-    assert_eq!(read(&dirty, log, 4), b"loge", "qemu-io left no log entry at the log's start");
-    let guid = read(&dirty, log + 32, 16);
+    assert_eq!(peek(&dirty, log, 4), b"loge", "qemu-io left no log entry at the log's start");
+    let guid = peek(&dirty, log + 32, 16);
     edit_headers(&dirty, |h| h[48..64].copy_from_slice(&guid));
     qemu_refuses(&dirty, "contains a log that needs to be replayed");
 
@@ -260,7 +235,7 @@ fn a_differencing_vhdx_is_refused_naming_its_parent() {
         let params = metadata_item(&child, FILE_PARAMETERS);
         poke(&child, params + 4, &2u32.to_le_bytes());
         let meta = region(&child, METADATA_REGION);
-        let count = u16::from_le_bytes(read(&child, meta + 10, 2).try_into().unwrap());
+        let count = u16::from_le_bytes(peek(&child, meta + 10, 2).try_into().unwrap());
         let locator = parent_locator(&[("parent_linkage", "{0f1e2d3c}"), ("relative_path", ".\\base.vhdx")]);
         let item_at = 80u32 << 10; // free space after qemu-img's items
         let mut entry = PARENT_LOCATOR.to_vec();

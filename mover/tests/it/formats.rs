@@ -2,7 +2,6 @@
 //! compressed stream, into a file and into a loop device holding old data), and the formats
 //! recognised only to be refused by name rather than imported as raw bytes.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,10 +9,6 @@ use crate::support::*;
 
 /// Not a multiple of any block size: the last block of every image is partial.
 const SIZE: u64 = 24 * MIB + 1536;
-
-fn sh(script: &str) {
-    run(Command::new("sh").arg("-c").arg(script));
-}
 
 /// `qemu-img convert` of a fresh raw disk into `fmt` with `opts`; returns the image.
 fn convert(dir: &Path, fmt: &str, opts: &str) -> PathBuf {
@@ -110,23 +105,6 @@ fn vhd_and_vdi_written_out_of_order() {
         run(c.arg(&img));
         check(&img, fmt, name);
     }
-}
-
-fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
-    let out = dir.join("refused.raw");
-    let line = assert_refused(&import(s(src), &out, &[]), needles);
-    assert!(!out.exists() && !dir.join("refused.raw.partial").exists(), "{}: an image was left behind", s(src));
-    line
-}
-
-fn poke(f: &Path, at: u64, bytes: &[u8]) {
-    std::fs::OpenOptions::new().write(true).open(f).unwrap().write_all_at(bytes, at).unwrap();
-}
-
-fn peek(f: &Path, at: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    std::fs::File::open(f).unwrap().read_exact_at(&mut b, at).unwrap();
-    b
 }
 
 /// Sets a VHD structure's checksum (one's complement of its byte sum) after an edit.

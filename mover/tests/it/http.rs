@@ -4,8 +4,10 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -132,6 +134,66 @@ fn basic_auth_is_sent_and_never_shown() {
     assert_same(&sv.raw, "raw", &out(&sv));
     for stream in [&ok.stdout, &ok.stderr, &refused.stderr] {
         assert!(!String::from_utf8_lossy(stream).contains("s3cr3t"), "password leaked");
+    }
+}
+
+/// The strings a leak would show: the user, the passwords, and their base64 (alone, and as
+/// the `Authorization` header carries them).
+fn secret_needles(user: &str, passwords: &[&str]) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut out = vec![user.to_string(), b64(user)];
+    for pw in passwords {
+        out.extend([pw.to_string(), b64(pw), b64(&format!("{user}:{pw}"))]);
+    }
+    out
+}
+
+#[test]
+fn basic_auth_never_reaches_the_output_even_when_tracing_everything() {
+    const USER: &str = "mover-user-k3v";
+    const PASSWORD: &str = "pw-Jx82-mover-s3cr3t";
+    const WRONG: &str = "pw-Qn47-wrong-guess";
+    let sv = served();
+    let users = sv.dir.path().join("htpasswd");
+    std::fs::write(&users, format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
+    let conf = format!("auth_basic \"images\"; auth_basic_user_file {};", s(&users));
+    let n = Nginx::start(sv.dir.path(), &sv.root, &conf, "");
+    let url = n.url("http", "disk.qcow2");
+    let traced = |creds: &str, progress: &str| {
+        let file = sv.dir.path().join(format!("creds-{progress}"));
+        std::fs::write(&file, creds).unwrap();
+        let mut cmd = Command::new(mover_bin());
+        cmd.arg("import").arg(&url).arg(out(&sv)).args(["--basic-auth-file", s(&file), "--progress", progress]);
+        cmd.env("RUST_LOG", "trace");
+        with_timeout(cmd, Duration::from_secs(120))
+    };
+    let refused = traced(&format!("{USER}\n{WRONG}\n"), "json");
+    assert_refused(&refused, &["401"]);
+    let ok = traced(&format!("{USER}\n{PASSWORD}\n"), "json");
+    assert_ok(&ok);
+    assert_same(&sv.raw, "raw", &out(&sv));
+    // The credentials did travel (nginx logs the header it got), and the logs are at trace.
+    let sent = secret_needles(USER, &[PASSWORD])[4].clone();
+    assert!(n.detail_log().contains(&sent), "nginx never saw the credentials: {}", n.detail_log());
+    assert!(
+        String::from_utf8_lossy(&ok.stderr).contains("TRACE"),
+        "not tracing: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (what, out) in [("success", &ok), ("401", &refused)] {
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            for needle in secret_needles(USER, &[PASSWORD, WRONG]) {
+                let at =
+                    text.find(&needle).map(|i| &text[i.saturating_sub(300)..(i + needle.len() + 100).min(text.len())]);
+                assert!(
+                    at.is_none(),
+                    "{needle:?} in the {stream} of the {what} import: ...{}...",
+                    at.unwrap_or_default()
+                );
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod archive;
 mod bad_input;
 mod cli;
 mod disk;
+mod faults;
 mod format_vhdx;
 mod format_vmdk;
 mod formats;

@@ -359,7 +359,10 @@ async fn cancel_stops_a_task_within_a_second_and_leaves_no_image() {
     assert!(asked.elapsed() < Duration::from_secs(2), "cancel took {:?}", asked.elapsed());
     assert_eq!(task.state, pb::TaskState::Cancelled as i32);
     let (_, _, outcome) = follow(&mut events).await;
-    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    let failed = outcome.unwrap_err();
+    // Typed for new clients, spelled out for old ones.
+    assert_eq!((failed.reason_code(), failed.reason.as_str()), (pb::FailureReason::Cancelled, "Cancelled"));
+    assert!(!failed.retryable, "the caller's own cancel is the end of the task");
     assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists(), "a cancelled task left an image");
 }
 
@@ -429,7 +432,9 @@ async fn one_target_takes_one_writer_however_it_is_named() {
     client.cancel_task(pb::CancelTaskRequest { task_id: "first".into() }).await.unwrap();
     let (_, _, outcome) = follow(&mut events).await;
     assert_eq!(outcome.unwrap_err().reason, "Cancelled");
-    drop(within("ReadVolume once free", client.read_volume(read)).await.expect("the target is still held"));
+    // Read to its end: a stream merely dropped holds the target until the server notices.
+    let mut stream = within("ReadVolume once free", client.read_volume(read)).await.expect("the target is still held");
+    while within("ReadVolume to its end", stream.get_mut().message()).await.unwrap().is_some() {}
     let mut later = within("populate once free", client.populate(second)).await.expect("the target is still held");
     assert!(!accepted(later.get_mut()).await.reattached);
     client.cancel_task(pb::CancelTaskRequest { task_id: "second".into() }).await.unwrap();
@@ -591,7 +596,10 @@ async fn sigterm_cancels_running_tasks_and_exits() {
     .unwrap();
     assert!(status.0.success(), "serve exited with {:?}: {}", status.0, status.1.log());
     let (_, _, outcome) = follow(&mut events).await;
-    assert_eq!(outcome.unwrap_err().reason, "Cancelled");
+    let failed = outcome.unwrap_err();
+    assert_eq!(failed.reason, "Cancelled");
+    // A rolling update or a node drain interrupts the import; the caller tries again.
+    assert!(failed.retryable, "a task interrupted by the mover's shutdown is retryable: {failed:?}");
     assert!(!out.exists() && !img.dir.path().join("out.raw.partial").exists());
 }
 

@@ -100,6 +100,7 @@ pub fn assert_same_prefix(image: &Path, image_fmt: &str, target: &Path, size: u6
 }
 
 /// A deterministic pseudo-random generator (xorshift), so fixtures need no crate.
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -403,4 +404,58 @@ pub fn tempdir() -> tempfile::TempDir {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// `SRC.gz`, made with `gzip -1`: the same image as a one-pass stream.
+pub fn gzip(src: &Path) -> PathBuf {
+    let gz = PathBuf::from(format!("{}.gz", s(src)));
+    run(Command::new("sh").arg("-c").arg(format!("gzip -1 -c {} > {}", s(src), s(&gz))));
+    gz
+}
+
+/// Imports `source` into `out` in-process, on the library: the outcome must be a complete
+/// image or a clean error that leaves nothing behind. Returns whether it succeeded.
+pub fn import_in_process(rt: &tokio::runtime::Runtime, source: &Path, out: &Path, label: &str) -> bool {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let _ = std::fs::remove_file(out);
+    let req =
+        cdi_mover::ImportRequest::new(cdi_mover::source::SourceSpec::File(source.to_path_buf()), out.to_path_buf());
+    let progress = cdi_mover::progress::Progress::new();
+    match cdi_mover::import(&req, rt.handle(), &progress, Arc::new(AtomicBool::new(false))) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "{label}: empty error");
+            assert!(!out.exists(), "{label}: a failed import left {}", out.display());
+            false
+        }
+    }
+}
+
+/// Runs a shell script, panicking with its output when it fails.
+pub fn sh(script: &str) {
+    run(Command::new("sh").arg("-c").arg(script));
+}
+
+/// Overwrites bytes of a file in place (to damage a fixture).
+pub fn poke(f: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(f).unwrap().write_all_at(bytes, at).unwrap();
+}
+
+/// Reads `len` bytes of a file at `at`.
+pub fn peek(f: &Path, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(f).unwrap().read_exact_at(&mut b, at).unwrap();
+    b
+}
+
+/// Asserts the import of `src` into a file in `dir` is refused with `needles` and leaves
+/// nothing behind (no image, no `.partial`). Returns the error line.
+pub fn refused(dir: &Path, src: &Path, needles: &[&str]) -> String {
+    let out = dir.join("refused.raw");
+    let line = assert_refused(&import(s(src), &out, &[]), needles);
+    assert!(!out.exists() && !dir.join("refused.raw.partial").exists(), "{}: an image was left behind", s(src));
+    line
 }

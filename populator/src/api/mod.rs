@@ -8,6 +8,7 @@
 //! | [`clone`]  | `VolumeCloneSource`: fill a claim with a copy of a PVC or snapshot |
 //! | [`sources`] | the import source variants (`http`, `s3`, ...) and checkpoints |
 //! | [`names`]  | annotation keys, labels, event and condition reasons, kinds |
+//! | [`quantity`] | Kubernetes quantities (`10Gi`, `1e9`), as apimachinery parses them |
 //!
 //! These types are the edge: the controller checks them once, through
 //! [`crate::plan`], and works on the result.
@@ -15,6 +16,7 @@
 pub mod clone;
 pub mod import;
 pub mod names;
+pub mod quantity;
 mod schema;
 pub mod sources;
 pub mod upload;

@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
     Volume, VolumeDevice, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
 use super::vocab::{ann, label};
+use crate::api::quantity;
 
 /// The volume's name inside the holder pod (what the mover addresses).
 pub const HOLDER_VOLUME: &str = "target";
@@ -122,36 +122,10 @@ pub fn holder_pod(target: &PersistentVolumeClaim, node: Option<&str>, image: &st
     }
 }
 
-/// The storage a PVC requests, in bytes.
+/// The storage a PVC requests, in bytes (rounded up, as Kubernetes reads quantities).
 pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Option<u64> {
     let q = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage")?;
-    parse_quantity(q)
-}
-
-/// A Kubernetes quantity ("10Gi", "500M", "1e9", "1.5Gi") in bytes, rounded up.
-pub fn parse_quantity(q: &Quantity) -> Option<u64> {
-    let s = q.0.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "m" => 1e-3,
-        _ => return None,
-    };
-    let value: f64 = num.parse().ok()?;
-    (value >= 0.0 && value.is_finite()).then(|| (value * multiplier).ceil() as u64)
+    quantity::parse_bytes(&q.0).ok()
 }
 
 #[cfg(test)]
@@ -202,14 +176,11 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        let q = |s: &str| parse_quantity(&Quantity(s.into()));
-        assert_eq!(q("2Gi"), Some(2 << 30));
-        assert_eq!(q("500M"), Some(500_000_000));
-        assert_eq!(q("1e9"), Some(1_000_000_000));
-        assert_eq!(q("1.5Gi"), Some(1_610_612_736));
-        assert_eq!(q("1024"), Some(1024));
-        assert_eq!(q("12Qi"), None);
+    fn the_request_is_read_as_a_kubernetes_quantity() {
         assert_eq!(requested_bytes(&target(false)), Some(2 << 30));
+        let mut pvc = target(false);
+        let requests = pvc.spec.as_mut().unwrap().resources.as_mut().unwrap().requests.as_mut().unwrap();
+        requests.insert("storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Ei".into()));
+        assert_eq!(requested_bytes(&pvc), Some(1 << 60));
     }
 }

@@ -20,14 +20,12 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 
+use super::failure::FailureReason;
 use super::follow::{Outcome, TaskView};
 use super::vocab::{UNSUPPORTED_CONDITION, ann};
 use crate::api::VolumeImportSource;
 use crate::api::names::{api as group, kinds};
 use crate::plan::{ImportPlan, ImportSource, PlanError};
-
-/// The reason recorded when a source or the request built from it cannot work.
-pub const INVALID_REQUEST: &str = "InvalidRequest";
 
 /// The kinds a target PVC's `dataSourceRef` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +303,7 @@ impl Snapshot {
 /// A failure that is not retried until the source changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Terminal {
-    pub reason: String,
+    pub reason: FailureReason,
     pub message: String,
     /// The source generation it is for.
     pub generation: i64,
@@ -332,7 +330,7 @@ pub struct Task {
 pub enum Ended {
     Succeeded(pb::Completed),
     Retry {
-        reason: String,
+        reason: FailureReason,
         message: String,
         /// Retryable failures including this one (the backoff's exponent).
         restarts: u32,
@@ -420,7 +418,7 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
         Source::Missing => return Ok(Step::WaitForSource),
         Source::Invalid { generation, error } => {
             let message = format!("{} {}: {error}", kinds::VOLUME_IMPORT_SOURCE, t.source_name);
-            return Ok(Step::FailTerminally(terminal(t, *generation, INVALID_REQUEST, &message)));
+            return Ok(Step::FailTerminally(terminal(t, *generation, FailureReason::InvalidRequest, &message)));
         }
         Source::Found { generation, plan } => (*generation, plan),
     };
@@ -443,8 +441,8 @@ fn unsupported(t: &Target, what: &str) -> Step {
     }
 }
 
-fn terminal(t: &Target, generation: i64, reason: &str, message: &str) -> Terminal {
-    Terminal { reason: reason.to_string(), message: message.to_string(), generation, attempt: t.attempt + 1 }
+fn terminal(t: &Target, generation: i64, reason: FailureReason, message: &str) -> Terminal {
+    Terminal { reason, message: message.to_string(), generation, attempt: t.attempt + 1 }
 }
 
 /// Up to the running mover task, and what its end means.
@@ -494,12 +492,12 @@ fn ended(t: &Target, generation: i64, outcome: &Outcome) -> Ended {
     match outcome {
         Outcome::Succeeded(c) => Ended::Succeeded(c.clone()),
         Outcome::Failed(f) if f.retryable => Ended::Retry {
-            reason: f.reason.clone(),
+            reason: f.reason,
             message: f.message.clone(),
             restarts: t.restarts + 1,
             attempt: t.attempt + 1,
         },
-        Outcome::Failed(f) => Ended::Failed(terminal(t, generation, &f.reason, &f.message)),
+        Outcome::Failed(f) => Ended::Failed(terminal(t, generation, f.reason, &f.message)),
         Outcome::Lost(why) => Ended::Lost(why.clone()),
     }
 }

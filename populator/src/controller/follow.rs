@@ -6,8 +6,11 @@
 //! re-attaches: no second download.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cdi_proto::v1 as pb;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -15,20 +18,24 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::Ctx;
-use super::vocab::{ann, condition, reason};
+use super::failure::{FailureReason, TaskFailure};
+use super::vocab::{EventReason, ann, condition};
 use crate::api::names::values;
 
 /// How a task ended, as far as its follower saw.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Succeeded(pb::Completed),
-    Failed(pb::Failed),
+    Failed(TaskFailure),
     /// The mover could not be reached or the stream broke: follow again later.
     Lost(String),
 }
 
 #[derive(Debug)]
 struct Follow {
+    /// Which start made this entry: a follower replaced by a later start must not write
+    /// its outcome into its successor's entry.
+    serial: u64,
     task_id: String,
     node: String,
     outcome: Option<Outcome>,
@@ -36,14 +43,27 @@ struct Follow {
     /// reading the PVC from a cache that lags behind that write does not follow the same
     /// task again and act on its outcome twice.
     settled: bool,
-    handle: tokio::task::JoinHandle<()>,
+    /// `None` only between registering the follower and spawning it.
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+impl Follow {
+    fn abort(&self) {
+        if let Some(a) = &self.abort {
+            a.abort();
+        }
+    }
 }
 
 /// The followers, by target PVC UID.
 #[derive(Debug, Default)]
 pub struct Followers {
     inner: Mutex<HashMap<String, Follow>>,
+    serial: AtomicU64,
 }
+
+/// A follower, as handed to the function that spawns it.
+type FollowFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the reconciler sees of a target's task.
 #[derive(Debug, Clone)]
@@ -81,7 +101,7 @@ impl Followers {
 
     pub fn forget(&self, target_uid: &str) {
         if let Some(f) = self.inner.lock().expect("followers lock").remove(target_uid) {
-            f.handle.abort();
+            f.abort();
         }
     }
 
@@ -107,19 +127,48 @@ impl Followers {
         request: pb::PopulateRequest,
     ) {
         let task_id = request.task_id.clone();
+        let follow = {
+            let (ctx, target, node) = (ctx.clone(), target.clone(), node.clone());
+            async move { run(&ctx, &target, &node, request).await }
+        };
+        let ended = move || {
+            let _ = ctx.trigger.send(target);
+        };
+        self.follow(target_uid, task_id, node, follow, ended, |f| tokio::spawn(f).abort_handle());
+    }
+
+    /// Registers a follower of `target_uid`, then hands it to `spawn`. The entry exists
+    /// before the follower can end, so an outcome that comes at once is kept rather than
+    /// overwritten by the registration. `ended` runs once the outcome is recorded.
+    fn follow(
+        self: &Arc<Self>,
+        target_uid: String,
+        task_id: String,
+        node: String,
+        follow: impl Future<Output = Outcome> + Send + 'static,
+        ended: impl FnOnce() + Send + 'static,
+        spawn: impl FnOnce(FollowFuture) -> tokio::task::AbortHandle,
+    ) {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let entry = Follow { serial, task_id, node, outcome: None, settled: false, abort: None };
+        if let Some(old) = self.inner.lock().expect("followers lock").insert(target_uid.clone(), entry) {
+            old.abort();
+        }
         let this = self.clone();
         let uid = target_uid.clone();
-        let follow_node = node.clone();
-        let handle = tokio::spawn(async move {
-            let outcome = run(&ctx, &target, &follow_node, request).await;
-            if let Some(f) = this.inner.lock().expect("followers lock").get_mut(&uid) {
+        let abort = spawn(Box::pin(async move {
+            let outcome = follow.await;
+            if let Some(f) = this.inner.lock().expect("followers lock").get_mut(&uid)
+                && f.serial == serial
+            {
                 f.outcome = Some(outcome);
             }
-            let _ = ctx.trigger.send(target);
-        });
-        let mut inner = self.inner.lock().expect("followers lock");
-        if let Some(old) = inner.insert(target_uid, Follow { task_id, node, outcome: None, settled: false, handle }) {
-            old.handle.abort();
+            ended();
+        }));
+        match self.inner.lock().expect("followers lock").get_mut(&target_uid) {
+            Some(f) if f.serial == serial => f.abort = Some(abort),
+            // Replaced or forgotten meanwhile: nobody else can stop it.
+            _ => abort.abort(),
         }
     }
 }
@@ -139,8 +188,8 @@ async fn run(
         Err(status) => {
             return match status.code() {
                 // The request itself is wrong: retrying cannot help.
-                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(pb::Failed {
-                    reason: "InvalidRequest".into(),
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(TaskFailure {
+                    reason: FailureReason::InvalidRequest,
                     message: status.message().to_string(),
                     retryable: false,
                 }),
@@ -180,32 +229,86 @@ async fn run(
                 }
                 if !announced && p.bytes_done > 0 {
                     announced = true;
-                    ctx.event(target, reason::IN_PROGRESS, &format!("Import in progress on node {node}")).await;
+                    ctx.event(target, EventReason::ImportInProgress, &format!("Import in progress on node {node}"))
+                        .await;
                 }
             }
             Some(Event::Completed(c)) => return Outcome::Succeeded(c),
-            Some(Event::Failed(f)) => return Outcome::Failed(f),
+            Some(Event::Failed(f)) => return Outcome::Failed(f.into()),
             Some(Event::Accepted(_)) | None => {}
         }
     }
 }
 
-/// Delay before retry number `n` (1-based) after retryable failures: doubling, capped.
-pub fn backoff(n: u32, base: Duration, cap: Duration) -> Duration {
-    base.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX)).min(cap)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt as _;
+    use std::sync::atomic::AtomicBool;
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let (b, c) = (Duration::from_secs(10), Duration::from_secs(300));
-        assert_eq!(backoff(1, b, c), Duration::from_secs(10));
-        assert_eq!(backoff(2, b, c), Duration::from_secs(20));
-        assert_eq!(backoff(5, b, c), Duration::from_secs(160));
-        assert_eq!(backoff(6, b, c), c);
-        assert_eq!(backoff(40, b, c), c);
+    /// Spawns a follower by running it to its end on the spot: the interleaving where the
+    /// task ends before `follow` returns, made certain.
+    fn run_at_once(f: FollowFuture) -> tokio::task::AbortHandle {
+        f.now_or_never().expect("the follower ends without waiting");
+        tokio::spawn(async {}).abort_handle()
+    }
+
+    fn lost(why: &str) -> impl Future<Output = Outcome> + Send + 'static {
+        let why = why.to_string();
+        async move { Outcome::Lost(why) }
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_ends_at_once_keeps_its_outcome() {
+        let followers = Arc::new(Followers::default());
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
+        let on_end = move || flag.store(true, Ordering::SeqCst);
+        followers.follow("pvc".into(), "t-0".into(), "n1".into(), lost("gone"), on_end, run_at_once);
+        assert!(ended.load(Ordering::SeqCst), "the end was not announced");
+        match followers.view("pvc") {
+            TaskView::Done { task_id, outcome: Outcome::Lost(why) } => {
+                assert_eq!((task_id.as_str(), why.as_str()), ("t-0", "gone"))
+            }
+            other => panic!("the outcome was lost: {other:?}; the PVC would wait forever"),
+        }
+        assert_eq!(followers.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_follower_never_writes_into_its_successor() {
+        let followers = Arc::new(Followers::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The first follower ends only when told, after the second has replaced it.
+        let first = async move {
+            let _ = rx.await;
+            Outcome::Lost("stale".into())
+        };
+        let mut held = None;
+        followers.follow(
+            "pvc".into(),
+            "t-0".into(),
+            "n1".into(),
+            first,
+            || {},
+            |f| {
+                held = Some(f);
+                tokio::spawn(async {}).abort_handle()
+            },
+        );
+        followers.follow(
+            "pvc".into(),
+            "t-1".into(),
+            "n1".into(),
+            std::future::pending(),
+            || {},
+            |f| tokio::spawn(f).abort_handle(),
+        );
+        tx.send(()).unwrap();
+        held.take().unwrap().await;
+        match followers.view("pvc") {
+            TaskView::Running { task_id } => assert_eq!(task_id, "t-1"),
+            other => panic!("the replaced follower's outcome landed: {other:?}"),
+        }
     }
 }

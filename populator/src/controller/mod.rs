@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod decide;
+pub mod failure;
 pub mod follow;
 pub mod reconcile;
 pub mod source;
@@ -31,7 +32,7 @@ use crate::api::VolumeImportSource;
 use crate::metrics::Metrics;
 use crate::mover::Movers;
 use follow::Followers;
-use vocab::label;
+use vocab::{EventReason, label};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -71,11 +72,10 @@ impl Ctx {
     }
 
     /// Records an event on a target PVC. Failing to record is logged, never fatal.
-    pub async fn event(&self, target: &ObjectRef<PersistentVolumeClaim>, reason: &str, note: &str) {
-        let warning = reason.contains("Fail") || reason.starts_with("Err") || reason.contains("Unsupported");
+    pub async fn event(&self, target: &ObjectRef<PersistentVolumeClaim>, reason: EventReason, note: &str) {
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_string(),
+            type_: if reason.is_warning() { EventType::Warning } else { EventType::Normal },
+            reason: reason.as_str().to_string(),
             note: Some(note.chars().take(1000).collect()),
             action: "Populate".into(),
             secondary: None,
@@ -89,7 +89,7 @@ impl Ctx {
             ..Default::default()
         };
         if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%target, %reason, error = %e, "event not recorded");
+            tracing::debug!(%target, reason = reason.as_str(), error = %e, "event not recorded");
         }
     }
 }
@@ -115,16 +115,22 @@ impl Error {
         Error::Kube { op, name: name.to_string(), source: Box::new(source) }
     }
 
-    /// A write based on a cached object the server has moved past (409 Conflict, or a
-    /// JSON-patch `test` that failed): the cache catches up within moments.
-    pub fn is_stale_write(&self) -> bool {
+    /// A failure the next try should get past within moments: a write based on a cached
+    /// object the server has moved past (409 Conflict, or a JSON-patch `test` that failed:
+    /// the cache catches up), throttling (429), a server error (5xx) or a broken connection
+    /// to the API server. Anything else (403, 404 of a kind, bad requests) waits longer.
+    pub fn is_transient(&self) -> bool {
         use kube::runtime::finalizer::Error as F;
-        let api = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+        let api = |e: &kube::Error| match e {
+            kube::Error::Api(s) => matches!(s.code, 409 | 422 | 429 | 500..=599),
+            kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+            _ => false,
+        };
         match self {
             Error::Kube { source, .. } => api(source),
             Error::Finalizer(f) => match f.as_ref() {
                 F::AddFinalizer(e) | F::RemoveFinalizer(e) => api(e),
-                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_stale_write(),
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_transient(),
                 _ => false,
             },
             Error::Source(_) => false,
@@ -197,12 +203,15 @@ mod tests {
     }
 
     #[test]
-    fn writes_from_a_lagging_cache_are_retried_soon_and_other_errors_are_not() {
-        assert!(Error::kube("update", "pvc", api(409)).is_stale_write());
-        assert!(Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(422)))).is_stale_write());
+    fn stale_writes_and_server_trouble_are_retried_soon_and_other_errors_are_not() {
+        assert!(Error::kube("update", "pvc", api(409)).is_transient());
+        assert!(Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(422)))).is_transient());
         let nested = Finalizer::ApplyFailed(Error::kube("patch", "pvc", api(409)));
-        assert!(Error::Finalizer(Box::new(nested)).is_stale_write());
-        assert!(!Error::kube("read", "pvc", api(403)).is_stale_write());
-        assert!(!Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(500)))).is_stale_write());
+        assert!(Error::Finalizer(Box::new(nested)).is_transient());
+        assert!(Error::Finalizer(Box::new(Finalizer::AddFinalizer(api(500)))).is_transient());
+        assert!(Error::kube("read", "pvc", api(503)).is_transient());
+        assert!(Error::kube("read", "pvc", api(429)).is_transient());
+        assert!(!Error::kube("read", "pvc", api(403)).is_transient());
+        assert!(!Error::kube("create", "pod", api(400)).is_transient());
     }
 }

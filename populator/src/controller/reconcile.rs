@@ -21,14 +21,15 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build::{self, HOLDER_VOLUME};
 use super::decide::{
-    Ended, Fact, Holder, INVALID_REQUEST, Lazy, PodPhase, Prime, Pv, Snapshot, Source, Step, Target, Task, Terminal,
-    decide, unfollowed_task,
+    Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, Step, Target, Task, Terminal, decide,
+    unfollowed_task,
 };
-use super::follow::backoff;
+use super::failure::FailureReason;
 use super::source::{self, Destination};
-use super::vocab::{FINALIZER, UNSUPPORTED_CONDITION, ann, condition, reason};
+use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, condition};
 use super::{Ctx, Error};
 use crate::api::VolumeImportSource;
+use crate::metrics::Finished;
 
 /// How often to look again while waiting on something no watch reports.
 const POLL: Duration = Duration::from_secs(10);
@@ -62,11 +63,11 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
 
 pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.reconcile_errors.inc();
-    if error.is_stale_write() {
-        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %crate::one_line(error), "stale cache; retrying");
+    if error.is_transient() {
+        tracing::debug!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "transient API failure; retrying soon");
         return Action::requeue(SHORT);
     }
-    tracing::warn!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %crate::one_line(error), "reconcile failed");
+    tracing::warn!(pvc = %ObjectRef::from_obj(pvc.as_ref()), error = %cdi_common::one_line(error), "reconcile failed");
     Action::requeue(POLL)
 }
 
@@ -207,7 +208,7 @@ fn phase(phase: PodPhase) -> (&'static str, Option<String>) {
 
 async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str, announce: bool) -> Result<Action, Error> {
     if announce {
-        ctx.event(&ObjectRef::from_obj(pvc), reason::UNSUPPORTED, message).await;
+        ctx.event(&ObjectRef::from_obj(pvc), EventReason::UnsupportedSource, message).await;
         annotate(ctx, pvc, &running_condition("false", UNSUPPORTED_CONDITION, message)).await?;
     }
     Ok(Action::await_change())
@@ -216,20 +217,20 @@ async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str, anno
 async fn wait_for_source(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Action {
     let namespace = pvc.namespace().unwrap_or_default();
     let note = format!("VolumeImportSource {namespace}/{} not found; waiting for it", target.source_name);
-    ctx.event(&ObjectRef::from_obj(pvc), reason::SOURCE_MISSING, &note).await;
+    ctx.event(&ObjectRef::from_obj(pvc), EventReason::SourceMissing, &note).await;
     Action::requeue(POLL)
 }
 
 async fn wait_for_class(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Action {
     let note = format!("StorageClass {:?} not found; waiting for it", target.class);
-    ctx.event(&ObjectRef::from_obj(pvc), reason::PENDING_POPULATION, &note).await;
+    ctx.event(&ObjectRef::from_obj(pvc), EventReason::PendingPopulation, &note).await;
     Action::await_change()
 }
 
 async fn wait_for_consumer(pvc: &PersistentVolumeClaim, ctx: &Ctx, announce: bool) -> Result<Action, Error> {
     if announce {
         let note = "waiting for a consumer to be scheduled (WaitForFirstConsumer)";
-        ctx.event(&ObjectRef::from_obj(pvc), reason::PENDING_POPULATION, note).await;
+        ctx.event(&ObjectRef::from_obj(pvc), EventReason::PendingPopulation, note).await;
         let mut pairs = running_condition("false", condition::PENDING, "waiting for the first consumer");
         pairs.push(phase(PodPhase::Pending));
         annotate(ctx, pvc, &pairs).await?;
@@ -248,7 +249,7 @@ async fn create_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Prime, E
         }
         Err(e) => return Err(Error::kube("create prime PVC", &name, e)),
     };
-    ctx.event(&ObjectRef::from_obj(pvc), reason::PRIME_CREATED, &format!("created PVC prime {name}")).await;
+    ctx.event(&ObjectRef::from_obj(pvc), EventReason::PrimeCreated, &format!("created PVC prime {name}")).await;
     annotate(ctx, pvc, &[(ann::PVC_PRIME, Some(name))]).await?;
     Ok(Prime::from(&prime))
 }
@@ -281,7 +282,7 @@ async fn start_task(
         Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
         Err(e) => {
             let failure = Terminal {
-                reason: INVALID_REQUEST.into(),
+                reason: FailureReason::InvalidRequest,
                 message: e.to_string(),
                 generation: task.generation,
                 attempt: target.attempt + 1,
@@ -292,9 +293,12 @@ async fn start_task(
     let target_ref = ObjectRef::from_obj(pvc);
     if announce {
         let note = format!("Import scheduled on node {} (task {})", task.node, task.id);
-        ctx.event(&target_ref, reason::SCHEDULED, &note).await;
+        ctx.event(&target_ref, EventReason::ImportScheduled, &note).await;
         let mut pairs = running_condition("true", condition::POD_RUNNING, "");
-        pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None)]);
+        // The prime's name again: written right after creating it, it is lost for good if
+        // that write failed, since the prime then exists and that step is not redone.
+        let prime = (ann::PVC_PRIME, Some(build::prime_name(&target.uid)));
+        pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None), prime]);
         annotate(ctx, pvc, &pairs).await?;
     }
     ctx.followers.start(ctx.me(), target_ref, target.uid.clone(), task.node, request);
@@ -327,11 +331,11 @@ async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Res
     match ended {
         Ended::Succeeded(c) => succeeded(pvc, &c, ctx).await,
         Ended::Retry { reason, message, restarts, attempt } => {
-            retry_later(pvc, ctx, &reason, &message, restarts, attempt).await
+            retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
         Ended::Failed(failure) => fail_terminally(pvc, ctx, &failure).await,
         Ended::Lost(why) => {
-            ctx.event(&ObjectRef::from_obj(pvc), reason::NO_MOVER, &why).await;
+            ctx.event(&ObjectRef::from_obj(pvc), EventReason::MoverUnavailable, &why).await;
             Ok(Action::requeue(POLL))
         }
     }
@@ -347,37 +351,37 @@ async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) ->
     let formats = c.formats.join(", ");
     ctx.event(
         &ObjectRef::from_obj(pvc),
-        reason::SUCCEEDED,
+        EventReason::ImportSucceeded,
         &format!("Successfully imported into PVC {} ({formats}, virtual size {})", pvc.name_any(), c.virtual_size),
     )
     .await;
-    ctx.metrics.population_finished("succeeded", pvc);
+    ctx.metrics.population_finished(Finished::Succeeded, pvc);
     Ok(Action::requeue(Duration::ZERO))
 }
 
 async fn retry_later(
     pvc: &PersistentVolumeClaim,
     ctx: &Ctx,
-    why: &str,
+    why: FailureReason,
     message: &str,
     restarts: u32,
     attempt: u32,
 ) -> Result<Action, Error> {
-    let delay = backoff(restarts, ctx.cfg.retry_base, ctx.cfg.retry_cap);
+    let delay = cdi_common::backoff::Backoff::new(ctx.cfg.retry_base, ctx.cfg.retry_cap).delay(restarts);
     ctx.event(
         &ObjectRef::from_obj(pvc),
-        reason::FAILED,
+        EventReason::ImportFailed,
         &format!("{message} ({why}); retry {restarts} in {}s", delay.as_secs()),
     )
     .await;
-    let mut pairs = running_condition("false", condition::ERROR, message);
+    let mut pairs = running_condition("false", why.condition_reason(), message);
     pairs.extend([
         (ann::POD_RESTARTS, Some(restarts.to_string())),
         (ann::ATTEMPT, Some(attempt.to_string())),
         phase(PodPhase::Pending),
     ]);
     annotate(ctx, pvc, &pairs).await?;
-    ctx.metrics.population_finished("retried", pvc);
+    ctx.metrics.population_finished(Finished::Retried(why), pvc);
     Ok(Action::requeue(delay))
 }
 
@@ -385,13 +389,11 @@ async fn fail_terminally(pvc: &PersistentVolumeClaim, ctx: &Ctx, failure: &Termi
     let Terminal { reason: why, message, generation, attempt } = failure;
     ctx.event(
         &ObjectRef::from_obj(pvc),
-        reason::FAILED,
+        EventReason::ImportFailed,
         &format!("{message} ({why}); not retried until the source changes"),
     )
     .await;
-    // CDI singles out a checksum mismatch; everything else terminal is an Error.
-    let condition_reason = if why == "ChecksumMismatch" { condition::CHECKSUM_ERROR } else { condition::ERROR };
-    let mut pairs = running_condition("false", condition_reason, message);
+    let mut pairs = running_condition("false", why.condition_reason(), message);
     pairs.extend([
         phase(PodPhase::Failed),
         (ann::FAILED_GENERATION, Some(generation.to_string())),
@@ -400,7 +402,7 @@ async fn fail_terminally(pvc: &PersistentVolumeClaim, ctx: &Ctx, failure: &Termi
     annotate(ctx, pvc, &pairs).await?;
     // Free the volume; the prime stays for the next attempt.
     delete(ctx, Child::Holder, pvc).await?;
-    ctx.metrics.population_finished("failed", pvc);
+    ctx.metrics.population_finished(Finished::Failed(*why), pvc);
     Ok(Action::await_change())
 }
 
@@ -422,7 +424,7 @@ async fn rebind_pv(pvc: &PersistentVolumeClaim, pv_name: &str, ctx: &Ctx) -> Res
         .await
         .map_err(|e| Error::kube("rebind PV", pv_name, e))?;
     let note = format!("PV {pv_name} handed over from {}", build::prime_name(&uid));
-    ctx.event(&ObjectRef::from_obj(pvc), reason::REBIND, &note).await;
+    ctx.event(&ObjectRef::from_obj(pvc), EventReason::Rebind, &note).await;
     Ok(Action::requeue(SHORT))
 }
 

@@ -1,7 +1,7 @@
 //! The populator's own status vocabulary. CDI's names (annotations, event and condition
 //! reasons) live in [`crate::api::names`]; this adds what only the populate flow uses.
 
-pub use crate::api::names::{annotations as cdi_ann, condition_reasons as condition, event_reasons as cdi_reason};
+pub use crate::api::names::{annotations as cdi_ann, condition_reasons as condition};
 
 /// Annotations on the target PVC.
 pub mod ann {
@@ -34,18 +34,85 @@ pub mod label {
 /// Keeps a target PVC until its prime PVC, holder pod and mover task are gone.
 pub const FINALIZER: &str = "cdi.kubevirt.io/populate-target-protection";
 
-/// Event reasons: CDI's, plus the waits and hand-over steps only this flow has.
-pub mod reason {
-    pub use crate::api::names::event_reasons::{
-        CREATED_PVC_PRIME_SUCCESSFULLY as PRIME_CREATED, IMPORT_FAILED as FAILED, IMPORT_IN_PROGRESS as IN_PROGRESS,
-        IMPORT_SCHEDULED as SCHEDULED, IMPORT_SUCCEEDED as SUCCEEDED,
-    };
-    pub const PENDING_POPULATION: &str = "PendingPopulation";
-    pub const SOURCE_MISSING: &str = "ImportSourceNotFound";
-    pub const REBIND: &str = "RebindInProgress";
-    pub const UNSUPPORTED: &str = "UnsupportedSource";
-    pub const NO_MOVER: &str = "MoverUnavailable";
+/// The events the populate flow records on a target PVC: CDI's reasons, plus the waits and
+/// hand-over steps only this flow has. Each says once whether it is a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventReason {
+    PrimeCreated,
+    ImportScheduled,
+    ImportInProgress,
+    ImportSucceeded,
+    /// An attempt failed (retried or not: the note says).
+    ImportFailed,
+    PendingPopulation,
+    SourceMissing,
+    Rebind,
+    UnsupportedSource,
+    /// No mover answered on the node: the task may still run, it is followed again.
+    MoverUnavailable,
+}
+
+impl EventReason {
+    pub const ALL: [EventReason; 10] = [
+        EventReason::PrimeCreated,
+        EventReason::ImportScheduled,
+        EventReason::ImportInProgress,
+        EventReason::ImportSucceeded,
+        EventReason::ImportFailed,
+        EventReason::PendingPopulation,
+        EventReason::SourceMissing,
+        EventReason::Rebind,
+        EventReason::UnsupportedSource,
+        EventReason::MoverUnavailable,
+    ];
+
+    /// The event's `reason`.
+    pub fn as_str(self) -> &'static str {
+        use crate::api::names::event_reasons as cdi;
+        match self {
+            EventReason::PrimeCreated => cdi::CREATED_PVC_PRIME_SUCCESSFULLY,
+            EventReason::ImportScheduled => cdi::IMPORT_SCHEDULED,
+            EventReason::ImportInProgress => cdi::IMPORT_IN_PROGRESS,
+            EventReason::ImportSucceeded => cdi::IMPORT_SUCCEEDED,
+            EventReason::ImportFailed => cdi::IMPORT_FAILED,
+            EventReason::PendingPopulation => "PendingPopulation",
+            EventReason::SourceMissing => "ImportSourceNotFound",
+            EventReason::Rebind => "RebindInProgress",
+            EventReason::UnsupportedSource => "UnsupportedSource",
+            EventReason::MoverUnavailable => "MoverUnavailable",
+        }
+    }
+
+    /// Warning for what needs someone's attention (a failure, a source that cannot be
+    /// served, a node without a mover); Normal for the steps of a healthy import.
+    pub fn is_warning(self) -> bool {
+        match self {
+            EventReason::ImportFailed | EventReason::UnsupportedSource | EventReason::MoverUnavailable => true,
+            EventReason::PrimeCreated
+            | EventReason::ImportScheduled
+            | EventReason::ImportInProgress
+            | EventReason::ImportSucceeded
+            | EventReason::PendingPopulation
+            | EventReason::SourceMissing
+            | EventReason::Rebind => false,
+        }
+    }
 }
 
 /// Reason of the running condition when a source kind is accepted but not handled yet.
 pub const UNSUPPORTED_CONDITION: &str = "Unsupported";
+
+#[cfg(test)]
+mod tests {
+    use super::EventReason;
+
+    #[test]
+    fn event_reasons_are_distinct_and_failures_are_warnings() {
+        let names: std::collections::HashSet<_> = EventReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), EventReason::ALL.len());
+        assert!(EventReason::ImportFailed.is_warning());
+        assert!(EventReason::UnsupportedSource.is_warning());
+        assert!(!EventReason::ImportSucceeded.is_warning());
+        assert!(!EventReason::PrimeCreated.is_warning());
+    }
+}

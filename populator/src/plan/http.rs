@@ -1,5 +1,4 @@
-//! [`HttpImport`]: a checked `spec.source.http`, and the header and checksum formats it
-//! uses.
+//! [`HttpImport`]: a checked `spec.source.http`, and the header format it uses.
 
 use std::fmt;
 
@@ -50,7 +49,7 @@ impl TryFrom<&DataVolumeSourceHttp> for HttpImport {
         }
         let checksum = match http.checksum.as_deref() {
             None | Some("") => None,
-            Some(text) => Some(Checksum::parse(text).map_err(PlanError::InvalidChecksum)?),
+            Some(text) => Some(text.parse::<Checksum>().map_err(PlanError::InvalidChecksum)?),
         };
         Ok(HttpImport {
             url: http.url.clone(),
@@ -136,107 +135,5 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A digest algorithm CDI accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ChecksumAlgorithm {
-    /// MD5, 32 hex digits.
-    Md5,
-    /// SHA-1, 40 hex digits.
-    Sha1,
-    /// SHA-256, 64 hex digits.
-    Sha256,
-    /// SHA-512, 128 hex digits.
-    Sha512,
-}
-
-impl ChecksumAlgorithm {
-    /// Lower-case name, as in `md5:...`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChecksumAlgorithm::Md5 => "md5",
-            ChecksumAlgorithm::Sha1 => "sha1",
-            ChecksumAlgorithm::Sha256 => "sha256",
-            ChecksumAlgorithm::Sha512 => "sha512",
-        }
-    }
-
-    fn hex_len(self) -> usize {
-        match self {
-            ChecksumAlgorithm::Md5 => 32,
-            ChecksumAlgorithm::Sha1 => 40,
-            ChecksumAlgorithm::Sha256 => 64,
-            ChecksumAlgorithm::Sha512 => 128,
-        }
-    }
-}
-
-/// An expected digest. `Display` gives `algorithm:hex` in lower case, the form the mover's
-/// `PopulateRequest.checksum` takes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Checksum {
-    /// The algorithm.
-    pub algorithm: ChecksumAlgorithm,
-    /// The digest, lower-case hex of the right length.
-    pub hex: String,
-}
-
-/// Why a checksum is refused.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ChecksumError {
-    /// No `:` between algorithm and digest.
-    #[error("expected \"algorithm:hex\", e.g. \"sha256:9f86d0...\"")]
-    MissingColon,
-    /// Not md5, sha1, sha256 or sha512.
-    #[error("algorithm {0:?} is not one of md5, sha1, sha256, sha512")]
-    UnknownAlgorithm(String),
-    /// The digest has the wrong number of hex digits for the algorithm.
-    #[error("a {algorithm} digest has {expected} hex digits, not {found}")]
-    WrongLength {
-        /// The algorithm's name.
-        algorithm: &'static str,
-        /// Digits expected.
-        expected: usize,
-        /// Digits given.
-        found: usize,
-    },
-    /// The digest has a character that is not a hex digit.
-    #[error("the digest is not hexadecimal")]
-    NotHex,
-}
-
-impl Checksum {
-    /// Parses `algorithm:hex` as CDI does: whitespace around either part is ignored, case
-    /// does not matter.
-    ///
-    /// # Errors
-    /// See [`ChecksumError`].
-    pub fn parse(text: &str) -> Result<Checksum, ChecksumError> {
-        let (algorithm, hex) = text.split_once(':').ok_or(ChecksumError::MissingColon)?;
-        let algorithm = match algorithm.trim().to_ascii_lowercase().as_str() {
-            "md5" => ChecksumAlgorithm::Md5,
-            "sha1" => ChecksumAlgorithm::Sha1,
-            "sha256" => ChecksumAlgorithm::Sha256,
-            "sha512" => ChecksumAlgorithm::Sha512,
-            other => return Err(ChecksumError::UnknownAlgorithm(other.to_owned())),
-        };
-        let hex = hex.trim().to_ascii_lowercase();
-        // Digits first: a length count of non-ASCII text would be misleading.
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ChecksumError::NotHex);
-        }
-        if hex.len() != algorithm.hex_len() {
-            return Err(ChecksumError::WrongLength {
-                algorithm: algorithm.as_str(),
-                expected: algorithm.hex_len(),
-                found: hex.len(),
-            });
-        }
-        Ok(Checksum { algorithm, hex })
-    }
-}
-
-impl fmt::Display for Checksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
-    }
-}
+/// Checksum specs are `cdi-common`'s, shared with the mover that verifies them.
+pub use cdi_common::checksum::{Algorithm as ChecksumAlgorithm, Checksum, ChecksumError};

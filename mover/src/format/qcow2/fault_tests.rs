@@ -18,7 +18,7 @@ use crate::disk::mem::{Fault, Life, MemHandle, MemStorage};
 use crate::disk::{Storage, TargetError};
 use crate::error::ImportError;
 use crate::progress::Progress;
-use crate::source::{RandomAccess, SourceError};
+use crate::source::MemSource;
 
 /// Small chunks and two workers: many steps from a small image, and real concurrency.
 const CFG: CopyConfig = CopyConfig { workers: 2, chunk: 64 << 10, buffers: 4 };
@@ -33,26 +33,6 @@ struct Image {
     qcow2: Arc<Vec<u8>>,
     raw: Vec<u8>,
     header: Header,
-}
-
-#[derive(Debug)]
-struct MemSource(Arc<Vec<u8>>);
-
-impl RandomAccess for MemSource {
-    fn len(&self) -> u64 {
-        self.0.len() as u64
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
-        let o = offset as usize;
-        let bytes = self.0.get(o..o + buf.len()).ok_or(SourceError::OutOfBounds {
-            offset,
-            len: buf.len() as u64,
-            size: self.0.len() as u64,
-        })?;
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
 }
 
 /// `size` bytes of disk: pseudo-random 4 KiB blocks, every seventh one zero, and a zero

@@ -13,15 +13,15 @@
 
 use super::FORMAT;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, Read};
+use std::io::Read;
 
 use super::header::{HOST_OFFSET_MASK, Header};
 use super::random::clamp_compressed;
 use super::table::{Cluster, decode_l2, l1_entry};
-use crate::copy::{CompressedCluster, Input, Job, JobSink, PooledBuf, ZeroMask};
+use crate::copy::{Job, JobSink, ZeroMask};
 use crate::disk::Storage;
 use crate::error::ImportError;
-use crate::format::{FormatError, ZeroRuns};
+use crate::format::{CompressedBatch, FormatError, ZeroRuns, read_full};
 
 /// Limits of the streaming decoder (memory is bounded by these, not by the image).
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +105,7 @@ struct Decoder<'a, 's> {
     /// The last cluster that held compressed data.
     last_compressed: Option<(u64, Vec<u8>)>,
     /// Compressed clusters being batched into one job.
-    batch: Option<(PooledBuf, Vec<CompressedCluster>)>,
+    batch: CompressedBatch,
     /// The stream has ended.
     eof: bool,
 }
@@ -137,7 +137,7 @@ impl<'a, 's> Decoder<'a, 's> {
             disk,
             window: VecDeque::new(),
             last_compressed: None,
-            batch: None,
+            batch: CompressedBatch::new(FORMAT, h.codec, h.cluster_size() as usize),
             eof: false,
         }
     }
@@ -172,11 +172,11 @@ impl<'a, 's> Decoder<'a, 's> {
             self.place_compressed()?;
         }
         self.finish_at_eof()?;
-        self.flush_batch()?;
+        self.batch.flush(self.sink)?;
         self.zeros.flush(self.sink)?;
         // The rest of the stream maps nothing, but is read to its end: a checksum covers
         // it, and a transfer that breaks there must not pass for a complete one.
-        drain(stream)
+        super::super::drain(stream)
     }
 
     fn metadata_done(&self) -> bool {
@@ -455,49 +455,8 @@ impl<'a, 's> Decoder<'a, 's> {
                     "compressed data for guest offset {guest} at host offset {host} is no longer available"
                 ),
             })?;
-            self.add_to_batch(&bytes, guest, out_len)?;
+            self.batch.push(self.sink, &bytes, guest, out_len as usize)?;
         }
-    }
-
-    fn add_to_batch(&mut self, compressed: &[u8], guest: u64, out_len: u64) -> Result<(), ImportError> {
-        // A job's input and its decompressed output must each fit in a chunk.
-        let full = self.batch.as_ref().is_some_and(|(buf, clusters)| {
-            buf.len() + compressed.len() > buf.capacity() || (clusters.len() + 1) * self.cs as usize > buf.capacity()
-        });
-        if full {
-            self.flush_batch()?;
-        }
-        if self.batch.is_none() {
-            let mut buf = self.sink.buffer()?;
-            buf.set_len(0);
-            self.batch = Some((buf, Vec::new()));
-        }
-        let (buf, clusters) = self.batch.as_mut().expect("just set");
-        let start = buf.len();
-        if start + compressed.len() > buf.capacity() {
-            return Err(FormatError::corrupt(
-                FORMAT,
-                format!("compressed cluster of {} bytes is too large", compressed.len()),
-            )
-            .into());
-        }
-        buf.set_len(start + compressed.len());
-        buf[start..].copy_from_slice(compressed);
-        clusters.push(CompressedCluster {
-            guest,
-            start,
-            len: compressed.len(),
-            out_len: out_len as usize,
-            cluster_size: self.cs as usize,
-        });
-        Ok(())
-    }
-
-    fn flush_batch(&mut self) -> Result<(), ImportError> {
-        if let Some((buf, clusters)) = self.batch.take() {
-            self.sink.submit(Job::Compressed { input: Input::Inline(buf), clusters, codec: self.h.codec })?;
-        }
-        Ok(())
     }
 
     /// Bytes `[host, host + len)` that already passed: from the look-behind window or the
@@ -603,32 +562,5 @@ impl PopAt for BTreeMap<(u64, u64), Pend> {
     fn pop_first_at(&mut self, host: u64) -> Option<((u64, u64), Pend)> {
         let key = *self.range((host, 0)..(host + 1, 0)).next()?.0;
         self.remove(&key).map(|p| (key, p))
-    }
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(crate::import::read_error(e)),
-        }
-    }
-    Ok(filled)
-}
-
-/// Reads the stream to its end, discarding.
-pub fn drain(stream: &mut dyn Read) -> Result<(), ImportError> {
-    let mut scratch = vec![0u8; 256 << 10];
-    loop {
-        match stream.read(&mut scratch) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(crate::import::read_error(e)),
-        }
     }
 }

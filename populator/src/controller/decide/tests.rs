@@ -4,6 +4,7 @@ use cdi_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::controller::failure::TaskFailure;
 
 const TARGET_UID: &str = "t-uid";
 const PRIME_UID: &str = "p-uid";
@@ -82,7 +83,7 @@ fn pv(claim_uid: Option<&str>) -> PersistentVolume {
 }
 
 fn failed(retryable: bool) -> Outcome {
-    Outcome::Failed(pb::Failed { reason: "HttpError".into(), message: "HTTP 503".into(), retryable })
+    Outcome::Failed(TaskFailure { reason: FailureReason::SourceUnavailable, message: "HTTP 503".into(), retryable })
 }
 
 fn done(attempt: u32, outcome: Outcome) -> TaskView {
@@ -223,7 +224,7 @@ fn an_invalid_source_fails_terminally_for_its_generation_and_uses_up_the_attempt
     let Step::FailTerminally(failure) = decide_in(target(json!({ann::ATTEMPT: "2"})), world) else {
         panic!("expected a terminal failure")
     };
-    assert_eq!((failure.reason.as_str(), failure.generation, failure.attempt), (INVALID_REQUEST, 7, 3));
+    assert_eq!((failure.reason, failure.generation, failure.attempt), (FailureReason::InvalidRequest, 7, 3));
     assert!(failure.message.starts_with("VolumeImportSource src: spec.source names no source"), "{}", failure.message);
 }
 
@@ -433,7 +434,8 @@ fn a_successful_task_ends_in_success() {
 fn a_retryable_failure_retries_as_a_new_attempt_with_one_more_restart() {
     let target = target(json!({ann::POD_PHASE: "Running", ann::ATTEMPT: "2", ann::POD_RESTARTS: "1"}));
     let step = decide_in(target, World { task: done(2, failed(true)), ..World::holding() });
-    let expected = Ended::Retry { reason: "HttpError".into(), message: "HTTP 503".into(), restarts: 2, attempt: 3 };
+    let expected =
+        Ended::Retry { reason: FailureReason::SourceUnavailable, message: "HTTP 503".into(), restarts: 2, attempt: 3 };
     assert_eq!(step, Step::TaskEnded(expected));
 }
 
@@ -441,8 +443,12 @@ fn a_retryable_failure_retries_as_a_new_attempt_with_one_more_restart() {
 fn a_terminal_task_failure_is_recorded_against_the_source_generation() {
     let target = target(json!({ann::POD_PHASE: "Running", ann::ATTEMPT: "2", ann::POD_RESTARTS: "1"}));
     let step = decide_in(target, World { task: done(2, failed(false)), ..World::holding() });
-    let expected =
-        Terminal { reason: "HttpError".into(), message: "HTTP 503".into(), generation: GENERATION, attempt: 3 };
+    let expected = Terminal {
+        reason: FailureReason::SourceUnavailable,
+        message: "HTTP 503".into(),
+        generation: GENERATION,
+        attempt: 3,
+    };
     assert_eq!(step, Step::TaskEnded(Ended::Failed(expected)));
 }
 

@@ -1,0 +1,54 @@
+//! What the mover and the populator would otherwise each write for themselves. Neither
+//! Kubernetes nor gRPC appears here, so the mover links it without linking kube, and
+//! `cdi-proto` stays generated code only.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`one_line`] | an error and its causes on one line |
+//! | [`checksum`] | `md5|sha1|sha256|sha512:HEX` specs; hashing them with the `digest` feature |
+//! | [`backoff`] | capped doubling retry delays |
+//! | `http` | `/metrics` and `/healthz` (the `http` feature) |
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod backoff;
+pub mod checksum;
+#[cfg(feature = "http")]
+pub mod http;
+
+/// An error and its causes on one line: "a: b: c".
+///
+/// Errors that already embed their cause's text in their own message would repeat it, so a
+/// cause whose text the line already holds is skipped.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(&'static str, #[source] Option<Box<E>>);
+
+    #[test]
+    fn causes_follow_on_one_line_unless_already_said() {
+        let inner = E("connection reset", None);
+        let middle = E("reading block 7", Some(Box::new(inner)));
+        assert_eq!(
+            super::one_line(&E("import failed", Some(Box::new(middle)))),
+            "import failed: reading block 7: connection reset"
+        );
+        let echoing = E("reading block 7: connection reset", Some(Box::new(E("connection reset", None))));
+        assert_eq!(super::one_line(&echoing), "reading block 7: connection reset");
+    }
+}
