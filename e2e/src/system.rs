@@ -112,7 +112,9 @@ impl System {
 
     /// Starts one more populator process (they elect a leader).
     pub async fn start_populator(&mut self, identity: &str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.log_path(identity))?;
+        // Appended to: a populator restarted under the same identity keeps its predecessor's
+        // log for the post-mortem (and for the tests that search every log line).
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(identity))?;
         let child = tokio::process::Command::new(&self.config.populator_binary)
             .arg("run")
             .args(["--namespace", NAMESPACE, "--holder-image", MOVER_IMAGE, "--metrics-listen", "127.0.0.1:0"])
