@@ -543,12 +543,18 @@ impl<'a> Worker<'a> {
                     input[stored..].fill(0);
                     mask.apply(input);
                 }
-                // Parked outputs take their buffer along; the next job reads into a spare.
-                let buf = std::mem::replace(input, self.fresh_output());
-                let runs = vec![(offset, 0, buf.len())];
-                if let Some(back) = self.commit_output(seq, Output { bytes: Held::Own(buf), runs })? {
-                    *input = back;
+                if self.turns.is_none() {
+                    return self.commit(&[(offset, &input[..])]);
                 }
+                // A parked output takes its buffer along, and only then does the next job read
+                // into another one (a spare, else a new one: allocating a buffer per job costs
+                // page faults on every byte).
+                let buf = std::mem::replace(input, AlignedBuf::new(0));
+                let runs = vec![(offset, 0, buf.len())];
+                *input = match self.commit_output(seq, Output { bytes: Held::Own(buf), runs })? {
+                    Some(back) => back,
+                    None => self.fresh_output(),
+                };
                 Ok(())
             }
             Job::XzBlock { layout, index } => {
