@@ -4,7 +4,9 @@
 mod api_kube;
 mod api_kubectl;
 mod common;
-mod nginx;
+// nginx and on-demand packages, set up as the mover's own tests do.
+#[path = "../../../mover/tests/it/peers.rs"]
+mod peers;
 mod populate;
 mod standins;
 mod up;

@@ -549,7 +549,7 @@ async fn basic_auth_credentials_never_leak_into_logs_events_annotations_metrics_
     let users = env.dir.path().join("htpasswd");
     std::fs::write(&users, format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
     let conf = format!("auth_basic \"images\"; auth_basic_user_file {};", users.display());
-    let nginx = crate::nginx::Nginx::start(env.dir.path(), &env.dir.path().join("www"), &conf);
+    let nginx = crate::peers::Nginx::start(env.dir.path(), &env.dir.path().join("www"), &conf, "");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(env.client());
     for (name, password) in [("right", PASSWORD), ("wrong", WRONG)] {
         let secret = serde_json::from_value(json!({
@@ -558,7 +558,7 @@ async fn basic_auth_credentials_never_leak_into_logs_events_annotations_metrics_
         }))
         .unwrap();
         secrets.create(&PostParams::default(), &secret).await.unwrap();
-        let http = json!({"url": nginx.url("disk.qcow2"), "secretRef": name});
+        let http = json!({"url": nginx.url("http", "disk.qcow2"), "secretRef": name});
         env.source_spec(name, json!({"source": {"http": http}})).await;
     }
     env.pvc("ok", "local-immediate", Mode::Filesystem, "right").await;

@@ -2,6 +2,7 @@
 //! oracle, loop devices as block targets, nginx as the HTTP server. One test binary, many
 //! modules (each binary links the whole crate; one keeps the build quick).
 
+mod peers;
 mod support;
 
 mod archive;

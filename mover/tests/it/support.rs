@@ -1,38 +1,18 @@
-//! Shared fixtures: deterministic disk images, qemu-img as the oracle, loop devices, nginx,
-//! and a runner for the real `cdi-mover` binary.
+//! Shared fixtures: deterministic disk images, qemu-img as the oracle, loop devices, nginx
+//! (from `peers.rs`), and a runner for the real `cdi-mover` binary.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub use crate::peers::{Nginx, ensure_tool};
 
 pub const MIB: u64 = 1 << 20;
 
 /// The binary under test.
 pub fn mover_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cdi-mover")
-}
-
-/// Installs a Debian package if `binary` is missing, serialised across test processes.
-pub fn ensure_tool(binary: &str, package: &str) {
-    if which(binary) {
-        return;
-    }
-    let script = format!(
-        "command -v {binary} >/dev/null || {{ [ -f /tmp/cdi-rs-apt-updated ] || {{ apt-get update -qq && touch /tmp/cdi-rs-apt-updated; }}; \
-         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package} >/dev/null; }}"
-    );
-    let status = Command::new("flock").args(["/tmp/cdi-rs-apt.lock", "sh", "-c", &script]).status().expect("run flock");
-    assert!(status.success() && which(binary), "could not install {package} (needed for {binary})");
-}
-
-pub fn which(binary: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -263,104 +243,6 @@ impl LoopDev {
 impl Drop for LoopDev {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (the listener is closed before use; nginx retries).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An nginx serving `root` on a loopback port, with extra `server` directives.
-pub struct Nginx {
-    pub port: u16,
-    pub prefix: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    /// `server_extra` goes inside the `server` block (locations, ssl settings...).
-    pub fn start(dir: &Path, root: &Path, server_extra: &str, listen_extra: &str) -> Nginx {
-        ensure_tool("nginx", "nginx-light");
-        for attempt in 0..5 {
-            let port = free_port();
-            let prefix = dir.join(format!("nginx-{port}"));
-            std::fs::create_dir_all(prefix.join("logs")).unwrap();
-            let conf = format!(
-                r#"daemon off;
-master_process off;
-worker_processes 1;
-error_log {p}/logs/error.log warn;
-pid {p}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-  access_log {p}/logs/access.log combined;
-  log_format detail '$request "$http_range" $status $body_bytes_sent "$http_authorization" "$http_x_extra"';
-  client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fcgi;
-  uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;
-  types {{ application/octet-stream img qcow2 gz; }}
-  server {{
-    listen 127.0.0.1:{port} {listen_extra};
-    root {root};
-    access_log {p}/logs/detail.log detail;
-    {server_extra}
-  }}
-}}
-"#,
-                p = prefix.display(),
-                root = root.display(),
-            );
-            let conf_path = prefix.join("nginx.conf");
-            std::fs::write(&conf_path, conf).unwrap();
-            let child = Command::new("nginx")
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(&conf_path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nginx");
-            let mut n = Nginx { port, prefix, child };
-            if n.wait_ready() {
-                return n;
-            }
-            let _ = n.child.kill();
-            let _ = n.child.wait();
-            eprintln!("nginx attempt {attempt} on port {port} failed to come up; retrying");
-        }
-        panic!("nginx did not start");
-    }
-
-    /// Waits until nginx accepts connections, or it exited (port taken).
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-
-    pub fn url(&self, scheme: &str, path: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}/{path}", self.port)
-    }
-
-    /// The detailed access log: request, Range header, status, body bytes, Authorization.
-    pub fn detail_log(&self) -> String {
-        std::fs::read_to_string(self.prefix.join("logs/detail.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
