@@ -247,6 +247,40 @@ pub fn punch_file_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     fallocate(file, flags, offset as libc::off_t, len as libc::off_t).map_err(io::Error::from)
 }
 
+/// Starts writing back the dirty pages of `[offset, offset + len)` without waiting for
+/// them (`sync_file_range(SYNC_FILE_RANGE_WRITE)`).
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    sync_file_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// Waits until `[offset, offset + len)` is on the device, then drops from the page cache
+/// what of it can be dropped already (see [`drop_cached`]).
+pub fn settle(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    sync_file_range(file, offset, len, wait)?;
+    drop_cached(file, offset, len)
+}
+
+/// Drops the clean pages of `[offset, offset + len)` from the page cache. Pages written
+/// back a moment ago may still be held (ext4 converting their extents), so callers ask
+/// again later.
+pub fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED).map_err(io::Error::from)
+}
+
+fn sync_file_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: plain integers and a file descriptor that `file` keeps open for the call.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// `pwrite` all of `data` at `offset`, retrying short writes and `EINTR`.
 pub fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, data, offset)

@@ -25,6 +25,7 @@ pub(crate) mod mem;
 pub mod plan;
 pub mod sizing;
 pub mod storage;
+mod write_behind;
 pub mod writer;
 
 use std::io;

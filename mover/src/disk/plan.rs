@@ -116,8 +116,9 @@ impl TargetPlan {
     }
 
     /// Opens the target for writing an image of `virtual_size` bytes (`None`: not known until
-    /// the stream ends). `direct` asks for `O_DIRECT`; the caller only asks when every write
-    /// it will make is aligned to [`direct_io::BUF_ALIGN`] except at the image's end.
+    /// the stream ends). `direct` asks for `O_DIRECT` on a block device; the caller only asks
+    /// when every write it will make is aligned to [`direct_io::BUF_ALIGN`] except at the
+    /// image's end. Files are written behind through the page cache (`disk/write_behind.rs`).
     pub fn open(self, virtual_size: Option<u64>, direct: bool) -> Result<Disk, TargetError> {
         let limit = self.available();
         let preallocate = self.opts.preallocate;
@@ -157,11 +158,11 @@ impl TargetPlan {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(source) => return Err(TargetError::Finish { op: "remove the old", path: final_path, source }),
                 }
-                self.open_file(final_path, Some(limit), Some(limit), direct)
+                self.open_file(final_path, Some(limit), Some(limit))
             }
             Destination::File { path } => {
                 let fixed = self.opts.requested_size;
-                self.open_file(path.clone(), fixed.or(virtual_size), fixed, direct)
+                self.open_file(path.clone(), fixed.or(virtual_size), fixed)
             }
         }
     }
@@ -173,12 +174,11 @@ impl TargetPlan {
         final_path: PathBuf,
         final_len: Option<u64>,
         fixed_len: Option<u64>,
-        direct: bool,
     ) -> Result<Disk, TargetError> {
         let limit = self.available();
         let partial = partial_path(&final_path);
         let _ = std::fs::remove_file(&partial);
-        let (file, mode) = direct_io::open(&partial, direct, true)
+        let (file, mode) = direct_io::open(&partial, false, true)
             .map_err(|source| TargetError::Open { path: partial.clone(), source })?;
         // A file can grow past its final length while a streamed image's spool needs room;
         // it is cut back when finished. Room: the free space the image itself leaves.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::TargetError;
+use super::write_behind::WriteBehind;
 use crate::direct_io::{self, AlignedBuf, IoMode};
 
 /// Mode of `disk.img`, as CDI leaves it.
@@ -40,6 +41,8 @@ pub struct Disk {
     spool: Option<(u64, u64)>,
     /// End of the spool bytes written, to clean them up.
     spool_end: AtomicU64,
+    /// Files written through the page cache: their write-back, started early and bounded.
+    write_behind: Option<WriteBehind>,
     /// Until a successful [`Disk::finish`]: dropping the disk cleans up (see `Drop`).
     armed: bool,
 }
@@ -91,6 +94,7 @@ impl Disk {
             bytes_written: AtomicU64::new(0),
             spool,
             spool_end: AtomicU64::new(0),
+            write_behind: (!is_block && mode == IoMode::Buffered).then(WriteBehind::default),
             armed: true,
         }
     }
@@ -145,10 +149,10 @@ impl Disk {
         !self.is_block
     }
 
-    /// Whether jobs should write one after another, in image order (files written directly;
-    /// see `copy::Turns`).
+    /// Whether jobs should write one after another, in image order (files: their layout
+    /// follows the image, and write-behind keeps one mark; see `copy::Turns`).
     pub fn wants_ordered_writes(&self) -> bool {
-        !self.is_block && matches!(self.mode, IoMode::Direct { .. })
+        !self.is_block
     }
 
     /// Gives back the blocks of `[offset, offset + len)` of a file target: it reads as zero
@@ -204,6 +208,14 @@ impl Disk {
             _ => direct_io::write_all_at(&self.file, data, offset),
         };
         result.map_err(|source| TargetError::Io { op: "write", path: self.path.clone(), offset, source })?;
+        if let Some(wb) = &self.write_behind {
+            wb.wrote(&self.file, offset, data.len() as u64).map_err(|source| TargetError::Io {
+                op: "write back",
+                path: self.path.clone(),
+                offset,
+                source,
+            })?;
+        }
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -331,6 +343,12 @@ impl Disk {
             self.preallocate(size)?;
         }
         self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
+        if self.write_behind.is_some() {
+            // All clean now: nothing of the image stays charged to the pod. Only a hint.
+            if let Err(e) = direct_io::drop_cached(&self.file, 0, size) {
+                tracing::debug!(error = %e, "could not drop the image from the page cache");
+            }
+        }
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(DISK_IMAGE_MODE))
             .map_err(|e| fin("set the mode of", &self.path, e))?;
         std::fs::rename(&self.path, &final_path).map_err(|e| fin("rename", &self.path, e))?;

@@ -1,6 +1,7 @@
 //! The writer's promise on real storage: a disk that is not finished is cleaned up, however
 //! it goes away (an early return, a panic, a failed flush), on a loop device and on a thin
-//! volume that runs out of space under its filesystem.
+//! volume that runs out of space under its filesystem; and what a file import leaves in the
+//! page cache.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -87,4 +88,23 @@ fn a_block_device_dropped_unfinished_has_both_ends_wiped() {
     assert!(read(0, MIB).iter().all(|&b| b == 0), "the head still holds the half-written image");
     assert!(read(7 * MIB, MIB).iter().all(|&b| b == 0), "the tail was not wiped");
     assert_eq!(read(4 * MIB, MIB), middle, "only the ends are wiped");
+}
+
+/// Files are written behind through the page cache, which the finished import leaves
+/// without the image: a pod is not charged for the image it wrote.
+#[test]
+fn a_finished_file_import_leaves_the_image_out_of_the_page_cache() {
+    let dir = tempdir();
+    let image = dir.path().join("image.raw");
+    let size = 320 << 20;
+    make_raw(&image, size, 11);
+    let out = dir.path().join("out.raw");
+    assert_ok(&import(s(&image), &out, &[]));
+    // Before anything reads the output back into the cache.
+    let fincore = run(Command::new("fincore").args(["--bytes", "--noheadings", "--output", "RES"]).arg(&out));
+    let cached: u64 = String::from_utf8_lossy(&fincore.stdout).trim().parse().expect("fincore prints bytes");
+    let data = allocated(&out);
+    assert!(data > 128 << 20, "the image holds more data than the write-behind windows ({data} bytes)");
+    assert!(cached <= 1 << 20, "{cached} bytes of the {data} written are still in the page cache");
+    assert_same(&image, "raw", &out);
 }
