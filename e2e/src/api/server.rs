@@ -135,9 +135,8 @@ async fn dispatch(
         }
     }
     let target = parse_target(&reg, &segs)?;
-    if q.get("dryRun").is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request("dryRun is not supported by the cdi-e2e mini-cluster"));
-    }
+    // Reads ignore dryRun, as Kubernetes does.
+    let dry_run = method != Method::GET && dry_run(q.get("dryRun").map(String::as_str))?;
     let manager = q.get("fieldManager").cloned().unwrap_or_else(|| {
         let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
         ua.split('/').next().unwrap_or("unknown").to_string()
@@ -146,6 +145,7 @@ async fn dispatch(
     let wopts = WriteOptions {
         field_manager: manager,
         force: q.get("force").is_some_and(|f| f == "true"),
+        dry_run,
         ..Default::default()
     };
     let rt = &target.rt;
@@ -233,7 +233,11 @@ async fn dispatch(
             if node.is_empty() {
                 return Err(ApiError::invalid(rt, name, "target.name: Required value"));
             }
-            st.store.bind_pod(ns, name, node)?;
+            if dry_run {
+                st.store.get(rt, ns, name)?;
+            } else {
+                st.store.bind_pod(ns, name, node)?;
+            }
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -271,7 +275,13 @@ async fn dispatch(
         (&Method::DELETE, Some(name), None) => {
             let opts = delete_options(q, &body)?;
             let o = st.store.delete(rt, ns, name, &opts)?;
-            let still_there = st.store.get(rt, ns, name).is_ok();
+            // A dry run leaves the object in place: what it answers says whether the delete
+            // would have been held by finalizers.
+            let still_there = if opts.dry_run {
+                o["metadata"]["deletionTimestamp"].is_string()
+            } else {
+                st.store.get(rt, ns, name).is_ok()
+            };
             Ok(json_response(if still_there { StatusCode::ACCEPTED } else { StatusCode::OK }, &o))
         }
         (&Method::DELETE, None, None) => {
@@ -384,9 +394,9 @@ fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOpt
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("DeleteOptions is not JSON: {e}")))?
     };
-    if !b["dryRun"].as_array().is_none_or(Vec::is_empty) {
-        return Err(ApiError::bad_request("dryRun is not supported by the cdi-e2e mini-cluster"));
-    }
+    // The body's dryRun (a list) or the query's; "All" is the only value Kubernetes defines.
+    let listed = b["dryRun"].as_array().and_then(|l| l.first()).and_then(Value::as_str);
+    let dry_run = dry_run(listed.or(q.get("dryRun").map(String::as_str)))?;
     let policy = b["propagationPolicy"].as_str().map(str::to_string).or_else(|| q.get("propagationPolicy").cloned());
     let propagation = match policy.as_deref() {
         None | Some("") => None,
@@ -407,7 +417,19 @@ fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOpt
             .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok())),
         uid: b["preconditions"]["uid"].as_str().map(str::to_string),
         resource_version: b["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        dry_run,
     })
+}
+
+/// The `dryRun` parameter: absent or empty is a real write, `All` a dry run.
+fn dry_run(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => {
+            Err(ApiError::bad_request(format!("dryRun: Unsupported value: \"{other}\": supported values: \"All\"")))
+        }
+    }
 }
 
 /// Turns a change into the event a watch with this query sees, if any.

@@ -82,6 +82,8 @@ pub struct DeleteOptions {
     pub grace_seconds: Option<i64>,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// `dryRun=All`: answer as the delete would, store nothing.
+    pub dry_run: bool,
 }
 
 /// A namespace filter and selectors for list and watch.
@@ -120,7 +122,7 @@ pub struct WatchStart {
 
 type Key = (String, String);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     rv: u64,
     registry: Registry,
@@ -148,6 +150,8 @@ pub struct WriteOptions {
     pub force: bool,
     /// The object already carries its new `managedFields` (server-side apply computed them).
     pub keep_managed_fields: bool,
+    /// `dryRun=All`: answer as the write would, store nothing.
+    pub dry_run: bool,
 }
 
 impl Store {
@@ -352,9 +356,7 @@ impl Store {
     // ----- writes -----
 
     pub fn create(&self, rt: &ResourceType, ns: &str, obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
-        let mut g = self.lock();
-        let out = g.create(rt, ns, obj, opts, None)?;
-        self.commit(g, out)
+        self.write(opts.dry_run, |g| g.create(rt, ns, obj, opts, None))
     }
 
     pub fn update(
@@ -366,9 +368,7 @@ impl Store {
         sub: Sub,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
-        let mut g = self.lock();
-        let out = g.update(rt, ns, name, intake(rt, obj), sub, opts, false)?;
-        self.commit(g, out)
+        self.write(opts.dry_run, |g| g.update(rt, ns, name, intake(rt, obj), sub, opts, false))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -382,15 +382,11 @@ impl Store {
         sub: Sub,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
-        let mut g = self.lock();
-        let out = g.patch(rt, ns, name, ty, body, sub, opts)?;
-        self.commit(g, out)
+        self.write(opts.dry_run, |g| g.patch(rt, ns, name, ty, body, sub, opts))
     }
 
     pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
-        let mut g = self.lock();
-        let out = g.delete(rt, ns, name, opts)?;
-        self.commit(g, out)
+        self.write(opts.dry_run, |g| g.delete(rt, ns, name, opts))
     }
 
     /// The `pods/binding` subresource: assigns a pending pod to a node.
@@ -415,6 +411,24 @@ impl Store {
         let opts = WriteOptions { field_manager: "kube-scheduler".into(), ..Default::default() };
         let out = g.update(&rt, ns, name, new, Sub::Main, &opts, true)?;
         self.commit(g, out).map(|_| ())
+    }
+
+    /// Runs one write. A dry run goes through every step of it (defaults, admission,
+    /// validation, managed fields) on a scratch copy of the state, so it answers what the
+    /// write would store, and nothing is stored or published.
+    fn write(
+        &self,
+        dry_run: bool,
+        apply: impl FnOnce(&mut Inner) -> Result<Outcome, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut g = self.lock();
+        if dry_run {
+            let mut scratch = g.clone();
+            drop(g);
+            return apply(&mut scratch).map(|out| out.value);
+        }
+        let out = apply(&mut g)?;
+        self.commit(g, out)
     }
 
     fn commit(&self, g: MutexGuard<'_, Inner>, out: Outcome) -> Result<Value, ApiError> {

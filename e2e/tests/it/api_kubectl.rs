@@ -56,6 +56,55 @@ async fn kubectl_applies_gets_patches_waits_and_deletes() {
 }
 
 #[tokio::test]
+async fn kubectl_server_dry_run_and_diff_store_nothing() {
+    let tc = TestCluster::start().await;
+    let version = || async {
+        json_of(&tc.kubectl(&["get", "configmaps", "-A", "-o", "json"]).await)["metadata"]["resourceVersion"].clone()
+    };
+
+    let before = version().await;
+    let out = tc.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(CM)).await;
+    assert!(out.contains("configmap/demo created (server dry run)"), "{out}");
+    let out = tc.kubectl_stdin(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(CM)).await;
+    assert_eq!(json_of(&out)["data"], json!({"a": "1"}), "a dry run answers the object it would store");
+    let missing = tc.kubectl_output(&["get", "configmap", "demo"], None).await;
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "a dry-run create stored the object");
+    assert_eq!(version().await, before, "a dry run moved the resource version");
+
+    tc.kubectl_stdin(&["apply", "-f", "-"], Some(CM)).await;
+    let stored = version().await;
+    let changed = CM.replace("a: \"1\"", "a: \"2\"");
+    let diff = tc.kubectl_output(&["diff", "-f", "-"], Some(&changed)).await;
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "kubectl diff exits 1 when it finds differences: {text}{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(text.contains("-  a: \"1\"") && text.contains("+  a: \"2\""), "{text}");
+    let same = tc.kubectl_output(&["diff", "-f", "-"], Some(CM)).await;
+    assert_eq!(same.status.code(), Some(0), "no differences: {}", String::from_utf8_lossy(&same.stdout));
+
+    let out = tc.kubectl(&["delete", "configmap", "demo", "--dry-run=server"]).await;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let o = json_of(&tc.kubectl(&["get", "configmap", "demo", "-o", "json"]).await);
+    assert_eq!(o["data"], json!({"a": "1"}), "the diff changed the stored object");
+    assert!(o["metadata"]["deletionTimestamp"].is_null());
+    assert_eq!(version().await, stored, "a dry run moved the resource version");
+
+    let bad = tc
+        .kubectl_output(
+            &["create", "--raw", "/api/v1/namespaces/default/configmaps?dryRun=Some", "-f", "-"],
+            Some(&json!({"metadata": {"name": "x"}}).to_string()),
+        )
+        .await;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("supported values"), "{err}");
+    tc.shutdown_and_check_leaks().await;
+}
+
+#[tokio::test]
 async fn kubectl_server_side_apply_reports_conflicts_and_forces_them() {
     let tc = TestCluster::start().await;
     tc.kubectl_stdin(&["apply", "--server-side", "--field-manager=one", "-f", "-"], Some(CM)).await;
