@@ -54,7 +54,7 @@ pub enum Reason {
     TooLarge,
     /// The image is malformed, truncated or hostile.
     InvalidImage,
-    /// A format or feature we do not convert (vmdk, encryption, backing files, ...).
+    /// A format or feature we do not convert (encryption, backing files, differencing disks, ...).
     UnsupportedImage,
     /// The archive was refused (escapes, device nodes) or is malformed.
     InvalidArchive,
