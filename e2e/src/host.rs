@@ -186,4 +186,11 @@ pub fn cleanup(dir: &Path, children: &Children) {
             tracing::warn!(error = %e, "cleanup");
         }
     }
+    // A device still held (a killed process not yet gone, a lazy unmount) is only marked
+    // to detach on its last close. The kernel announces that to no one we can wait on, so
+    // look again, bounded, and callers find nothing left behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !loops_under(dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
