@@ -322,25 +322,25 @@ pub fn vhdx(data: &[u8]) -> Result<(), ImportError> {
     const KIB: usize = 1024;
     let tables = [(64 * KIB, 4 * KIB, 4), (128 * KIB, 4 * KIB, 4), (192 * KIB, 64 * KIB, 4), (256 * KIB, 64 * KIB, 4)];
     let data = &resealed(data, &tables, vhdx_sum);
-    mapped(data, "vhdx", |meta, head| vhdx::map(meta, head).map(Some))
+    mapped(data, vhdx::FORMAT, |meta, head| vhdx::map(meta, head).map(Some))
 }
 
 pub fn vdi(data: &[u8]) -> Result<(), ImportError> {
-    mapped(data, "vdi", |meta, head| vdi::map(meta, head).map(Some))
+    mapped(data, vdi::FORMAT, |meta, head| vdi::map(meta, head).map(Some))
 }
 
 /// vmdk: monolithicSparse as a block-mapped image; streamOptimized through its one-pass
 /// decoder, from a stream of known and of unknown length (with random access, import opens
 /// it as a stream too).
 pub fn vmdk(data: &[u8]) -> Result<(), ImportError> {
-    let sparse = mapped(data, "vmdk", |meta, head| match vmdk::open(meta, head)? {
+    let sparse = mapped(data, vmdk::FORMAT, |meta, head| match vmdk::open(meta, head)? {
         Vmdk::Sparse(m) => Ok(Some(m)),
         Vmdk::StreamOptimized(_) => Ok(None),
     });
     let mut streamed = Ok(());
     for len in [Some(data.len() as u64), None] {
         let mut stream = Trickle::new(data);
-        let mut input = Forward::new("vmdk", &mut stream, head(data), len);
+        let mut input = Forward::new(vmdk::FORMAT, &mut stream, head(data), len);
         let run = vmdk::open(&mut input, head(data)).and_then(|v| match v {
             Vmdk::StreamOptimized(s) if s.virtual_size <= MAX_VIRTUAL => {
                 let mem = storage(data, 0);
