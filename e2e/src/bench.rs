@@ -224,7 +224,7 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, thro
     server.knobs.throttle.store(throttle, std::sync::atomic::Ordering::SeqCst);
     let client = &system.client;
     workload::create_http_source(client, NAMESPACE, "small", &url).await?;
-    let pid = system.populator_pid(POPULATOR).context("the populator is not running")?;
+    let pid = system.populator_pid(POPULATOR).await.context("the populator is not running")?;
     let metrics = system.populator_metrics_addr(POPULATOR).context("the populator did not log its metrics address")?;
     let idle_kib = proc_status_kib(pid, "VmRSS:")?;
     println!("populator pid {pid}: {} resident before any PVC", human(idle_kib << 10));

@@ -14,7 +14,8 @@ use crate::addresses::AddressBlock;
 use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
-use crate::controllers::{self, binder, gc, kubelet, provisioner, scheduler};
+use crate::controllers::kubelet::ProjectImages;
+use crate::controllers::{self, binder, daemonset, deployment, gc, kubelet, provisioner, replicaset, scheduler};
 use crate::host::{self, Children};
 
 /// The provisioner name of the built-in local storage classes (and their CSIDriver).
@@ -33,10 +34,9 @@ pub struct ClusterConfig {
     pub nodes: usize,
     /// Loopback port to serve on; 0 picks a free one.
     pub port: u16,
-    /// Containers whose image is this (by repository name, e.g. `registry/x/cdi-mover:tag`)
-    /// run `mover_binary` as a process; other containers only pretend to run.
-    pub mover_image: String,
-    pub mover_binary: Option<PathBuf>,
+    /// The project's images the kubelets run as local binaries (e.g. `cdi-rs/mover` as
+    /// `cdi-mover`); containers of other images only pretend to run.
+    pub images: ProjectImages,
     /// How many changes the watch history keeps; older resourceVersions get 410 Gone.
     pub watch_history: usize,
     /// Interval of BOOKMARK events on watches that allow them.
@@ -49,8 +49,7 @@ impl ClusterConfig {
             dir: dir.into(),
             nodes: 2,
             port: 0,
-            mover_image: "cdi-mover".into(),
-            mover_binary: None,
+            images: ProjectImages::default(),
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(5),
         }
@@ -133,6 +132,18 @@ impl Cluster {
             let s = s.clone();
             async move { binder::sweep(&s) }
         })));
+        // kube-controller-manager's workload controllers.
+        for (name, sweep) in [
+            ("deployment", deployment::sweep as fn(&Store) -> anyhow::Result<()>),
+            ("replicaset", replicaset::sweep),
+            ("daemonset", daemonset::sweep),
+        ] {
+            let s = store.clone();
+            tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), name, move || {
+                let s = s.clone();
+                async move { sweep(&s) }
+            })));
+        }
         let prov = Arc::new(provisioner::Provisioner::new(store.clone(), dir.join("nodes")));
         let p = prov.clone();
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "provisioner", move || {
@@ -141,7 +152,8 @@ impl Cluster {
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
-            let k = Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone(), addresses.clone()));
+            let k =
+                Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone(), addresses.clone(), addr));
             let kk = k.clone();
             tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "kubelet", move || {
                 let k = kk.clone();
@@ -239,6 +251,25 @@ impl Cluster {
             .signal_container(uid, container, signal)
             .await
             .with_context(|| format!("no process runs container {container} of pod {namespace}/{pod}"))
+    }
+
+    /// The process id of a running container (its process group leader).
+    pub async fn container_pid(&self, namespace: &str, pod: &str, container: &str) -> Option<i32> {
+        let found = self.store.get(&self.store.rt("", "pods"), namespace, pod).ok()?;
+        let node = crate::api::util::str_at(&found, "spec.nodeName");
+        let kubelet = self.kubelets.iter().find(|k| k.node() == node)?;
+        kubelet.container_pid(crate::api::util::meta_str(&found, "uid"), container).await
+    }
+
+    /// Where the kubelet writes a container's output (what `kubectl logs` serves), restarts
+    /// appended.
+    pub fn container_log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        let node = self
+            .store
+            .get(&self.store.rt("", "pods"), namespace, pod)
+            .map(|p| crate::api::util::str_at(&p, "spec.nodeName").to_string())
+            .unwrap_or_default();
+        self.config.dir.join("nodes").join(node).join("logs").join(format!("{namespace}_{pod}_{container}.log"))
     }
 
     /// Ends every open watch stream, as an API server restart or a dropped connection would;

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use cdi_e2e::controllers::kubelet::ProjectImages;
 use cdi_e2e::{Cluster, ClusterConfig};
 use clap::{Parser, Subcommand};
 
@@ -76,12 +77,14 @@ struct UpArgs {
     /// Loopback port for the API server (0: any free port).
     #[arg(long, default_value_t = 0, env = "CDI_E2E_PORT")]
     port: u16,
-    /// Image name whose containers run the mover binary.
-    #[arg(long, default_value = "cdi-mover")]
-    mover_image: String,
-    /// The binary such containers run.
-    #[arg(long, env = "CDI_E2E_MOVER_BINARY")]
-    mover_binary: Option<PathBuf>,
+    /// Where the project's binaries are (`cdi-mover`, `cdi-populator`, …): containers of the
+    /// image `…/mover` or `…/cdi-mover` run `cdi-mover`, and so on. Default: next to cdi-e2e.
+    #[arg(long, env = "CDI_E2E_BINARIES")]
+    binaries: Option<PathBuf>,
+    /// Install cdi-rs from these manifests once the cluster is up (`kubectl apply -k`), and
+    /// wait for its rollout. Without a value: the source tree's `deploy/`.
+    #[arg(long, num_args = 0..=1, default_missing_value = cdi_e2e::system::DEPLOY_DIR)]
+    install: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -106,9 +109,24 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ClusterConfig::new(&args.dir);
     config.nodes = args.nodes;
     config.port = args.port;
-    config.mover_image = args.mover_image;
-    config.mover_binary = args.mover_binary;
+    let binaries = match args.binaries {
+        Some(dir) => dir,
+        None => cdi_e2e::system::binaries_dir().unwrap_or_default(),
+    };
+    config.images = ProjectImages::from_dir(&binaries);
     let cluster = Cluster::start(config).await.context("starting the cluster")?;
+    if let Some(deploy) = &args.install {
+        if config_images_missing(&binaries) {
+            anyhow::bail!(
+                "--install needs cdi-mover and cdi-populator in {}: build the workspace first",
+                binaries.display()
+            );
+        }
+        println!("installing cdi-rs: kubectl apply -k {}", deploy.display());
+        cdi_e2e::system::install(&cluster, deploy, &Default::default()).await?;
+        cdi_e2e::system::wait_for_rollout(&cluster.client()?, args.nodes).await?;
+        println!("cdi-rs is up: the populator Deployment is available, a mover runs on every node");
+    }
     let kc = cluster.kubeconfig_path();
     println!("cdi-e2e cluster up at {} with nodes {}", cluster.url(), cluster.node_names().join(", "));
     println!("  export KUBECONFIG={}", kc.display());
@@ -124,4 +142,9 @@ async fn main() -> anyhow::Result<()> {
     cluster.shutdown().await;
     println!("stopped; nothing left behind");
     Ok(())
+}
+
+fn config_images_missing(dir: &std::path::Path) -> bool {
+    let images = ProjectImages::from_dir(dir);
+    images.binary_for("cdi-rs/mover").is_none() || images.binary_for("cdi-rs/populator").is_none()
 }

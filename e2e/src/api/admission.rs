@@ -75,6 +75,7 @@ pub fn on_create(storage: &str, obj: &mut Value, ctx: &CreateContext) -> Result<
             default(spec, "serviceAccountName", json!("default"));
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         }
+        "apps/deployments" | "apps/replicasets" | "apps/daemonsets" => workload_defaults(storage, obj)?,
         "/persistentvolumeclaims" => {
             let spec = &mut obj["spec"];
             if spec["accessModes"].as_array().is_none_or(Vec::is_empty) {
@@ -311,4 +312,41 @@ pub fn event_from_events_v1(new: &Value) -> Value {
         e["source"] = json!({"component": new["reportingController"]});
     }
     e
+}
+
+/// The defaults and checks of the workload kinds: a selector that selects the template's
+/// pods, the rollout strategy and history limits Kubernetes fills in.
+fn workload_defaults(storage: &str, obj: &mut Value) -> Result<(), String> {
+    let spec = &mut obj["spec"];
+    if !spec["selector"].is_object() {
+        return Err("spec.selector: Required value".into());
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    let selects =
+        spec["selector"]["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    if !selects {
+        return Err(format!(
+            "spec.template.metadata.labels: Invalid value: {labels}: `selector` does not match template `labels`"
+        ));
+    }
+    match storage {
+        "apps/deployments" => {
+            default(spec, "replicas", json!(1));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            default(spec, "strategy", json!({"type": "RollingUpdate"}));
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                default(&mut spec["strategy"], "rollingUpdate", json!({"maxSurge": "25%", "maxUnavailable": "25%"}));
+            }
+        }
+        "apps/daemonsets" => {
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                default(&mut spec["updateStrategy"], "rollingUpdate", json!({"maxUnavailable": 1, "maxSurge": 0}));
+            }
+        }
+        _ => default(spec, "replicas", json!(1)),
+    }
+    Ok(())
 }

@@ -76,9 +76,8 @@ const fn b(
     Builtin { group, version, kind, plural, namespaced, short, status }
 }
 
-/// The built-in kinds. The list, plus the inert kinds a `kubectl apply` of the
-/// project's deploy manifests carries (ServiceAccount, RBAC, Deployment, DaemonSet): they are
-/// stored and served, but no controller acts on them.
+/// The built-in kinds: what cdi-rs uses, what its deploy manifests carry, and the workload
+/// kinds the stand-in controllers run (Deployment, ReplicaSet, DaemonSet).
 const BUILTINS: &[Builtin] = &[
     b("", "v1", "Namespace", "namespaces", false, &["ns"], true),
     b("", "v1", "Node", "nodes", false, &["no"], true),
@@ -109,6 +108,7 @@ const BUILTINS: &[Builtin] = &[
     b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false),
     b("apps", "v1", "Deployment", "deployments", true, &["deploy"], true),
     b("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
+    b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),
 ];
 
 /// The table of served resources.

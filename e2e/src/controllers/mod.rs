@@ -4,10 +4,14 @@
 //! change it makes is visible to watches exactly like a real controller's.
 
 pub mod binder;
+pub mod daemonset;
+pub mod deployment;
 pub mod gc;
 pub mod kubelet;
 pub mod provisioner;
+pub mod replicaset;
 pub mod scheduler;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,3 +10,4 @@ mod peers;
 mod populate;
 mod standins;
 mod up;
+mod workloads;

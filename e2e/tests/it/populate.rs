@@ -445,7 +445,7 @@ async fn with_two_populators_only_the_leader_acts() {
     assert!(!two.contains("acquired leadership"), "both populators lead: {two}");
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.client(), "cdi-rs");
     let lease = leases.get("cdi-populator").await.unwrap();
-    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cdi-populator-1"));
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), env.system().populator_pod("cdi-populator-1"));
     env.stop().await;
 }
 

@@ -267,7 +267,7 @@ async fn mover_image_containers_run_the_binary_with_the_nodes_kubelet_root() {
 echo "$$ $NODE_NAME $MODE $*" > "$root/started"
 exec sleep 600"#,
     );
-    let tc = TestCluster::start_with(|c| c.mover_binary = Some(script.clone())).await;
+    let tc = TestCluster::start_with(|c| c.images.insert("mover", script.clone())).await;
     let pods: Api<Pod> = Api::namespaced(tc.client.clone(), "kube-system");
     let agent: Pod = serde_json::from_value(json!({"metadata": {"name": "mover-node-2"}, "spec": {
         "nodeName": "node-2", "hostNetwork": true,
@@ -306,7 +306,7 @@ exec sleep 600"#,
 async fn run_to_completion_pods_end_succeeded_or_failed_by_exit_code() {
     let bin_dir = tempfile::tempdir().unwrap();
     let script = fake_mover(bin_dir.path(), r#"echo "exiting with $1"; exit "$1""#);
-    let tc = TestCluster::start_with(|c| c.mover_binary = Some(script.clone())).await;
+    let tc = TestCluster::start_with(|c| c.images.insert("mover", script.clone())).await;
     let pods: Api<Pod> = Api::default_namespaced(tc.client.clone());
     for (name, code) in [("ok", "0"), ("bad", "3")] {
         let p: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never",
@@ -331,7 +331,7 @@ async fn stopping_the_cluster_leaves_no_mount_loop_device_or_process() {
     let bin_dir = tempfile::tempdir().unwrap();
     let pidfile = bin_dir.path().join("pid");
     let script = fake_mover(bin_dir.path(), &format!("echo $$ > {}\nexec sleep 600", pidfile.display()));
-    let tc = TestCluster::start_with(|c| c.mover_binary = Some(script.clone())).await;
+    let tc = TestCluster::start_with(|c| c.images.insert("mover", script.clone())).await;
     let pvcs: Api<PersistentVolumeClaim> = Api::default_namespaced(tc.client.clone());
     let pods: Api<Pod> = Api::default_namespaced(tc.client.clone());
     pvcs.create(&PostParams::default(), &claim("fs", "local", "Filesystem", "8Mi")).await.unwrap();

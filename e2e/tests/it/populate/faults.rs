@@ -212,7 +212,7 @@ async fn a_conflict_on_the_lease_does_not_cost_the_leader_its_leadership() {
         );
     }
     let lease = leases.get("cdi-populator").await.unwrap();
-    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("cdi-populator-1"));
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), env.system().populator_pod("cdi-populator-1"));
     // And it still acts as the leader.
     env.source("img", &env.server.url("disk.qcow2")).await;
     env.pvc("data", "local-immediate", Mode::Filesystem, "img").await;

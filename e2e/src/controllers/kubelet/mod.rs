@@ -36,6 +36,14 @@ use crate::api::util::{meta_str, now, str_at};
 use crate::cluster::{ClusterConfig, node_name};
 use crate::host::{self, Children};
 
+mod container;
+pub mod images;
+mod probes;
+
+use container::{decode_b64, expand_vars, own_address, rewrite};
+pub use images::ProjectImages;
+use probes::Prober;
+
 const NAME: &str = "kubelet";
 /// The longest a deleted pod's processes get between SIGTERM and SIGKILL here.
 const MAX_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +62,8 @@ struct ContainerRt {
     exited: Option<(i32, String)>,
     /// When an ended container may start again (restart back-off).
     restart_after: Option<tokio::time::Instant>,
+    /// Its probes, while a process runs.
+    prober: Option<Prober>,
 }
 
 #[derive(Debug)]
@@ -75,8 +85,9 @@ pub struct Kubelet {
     index: usize,
     root: PathBuf,
     node_dir: PathBuf,
-    mover_image: String,
-    mover_binary: Option<PathBuf>,
+    images: ProjectImages,
+    /// The API server, as pods reach it (`KUBERNETES_SERVICE_HOST`/`PORT`).
+    api: std::net::SocketAddr,
     children: Children,
     pods: Mutex<HashMap<String, PodRt>>,
     next_ip: AtomicU32,
@@ -93,6 +104,7 @@ impl Kubelet {
         index: usize,
         children: Children,
         addresses: Arc<AddressBlock>,
+        api: std::net::SocketAddr,
     ) -> Self {
         let node = node_name(index + 1);
         let node_dir = config.dir.join("nodes").join(&node);
@@ -102,19 +114,13 @@ impl Kubelet {
             node_dir,
             node,
             index: index + 1,
-            mover_image: config.mover_image.clone(),
-            mover_binary: config.mover_binary.clone(),
+            images: config.images.clone(),
+            api,
             children,
             pods: Mutex::new(HashMap::new()),
             next_ip: AtomicU32::new(0),
             addresses,
         }
-    }
-
-    fn is_mover(&self, image: &str) -> bool {
-        let repo = image.rsplit('/').next().unwrap_or(image);
-        let repo = repo.split(['@', ':']).next().unwrap_or(repo);
-        self.mover_binary.is_some() && (image == self.mover_image || repo == self.mover_image)
     }
 
     pub async fn sweep(&self) -> anyhow::Result<()> {
@@ -176,6 +182,12 @@ impl Kubelet {
         let pgid = state.get(uid)?.containers.iter().find(|c| c.name == container && c.child.is_some())?.pgid?;
         self.children.signal(pgid, signal);
         Some(pgid)
+    }
+
+    /// The pid of a running container's process.
+    pub async fn container_pid(&self, uid: &str, container: &str) -> Option<i32> {
+        let state = self.pods.lock().await;
+        state.get(uid)?.containers.iter().find(|c| c.name == container && c.child.is_some())?.pgid
     }
 
     /// Stops every pod of this node (cluster shutdown).
@@ -343,8 +355,9 @@ impl Kubelet {
                 restarts: 0,
                 exited: None,
                 restart_after: None,
+                prober: None,
             };
-            if self.is_mover(&crt.image) {
+            if self.images.binary_for(&crt.image).is_some() {
                 self.spawn(pod, c, &rt.ip, &map, &mut crt)?;
             }
             rt.containers.push(crt);
@@ -371,24 +384,31 @@ impl Kubelet {
         map: &[(String, PathBuf)],
         crt: &mut ContainerRt,
     ) -> anyhow::Result<()> {
-        let binary = self.mover_binary.clone().ok_or_else(|| anyhow::anyhow!("no mover binary configured"))?;
+        let binary = self
+            .images
+            .binary_for(&crt.image)
+            .ok_or_else(|| anyhow::anyhow!("image {} is not one of the project's", crt.image))?
+            .to_path_buf();
         let strs = |v: &Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
         };
         let command = strs(&c["command"]);
         let mut argv: Vec<String> = command.into_iter().skip(1).collect();
         argv.extend(strs(&c["args"]));
-        let env: Vec<(String, String)> = self.env(pod, c, ip).into_iter().map(|(k, v)| (k, rewrite(&v, map))).collect();
+        let env: Vec<(String, String)> =
+            self.env(pod, c, ip).into_iter().map(|(k, v)| (k, rewrite(&own_address(&v, ip), map))).collect();
         // `$(VAR)` in command and args expands from the container's environment, as the
         // kubelet does (e.g. `--listen $(POD_IP):7443`).
-        let argv: Vec<String> = argv.iter().map(|a| rewrite(&expand_vars(a, &env), map)).collect();
+        let argv: Vec<String> = argv.iter().map(|a| rewrite(&own_address(&expand_vars(a, &env), ip), map)).collect();
         let logs = self.node_dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let log_path = logs.join(format!("{}_{}_{}.log", meta_str(pod, "namespace"), meta_str(pod, "name"), crt.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = tokio::process::Command::new(&binary);
         cmd.args(&argv)
-            .envs(env)
+            .envs(env.iter().cloned())
+            // The process finds the API server as a pod does, never through the machine's.
+            .env_remove("KUBECONFIG")
             .current_dir(&self.node_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -402,6 +422,7 @@ impl Kubelet {
         }
         crt.child = Some(child);
         crt.pgid = pgid;
+        crt.prober = Some(Prober::start(c, ip, env, |a| rewrite(a, map)));
         crt.started_at = now();
         crt.exited = None;
         Ok(())
@@ -458,6 +479,10 @@ impl Kubelet {
             }
         }
         out.push(("NODE_NAME".into(), self.node.clone()));
+        // What Kubernetes puts in every container for the `kubernetes` Service.
+        out.push(("KUBERNETES_SERVICE_HOST".into(), self.api.ip().to_string()));
+        out.push(("KUBERNETES_SERVICE_PORT".into(), self.api.port().to_string()));
+        out.push(("KUBERNETES_SERVICE_PORT_HTTPS".into(), self.api.port().to_string()));
         out
     }
 
@@ -466,6 +491,16 @@ impl Kubelet {
         let policy = str_at(pod, "spec.restartPolicy").to_string();
         let containers: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
         for crt in &mut rt.containers {
+            if crt.prober.as_ref().is_some_and(Prober::unhealthy)
+                && let Some(pgid) = crt.pgid
+            {
+                // As the kubelet does on a failed liveness probe: stop it; the restart
+                // policy decides what follows (below, once it has exited).
+                let message = format!("Container {} failed liveness probe, will be restarted", crt.name);
+                record_event(&self.store, pod, "Warning", "Unhealthy", &message, NAME);
+                self.children.signal(pgid, Signal::SIGKILL);
+                crt.prober = None;
+            }
             if let Some(child) = crt.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -473,6 +508,7 @@ impl Kubelet {
                     self.children.remove(p);
                 }
                 crt.child = None;
+                crt.prober = None;
                 let code =
                     status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
                 crt.exited = Some((code, now()));
@@ -520,7 +556,7 @@ impl Kubelet {
             all_ok &= !done || state["terminated"]["exitCode"] == 0;
             statuses.push(json!({"name": c.name, "image": c.image, "imageID": format!("cdi-e2e://{}", c.image),
                 "containerID": format!("cdi-e2e://{}-{}", meta_str(pod, "uid"), c.name),
-                "ready": running, "started": running, "restartCount": c.restarts, "state": state}));
+                "ready": running && c.prober.as_ref().is_none_or(Prober::ready), "started": running, "restartCount": c.restarts, "state": state}));
         }
         let phase =
             if all_done && !rt.containers.is_empty() { if all_ok { "Succeeded" } else { "Failed" } } else { "Running" };
@@ -622,87 +658,5 @@ fn teardown_paths(paths: &[PathBuf]) {
     for p in paths {
         let _ = host::unmount(p);
         let _ = std::fs::remove_file(p);
-    }
-}
-
-/// Expands `$(NAME)` from `env`, leaves unknown references as they are, and turns `$$(`
-/// into a literal `$(`, the kubelet's rules.
-fn expand_vars(arg: &str, env: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(arg.len());
-    let mut rest = arg;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(escaped) = tail.strip_prefix("$$(") {
-            out.push_str("$(");
-            rest = escaped;
-        } else if let Some(inner) = tail.strip_prefix("$(")
-            && let Some(end) = inner.find(')')
-        {
-            let name = &inner[..end];
-            match env.iter().rev().find(|(k, _)| k == name) {
-                Some((_, v)) => out.push_str(v),
-                None => out.push_str(&tail[..end + 3]),
-            }
-            rest = &inner[end + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Replaces container paths in an argument or env value by their host paths: the whole
-/// value, a path under it, or the value of `--flag=PATH`.
-fn rewrite(s: &str, map: &[(String, PathBuf)]) -> String {
-    if let Some((flag, value)) = s.split_once('=')
-        && flag.starts_with('-')
-    {
-        return format!("{flag}={}", rewrite(value, map));
-    }
-    for (container, host) in map {
-        if s == container {
-            return host.display().to_string();
-        }
-        if let Some(rest) = s.strip_prefix(container.as_str())
-            && rest.starts_with('/')
-        {
-            return format!("{}{rest}", host.display());
-        }
-    }
-    s.to_string()
-}
-
-/// A Secret value: base64 (the API server's own encoding, so strict) of UTF-8 text.
-fn decode_b64(s: &str) -> Option<String> {
-    use base64::Engine as _;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).ok()?).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn variables_in_args_expand_like_the_kubelet() {
-        let env = vec![("POD_IP".to_string(), "127.1.1.2".to_string())];
-        assert_eq!(expand_vars("--listen=$(POD_IP):7443", &env), "--listen=127.1.1.2:7443");
-        assert_eq!(expand_vars("$(MISSING) $$(POD_IP) $x", &env), "$(MISSING) $(POD_IP) $x");
-    }
-
-    #[test]
-    fn container_paths_in_flags_and_values_become_host_paths() {
-        let map = vec![("/var/lib/kubelet".to_string(), PathBuf::from("/tmp/n1/kubelet"))];
-        assert_eq!(rewrite("--kubelet-root=/var/lib/kubelet", &map), "--kubelet-root=/tmp/n1/kubelet");
-        assert_eq!(rewrite("/var/lib/kubelet/pods", &map), "/tmp/n1/kubelet/pods");
-        assert_eq!(rewrite("/var/lib/kubeletx", &map), "/var/lib/kubeletx");
-    }
-
-    #[test]
-    fn base64_decodes_secret_values() {
-        assert_eq!(decode_b64("Zm9vYmFy").as_deref(), Some("foobar"));
-        assert_eq!(decode_b64("Zm8=").as_deref(), Some("fo"));
     }
 }
