@@ -5,9 +5,12 @@
 //!
 //! Built-in schemas come from k8s-openapi's `schemars` impls (descriptions, formats,
 //! `required`), with the `x-kubernetes-*` property extensions those lack taken from
-//! `openapi_ext.json` (extracted from Kubernetes v1.33's published swagger for the types served
-//! here). CRD schemas come from each served version's `openAPIV3Schema`. Documents are built
-//! once per set of served types and CRDs, not per request.
+//! `openapi_ext.json`. That table was extracted from Kubernetes v1.33's published
+//! `api/openapi-spec/swagger.json`: for every definition reachable from the kinds served here,
+//! the `x-kubernetes-*` keys of the definition and of its properties (list types and map keys,
+//! patch strategies and merge keys, map types, unions); regenerate it when a kind is added.
+//! CRD schemas come from each served version's `openAPIV3Schema`. Documents are built once per
+//! set of served types and CRDs, not per request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
