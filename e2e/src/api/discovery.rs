@@ -1,5 +1,4 @@
-//! Discovery (legacy and aggregated), `/version`, and the OpenAPI v3 documents kubectl
-//! reads to learn that the server validates fields itself.
+//! Discovery (legacy and aggregated) and `/version`. The OpenAPI documents are in `openapi.rs`.
 
 use serde_json::{Value, json};
 
@@ -139,63 +138,4 @@ pub fn aggregated(reg: &Registry, core: bool, api_version: &str) -> Value {
         items.push(json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": vitems}));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {}, "items": items})
-}
-
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
-}
-
-/// `GET /openapi/v3`: one document per group/version.
-pub fn openapi_v3_index(reg: &Registry) -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, vs) in reg.groups() {
-        for v in vs {
-            let p = gv_path(&g, &v);
-            // The hash only has to change when the document does; the count of types is
-            // enough here because CRDs are the only thing that changes it.
-            let n = reg.all().iter().filter(|t| t.group == g && t.version == v).count();
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={n:016X}")}));
-        }
-    }
-    json!({"paths": paths})
-}
-
-/// `GET /openapi/v3/<gv>`: operations with their query parameters (kubectl checks PATCH for
-/// `fieldValidation` to decide that the server validates), and no schemas.
-pub fn openapi_v3_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<&ResourceType> = reg.all().iter().filter(|t| t.group == group && t.version == version).collect();
-    if types.is_empty() {
-        return None;
-    }
-    let param = |n: &str| json!({"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-    let mut paths = serde_json::Map::new();
-    for t in types {
-        let base = format!("/{}", gv_path(group, version));
-        let item = if t.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
-        } else {
-            format!("{base}/{}/{{name}}", t.plural)
-        };
-        let op = |verb: &str, extra: &[&str]| {
-            let mut params = vec![param("pretty")];
-            params.extend(extra.iter().map(|p| param(p)));
-            json!({"operationId": format!("{verb}{}", t.kind), "x-kubernetes-action": verb,
-                   "x-kubernetes-group-version-kind": gvk_json(t), "parameters": params,
-                   "responses": {"200": {"description": "OK"}}})
-        };
-        let write = ["dryRun", "fieldManager", "fieldValidation"];
-        let mut apply = write.to_vec();
-        apply.push("force");
-        paths.insert(
-            item,
-            json!({"get": op("get", &[]), "put": op("put", &write), "patch": op("patch", &apply),
-                   "delete": op("delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"])}),
-        );
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", KUBE_VERSION.0, KUBE_VERSION.1)},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
 }

@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod error;
 pub mod faults;
 pub mod fields;
+pub mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod selectors;

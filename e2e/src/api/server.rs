@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::discovery;
 use super::error::ApiError;
+use super::openapi;
 use super::registry::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{
@@ -109,28 +110,7 @@ async fn dispatch(
                     .map(|d| json_response(StatusCode::OK, &d))
                     .ok_or_else(ApiError::path_not_found);
             }
-            // An empty protobuf message is a valid, empty OpenAPI v2 document: kubectl then
-            // has no client-side schema and relies on the server (OpenAPI v3 below says it
-            // validates fields itself).
-            ["openapi", "v2"] => {
-                return Ok((
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")],
-                    Vec::<u8>::new(),
-                )
-                    .into_response());
-            }
-            ["openapi", "v3"] => return Ok(json_response(StatusCode::OK, &discovery::openapi_v3_index(&reg))),
-            ["openapi", "v3", "api", v] => {
-                return discovery::openapi_v3_doc(&reg, "", v)
-                    .map(|d| json_response(StatusCode::OK, &d))
-                    .ok_or_else(ApiError::path_not_found);
-            }
-            ["openapi", "v3", "apis", g, v] => {
-                return discovery::openapi_v3_doc(&reg, g, v)
-                    .map(|d| json_response(StatusCode::OK, &d))
-                    .ok_or_else(ApiError::path_not_found);
-            }
+            ["openapi", rest @ ..] => return openapi::serve(&st.store, &reg, rest, accept),
             _ => {}
         }
     }
