@@ -92,7 +92,7 @@ fn builtins() -> &'static Builtins {
             storage::v1::StorageClass, storage::v1::CSIDriver,
             apiextensions::v1::CustomResourceDefinition,
             rbac::v1::Role, rbac::v1::RoleBinding, rbac::v1::ClusterRole, rbac::v1::ClusterRoleBinding,
-            apps::v1::Deployment, apps::v1::DaemonSet,
+            apps::v1::Deployment, apps::v1::DaemonSet, apps::v1::ReplicaSet,
         );
         let mut schemas = g.take_definitions(true);
         add_extensions(&mut schemas);
