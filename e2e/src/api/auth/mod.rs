@@ -7,6 +7,7 @@
 //! to it, as Kubernetes' own controllers are trusted.
 
 pub mod authn;
+pub mod protobuf;
 pub mod rbac;
 pub mod reviews;
 pub mod tls;
@@ -15,7 +16,6 @@ pub mod tokens;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -168,15 +168,21 @@ async fn check(st: &AuthState, req: Request, next: Next) -> Result<Response, Api
         if req.method() != Method::POST {
             return Err(ApiError::method_not_allowed());
         }
+        let content_type =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let body = axum::body::to_bytes(req.into_body(), 4 << 20)
             .await
             .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        let body: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))?;
+        let body: Value = if protobuf::is_protobuf(&content_type) {
+            protobuf::decode(kind, &body)?
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))?
+        };
         let out = reviews::serve(&st.authority, &st.store, &attrs, kind, body)?;
         return Ok(json_response(StatusCode::CREATED, &out));
     }
-    Ok(next.run(req.map(Body::new)).await)
+    Ok(next.run(req).await)
 }
 
 /// Kubernetes' serviceaccount controller: every namespace that is not going away has a

@@ -155,7 +155,13 @@ pub fn forbidden(a: &Attributes, reason: &str) -> ApiError {
         (false, false) => format!("{qualified} \"{}\" is forbidden: {msg}", a.name),
     };
     let mut e = ApiError::forbidden(message);
-    e.details = Some(json!({"name": a.name, "group": a.api_group, "kind": a.resource}));
+    // Empty fields are left out, as Kubernetes' JSON omits them.
+    let details: serde_json::Map<String, Value> = [("name", &a.name), ("group", &a.api_group), ("kind", &a.resource)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    e.details = Some(Value::Object(details));
     e
 }
 
