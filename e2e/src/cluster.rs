@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addresses::AddressBlock;
+use crate::api::auth::{self, AuthState, Authority};
 use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
@@ -71,6 +72,8 @@ pub struct Cluster {
     addresses: Arc<AddressBlock>,
     /// Errors and dropped watches the API server injects, for tests; none unless set.
     faults: Arc<Faults>,
+    /// The CA, the serving certificate and the keys of tokens.
+    authority: Arc<Authority>,
     stopped: bool,
 }
 
@@ -92,10 +95,13 @@ impl Cluster {
         let addresses = Arc::new(AddressBlock::lease()?);
         let store = Arc::new(Store::new(config.watch_history));
         seed(&store, &config, &addresses)?;
+        let authority = Arc::new(Authority::generate()?);
+        std::fs::write(dir.join("ca.crt"), authority.ca_pem()).context("writing ca.crt")?;
 
         let listener =
             tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API port")?;
         let addr = listener.local_addr()?;
+        let listener = auth::tls::TlsListener::new(listener, authority.tls().server_config.clone())?;
         let (stop, stop_rx) = watch::channel(false);
         let (watch_generation, _) = watch::channel(0u64);
         let state = ApiState {
@@ -105,7 +111,10 @@ impl Cluster {
             nodes_dir: dir.join("nodes"),
         };
         let faults = Arc::new(Faults::default());
-        let app = router(state).layer(axum::middleware::from_fn_with_state(faults.clone(), faults::inject));
+        let auth_state = AuthState { authority: authority.clone(), store: store.clone() };
+        let app = router(state)
+            .layer(axum::middleware::from_fn_with_state(auth_state, auth::middleware))
+            .layer(axum::middleware::from_fn_with_state(faults.clone(), faults::inject));
         let mut tasks = Vec::new();
         let mut srv_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -121,6 +130,11 @@ impl Cluster {
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "gc", move || {
             let s = s.clone();
             async move { gc::sweep(&s) }
+        })));
+        let s = store.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "serviceaccounts", move || {
+            let s = s.clone();
+            async move { auth::ensure_default_service_accounts(&s) }
         })));
         let s = store.clone();
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "scheduler", move || {
@@ -173,6 +187,7 @@ impl Cluster {
             children,
             addresses,
             faults,
+            authority,
             stopped: false,
         };
         cluster.write_kubeconfig()?;
@@ -180,7 +195,7 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     pub fn dir(&self) -> &Path {
@@ -210,14 +225,28 @@ impl Cluster {
         &self.store
     }
 
-    /// A kube-rs client for this cluster (default namespace `default`). It is the test's
-    /// observer: injected [`Faults`] spare its requests.
+    /// The cluster CA's certificate (PEM), also in `DIR/ca.crt`: what pods get as
+    /// `ca.crt` next to their service-account token.
+    pub fn ca_pem(&self) -> &str {
+        self.authority.ca_pem()
+    }
+
+    /// The cluster's credentials: issues service-account tokens (for the kubelet).
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
+    /// A kube-rs client for this cluster (default namespace `default`), trusting the
+    /// cluster's CA and authenticated as the admin. It is the test's observer: injected
+    /// [`Faults`] spare its requests.
     ///
     /// # Errors
     /// Only if kube-rs rejects the configuration.
     pub fn client(&self) -> anyhow::Result<kube::Client> {
         let uri: http::Uri = self.url().parse()?;
         let mut config = kube::Config::new(uri);
+        config.root_cert = Some(vec![self.authority.tls().ca_der.clone()]);
+        config.auth_info = serde_json::from_value(json!({"token": self.authority.admin_token()}))?;
         config
             .headers
             .push((http::HeaderName::from_static(faults::OBSERVER_HEADER), http::HeaderValue::from_static("true")));
@@ -279,11 +308,15 @@ impl Cluster {
     }
 
     fn write_kubeconfig(&self) -> anyhow::Result<()> {
+        // The admin: a bearer token of user kubernetes-admin in group system:masters.
         let kc = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: cdi-e2e\n  cluster:\n    server: {}\ncontexts:\n- name: \
-             cdi-e2e\n  context:\n    cluster: cdi-e2e\n    user: cdi-e2e\n    namespace: default\ncurrent-context: \
-             cdi-e2e\nusers:\n- name: cdi-e2e\n  user: {{}}\n",
-            self.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: cdi-e2e\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {}\ncontexts:\n- name: cdi-e2e\n  context:\n    cluster: cdi-e2e\n    \
+             user: cdi-e2e\n    namespace: default\ncurrent-context: cdi-e2e\nusers:\n- name: cdi-e2e\n  user:\n    \
+             token: {}\n",
+            self.url(),
+            crate::api::util::base64(self.authority.ca_pem().as_bytes()),
+            self.authority.admin_token(),
         );
         std::fs::write(self.kubeconfig_path(), kc).context("writing the kubeconfig")
     }
@@ -365,6 +398,8 @@ fn seed(store: &Store, config: &ClusterConfig, addresses: &AddressBlock) -> anyh
             &opts,
         )?;
     }
+    crate::api::auth::rbac::seed_defaults(store)?;
+    crate::api::auth::ensure_default_service_accounts(store)?;
     let csi = store.rt("storage.k8s.io", "csidrivers");
     store.create(&csi, "", json!({"metadata": {"name": PROVISIONER}, "spec": {"attachRequired": false}}), &opts)?;
     let sc = store.rt("storage.k8s.io", "storageclasses");

@@ -86,6 +86,10 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             resources.push(json!({"name": format!("{}/log", t.plural), "singularName": "", "namespaced": true,
                 "kind": "Pod", "verbs": ["get"]}));
         }
+        if t.is("", "serviceaccounts") {
+            resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+        }
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
@@ -113,6 +117,11 @@ pub fn aggregated(reg: &Registry, core: bool, api_version: &str) -> Value {
                     if t.binding {
                         subs.push(json!({"subresource": "binding",
                             "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+                    }
+                    if t.is("", "serviceaccounts") {
+                        subs.push(json!({"subresource": "token", "responseKind":
+                            {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"},
+                            "verbs": ["create"]}));
                     }
                     let mut r = json!({
                         "resource": t.plural,

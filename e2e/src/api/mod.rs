@@ -1,6 +1,7 @@
 //! The API server: a store of JSON objects with Kubernetes semantics, and its HTTP front.
 
 pub mod admission;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod faults;

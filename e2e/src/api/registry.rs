@@ -46,6 +46,11 @@ impl ResourceType {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
+        // The reviews are create-only and never stored (see `auth::reviews`); CRDs cannot
+        // be served in these groups.
+        if !self.custom && matches!(self.group.as_str(), "authentication.k8s.io" | "authorization.k8s.io") {
+            return vec!["create"];
+        }
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 
@@ -106,6 +111,13 @@ const BUILTINS: &[Builtin] = &[
     b("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false),
     b("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false),
     b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false),
+    // Create-only reviews, answered by `auth::reviews` before dispatch.
+    b("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false, &[], false),
+    b("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false, &[], false),
+    b("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", false, &[], false),
+    b("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, &[], false),
+    b("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", true, &[], false),
+    b("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false, &[], false),
     b("apps", "v1", "Deployment", "deployments", true, &["deploy"], true),
     b("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
     b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),

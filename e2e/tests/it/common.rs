@@ -80,6 +80,29 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Runs `python3 -c script` with `KUBECONFIG` set to this cluster's admin kubeconfig
+    /// (the official `kubernetes` client is installed with pip first if it is missing), and
+    /// returns its output, whatever the exit status. Async: the cluster serves from this
+    /// test's runtime, so the script must not block it.
+    pub async fn python(&self, script: &str) -> Output {
+        let run = |args: Vec<String>| {
+            let mut cmd = tokio::process::Command::new("python3");
+            cmd.args(args).env("KUBECONFIG", self.kubeconfig()).kill_on_drop(true);
+            cmd.stdin(std::process::Stdio::null());
+            async move { cmd.output().await.expect("python3 is installed") }
+        };
+        let probe = run(vec!["-c".into(), "import kubernetes".into()]).await;
+        if !probe.status.success() {
+            let pip = within(
+                "pip to install the kubernetes client",
+                run(["-m", "pip", "install", "--quiet", "kubernetes"].map(String::from).to_vec()),
+            )
+            .await;
+            assert!(pip.status.success(), "pip install kubernetes failed: {}", String::from_utf8_lossy(&pip.stderr));
+        }
+        within("the python script", run(vec!["-c".into(), script.into()])).await
+    }
+
     /// Stops the cluster and checks that no mount, loop device or process of it is left.
     pub async fn shutdown_and_check_leaks(mut self) {
         let cluster = self.cluster.take().expect("running");

@@ -1,6 +1,7 @@
 //! The one integration-test binary of `cdi-e2e` (one link of a big debug binary, not many).
 //! Every test starts its own cluster in its own temp dir on an ephemeral loopback port.
 
+mod api_auth;
 mod api_kube;
 mod api_kubectl;
 mod api_openapi;

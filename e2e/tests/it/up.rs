@@ -68,7 +68,7 @@ async fn up_serves_kubectl_runs_a_wffc_claim_and_pod_and_cleans_up_on_sigint() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = within("cdi-e2e up to print its address", lines.next_line()).await.unwrap().unwrap();
-    assert!(first.contains("http://127.0.0.1:"), "{first}");
+    assert!(first.contains("https://127.0.0.1:"), "{first}");
     let kc = dir.path().join("kubeconfig");
     kubectl(&kc, &["apply", "-f", "-"], Some(DEMO)).await;
     kubectl(&kc, &["wait", "--for=jsonpath={.status.phase}=Running", "pod/app", "--timeout=30s"], None).await;
