@@ -167,7 +167,15 @@ impl Cluster {
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
             let k =
-                Arc::new(kubelet::Kubelet::new(store.clone(), &config, i, children.clone(), addresses.clone(), addr));
+                Arc::new(kubelet::Kubelet::new(
+                store.clone(),
+                &config,
+                i,
+                children.clone(),
+                addresses.clone(),
+                addr,
+                authority.clone(),
+            ));
             let kk = k.clone();
             tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "kubelet", move || {
                 let k = kk.clone();

@@ -31,17 +31,20 @@ use tokio::sync::Mutex;
 use super::provisioner::{ATTR_DEVICE, ATTR_PATH};
 use super::{is_deleting, merge, record_event};
 use crate::addresses::AddressBlock;
+use crate::api::auth::Authority;
 use crate::api::store::{DeleteOptions, Store, Sub};
 use crate::api::util::{meta_str, now, str_at};
 use crate::cluster::{ClusterConfig, node_name};
 use crate::host::{self, Children};
 
 mod container;
+mod identity;
 pub mod images;
 mod probes;
 
 use container::{decode_b64, expand_vars, own_address, rewrite};
 pub use images::ProjectImages;
+use identity::Identity;
 use probes::Prober;
 
 const NAME: &str = "kubelet";
@@ -76,6 +79,8 @@ struct PodRt {
     volume_paths: Vec<PathBuf>,
     /// Container path → host path, for the processes' arguments and environment.
     path_map: Vec<(String, PathBuf)>,
+    /// The service-account files, unless the pod opts out.
+    identity: Option<Identity>,
 }
 
 #[derive(Debug)]
@@ -88,6 +93,8 @@ pub struct Kubelet {
     images: ProjectImages,
     /// The API server, as pods reach it (`KUBERNETES_SERVICE_HOST`/`PORT`).
     api: std::net::SocketAddr,
+    /// Issues the pods' service-account tokens.
+    authority: Arc<Authority>,
     children: Children,
     pods: Mutex<HashMap<String, PodRt>>,
     next_ip: AtomicU32,
@@ -105,6 +112,7 @@ impl Kubelet {
         children: Children,
         addresses: Arc<AddressBlock>,
         api: std::net::SocketAddr,
+        authority: Arc<Authority>,
     ) -> Self {
         let node = node_name(index + 1);
         let node_dir = config.dir.join("nodes").join(&node);
@@ -116,6 +124,7 @@ impl Kubelet {
             index: index + 1,
             images: config.images.clone(),
             api,
+            authority,
             children,
             pods: Mutex::new(HashMap::new()),
             next_ip: AtomicU32::new(0),
@@ -164,6 +173,9 @@ impl Kubelet {
                     }
                 },
                 Some(rt) => {
+                    if let Some(identity) = rt.identity.as_mut() {
+                        identity.refresh(&self.authority, store);
+                    }
                     self.poll(pod, rt).await;
                     self.write_status(pod, rt)?;
                 }
@@ -316,6 +328,16 @@ impl Kubelet {
             return Err(e);
         }
 
+        let identity = match identity::service_account(pod, store) {
+            Some(sa) => match Identity::write(&dir, &self.authority, store, ns, &sa) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    teardown_paths(&volume_paths);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let ip = if pod["spec"]["hostNetwork"] == true {
             self.addresses.node_ip(self.index)
         } else {
@@ -328,6 +350,7 @@ impl Kubelet {
             containers: Vec::new(),
             volume_paths,
             path_map: Vec::new(),
+            identity,
         };
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
             let mut map: Vec<(String, PathBuf)> = Vec::new();
@@ -337,6 +360,11 @@ impl Kubelet {
                     let sub = m["subPath"].as_str().unwrap_or_default();
                     map.push((mp.to_string(), if sub.is_empty() { h.clone() } else { h.join(sub) }));
                 }
+            }
+            if let Some(identity) = &rt.identity
+                && !map.iter().any(|(p, _)| p == identity::MOUNT_PATH)
+            {
+                map.push((identity::MOUNT_PATH.to_string(), identity.dir.clone()));
             }
             for d in c["volumeDevices"].as_array().into_iter().flatten() {
                 if let (Some(dp), Some(h)) = (d["devicePath"].as_str(), d["name"].as_str().and_then(|n| host_of.get(n)))
@@ -404,8 +432,15 @@ impl Kubelet {
         std::fs::create_dir_all(&logs)?;
         let log_path = logs.join(format!("{}_{}_{}.log", meta_str(pod, "namespace"), meta_str(pod, "name"), crt.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut cmd = tokio::process::Command::new(&binary);
-        cmd.args(&argv)
+        let mut cmd = match map.iter().find(|(p, _)| p == identity::MOUNT_PATH) {
+            Some((_, dir)) => identity::wrapped(dir, &binary, &argv)?,
+            None => {
+                let mut cmd = tokio::process::Command::new(&binary);
+                cmd.args(&argv);
+                cmd
+            }
+        };
+        cmd
             .envs(env.iter().cloned())
             // The process finds the API server as a pod does, never through the machine's.
             .env_remove("KUBECONFIG")
