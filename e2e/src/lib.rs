@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  kubectl / kube-rs ──HTTPS──> api::auth ──> api::server ──> api::store  (objects, history)
-//!                                                  ^   │ every write wakes the loops below
+//!                                                             ^   │ every write wakes the loops below
 //!        controllers::gc          (owners, namespaces, protection finalizers, CRD cleanup)
 //!        controllers::scheduler   (binds pods to nodes; selected-node for WaitForFirstConsumer)
 //!        controllers::binder      (PV <-> PVC binding, pre-bound PVs, Lost claims)
