@@ -1,8 +1,8 @@
 //! `cdi-e2e`: an embedded Kubernetes mini-cluster for end-to-end runs and demos (DESIGN.md §5).
 //!
 //! ```text
-//!  kubectl / kube-rs ──HTTP──> api::server ──> api::store  (objects, resourceVersions, history)
-//!                                                  ^   │ every write wakes the loops below
+//!  kubectl / kube-rs ──HTTPS──> api::auth ──> api::server ──> api::store  (objects, history)
+//!                                                             ^   │ every write wakes the loops below
 //!        controllers::gc          (owners, namespaces, protection finalizers, CRD cleanup)
 //!        controllers::scheduler   (binds pods to nodes; selected-node for WaitForFirstConsumer)
 //!        controllers::binder      (PV <-> PVC binding, pre-bound PVs, Lost claims)

@@ -427,3 +427,49 @@ print(json.dumps({{"namespaces": namespaces, "configmaps": configmaps, "denied":
     assert_eq!(r["denied"]["body"]["details"], json!({"kind": "pods"}));
     tc.shutdown_and_check_leaks().await;
 }
+
+#[tokio::test]
+async fn the_deploy_rbac_of_the_populator_is_enforced() {
+    let tc = TestCluster::start().await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let ns = deploy.join("namespace.yaml");
+    let rbac = deploy.join("populator-rbac.yaml");
+    tc.kubectl(&["apply", "-f", ns.to_str().unwrap(), "-f", rbac.to_str().unwrap()]).await;
+    let token = tc
+        .cluster()
+        .authority()
+        .issue_service_account_token(tc.cluster().store(), "cdi-rs", "cdi-populator", Duration::from_secs(3600))
+        .unwrap();
+    let populator = client_for(&tc, Some(&token), true).await;
+
+    // Cluster-wide claims and pods: its ClusterRole.
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(populator.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    Api::<Pod>::all(populator.clone()).list(&ListParams::default()).await.unwrap();
+    // Writing Secrets: in cdi-rs only (its Role).
+    let secret = |name: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"k": "v"}})).unwrap()
+    };
+    let own = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(populator.clone(), "cdi-rs");
+    own.create(&PostParams::default(), &secret("cdi-mover-tls")).await.unwrap();
+    let elsewhere = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(populator.clone(), "default");
+    let err = elsewhere.create(&PostParams::default(), &secret("x")).await.unwrap_err();
+    let kube::Error::Api(status) = err else { panic!("{err:?}") };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            403,
+            "secrets is forbidden: User \"system:serviceaccount:cdi-rs:cdi-populator\" cannot create resource \
+             \"secrets\" in API group \"\" in the namespace \"default\""
+        )
+    );
+    // Verbs it was not given: deleting a Secret, deleting a PV.
+    let err = own.delete("cdi-mover-tls", &DeleteParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&err), (403, "Forbidden".into()));
+    let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(populator);
+    let err = pvs.delete("pv-1", &DeleteParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&err), (403, "Forbidden".into()));
+    tc.shutdown_and_check_leaks().await;
+}
