@@ -166,8 +166,7 @@ impl Cluster {
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
-            let k =
-                Arc::new(kubelet::Kubelet::new(
+            let k = Arc::new(kubelet::Kubelet::new(
                 store.clone(),
                 &config,
                 i,

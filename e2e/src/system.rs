@@ -159,6 +159,18 @@ impl System {
         self.populators.iter().find(|(id, _)| id == identity).map(|(_, pod)| pod.as_str())
     }
 
+    /// The mover DaemonSet's pod on `node`.
+    pub fn mover_pod(&self, node: &str) -> Option<String> {
+        let store = self.cluster.store();
+        let pods = store.all_where(&store.rt("", "pods"), |p| {
+            crate::api::util::meta_str(p, "namespace") == NAMESPACE
+                && p["metadata"]["labels"]["app.kubernetes.io/name"] == MOVER
+                && crate::api::util::str_at(p, "spec.nodeName") == node
+                && p["metadata"]["deletionTimestamp"].is_null()
+        });
+        pods.first().map(|p| crate::api::util::meta_str(p, "name").to_string())
+    }
+
     /// One more populator replica under the test name `identity` (the Deployment scales up;
     /// they elect a leader). A replica already known is left to its pod's restart policy.
     pub async fn start_populator(&mut self, identity: &str) -> anyhow::Result<()> {
@@ -230,6 +242,19 @@ impl System {
     /// Stops everything: the pods (SIGTERM, then SIGKILL after a short grace), then the cluster.
     pub async fn shutdown(self) {
         self.cluster.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relative_paths_climb_to_the_common_ancestor() {
+        use std::path::Path;
+        assert_eq!(
+            super::relative(Path::new("/work/deploy"), Path::new("/tmp/x/install")),
+            Path::new("../../../work/deploy")
+        );
+        assert_eq!(super::relative(Path::new("/a/b/deploy"), Path::new("/a/b/c")), Path::new("../deploy"));
     }
 }
 
@@ -305,11 +330,20 @@ fn write_overlay(dir: &Path, base: &Path, overlay: &Overlay) -> anyhow::Result<P
     // JSON is YAML: kustomize reads this as it would a hand-written kustomization.yaml.
     let kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [base.display().to_string()],
+        "resources": [relative(base, &dir.canonicalize()?).display().to_string()],
         "patches": patches,
     });
     std::fs::write(dir.join("kustomization.yaml"), serde_json::to_string_pretty(&kustomization)?)?;
     Ok(dir.to_path_buf())
+}
+
+/// `to` as seen from `from` (both absolute): kustomize takes only relative bases.
+fn relative(to: &Path, from: &Path) -> PathBuf {
+    let (to, from): (Vec<_>, Vec<_>) = (to.components().collect(), from.components().collect());
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut out: PathBuf = from[common..].iter().map(|_| "..").collect();
+    out.extend(&to[common..]);
+    out
 }
 
 /// Waits until the populator Deployment is Available with every replica updated and the mover

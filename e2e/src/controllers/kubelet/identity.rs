@@ -49,7 +49,13 @@ impl Identity {
     ///
     /// # Errors
     /// When the service account does not exist (yet) or the files cannot be written.
-    pub fn write(pod_dir: &Path, authority: &Authority, store: &Store, namespace: &str, sa: &str) -> anyhow::Result<Identity> {
+    pub fn write(
+        pod_dir: &Path,
+        authority: &Authority,
+        store: &Store,
+        namespace: &str,
+        sa: &str,
+    ) -> anyhow::Result<Identity> {
         let dir = pod_dir.join("volumes/kubernetes.io~projected/kube-api-access");
         std::fs::create_dir_all(&dir)?;
         let mut identity =
@@ -61,9 +67,10 @@ impl Identity {
     }
 
     fn write_token(&mut self, authority: &Authority, store: &Store) -> anyhow::Result<()> {
-        let token = authority
-            .issue_service_account_token(store, &self.namespace, &self.service_account, LIFETIME)
-            .map_err(|e| anyhow::anyhow!("service account {}/{}: {}", self.namespace, self.service_account, e.message))?;
+        let token =
+            authority.issue_service_account_token(store, &self.namespace, &self.service_account, LIFETIME).map_err(
+                |e| anyhow::anyhow!("service account {}/{}: {}", self.namespace, self.service_account, e.message),
+            )?;
         // Replaced whole, so a reader never sees half a token.
         let tmp = self.dir.join("..token");
         std::fs::write(&tmp, token)?;

@@ -43,8 +43,8 @@ pub mod images;
 mod probes;
 
 use container::{decode_b64, expand_vars, own_address, rewrite};
-pub use images::ProjectImages;
 use identity::Identity;
+pub use images::ProjectImages;
 use probes::Prober;
 
 const NAME: &str = "kubelet";
@@ -440,8 +440,7 @@ impl Kubelet {
                 cmd
             }
         };
-        cmd
-            .envs(env.iter().cloned())
+        cmd.envs(env.iter().cloned())
             // The process finds the API server as a pod does, never through the machine's.
             .env_remove("KUBECONFIG")
             .current_dir(&self.node_dir)

@@ -44,13 +44,14 @@ async fn holder_node(env: &Env) -> String {
 /// Restarts of the mover container on `node`, as its pod status reports them.
 async fn mover_restarts(env: &Env, node: &str) -> i32 {
     let pods: Api<Pod> = Api::namespaced(env.client(), NAMESPACE);
-    let pod = pods.get(&format!("cdi-mover-{node}")).await.unwrap();
+    let name = env.system.as_ref().unwrap().mover_pod(node).expect("a mover pod on the node");
+    let pod = pods.get(&name).await.unwrap();
     pod.status.and_then(|s| s.container_statuses).and_then(|c| c.first().map(|c| c.restart_count)).unwrap_or(0)
 }
 
 /// Signals the mover on `node` (its container's process), as a crash or the runtime would.
 async fn signal_mover(env: &mut Env, node: &str, signal: Signal) {
-    let pod = format!("cdi-mover-{node}");
+    let pod = env.system().mover_pod(node).expect("a mover pod on the node");
     env.system().cluster.signal_container(NAMESPACE, &pod, "mover", signal).await.expect("the mover runs");
 }
 
