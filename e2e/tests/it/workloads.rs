@@ -186,3 +186,37 @@ exec python3 -m http.server 8080 --bind "$POD_IP""#,
     assert_eq!(restarts, 1, "a healthy container is not restarted again");
     tc.shutdown_and_check_leaks().await;
 }
+
+#[tokio::test]
+async fn the_python_client_watches_a_deployment_roll_out() {
+    let tc = TestCluster::start().await;
+    // Creates a Deployment, then follows its watch until every replica is updated and
+    // available, as a client-go or Python operator waiting on a rollout would.
+    let script = r#"
+from kubernetes import client, config, watch
+config.load_kube_config()
+apps = client.AppsV1Api()
+body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "py"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "py"}},
+                 "template": {"metadata": {"labels": {"app": "py"}},
+                              "spec": {"containers": [{"name": "c", "image": "registry.example/py:1"}]}}}}
+apps.create_namespaced_deployment("default", body)
+seen = []
+for event in watch.Watch().stream(apps.list_namespaced_deployment, "default", field_selector="metadata.name=py", timeout_seconds=60):
+    s = event["object"].status
+    seen.append((event["type"], s.available_replicas))
+    if s.updated_replicas == 2 and s.available_replicas == 2 and s.observed_generation == event["object"].metadata.generation:
+        conditions = {c.type: c.status for c in s.conditions}
+        print("rolled-out", conditions.get("Available"), len(seen))
+        break
+else:
+    raise SystemExit("watch ended before the rollout: %r" % seen)
+"#;
+    let out = tc.python(script).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[..2], ["rolled-out", "True"], "{stdout}");
+    assert!(fields[2].parse::<u32>().unwrap() > 1, "the watch saw the rollout progress: {stdout}");
+    tc.shutdown_and_check_leaks().await;
+}
