@@ -6,6 +6,7 @@ pub mod error;
 pub mod faults;
 pub mod fields;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod server;
