@@ -19,7 +19,9 @@ use axum::response::Response;
 use base64::Engine as _;
 use prost::Message as _;
 use prost_reflect::ReflectMessage as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value as PValue};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value as PValue,
+};
 use serde_json::{Map, Number, Value, json};
 
 use super::error::ApiError;
@@ -180,11 +182,7 @@ pub fn negotiate(accept: &str, protobuf_ok: bool) -> Result<Output, ApiError> {
 
 /// A protobuf request body as the JSON the rest of the server reads. `expect` is the
 /// apiVersion and kind the body is for, used when the body's own type meta is empty.
-pub fn decode_request(
-    body: &[u8],
-    rt: Option<&ResourceType>,
-    expect: (&str, &str),
-) -> Result<Bytes, ApiError> {
+pub fn decode_request(body: &[u8], rt: Option<&ResourceType>, expect: (&str, &str)) -> Result<Bytes, ApiError> {
     let unsupported = || {
         ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json{}",
@@ -243,7 +241,10 @@ pub fn decode(body: &[u8], expect: (&str, &str)) -> Result<Value, ApiError> {
         )));
     };
     let msg = DynamicMessage::decode(desc.clone(), raw.as_ref()).map_err(|e| {
-        ApiError::bad_request(format!("the protobuf body of {api_version} {kind} does not decode as {}: {e}", desc.name()))
+        ApiError::bad_request(format!(
+            "the protobuf body of {api_version} {kind} does not decode as {}: {e}",
+            desc.name()
+        ))
     })?;
     let object = to_json(s, &msg)
         .map_err(|e| ApiError::bad_request(format!("the protobuf body of {api_version} {kind} is invalid: {e}")))?;
@@ -266,7 +267,9 @@ pub fn encode(v: &Value) -> Result<Vec<u8>, String> {
     let unknown_desc = s.unknown().map_err(|e| e.message)?;
     let mut unknown = DynamicMessage::new(unknown_desc.clone());
     let tm_field = unknown_desc.get_field_by_name("typeMeta").ok_or("runtime.Unknown has no typeMeta")?;
-    let Kind::Message(tm_desc) = tm_field.kind() else { return Err("runtime.Unknown.typeMeta is not a message".into()) };
+    let Kind::Message(tm_desc) = tm_field.kind() else {
+        return Err("runtime.Unknown.typeMeta is not a message".into());
+    };
     let mut tm = DynamicMessage::new(tm_desc);
     tm.set_field_by_name("apiVersion", PValue::String(api_version.into()));
     tm.set_field_by_name("kind", PValue::String(kind.into()));
@@ -411,7 +414,9 @@ fn list_to_json(s: &Schema, v: Option<&PValue>) -> Result<Value, String> {
 fn value_to_json(s: &Schema, f: &FieldDescriptor, v: &PValue, info: &FieldInfo) -> Result<Option<Value>, String> {
     Ok(match v {
         PValue::List(items) if items.is_empty() => None,
-        PValue::List(items) => Some(Value::Array(items.iter().map(|i| scalar_to_json(s, i)).collect::<Result<_, _>>()?)),
+        PValue::List(items) => {
+            Some(Value::Array(items.iter().map(|i| scalar_to_json(s, i)).collect::<Result<_, _>>()?))
+        }
         PValue::Map(m) if m.is_empty() => None,
         PValue::Map(m) => {
             let mut out = Map::new();
@@ -502,7 +507,8 @@ fn from_json(s: &Schema, desc: &MessageDescriptor, v: &Value) -> Result<DynamicM
         "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
             match v {
                 Value::Number(n) => {
-                    let i = n.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(|| format!("{n} is not an int32"))?;
+                    let i =
+                        n.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(|| format!("{n} is not an int32"))?;
                     set(&mut msg, "type", PValue::I64(0));
                     set(&mut msg, "intVal", PValue::I32(i));
                 }
@@ -559,7 +565,10 @@ fn from_json(s: &Schema, desc: &MessageDescriptor, v: &Value) -> Result<DynamicM
             let Value::Object(m) = jv else { return Err(format!("{name} must be an object")) };
             let mut out = HashMap::new();
             for (k, item) in m {
-                out.insert(MapKey::String(k.clone()), json_to_scalar(s, &vf.kind(), item).map_err(|e| format!("{name}.{k}: {e}"))?);
+                out.insert(
+                    MapKey::String(k.clone()),
+                    json_to_scalar(s, &vf.kind(), item).map_err(|e| format!("{name}.{k}: {e}"))?,
+                );
             }
             PValue::Map(out)
         } else if f.is_list() {
@@ -591,7 +600,9 @@ fn json_to_scalar(s: &Schema, kind: &Kind, v: &Value) -> Result<PValue, String> 
         Kind::Uint32 | Kind::Fixed32 => {
             PValue::U32(u32::try_from(int(v)?).map_err(|_| format!("{v} is out of range for uint32"))?)
         }
-        Kind::Uint64 | Kind::Fixed64 => PValue::U64(v.as_u64().ok_or_else(|| format!("{v} is not an unsigned integer"))?),
+        Kind::Uint64 | Kind::Fixed64 => {
+            PValue::U64(v.as_u64().ok_or_else(|| format!("{v} is not an unsigned integer"))?)
+        }
         Kind::Double => PValue::F64(v.as_f64().ok_or_else(|| format!("{v} is not a number"))?),
         Kind::Float => PValue::F32(v.as_f64().ok_or_else(|| format!("{v} is not a number"))? as f32),
         Kind::Bytes => {
@@ -617,7 +628,10 @@ mod tests {
         assert_eq!(p("application/json, application/vnd.kubernetes.protobuf"), Output::Json);
         assert_eq!(p("*/*, application/vnd.kubernetes.protobuf"), Output::Protobuf);
         assert_eq!(p("application/vnd.kubernetes.protobuf;q=0.5, application/json"), Output::Json);
-        assert_eq!(p("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io, application/json"), Output::Json);
+        assert_eq!(
+            p("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io, application/json"),
+            Output::Json
+        );
         assert_eq!(negotiate("application/vnd.kubernetes.protobuf, */*", false).unwrap(), Output::Json);
         assert_eq!(negotiate("application/vnd.kubernetes.protobuf", false).unwrap_err().code, 406);
     }
