@@ -387,7 +387,7 @@ fn to_json(s: &Schema, msg: &DynamicMessage) -> Result<Value, String> {
             }
             continue;
         }
-        if let Some(v) = value_to_json(s, &f, &value, &info)? {
+        if let Some(v) = value_to_json(s, &value, &info)? {
             out.insert(info.json.clone().unwrap_or_else(|| f.name().to_string()), v);
         }
     }
@@ -411,7 +411,7 @@ fn list_to_json(s: &Schema, v: Option<&PValue>) -> Result<Value, String> {
     Ok(Value::Array(items.iter().map(|i| scalar_to_json(s, i)).collect::<Result<_, _>>()?))
 }
 
-fn value_to_json(s: &Schema, f: &FieldDescriptor, v: &PValue, info: &FieldInfo) -> Result<Option<Value>, String> {
+fn value_to_json(s: &Schema, v: &PValue, info: &FieldInfo) -> Result<Option<Value>, String> {
     Ok(match v {
         PValue::List(items) if items.is_empty() => None,
         PValue::List(items) => {
@@ -455,7 +455,6 @@ fn value_to_json(s: &Schema, f: &FieldDescriptor, v: &PValue, info: &FieldInfo) 
                 PValue::EnumNumber(n) => *n == 0,
                 _ => false,
             };
-            let _ = f;
             if zero && !info.keep_zero { None } else { Some(scalar_to_json(s, scalar)?) }
         }
     })

@@ -103,7 +103,8 @@ fn protobuf_edges(
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let target = parse_target(&st.store.registry(), &segs).ok();
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let body = if protobuf::is_protobuf(ct) && !body.is_empty() && method != Method::PATCH {
+    // An unknown path keeps its 404; PATCH bodies are never protobuf (dispatch answers 415).
+    let body = if protobuf::is_protobuf(ct) && !body.is_empty() && method != Method::PATCH && target.is_some() {
         let rt = target.as_ref().map(|t| &t.rt);
         let api_version = rt.map(|r| r.api_version()).unwrap_or_default();
         let kind = match (method, target.as_ref().and_then(|t| t.sub.as_deref())) {

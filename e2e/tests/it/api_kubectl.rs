@@ -411,7 +411,7 @@ async fn protobuf_answers_are_negotiated_like_kubernetes() {
 }
 
 #[tokio::test]
-async fn a_malformed_protobuf_body_is_a_bad_request() {
+async fn malformed_protobuf_bodies_are_bad_requests_and_delete_options_are_read() {
     let tc = TestCluster::start().await;
     let path = "/api/v1/namespaces/default/configmaps";
     for (body, says) in [
@@ -432,6 +432,27 @@ async fn a_malformed_protobuf_body_is_a_bad_request() {
     }
     // The JSON path is unchanged, and nothing was stored.
     let (code, _, _) = raw(&tc, "GET", "/api/v1/namespaces/default/configmaps/cut", "application/json", None).await;
+    assert_eq!(code, 404);
+
+    // DeleteOptions in protobuf (client-go's typed Delete) are honoured.
+    tc.kubectl(&["create", "configmap", "x", "--from-literal=a=1"]).await;
+    let x = "/api/v1/namespaces/default/configmaps/x";
+    let opts = |o: serde_json::Value| {
+        let mut o = o;
+        o["kind"] = json!("DeleteOptions");
+        o["apiVersion"] = json!("v1");
+        Some((PROTOBUF, pb_encode(&o)))
+    };
+    let (code, _, body) = raw(&tc, "DELETE", x, PROTOBUF, opts(json!({"preconditions": {"uid": "not-its-uid"}}))).await;
+    assert_eq!((code, pb_decode(&body)["reason"].as_str()), (409, Some("Conflict")));
+    let (code, _, _) = raw(&tc, "DELETE", x, PROTOBUF, opts(json!({"dryRun": ["All"], "gracePeriodSeconds": 0}))).await;
+    assert_eq!(code, 200);
+    assert_eq!(raw(&tc, "GET", x, "application/json", None).await.0, 200, "a dry run deletes nothing");
+    let (code, _, _) = raw(&tc, "DELETE", x, PROTOBUF, opts(json!({"propagationPolicy": "Background"}))).await;
+    assert_eq!(code, 200);
+    assert_eq!(raw(&tc, "GET", x, "application/json", None).await.0, 404);
+    // A protobuf body to a path that does not exist is still a 404.
+    let (code, _, _) = raw(&tc, "POST", "/api/v1/namespaces/default/nothings", PROTOBUF, opts(json!({}))).await;
     assert_eq!(code, 404);
     tc.shutdown_and_check_leaks().await;
 }
