@@ -8,6 +8,7 @@ pub mod faults;
 pub mod fields;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod server;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use super::discovery;
 use super::error::ApiError;
 use super::openapi;
+use super::protobuf;
 use super::registry::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{
@@ -69,13 +70,58 @@ async fn handle(
 ) -> Response {
     let path = uri.path().trim_end_matches('/').to_string();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    match dispatch(&st, &method, &path, &q, &headers, &accept, body).await {
+    // Protobuf in and out (built-in kinds): bodies become JSON before dispatch, and JSON
+    // answers become protobuf after it when the client prefers that.
+    let (body, output) = match protobuf_edges(&st, &method, &path, &q, &headers, &accept, body) {
+        Ok(v) => v,
+        Err(e) => return error_response(&e),
+    };
+    let resp = match dispatch(&st, &method, &path, &q, &headers, &accept, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code, message = %e.message, "request failed");
             error_response(&e)
         }
+    };
+    match output {
+        protobuf::Output::Protobuf => protobuf::to_protobuf_response(resp).await,
+        protobuf::Output::Json => resp,
     }
+}
+
+/// Decodes a protobuf request body to JSON and negotiates the response encoding. Watches,
+/// tables and paths that are not a built-in resource answer JSON (or 406 to a client that
+/// accepts protobuf only).
+fn protobuf_edges(
+    st: &ApiState,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    accept: &str,
+    body: Bytes,
+) -> Result<(Bytes, protobuf::Output), ApiError> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let target = parse_target(&st.store.registry(), &segs).ok();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // An unknown path keeps its 404; PATCH bodies are never protobuf (dispatch answers 415).
+    let body = if protobuf::is_protobuf(ct) && !body.is_empty() && method != Method::PATCH && target.is_some() {
+        let rt = target.as_ref().map(|t| &t.rt);
+        let api_version = rt.map(|r| r.api_version()).unwrap_or_default();
+        let kind = match (method, target.as_ref().and_then(|t| t.sub.as_deref())) {
+            (&Method::DELETE, _) => "DeleteOptions".to_string(),
+            (_, Some("binding")) => "Binding".to_string(),
+            _ => rt.map(|r| r.kind.clone()).unwrap_or_default(),
+        };
+        protobuf::decode_request(&body, rt, (&api_version, &kind))?
+    } else {
+        body
+    };
+    let Some(t) = target else { return Ok((body, protobuf::Output::Json)) };
+    let watch = t.legacy_watch || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let log = t.sub.as_deref() == Some("log");
+    let output = protobuf::negotiate(accept, protobuf::supports(&t.rt) && !watch && !log)?;
+    Ok((body, output))
 }
 
 async fn dispatch(
