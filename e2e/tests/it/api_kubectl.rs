@@ -217,7 +217,14 @@ async fn raw(
     body: Option<(&str, Vec<u8>)>,
 ) -> (u16, String, Vec<u8>) {
     let url = format!("{}{path}", tc.cluster().url());
-    let mut req = reqwest::Client::new().request(method.parse().unwrap(), url).header("Accept", accept);
+    // reqwest is built without a default crypto provider: ring, as everywhere here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = reqwest::Certificate::from_pem_bundle(tc.cluster().ca_pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder().tls_certs_merge(ca).build().unwrap();
+    let mut req = client
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(tc.cluster().authority().admin_token())
+        .header("Accept", accept);
     if let Some((ct, b)) = body {
         req = req.header("Content-Type", ct).body(b);
     }
