@@ -114,23 +114,25 @@ async fn main() -> anyhow::Result<()> {
         None => cdi_e2e::system::binaries_dir().unwrap_or_default(),
     };
     config.images = ProjectImages::from_dir(&binaries);
-    let cluster = Cluster::start(config).await.context("starting the cluster")?;
-    if let Some(deploy) = &args.install {
-        if config_images_missing(&binaries) {
-            anyhow::bail!(
-                "--install needs cdi-mover and cdi-populator in {}: build the workspace first",
-                binaries.display()
-            );
-        }
-        println!("installing cdi-rs: kubectl apply -k {}", deploy.display());
-        cdi_e2e::system::install(&cluster, deploy, &Default::default()).await?;
-        cdi_e2e::system::wait_for_rollout(&cluster.client()?, args.nodes).await?;
-        println!("cdi-rs is up: the populator Deployment is available, a mover runs on every node");
+    if args.install.is_some() && config_images_missing(&binaries) {
+        anyhow::bail!(
+            "--install needs cdi-mover and cdi-populator in {}: build the workspace first",
+            binaries.display()
+        );
     }
+    let cluster = Cluster::start(config).await.context("starting the cluster")?;
     let kc = cluster.kubeconfig_path();
     println!("cdi-e2e cluster up at {} with nodes {}", cluster.url(), cluster.node_names().join(", "));
     println!("  export KUBECONFIG={}", kc.display());
     println!("  kubectl get nodes,storageclasses");
+    if let Some(deploy) = &args.install {
+        let deploy = deploy.canonicalize().unwrap_or_else(|_| deploy.clone());
+        println!("installing cdi-rs: kubectl apply -k {}", deploy.display());
+        cdi_e2e::system::install(&cluster, &deploy, &Default::default()).await?;
+        cdi_e2e::system::wait_for_rollout(&cluster.client()?, args.nodes).await?;
+        println!("cdi-rs is up: the populator Deployment is available, a mover runs on every node");
+        println!("  kubectl -n cdi-rs get deployments,daemonsets,pods");
+    }
     println!("Ctrl-C stops it and removes every loop device, mount and process it made.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -56,10 +56,10 @@ async fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str
 }
 
 #[tokio::test]
-async fn up_serves_kubectl_runs_a_wffc_claim_and_pod_and_cleans_up_on_sigint() {
+async fn up_installs_cdi_rs_serves_kubectl_runs_a_wffc_claim_and_pod_and_cleans_up_on_sigint() {
     let dir = tempfile::Builder::new().prefix("cdi-e2e-up-").tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdi-e2e"))
-        .args(["up", "--nodes", "2", "--dir"])
+        .args(["up", "--nodes", "2", "--install", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -70,6 +70,17 @@ async fn up_serves_kubectl_runs_a_wffc_claim_and_pod_and_cleans_up_on_sigint() {
     let first = within("cdi-e2e up to print its address", lines.next_line()).await.unwrap().unwrap();
     assert!(first.contains("https://127.0.0.1:"), "{first}");
     let kc = dir.path().join("kubeconfig");
+    let installed = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("cdi-rs is up") {
+                return;
+            }
+        }
+        panic!("cdi-e2e up ended before cdi-rs was up");
+    };
+    within("cdi-e2e up --install to report cdi-rs up", installed).await;
+    let running = kubectl(&kc, &["-n", "cdi-rs", "get", "pods", "-o", "jsonpath={.items[*].status.phase}"], None).await;
+    assert_eq!(running, "Running Running Running", "the populator and a mover per node run");
     kubectl(&kc, &["apply", "-f", "-"], Some(DEMO)).await;
     kubectl(&kc, &["wait", "--for=jsonpath={.status.phase}=Running", "pod/app", "--timeout=30s"], None).await;
     kubectl(&kc, &["wait", "--for=jsonpath={.status.phase}=Bound", "pvc/data", "--timeout=30s"], None).await;
