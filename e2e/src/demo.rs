@@ -43,10 +43,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (raw, qcow2) = workload::sample_disk(&dir, size)?;
     println!("   {} as qcow2 (made by qemu-img)", human(std::fs::metadata(&qcow2)?.len()));
 
-    println!("== starting the mini-cluster (2 nodes), the populator and a mover on each node");
+    println!("== starting the mini-cluster (2 nodes), then installing cdi-rs: kubectl apply -k deploy/");
+    println!("   (the populator Deployment and the mover DaemonSet, their service accounts and RBAC)");
     let started = Instant::now();
     let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
-    println!("   up in {}; KUBECONFIG={}", secs(started.elapsed()), system.cluster.kubeconfig_path().display());
+    println!(
+        "   rolled out and leader elected in {}; KUBECONFIG={}",
+        secs(started.elapsed()),
+        system.cluster.kubeconfig_path().display()
+    );
     let outcome = workload::interruptible(populate_and_check(&system, &dir, &raw, size)).await;
     println!("== cleaning up: the PVCs, then the populator, the movers and the cluster");
     let cleaned = delete_targets(&system.client).await;
