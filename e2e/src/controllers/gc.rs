@@ -8,7 +8,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{has_finalizer, is_deleting};
-use crate::api::admission::{CRD_CLEANUP, FOREGROUND, PV_PROTECTION, PVC_PROTECTION};
+use crate::api::kinds::FOREGROUND;
+use crate::api::kinds::crd::CRD_CLEANUP;
+use crate::api::kinds::pv::PV_PROTECTION;
+use crate::api::kinds::pvc::PVC_PROTECTION;
 use crate::api::registry::ResourceType;
 use crate::api::store::{DeleteOptions, Propagation, Store, Sub, WriteOptions};
 use crate::api::util::{meta_str, str_at};

@@ -1,0 +1,148 @@
+//! The core of the store: objects by bucket, the resourceVersion counter, the bounded history
+//! of changes that watches replay, and the uid index. Kind-specific behaviour is not here
+//! but in `api::kinds`; the verbs that use both are in `write.rs`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{Change, EventType, Outcome, present};
+use crate::api::error::ApiError;
+use crate::api::kinds;
+use crate::api::registry::{Registry, ResourceType};
+use crate::api::util::meta_str;
+
+pub(super) type Key = (String, String);
+
+/// Everything the store holds. Cloned whole for a dry run.
+#[derive(Debug, Clone)]
+pub struct Objects {
+    pub(super) rv: u64,
+    pub(super) registry: Registry,
+    pub(super) buckets: HashMap<String, BTreeMap<Key, Value>>,
+    pub(super) history: VecDeque<Arc<Change>>,
+    pub(super) history_limit: usize,
+    /// The history holds every change with rv > compacted.
+    pub(super) compacted: u64,
+    uids: HashMap<String, (String, String, String)>,
+}
+
+impl Objects {
+    pub(super) fn new(history_limit: usize) -> Objects {
+        Objects {
+            rv: 1,
+            registry: Registry::default(),
+            buckets: HashMap::new(),
+            history: VecDeque::new(),
+            history_limit: history_limit.max(1),
+            compacted: 1,
+            uids: HashMap::new(),
+        }
+    }
+
+    /// The stored objects of one bucket (`/pods`, `storage.k8s.io/storageclasses`).
+    pub fn bucket_values(&self, storage: &str) -> impl Iterator<Item = &Value> {
+        self.buckets.get(storage).into_iter().flat_map(|b| b.values())
+    }
+
+    /// The served resources (CRDs add and remove theirs).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Forgets every object of a bucket (a CRD's instances, once it is gone).
+    pub fn drop_bucket(&mut self, storage: &str) {
+        self.buckets.remove(storage);
+    }
+
+    pub(super) fn index_uid(&mut self, uid: String, storage: &str, ns: &str, name: &str) {
+        self.uids.insert(uid, (storage.to_string(), ns.to_string(), name.to_string()));
+    }
+
+    pub(super) fn bucket(&mut self, storage: &str) -> &mut BTreeMap<Key, Value> {
+        self.buckets.entry(storage.to_string()).or_default()
+    }
+
+    pub(super) fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<&Value, ApiError> {
+        self.buckets
+            .get(&rt.storage)
+            .and_then(|b| b.get(&(ns.to_string(), name.to_string())))
+            .ok_or_else(|| ApiError::not_found(rt, name))
+    }
+
+    pub(super) fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    pub(super) fn record(
+        &mut self,
+        storage: &str,
+        ns: &str,
+        kind: EventType,
+        object: Value,
+        old: Option<Value>,
+    ) -> Arc<Change> {
+        let c = Arc::new(Change { rv: self.rv, storage: storage.into(), namespace: ns.into(), kind, object, old });
+        self.history.push_back(c.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted = dropped.rv;
+            }
+        }
+        c
+    }
+
+    pub(super) fn check_namespace(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<(), ApiError> {
+        if !rt.namespaced {
+            return Ok(());
+        }
+        let nsobj = self
+            .buckets
+            .get("/namespaces")
+            .and_then(|b| b.get(&(String::new(), ns.to_string())))
+            .ok_or_else(|| ApiError::namespace_not_found(ns))?;
+        if !nsobj["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being \
+                 terminated",
+                rt.qualified(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The apiVersion objects of a bucket are stored under (its first served version).
+    pub(super) fn storage_api_version(&self, rt: &ResourceType) -> String {
+        if rt.storage == "events" {
+            return "v1".into();
+        }
+        self.registry.preferred(&rt.group, &rt.plural).map(|t| t.api_version()).unwrap_or_else(|| rt.api_version())
+    }
+
+    pub(super) fn remove(&mut self, rt: &ResourceType, ns: &str, name: &str, mut obj: Value) -> Outcome {
+        let rv = self.next_rv();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.bucket(&rt.storage).remove(&(ns.to_string(), name.to_string()));
+        self.uids.remove(meta_str(&obj, "uid"));
+        kinds::of(&rt.storage).removed(&obj, self);
+        let change = self.record(&rt.storage, ns, EventType::Deleted, obj.clone(), None);
+        Outcome { value: present(rt, &obj), changes: vec![change] }
+    }
+
+    pub(super) fn store_modified(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+    ) -> Result<Outcome, ApiError> {
+        let old = self.get(rt, ns, name)?.clone();
+        let rv = self.next_rv();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.bucket(&rt.storage).insert((ns.to_string(), name.to_string()), obj.clone());
+        let change = self.record(&rt.storage, ns, EventType::Modified, obj.clone(), Some(old));
+        Ok(Outcome { value: present(rt, &obj), changes: vec![change] })
+    }
+}
