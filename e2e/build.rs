@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "k8s.io/api/storage/v1/generated.proto",
         "k8s.io/api/rbac/v1/generated.proto",
         "k8s.io/api/events/v1/generated.proto",
+        "k8s.io/api/authentication/v1/generated.proto",
+        "k8s.io/api/authorization/v1/generated.proto",
         "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1/generated.proto",
     ];
     println!("cargo:rerun-if-changed=proto/k8s");

@@ -8,7 +8,7 @@
 //! JSON names that differ from proto names, inlined structs, and which zero values are
 //! meaningful (Go pointers and fields without `omitempty`). A handful of well-known types
 //! (Quantity, Time, MicroTime, IntOrString, FieldsV1, RawExtension, the CRD schema's JSON
-//! unions) have their own JSON forms.
+//! unions, the review APIs' ExtraValue) have their own JSON forms.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -90,6 +90,8 @@ impl Schema {
             "coordination.k8s.io" => "k8s.io.api.coordination",
             "rbac.authorization.k8s.io" => "k8s.io.api.rbac",
             "events.k8s.io" => "k8s.io.api.events",
+            "authentication.k8s.io" => "k8s.io.api.authentication",
+            "authorization.k8s.io" => "k8s.io.api.authorization",
             "apiextensions.k8s.io" => "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions",
             "meta.k8s.io" => "k8s.io.apimachinery.pkg.apis.meta",
             _ => return None,
@@ -257,6 +259,26 @@ pub fn decode(body: &[u8], expect: (&str, &str)) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
+/// A protobuf body posted where one `apiVersion` and `kind` is expected (the review APIs
+/// and TokenRequest, which the auth middleware answers), as JSON. A body whose own type
+/// meta names another type is refused, as Kubernetes' create handler does.
+pub fn decode_as(body: &[u8], api_version: &str, kind: &str) -> Result<Value, ApiError> {
+    let v = decode(body, (api_version, kind))?;
+    let (got_version, got_kind) =
+        (v["apiVersion"].as_str().unwrap_or_default(), v["kind"].as_str().unwrap_or_default());
+    if got_version != api_version {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({got_version}) does not match the expected API version ({api_version})"
+        )));
+    }
+    if got_kind != kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({got_kind}) does not match the expected kind ({kind})"
+        )));
+    }
+    Ok(v)
+}
+
 /// Encodes an object (with `apiVersion` and `kind`) as `k8s\0` + `runtime.Unknown`.
 pub fn encode(v: &Value) -> Result<Vec<u8>, String> {
     let s = schema().map_err(|e| e.message)?;
@@ -315,6 +337,10 @@ fn internal(message: &str) -> Response {
     r
 }
 
+fn is_extra_value(full_name: &str) -> bool {
+    matches!(full_name, "k8s.io.api.authentication.v1.ExtraValue" | "k8s.io.api.authorization.v1.ExtraValue")
+}
+
 // ---- protobuf → JSON ----
 
 fn to_json(s: &Schema, msg: &DynamicMessage) -> Result<Value, String> {
@@ -330,6 +356,11 @@ fn to_json(s: &Schema, msg: &DynamicMessage) -> Result<Value, String> {
             let t = jiff::Timestamp::new(secs, nanos).map_err(|e| format!("{n}: {e}"))?;
             let f = if n.ends_with("MicroTime") { "%Y-%m-%dT%H:%M:%S%.6fZ" } else { "%Y-%m-%dT%H:%M:%SZ" };
             return Ok(json!(t.strftime(f).to_string()));
+        }
+        // `ExtraValue` is a Go `[]string`: a list in JSON, a message around it on the wire.
+        n if is_extra_value(n) => {
+            let items = field("items");
+            return list_to_json(s, items.as_ref());
         }
         "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
             return Ok(match field("type").and_then(|v| v.as_i64()).unwrap_or(0) {
@@ -503,6 +534,13 @@ fn from_json(s: &Schema, desc: &MessageDescriptor, v: &Value) -> Result<DynamicM
             set(&mut msg, "nanos", PValue::I32(t.subsec_nanosecond()));
             return Ok(msg);
         }
+        n if is_extra_value(n) => {
+            let f = desc.get_field_by_name("items").ok_or_else(|| format!("{n} has no items"))?;
+            let Value::Array(items) = v else { return Err(format!("an extra value must be a list, not {v}")) };
+            let items = items.iter().map(|i| json_to_scalar(s, &f.kind(), i)).collect::<Result<_, _>>()?;
+            msg.set_field(&f, PValue::List(items));
+            return Ok(msg);
+        }
         "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
             match v {
                 Value::Number(n) => {
@@ -664,6 +702,45 @@ mod tests {
         let pvc = json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "metadata": {"name": "c"},
             "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
         assert_eq!(decode(&encode(&pvc).unwrap(), ("v1", "PersistentVolumeClaim")).unwrap(), pvc);
+    }
+
+    #[test]
+    fn review_and_token_request_bodies_decode_to_their_json() {
+        let sar = json!({
+            "kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {},
+            "spec": {
+                "resourceAttributes": {"namespace": "ns", "verb": "get", "group": "apps", "version": "v1",
+                                       "resource": "deployments", "subresource": "scale", "name": "d"},
+                "user": "alice", "groups": ["dev", "system:authenticated"], "uid": "u-1",
+                "extra": {"scopes": ["a", "b"]},
+            },
+        });
+        let pb = encode(&sar).unwrap();
+        assert!(pb.starts_with(MAGIC));
+        let back = decode_as(&pb, "authorization.k8s.io/v1", "SubjectAccessReview").unwrap();
+        assert_eq!(back, sar, "{}", serde_json::to_string_pretty(&back).unwrap());
+
+        // expirationSeconds is a pointer; boundObjectRef's uid is `uID` on the wire.
+        let tr = json!({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {},
+            "spec": {"audiences": ["api", "vault"], "expirationSeconds": 3600,
+                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "u-2"}},
+        });
+        let back = decode_as(&encode(&tr).unwrap(), "authentication.k8s.io/v1", "TokenRequest").unwrap();
+        assert_eq!(back, tr, "{}", serde_json::to_string_pretty(&back).unwrap());
+    }
+
+    #[test]
+    fn a_body_of_another_kind_is_refused_where_a_review_is_expected() {
+        let cm = encode(&json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c"}})).unwrap();
+        let e = decode_as(&cm, "authorization.k8s.io/v1", "SubjectAccessReview").unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("API version in the data (v1)"), "{}", e.message);
+        let ssar = encode(&json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                                  "spec": {"nonResourceAttributes": {"path": "/healthz", "verb": "get"}}}))
+        .unwrap();
+        let e = decode_as(&ssar, "authorization.k8s.io/v1", "SubjectAccessReview").unwrap_err();
+        assert!(e.message.contains("kind in the data (SelfSubjectAccessReview)"), "{}", e.message);
     }
 
     #[test]

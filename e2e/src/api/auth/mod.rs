@@ -7,7 +7,6 @@
 //! to it, as Kubernetes' own controllers are trusted.
 
 pub mod authn;
-pub mod protobuf;
 pub mod rbac;
 pub mod reviews;
 pub mod tls;
@@ -23,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::protobuf;
 use super::store::{Store, WriteOptions};
 use super::util::meta_str;
 
@@ -174,7 +174,7 @@ async fn check(st: &AuthState, req: Request, next: Next) -> Result<Response, Api
             .await
             .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
         let body: Value = if protobuf::is_protobuf(&content_type) {
-            protobuf::decode(kind, &body)?
+            protobuf::decode_as(&body, kind.api_version(), kind.kind())?
         } else {
             serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))?

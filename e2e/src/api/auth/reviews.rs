@@ -46,7 +46,16 @@ impl Endpoint {
         })
     }
 
-    fn kind(self) -> &'static str {
+    /// The apiVersion of the object posted (TokenRequest is authentication.k8s.io's, though
+    /// served under core v1 `serviceaccounts`).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Endpoint::TokenReview | Endpoint::SelfSubjectReview | Endpoint::TokenRequest => "authentication.k8s.io/v1",
+            _ => "authorization.k8s.io/v1",
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
         match self {
             Endpoint::TokenReview => "TokenReview",
             Endpoint::SelfSubjectReview => "SelfSubjectReview",
@@ -138,11 +147,6 @@ pub fn serve(
         }
         Endpoint::TokenRequest => return authority.token_request(store, &asker.namespace, &asker.name, body),
     };
-    let group = if matches!(endpoint, Endpoint::TokenReview | Endpoint::SelfSubjectReview) {
-        "authentication.k8s.io"
-    } else {
-        "authorization.k8s.io"
-    };
     let mut meta = body.get("metadata").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
     meta["creationTimestamp"] = Value::Null;
     if endpoint == Endpoint::LocalSubjectAccessReview {
@@ -155,7 +159,7 @@ pub fn serve(
     {
         s.remove("token");
     }
-    Ok(json!({"kind": kind, "apiVersion": format!("{group}/v1"), "metadata": meta, "spec": spec, "status": status}))
+    Ok(json!({"kind": kind, "apiVersion": endpoint.api_version(), "metadata": meta, "spec": spec, "status": status}))
 }
 
 fn str_list(v: &Value) -> Vec<String> {
