@@ -3,6 +3,131 @@
 //! the host, Secret values decoded.
 
 use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use super::probes::Prober;
+use super::{ContainerRt, Kubelet, identity};
+use crate::api::util::{meta_str, now, str_at};
+
+impl Kubelet {
+    pub(super) fn spawn(
+        &self,
+        pod: &Value,
+        c: &Value,
+        ip: &str,
+        map: &[(String, PathBuf)],
+        crt: &mut ContainerRt,
+    ) -> anyhow::Result<()> {
+        let binary = self
+            .images
+            .binary_for(&crt.image)
+            .ok_or_else(|| anyhow::anyhow!("image {} is not one of the project's", crt.image))?
+            .to_path_buf();
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        };
+        let command = strs(&c["command"]);
+        let mut argv: Vec<String> = command.into_iter().skip(1).collect();
+        argv.extend(strs(&c["args"]));
+        let env: Vec<(String, String)> =
+            self.env(pod, c, ip).into_iter().map(|(k, v)| (k, rewrite(&own_address(&v, ip), map))).collect();
+        // `$(VAR)` in command and args expands from the container's environment, as the
+        // kubelet does (e.g. `--listen $(POD_IP):7443`).
+        let argv: Vec<String> = argv.iter().map(|a| rewrite(&own_address(&expand_vars(a, &env), ip), map)).collect();
+        let logs = self.node_dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log_path = logs.join(format!("{}_{}_{}.log", meta_str(pod, "namespace"), meta_str(pod, "name"), crt.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = match map.iter().find(|(p, _)| p == identity::MOUNT_PATH) {
+            Some((_, dir)) => identity::wrapped(dir, &binary, &argv)?,
+            None => {
+                let mut cmd = tokio::process::Command::new(&binary);
+                cmd.args(&argv);
+                cmd
+            }
+        };
+        cmd.envs(env.iter().cloned())
+            // The process finds the API server as a pod does, never through the machine's.
+            .env_remove("KUBECONFIG")
+            .current_dir(&self.node_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("running {}: {e}", binary.display()))?;
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(p) = pgid {
+            self.children.add(p);
+        }
+        crt.child = Some(child);
+        crt.pgid = pgid;
+        crt.prober = Some(Prober::start(c, ip, env, |a| rewrite(a, map)));
+        crt.started_at = now();
+        crt.exited = None;
+        Ok(())
+    }
+
+    /// The container's environment: the machine's (PATH and friends), then the pod spec's
+    /// `env`/`envFrom` with field, ConfigMap and Secret references resolved, then NODE_NAME.
+    fn env(&self, pod: &Value, c: &Value, ip: &str) -> Vec<(String, String)> {
+        let store = &self.store;
+        let ns = meta_str(pod, "namespace");
+        let mut out = Vec::new();
+        let lookup = |kind: &str, name: &str, key: &str| -> Option<String> {
+            let (rt, field) =
+                if kind == "secret" { (store.rt("", "secrets"), "data") } else { (store.rt("", "configmaps"), "data") };
+            let o = store.get(&rt, ns, name).ok()?;
+            let v = o[field][key].as_str()?.to_string();
+            if kind == "secret" { decode_b64(&v) } else { Some(v) }
+        };
+        for ef in c["envFrom"].as_array().into_iter().flatten() {
+            let prefix = ef["prefix"].as_str().unwrap_or_default();
+            let (kind, name) = if let Some(n) = ef["configMapRef"]["name"].as_str() {
+                ("configmap", n)
+            } else {
+                ("secret", ef["secretRef"]["name"].as_str().unwrap_or_default())
+            };
+            let rt = if kind == "secret" { store.rt("", "secrets") } else { store.rt("", "configmaps") };
+            if let Ok(o) = store.get(&rt, ns, name) {
+                for (k, _) in o["data"].as_object().into_iter().flatten() {
+                    if let Some(v) = lookup(kind, name, k) {
+                        out.push((format!("{prefix}{k}"), v));
+                    }
+                }
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            let Some(name) = e["name"].as_str() else { continue };
+            let vf = &e["valueFrom"];
+            let value = if let Some(path) = vf["fieldRef"]["fieldPath"].as_str() {
+                Some(match path {
+                    "status.podIP" => ip.to_string(),
+                    "status.hostIP" => self.addresses.node_ip(self.index),
+                    "spec.nodeName" => self.node.clone(),
+                    p => str_at(pod, p).to_string(),
+                })
+            } else if vf["secretKeyRef"].is_object() {
+                lookup("secret", str_at(vf, "secretKeyRef.name"), str_at(vf, "secretKeyRef.key"))
+            } else if vf["configMapKeyRef"].is_object() {
+                lookup("configmap", str_at(vf, "configMapKeyRef.name"), str_at(vf, "configMapKeyRef.key"))
+            } else {
+                Some(e["value"].as_str().unwrap_or_default().to_string())
+            };
+            if let Some(v) = value {
+                out.push((name.to_string(), v));
+            }
+        }
+        out.push(("NODE_NAME".into(), self.node.clone()));
+        // What Kubernetes puts in every container for the `kubernetes` Service.
+        out.push(("KUBERNETES_SERVICE_HOST".into(), self.api.ip().to_string()));
+        out.push(("KUBERNETES_SERVICE_PORT".into(), self.api.port().to_string()));
+        out.push(("KUBERNETES_SERVICE_PORT_HTTPS".into(), self.api.port().to_string()));
+        out
+    }
+}
 
 /// Expands `$(NAME)` from `env`, leaves unknown references as they are, and turns `$$(`
 /// into a literal `$(`, the kubelet's rules.
