@@ -91,6 +91,8 @@ impl Cluster {
         let children = Children::default();
         // Whatever a crashed earlier run left in this directory goes first.
         host::cleanup(&dir, &children);
+        let mut undo = UndoStart { dir: dir.clone(), children: children.clone(), armed: true };
+        host::share_mounts(&dir).context("making the cluster directory a shared mount")?;
 
         let addresses = Arc::new(AddressBlock::lease()?);
         let store = Arc::new(Store::new(config.watch_history));
@@ -183,6 +185,7 @@ impl Cluster {
             kubelets.push(k);
         }
 
+        undo.armed = false;
         let cluster = Cluster {
             config,
             store,
@@ -360,6 +363,21 @@ impl Drop for Cluster {
             t.abort();
         }
         host::cleanup(&self.config.dir, &self.children);
+    }
+}
+
+/// Undoes a start that failed half-way (a dropped [`Cluster`] cleans up after itself).
+struct UndoStart {
+    dir: PathBuf,
+    children: Children,
+    armed: bool,
+}
+
+impl Drop for UndoStart {
+    fn drop(&mut self) {
+        if self.armed {
+            host::cleanup(&self.dir, &self.children);
+        }
     }
 }
 

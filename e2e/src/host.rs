@@ -106,6 +106,17 @@ pub fn bind_mount(src: &Path, target: &Path) -> Result<(), HostError> {
         .map_err(|source| HostError::Sys { what: "bind mount", path: target.to_path_buf(), source })
 }
 
+/// Makes `dir` a mount point of its own whose mounts propagate (a shared subtree). A pod's
+/// process in a mount namespace of its own (the kubelet's service-account identity) holds
+/// copies of the mounts that existed when it started; with the subtree shared, the host's
+/// later mounts and unmounts under `dir` reach those copies, so such a process never keeps a
+/// volume (and its loop device) of this or another cluster alive after the host let go.
+pub fn share_mounts(dir: &Path) -> Result<(), HostError> {
+    bind_mount(dir, dir)?;
+    nix::mount::mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        .map_err(|source| HostError::Sys { what: "make shared", path: dir.to_path_buf(), source })
+}
+
 /// Unmounts `target` (lazily, so a process still holding a file does not block teardown).
 pub fn unmount(target: &Path) -> Result<(), HostError> {
     match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
