@@ -37,7 +37,8 @@ pub fn node_matches_terms(node: &Value, terms: &Value) -> bool {
     })
 }
 
-fn expr_matches(e: &Value, value: Option<&Value>) -> bool {
+/// One `matchExpressions` entry (In, NotIn, Exists, DoesNotExist) against a label's value.
+pub(crate) fn expr_matches(e: &Value, value: Option<&Value>) -> bool {
     let values: Vec<&str> =
         e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let v = value.and_then(Value::as_str);

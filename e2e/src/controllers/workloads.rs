@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::is_deleting;
+use super::scheduler::expr_matches;
 use crate::api::util::meta_str;
 
 /// Whether `labels` satisfy a `metav1.LabelSelector` object (matchLabels and matchExpressions
@@ -16,17 +17,11 @@ pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
     }
     let by_label =
         selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| labels.get(k).is_some_and(|l| l == v));
-    let by_expr = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
-        let value = labels.get(e["key"].as_str().unwrap_or_default()).and_then(Value::as_str);
-        let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        match e["operator"].as_str().unwrap_or_default() {
-            "In" => value.is_some_and(|v| values.contains(&v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(&v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
+    let by_expr = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| expr_matches(e, labels.get(e["key"].as_str().unwrap_or_default())));
     by_label && by_expr
 }
 
