@@ -10,8 +10,11 @@ use std::path::PathBuf;
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// Blocks 1..=BLOCKS: block `b` uses 127.(2b).x.x for nodes and 127.(2b+1).x.x for pods.
+/// Blocks 1..=BLOCKS: block `b` uses 127.(2b).x.x for nodes and 127.(2b+1).x.x for pods;
+/// the upper half of the node range, 127.(2b).128.0/17, holds Service ClusterIPs.
 const BLOCKS: u8 = 126;
+/// How many ClusterIPs one block has.
+const SERVICE_IPS: u32 = 128 * 254;
 
 #[derive(Debug)]
 pub struct AddressBlock {
@@ -50,6 +53,11 @@ impl AddressBlock {
     /// The `n`th pod address on node `i`.
     pub fn pod_ip(&self, i: usize, n: u32) -> String {
         format!("127.{}.{}.{}", 2 * self.block + 1, i % 256, n % 253 + 2)
+    }
+
+    /// The `n`th Service ClusterIP (`None` past the end of the range).
+    pub fn service_ip(block: u8, n: u32) -> Option<String> {
+        (n < SERVICE_IPS).then(|| format!("127.{}.{}.{}", 2 * block, 128 + n / 254, n % 254 + 1))
     }
 
     pub fn index(&self) -> u8 {

@@ -16,7 +16,9 @@ use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
 use crate::controllers::kubelet::ProjectImages;
-use crate::controllers::{self, binder, daemonset, deployment, gc, kubelet, provisioner, replicaset, scheduler};
+use crate::controllers::{
+    self, binder, daemonset, deployment, endpoints, gc, kubelet, provisioner, proxy, replicaset, scheduler,
+};
 use crate::host::{self, Children};
 
 /// The provisioner name of the built-in local storage classes (and their CSIDriver).
@@ -96,6 +98,7 @@ impl Cluster {
 
         let addresses = Arc::new(AddressBlock::lease()?);
         let store = Arc::new(Store::new(config.watch_history));
+        store.set_service_block(addresses.index());
         seed(&store, &config, &addresses)?;
         let authority = Arc::new(Authority::generate()?);
         std::fs::write(dir.join("ca.crt"), authority.ca_pem()).context("writing ca.crt")?;
@@ -153,6 +156,7 @@ impl Cluster {
             ("deployment", deployment::sweep as fn(&Store) -> anyhow::Result<()>),
             ("replicaset", replicaset::sweep),
             ("daemonset", daemonset::sweep),
+            ("endpointslice", endpoints::sweep),
         ] {
             let s = store.clone();
             tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), name, move || {
@@ -165,6 +169,13 @@ impl Cluster {
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "provisioner", move || {
             let p = p.clone();
             async move { p.sweep().await }
+        })));
+        // kube-proxy: Services on their ClusterIPs and node ports.
+        let px = Arc::new(proxy::Proxy::default());
+        let s = store.clone();
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "proxy", move || {
+            let (px, s) = (px.clone(), s.clone());
+            async move { px.sweep(&s).await }
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {

@@ -81,7 +81,9 @@ macro_rules! generate_kinds {
 fn builtins() -> &'static Builtins {
     static B: OnceLock<Builtins> = OnceLock::new();
     B.get_or_init(|| {
-        use k8s_openapi::api::{apps, authentication, authorization, coordination, core, events, rbac, storage};
+        use k8s_openapi::api::{
+            apps, authentication, authorization, coordination, core, discovery, events, rbac, storage,
+        };
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
         let mut g: SchemaGenerator = SchemaSettings::openapi3().into_generator();
         // Every kind registry.rs serves as a built-in (a test checks that none is missing).
@@ -93,6 +95,7 @@ fn builtins() -> &'static Builtins {
             apiextensions::v1::CustomResourceDefinition,
             rbac::v1::Role, rbac::v1::RoleBinding, rbac::v1::ClusterRole, rbac::v1::ClusterRoleBinding,
             apps::v1::Deployment, apps::v1::DaemonSet, apps::v1::ReplicaSet,
+            discovery::v1::EndpointSlice,
             authentication::v1::TokenReview, authentication::v1::SelfSubjectReview,
             authorization::v1::SubjectAccessReview, authorization::v1::SelfSubjectAccessReview,
             authorization::v1::LocalSubjectAccessReview, authorization::v1::SelfSubjectRulesReview,

@@ -121,6 +121,7 @@ const BUILTINS: &[Builtin] = &[
     b("apps", "v1", "Deployment", "deployments", true, &["deploy"], true),
     b("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
     b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),
+    b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false),
 ];
 
 /// The table of served resources.

@@ -217,6 +217,70 @@ fn builtin(rt: &ResourceType, o: &Value) -> Option<(Vec<Col>, Vec<Value>)> {
                 ],
             )
         }
+        "/services" => {
+            let ports: Vec<String> = o["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match p["nodePort"].as_u64() {
+                    Some(np) => format!("{}:{np}/{}", p["port"], str_at(p, "protocol")),
+                    None => format!("{}/{}", p["port"], str_at(p, "protocol")),
+                })
+                .collect();
+            let selector: Vec<String> = o["spec"]["selector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            (
+                vec![
+                    c("Name", "string", 0),
+                    c("Type", "string", 0),
+                    c("Cluster-IP", "string", 0),
+                    c("External-IP", "string", 0),
+                    c("Port(s)", "string", 0),
+                    c("Age", "string", 0),
+                    c("Selector", "string", 1),
+                ],
+                vec![
+                    name,
+                    json!(str_at(o, "spec.type")),
+                    json!(or_none(str_at(o, "spec.clusterIP"))),
+                    json!("<none>"),
+                    json!(or_none(&ports.join(","))),
+                    a,
+                    json!(or_none(&selector.join(","))),
+                ],
+            )
+        }
+        "discovery.k8s.io/endpointslices" => {
+            let list = |v: &Value, f: &dyn Fn(&Value) -> Vec<String>| -> String {
+                let all: Vec<String> = v.as_array().into_iter().flatten().flat_map(f).collect();
+                if all.is_empty() { "<unset>".into() } else { all.join(",") }
+            };
+            (
+                vec![
+                    c("Name", "string", 0),
+                    c("AddressType", "string", 0),
+                    c("Ports", "string", 0),
+                    c("Endpoints", "string", 0),
+                    c("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(str_at(o, "addressType")),
+                    json!(list(&o["ports"], &|p| vec![p["port"].to_string()])),
+                    json!(list(&o["endpoints"], &|e| e["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str().map(str::to_string))
+                        .collect())),
+                    a,
+                ],
+            )
+        }
         _ => return None,
     })
 }

@@ -6,9 +6,11 @@
 pub mod binder;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod kubelet;
 pub mod provisioner;
+pub mod proxy;
 pub mod replicaset;
 pub mod scheduler;
 pub mod workloads;

@@ -154,6 +154,11 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Services get ClusterIPs from this address block (see `addresses.rs`).
+    pub fn set_service_block(&self, block: u8) {
+        self.lock().service_block = block;
+    }
+
     /// Fires after every write: the stand-in controllers wait on it.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -26,6 +26,9 @@ pub struct Objects {
     /// The history holds every change with rv > compacted.
     pub(super) compacted: u64,
     uids: HashMap<String, (String, String, String)>,
+    /// The cluster's address block, whose upper node half holds Service ClusterIPs (0: none
+    /// leased, e.g. a bare store in unit tests).
+    pub service_block: u8,
 }
 
 impl Objects {
@@ -38,6 +41,7 @@ impl Objects {
             history_limit: history_limit.max(1),
             compacted: 1,
             uids: HashMap::new(),
+            service_block: 0,
         }
     }
 

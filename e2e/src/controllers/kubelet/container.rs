@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde_json::Value;
 
 use super::probes::Prober;
-use super::{ContainerRt, Kubelet, identity};
+use super::{ContainerRt, Kubelet, hosts, identity};
 use crate::api::util::{meta_str, now, str_at};
 
 impl Kubelet {
@@ -40,14 +40,13 @@ impl Kubelet {
         std::fs::create_dir_all(&logs)?;
         let log_path = logs.join(format!("{}_{}_{}.log", meta_str(pod, "namespace"), meta_str(pod, "name"), crt.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut cmd = match map.iter().find(|(p, _)| p == identity::MOUNT_PATH) {
-            Some((_, dir)) => identity::wrapped(dir, &binary, &argv)?,
-            None => {
-                let mut cmd = tokio::process::Command::new(&binary);
-                cmd.args(&argv);
-                cmd
-            }
-        };
+        // Every pod process sees its own /etc/hosts (Service names), and its
+        // service-account files where clients look for them.
+        let mut binds = vec![(hosts::path(&self.pod_dir(meta_str(pod, "uid"))), hosts::MOUNT_PATH)];
+        if let Some((_, dir)) = map.iter().find(|(p, _)| p == identity::MOUNT_PATH) {
+            binds.push((dir.clone(), identity::MOUNT_PATH));
+        }
+        let mut cmd = identity::wrapped(&binds, &binary, &argv)?;
         cmd.envs(env.iter().cloned())
             // The process finds the API server as a pod does, never through the machine's.
             .env_remove("KUBECONFIG")

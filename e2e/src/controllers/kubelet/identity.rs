@@ -5,6 +5,7 @@
 //! Clients such as kube-rs read that absolute path, which no argument rewriting can move, so
 //! a process that has it runs in a mount namespace of its own (`unshare`) where the pod's
 //! directory is bind-mounted there; mounts the host makes later still propagate into it.
+//! Every pod process gets such a namespace, for its `/etc/hosts` (see `hosts.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,15 +90,29 @@ impl Identity {
     }
 }
 
-/// The command that runs `binary argv…` with `identity_dir` at [`MOUNT_PATH`].
-pub fn wrapped(identity_dir: &Path, binary: &Path, argv: &[String]) -> anyhow::Result<tokio::process::Command> {
-    // The mount point must exist on the host; it stays empty there.
-    std::fs::create_dir_all(MOUNT_PATH)?;
+/// The command that runs `binary argv…` in a mount namespace of its own where each host path
+/// of `binds` is bind-mounted at its container path (the identity directory at
+/// [`MOUNT_PATH`], the pod's hosts file at `/etc/hosts`).
+pub fn wrapped(binds: &[(PathBuf, &str)], binary: &Path, argv: &[String]) -> anyhow::Result<tokio::process::Command> {
+    for (_, at) in binds {
+        // The mount point must exist on the host; it stays as it was there.
+        if *at == MOUNT_PATH {
+            std::fs::create_dir_all(MOUNT_PATH)?;
+        }
+    }
     let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "slave", "sh", "-c", r#"mount --bind "$0" "$1" && shift && exec "$@""#])
-        .arg(identity_dir)
-        .arg(MOUNT_PATH)
-        .arg(binary)
-        .args(argv);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "slave",
+        "sh",
+        "-c",
+        r#"while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; shift; exec "$@""#,
+        "sh",
+    ]);
+    for (from, at) in binds {
+        cmd.arg(from).arg(at);
+    }
+    cmd.arg("--").arg(binary).args(argv);
     Ok(cmd)
 }

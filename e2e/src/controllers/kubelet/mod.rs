@@ -31,6 +31,7 @@ use crate::cluster::{ClusterConfig, node_name};
 use crate::host::{self, Children};
 
 mod container;
+mod hosts;
 mod identity;
 pub mod images;
 mod probes;
@@ -171,6 +172,9 @@ impl Kubelet {
                     if let Some(identity) = rt.identity.as_mut() {
                         identity.refresh(&self.authority, store);
                     }
+                    if let Err(e) = hosts::write(&self.pod_dir(&uid), pod, &rt.ip, store) {
+                        tracing::warn!(pod = meta_str(pod, "name"), error = %e, "refreshing the pod's hosts file");
+                    }
                     self.poll(pod, rt).await;
                     self.write_status(pod, rt)?;
                 }
@@ -232,6 +236,10 @@ impl Kubelet {
         } else {
             self.addresses.pod_ip(self.index, self.next_ip.fetch_add(1, Ordering::Relaxed))
         };
+        if let Err(e) = hosts::write(&dir, pod, &ip, store) {
+            teardown_paths(&volume_paths);
+            return Err(e);
+        }
         let mut rt = PodRt {
             uid: uid.to_string(),
             ip,

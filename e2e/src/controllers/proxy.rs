@@ -1,0 +1,157 @@
+//! A kube-proxy stand-in. Pods run on the host network, so instead of packet rewriting it
+//! listens itself: on `clusterIP:port` for every Service port (ClusterIPs come from the
+//! cluster's loopback block, so they are local addresses) and on `127.0.0.1:nodePort` for
+//! NodePort Services, and splices each connection to a ready endpoint of the Service's
+//! EndpointSlices, round robin. Backends follow the slices; a Service that goes away closes
+//! its listeners (connections in flight with them).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::endpoints::SERVICE_NAME_LABEL;
+use crate::api::store::{Query, Store};
+use crate::api::util::meta_str;
+
+type Backends = Arc<RwLock<Vec<SocketAddr>>>;
+
+struct Listener {
+    backends: Backends,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Ends the accept loop and, with its JoinSet, every connection it spliced.
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+pub struct Proxy {
+    listeners: Mutex<HashMap<SocketAddr, Listener>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    pub async fn sweep(&self, store: &Store) -> anyhow::Result<()> {
+        let services = store.list(&store.rt("", "services"), &Query::default(), None, None)?.items;
+        let slices = store.list(&store.rt("discovery.k8s.io", "endpointslices"), &Query::default(), None, None)?.items;
+        let mut wanted: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
+        for svc in &services {
+            let ns = meta_str(svc, "namespace");
+            let name = meta_str(svc, "name");
+            let ip = svc["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            let own: Vec<&Value> = slices
+                .iter()
+                .filter(|s| meta_str(s, "namespace") == ns && s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
+                .collect();
+            for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
+                if port["protocol"].as_str().is_some_and(|p| p != "TCP") {
+                    continue;
+                }
+                let backends = backends_for(&own, port["name"].as_str().unwrap_or_default());
+                let Some(p) = port["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else { continue };
+                if let Some(ip) = ip
+                    && ip.is_loopback()
+                {
+                    wanted.insert(SocketAddr::new(ip, p), backends.clone());
+                }
+                if let Some(np) = port["nodePort"].as_u64().and_then(|p| u16::try_from(p).ok()) {
+                    wanted.insert(SocketAddr::from(([127, 0, 0, 1], np)), backends);
+                }
+            }
+        }
+        let mut to_bind = Vec::new();
+        {
+            let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            listeners.retain(|addr, _| wanted.contains_key(addr));
+            for (addr, backends) in wanted {
+                match listeners.get(&addr) {
+                    Some(l) => *l.backends.write().unwrap_or_else(|e| e.into_inner()) = backends,
+                    None => to_bind.push((addr, backends)),
+                }
+            }
+        }
+        for (addr, backends) in to_bind {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let backends: Backends = Arc::new(RwLock::new(backends));
+                    let task = tokio::spawn(serve(listener, backends.clone()));
+                    self.listeners.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, Listener { backends, task });
+                }
+                // Retried at the next sweep (another process may hold a node port).
+                Err(e) => tracing::warn!(%addr, error = %e, "service proxy cannot listen"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ready endpoints of the slices for the Service port named `port_name`.
+fn backends_for(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in slices {
+        let Some(port) = s["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in s["endpoints"].as_array().into_iter().flatten() {
+            if e["conditions"]["ready"] == false {
+                continue;
+            }
+            for a in e["addresses"].as_array().into_iter().flatten() {
+                if let Some(ip) = a.as_str().and_then(|a| a.parse().ok()) {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn serve(listener: TcpListener, backends: Backends) {
+    let next = AtomicUsize::new(0);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                let list = backends.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let first = next.fetch_add(1, Ordering::Relaxed);
+                conns.spawn(splice(client, list, first));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Forwards one connection to the first backend (from `first` on) that accepts it; with
+/// none, the client's connection is closed, as kube-proxy rejects it.
+async fn splice(mut client: TcpStream, backends: Vec<SocketAddr>, first: usize) {
+    for k in 0..backends.len() {
+        let addr = backends[(first + k) % backends.len()];
+        if let Ok(Ok(mut upstream)) = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            return;
+        }
+    }
+}
