@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addresses::AddressBlock;
+use crate::api::aggregator::Aggregator;
 use crate::api::auth::{self, AuthState, Authority};
 use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
@@ -116,7 +117,10 @@ impl Cluster {
             nodes_dir: dir.join("nodes"),
         };
         let faults = Arc::new(Faults::default());
-        let auth_state = AuthState { authority: authority.clone(), store: store.clone() };
+        let aggregator = Arc::new(Aggregator::generate(store.clone(), authority.ca_pem())?);
+        aggregator.publish()?;
+        let auth_state =
+            AuthState { authority: authority.clone(), store: store.clone(), aggregator: aggregator.clone() };
         let app = router(state)
             .layer(axum::middleware::from_fn_with_state(auth_state, auth::middleware))
             .layer(axum::middleware::from_fn_with_state(faults.clone(), faults::inject));
@@ -176,6 +180,11 @@ impl Cluster {
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "proxy", move || {
             let (px, s) = (px.clone(), s.clone());
             async move { px.sweep(&s).await }
+        })));
+        // kube-aggregator: APIServices' availability and discovery.
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "apiservices", move || {
+            let a = aggregator.clone();
+            async move { a.sweep().await }
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {

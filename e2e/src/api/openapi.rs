@@ -85,6 +85,7 @@ fn builtins() -> &'static Builtins {
             apps, authentication, authorization, coordination, core, discovery, events, rbac, storage,
         };
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
+        use k8s_openapi::kube_aggregator::pkg::apis::apiregistration;
         let mut g: SchemaGenerator = SchemaSettings::openapi3().into_generator();
         // Every kind registry.rs serves as a built-in (a test checks that none is missing).
         let kinds = generate_kinds!(g;
@@ -95,7 +96,7 @@ fn builtins() -> &'static Builtins {
             apiextensions::v1::CustomResourceDefinition,
             rbac::v1::Role, rbac::v1::RoleBinding, rbac::v1::ClusterRole, rbac::v1::ClusterRoleBinding,
             apps::v1::Deployment, apps::v1::DaemonSet, apps::v1::ReplicaSet,
-            discovery::v1::EndpointSlice,
+            discovery::v1::EndpointSlice, apiregistration::v1::APIService,
             authentication::v1::TokenReview, authentication::v1::SelfSubjectReview,
             authorization::v1::SubjectAccessReview, authorization::v1::SelfSubjectAccessReview,
             authorization::v1::LocalSubjectAccessReview, authorization::v1::SelfSubjectRulesReview,

@@ -122,6 +122,7 @@ const BUILTINS: &[Builtin] = &[
     b("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
     b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false),
+    b("apiregistration.k8s.io", "v1", "APIService", "apiservices", false, &[], true),
 ];
 
 /// The table of served resources.

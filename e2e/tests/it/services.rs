@@ -192,3 +192,117 @@ async fn bad_node_ports_are_refused_like_kubernetes_does() {
     assert!(table.contains(&ip) && table.contains("80:31234/TCP"), "{table}");
     tc.shutdown_and_check_leaks().await;
 }
+
+/// An extension API server: HTTPS on the pod's address with a serving certificate for
+/// `demo-api.default.svc`, requiring a client certificate of the front-proxy CA; it serves
+/// its discovery document and echoes who the API server says the caller is.
+const EXTENSION_SERVER: &str = r#"
+import http.server, json, os, ssl, sys
+cert, key, front_proxy_ca = sys.argv[1:4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        gv = "/apis/demo.example.com/v1alpha1"
+        if self.path.split("?")[0].rstrip("/") == gv:
+            body = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "demo.example.com/v1alpha1",
+                    "resources": [{"name": "greetings", "singularName": "greeting", "namespaced": True,
+                                   "kind": "Greeting", "verbs": ["get", "list"]}]}
+        else:
+            subject = dict(x[0] for x in self.connection.getpeercert()["subject"])
+            body = {"path": self.path, "user": self.headers.get("X-Remote-User"),
+                    "groups": self.headers.get_all("X-Remote-Group") or [],
+                    "authorization": self.headers.get("Authorization"), "client": subject.get("commonName")}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.load_verify_locations(front_proxy_ca)
+ctx.verify_mode = ssl.CERT_REQUIRED
+srv = http.server.ThreadingHTTPServer((os.environ["POD_IP"], 8443), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[tokio::test]
+async fn an_apiservice_proxies_its_group_with_the_callers_identity_and_joins_discovery() {
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(bin.path().join("server.py"), EXTENSION_SERVER).unwrap();
+    let server = script(bin.path(), "demo-api", r#"exec python3 "$(dirname "$0")/server.py" "$@""#);
+    // The backend's own CA and serving certificate (what `caBundle` carries).
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["demo-api.default.svc".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(bin.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(bin.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let tc = TestCluster::start_with(|c| c.images.insert("demo-api", server.clone())).await;
+
+    // The front-proxy CA, as an extension API server finds it.
+    let cm = json_of(
+        &tc.kubectl(&["get", "cm", "-n", "kube-system", "extension-apiserver-authentication", "-o", "json"]).await,
+    );
+    assert_eq!(cm["data"]["requestheader-allowed-names"], r#"["front-proxy-client"]"#, "{cm}");
+    assert_eq!(cm["data"]["requestheader-username-headers"], r#"["X-Remote-User"]"#, "{cm}");
+    let front_proxy_ca = bin.path().join("front-proxy-ca.crt");
+    std::fs::write(&front_proxy_ca, cm["data"]["requestheader-client-ca-file"].as_str().unwrap()).unwrap();
+
+    let args = [bin.path().join("tls.crt"), bin.path().join("tls.key"), front_proxy_ca];
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "demo-api", "labels": {"app": "demo-api"}},
+         "spec": {"containers": [{"name": "api", "image": "example.org/cdi-demo-api:1", "args": args,
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [{"name": "https", "containerPort": 8443}],
+            "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 1}}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo-api"},
+         "spec": {"selector": {"app": "demo-api"}, "ports": [{"port": 443, "targetPort": "https"}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.demo.example.com"},
+         "spec": {"group": "demo.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
+            "service": {"namespace": "default", "name": "demo-api", "port": 443},
+            "caBundle": cdi_e2e::api::util::base64(ca.pem().as_bytes())}},
+    ]});
+    tc.kubectl_stdin(&["apply", "-f", "-"], Some(&objects.to_string())).await;
+    tc.kubectl(&["wait", "apiservice/v1alpha1.demo.example.com", "--for=condition=Available", "--timeout=60s"]).await;
+
+    // Through the API server, with the caller's identity and the front-proxy certificate.
+    let got = json_of(
+        &tc.kubectl(&["get", "--raw", "/apis/demo.example.com/v1alpha1/namespaces/default/greetings/hi"]).await,
+    );
+    assert_eq!(got["user"], "kubernetes-admin", "{got}");
+    assert!(got["groups"].as_array().unwrap().iter().any(|g| g == "system:masters"), "{got}");
+    assert_eq!(got["client"], "front-proxy-client", "{got}");
+    assert!(got["authorization"].is_null(), "the caller's token must not reach the backend: {got}");
+
+    // Discovery lists the group and its resources.
+    let apis = json_of(&tc.kubectl(&["get", "--raw", "/apis"]).await);
+    assert!(apis["groups"].as_array().unwrap().iter().any(|g| g["name"] == "demo.example.com"), "{apis}");
+    let resources = tc.kubectl(&["api-resources", "--api-group=demo.example.com"]).await;
+    assert!(resources.contains("greetings") && resources.contains("Greeting"), "{resources}");
+
+    // RBAC applies at the aggregator: alice only once granted the group.
+    let as_alice = ["get", "--raw", "/apis/demo.example.com/v1alpha1/namespaces/default/greetings/hi", "--as=alice"];
+    let out = tc.kubectl_output(&as_alice, None).await;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Forbidden"), "{out:?}");
+    tc.kubectl(&["create", "role", "greeter", "--verb=get", "--resource=greetings.demo.example.com"]).await;
+    tc.kubectl(&["create", "rolebinding", "greeter", "--role=greeter", "--user=alice"]).await;
+    let got = json_of(&tc.kubectl(&as_alice).await);
+    assert_eq!(got["user"], "alice", "{got}");
+
+    // A backend that goes away makes the APIService unavailable and requests 503.
+    tc.kubectl(&["delete", "pod", "demo-api", "--wait=false"]).await;
+    tc.kubectl(&["wait", "apiservice/v1alpha1.demo.example.com", "--for=condition=Available=False", "--timeout=60s"])
+        .await;
+    let out = tc
+        .kubectl_output(&["get", "--raw", "/apis/demo.example.com/v1alpha1/namespaces/default/greetings/hi"], None)
+        .await;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("ServiceUnavailable"), "{out:?}");
+    tc.shutdown_and_check_leaks().await;
+}

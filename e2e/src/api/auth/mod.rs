@@ -133,6 +133,8 @@ impl Authority {
 pub struct AuthState {
     pub authority: Arc<Authority>,
     pub store: Arc<Store>,
+    /// Proxies aggregated APIs (APIServices) with the caller's identity.
+    pub aggregator: Arc<super::aggregator::Aggregator>,
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -182,7 +184,7 @@ async fn check(st: &AuthState, req: Request, next: Next) -> Result<Response, Api
         let out = reviews::serve(&st.authority, &st.store, &attrs, kind, body)?;
         return Ok(json_response(StatusCode::CREATED, &out));
     }
-    Ok(next.run(req).await)
+    st.aggregator.handle(&attrs.user, req, next).await
 }
 
 /// Kubernetes' serviceaccount controller: every namespace that is not going away has a
