@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use http::{HeaderName, HeaderValue, Method};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject as _;
@@ -131,6 +131,22 @@ impl Aggregator {
         if let Some(apisvc) = self.backend_for(&path) {
             return self.proxy(&apisvc, user, req).await;
         }
+        if req.method() == Method::GET
+            && let Some(group) = path.strip_prefix("/apis/").map(|g| g.trim_end_matches('/'))
+            && !group.is_empty()
+            && !group.contains('/')
+            && let Some((_, versions)) = self.groups().into_iter().find(|(g, _)| g == group)
+        {
+            let vs: Vec<Value> =
+                versions.iter().map(|(v, _)| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+            let body = json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs,
+                              "preferredVersion": vs[0]});
+            return Ok((
+                [(http::header::CONTENT_TYPE, "application/json")],
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+                .into_response());
+        }
         let discovery = req.method() == Method::GET && (path == "/apis" || path == "/apis/");
         let resp = next.run(req).await;
         if !discovery || !resp.status().is_success() {
@@ -192,15 +208,8 @@ impl Aggregator {
             spec["service"]["name"].as_str().unwrap_or_default(),
         );
         let port = spec["service"]["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(443);
-        let svc = self.store.get(&self.store.rt("", "services"), ns, name).map_err(|_| Unavailable {
-            reason: "ServiceNotFound",
-            message: format!("service/{name} in \"{ns}\" is not present"),
-        })?;
-        let ip: std::net::IpAddr =
-            svc["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse().ok()).ok_or(Unavailable {
-                reason: "ServiceNotFound",
-                message: format!("service/{name} in \"{ns}\" has no ClusterIP"),
-            })?;
+        let ip =
+            service_ip(&self.store, ns, name).map_err(|message| Unavailable { reason: "ServiceNotFound", message })?;
         let fail = |reason: &'static str| move |e: String| Unavailable { reason, message: e };
         let tls = self.client_config(spec).map_err(|e| fail("FailedDiscoveryCheck")(e.to_string()))?;
         let host = format!("{name}.{ns}.svc");
@@ -323,21 +332,12 @@ impl Aggregator {
         })
     }
 
-    /// The available aggregated groups added to `/apis` (APIGroupList or the aggregated
-    /// APIGroupDiscoveryList, whichever dispatch answered with).
-    async fn add_to_discovery(&self, resp: Response) -> Response {
-        let (parts, body) = resp.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
-            return Response::from_parts(parts, Body::empty());
-        };
-        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-            // Protobuf or anything else passes unchanged.
-            return Response::from_parts(parts, Body::from(bytes));
-        };
+    /// The aggregated groups whose backends answered, each with its versions (highest
+    /// versionPriority first) and their resource lists.
+    fn groups(&self) -> Vec<(String, Vec<(String, Value)>)> {
         let rt = self.store.rt("apiregistration.k8s.io", "apiservices");
         let mut apisvcs: Vec<Value> =
             self.store.list(&rt, &Query::default(), None, None).map(|l| l.items).unwrap_or_default();
-        // Higher versionPriority first, as Kubernetes orders a group's versions.
         apisvcs.sort_by_key(|a| std::cmp::Reverse(a["spec"]["versionPriority"].as_i64().unwrap_or(0)));
         let discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut groups: Vec<(String, Vec<(String, Value)>)> = Vec::new();
@@ -350,6 +350,21 @@ impl Aggregator {
                 None => groups.push((group, vec![(version, list.clone())])),
             }
         }
+        groups
+    }
+
+    /// The available aggregated groups added to `/apis` (APIGroupList or the aggregated
+    /// APIGroupDiscoveryList, whichever dispatch answered with).
+    async fn add_to_discovery(&self, resp: Response) -> Response {
+        let (parts, body) = resp.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            return Response::from_parts(parts, Body::empty());
+        };
+        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+            // Protobuf or anything else passes unchanged.
+            return Response::from_parts(parts, Body::from(bytes));
+        };
+        let groups = self.groups();
         match v["kind"].as_str() {
             Some("APIGroupList") => {
                 if let Some(list) = v["groups"].as_array_mut() {
@@ -420,6 +435,21 @@ fn escape_key(k: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Where the API server reaches Service `ns/name` itself (webhooks and aggregated APIs): its
+/// ClusterIP, on which the proxy stand-in listens.
+///
+/// # Errors
+/// Kubernetes' message when the Service is missing or has no ClusterIP.
+pub fn service_ip(store: &Store, ns: &str, name: &str) -> Result<std::net::IpAddr, String> {
+    let svc = store
+        .get(&store.rt("", "services"), ns, name)
+        .map_err(|_| format!("service/{name} in \"{ns}\" is not present"))?;
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| format!("service/{name} in \"{ns}\" has no ClusterIP"))
 }
 
 fn service_unavailable() -> ApiError {

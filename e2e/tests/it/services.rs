@@ -284,6 +284,8 @@ async fn an_apiservice_proxies_its_group_with_the_callers_identity_and_joins_dis
     // Discovery lists the group and its resources.
     let apis = json_of(&tc.kubectl(&["get", "--raw", "/apis"]).await);
     assert!(apis["groups"].as_array().unwrap().iter().any(|g| g["name"] == "demo.example.com"), "{apis}");
+    let group = json_of(&tc.kubectl(&["get", "--raw", "/apis/demo.example.com"]).await);
+    assert_eq!(group["preferredVersion"]["groupVersion"], "demo.example.com/v1alpha1", "{group}");
     let resources = tc.kubectl(&["api-resources", "--api-group=demo.example.com"]).await;
     assert!(resources.contains("greetings") && resources.contains("Greeting"), "{resources}");
 

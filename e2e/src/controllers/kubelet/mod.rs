@@ -77,6 +77,8 @@ struct PodRt {
     path_map: Vec<(String, PathBuf)>,
     /// The service-account files, unless the pod opts out.
     identity: Option<Identity>,
+    /// What the pod's `/etc/hosts` holds now.
+    hosts: String,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,8 @@ impl Kubelet {
                 self.stop_pod(rt, Duration::ZERO).await;
             }
         }
+        // Listed once per sweep, for the pods' hosts files.
+        let mut services = None;
         for pod in &pods {
             let uid = meta_str(pod, "uid").to_string();
             if is_deleting(pod) {
@@ -172,7 +176,8 @@ impl Kubelet {
                     if let Some(identity) = rt.identity.as_mut() {
                         identity.refresh(&self.authority, store);
                     }
-                    if let Err(e) = hosts::write(&self.pod_dir(&uid), pod, &rt.ip, store) {
+                    let content = hosts::render(pod, &rt.ip, services.get_or_insert_with(|| hosts::services(store)));
+                    if let Err(e) = hosts::write(&self.pod_dir(&uid), content, &mut rt.hosts) {
                         tracing::warn!(pod = meta_str(pod, "name"), error = %e, "refreshing the pod's hosts file");
                     }
                     self.poll(pod, rt).await;
@@ -236,7 +241,8 @@ impl Kubelet {
         } else {
             self.addresses.pod_ip(self.index, self.next_ip.fetch_add(1, Ordering::Relaxed))
         };
-        if let Err(e) = hosts::write(&dir, pod, &ip, store) {
+        let mut hosts_file = String::new();
+        if let Err(e) = hosts::write(&dir, hosts::render(pod, &ip, &hosts::services(store)), &mut hosts_file) {
             teardown_paths(&volume_paths);
             return Err(e);
         }
@@ -248,6 +254,7 @@ impl Kubelet {
             volume_paths,
             path_map: Vec::new(),
             identity,
+            hosts: hosts_file,
         };
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
             let mut map: Vec<(String, PathBuf)> = Vec::new();
