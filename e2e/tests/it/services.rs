@@ -210,6 +210,7 @@ class H(http.server.BaseHTTPRequestHandler):
             subject = dict(x[0] for x in self.connection.getpeercert()["subject"])
             body = {"path": self.path, "user": self.headers.get("X-Remote-User"),
                     "groups": self.headers.get_all("X-Remote-Group") or [],
+                    "extra": {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-remote-extra-")},
                     "authorization": self.headers.get("Authorization"), "client": subject.get("commonName")}
         data = json.dumps(body).encode()
         self.send_response(200)
@@ -297,6 +298,16 @@ async fn an_apiservice_proxies_its_group_with_the_callers_identity_and_joins_dis
     tc.kubectl(&["create", "rolebinding", "greeter", "--role=greeter", "--user=alice"]).await;
     let got = json_of(&tc.kubectl(&as_alice).await);
     assert_eq!(got["user"], "alice", "{got}");
+
+    // A service account's token carries extra fields; they travel as X-Remote-Extra-*.
+    tc.kubectl(&["create", "rolebinding", "greeter-sa", "--role=greeter", "--serviceaccount=default:default"]).await;
+    let token = tc.kubectl(&["create", "token", "default"]).await;
+    let as_sa =
+        ["get", "--raw", "/apis/demo.example.com/v1alpha1/namespaces/default/greetings/hi", "--token", token.trim()];
+    let got = json_of(&tc.kubectl(&as_sa).await);
+    assert_eq!(got["user"], "system:serviceaccount:default:default", "{got}");
+    let credential = &got["extra"]["x-remote-extra-authentication.kubernetes.io%2fcredential-id"];
+    assert!(credential.as_str().is_some_and(|c| c.starts_with("JTI=")), "{got}");
 
     // A backend that goes away makes the APIService unavailable and requests 503.
     tc.kubectl(&["delete", "pod", "demo-api", "--wait=false"]).await;
