@@ -16,7 +16,9 @@ use crate::api::faults::{self, Faults};
 use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
 use crate::controllers::kubelet::ProjectImages;
-use crate::controllers::{self, binder, daemonset, deployment, gc, kubelet, provisioner, replicaset, scheduler};
+use crate::controllers::{
+    self, binder, daemonset, deployment, gc, kubelet, provisioner, replicaset, scheduler, snapshotter,
+};
 use crate::host::{self, Children};
 
 /// The provisioner name of the built-in local storage classes (and their CSIDriver).
@@ -165,6 +167,11 @@ impl Cluster {
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "provisioner", move || {
             let p = p.clone();
             async move { p.sweep().await }
+        })));
+        let snap = Arc::new(snapshotter::Snapshotter::new(store.clone(), dir.join("snapshots")));
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "snapshotter", move || {
+            let s = snap.clone();
+            async move { s.sweep().await }
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
@@ -442,5 +449,6 @@ fn seed(store: &Store, config: &ClusterConfig, addresses: &AddressBlock) -> anyh
                "volumeBindingMode": "Immediate"}),
         &opts,
     )?;
+    snapshotter::seed(store)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod kubelet;
 pub mod provisioner;
 pub mod replicaset;
 pub mod scheduler;
+pub mod snapshotter;
 pub mod workloads;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ mod install;
 #[path = "../../../mover/tests/it/peers.rs"]
 mod peers;
 mod populate;
+mod snapshots;
 mod standins;
 mod up;
 mod workloads;
