@@ -18,7 +18,7 @@ use crate::api::server::{ApiState, router};
 use crate::api::store::{Store, WriteOptions};
 use crate::controllers::kubelet::ProjectImages;
 use crate::controllers::{
-    self, binder, daemonset, deployment, endpoints, gc, kubelet, provisioner, proxy, replicaset, scheduler,
+    self, binder, daemonset, deployment, endpoints, gc, kubelet, provisioner, proxy, replicaset, scheduler, snapshotter,
 };
 use crate::host::{self, Children};
 
@@ -185,6 +185,11 @@ impl Cluster {
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "apiservices", move || {
             let a = aggregator.clone();
             async move { a.sweep().await }
+        })));
+        let snap = Arc::new(snapshotter::Snapshotter::new(store.clone(), dir.join("snapshots")));
+        tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "snapshotter", move || {
+            let s = snap.clone();
+            async move { s.sweep().await }
         })));
         let mut kubelets = Vec::new();
         for i in 0..config.nodes {
@@ -462,5 +467,6 @@ fn seed(store: &Store, config: &ClusterConfig, addresses: &AddressBlock) -> anyh
                "volumeBindingMode": "Immediate"}),
         &opts,
     )?;
+    snapshotter::seed(store)?;
     Ok(())
 }

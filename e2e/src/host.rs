@@ -57,6 +57,29 @@ pub fn sparse_file(path: &Path, size: u64) -> Result<(), HostError> {
     f.set_len(size).map_err(io("truncate", path))
 }
 
+/// Copies `src` to a new file `dst`, leaving holes where `src` reads as zeros (volume images
+/// are mostly empty: a plain copy would write every byte).
+pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), HostError> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let mut from = fs::File::open(src).map_err(io("open", src))?;
+    let mut to = fs::OpenOptions::new().create(true).truncate(true).write(true).open(dst).map_err(io("create", dst))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = from.read(&mut buf).map_err(io("read", src))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            to.seek(SeekFrom::Current(n as i64)).map_err(io("seek", dst))?;
+        } else {
+            to.write_all(&buf[..n]).map_err(io("write", dst))?;
+        }
+        len += n as u64;
+    }
+    to.set_len(len).map_err(io("truncate", dst))
+}
+
 /// Attaches a loop device to `file` and returns its path (`/dev/loopN`).
 pub fn loop_attach(file: &Path) -> Result<PathBuf, HostError> {
     run(Command::new("losetup").arg("-f").arg("--show").arg(file)).map(PathBuf::from)
@@ -88,6 +111,21 @@ pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
 pub fn mkfs_ext4(dev: &Path) -> Result<(), HostError> {
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(dev))
         .map(|_| ())
+}
+
+/// Grows the (unmounted) ext4 filesystem in image `file` to the file's length. Offline:
+/// online resizing needs an ioctl that containers commonly deny. resize2fs insists on a
+/// freshly checked filesystem; e2fsck's exit status 1 means it corrected something (such
+/// as replaying the journal of a copy taken while mounted), which is fine here.
+pub fn grow_ext4_image(file: &Path) -> Result<(), HostError> {
+    let mut fsck = Command::new("e2fsck");
+    fsck.args(["-f", "-p"]).arg(file);
+    let shown = format!("{fsck:?}");
+    let out = fsck.output().map_err(|e| HostError::Command { command: shown.clone(), stderr: e.to_string() })?;
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(HostError::Command { command: shown, stderr: String::from_utf8_lossy(&out.stdout).trim().into() });
+    }
+    run(Command::new("resize2fs").arg(file)).map(|_| ())
 }
 
 pub fn have_mkfs_ext4() -> bool {

@@ -13,6 +13,7 @@ pub mod provisioner;
 pub mod proxy;
 pub mod replicaset;
 pub mod scheduler;
+pub mod snapshotter;
 pub mod workloads;
 
 use std::sync::Arc;

@@ -9,6 +9,10 @@
 //! - Block volumes are a loop device over a sparse file;
 //! - claims whose `dataSourceRef` names a populator are left alone ("an external populator
 //!   will provision the volume"), as external-provisioner does;
+//! - claims whose data source is a VolumeSnapshot of this driver (restore) or a Bound PVC of
+//!   the same class and namespace (CSI clone) get a copy of its backing file: the same
+//!   bytes, grown to a larger request (Block: a longer device; Filesystem: `resize2fs`);
+//!   smaller requests and a change of volume mode are refused with an event;
 //! - a Released PV with reclaim policy `Delete` has its backing store removed and is
 //!   deleted; `Retain` keeps both.
 
@@ -19,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::binder::{PROVISIONED_BY, STORAGE_PROVISIONER};
 use super::scheduler::SELECTED_NODE;
-use super::{has_finalizer, is_deleting, record_event};
+use super::{has_finalizer, is_deleting, record_event, snapshotter};
 use crate::api::store::{DeleteOptions, Store, WriteOptions};
 use crate::api::util::{meta_str, quantity_bytes, str_at};
 use crate::cluster::PROVISIONER;
@@ -37,6 +41,7 @@ pub const ATTR_FILE: &str = "e2e.cdi.kubevirt.io/backing-file";
 pub struct Provisioner {
     store: Arc<Store>,
     nodes_dir: PathBuf,
+    snapshots_dir: PathBuf,
     ext4: bool,
 }
 
@@ -49,7 +54,9 @@ struct Backing {
 
 impl Provisioner {
     pub fn new(store: Arc<Store>, nodes_dir: PathBuf) -> Self {
-        Provisioner { store, nodes_dir, ext4: host::have_mkfs_ext4() }
+        // Snapshot files are the snapshotter's, beside the nodes in the cluster directory.
+        let snapshots_dir = nodes_dir.parent().unwrap_or(&nodes_dir).join("snapshots");
+        Provisioner { store, nodes_dir, snapshots_dir, ext4: host::have_mkfs_ext4() }
     }
 
     pub async fn sweep(&self) -> anyhow::Result<()> {
@@ -76,20 +83,12 @@ impl Provisioner {
                 continue;
             }
             let ds = &claim["spec"]["dataSourceRef"];
+            let mut source = None;
             if ds.is_object() {
                 let (group, kind) = (str_at(ds, "apiGroup"), str_at(ds, "kind"));
                 let clone_or_snapshot = (group.is_empty() && kind == "PersistentVolumeClaim")
-                    || (group == "snapshot.storage.k8s.io" && kind == "VolumeSnapshot");
-                if clone_or_snapshot {
-                    record_event(
-                        store,
-                        claim,
-                        "Warning",
-                        "ProvisioningFailed",
-                        "this provisioner cannot clone volumes or restore snapshots",
-                        NAME,
-                    );
-                } else {
+                    || (group == snapshotter::GROUP && kind == "VolumeSnapshot");
+                if !clone_or_snapshot {
                     record_event(
                         store,
                         claim,
@@ -98,8 +97,15 @@ impl Provisioner {
                         "Assuming an external populator will provision the volume",
                         NAME,
                     );
+                    continue;
                 }
-                continue;
+                match self.source_of(claim, &pvs) {
+                    Ok(s) => source = Some(s),
+                    Err(message) => {
+                        record_event(store, claim, "Warning", "ProvisioningFailed", &message, NAME);
+                        continue;
+                    }
+                }
             }
             let wffc = class["volumeBindingMode"] == "WaitForFirstConsumer";
             let node = match claim["metadata"]["annotations"][SELECTED_NODE].as_str() {
@@ -116,7 +122,7 @@ impl Provisioner {
                     n.to_string()
                 }
             };
-            self.provision(claim, class, &pv_name, &node).await?;
+            self.provision(claim, class, &pv_name, &node, source).await?;
         }
 
         for pv in &pvs {
@@ -139,7 +145,14 @@ impl Provisioner {
         Ok(())
     }
 
-    async fn provision(&self, claim: &Value, class: &Value, pv_name: &str, node: &str) -> anyhow::Result<()> {
+    async fn provision(
+        &self,
+        claim: &Value,
+        class: &Value,
+        pv_name: &str,
+        node: &str,
+        source: Option<Source>,
+    ) -> anyhow::Result<()> {
         let store = &self.store;
         record_event(
             store,
@@ -160,7 +173,21 @@ impl Provisioner {
         let dir = self.nodes_dir.join(node).join("volumes");
         let ext4 = self.ext4;
         let name = pv_name.to_string();
-        let backing = tokio::task::spawn_blocking(move || create_backing(&dir, &name, size, block, ext4)).await??;
+        let backing = match source {
+            None => tokio::task::spawn_blocking(move || create_backing(&dir, &name, size, block, ext4)).await??,
+            Some(src) => {
+                // A copy is never smaller than its source (source_of refused smaller requests).
+                let size = size.max(src.size);
+                match tokio::task::spawn_blocking(move || copy_backing(&dir, &name, size, block, &src)).await? {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let msg = format!("copying the data source failed: {e}");
+                        record_event(store, claim, "Warning", "ProvisioningFailed", &msg, NAME);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let mut attrs = json!({ATTR_NODE: node});
         if let Some(p) = &backing.path {
             attrs[ATTR_PATH] = json!(p);
@@ -208,6 +235,77 @@ impl Provisioner {
         Ok(())
     }
 
+    /// The data a clone or restore starts from, or why there is none (yet).
+    fn source_of(&self, claim: &Value, pvs: &[Value]) -> Result<Source, String> {
+        let store = &self.store;
+        let ds = &claim["spec"]["dataSourceRef"];
+        let (ns, src_name) = (meta_str(claim, "namespace"), str_at(ds, "name"));
+        if ds["namespace"].as_str().is_some_and(|n| n != ns) {
+            return Err("cross-namespace data sources are not supported by this provisioner".into());
+        }
+        let block = str_at(claim, "spec.volumeMode") == "Block";
+        let mode = |b: bool| if b { "Block" } else { "Filesystem" };
+        let requested = quantity_bytes(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0);
+        let (file, src_block, size) = if ds["kind"] == "VolumeSnapshot" {
+            let vs_rt = store.registry().preferred(snapshotter::GROUP, "volumesnapshots").cloned();
+            let vs = vs_rt.and_then(|rt| store.get(&rt, ns, src_name).ok());
+            let Some(vs) = vs else { return Err(format!("VolumeSnapshot {ns}/{src_name} not found")) };
+            if vs["status"]["readyToUse"] != true || is_deleting(&vs) {
+                return Err(format!("VolumeSnapshot {ns}/{src_name} is not ready to use"));
+            }
+            let vsc_rt = store.registry().preferred(snapshotter::GROUP, "volumesnapshotcontents").cloned();
+            let content_name = str_at(&vs, "status.boundVolumeSnapshotContentName");
+            let content = vsc_rt.and_then(|rt| store.get(&rt, "", content_name).ok());
+            let Some(content) = content else {
+                return Err(format!("VolumeSnapshotContent {content_name} not found"));
+            };
+            if content["spec"]["driver"] != PROVISIONER {
+                return Err(format!("VolumeSnapshot {ns}/{src_name} was not taken by driver {PROVISIONER}"));
+            }
+            let file = snapshotter::snapshot_file(&self.snapshots_dir, str_at(&content, "status.snapshotHandle"))
+                .ok_or_else(|| format!("VolumeSnapshotContent {content_name} has no usable snapshotHandle"))?;
+            let src_block = str_at(&content, "spec.sourceVolumeMode") == "Block";
+            (file, src_block, content["status"]["restoreSize"].as_u64().unwrap_or(0))
+        } else {
+            let Ok(src) = store.get(&store.rt("", "persistentvolumeclaims"), ns, src_name) else {
+                return Err(format!("source PVC {ns}/{src_name} not found"));
+            };
+            if str_at(&src, "status.phase") != "Bound" {
+                return Err(format!("source PVC {ns}/{src_name} is not Bound"));
+            }
+            let (class, src_class) = (str_at(claim, "spec.storageClassName"), str_at(&src, "spec.storageClassName"));
+            if class != src_class {
+                return Err(format!(
+                    "source PVC {ns}/{src_name} is of storage class \"{src_class}\", not \"{class}\": \
+                     a CSI clone stays within one class"
+                ));
+            }
+            let Some(pv) = pvs.iter().find(|p| meta_str(p, "name") == str_at(&src, "spec.volumeName")) else {
+                return Err(format!("the volume of source PVC {ns}/{src_name} not found"));
+            };
+            let Some(file) = pv["spec"]["csi"]["volumeAttributes"][ATTR_FILE].as_str() else {
+                return Err(format!(
+                    "the volume of source PVC {ns}/{src_name} is a plain directory and cannot be cloned"
+                ));
+            };
+            let src_block = str_at(pv, "spec.volumeMode") == "Block";
+            (PathBuf::from(file), src_block, quantity_bytes(str_at(pv, "spec.capacity.storage")).unwrap_or(0))
+        };
+        if src_block != block {
+            return Err(format!(
+                "the data source is a {} volume and the claim asks for {}: changing the volume mode is not supported",
+                mode(src_block),
+                mode(block)
+            ));
+        }
+        if requested < size {
+            return Err(format!(
+                "requested volume size {requested} is less than the size {size} of the data source {src_name}"
+            ));
+        }
+        Ok(Source { file, size })
+    }
+
     async fn destroy(&self, pv: &Value) -> anyhow::Result<()> {
         let attrs = &pv["spec"]["csi"]["volumeAttributes"];
         let get = |k: &str| attrs[k].as_str().map(PathBuf::from);
@@ -215,6 +313,12 @@ impl Provisioner {
         tokio::task::spawn_blocking(move || destroy_backing(&backing)).await?;
         Ok(())
     }
+}
+
+/// The data a new volume is copied from.
+struct Source {
+    file: PathBuf,
+    size: u64,
 }
 
 fn claim_ref_is(pv: &Value, claim: &Value) -> bool {
@@ -243,6 +347,37 @@ fn create_backing(dir: &Path, name: &str, size: u64, block: bool, ext4: bool) ->
             destroy_backing(&backing);
             return Err(e);
         }
+    }
+    Ok(backing)
+}
+
+/// A volume that starts as a copy of `src` (a snapshot file or another volume's backing
+/// file), `size` bytes long (at least the source's).
+fn copy_backing(dir: &Path, name: &str, size: u64, block: bool, src: &Source) -> Result<Backing, host::HostError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| host::HostError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("mkdir", dir))?;
+    let path = dir.join(name);
+    let file = dir.join(format!("{name}.img"));
+    // A clone's source may be in use: what its writers wrote must reach the file first.
+    snapshotter::flush_all();
+    host::sparse_copy(&src.file, &file)?;
+    let grown = std::fs::OpenOptions::new().write(true).open(&file).and_then(|f| f.set_len(size));
+    grown.map_err(io("truncate", &file))?;
+    if !block && size > src.size {
+        // The filesystem grows with the volume, as a CSI driver's NodeExpandVolume does.
+        if let Err(e) = host::grow_ext4_image(&file) {
+            let _ = std::fs::remove_file(&file);
+            return Err(e);
+        }
+    }
+    let device = host::loop_attach(&file)?;
+    let backing = Backing { path: (!block).then(|| path.clone()), device: Some(device.clone()), file: Some(file) };
+    if !block && let Err(e) = host::mount_ext4(&device, &path) {
+        destroy_backing(&backing);
+        return Err(e);
     }
     Ok(backing)
 }

@@ -12,6 +12,7 @@ mod install;
 mod peers;
 mod populate;
 mod services;
+mod snapshots;
 mod standins;
 mod up;
 mod workloads;
