@@ -81,7 +81,9 @@ macro_rules! generate_kinds {
 fn builtins() -> &'static Builtins {
     static B: OnceLock<Builtins> = OnceLock::new();
     B.get_or_init(|| {
-        use k8s_openapi::api::{apps, authentication, authorization, coordination, core, events, rbac, storage};
+        use k8s_openapi::api::{
+            admissionregistration, apps, authentication, authorization, coordination, core, events, rbac, storage,
+        };
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
         let mut g: SchemaGenerator = SchemaSettings::openapi3().into_generator();
         // Every kind registry.rs serves as a built-in (a test checks that none is missing).
@@ -96,6 +98,8 @@ fn builtins() -> &'static Builtins {
             authentication::v1::TokenReview, authentication::v1::SelfSubjectReview,
             authorization::v1::SubjectAccessReview, authorization::v1::SelfSubjectAccessReview,
             authorization::v1::LocalSubjectAccessReview, authorization::v1::SelfSubjectRulesReview,
+            admissionregistration::v1::ValidatingWebhookConfiguration,
+            admissionregistration::v1::MutatingWebhookConfiguration,
         );
         let mut schemas = g.take_definitions(true);
         add_extensions(&mut schemas);

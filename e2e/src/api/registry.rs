@@ -121,6 +121,24 @@ const BUILTINS: &[Builtin] = &[
     b("apps", "v1", "Deployment", "deployments", true, &["deploy"], true),
     b("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
     b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+    ),
 ];
 
 /// The table of served resources.
