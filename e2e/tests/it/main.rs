@@ -13,4 +13,5 @@ mod peers;
 mod populate;
 mod standins;
 mod up;
+mod webhooks;
 mod workloads;
