@@ -78,8 +78,8 @@ fn active(store: &Store, rt: &ResourceType) -> bool {
 /// The webhooks of every configuration of one type, configurations in name order.
 fn webhooks(store: &Store, mutating: bool) -> Vec<Value> {
     let plural = if mutating { "mutatingwebhookconfigurations" } else { "validatingwebhookconfigurations" };
-    let Some(rt) = store.registry().preferred(GROUP, plural).cloned() else { return vec![] };
-    let mut configs = store.all(&rt);
+    // Built-in kinds, always registered.
+    let mut configs = store.all(&store.rt(GROUP, plural));
     configs.sort_by(|a, b| meta_str(a, "name").cmp(meta_str(b, "name")));
     configs.iter().flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default()).collect()
 }
