@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use crate::common::{TestCluster, json_of};
 
 /// The webhook server: `/validate` denies objects labelled `deny=true` (403 and a message),
-/// `/mutate` adds the label `mutated-by=<the requester's user name>` with a JSON patch.
+/// `/slow` answers after 5 s, `/mutate` adds the label `mutated-by=<the requester's user name>` with a JSON patch.
 const SERVER: &str = r#"#!/usr/bin/env python3
-import base64, http.server, json, os, ssl, sys
+import base64, http.server, json, os, ssl, sys, time
 
 certs = sys.argv[1]
 
@@ -25,6 +25,8 @@ class Hook(http.server.BaseHTTPRequestHandler):
         meta = (req.get("object") or {}).get("metadata") or {}
         labels = meta.get("labels") or {}
         resp = {"uid": req["uid"], "allowed": True}
+        if self.path == "/slow":
+            time.sleep(5)
         if self.path == "/validate" and labels.get("deny") == "true":
             resp = {"uid": req["uid"], "allowed": False,
                     "status": {"code": 403, "message": "configmaps labelled deny=true are not welcome"}}
@@ -179,6 +181,16 @@ async fn failure_policy_decides_when_the_webhook_cannot_be_called() {
     tc.kubectl_stdin(&["apply", "-f", "-"], Some(&trusted)).await;
     let (ok, err) = apply(&tc, &configmap("a", json!({})), &[]).await;
     assert!(ok, "{err}");
+
+    // A webhook slower than its timeout has failed.
+    let slow =
+        configuration("ValidatingWebhookConfiguration", "slow.example.com", "/slow", &ca, json!({"timeoutSeconds": 1}));
+    tc.kubectl_stdin(&["apply", "-f", "-"], Some(&slow)).await;
+    let started = std::time::Instant::now();
+    let (ok, err) = apply(&tc, &configmap("c", json!({})), &[]).await;
+    assert!(!ok && err.contains("failed calling webhook \"slow.example.com\"") && err.contains("deadline"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "the call was cut at its timeout");
+    tc.kubectl(&["delete", "validatingwebhookconfiguration", "slow"]).await;
 
     // The webhook's pod goes: Fail refuses with an internal error, Ignore lets writes on.
     tc.kubectl(&["delete", "pod", "hook"]).await;
