@@ -139,6 +139,9 @@ async fn a_validating_webhook_denies_what_it_refuses_and_lets_the_rest_be_stored
     let stored = json_of(&tc.kubectl(&["get", "validatingwebhookconfiguration", "deny", "-o", "json"]).await);
     assert_eq!(stored["webhooks"][0]["failurePolicy"], "Fail", "defaulted: {stored}");
     assert_eq!(stored["webhooks"][0]["timeoutSeconds"], 10);
+    let table = tc.kubectl(&["get", "validatingwebhookconfigurations"]).await;
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert!(table.starts_with("NAME") && table.contains("WEBHOOKS") && row[..2] == ["deny", "1"], "{table}");
 
     let (ok, err) = apply(&tc, &configmap("welcome", json!({"deny": "false"})), &[]).await;
     assert!(ok, "{err}");
