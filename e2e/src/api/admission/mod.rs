@@ -7,8 +7,9 @@
 //! called. Mutating webhooks run in name order and their JSON patches apply in turn; the
 //! validating ones then see the result (all called at once, the first denial in name order
 //! answers). The write itself follows: the mutated object when a webhook changed it (an
-//! update at the version the webhooks saw, so a concurrent write makes it a conflict),
-//! else the request as it came.
+//! update at the version the webhooks saw: after a concurrent write it all runs again, as
+//! Kubernetes retries, unless the request named a resourceVersion), else the request as it
+//! came (so a write between the webhooks' answer and the store's is not re-admitted).
 //!
 //! Not modelled: `matchPolicy: Equivalent` is treated as `Exact` (every resource is served
 //! at one version here); `reinvocationPolicy: IfNeeded` never reinvokes; `matchConditions`
@@ -168,8 +169,6 @@ pub async fn update(
     if !active(store, rt) {
         return store.update(rt, ns, name, body, sub, opts);
     }
-    let old = store.get(rt, ns, name)?;
-    let object = store.update(rt, ns, name, body.clone(), sub, &dry(opts))?;
     let a = Attributes {
         rt,
         namespace: ns,
@@ -180,10 +179,28 @@ pub async fn update(
         dry_run: opts.dry_run,
         options: write_options("UpdateOptions", opts),
     };
-    match admit(store, &a, Some(object), Some(&old)).await? {
-        Some(mutated) => update_to(store, rt, (ns, name), mutated, &old, sub, opts),
-        None => store.update(rt, ns, name, body, sub, opts),
+    let pinned = !meta_str(&body, "resourceVersion").is_empty();
+    let mut attempts = 0;
+    loop {
+        let old = store.get(rt, ns, name)?;
+        let object = store.update(rt, ns, name, body.clone(), sub, &dry(opts))?;
+        let out = match admit(store, &a, Some(object), Some(&old)).await? {
+            Some(mutated) => update_to(store, rt, (ns, name), mutated, &old, sub, opts),
+            None => return store.update(rt, ns, name, body, sub, opts),
+        };
+        attempts += 1;
+        if !retry(&out, pinned, attempts) {
+            return out;
+        }
     }
+}
+
+/// Whether a write of the webhooks' result that lost a race is tried again: only when the
+/// request did not name a resourceVersion itself, a few times (Kubernetes retries such
+/// updates and patches the same way).
+fn retry(out: &Result<Value, ApiError>, pinned: bool, attempts: u32) -> bool {
+    const ATTEMPTS: u32 = 5;
+    matches!(out, Err(e) if e.code == 409 && e.reason == "Conflict") && !pinned && attempts < ATTEMPTS
 }
 
 /// PATCH on an object or its status (an apply may create it), through admission.
@@ -202,26 +219,34 @@ pub async fn patch(
     if !active(store, rt) {
         return store.patch(rt, ns, name, ty, body, sub, opts);
     }
-    let old = store.get(rt, ns, name).ok();
-    let object = store.patch(rt, ns, name, ty, body, sub, &dry(opts))?;
-    let a = Attributes {
-        rt,
-        namespace: ns,
-        name,
-        sub: sub_name(sub),
-        operation: if old.is_some() { Operation::Update } else { Operation::Create },
-        user,
-        dry_run: opts.dry_run,
-        options: write_options("PatchOptions", opts),
-    };
-    match (admit(store, &a, Some(object), old.as_ref()).await?, old) {
-        (Some(mutated), None) => store.create(rt, ns, mutated, opts),
-        (Some(mutated), Some(old)) => {
-            // An apply's result already carries its managed fields.
-            let opts = WriteOptions { keep_managed_fields: ty == PatchType::Apply, ..opts.clone() };
-            update_to(store, rt, (ns, name), mutated, &old, sub, &opts)
+    let pinned = !meta_str(body, "resourceVersion").is_empty();
+    let mut attempts = 0;
+    loop {
+        let old = store.get(rt, ns, name).ok();
+        let object = store.patch(rt, ns, name, ty, body, sub, &dry(opts))?;
+        let a = Attributes {
+            rt,
+            namespace: ns,
+            name,
+            sub: sub_name(sub),
+            operation: if old.is_some() { Operation::Update } else { Operation::Create },
+            user,
+            dry_run: opts.dry_run,
+            options: write_options("PatchOptions", opts),
+        };
+        let out = match (admit(store, &a, Some(object), old.as_ref()).await?, old) {
+            (Some(mutated), None) => return store.create(rt, ns, mutated, opts),
+            (Some(mutated), Some(old)) => {
+                // An apply's result already carries its managed fields.
+                let opts = WriteOptions { keep_managed_fields: ty == PatchType::Apply, ..opts.clone() };
+                update_to(store, rt, (ns, name), mutated, &old, sub, &opts)
+            }
+            (None, _) => return store.patch(rt, ns, name, ty, body, sub, opts),
+        };
+        attempts += 1;
+        if !retry(&out, pinned, attempts) {
+            return out;
         }
-        (None, _) => store.patch(rt, ns, name, ty, body, sub, opts),
     }
 }
 
