@@ -234,6 +234,27 @@ async fn a_mutating_webhooks_patch_is_stored_and_seen_by_kubectl() {
     assert_eq!(cm["metadata"]["labels"]["mutated-by"], "kubernetes-admin", "the webhook saw the requester: {cm}");
     assert_eq!(cm["metadata"]["labels"]["mutate"], "yes");
 
+    // Updates are mutated too: a patch (kubectl label), server-side apply creating and
+    // then changing an object.
+    tc.kubectl(&["label", "configmap", "chosen", "other=x"]).await;
+    let cm = json_of(&tc.kubectl(&["get", "configmap", "chosen", "-o", "json"]).await);
+    assert_eq!(
+        (&cm["metadata"]["labels"]["other"], &cm["metadata"]["labels"]["mutated-by"]),
+        (&json!("x"), &json!("kubernetes-admin"))
+    );
+    for value in ["one", "two"] {
+        let mut applied = json_of(&configmap("applied", json!({"mutate": "yes"})));
+        applied["data"]["k"] = json!(value);
+        let (ok, err) = apply(&tc, &applied.to_string(), &["--server-side", "--field-manager=test"]).await;
+        assert!(ok, "{err}");
+        let cm = json_of(&tc.kubectl(&["get", "configmap", "applied", "-o", "json"]).await);
+        assert_eq!(
+            (&cm["data"]["k"], &cm["metadata"]["labels"]["mutated-by"]),
+            (&json!(value), &json!("kubernetes-admin")),
+            "{cm}"
+        );
+    }
+
     // The object selector leaves other objects alone.
     let (ok, err) = apply(&tc, &configmap("passed-over", json!({"mutate": "no"})), &[]).await;
     assert!(ok, "{err}");

@@ -234,13 +234,11 @@ pub async fn patch(
             dry_run: opts.dry_run,
             options: write_options("PatchOptions", opts),
         };
+        // An apply's result already carries its managed fields.
+        let keep = WriteOptions { keep_managed_fields: ty == PatchType::Apply, ..opts.clone() };
         let out = match (admit(store, &a, Some(object), old.as_ref()).await?, old) {
-            (Some(mutated), None) => return store.create(rt, ns, mutated, opts),
-            (Some(mutated), Some(old)) => {
-                // An apply's result already carries its managed fields.
-                let opts = WriteOptions { keep_managed_fields: ty == PatchType::Apply, ..opts.clone() };
-                update_to(store, rt, (ns, name), mutated, &old, sub, &opts)
-            }
+            (Some(mutated), None) => return store.create(rt, ns, mutated, &keep),
+            (Some(mutated), Some(old)) => update_to(store, rt, (ns, name), mutated, &old, sub, &keep),
             (None, _) => return store.patch(rt, ns, name, ty, body, sub, opts),
         };
         attempts += 1;
