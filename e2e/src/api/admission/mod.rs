@@ -537,6 +537,22 @@ mod tests {
     }
 
     #[test]
+    fn selectors_pick_by_namespace_labels_and_by_the_new_or_old_objects_labels() {
+        let (rt, user) = (cm_rt(), UserInfo::admin());
+        let a = attrs(&rt, &user, Operation::Update, None);
+        let w = json!({"rules": [{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}],
+            "namespaceSelector": {"matchLabels": {"env": "prod"}},
+            "objectSelector": {"matchExpressions": [{"key": "watched", "operator": "Exists"}]}});
+        let (watched, plain) = (json!({"metadata": {"labels": {"watched": ""}}}), json!({"metadata": {}}));
+        let prod = Some(json!({"env": "prod"}));
+        assert!(matches(&w, &a, Some(&watched), None, &prod));
+        assert!(!matches(&w, &a, Some(&watched), None, &Some(json!({"env": "dev"}))));
+        assert!(matches(&w, &a, Some(&watched), None, &None), "no namespace to select (cluster-scoped)");
+        assert!(!matches(&w, &a, Some(&plain), None, &prod));
+        assert!(matches(&w, &a, Some(&plain), Some(&watched), &prod), "the old object's labels count too");
+    }
+
+    #[test]
     fn a_denial_carries_the_webhooks_status_as_kubernetes_words_it() {
         let w = json!({"name": "deny.example.com"});
         let e = denied(&w, &json!({"code": 403, "message": "no", "reason": "Forbidden"}));
