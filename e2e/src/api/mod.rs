@@ -1,5 +1,6 @@
 //! The API server: a store of JSON objects with Kubernetes semantics, and its HTTP front.
 
+pub mod admission;
 pub mod aggregator;
 pub mod auth;
 pub mod discovery;

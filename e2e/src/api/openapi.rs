@@ -82,7 +82,8 @@ fn builtins() -> &'static Builtins {
     static B: OnceLock<Builtins> = OnceLock::new();
     B.get_or_init(|| {
         use k8s_openapi::api::{
-            apps, authentication, authorization, coordination, core, discovery, events, rbac, storage,
+            admissionregistration, apps, authentication, authorization, coordination, core, discovery, events, rbac,
+            storage,
         };
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
         use k8s_openapi::kube_aggregator::pkg::apis::apiregistration;
@@ -100,6 +101,8 @@ fn builtins() -> &'static Builtins {
             authentication::v1::TokenReview, authentication::v1::SelfSubjectReview,
             authorization::v1::SubjectAccessReview, authorization::v1::SelfSubjectAccessReview,
             authorization::v1::LocalSubjectAccessReview, authorization::v1::SelfSubjectRulesReview,
+            admissionregistration::v1::ValidatingWebhookConfiguration,
+            admissionregistration::v1::MutatingWebhookConfiguration,
         );
         let mut schemas = g.take_definitions(true);
         add_extensions(&mut schemas);

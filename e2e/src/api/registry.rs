@@ -123,6 +123,24 @@ const BUILTINS: &[Builtin] = &[
     b("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true),
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false),
     b("apiregistration.k8s.io", "v1", "APIService", "apiservices", false, &[], true),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+    ),
 ];
 
 /// The table of served resources.

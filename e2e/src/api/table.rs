@@ -55,6 +55,11 @@ fn builtin(rt: &ResourceType, o: &Value) -> Option<(Vec<Col>, Vec<Value>)> {
     let name = json!(meta_str(o, "name"));
     let a = json!(age(meta_str(o, "creationTimestamp")));
     Some(match rt.storage.as_str() {
+        "admissionregistration.k8s.io/validatingwebhookconfigurations"
+        | "admissionregistration.k8s.io/mutatingwebhookconfigurations" => (
+            vec![c("Name", "string", 0), c("Webhooks", "integer", 0), c("Age", "string", 0)],
+            vec![name, json!(o["webhooks"].as_array().map_or(0, Vec::len)), a],
+        ),
         "/pods" => {
             let cs = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
             let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);

@@ -15,4 +15,5 @@ mod services;
 mod snapshots;
 mod standins;
 mod up;
+mod webhooks;
 mod workloads;

@@ -157,7 +157,7 @@ pub async fn middleware(State(st): State<AuthState>, req: Request, next: Next) -
     }
 }
 
-async fn check(st: &AuthState, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn check(st: &AuthState, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let real = authn::authenticate(&st.authority, &st.store, req.headers())?;
     let user = authn::impersonate(&st.store, real, req.headers())?;
     let path = req.uri().path().to_string();
@@ -184,6 +184,8 @@ async fn check(st: &AuthState, req: Request, next: Next) -> Result<Response, Api
         let out = reviews::serve(&st.authority, &st.store, &attrs, kind, body)?;
         return Ok(json_response(StatusCode::CREATED, &out));
     }
+    // Admission webhooks are told who asked.
+    req.extensions_mut().insert(attrs.user.clone());
     st.aggregator.handle(&attrs.user, req, next).await
 }
 

@@ -78,6 +78,12 @@ pub fn of(storage: &str) -> &'static dyn Rules {
         "apps/deployments" => &workloads::Deployment,
         "apps/replicasets" => &workloads::ReplicaSet,
         "apps/daemonsets" => &workloads::DaemonSet,
+        "admissionregistration.k8s.io/validatingwebhookconfigurations" => {
+            &crate::api::admission::WebhookConfiguration { mutating: false }
+        }
+        "admissionregistration.k8s.io/mutatingwebhookconfigurations" => {
+            &crate::api::admission::WebhookConfiguration { mutating: true }
+        }
         _ => &Generic,
     }
 }

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::auth::UserInfo;
 use super::error::ApiError;
 use super::protobuf;
 use super::store::Store;
@@ -59,6 +60,7 @@ async fn handle(
     uri: Uri,
     QueryParams(q): QueryParams<HashMap<String, String>>,
     headers: HeaderMap,
+    user: Option<axum::Extension<UserInfo>>,
     body: Bytes,
 ) -> Response {
     let path = uri.path().trim_end_matches('/').to_string();
@@ -69,7 +71,9 @@ async fn handle(
         Ok(v) => v,
         Err(e) => return error_response(&e),
     };
-    let resp = match dispatch(&st, &method, &path, &q, &headers, &accept, body).await {
+    // Set by the auth middleware; a router without it serves an anonymous-like nobody.
+    let user = user.map(|u| u.0).unwrap_or_default();
+    let resp = match dispatch(&st, &method, &path, &q, &headers, &accept, &user, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code, message = %e.message, "request failed");
@@ -117,6 +121,7 @@ fn protobuf_edges(
 }
 
 /// Routes a request: non-resource paths first, then one function per verb on the target.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     st: &ApiState,
     method: &Method,
@@ -124,6 +129,7 @@ async fn dispatch(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     accept: &str,
+    user: &UserInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let reg = st.store.registry();
@@ -136,17 +142,17 @@ async fn dispatch(
     let target = parse_target(&reg, &segs)?;
     let wopts = write_options(method, q, headers)?;
     let sub = subresource(&target, method)?;
-    let req = Request { st, target, q, headers, body, table: accept.contains("as=Table"), sub, wopts };
+    let req = Request { st, target, q, headers, body, table: accept.contains("as=Table"), sub, wopts, user };
     match (method, req.target.name.as_deref(), req.target.sub.as_deref()) {
         (&Method::GET, None, _) => read::list(&req),
         (&Method::GET, Some(name), Some("log")) => read::pod_log(&req, name),
         (&Method::GET, Some(name), _) => read::get(&req, name),
-        (&Method::POST, None, None) => write::create(&req),
+        (&Method::POST, None, None) => write::create(&req).await,
         (&Method::POST, Some(name), Some("binding")) => write::bind(&req, name),
-        (&Method::PUT, Some(name), _) => write::update(&req, name),
-        (&Method::PATCH, Some(name), _) => write::patch(&req, name),
-        (&Method::DELETE, Some(name), None) => write::delete(&req, name),
-        (&Method::DELETE, None, None) => write::delete_collection(&req),
+        (&Method::PUT, Some(name), _) => write::update(&req, name).await,
+        (&Method::PATCH, Some(name), _) => write::patch(&req, name).await,
+        (&Method::DELETE, Some(name), None) => write::delete(&req, name).await,
+        (&Method::DELETE, None, None) => write::delete_collection(&req).await,
         _ => Err(ApiError::method_not_allowed()),
     }
 }

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, Method, header};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use crate::api::auth::UserInfo;
 use crate::api::error::ApiError;
 use crate::api::registry::{Registry, ResourceType};
 use crate::api::selectors::{FieldSelector, LabelSelector};
@@ -36,6 +37,8 @@ pub(super) struct Request<'a> {
     /// Which part of the object a write addresses.
     pub sub: Sub,
     pub wopts: WriteOptions,
+    /// Who asks (for admission webhooks).
+    pub user: &'a UserInfo,
 }
 
 impl Request<'_> {

@@ -7,12 +7,13 @@ use serde_json::{Value, json};
 
 use super::json_response;
 use super::request::{Request, delete_options, explicit_manager};
+use crate::api::admission;
 use crate::api::error::ApiError;
 use crate::api::store::PatchType;
 
 /// POST on a collection.
-pub(super) fn create(req: &Request) -> Result<Response, ApiError> {
-    let o = req.st.store.create(req.rt(), req.ns(), req.body_json()?, &req.wopts)?;
+pub(super) async fn create(req: &Request<'_>) -> Result<Response, ApiError> {
+    let o = admission::create(&req.st.store, req.rt(), req.ns(), req.body_json()?, &req.wopts, req.user).await?;
     Ok(json_response(StatusCode::CREATED, &o))
 }
 
@@ -36,13 +37,14 @@ pub(super) fn bind(req: &Request, name: &str) -> Result<Response, ApiError> {
 }
 
 /// PUT on an object or its status.
-pub(super) fn update(req: &Request, name: &str) -> Result<Response, ApiError> {
-    let o = req.st.store.update(req.rt(), req.ns(), name, req.body_json()?, req.sub, &req.wopts)?;
+pub(super) async fn update(req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
+    let (st, rt, ns) = (req.st, req.rt(), req.ns());
+    let o = admission::update(&st.store, rt, ns, name, req.body_json()?, req.sub, &req.wopts, req.user).await?;
     Ok(json_response(StatusCode::OK, &o))
 }
 
 /// PATCH on an object or its status; an apply may create the object (201).
-pub(super) fn patch(req: &Request, name: &str) -> Result<Response, ApiError> {
+pub(super) async fn patch(req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
     let (st, rt, ns) = (req.st, req.rt(), req.ns());
     let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ty = patch_type(ct)?;
@@ -53,7 +55,7 @@ pub(super) fn patch(req: &Request, name: &str) -> Result<Response, ApiError> {
         ApiError::bad_request(format!("the patch body is not JSON (YAML apply bodies are not supported): {e}"))
     })?;
     let existed = st.store.get(rt, ns, name).is_ok();
-    let o = st.store.patch(rt, ns, name, ty, &patch, req.sub, &req.wopts)?;
+    let o = admission::patch(&st.store, rt, ns, name, ty, &patch, req.sub, &req.wopts, req.user).await?;
     Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &o))
 }
 
@@ -73,10 +75,10 @@ fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
 }
 
 /// DELETE on an object: 200 once it is gone, 202 while finalizers hold it.
-pub(super) fn delete(req: &Request, name: &str) -> Result<Response, ApiError> {
+pub(super) async fn delete(req: &Request<'_>, name: &str) -> Result<Response, ApiError> {
     let (st, rt, ns) = (req.st, req.rt(), req.ns());
     let opts = delete_options(req.q, &req.body)?;
-    let o = st.store.delete(rt, ns, name, &opts)?;
+    let o = admission::delete(&st.store, rt, ns, name, &opts, req.user).await?;
     // A dry run leaves the object in place: what it answers says whether the delete
     // would have been held by finalizers.
     let still_there =
@@ -85,7 +87,7 @@ pub(super) fn delete(req: &Request, name: &str) -> Result<Response, ApiError> {
 }
 
 /// DELETE on a collection: deletes what the selectors match, answers the deleted objects.
-pub(super) fn delete_collection(req: &Request) -> Result<Response, ApiError> {
+pub(super) async fn delete_collection(req: &Request<'_>) -> Result<Response, ApiError> {
     let (st, rt) = (req.st, req.rt());
     let query = req.query()?;
     let opts = delete_options(req.q, &req.body)?;
@@ -94,8 +96,12 @@ pub(super) fn delete_collection(req: &Request) -> Result<Response, ApiError> {
     for o in res.items {
         let ons = o["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
         let oname = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        if let Ok(d) = st.store.delete(rt, &ons, &oname, &opts) {
-            items.push(d);
+        // As in Kubernetes, an object gone meanwhile is skipped and any other failure (a
+        // webhook's denial) ends the request.
+        match admission::delete(&st.store, rt, &ons, &oname, &opts, req.user).await {
+            Ok(d) => items.push(d),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(json_response(

@@ -59,6 +59,8 @@ impl Objects {
         let rv = self.next_rv();
         let t = now();
         let uid = new_uid();
+        // An apply whose result admission webhooks changed arrives with its fields already tracked.
+        let kept = opts.keep_managed_fields.then(|| obj["metadata"]["managedFields"].clone()).filter(Value::is_array);
         {
             let meta = &mut obj["metadata"];
             meta["name"] = json!(name);
@@ -87,7 +89,10 @@ impl Objects {
                     fields::apply(&json!({}), a, &w, true).map_err(|_| ApiError::internal("apply on create"))?;
                 obj["metadata"]["managedFields"] = merged["metadata"]["managedFields"].clone();
             }
-            None => fields::track_update(None, &mut obj, &w),
+            None => match kept {
+                Some(m) => obj["metadata"]["managedFields"] = m,
+                None => fields::track_update(None, &mut obj, &w),
+            },
         }
         obj["apiVersion"] = json!(self.storage_api_version(rt));
         obj["kind"] = json!(rt.kind);
