@@ -2,9 +2,10 @@
 //! kinds: request bodies are turned into the JSON the store holds, and responses are turned
 //! back into protobuf when the client's `Accept` prefers it.
 //!
-//! The mapping is generic: the schemas are the upstream `generated.proto` files (vendored in
-//! `e2e/proto/k8s`, compiled by `build.rs`), walked with prost-reflect. What protobuf alone
-//! does not say about the JSON form comes from `fields.txt`, generated from the Go types:
+//! The mapping is generic: the wire schema of Kubernetes 1.33 (`e2e/proto/k8s-wire.txt`, every
+//! message's field numbers, labels, types and names, compiled into a descriptor set by
+//! `build.rs`), walked with prost-reflect. What protobuf alone does not say about the JSON
+//! form comes from `e2e/proto/k8s-fields.txt`, from the API's Go types:
 //! JSON names that differ from proto names, inlined structs, and which zero values are
 //! meaningful (Go pointers and fields without `omitempty`). A handful of well-known types
 //! (Quantity, Time, MicroTime, IntOrString, FieldsV1, RawExtension, the CRD schema's JSON
@@ -55,7 +56,7 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
     let pool = DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/k8s.fds"))[..])
         .map_err(|e| format!("the vendored Kubernetes descriptors do not load: {e}"))?;
     let mut fields = HashMap::new();
-    for line in include_str!("../../proto/k8s/fields.txt").lines().filter(|l| !l.starts_with('#')) {
+    for line in include_str!("../../proto/k8s-fields.txt").lines().filter(|l| !l.starts_with('#')) {
         let cols: Vec<&str> = line.split(' ').collect();
         let [message, field, json, flags] = cols[..] else { continue };
         let flags: Vec<&str> = flags.split(',').collect();
