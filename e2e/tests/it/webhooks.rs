@@ -164,6 +164,29 @@ async fn a_validating_webhook_denies_what_it_refuses_and_lets_the_rest_be_stored
     assert!(!out.status.success(), "the update is denied");
     let cm = json_of(&tc.kubectl(&["get", "configmap", "welcome", "-o", "json"]).await);
     assert_eq!(cm["metadata"]["labels"]["deny"], "false", "{cm}");
+
+    // The Python client meets the same denial (and the same admission of the rest).
+    let script = r#"
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+config.load_kube_config()
+core = client.CoreV1Api()
+def cm(name, deny):
+    return {"metadata": {"name": name, "labels": {"deny": deny}}, "data": {"k": "v"}}
+try:
+    core.create_namespaced_config_map("default", cm("py-refused", "true"))
+    print("stored")
+except ApiException as e:
+    print(e.status, "denied" if "denied the request: configmaps labelled deny=true" in e.body else e.body)
+core.create_namespaced_config_map("default", cm("py-welcome", "false"))
+print("welcome stored")
+"#;
+    let out = tc.python(script).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // The webhook answers its denial with code 403, which the API server passes on.
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["403 denied", "welcome stored"], "{stdout}");
+    assert!(!exists(&tc, "py-refused").await && exists(&tc, "py-welcome").await);
     tc.shutdown_and_check_leaks().await;
 }
 
