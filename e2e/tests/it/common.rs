@@ -127,6 +127,16 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// A shell script at `dir/name` the kubelets can run as a project image's binary (an image
+/// `…/name` or `…/cdi-name`, once the cluster maps it with `ClusterConfig::images`).
+pub fn shell_script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("writing the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("making it executable");
+    path
+}
+
 pub fn json_of(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }

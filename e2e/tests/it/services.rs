@@ -1,7 +1,6 @@
 //! Services: EndpointSlices that follow pod readiness, the proxy stand-in on ClusterIPs and
 //! node ports, and Service names in pods' `/etc/hosts`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt as _;
@@ -12,13 +11,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{TestCluster, json_of, within};
+use crate::common::{TestCluster, json_of, shell_script, within};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(format!("cdi-{name}"));
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    shell_script(dir, &format!("cdi-{name}"), body)
 }
 
 /// Waits until the slices of Service `svc` have an endpoint whose `ready` is `ready`, and

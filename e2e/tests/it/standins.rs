@@ -1,6 +1,6 @@
 //! The stand-in node components: scheduler, binder, provisioner, kubelet.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -238,10 +238,7 @@ async fn pvc_protection_keeps_a_claim_until_no_pod_uses_it() {
 
 /// A stand-in for the mover binary: records how it was started, then waits.
 fn fake_mover(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("fake-mover.sh");
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    crate::common::shell_script(dir, "fake-mover.sh", body)
 }
 
 async fn file_appears(path: &Path) -> String {

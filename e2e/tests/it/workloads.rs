@@ -1,7 +1,6 @@
 //! The workload controllers (Deployment → ReplicaSet → Pod, DaemonSet) and the kubelet's
 //! probes, driven with kubectl as a user would.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -9,7 +8,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::wait::await_condition;
 use serde_json::{Value, json};
 
-use crate::common::{TestCluster, json_of, within};
+use crate::common::{TestCluster, json_of, shell_script, within};
 
 fn deployment(name: &str, image: &str, replicas: i64) -> String {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
@@ -128,10 +127,7 @@ async fn a_daemonset_runs_one_pod_per_fitting_node_and_rolls_node_by_node() {
 }
 
 fn script(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("cdi-probed");
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    shell_script(dir, "cdi-probed", body)
 }
 
 #[tokio::test]
