@@ -20,6 +20,13 @@ use crate::common::{TestCluster, within};
 
 const NS: &str = "cdi-rs";
 
+/// What `kubectl get pods -l app.kubernetes.io/name=<app> -o jsonpath=<path>` prints.
+async fn pods_of_app(tc: &TestCluster, app: &str, path: &str) -> String {
+    let selector = format!("app.kubernetes.io/name={app}");
+    let output = format!("jsonpath={path}");
+    tc.kubectl(&["-n", NS, "get", "pods", "-l", &selector, "-o", &output]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_apply_k_deploy_runs_cdi_rs_and_enforces_its_rbac() {
     let binaries = binaries_dir().expect("the workspace is built");
@@ -30,33 +37,11 @@ async fn kubectl_apply_k_deploy_runs_cdi_rs_and_enforces_its_rbac() {
         assert!(out.contains("successfully rolled out"), "{what}: {out}");
     }
     tc.kubectl(&["-n", NS, "wait", "--for=condition=Available", "deployment/cdi-populator", "--timeout=10s"]).await;
-    let movers = tc
-        .kubectl(&[
-            "-n",
-            NS,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=cdi-mover",
-            "-o",
-            "jsonpath={range .items[*]}{.spec.nodeName}{\" \"}{end}",
-        ])
-        .await;
+    let movers = pods_of_app(&tc, "cdi-mover", "{range .items[*]}{.spec.nodeName}{\" \"}{end}").await;
     let mut nodes: Vec<&str> = movers.split_whitespace().collect();
     nodes.sort();
     assert_eq!(nodes, ["node-1", "node-2"], "a mover on every node");
-    let populator = tc
-        .kubectl(&[
-            "-n",
-            NS,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=cdi-populator",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .await;
+    let populator = pods_of_app(&tc, "cdi-populator", "{.items[0].metadata.name}").await;
     let leases: Api<Lease> = Api::namespaced(tc.client.clone(), NS);
     let pod = populator.clone();
     let led = await_condition(leases, "cdi-populator", move |l: Option<&Lease>| {
