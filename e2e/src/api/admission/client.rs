@@ -12,49 +12,9 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 
 use crate::api::store::Store;
-use crate::api::util::meta_str;
 
 /// Answers bigger than this are refused (Kubernetes caps webhook responses too).
 const MAX_RESPONSE: usize = 3 << 20;
-
-/// The ready pod behind port `port` of Service `ns/name`: the Service's selector against
-/// pods' labels, its `targetPort` (number or container port name; the port itself when
-/// unset) on the pod's own address. `None` when the Service or a ready pod is missing.
-///
-/// Stands in for an EndpointSlice lookup and can be swapped for one.
-pub fn resolve_service(store: &Store, ns: &str, name: &str, port: u16) -> Option<SocketAddr> {
-    let svc = store.get(&store.rt("", "services"), ns, name).ok()?;
-    let selector = svc["spec"]["selector"].as_object().filter(|s| !s.is_empty())?;
-    let sport = svc["spec"]["ports"].as_array()?.iter().find(|p| p["port"].as_u64() == Some(u64::from(port)))?;
-    let pods = store.all_where(&store.rt("", "pods"), |p| {
-        meta_str(p, "namespace") == ns
-            && p["metadata"]["deletionTimestamp"].is_null()
-            && selector.iter().all(|(k, v)| p["metadata"]["labels"].get(k) == Some(v))
-            && p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    });
-    pods.iter().find_map(|pod| {
-        let ip: std::net::IpAddr = pod["status"]["podIP"].as_str()?.parse().ok()?;
-        let target = match &sport["targetPort"] {
-            Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
-            Value::String(s) => match s.parse::<u16>() {
-                Ok(n) => n,
-                Err(_) => named_port(pod, s)?,
-            },
-            _ => port,
-        };
-        Some(SocketAddr::new(ip, target))
-    })
-}
-
-/// The `containerPort` a pod's containers name `name`.
-fn named_port(pod: &Value, name: &str) -> Option<u16> {
-    pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
-        let p = c["ports"].as_array()?.iter().find(|p| p["name"] == name)?;
-        u16::try_from(p["containerPort"].as_u64()?).ok()
-    })
-}
 
 /// Where a webhook is called.
 #[derive(Debug)]
@@ -75,8 +35,9 @@ pub async fn endpoint(store: &Store, cc: &Value) -> Result<Endpoint, String> {
         let port = u16::try_from(svc["port"].as_u64().unwrap_or(443)).unwrap_or(443);
         let host = format!("{name}.{ns}.svc");
         let path = svc["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/").to_string();
-        let addr = resolve_service(store, ns, name, port)
-            .ok_or_else(|| format!("service \"{ns}/{name}\" has no ready endpoint for port {port}"))?;
+        // Through the Service's ClusterIP, as the aggregator does: the kube-proxy stand-in
+        // forwards to a ready endpoint.
+        let addr = SocketAddr::new(crate::api::aggregator::service_ip(store, ns, name)?, port);
         return Ok(Endpoint { addr, host, path });
     }
     let url = cc["url"].as_str().ok_or("clientConfig has neither service nor url")?;

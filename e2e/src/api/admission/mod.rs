@@ -25,7 +25,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-pub use client::resolve_service;
 pub use config::WebhookConfiguration;
 
 use super::auth::UserInfo;
