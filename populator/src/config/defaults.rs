@@ -7,6 +7,7 @@
 //! that exists the fallback is `--filesystem-overhead` and no preallocation.
 
 use std::future::Future;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use kube::api::Api;
@@ -17,12 +18,16 @@ use super::cdiconfig::parse_overhead;
 use crate::api::names::singletons;
 use crate::api::{CDIConfig, ClaimPropertySet, StorageProfile};
 
+/// Longest wait for the caches before answering from the fallbacks.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
 /// Cached answers to "what does the configuration say"; cheap to clone.
 #[derive(Clone)]
 pub struct Defaults {
     config: Store<CDIConfig>,
     profiles: Store<StorageProfile>,
     fallback_overhead: f64,
+    ready_wait: Duration,
 }
 
 impl std::fmt::Debug for Defaults {
@@ -45,7 +50,7 @@ impl Defaults {
                 reflector::reflector(profiles_writer, profile_events).for_each(|e| log_error("StorageProfiles", e));
             futures_util::future::join(configs, profiles).await;
         };
-        (Defaults { config, profiles, fallback_overhead }, fill)
+        (Defaults { config, profiles, fallback_overhead, ready_wait: READY_WAIT }, fill)
     }
 
     /// Fixed answers, for tests of the code that asks.
@@ -63,14 +68,21 @@ impl Defaults {
         }
         profile_writer.apply_watcher_event(&watcher::Event::InitDone);
         // The writers may go: the stores keep what they were given.
-        Defaults { config: config_store, profiles: profile_store, fallback_overhead }
+        Defaults { config: config_store, profiles: profile_store, fallback_overhead, ready_wait: READY_WAIT }
     }
 
-    /// Waits until both caches have been filled once (immediately after that).
+    /// Waits until both caches have been filled once (immediately after that), or for
+    /// [`READY_WAIT`] at most: a cache that cannot fill (kind not installed, access refused)
+    /// must not hold imports up; the fallbacks answer meanwhile, and the watch error is logged.
     pub async fn wait_ready(&self) {
-        // Only fails when the filling future was dropped; the fallbacks answer then.
-        let _ = self.config.wait_until_ready().await;
-        let _ = self.profiles.wait_until_ready().await;
+        let both = async {
+            // Fails only when the filling future was dropped; the fallbacks answer then.
+            let _ = self.config.wait_until_ready().await;
+            let _ = self.profiles.wait_until_ready().await;
+        };
+        if tokio::time::timeout(self.ready_wait, both).await.is_err() {
+            tracing::warn!("CDIConfig and StorageProfiles not read yet: using the default overhead and preallocation");
+        }
     }
 
     fn config(&self) -> Option<std::sync::Arc<CDIConfig>> {
@@ -180,6 +192,15 @@ mod tests {
         let none = Defaults::fixed(None, vec![], 0.06);
         assert_eq!(none.filesystem_overhead("fast"), 0.06);
         assert!(!none.default_preallocation());
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_never_fills_does_not_hold_answers_up() {
+        let (config, _config_writer) = reflector::store::<CDIConfig>();
+        let (profiles, _profiles_writer) = reflector::store::<StorageProfile>();
+        let d = Defaults { config, profiles, fallback_overhead: 0.06, ready_wait: Duration::from_millis(50) };
+        d.wait_ready().await;
+        assert_eq!(d.filesystem_overhead("any"), 0.06);
     }
 
     #[test]
