@@ -1,9 +1,11 @@
-//! `cdi-populator run`: leader election, certificates, metrics, then the controller.
+//! `cdi-populator run`: leader election, certificates, metrics, then the controllers (populate,
+//! and the configuration kinds').
 
 use std::time::Duration;
 
 use crate::cli::RunArgs;
 
+use crate::config::Defaults;
 use crate::controller::{self, ControllerConfig};
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
@@ -44,10 +46,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         progress_interval: Duration::from_millis(args.progress_interval_ms.max(1000)),
         retry_base: Duration::from_secs(args.retry_base.max(1)),
         retry_cap: Duration::from_secs(args.retry_cap.max(args.retry_base)),
-        filesystem_overhead: args.filesystem_overhead,
     };
+    let (defaults, fill_defaults) = Defaults::new(client.clone(), args.filesystem_overhead);
+    let default_overhead = crate::config::cdiconfig::default_overhead(args.filesystem_overhead);
     tokio::select! {
-        () = controller::run(client, cfg, movers, metrics) => anyhow::bail!("the controller stopped"),
+        () = controller::run(client.clone(), cfg, movers, metrics, defaults) => anyhow::bail!("the controller stopped"),
+        () = crate::config::run(client, default_overhead) => anyhow::bail!("the configuration controllers stopped"),
+        () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
     }
 }

@@ -75,7 +75,8 @@ pub struct RunArgs {
     /// Longest delay between retries, in seconds.
     #[arg(long, default_value_t = 300)]
     pub retry_cap: u64,
-    /// Filesystem overhead for filesystem volumes (CDIConfig's global default).
+    /// Filesystem overhead for filesystem volumes where CDIConfig's spec sets no global one
+    /// (its status then shows this value).
     #[arg(long, default_value_t = 0.06)]
     pub filesystem_overhead: f64,
 }

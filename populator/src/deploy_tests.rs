@@ -244,6 +244,13 @@ fn the_populator_may_do_what_the_populate_flow_needs() {
         ("cdi.kubevirt.io", "volumeimportsources", &["get", "list", "watch"]),
         ("cdi.kubevirt.io", "volumeuploadsources", &["get", "list", "watch"]),
         ("cdi.kubevirt.io", "volumeclonesources", &["get", "list", "watch"]),
+        ("cdi.kubevirt.io", "storageprofiles", &["get", "list", "watch", "create", "update", "patch"]),
+        ("cdi.kubevirt.io", "cdiconfigs", &["get", "list", "watch", "create", "update", "patch"]),
+        ("cdi.kubevirt.io", "cdis", &["get", "list", "watch", "create", "update", "patch"]),
+        ("cdi.kubevirt.io", "storageprofiles/status", &["get", "update", "patch"]),
+        ("cdi.kubevirt.io", "cdiconfigs/status", &["get", "update", "patch"]),
+        ("cdi.kubevirt.io", "cdis/status", &["get", "update", "patch"]),
+        ("snapshot.storage.k8s.io", "volumesnapshotclasses", &["get", "list", "watch"]),
     ];
     for (group, resource, verbs) in everywhere {
         for verb in *verbs {

@@ -20,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod certs;
 pub mod cli;
+pub mod config;
 pub mod controller;
 pub mod crds;
 pub mod leader;

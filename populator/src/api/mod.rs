@@ -6,6 +6,9 @@
 //! | [`import`] | `VolumeImportSource`: import a claim's data from a URL, registry, ... |
 //! | [`upload`] | `VolumeUploadSource`: fill a claim by upload |
 //! | [`clone`]  | `VolumeCloneSource`: fill a claim with a copy of a PVC or snapshot |
+//! | [`storageprofile`] | `StorageProfile`: what CDI knows about a StorageClass |
+//! | [`cdiconfig`] | `CDIConfig`: the cluster-wide settings (`config`) |
+//! | [`cdi`] | `CDI`: the install object, whose status says CDI is deployed |
 //! | [`sources`] | the import source variants (`http`, `s3`, ...) and checkpoints |
 //! | [`names`]  | annotation keys, labels, event and condition reasons, kinds |
 //! | [`quantity`] | Kubernetes quantities (`10Gi`, `1e9`), as apimachinery parses them |
@@ -13,13 +16,19 @@
 //! These types are the edge: the controller checks them once, through
 //! [`crate::plan`], and works on the result.
 
+pub mod cdi;
+pub mod cdiconfig;
 pub mod clone;
 pub mod import;
 pub mod names;
 pub mod quantity;
 mod schema;
 pub mod sources;
+pub mod storageprofile;
 pub mod upload;
+
+pub use cdi::{CDI, CDISpec, CDIStatus, OperatorCondition};
+pub use cdiconfig::{CDIConfig, CDIConfigSpec, CDIConfigStatus, FilesystemOverhead, ImportProxy};
 
 pub use clone::{VolumeCloneSource, VolumeCloneSourceSpec};
 pub use import::{VolumeImportSource, VolumeImportSourceSpec, VolumeImportSourceStatus};
@@ -27,6 +36,7 @@ pub use sources::{
     DataVolumeBlankImage, DataVolumeCheckpoint, DataVolumeSourceGcs, DataVolumeSourceHttp, DataVolumeSourceImageIo,
     DataVolumeSourceRegistry, DataVolumeSourceS3, DataVolumeSourceVddk, ImportSourceType, PlatformOptions,
 };
+pub use storageprofile::{ClaimPropertySet, StorageProfile, StorageProfileSpec, StorageProfileStatus};
 pub use upload::{VolumeUploadSource, VolumeUploadSourceSpec, VolumeUploadSourceStatus};
 
 #[cfg(test)]

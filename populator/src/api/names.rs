@@ -30,6 +30,24 @@ pub mod kinds {
     pub const VOLUME_SNAPSHOT: &str = "VolumeSnapshot";
     /// API group of `VolumeSnapshot`.
     pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+    /// What CDI knows about a StorageClass (cluster-scoped, one per class, same name).
+    pub const STORAGE_PROFILE: &str = "StorageProfile";
+    /// CDI's cluster-wide settings (cluster-scoped singleton).
+    pub const CDI_CONFIG: &str = "CDIConfig";
+    /// CDI's install object (cluster-scoped).
+    pub const CDI: &str = "CDI";
+    /// The snapshot classes (group [`SNAPSHOT_GROUP`], version `v1`).
+    pub const VOLUME_SNAPSHOT_CLASS: &str = "VolumeSnapshotClass";
+    /// Plural of [`VOLUME_SNAPSHOT_CLASS`].
+    pub const VOLUME_SNAPSHOT_CLASSES: &str = "volumesnapshotclasses";
+}
+
+/// Names of CDI's cluster-wide objects.
+pub mod singletons {
+    /// The one CDIConfig.
+    pub const CDI_CONFIG: &str = "config";
+    /// The CDI object the populator creates when there is none.
+    pub const CDI: &str = "cdi";
 }
 
 /// Annotation keys. Unless said otherwise they sit on the target PVC (the claim the user
@@ -117,6 +135,16 @@ pub mod annotations {
     pub fn secret_extra_header(index: usize) -> String {
         format!("{IMPORT_SECRET_EXTRA_HEADERS}.{index}")
     }
+
+    // ---- on StorageClasses and VolumeSnapshotClasses (read) ----
+
+    /// On a StorageClass: its clone strategy (`copy`, `snapshot`, `csi-clone`), below a
+    /// StorageProfile's spec and above the provisioner table.
+    pub const CLONE_STRATEGY: &str = "cdi.kubevirt.io/clone-strategy";
+    /// `"true"` on the cluster's default StorageClass.
+    pub const DEFAULT_STORAGE_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+    /// `"true"` on the preferred VolumeSnapshotClass of a driver.
+    pub const DEFAULT_SNAPSHOT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
     /// CDI annotations nothing acts on yet (DataVolumes, registry/VDDK/ImageIO sources,
     /// multi-stage imports, clones, uploads).
@@ -207,6 +235,67 @@ pub mod values {
         /// A blank disk.
         pub const NONE: &str = "none";
     }
+}
+
+/// Values of StorageProfile fields.
+pub mod profile {
+    /// Clone strategies (`cloneStrategy`).
+    pub mod clone_strategy {
+        /// Host-assisted: one mover reads, another writes.
+        pub const COPY: &str = "copy";
+        /// Through a VolumeSnapshot of the source.
+        pub const SNAPSHOT: &str = "snapshot";
+        /// The CSI driver's own clone.
+        pub const CSI_CLONE: &str = "csi-clone";
+    }
+    /// DataImportCron source formats (`dataImportCronSourceFormat`).
+    pub mod source_format {
+        /// Keep the imported PVC.
+        pub const PVC: &str = "pvc";
+        /// Keep a VolumeSnapshot of it.
+        pub const SNAPSHOT: &str = "snapshot";
+    }
+    /// The provisioner of statically provisioned classes: their claim properties come from
+    /// the class's PersistentVolumes.
+    pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+}
+
+/// CDIConfig defaults (what `status` shows where `spec` says nothing).
+pub mod config_defaults {
+    /// Filesystem overhead, global.
+    pub const FILESYSTEM_OVERHEAD: &str = "0.06";
+    /// Worker containers' CPU limit.
+    pub const POD_LIMIT_CPU: &str = "750m";
+    /// Worker containers' memory limit.
+    pub const POD_LIMIT_MEMORY: &str = "600M";
+    /// Worker containers' CPU request.
+    pub const POD_REQUEST_CPU: &str = "100m";
+    /// Worker containers' memory request.
+    pub const POD_REQUEST_MEMORY: &str = "60M";
+}
+
+/// `status.phase` of a CDI object (the operator SDK's phases).
+pub mod cdi_phases {
+    /// CDI is installed and running.
+    pub const DEPLOYED: &str = "Deployed";
+    /// Being installed.
+    pub const DEPLOYING: &str = "Deploying";
+    /// Not in effect (CDI's operator says so of every CDI object but the first).
+    pub const ERROR: &str = "Error";
+}
+
+/// Condition types and reasons of a CDI object (the operator SDK's).
+pub mod cdi_conditions {
+    /// CDI serves its APIs.
+    pub const AVAILABLE: &str = "Available";
+    /// An install or upgrade is under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something is wrong.
+    pub const DEGRADED: &str = "Degraded";
+    /// Reason of `Available` once deployed.
+    pub const DEPLOY_COMPLETED: &str = "DeployCompleted";
+    /// Message of `Available` once deployed.
+    pub const DEPLOY_COMPLETED_MESSAGE: &str = "Deployment Completed";
 }
 
 /// Prime PVC naming.

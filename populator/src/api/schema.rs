@@ -25,3 +25,9 @@ pub(crate) fn root<Spec: JsonSchema>(
         "required": ["spec"],
     })
 }
+
+/// Any JSON object, kept whole: for fields whose shape we accept as given and do not act on
+/// (the API server would otherwise prune their contents).
+pub(crate) fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}

@@ -139,6 +139,13 @@ fn assert_round_trips<K: Serialize + DeserializeOwned>(value: &Value) {
 /// prune, not refuse) every field of the manifest.
 fn assert_fields_in_schema(value: &Value, schema: &Value, path: &str) {
     match value {
+        // A free-form object (kept whole) or a map: anything goes, or every value alike.
+        _ if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {}
+        Value::Object(map) if schema.get("additionalProperties").is_some_and(Value::is_object) => {
+            for (key, child) in map {
+                assert_fields_in_schema(child, &schema["additionalProperties"], &format!("{path}.{key}"));
+            }
+        }
         Value::Object(map) => {
             let properties = schema.get("properties");
             for (key, child) in map {
@@ -242,4 +249,128 @@ fn required_fields_match_cdi() {
     assert_eq!(required(&source["vddk"]), serde_json::json!([]));
     let clone = schema_of::<VolumeCloneSource>();
     assert_eq!(clone["properties"]["spec"]["required"], serde_json::json!(["source"]));
+}
+
+/// The configuration kinds with every field CDI defines, spelled as CDI spells them.
+const CONFIG_KINDS: &str = r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: CDI
+metadata: {name: cdi}
+spec:
+  imagePullPolicy: IfNotPresent
+  uninstallStrategy: BlockUninstallIfWorkloadsExist
+  infra:
+    nodeSelector: {kubernetes.io/os: linux}
+    tolerations: [{key: CriticalAddonsOnly, operator: Exists}]
+    apiServerReplicas: 2
+  workload:
+    nodeSelector: {kubernetes.io/os: linux}
+  customizeComponents:
+    patches: [{resourceName: cdi-deployment, resourceType: Deployment, patch: '{}', type: strategic}]
+    flags: {controller: {v: "5"}}
+  cloneStrategyOverride: copy
+  config:
+    featureGates: [HonorWaitForFirstConsumer]
+    filesystemOverhead: {global: "0.055"}
+  certConfig:
+    ca: {duration: 48h, renewBefore: 24h}
+  priorityClass: system-cluster-critical
+status:
+  phase: Deployed
+  conditions:
+  - {type: Available, status: "True", reason: DeployCompleted, message: Deployment Completed,
+     lastHeartbeatTime: "2025-01-01T00:00:00Z", lastTransitionTime: "2025-01-01T00:00:00Z"}
+  operatorVersion: v1.60.0
+  targetVersion: v1.60.0
+  observedVersion: v1.60.0
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: CDIConfig
+metadata: {name: config}
+spec:
+  uploadProxyURLOverride: upload.example.com
+  importProxy: {HTTPProxy: "http://proxy:3128", HTTPSProxy: "http://proxy:3128", noProxy: ".svc", trustedCAProxy: proxy-ca}
+  scratchSpaceStorageClass: local
+  podResourceRequirements:
+    limits: {cpu: "1", memory: 1Gi}
+  featureGates: [DataVolumeClaimAdoption]
+  filesystemOverhead:
+    global: "0.06"
+    storageClass: {local: "0.1"}
+  preallocation: true
+  insecureRegistries: ["registry.local:5000"]
+  dataVolumeTTLSeconds: -1
+  tlsSecurityProfile: {type: Custom, custom: {ciphers: [ECDHE-RSA-AES128-GCM-SHA256], minTLSVersion: VersionTLS12}}
+  imagePullSecrets: [{name: pull}]
+  logVerbosity: 3
+  webhookPvcRendering: Disabled
+status:
+  uploadProxyURL: upload.example.com
+  uploadProxyCA: "-----BEGIN CERTIFICATE-----"
+  importProxy: {HTTPProxy: "http://proxy:3128"}
+  scratchSpaceStorageClass: local
+  defaultPodResourceRequirements:
+    limits: {cpu: 750m, memory: 600M}
+    requests: {cpu: 100m, memory: 60M}
+  filesystemOverhead: {global: "0.06", storageClass: {local: "0.1"}}
+  preallocation: true
+  imagePullSecrets: [{name: pull}]
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: StorageProfile
+metadata: {name: ceph}
+spec:
+  cloneStrategy: csi-clone
+  claimPropertySets:
+  - {accessModes: [ReadWriteMany], volumeMode: Block}
+  dataImportCronSourceFormat: snapshot
+  snapshotClass: ceph-snapshots
+status:
+  storageClass: ceph
+  provisioner: rbd.csi.ceph.com
+  cloneStrategy: csi-clone
+  claimPropertySets:
+  - {accessModes: [ReadWriteMany], volumeMode: Block}
+  - {accessModes: [ReadWriteOnce], volumeMode: Filesystem}
+  dataImportCronSourceFormat: snapshot
+  snapshotClass: ceph-snapshots
+"#;
+
+#[test]
+fn cdi_configuration_kinds_round_trip_unchanged_and_fit_the_schemas() {
+    let docs = documents(CONFIG_KINDS);
+    assert_eq!(docs.len(), 3);
+    assert_round_trips::<CDI>(&docs[0]);
+    assert_round_trips::<CDIConfig>(&docs[1]);
+    assert_round_trips::<StorageProfile>(&docs[2]);
+    assert_fields_in_schema(&docs[0], &schema_of::<CDI>(), "");
+    assert_fields_in_schema(&docs[1], &schema_of::<CDIConfig>(), "");
+    assert_fields_in_schema(&docs[2], &schema_of::<StorageProfile>(), "");
+    // An empty object, as a user writes one, is complete.
+    let cdi: CDI = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDI", "metadata": {"name": "cdi"}, "spec": {}
+    }))
+    .unwrap();
+    assert_eq!(cdi.spec, CDISpec::default());
+}
+
+#[test]
+fn configuration_kinds_are_cluster_scoped_with_a_status_subresource() {
+    for crd in [CDI::crd(), CDIConfig::crd(), StorageProfile::crd()] {
+        assert_eq!(crd.spec.scope, "Cluster", "{:?}", crd.metadata.name);
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{:?}", crd.metadata.name);
+    }
+    let cdi = CDI::crd();
+    assert_eq!(cdi.spec.names.plural, "cdis");
+    assert_eq!(cdi.spec.names.short_names, Some(vec!["cdi".to_string(), "cdis".to_string()]));
+    let columns: Vec<String> = cdi.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| format!("{}={}", c.name, c.json_path))
+        .collect();
+    assert_eq!(columns, ["Age=.metadata.creationTimestamp", "Phase=.status.phase"]);
+    assert_eq!(CDIConfig::crd().spec.names.plural, "cdiconfigs");
+    assert_eq!(StorageProfile::crd().spec.names.plural, "storageprofiles");
 }

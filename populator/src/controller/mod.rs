@@ -29,6 +29,7 @@ use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use crate::api::VolumeImportSource;
+use crate::config::Defaults;
 use crate::metrics::Metrics;
 use crate::mover::Movers;
 use follow::Followers;
@@ -43,8 +44,6 @@ pub struct ControllerConfig {
     pub progress_interval: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// CDI's filesystem overhead for filesystem volumes (CDIConfig's global default).
-    pub filesystem_overhead: f64,
 }
 
 /// Everything a reconcile needs.
@@ -55,6 +54,8 @@ pub struct Ctx {
     pub movers: Movers,
     pub followers: Arc<Followers>,
     pub metrics: Arc<Metrics>,
+    /// CDIConfig's overhead and preallocation default, per storage class.
+    pub defaults: Defaults,
     /// Asks for a reconcile of a PVC (followers, when their task ends).
     pub trigger: mpsc::UnboundedSender<ObjectRef<PersistentVolumeClaim>>,
     me: Weak<Ctx>,
@@ -139,7 +140,13 @@ impl Error {
 }
 
 /// Runs the controller until the stream of reconciles ends.
-pub async fn run(client: kube::Client, cfg: ControllerConfig, movers: Movers, metrics: Arc<Metrics>) {
+pub async fn run(
+    client: kube::Client,
+    cfg: ControllerConfig,
+    movers: Movers,
+    metrics: Arc<Metrics>,
+    defaults: Defaults,
+) {
     let (trigger, triggered) = mpsc::unbounded_channel();
     let ctx = Arc::new_cyclic(|me| Ctx {
         recorder: Recorder::new(client.clone(), Reporter { controller: "cdi-populator".into(), instance: None }),
@@ -148,6 +155,7 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig, movers: Movers, me
         movers,
         followers: Arc::new(Followers::default()),
         metrics: metrics.clone(),
+        defaults,
         trigger,
         me: me.clone(),
     });

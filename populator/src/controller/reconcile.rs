@@ -311,6 +311,9 @@ async fn populate_request(
     ctx: &Ctx,
 ) -> Result<pb::PopulateRequest, source::SourceError> {
     let mode = if build::is_block(pvc) { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
+    // CDIConfig as the cluster has it (per class), not as a cold cache guesses it.
+    ctx.defaults.wait_ready().await;
+    let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default();
     let dest = Destination {
         task_id: task.id.clone(),
         target: pb::Target {
@@ -322,7 +325,8 @@ async fn populate_request(
             })),
         },
         requested_size: build::requested_bytes(pvc).unwrap_or(0),
-        filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then_some(ctx.cfg.filesystem_overhead),
+        filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then(|| ctx.defaults.filesystem_overhead(class)),
+        default_preallocation: ctx.defaults.default_preallocation(),
     };
     source::populate_request(&ctx.client, &pvc.namespace().unwrap_or_default(), &task.plan, dest).await
 }

@@ -31,6 +31,8 @@ pub struct Destination {
     pub target: pb::Target,
     pub requested_size: u64,
     pub filesystem_overhead: Option<f64>,
+    /// Whether to preallocate when the source does not say (CDIConfig's default).
+    pub default_preallocation: bool,
 }
 
 /// Builds the request for an HTTP import (the only kind supported end to end so far).
@@ -119,7 +121,7 @@ pub async fn populate_request(
             ContentType::Archive => pb::ContentType::Archive,
             ContentType::Kubevirt => pb::ContentType::Kubevirt,
         } as i32,
-        preallocate: plan.preallocate(false),
+        preallocate: plan.preallocate(dest.default_preallocation),
         requested_size: dest.requested_size,
         filesystem_overhead: dest.filesystem_overhead,
         checksum: http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
