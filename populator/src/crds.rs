@@ -7,7 +7,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+use crate::api::{DataSource, DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 
 /// The command that regenerates `deploy/crds/` (quoted by the drift test).
 pub const REGENERATE: &str = "cargo run -p cdi-populator -- crds --out-dir deploy/crds";
@@ -23,7 +23,13 @@ pub struct RenderError {
 
 /// Every CRD we serve, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![VolumeCloneSource::crd(), VolumeImportSource::crd(), VolumeUploadSource::crd()]
+    vec![
+        DataSource::crd(),
+        DataVolume::crd(),
+        VolumeCloneSource::crd(),
+        VolumeImportSource::crd(),
+        VolumeUploadSource::crd(),
+    ]
 }
 
 /// `<group>_<plural>.yaml`, the name kubebuilder-style repositories use.

@@ -244,6 +244,13 @@ fn the_populator_may_do_what_the_populate_flow_needs() {
         ("cdi.kubevirt.io", "volumeimportsources", &["get", "list", "watch"]),
         ("cdi.kubevirt.io", "volumeuploadsources", &["get", "list", "watch"]),
         ("cdi.kubevirt.io", "volumeclonesources", &["get", "list", "watch"]),
+        // The DataVolume controller.
+        ("cdi.kubevirt.io", "volumeimportsources", &["create", "update", "patch", "delete"]),
+        ("cdi.kubevirt.io", "datavolumes", &["get", "list", "watch", "update", "patch"]),
+        ("cdi.kubevirt.io", "datavolumes/status", &["get", "update", "patch"]),
+        ("cdi.kubevirt.io", "datavolumes/finalizers", &["update"]),
+        ("cdi.kubevirt.io", "datasources", &["get", "list", "watch"]),
+        ("cdi.kubevirt.io", "datasources/status", &["get", "update", "patch"]),
     ];
     for (group, resource, verbs) in everywhere {
         for verb in *verbs {
