@@ -337,6 +337,15 @@ pub mod condition_reasons {
     }
 }
 
+/// CDI's admission webhooks, as its API server serves them.
+pub mod webhooks {
+    /// Path of the DataVolume validating webhook.
+    pub const DATAVOLUME_VALIDATE_PATH: &str = "/datavolume-validate";
+    /// Its name in the `ValidatingWebhookConfiguration`: what a denial quotes
+    /// (`admission webhook "…" denied the request: …`).
+    pub const DATAVOLUME_VALIDATE: &str = "datavolume-validate.cdi.kubevirt.io";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
