@@ -22,6 +22,8 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// One value, parsed once at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print the CRDs of our kinds as multi-document YAML (or write one file per CRD).
     Crds(CrdsArgs),

@@ -237,6 +237,13 @@ async fn every_datavolume_rule_is_refused_with_cdis_message_through_kubectl_and_
     tc.shutdown_and_check_leaks().await;
 }
 
+/// Sets the populator Deployment's replicas (a patch: the mini-cluster has no `scale`
+/// subresource).
+async fn scale(tc: &TestCluster, replicas: u32) {
+    let patch = format!("{{\"spec\":{{\"replicas\":{replicas}}}}}");
+    tc.kubectl(&["-n", NS, "patch", "deployment/cdi-populator", "--type=merge", "-p", &patch]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_replica_serves_and_with_none_datavolume_writes_fail_closed() {
     let tc = installed().await;
@@ -244,7 +251,7 @@ async fn every_replica_serves_and_with_none_datavolume_writes_fail_closed() {
 
     // A second replica stands by as leader but is ready only once it serves the webhook
     // with the certificate the leader made.
-    tc.kubectl(&["-n", NS, "scale", "deployment/cdi-populator", "--replicas=2"]).await;
+    scale(&tc, 2).await;
     tc.kubectl(&["-n", NS, "rollout", "status", "deployment/cdi-populator", "--timeout=90s"]).await;
     let ready =
         tc.kubectl(&["-n", NS, "get", "deployment/cdi-populator", "-o", "jsonpath={.status.readyReplicas}"]).await;
@@ -254,7 +261,7 @@ async fn every_replica_serves_and_with_none_datavolume_writes_fail_closed() {
     // No replica: the API server cannot call the webhook, and failurePolicy Fail refuses.
     let pods: Api<Pod> = Api::namespaced(tc.client.clone(), NS);
     let populators = pods.list(&ListParams::default().labels("app.kubernetes.io/name=cdi-populator")).await.unwrap();
-    tc.kubectl(&["-n", NS, "scale", "deployment/cdi-populator", "--replicas=0"]).await;
+    scale(&tc, 0).await;
     for pod in populators.items {
         let (name, uid) = (pod.metadata.name.unwrap(), pod.metadata.uid.unwrap());
         within("the populator pods to go", await_condition(pods.clone(), &name, conditions::is_deleted(&uid)))
@@ -278,7 +285,7 @@ async fn every_replica_serves_and_with_none_datavolume_writes_fail_closed() {
     }
 
     // Back up: admitted again.
-    tc.kubectl(&["-n", NS, "scale", "deployment/cdi-populator", "--replicas=1"]).await;
+    scale(&tc, 1).await;
     tc.kubectl(&["-n", NS, "rollout", "status", "deployment/cdi-populator", "--timeout=90s"]).await;
     kubectl_create(&tc, &blank("checked-again")).await.expect("admitted once a replica serves");
     tc.shutdown_and_check_leaks().await;

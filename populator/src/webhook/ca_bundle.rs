@@ -41,7 +41,7 @@ pub fn patch_for(config: &ValidatingWebhookConfiguration, ca: &[u8], namespace: 
         ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": hook.name}));
         ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}));
     }
-    (!ops.is_empty()).then(|| Value::Array(ops))
+    (!ops.is_empty()).then_some(Value::Array(ops))
 }
 
 /// Sets the CA where it is missing or stale.
