@@ -1,5 +1,6 @@
-//! `cdi-populator run`: leader election, certificates, metrics, then the controllers (populate,
-//! and the configuration kinds').
+//! `cdi-populator run`: metrics and the admission webhook on every replica; then leader
+//! election, certificates, and the controllers (populate, and the configuration kinds') on
+//! the leader.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::controller::{self, ControllerConfig};
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 use crate::mover::{MoverConfig, Movers};
+use crate::webhook::{self, WebhookConfig};
 
 /// Runs until leadership is lost (an error: the pod restarts and competes again).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -19,14 +21,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz");
     tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
 
+    // Every replica serves the webhook (the Service picks any ready one), with the
+    // certificate the leader makes.
+    let webhook_cfg = WebhookConfig {
+        listen: args.webhook_listen,
+        namespace: args.namespace.clone(),
+        service: args.webhook_service.clone(),
+        configuration: args.webhook_configuration.clone(),
+    };
+    let mut webhook = tokio::spawn(webhook::serve(client.clone(), webhook_cfg.clone()));
+    let webhook_stopped = |r: Result<Result<(), webhook::WebhookError>, tokio::task::JoinError>| match r {
+        Ok(Err(e)) => anyhow::Error::new(e),
+        Ok(Ok(())) => anyhow::anyhow!("the admission webhook stopped"),
+        Err(e) => anyhow::anyhow!("the admission webhook task failed: {e}"),
+    };
+
     let identity = args.identity.clone().unwrap_or_else(|| format!("cdi-populator-{}", std::process::id()));
     let leadership = Leadership::new(
         client.clone(),
         LeaderConfig { namespace: args.namespace.clone(), lease: args.lease.clone(), identity },
     );
-    leadership.acquire().await;
+    tokio::select! {
+        () = leadership.acquire() => {}
+        r = &mut webhook => return Err(webhook_stopped(r)),
+    }
 
     // Only the leader writes certificates: no two populators race to make them.
+    let webhook_ca = crate::certs::ensure_webhook(client.clone(), &args.namespace, &args.webhook_service).await?;
     let client_identity = if args.insecure_mover_plaintext {
         None
     } else {
@@ -51,8 +72,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let default_overhead = crate::config::cdiconfig::default_overhead(args.filesystem_overhead);
     tokio::select! {
         () = controller::run(client.clone(), cfg, movers, metrics, defaults) => anyhow::bail!("the controller stopped"),
-        () = crate::config::run(client, default_overhead) => anyhow::bail!("the configuration controllers stopped"),
+        () = crate::config::run(client.clone(), default_overhead) => anyhow::bail!("the configuration controllers stopped"),
         () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
+        () = webhook::ca_bundle::keep(client, webhook_cfg, webhook_ca) => anyhow::bail!("the caBundle keeper stopped"),
+        r = webhook => Err(webhook_stopped(r)),
     }
 }

@@ -6,6 +6,9 @@
 //!   to check clients), mounted by the mover DaemonSet.
 //! * `cdi-populator-tls`: the populator's client certificate (`tls.crt`, `tls.key`,
 //!   `ca.crt` to check movers).
+//! * `cdi-populator-webhook-tls`: the admission webhook's serving certificate (`tls.crt`,
+//!   `tls.key`, and `ca.crt`, the API server's `caBundle`), for the webhook Service's DNS
+//!   names. Every populator replica serves with it, so every replica reads it.
 //!
 //! Creation is idempotent: an existing Secret is kept; a create that loses a race re-reads.
 
@@ -14,11 +17,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
 pub const CA_SECRET: &str = "cdi-rs-ca";
 pub const MOVER_SECRET: &str = "cdi-mover-tls";
 pub const CLIENT_SECRET: &str = "cdi-populator-tls";
+pub const WEBHOOK_SECRET: &str = "cdi-populator-webhook-tls";
 /// The name every mover certificate carries, and clients expect (pods have changing IPs).
 pub const MOVER_SERVER_NAME: &str = "cdi-mover";
 
@@ -101,29 +105,45 @@ async fn ensure(
     }
 }
 
-/// Makes sure the CA and both certificates exist; returns the client identity.
-pub async fn ensure_all(client: kube::Client, namespace: &str) -> Result<ClientIdentity, CertError> {
-    let api: Api<Secret> = Api::namespaced(client, namespace);
-    let ca = ensure(&api, namespace, CA_SECRET, || {
+/// The CA as stored: its certificate (PEM) and a way to issue certificates with it.
+struct Ca {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    // The CA's parameters are fixed, so its issuer is rebuilt from them and its key (no
+    // certificate parsing needed).
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, CertError> {
+        Ok(Issuer::new(ca_params()?, KeyPair::from_pem(&self.key)?))
+    }
+}
+
+async fn ensure_ca(api: &Api<Secret>, namespace: &str) -> Result<Ca, CertError> {
+    let ca = ensure(api, namespace, CA_SECRET, || {
         let (cert, key) = new_ca()?;
         Ok(data(&[("ca.crt", cert), ("ca.key", key)]))
     })
     .await?;
-    let ca_cert = String::from_utf8_lossy(get(&ca, "ca.crt", namespace)?).into_owned();
-    let ca_key = String::from_utf8_lossy(get(&ca, "ca.key", namespace)?).into_owned();
-    // The CA's parameters are fixed, so its issuer is rebuilt from them and its key (no
-    // certificate parsing needed).
-    let issuer = || -> Result<Issuer<'static, KeyPair>, CertError> {
-        Ok(Issuer::new(ca_params()?, KeyPair::from_pem(&ca_key)?))
-    };
+    Ok(Ca {
+        cert: String::from_utf8_lossy(get(&ca, "ca.crt", namespace)?).into_owned(),
+        key: String::from_utf8_lossy(get(&ca, "ca.key", namespace)?).into_owned(),
+    })
+}
+
+/// Makes sure the CA and both certificates exist; returns the client identity.
+pub async fn ensure_all(client: kube::Client, namespace: &str) -> Result<ClientIdentity, CertError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let ca = ensure_ca(&api, namespace).await?;
     ensure(&api, namespace, MOVER_SECRET, || {
-        let (cert, key) = issue(&issuer()?, MOVER_SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
-        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca_cert.clone())]))
+        let names = [MOVER_SERVER_NAME.to_string(), format!("{MOVER_SERVER_NAME}.cdi-rs.svc")];
+        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
     let client = ensure(&api, namespace, CLIENT_SECRET, || {
-        let (cert, key) = issue(&issuer()?, "cdi-populator", ExtendedKeyUsagePurpose::ClientAuth)?;
-        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca_cert.clone())]))
+        let (cert, key) = issue(&ca.issuer()?, &["cdi-populator".to_string()], ExtendedKeyUsagePurpose::ClientAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
     Ok(ClientIdentity {
@@ -131,6 +151,56 @@ pub async fn ensure_all(client: kube::Client, namespace: &str) -> Result<ClientI
         key: get(&client, "tls.key", namespace)?.to_vec(),
         ca: get(&client, "ca.crt", namespace)?.to_vec(),
     })
+}
+
+/// The DNS names the API server may call a Service by (it uses `<name>.<namespace>.svc`).
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.to_string(),
+    ]
+}
+
+/// Makes sure the CA and the webhook's serving certificate for `service` exist; returns
+/// the CA certificate (PEM), which the webhook configuration's `caBundle` must hold.
+pub async fn ensure_webhook(client: kube::Client, namespace: &str, service: &str) -> Result<Vec<u8>, CertError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let ca = ensure_ca(&api, namespace).await?;
+    let secret = ensure(&api, namespace, WEBHOOK_SECRET, || {
+        let names = service_dns_names(service, namespace);
+        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
+    })
+    .await?;
+    Ok(get(&secret, "ca.crt", namespace)?.to_vec())
+}
+
+/// A serving identity read from a TLS Secret (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServingCert {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServingCert(<redacted>)")
+    }
+}
+
+impl ServingCert {
+    /// `tls.crt` and `tls.key` of `secret`.
+    ///
+    /// # Errors
+    /// A key missing.
+    pub fn from_secret(secret: &Secret, namespace: &str) -> Result<ServingCert, CertError> {
+        Ok(ServingCert {
+            cert: get(secret, "tls.crt", namespace)?.to_vec(),
+            key: get(secret, "tls.key", namespace)?.to_vec(),
+        })
+    }
 }
 
 fn ca_params() -> Result<CertificateParams, CertError> {
@@ -147,15 +217,19 @@ fn new_ca() -> Result<(String, String), CertError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn issue(ca: &Issuer<'_, KeyPair>, name: &str, usage: ExtendedKeyUsagePurpose) -> Result<(String, String), CertError> {
+/// A certificate for `names` (the first is also the common name), signed by `ca`.
+fn issue(
+    ca: &Issuer<'_, KeyPair>,
+    names: &[String],
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String), CertError> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![name.to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, name);
+    let mut params = CertificateParams::new(names.to_vec())?;
+    if let Some(first) = names.first() {
+        params.distinguished_name.push(DnType::CommonName, first.as_str());
+    }
     params.extended_key_usages = vec![usage];
     params.not_after = rcgen::date_time_ymd(2035, 12, 31);
-    if name == MOVER_SERVER_NAME {
-        params.subject_alt_names.push(SanType::DnsName(format!("{MOVER_SERVER_NAME}.cdi-rs.svc").try_into()?));
-    }
     let cert = params.signed_by(&key, ca)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -166,9 +240,23 @@ mod tests {
 
     #[test]
     fn issued_certificates_chain_to_the_ca() {
+        let names = [MOVER_SERVER_NAME.to_string()];
+        verifies_as(&names, MOVER_SERVER_NAME);
+        // The webhook's, for the name the API server calls its Service by.
+        let names = service_dns_names("cdi-populator-webhook", "cdi-rs");
+        verifies_as(&names, "cdi-populator-webhook.cdi-rs.svc");
+        let serving = ServingCert::from_secret(
+            &Secret { data: Some(data(&[("tls.crt", "C".into()), ("tls.key", "K".into())])), ..Default::default() },
+            "cdi-rs",
+        )
+        .unwrap();
+        assert_eq!(format!("{serving:?}"), "ServingCert(<redacted>)");
+    }
+
+    fn verifies_as(names: &[String], server_name: &str) {
         let (ca_cert, ca_key) = new_ca().unwrap();
         let issuer = Issuer::new(ca_params().unwrap(), KeyPair::from_pem(&ca_key).unwrap());
-        let (cert, key) = issue(&issuer, MOVER_SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+        let (cert, key) = issue(&issuer, names, ExtendedKeyUsagePurpose::ServerAuth).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
         // A rustls verifier built on the CA accepts the server certificate for its name.
         use rustls::client::danger::ServerCertVerifier;
@@ -184,7 +272,7 @@ mod tests {
         .unwrap();
         let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         verifier
-            .verify_server_cert(&leaf, &[], &ServerName::try_from(MOVER_SERVER_NAME).unwrap(), &[], UnixTime::now())
+            .verify_server_cert(&leaf, &[], &ServerName::try_from(server_name).unwrap(), &[], UnixTime::now())
             .unwrap();
     }
 }

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 /// Default address of the HTTP endpoint serving `/healthz` and `/metrics`; the Deployment
 /// in `deploy/` probes this port.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9101";
+/// Default HTTPS address of the admission webhook; the webhook Service targets this port.
+pub const DEFAULT_WEBHOOK_LISTEN: &str = "0.0.0.0:8443";
 
 /// `cdi-populator`: the cdi-rs control plane.
 #[derive(Debug, Parser)]
@@ -20,6 +22,8 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// One value, parsed once at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print the CRDs of our kinds as multi-document YAML (or write one file per CRD).
     Crds(CrdsArgs),
@@ -79,4 +83,14 @@ pub struct RunArgs {
     /// (its status then shows this value).
     #[arg(long, default_value_t = 0.06)]
     pub filesystem_overhead: f64,
+    /// Where to serve the admission webhook (HTTPS), on every replica.
+    #[arg(long, default_value = DEFAULT_WEBHOOK_LISTEN)]
+    pub webhook_listen: SocketAddr,
+    /// The Service in front of the webhook, in --namespace: its serving certificate is
+    /// issued for this Service's DNS names.
+    #[arg(long, default_value = "cdi-populator-webhook")]
+    pub webhook_service: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the leader keeps current.
+    #[arg(long, default_value = "cdi-populator-webhook")]
+    pub webhook_configuration: String,
 }

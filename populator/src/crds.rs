@@ -7,7 +7,9 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{CDI, CDIConfig, StorageProfile, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+use crate::api::{
+    CDI, CDIConfig, DataSource, DataVolume, StorageProfile, VolumeCloneSource, VolumeImportSource, VolumeUploadSource,
+};
 
 /// The command that regenerates `deploy/crds/` (quoted by the drift test).
 pub const REGENERATE: &str = "cargo run -p cdi-populator -- crds --out-dir deploy/crds";
@@ -27,6 +29,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         CDIConfig::crd(),
         CDI::crd(),
         StorageProfile::crd(),
+        DataSource::crd(),
+        DataVolume::crd(),
         VolumeCloneSource::crd(),
         VolumeImportSource::crd(),
         VolumeUploadSource::crd(),

@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::Parser as _;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, PodTemplateSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
@@ -36,6 +37,8 @@ struct Manifests {
     deployments: Vec<Deployment>,
     daemon_sets: Vec<DaemonSet>,
     crds: Vec<CustomResourceDefinition>,
+    services: Vec<Service>,
+    webhook_configurations: Vec<ValidatingWebhookConfiguration>,
 }
 
 /// Deserialises `doc` as `K` and checks that serialising it gives `doc` back: a misspelt or
@@ -85,6 +88,10 @@ fn load() -> Manifests {
                 ("apps/v1", "Deployment") => m.deployments.push(strict(doc, &file)),
                 ("apps/v1", "DaemonSet") => m.daemon_sets.push(strict(doc, &file)),
                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => m.crds.push(strict(doc, &file)),
+                ("v1", "Service") => m.services.push(strict(doc, &file)),
+                ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                    m.webhook_configurations.push(strict(doc, &file))
+                }
                 (api_version, kind) => panic!("{file}: unexpected object {api_version} {kind}"),
             }
         }
@@ -158,7 +165,8 @@ fn namespaced_objects_live_in_the_cdi_rs_namespace() {
         .chain(m.roles.iter().map(|o| &o.metadata))
         .chain(m.role_bindings.iter().map(|o| &o.metadata))
         .chain(m.deployments.iter().map(|o| &o.metadata))
-        .chain(m.daemon_sets.iter().map(|o| &o.metadata));
+        .chain(m.daemon_sets.iter().map(|o| &o.metadata))
+        .chain(m.services.iter().map(|o| &o.metadata));
     for meta in namespaced {
         assert_eq!(meta.namespace.as_deref(), Some(NAMESPACE), "{:?}", meta.name);
     }
@@ -251,6 +259,13 @@ fn the_populator_may_do_what_the_populate_flow_needs() {
         ("cdi.kubevirt.io", "cdiconfigs/status", &["get", "update", "patch"]),
         ("cdi.kubevirt.io", "cdis/status", &["get", "update", "patch"]),
         ("snapshot.storage.k8s.io", "volumesnapshotclasses", &["get", "list", "watch"]),
+        // The DataVolume controller.
+        ("cdi.kubevirt.io", "volumeimportsources", &["create", "update", "patch", "delete"]),
+        ("cdi.kubevirt.io", "datavolumes", &["get", "list", "watch", "update", "patch"]),
+        ("cdi.kubevirt.io", "datavolumes/status", &["get", "update", "patch"]),
+        ("cdi.kubevirt.io", "datavolumes/finalizers", &["update"]),
+        ("cdi.kubevirt.io", "datasources", &["get", "list", "watch"]),
+        ("cdi.kubevirt.io", "datasources/status", &["get", "update", "patch"]),
     ];
     for (group, resource, verbs) in everywhere {
         for verb in *verbs {
@@ -293,14 +308,20 @@ fn the_populator_deployment_runs_one_unprivileged_leader_elected_replica() {
     let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("Deployment command line: {e}"));
     let Command::Run(run) = cli.command else { panic!("the Deployment runs `run`") };
 
-    // Probes and the metrics port point where `run` listens.
+    // Probes and ports point where `run` listens: liveness at the metrics server, readiness
+    // at the webhook (it listens once it has its certificate, so ready means it answers).
     let ports = container.ports.as_deref().unwrap_or_default();
-    let port = ports.iter().find(|p| p.name.as_deref() == Some("http-metrics")).unwrap();
-    assert_eq!(port.container_port, i32::from(run.metrics_listen.port()));
-    for probe in [&container.liveness_probe, &container.readiness_probe] {
+    let port = |name: &str| ports.iter().find(|p| p.name.as_deref() == Some(name)).unwrap().container_port;
+    assert_eq!(port("http-metrics"), i32::from(run.metrics_listen.port()));
+    assert_eq!(port("https-webhook"), i32::from(run.webhook_listen.port()));
+    for (probe, port, scheme) in [
+        (&container.liveness_probe, "http-metrics", None),
+        (&container.readiness_probe, "https-webhook", Some("HTTPS")),
+    ] {
         let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("HTTP probe");
         assert_eq!(get.path.as_deref(), Some("/healthz"));
-        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http-metrics".into()));
+        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port.into()));
+        assert_eq!(get.scheme.as_deref(), scheme);
     }
 
     // Leader election reads its namespace and identity from the downward API.
@@ -372,4 +393,65 @@ fn the_mover_daemon_set_reaches_kubelet_volumes_and_its_certificates() {
     }
     let ports: BTreeSet<_> = container.ports.iter().flatten().map(|p| (p.name.clone(), p.container_port)).collect();
     assert!(ports.contains(&(Some("grpc".into()), 7443)) && ports.contains(&(Some("http-metrics".into()), 9102)));
+}
+
+#[test]
+fn the_webhook_configuration_reaches_the_populators_webhook_through_its_service() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use crate::api::names::webhooks::{DATAVOLUME_VALIDATE, DATAVOLUME_VALIDATE_PATH};
+    let m = load();
+    let deployment = the_deployment(&m);
+    let container = &pod_spec(&deployment.spec.as_ref().unwrap().template).containers[0];
+    let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
+    let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else { panic!("run") };
+
+    let [config] = m.webhook_configurations.as_slice() else { panic!("one ValidatingWebhookConfiguration") };
+    assert_eq!(config.metadata.name.as_deref(), Some(run.webhook_configuration.as_str()));
+    let [hook] = config.webhooks.as_deref().unwrap_or_default() else { panic!("one webhook") };
+    assert_eq!(hook.name, DATAVOLUME_VALIDATE);
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.admission_review_versions, ["v1"]);
+    assert!(hook.client_config.ca_bundle.is_none(), "the populator fills in the caBundle");
+    let [rule] = hook.rules.as_deref().unwrap_or_default() else { panic!("one rule") };
+    assert_eq!(rule.api_groups.as_deref(), Some(&["cdi.kubevirt.io".to_string()][..]));
+    assert_eq!(rule.api_versions.as_deref(), Some(&["v1beta1".to_string()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["datavolumes".to_string()][..]));
+    assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_string(), "UPDATE".to_string()][..]));
+
+    // The webhook calls the Service the certificate is made for, on the path served.
+    let reference = hook.client_config.service.as_ref().expect("a Service reference");
+    assert_eq!(reference.path.as_deref(), Some(DATAVOLUME_VALIDATE_PATH));
+    assert_eq!((reference.namespace.as_str(), reference.name.as_str()), (NAMESPACE, run.webhook_service.as_str()));
+    let service = m
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(reference.name.as_str()))
+        .expect("the webhook's Service");
+    let spec = service.spec.as_ref().unwrap();
+    let pod_labels = deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    for (k, v) in spec.selector.as_ref().expect("a selector") {
+        assert_eq!(pod_labels.get(k), Some(v), "the Service selects the populator pods by {k}={v}");
+    }
+    let port = spec.ports.iter().flatten().find(|p| Some(p.port) == reference.port).expect("the webhook's port");
+    assert_eq!(port.target_port, Some(IntOrString::String("https-webhook".into())));
+
+    // The populator may read and patch that configuration, and only it.
+    let role = m.cluster_roles.iter().find(|r| r.metadata.name.as_deref() == Some("cdi-populator-webhook")).unwrap();
+    let rules = role.rules.as_deref().unwrap_or_default();
+    for verb in ["get", "patch"] {
+        assert!(allows(rules, "admissionregistration.k8s.io", "validatingwebhookconfigurations", verb), "{verb}");
+    }
+    for rule in rules.iter().filter(|r| r.resources.iter().flatten().any(|r| r == "validatingwebhookconfigurations")) {
+        assert_eq!(rule.resource_names.as_deref(), Some(&[run.webhook_configuration.clone()][..]));
+    }
+    let bound = m.cluster_role_bindings.iter().any(|b| {
+        b.role_ref.name == "cdi-populator-webhook"
+            && b.subjects
+                .iter()
+                .flatten()
+                .any(|s| s.name == "cdi-populator" && s.namespace.as_deref() == Some(NAMESPACE))
+    });
+    assert!(bound, "the populator's ServiceAccount has the webhook role");
 }

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod plan;
+pub mod webhook;
 
 #[cfg(test)]
 mod deploy_tests;

@@ -7,6 +7,7 @@ mod api_kubectl;
 mod api_openapi;
 mod common;
 mod config;
+mod dv_validation;
 mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.
 #[path = "../../../mover/tests/it/peers.rs"]

@@ -3,6 +3,8 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`datavolume`] | `DataVolume`: a PVC and where its data comes from |
+//! | [`datasource`] | `DataSource`: a named golden volume DataVolumes clone |
 //! | [`import`] | `VolumeImportSource`: import a claim's data from a URL, registry, ... |
 //! | [`upload`] | `VolumeUploadSource`: fill a claim by upload |
 //! | [`clone`]  | `VolumeCloneSource`: fill a claim with a copy of a PVC or snapshot |
@@ -19,6 +21,8 @@
 pub mod cdi;
 pub mod cdiconfig;
 pub mod clone;
+pub mod datasource;
+pub mod datavolume;
 pub mod import;
 pub mod names;
 pub mod quantity;
@@ -31,6 +35,11 @@ pub use cdi::{CDI, CDISpec, CDIStatus, OperatorCondition};
 pub use cdiconfig::{CDIConfig, CDIConfigSpec, CDIConfigStatus, FilesystemOverhead, ImportProxy};
 
 pub use clone::{VolumeCloneSource, VolumeCloneSourceSpec};
+pub use datasource::{DataSource, DataSourceSource, DataSourceSpec, DataSourceStatus};
+pub use datavolume::{
+    DataVolume, DataVolumeCondition, DataVolumePhase, DataVolumeSource, DataVolumeSourceRef, DataVolumeSpec,
+    DataVolumeStatus, StorageSpec,
+};
 pub use import::{VolumeImportSource, VolumeImportSourceSpec, VolumeImportSourceStatus};
 pub use sources::{
     DataVolumeBlankImage, DataVolumeCheckpoint, DataVolumeSourceGcs, DataVolumeSourceHttp, DataVolumeSourceImageIo,

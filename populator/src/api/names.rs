@@ -18,6 +18,10 @@ pub mod api {
 
 /// Kinds: ours, and those a `dataSourceRef` or a clone source names.
 pub mod kinds {
+    /// A PVC and where its data comes from.
+    pub const DATA_VOLUME: &str = "DataVolume";
+    /// A named golden volume.
+    pub const DATA_SOURCE: &str = "DataSource";
     /// Import populator source.
     pub const VOLUME_IMPORT_SOURCE: &str = "VolumeImportSource";
     /// Upload populator source.
@@ -93,6 +97,27 @@ pub mod annotations {
     /// `"true"`/`"false"`: whether preallocation was asked for.
     pub const PREALLOCATION_REQUESTED: &str = "cdi.kubevirt.io/storage.preallocation.requested";
 
+    // ---- DataVolumes ----
+
+    /// On a DataVolume, `"true"`: a PVC of the same name that already exists is taken over
+    /// as already populated instead of refused (KubeVirt sets it on every DataVolume it
+    /// creates from `dataVolumeTemplates`).
+    pub const ALLOW_CLAIM_ADOPTION: &str = "cdi.kubevirt.io/allowClaimAdoption";
+    /// On a PVC: the name of the DataVolume it was populated for (set when adopting one),
+    /// so the DataVolume counts it as populated.
+    pub const POPULATED_FOR_DATA_VOLUME: &str = "cdi.kubevirt.io/storage.populatedFor";
+    /// On a StorageClass, `"true"`: the cluster's default class (Kubernetes').
+    pub const DEFAULT_STORAGE_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+    /// On a StorageClass, `"true"`: the default class for VM disks; wins over
+    /// [`DEFAULT_STORAGE_CLASS`] for `kubevirt` content.
+    pub const DEFAULT_VIRT_STORAGE_CLASS: &str = "storageclass.kubevirt.io/is-default-virt-class";
+    /// On a DataVolume's PVC: the DataVolume's UID.
+    pub const CREATED_FOR_DATA_VOLUME: &str = "cdi.kubevirt.io/createdForDataVolume";
+    /// On a DataVolume's PVC: `spec.priorityClassName` of the DataVolume.
+    pub const POD_PRIORITY_CLASS_NAME: &str = "cdi.kubevirt.io/storage.pod.priorityclassname";
+    /// On a DataVolume's PVC: `spec.serviceAccountName` of the DataVolume.
+    pub const POD_SERVICE_ACCOUNT_NAME: &str = "cdi.kubevirt.io/storage.pod.serviceAccountName";
+
     // ---- status outputs (written on the target PVC, mirrored from the prime PVC) ----
 
     /// Progress, `"NN.NN%"`, `"N/A"` before it is known, `"100.0%"` when done; see
@@ -141,8 +166,6 @@ pub mod annotations {
     /// On a StorageClass: its clone strategy (`copy`, `snapshot`, `csi-clone`), below a
     /// StorageProfile's spec and above the provisioner table.
     pub const CLONE_STRATEGY: &str = "cdi.kubevirt.io/clone-strategy";
-    /// `"true"` on the cluster's default StorageClass.
-    pub const DEFAULT_STORAGE_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
     /// `"true"` on the preferred VolumeSnapshotClass of a driver.
     pub const DEFAULT_SNAPSHOT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
@@ -153,12 +176,6 @@ pub mod annotations {
         pub const USE_POPULATOR: &str = "cdi.kubevirt.io/storage.usePopulator";
         /// Clone across namespaces: the source's namespace (on the target PVC).
         pub const DATA_SOURCE_NAMESPACE: &str = "cdi.kubevirt.io/dataSourceNamespace";
-        /// Priority class for the worker pods.
-        pub const POD_PRIORITY_CLASS_NAME: &str = "cdi.kubevirt.io/storage.pod.priorityclassname";
-        /// Service account for the worker pods.
-        pub const POD_SERVICE_ACCOUNT_NAME: &str = "cdi.kubevirt.io/storage.pod.serviceAccountName";
-        /// The DataVolume a PVC was created for (its UID).
-        pub const CREATED_FOR_DATA_VOLUME: &str = "cdi.kubevirt.io/createdForDataVolume";
         /// Registry pull method, `pod` or `node`.
         pub const IMPORT_REGISTRY_METHOD: &str = "cdi.kubevirt.io/storage.import.registryImportMethod";
         /// `"true"` when the registry source is an image stream.
@@ -343,6 +360,10 @@ pub mod event_reasons {
     pub const ERR_EXCEEDED_QUOTA: &str = "ErrExceededQuota";
     /// The volume was bound to another claim than the one expected (warning).
     pub const CLAIM_MISBOUND: &str = "ClaimMisbound";
+    /// A DataVolume's PVC name is taken by a PVC that is not the DataVolume's.
+    pub const ERR_RESOURCE_EXISTS: &str = "ErrResourceExists";
+    /// A DataVolume's PVC lost its volume.
+    pub const ERR_CLAIM_LOST: &str = "ErrClaimLost";
 
     /// Reasons for later work (uploads, clones, multi-stage imports).
     pub mod reserved {
@@ -403,6 +424,15 @@ pub mod condition_reasons {
     }
 }
 
+/// CDI's admission webhooks, as its API server serves them.
+pub mod webhooks {
+    /// Path of the DataVolume validating webhook.
+    pub const DATAVOLUME_VALIDATE_PATH: &str = "/datavolume-validate";
+    /// Its name in the `ValidatingWebhookConfiguration`: what a denial quotes
+    /// (`admission webhook "…" denied the request: …`).
+    pub const DATAVOLUME_VALIDATE: &str = "datavolume-validate.cdi.kubevirt.io";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +455,7 @@ mod tests {
 
     #[test]
     fn group_and_version_agree_with_the_derived_kinds() {
-        use crate::api::{VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+        use crate::api::{DataSource, DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
         use kube::Resource as _;
         assert_eq!(api::API_VERSION, format!("{}/{}", api::GROUP, api::VERSION));
         assert_eq!(VolumeImportSource::api_version(&()), api::API_VERSION);
@@ -434,5 +464,9 @@ mod tests {
         assert_eq!(VolumeUploadSource::kind(&()), kinds::VOLUME_UPLOAD_SOURCE);
         assert_eq!(VolumeCloneSource::api_version(&()), api::API_VERSION);
         assert_eq!(VolumeCloneSource::kind(&()), kinds::VOLUME_CLONE_SOURCE);
+        assert_eq!(DataVolume::api_version(&()), api::API_VERSION);
+        assert_eq!(DataVolume::kind(&()), kinds::DATA_VOLUME);
+        assert_eq!(DataSource::api_version(&()), api::API_VERSION);
+        assert_eq!(DataSource::kind(&()), kinds::DATA_SOURCE);
     }
 }

@@ -152,8 +152,10 @@ fn assert_fields_in_schema(value: &Value, schema: &Value, path: &str) {
                 if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
+                // A map (e.g. resources.requests) has one schema for all its values.
                 let child_schema = properties
                     .and_then(|p| p.get(key))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()))
                     .unwrap_or_else(|| panic!("{path}.{key} is not in the CRD schema"));
                 assert_fields_in_schema(child, child_schema, &format!("{path}.{key}"));
             }
@@ -373,4 +375,310 @@ fn configuration_kinds_are_cluster_scoped_with_a_status_subresource() {
     assert_eq!(columns, ["Age=.metadata.creationTimestamp", "Phase=.status.phase"]);
     assert_eq!(CDIConfig::crd().spec.names.plural, "cdiconfigs");
     assert_eq!(StorageProfile::crd().spec.names.plural, "storageprofiles");
+/// DataVolumes as CDI's documentation and example manifests write them: every source kind,
+/// `pvc` and `storage`, `sourceRef`, and a status as CDI's controller writes it.
+const DATA_VOLUMES: &str = r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: example-import-dv}
+spec:
+  source:
+    http:
+      url: "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img"
+      secretRef: ""
+      certConfigMap: ""
+  pvc:
+    accessModes: [ReadWriteOnce]
+    resources:
+      requests: {storage: 64Mi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: example-block-dv}
+spec:
+  source:
+    http: {url: "https://example.com/disk.qcow2", secretRef: endpoint-secret}
+  pvc:
+    volumeMode: Block
+    storageClassName: local-block
+    accessModes: [ReadWriteOnce]
+    resources:
+      requests: {storage: 1Gi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: example-archive-dv}
+spec:
+  contentType: archive
+  source:
+    http: {url: "https://example.com/files.tar"}
+  storage:
+    resources:
+      requests: {storage: 100Mi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: example-blank-dv}
+spec:
+  source:
+    blank: {}
+  pvc:
+    accessModes: [ReadWriteOnce]
+    resources:
+      requests: {storage: 500Mi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: registry-image-datavolume}
+spec:
+  source:
+    registry:
+      url: "docker://quay.io/kubevirt/fedora-cloud-registry-disk-demo"
+      pullMethod: node
+  storage:
+    resources:
+      requests: {storage: 5Gi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: cloned-datavolume}
+spec:
+  source:
+    pvc: {namespace: source-ns, name: source-pvc}
+  pvc:
+    accessModes: [ReadWriteOnce]
+    resources:
+      requests: {storage: 500Mi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: snapshot-restore}
+spec:
+  source:
+    snapshot: {namespace: golden-ns, name: golden-snap}
+  storage: {}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: upload-datavolume}
+spec:
+  source:
+    upload: {}
+  pvc:
+    accessModes: [ReadWriteOnce]
+    resources:
+      requests: {storage: 500Mi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: fedora-from-datasource}
+spec:
+  sourceRef: {kind: DataSource, namespace: golden-images, name: fedora}
+  storage:
+    resources:
+      requests: {storage: 10Gi}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: everything
+  namespace: vms
+  labels: {kubevirt.io/created-by: 0b5b6d5e-0000-0000-0000-000000000000}
+  annotations:
+    cdi.kubevirt.io/allowClaimAdoption: "true"
+    cdi.kubevirt.io/storage.bind.immediate.requested: ""
+spec:
+  source:
+    imageio:
+      url: https://engine.example.com/ovirt-engine/api
+      diskId: 1f2e3d4c-0000-0000-0000-000000000000
+      secretRef: engine-creds
+      certConfigMap: engine-ca
+  storage:
+    accessModes: [ReadWriteMany]
+    selector:
+      matchLabels: {tier: fast}
+    resources:
+      requests: {storage: "2147483648"}
+    volumeName: pv-0001
+    storageClassName: ceph-rbd
+    volumeMode: FromStorageProfile
+    dataSource: {kind: PersistentVolumeClaim, name: golden}
+    dataSourceRef: {apiGroup: example.io, kind: Populator, name: p, namespace: other}
+  contentType: kubevirt
+  preallocation: true
+  priorityClassName: low
+  serviceAccountName: importer
+  checkpoints:
+  - {previous: "", current: snap-1}
+  finalCheckpoint: true
+status:
+  claimName: everything
+  phase: ImportInProgress
+  progress: "45.68%"
+  restartCount: 2
+  conditions:
+  - type: Bound
+    status: "True"
+    lastTransitionTime: "2026-01-02T03:04:05Z"
+    lastHeartbeatTime: "2026-01-02T03:04:05Z"
+    reason: Bound
+    message: PVC everything Bound
+  - {type: Ready, status: "False", reason: TransferRunning}
+  - {type: Running, status: "True", reason: Pod is running}
+"#;
+
+const DATA_SOURCES: &str = "
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataSource
+metadata: {name: fedora, namespace: golden-images}
+spec:
+  source:
+    pvc: {namespace: golden-images, name: fedora-40}
+status:
+  source:
+    pvc: {namespace: golden-images, name: fedora-40}
+  conditions:
+  - {type: Ready, status: \"True\", reason: Ready, message: DataSource is ready to be consumed}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataSource
+metadata: {name: fedora-snap}
+spec:
+  source:
+    snapshot: {namespace: golden-images, name: fedora-40-snap}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataSource
+metadata: {name: alias}
+spec:
+  source:
+    dataSource: {namespace: golden-images, name: fedora}
+";
+
+#[test]
+fn cdi_data_volumes_and_data_sources_round_trip_unchanged() {
+    let dvs = documents(DATA_VOLUMES);
+    assert_eq!(dvs.len(), 10);
+    for doc in &dvs {
+        assert_round_trips::<DataVolume>(doc);
+    }
+    let sources = documents(DATA_SOURCES);
+    assert_eq!(sources.len(), 3);
+    for doc in &sources {
+        assert_round_trips::<DataSource>(doc);
+    }
+}
+
+#[test]
+fn every_field_of_cdi_data_volumes_and_data_sources_is_in_our_crd_schemas() {
+    let dv = schema_of::<DataVolume>();
+    for doc in &documents(DATA_VOLUMES) {
+        assert_fields_in_schema(doc, &dv, "");
+    }
+    let das = schema_of::<DataSource>();
+    for doc in &documents(DATA_SOURCES) {
+        assert_fields_in_schema(doc, &das, "");
+    }
+}
+
+#[test]
+fn data_volume_fields_land_where_the_controller_reads_them() {
+    let dvs: Vec<DataVolume> =
+        documents(DATA_VOLUMES).into_iter().map(|doc| serde_json::from_value(doc).unwrap()).collect();
+    let http = dvs[0].spec.source.as_ref().unwrap().import_source().unwrap();
+    assert!(http.http.as_ref().unwrap().url.ends_with("cirros-0.4.0-x86_64-disk.img"));
+    assert!(dvs[5].spec.source.as_ref().unwrap().import_source().is_none(), "pvc clone is not an import");
+    assert!(dvs[7].spec.source.as_ref().unwrap().upload.is_some());
+    assert_eq!(dvs[8].spec.source_ref.as_ref().unwrap().kind, "DataSource");
+    let everything = &dvs[9];
+    let storage = everything.spec.storage.as_ref().unwrap();
+    assert_eq!(storage.volume_mode.as_deref(), Some("FromStorageProfile"));
+    let status = everything.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(DataVolumePhase::ImportInProgress));
+    assert_eq!(status.restart_count, Some(2));
+    assert_eq!(status.conditions[2].reason.as_deref(), Some("Pod is running"));
+}
+
+#[test]
+fn every_cdi_phase_keeps_its_spelling_and_unknown_phases_are_kept() {
+    let spellings = [
+        "",
+        "Pending",
+        "PVCBound",
+        "ImportScheduled",
+        "ImportInProgress",
+        "CloneScheduled",
+        "CloneInProgress",
+        "SnapshotForSmartCloneInProgress",
+        "CloneFromSnapshotSourceInProgress",
+        "SmartClonePVCInProgress",
+        "CSICloneInProgress",
+        "ExpansionInProgress",
+        "NamespaceTransferInProgress",
+        "UploadScheduled",
+        "UploadReady",
+        "WaitForFirstConsumer",
+        "PendingPopulation",
+        "Succeeded",
+        "Failed",
+        "Unknown",
+        "Paused",
+        "PrepClaimInProgress",
+        "RebindInProgress",
+    ];
+    for (phase, spelling) in DataVolumePhase::ALL.iter().zip(spellings) {
+        assert_eq!(serde_json::to_value(phase).unwrap(), spelling);
+        assert_eq!(&serde_json::from_value::<DataVolumePhase>(spelling.into()).unwrap(), phase);
+    }
+    let future: DataVolumePhase = serde_json::from_value("SomethingNew".into()).unwrap();
+    assert_eq!(future, DataVolumePhase::Other("SomethingNew".into()));
+    assert_eq!(serde_json::to_value(&future).unwrap(), "SomethingNew");
+}
+
+#[test]
+fn data_volume_crd_matches_cdi_names_columns_and_subresources() {
+    let crd = DataVolume::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("datavolumes.cdi.kubevirt.io"));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["dv".to_owned(), "dvs".to_owned()]));
+    let version = &crd.spec.versions[0];
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<(String, String, String)> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| (c.name.clone(), c.type_.clone(), c.json_path.clone()))
+        .collect();
+    let expected = [
+        ("Phase", "string", ".status.phase"),
+        ("Progress", "string", ".status.progress"),
+        ("Restarts", "integer", ".status.restartCount"),
+        ("Age", "date", ".metadata.creationTimestamp"),
+    ];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned())).collect();
+    assert_eq!(columns, expected);
+
+    let das = DataSource::crd();
+    assert_eq!(das.metadata.name.as_deref(), Some("datasources.cdi.kubevirt.io"));
+    assert_eq!(das.spec.names.short_names, Some(vec!["das".to_owned()]));
+    assert!(das.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
+}
+
+#[test]
+fn storage_sizes_may_be_integers_as_for_any_pvc() {
+    // The API server accepts `storage: 1073741824` (int-or-string) in a DataVolume.
+    let dv = schema_of::<DataVolume>();
+    let storage = &dv["properties"]["spec"]["properties"]["storage"]["properties"]["resources"]["properties"]["requests"]
+        ["additionalProperties"];
+    assert_eq!(storage["x-kubernetes-int-or-string"], true, "{storage}");
+    let typed: DataVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "n"},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": 1073741824}}}},
+    }))
+    .unwrap();
+    let requests = typed.spec.storage.unwrap().resources.unwrap().requests.unwrap();
+    assert_eq!(requests["storage"].0, "1073741824");
 }

@@ -1,0 +1,89 @@
+//! The HTTPS endpoints: `/datavolume-validate` (CDI's path) and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::Api;
+use kube::core::admission::{AdmissionResponse, Operation};
+
+use super::datavolume;
+use super::review::{self, Denial, Request, Verdict};
+use crate::api::names::webhooks::DATAVOLUME_VALIDATE_PATH;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: kube::Client,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").finish_non_exhaustive()
+    }
+}
+
+pub fn router(ctx: Arc<Ctx>) -> axum::Router {
+    axum::Router::new()
+        .route(DATAVOLUME_VALIDATE_PATH, post(datavolume_validate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(ctx)
+}
+
+async fn datavolume_validate(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
+    let answer = review::answer(&body, |request| async move {
+        let response = AdmissionResponse::from(&request);
+        let verdict = admit_datavolume(&ctx, &request).await;
+        if let Err(denial) = &verdict {
+            tracing::info!(
+                namespace = request.namespace.as_deref().unwrap_or_default(),
+                name = %request.name,
+                operation = ?request.operation,
+                reason = %denial,
+                "DataVolume refused"
+            );
+        }
+        (response, verdict)
+    })
+    .await;
+    match answer {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook: unreadable admission review");
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+    }
+}
+
+/// Decodes the DataVolumes of the request, looks up the claim of the same name on create,
+/// and applies the rules.
+async fn admit_datavolume(ctx: &Ctx, request: &Request) -> Verdict {
+    let decode = |object: Option<&kube::core::DynamicObject>, which: &str| {
+        let object = object.ok_or_else(|| Denial::new(format!("the admission request has no {which}"), ""))?;
+        let value = serde_json::to_value(object).map_err(|e| Denial::new(e.to_string(), ""))?;
+        serde_json::from_value::<crate::api::DataVolume>(value)
+            .map_err(|e| Denial::new(format!("the {which} is not a valid DataVolume: {e}"), ""))
+    };
+    let dv = decode(request.object.as_ref(), "object")?;
+    let old = match request.operation {
+        Operation::Update => Some(decode(request.old_object.as_ref(), "old object")?),
+        _ => None,
+    };
+    let existing = match request.operation {
+        // A generated name is not known yet: no claim can have it.
+        Operation::Create if dv.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
+            let namespace = request.namespace.as_deref().unwrap_or_default();
+            let name = dv.metadata.name.as_deref().unwrap_or_default();
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+            claims.get_opt(name).await.map_err(|e| {
+                Denial::new(format!("cannot check whether PVC {namespace}/{name} exists: {e}; try again"), "")
+            })?
+        }
+        _ => None,
+    };
+    datavolume::validate(&dv, old.as_ref(), existing.as_ref())
+}
