@@ -5,6 +5,7 @@ mod api_auth;
 mod api_kube;
 mod api_kubectl;
 mod api_openapi;
+mod blank;
 mod common;
 mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.

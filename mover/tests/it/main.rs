@@ -6,6 +6,7 @@ mod peers;
 mod support;
 
 mod archive;
+mod blank;
 mod bad_input;
 mod cli;
 mod disk;

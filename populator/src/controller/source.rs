@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 
 use crate::api::names::secret_keys;
-use crate::plan::{ContentType, Header, ImportPlan, ImportSource};
+use crate::plan::{ContentType, Header, HttpImport, ImportPlan, ImportSource};
 
 /// Why a request could not be built (nothing retried until the objects change).
 #[derive(Debug, thiserror::Error)]
@@ -33,16 +33,44 @@ pub struct Destination {
     pub filesystem_overhead: Option<f64>,
 }
 
-/// Builds the request for an HTTP import (the only kind supported end to end so far).
+/// Builds the request for an import of a supported kind (http, blank).
 pub async fn populate_request(
     client: &kube::Client,
     namespace: &str,
     plan: &ImportPlan,
     dest: Destination,
 ) -> Result<pb::PopulateRequest, SourceError> {
-    let ImportSource::Http(http) = &plan.source else {
-        unreachable!("the reconciler reports unsupported kinds before building requests")
+    let (source, checksum) = match &plan.source {
+        ImportSource::Http(http) => {
+            let checksum = http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            (pb::source::Kind::Http(http_source(client, namespace, http).await?), checksum)
+        }
+        ImportSource::Blank => (pb::source::Kind::Blank(pb::BlankSource {}), String::new()),
+        ImportSource::Unsupported(_) => {
+            unreachable!("the reconciler reports unsupported kinds before building requests")
+        }
     };
+    Ok(pb::PopulateRequest {
+        task_id: dest.task_id,
+        source: Some(pb::Source { kind: Some(source) }),
+        target: Some(dest.target),
+        content_type: content_type(plan.content_type) as i32,
+        preallocate: plan.preallocate(false),
+        requested_size: dest.requested_size,
+        filesystem_overhead: dest.filesystem_overhead,
+        checksum,
+    })
+}
+
+fn content_type(content_type: ContentType) -> pb::ContentType {
+    match content_type {
+        ContentType::Archive => pb::ContentType::Archive,
+        ContentType::Kubevirt => pb::ContentType::Kubevirt,
+    }
+}
+
+/// The HTTP source with what its Secrets and ConfigMap hold.
+async fn http_source(client: &kube::Client, namespace: &str, http: &HttpImport) -> Result<pb::HttpSource, SourceError> {
     let mut source =
         pb::HttpSource { url: http.url.clone(), insecure_skip_verify: http.insecure_skip_verify, ..Default::default() };
     if let Some(name) = &http.secret_ref {
@@ -111,19 +139,7 @@ pub async fn populate_request(
         headers.push(Header::parse(&line).map_err(|e| bad(format!("key {}: {e}", secret_keys::SECRET_HEADER)))?);
     }
     source.headers = headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect();
-    Ok(pb::PopulateRequest {
-        task_id: dest.task_id,
-        source: Some(pb::Source { kind: Some(pb::source::Kind::Http(source)) }),
-        target: Some(dest.target),
-        content_type: match plan.content_type {
-            ContentType::Archive => pb::ContentType::Archive,
-            ContentType::Kubevirt => pb::ContentType::Kubevirt,
-        } as i32,
-        preallocate: plan.preallocate(false),
-        requested_size: dest.requested_size,
-        filesystem_overhead: dest.filesystem_overhead,
-        checksum: http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-    })
+    Ok(source)
 }
 
 async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Secret, SourceError> {
