@@ -153,3 +153,37 @@ async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Se
             problem: "does not exist".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DataVolumeBlankImage, ImportSourceType, VolumeImportSourceSpec};
+
+    /// A client that never connects: a blank source reads no Secret or ConfigMap.
+    fn offline_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    #[tokio::test]
+    async fn a_blank_source_becomes_the_movers_blank_source() {
+        let spec = VolumeImportSourceSpec {
+            source: Some(ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() }),
+            preallocation: Some(true),
+            ..Default::default()
+        };
+        let plan = ImportPlan::try_from(&spec).expect("a valid blank source");
+        let dest = Destination {
+            task_id: "prime-uid-0".into(),
+            target: pb::Target::default(),
+            requested_size: 64 << 20,
+            filesystem_overhead: Some(0.06),
+        };
+        let req = populate_request(&offline_client(), "ns", &plan, dest).await.expect("a request");
+        assert_eq!(req.source.and_then(|s| s.kind), Some(pb::source::Kind::Blank(pb::BlankSource {})));
+        assert_eq!(req.content_type, pb::ContentType::Kubevirt as i32);
+        assert!(req.preallocate);
+        assert!(req.checksum.is_empty());
+        assert_eq!((req.requested_size, req.filesystem_overhead), (64 << 20, Some(0.06)));
+    }
+}

@@ -124,12 +124,12 @@ fn a_blank_source_is_a_blank_disk_spelled_none_in_the_annotation() {
         preallocation: Some(true),
         ..mk_import(ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() })
     };
-    let plan = plan(&spec).unwrap();
-    assert_eq!(plan.source, ImportSource::Blank);
-    assert_eq!(plan.content_type, ContentType::Kubevirt);
-    assert!(plan.preallocate(false));
-    assert_eq!(plan.source.name(), "blank");
-    assert_eq!(plan.source.annotation_value(), crate::api::names::values::import_source::NONE);
+    let blank = plan(&spec).unwrap();
+    assert_eq!(blank.source, ImportSource::Blank);
+    assert_eq!(blank.content_type, ContentType::Kubevirt);
+    assert!(blank.preallocate(false));
+    assert_eq!(blank.source.name(), "blank");
+    assert_eq!(blank.source.annotation_value(), crate::api::names::values::import_source::NONE);
     let http = plan(&mk_http_import(mk_http("https://example.com/a.img"))).unwrap();
     assert_eq!(http.source.annotation_value(), crate::api::names::values::import_source::HTTP);
 }
