@@ -37,8 +37,8 @@ fn read_all(path: &Path) -> (u64, bool) {
 /// the default 6 % overhead, rounded down to a MiB.
 fn cdi_usable(disk: &Path, request: u64) -> u64 {
     let stat = nix::sys::statvfs::statvfs(disk.parent().unwrap()).unwrap();
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64
-        + std::fs::metadata(disk).unwrap().blocks() * 512;
+    let free =
+        stat.blocks_available() as u64 * stat.fragment_size() as u64 + std::fs::metadata(disk).unwrap().blocks() * 512;
     ((request.min(free) as f64 / 1.06).ceil() as u64) / MIB * MIB
 }
 
@@ -76,7 +76,8 @@ async fn a_blank_source_gives_an_empty_sparse_disk_img_and_a_zeroed_block_volume
     assert_eq!(size % MIB, 0, "disk.img of {size} bytes is not a whole number of MiB");
     // The file's own metadata blocks blur the free space by a little: one MiB of tolerance.
     assert!(size <= usable && size + MIB >= usable, "disk.img of {size} bytes; CDI would make {usable}");
-    assert!(size >= 50 * MIB, "a 64Mi volume gave a disk.img of only {size} bytes");
+    // ext4 on a 64 MiB device keeps its journal and reserved blocks: about 47 MiB is usable.
+    assert!(size >= 40 * MIB, "a 64Mi volume gave a disk.img of only {size} bytes");
     assert!(meta.blocks() * 512 <= 256 << 10, "a blank disk.img holds {} allocated bytes", meta.blocks() * 512);
     assert_eq!(meta.mode() & 0o777, 0o660);
     assert_eq!(read_all(&disk), (size, true), "disk.img does not read as {size} zero bytes");
@@ -93,9 +94,9 @@ async fn a_blank_source_gives_an_empty_sparse_disk_img_and_a_zeroed_block_volume
     let events: Api<Event> = Api::default_namespaced(client.clone());
     let events = events.list(&ListParams::default()).await.unwrap().items;
     for pvc in ["fs", "blk"] {
-        let succeeded = events.iter().any(|e| {
-            e.involved_object.name.as_deref() == Some(pvc) && e.reason.as_deref() == Some("ImportSucceeded")
-        });
+        let succeeded = events
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some(pvc) && e.reason.as_deref() == Some("ImportSucceeded"));
         assert!(succeeded, "no ImportSucceeded event about {pvc}");
     }
     system.shutdown().await;

@@ -6,8 +6,8 @@ mod peers;
 mod support;
 
 mod archive;
-mod blank;
 mod bad_input;
+mod blank;
 mod cli;
 mod disk;
 mod faults;
