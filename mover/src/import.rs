@@ -108,6 +108,10 @@ fn run(
 ) -> Result<ImportResult, ImportError> {
     sizing::validate_overhead(req.target_options.filesystem_overhead).map_err(ImportError::InvalidRequest)?;
     let plan = TargetPlan::inspect(&req.target, req.target_options.clone())?;
+    // No bytes to open: the disk is made where it lies.
+    if matches!(req.source, SourceSpec::Blank) {
+        return source::blank::create(req, plan, progress, &cancel);
+    }
     if req.content_type == ContentType::Archive && !plan.is_directory() {
         return Err(ImportError::InvalidRequest(format!(
             "content type archive needs a directory target (a filesystem volume); {} is not a directory",

@@ -5,6 +5,7 @@ mod api_auth;
 mod api_kube;
 mod api_kubectl;
 mod api_openapi;
+mod blank;
 mod common;
 mod config;
 mod dv_validation;

@@ -199,6 +199,7 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
         }
+        SourceSpec::Blank => pb::source::Kind::Blank(pb::BlankSource {}),
         SourceSpec::Http(_) => {
             let http = t.http_options()?;
             pb::source::Kind::Http(pb::HttpSource {

@@ -39,7 +39,8 @@ pub struct ImportArgs {
 /// What to import from where, and how: shared by `import` and `client populate`.
 #[derive(Debug, Args)]
 pub struct TransferArgs {
-    /// The image: a path, file:///path, http://… or https://…
+    /// The image: a path, file:///path, http://… or https://…; or blank: for an empty disk
+    /// of the target's usable size (a file target needs --size).
     pub source: String,
     /// A block device (written in place), a directory (writes disk.img inside) or a file.
     pub target: PathBuf,

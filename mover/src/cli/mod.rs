@@ -22,8 +22,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import one image on this machine: SOURCE (a path, file://, http:// or https:// URL)
-    /// into TARGET (a block device, a directory for a filesystem volume's disk.img, or a file).
+    /// Import one image on this machine: SOURCE (a path, file://, http:// or https:// URL, or
+    /// blank: for an empty disk) into TARGET (a block device, a directory for a filesystem
+    /// volume's disk.img, or a file).
     Import(import::ImportArgs),
     /// Run the cdi.mover.v1 gRPC service (the node agent).
     Serve(serve::ServeArgs),

@@ -87,6 +87,10 @@ pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSp
     } else {
         Some(req.checksum.parse::<Checksum>().map_err(|e| invalid("checksum", e))?)
     };
+    if matches!(source, SourceSpec::Blank) {
+        crate::source::blank::check_request(content_type, checksum.is_some())
+            .map_err(|why| invalid(if checksum.is_some() { "checksum" } else { "content_type" }, why))?;
+    }
     let display = source.display();
     let mut request = ImportRequest::new(source, target.path);
     request.source_options = source_options;
@@ -103,7 +107,8 @@ pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSp
 fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
     use pb::source::Kind;
     match source.and_then(|s| s.kind.as_ref()) {
-        None => Err(invalid("source", "is required (http or file)")),
+        None => Err(invalid("source", "is required (http, file or blank)")),
+        Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
         Some(Kind::File(f)) => {
             if !f.path.starts_with('/') {
                 return Err(invalid("source.file.path", "must be an absolute path"));
@@ -293,6 +298,24 @@ mod tests {
             })),
         };
         assert!(field_of(pb::PopulateRequest { target: Some(escape), ..req() }).starts_with("target.pod_volume"));
+    }
+
+    fn blank() -> pb::PopulateRequest {
+        pb::PopulateRequest {
+            source: Some(pb::Source { kind: Some(pb::source::Kind::Blank(pb::BlankSource {})) }),
+            ..req()
+        }
+    }
+
+    #[test]
+    fn a_blank_source_converts_and_refuses_what_needs_bytes() {
+        let spec = populate(&blank(), Path::new("/var/lib/kubelet")).unwrap();
+        assert!(matches!(spec.request.source, SourceSpec::Blank));
+        assert_eq!(spec.source, "blank");
+        let m = field_of(pb::PopulateRequest { content_type: pb::ContentType::Archive as i32, ..blank() });
+        assert!(m.starts_with("content_type") && m.contains("archive"), "{m}");
+        let m = field_of(pb::PopulateRequest { checksum: format!("sha256:{}", "0".repeat(64)), ..blank() });
+        assert!(m.starts_with("checksum"), "{m}");
     }
 
     #[test]

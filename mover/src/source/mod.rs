@@ -5,7 +5,10 @@
 //! `Range`. The import uses random access when nothing forces a single pass (no outer
 //! compression, no checksum over the stream), which lets qcow2 be read metadata-first and
 //! lets several workers fetch in parallel.
+//!
+//! [`blank`] is the source without bytes: an empty disk, made where it lies.
 
+pub mod blank;
 mod file;
 mod http;
 
@@ -61,6 +64,8 @@ impl RandomAccess for MemSource {
 pub enum SourceSpec {
     File(PathBuf),
     Http(reqwest::Url),
+    /// No bytes: an empty raw disk of the target's usable size ([`blank`]).
+    Blank,
 }
 
 /// Redacted: a URL may carry credentials in its user info or query.
@@ -69,13 +74,17 @@ impl fmt::Debug for SourceSpec {
         match self {
             SourceSpec::File(p) => f.debug_tuple("File").field(p).finish(),
             SourceSpec::Http(u) => f.debug_tuple("Http").field(&redact(u)).finish(),
+            SourceSpec::Blank => f.write_str("Blank"),
         }
     }
 }
 
 impl SourceSpec {
-    /// Parses a path, `file://…`, `http://…` or `https://…`.
+    /// Parses a path, `file://…`, `http://…`, `https://…`, or `blank:` (an empty disk).
     pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
+        if s.eq_ignore_ascii_case(blank::SPEC) || s.eq_ignore_ascii_case("blank://") {
+            return Ok(SourceSpec::Blank);
+        }
         if let Some(rest) = s.strip_prefix("file://") {
             if rest.is_empty() || !rest.starts_with('/') {
                 return Err(SourceError::InvalidUrl {
@@ -101,6 +110,7 @@ impl SourceSpec {
         match self {
             SourceSpec::File(p) => p.display().to_string(),
             SourceSpec::Http(u) => redact(u),
+            SourceSpec::Blank => blank::FORMAT.to_string(),
         }
     }
 }
@@ -157,6 +167,8 @@ pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle
     match spec {
         SourceSpec::File(path) => FileSource::open(path),
         SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), opts.cancel.clone(), rt.clone()),
+        // The import makes a blank disk without opening anything (`blank::create`).
+        SourceSpec::Blank => Err(SourceError::NoBytes),
     }
 }
 
@@ -180,7 +192,7 @@ pub enum SourceError {
     },
     #[error("invalid source URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("unsupported source scheme {scheme:?} in {url}; use a path, file://, http:// or https://")]
+    #[error("unsupported source scheme {scheme:?} in {url}; use a path, file://, http://, https:// or blank:")]
     UnsupportedScheme { scheme: String, url: String },
     #[error("invalid HTTP option: {0}")]
     InvalidOption(String),
@@ -213,6 +225,8 @@ pub enum SourceError {
     OutOfBounds { offset: u64, len: u64, size: u64 },
     #[error("the download stopped: {0}")]
     Aborted(String),
+    #[error("a blank source has no bytes to read")]
+    NoBytes,
 }
 
 impl SourceError {
@@ -323,6 +337,11 @@ mod tests {
         assert!(matches!(SourceSpec::parse("file:///tmp/x").unwrap(), SourceSpec::File(p) if p == Path::new("/tmp/x")));
         assert!(matches!(SourceSpec::parse("https://h/x").unwrap(), SourceSpec::Http(_)));
         assert!(matches!(SourceSpec::parse("HTTP://h/x").unwrap(), SourceSpec::Http(_)));
+        assert!(matches!(SourceSpec::parse("blank:").unwrap(), SourceSpec::Blank));
+        assert!(matches!(SourceSpec::parse("blank://").unwrap(), SourceSpec::Blank));
+        // A file that happens to be called "blank" is still a file.
+        assert!(matches!(SourceSpec::parse("blank").unwrap(), SourceSpec::File(_)));
+        assert_eq!(SourceSpec::Blank.display(), "blank");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod support;
 
 mod archive;
 mod bad_input;
+mod blank;
 mod cli;
 mod disk;
 mod faults;

@@ -375,6 +375,8 @@ fn configuration_kinds_are_cluster_scoped_with_a_status_subresource() {
     assert_eq!(columns, ["Age=.metadata.creationTimestamp", "Phase=.status.phase"]);
     assert_eq!(CDIConfig::crd().spec.names.plural, "cdiconfigs");
     assert_eq!(StorageProfile::crd().spec.names.plural, "storageprofiles");
+}
+
 /// DataVolumes as CDI's documentation and example manifests write them: every source kind,
 /// `pvc` and `storage`, `sourceRef`, and a status as CDI's controller writes it.
 const DATA_VOLUMES: &str = r#"

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 
 use crate::api::names::secret_keys;
-use crate::plan::{ContentType, Header, ImportPlan, ImportSource};
+use crate::plan::{ContentType, Header, HttpImport, ImportPlan, ImportSource};
 
 /// Why a request could not be built (nothing retried until the objects change).
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +35,44 @@ pub struct Destination {
     pub default_preallocation: bool,
 }
 
-/// Builds the request for an HTTP import (the only kind supported end to end so far).
+/// Builds the request for an import of a supported kind (http, blank).
 pub async fn populate_request(
     client: &kube::Client,
     namespace: &str,
     plan: &ImportPlan,
     dest: Destination,
 ) -> Result<pb::PopulateRequest, SourceError> {
-    let ImportSource::Http(http) = &plan.source else {
-        unreachable!("the reconciler reports unsupported kinds before building requests")
+    let (source, checksum) = match &plan.source {
+        ImportSource::Http(http) => {
+            let checksum = http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            (pb::source::Kind::Http(http_source(client, namespace, http).await?), checksum)
+        }
+        ImportSource::Blank => (pb::source::Kind::Blank(pb::BlankSource {}), String::new()),
+        ImportSource::Unsupported(_) => {
+            unreachable!("the reconciler reports unsupported kinds before building requests")
+        }
     };
+    Ok(pb::PopulateRequest {
+        task_id: dest.task_id,
+        source: Some(pb::Source { kind: Some(source) }),
+        target: Some(dest.target),
+        content_type: content_type(plan.content_type) as i32,
+        preallocate: plan.preallocate(dest.default_preallocation),
+        requested_size: dest.requested_size,
+        filesystem_overhead: dest.filesystem_overhead,
+        checksum,
+    })
+}
+
+fn content_type(content_type: ContentType) -> pb::ContentType {
+    match content_type {
+        ContentType::Archive => pb::ContentType::Archive,
+        ContentType::Kubevirt => pb::ContentType::Kubevirt,
+    }
+}
+
+/// The HTTP source with what its Secrets and ConfigMap hold.
+async fn http_source(client: &kube::Client, namespace: &str, http: &HttpImport) -> Result<pb::HttpSource, SourceError> {
     let mut source =
         pb::HttpSource { url: http.url.clone(), insecure_skip_verify: http.insecure_skip_verify, ..Default::default() };
     if let Some(name) = &http.secret_ref {
@@ -113,19 +141,7 @@ pub async fn populate_request(
         headers.push(Header::parse(&line).map_err(|e| bad(format!("key {}: {e}", secret_keys::SECRET_HEADER)))?);
     }
     source.headers = headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect();
-    Ok(pb::PopulateRequest {
-        task_id: dest.task_id,
-        source: Some(pb::Source { kind: Some(pb::source::Kind::Http(source)) }),
-        target: Some(dest.target),
-        content_type: match plan.content_type {
-            ContentType::Archive => pb::ContentType::Archive,
-            ContentType::Kubevirt => pb::ContentType::Kubevirt,
-        } as i32,
-        preallocate: plan.preallocate(dest.default_preallocation),
-        requested_size: dest.requested_size,
-        filesystem_overhead: dest.filesystem_overhead,
-        checksum: http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-    })
+    Ok(source)
 }
 
 async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Secret, SourceError> {
@@ -138,4 +154,39 @@ async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Se
             name: name.into(),
             problem: "does not exist".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DataVolumeBlankImage, ImportSourceType, VolumeImportSourceSpec};
+
+    /// A client that never connects: a blank source reads no Secret or ConfigMap.
+    fn offline_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    #[tokio::test]
+    async fn a_blank_source_becomes_the_movers_blank_source() {
+        let spec = VolumeImportSourceSpec {
+            source: Some(ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() }),
+            preallocation: Some(true),
+            ..Default::default()
+        };
+        let plan = ImportPlan::try_from(&spec).expect("a valid blank source");
+        let dest = Destination {
+            task_id: "prime-uid-0".into(),
+            target: pb::Target::default(),
+            requested_size: 64 << 20,
+            filesystem_overhead: Some(0.06),
+            default_preallocation: false,
+        };
+        let req = populate_request(&offline_client(), "ns", &plan, dest).await.expect("a request");
+        assert_eq!(req.source.and_then(|s| s.kind), Some(pb::source::Kind::Blank(pb::BlankSource {})));
+        assert_eq!(req.content_type, pb::ContentType::Kubevirt as i32);
+        assert!(req.preallocate);
+        assert!(req.checksum.is_empty());
+        assert_eq!((req.requested_size, req.filesystem_overhead), (64 << 20, Some(0.06)));
+    }
 }

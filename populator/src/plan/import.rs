@@ -1,6 +1,7 @@
 //! [`ImportPlan`]: a checked `VolumeImportSource`.
 
 use super::{ContentType, HttpImport, PlanError, non_empty};
+use crate::api::names::values::import_source;
 use crate::api::{ImportSourceType, VolumeImportSource, VolumeImportSourceSpec};
 
 /// What to import, checked. Built with `ImportPlan::try_from(&volume_import_source)`.
@@ -22,19 +23,30 @@ pub struct ImportPlan {
 pub enum ImportSource {
     /// An `http://` or `https://` download.
     Http(HttpImport),
+    /// An empty raw disk of the volume's usable size (`blank: {}`).
+    Blank,
     /// A variant the data path does not handle yet, by its `spec.source` name (`"s3"`,
-    /// `"gcs"`, `"registry"`, `"blank"`, `"imageio"`, `"vddk"`). The controller must
-    /// report it (event, condition) and leave the claim alone.
+    /// `"gcs"`, `"registry"`, `"imageio"`, `"vddk"`). The controller must report it
+    /// (event, condition) and leave the claim alone.
     Unsupported(&'static str),
 }
 
 impl ImportSource {
-    /// The variant's name in `spec.source`. (The `storage.import.source` annotation spells
-    /// `blank` as `none`; see [`crate::api::names::values::import_source`].)
+    /// The variant's name in `spec.source`.
     pub fn name(&self) -> &'static str {
         match self {
             ImportSource::Http(_) => "http",
+            ImportSource::Blank => "blank",
             ImportSource::Unsupported(name) => name,
+        }
+    }
+
+    /// The value CDI's `storage.import.source` annotation gives this variant: its name,
+    /// except `blank`, which CDI spells `none`.
+    pub fn annotation_value(&self) -> &'static str {
+        match self {
+            ImportSource::Blank => import_source::NONE,
+            other => other.name(),
         }
     }
 }
@@ -76,9 +88,10 @@ impl TryFrom<&VolumeImportSourceSpec> for ImportPlan {
         if content_type == ContentType::Archive && matches!(variant, "blank" | "registry") {
             return Err(PlanError::ArchiveNotAllowed { variant });
         }
-        let source = match spec.source.as_ref().and_then(|s| s.http.as_ref()) {
-            Some(http) => ImportSource::Http(HttpImport::try_from(http)?),
-            None => ImportSource::Unsupported(variant),
+        let source = match (variant, spec.source.as_ref().and_then(|s| s.http.as_ref())) {
+            (_, Some(http)) => ImportSource::Http(HttpImport::try_from(http)?),
+            ("blank", None) => ImportSource::Blank,
+            (_, None) => ImportSource::Unsupported(variant),
         };
         Ok(ImportPlan {
             source,

@@ -119,12 +119,27 @@ fn a_source_with_two_variants_is_refused_and_names_both() {
 }
 
 #[test]
-fn every_variant_but_http_is_unsupported_by_name_never_dropped() {
-    let cases: [(&str, ImportSourceType); 6] = [
+fn a_blank_source_is_a_blank_disk_spelled_none_in_the_annotation() {
+    let spec = VolumeImportSourceSpec {
+        preallocation: Some(true),
+        ..mk_import(ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() })
+    };
+    let blank = plan(&spec).unwrap();
+    assert_eq!(blank.source, ImportSource::Blank);
+    assert_eq!(blank.content_type, ContentType::Kubevirt);
+    assert!(blank.preallocate(false));
+    assert_eq!(blank.source.name(), "blank");
+    assert_eq!(blank.source.annotation_value(), crate::api::names::values::import_source::NONE);
+    let http = plan(&mk_http_import(mk_http("https://example.com/a.img"))).unwrap();
+    assert_eq!(http.source.annotation_value(), crate::api::names::values::import_source::HTTP);
+}
+
+#[test]
+fn every_variant_but_http_and_blank_is_unsupported_by_name_never_dropped() {
+    let cases: [(&str, ImportSourceType); 5] = [
         ("s3", ImportSourceType { s3: Some(DataVolumeSourceS3::default()), ..Default::default() }),
         ("gcs", ImportSourceType { gcs: Some(DataVolumeSourceGcs::default()), ..Default::default() }),
         ("registry", ImportSourceType { registry: Some(DataVolumeSourceRegistry::default()), ..Default::default() }),
-        ("blank", ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() }),
         ("imageio", ImportSourceType { imageio: Some(DataVolumeSourceImageIo::default()), ..Default::default() }),
         ("vddk", ImportSourceType { vddk: Some(DataVolumeSourceVddk::default()), ..Default::default() }),
     ];
