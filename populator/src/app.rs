@@ -1,10 +1,12 @@
 //! `cdi-populator run`: leader election, certificates, metrics, then the controller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RunArgs;
 
 use crate::controller::{self, ControllerConfig};
+use crate::datavolume::{self, ConfigDefaults};
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 use crate::mover::{MoverConfig, Movers};
@@ -46,8 +48,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_cap: Duration::from_secs(args.retry_cap.max(args.retry_base)),
         filesystem_overhead: args.filesystem_overhead,
     };
+    // Until StorageProfile and CDIConfig exist, DataVolumes are completed from our flags.
+    let defaults = Arc::new(ConfigDefaults { filesystem_overhead: args.filesystem_overhead });
     tokio::select! {
-        () = controller::run(client, cfg, movers, metrics) => anyhow::bail!("the controller stopped"),
+        () = controller::run(client.clone(), cfg, movers, metrics) => anyhow::bail!("the controller stopped"),
+        () = datavolume::run(client, defaults) => anyhow::bail!("the DataVolume controller stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
     }
 }

@@ -22,6 +22,7 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod crds;
+pub mod datavolume;
 pub mod leader;
 pub mod metrics;
 pub mod mover;
