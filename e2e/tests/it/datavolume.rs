@@ -387,6 +387,16 @@ spec:
     assert_eq!(inflated, ((64u64 << 20) as f64 * 1.06).ceil() as u64, "the request is raised for filesystem overhead");
     assert_eq!(env.server.knobs.gets(), 0, "nothing is downloaded before a consumer exists");
 
+    // The DataVolume's import source, deleted by mistake while the claim waits, comes back.
+    let source = format!("volume-import-source-{}", dv.metadata.uid.as_deref().unwrap());
+    let sources: Api<cdi_populator::api::VolumeImportSource> = Api::default_namespaced(env.client());
+    let old_uid = sources.get(&source).await.unwrap().metadata.uid.unwrap();
+    env.kubectl(&["delete", "volumeimportsource", &source], None).await;
+    let back = await_condition(sources, &source, move |s: Option<&cdi_populator::api::VolumeImportSource>| {
+        s.is_some_and(|s| s.metadata.uid.as_deref() != Some(old_uid.as_str()))
+    });
+    crate::common::within("the import source to be created again", back).await.unwrap();
+
     let consumer = r#"
 apiVersion: v1
 kind: Pod

@@ -3,10 +3,11 @@
 //! fills that PVC, and this one reports its progress on the DataVolume as CDI does.
 //!
 //! ```text
-//!  watches: DataVolumes ──┐
-//!           PVCs (owned) ─┴─▶ Controller ─▶ reconcile.rs ─┬─ render.rs: PVC + VolumeImportSource to create
-//!                                                         ├─ defaults.rs: class, access/volume mode, overhead
-//!                                                         └─ status.rs: phase, conditions, events from the PVC
+//!  watches: DataVolumes ───────────────┐
+//!           PVCs (owned) ──────────────┼─▶ Controller ─▶ reconcile.rs
+//!           VolumeImportSources (owned)┘                   ├─ render.rs: the PVC and VolumeImportSource to create
+//!                                                          ├─ defaults.rs: class, access/volume mode, overhead
+//!                                                          └─ status.rs: phase, conditions, events from the PVC
 //! ```
 //!
 //! Deleting a DataVolume takes its PVC and source with it through their owner references
@@ -28,7 +29,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::api::DataVolume;
+use crate::api::{DataVolume, VolumeImportSource};
 pub use defaults::{ConfigDefaults, StorageDefaults};
 use vocab::DvEvent;
 
@@ -87,7 +88,8 @@ pub async fn run(client: kube::Client, defaults: Arc<dyn StorageDefaults>) {
         defaults,
     });
     Controller::new(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<PersistentVolumeClaim>::all(client), watcher::Config::default())
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<VolumeImportSource>::all(client), watcher::Config::default())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures_util::future::ready(()))
         .await;

@@ -59,7 +59,10 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
     let existing = pvcs.get_opt(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?;
     let dv_uid = dv.uid().unwrap_or_default();
     let pvc = match existing {
-        Some(pvc) if controller_uid(&pvc) == Some(dv_uid.as_str()) => pvc,
+        Some(pvc) if controller_uid(&pvc) == Some(dv_uid.as_str()) => {
+            restore_source(dv, &pvc, ctx).await?;
+            pvc
+        }
         Some(pvc) if adoptable(dv, &pvc) => adopt(dv, &pvc, ctx).await?,
         Some(pvc) => return Ok(Situation::NotOurs { phase: claim_phase(&pvc) }),
         None => match render::plan(&dv.spec) {
@@ -142,6 +145,24 @@ async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(Error::kube("create VolumeImportSource", &name, e)),
     }
+}
+
+/// Puts back the import source of a claim still being filled, should it have been deleted
+/// (the populate flow would wait for it forever).
+async fn restore_source(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+    let name = render::import_source_name(dv);
+    let names_ours = pvc.spec.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some_and(|r| r.name == name);
+    let filled = pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some(PodPhase::Succeeded.as_str());
+    let Plan::Import(source) = render::plan(&dv.spec) else { return Ok(()) };
+    if !names_ours || filled {
+        return Ok(());
+    }
+    let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeImportSource", &name, e))?.is_none() {
+        tracing::info!(dv = %dv.name_any(), source = %name, "import source missing: creating it again");
+        create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+    }
+    Ok(())
 }
 
 async fn default_class(dv: &DataVolume, ctx: &Ctx) -> Result<Option<String>, Error> {
