@@ -1,13 +1,15 @@
 //! `cdi-populator run`: metrics and the admission webhook on every replica; then leader
-//! election, certificates, and the controllers (populate, and the configuration kinds') on
-//! the leader.
+//! election, certificates, and the controllers (populate, DataVolume, and the configuration
+//! kinds') on the leader.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::RunArgs;
 
 use crate::config::Defaults;
 use crate::controller::{self, ControllerConfig};
+use crate::datavolume;
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 use crate::mover::{MoverConfig, Movers};
@@ -70,10 +72,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (defaults, fill_defaults) = Defaults::new(client.clone(), args.filesystem_overhead);
     let default_overhead = crate::config::cdiconfig::default_overhead(args.filesystem_overhead);
+    // DataVolumes are completed from CDIConfig and the StorageProfiles once their caches
+    // are filled (or, after a bounded wait, from the fallbacks).
+    let datavolumes = {
+        let (client, defaults) = (client.clone(), defaults.clone());
+        async move {
+            defaults.wait_ready().await;
+            datavolume::run(client, Arc::new(defaults)).await;
+        }
+    };
     tokio::select! {
         () = controller::run(client.clone(), cfg, movers, metrics, defaults) => anyhow::bail!("the controller stopped"),
         () = crate::config::run(client.clone(), default_overhead) => anyhow::bail!("the configuration controllers stopped"),
         () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
+        () = datavolumes => anyhow::bail!("the DataVolume controller stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
         () = webhook::ca_bundle::keep(client, webhook_cfg, webhook_ca) => anyhow::bail!("the caBundle keeper stopped"),
         r = webhook => Err(webhook_stopped(r)),

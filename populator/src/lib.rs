@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crds;
+pub mod datavolume;
 pub mod leader;
 pub mod metrics;
 pub mod mover;

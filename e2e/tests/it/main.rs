@@ -8,6 +8,7 @@ mod api_openapi;
 mod blank;
 mod common;
 mod config;
+mod datavolume;
 mod dv_validation;
 mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.

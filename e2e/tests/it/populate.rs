@@ -25,7 +25,7 @@ const ATTEMPT: &str = "cdi.kubevirt.io/storage.populator.attempt";
 const IMPORT_WAIT: Duration = Duration::from_secs(120);
 
 /// A raw disk with data, zeros and holes, and its qcow2.
-fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
+pub(crate) fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
     let raw = dir.join("disk.raw");
     let f = std::fs::File::create(&raw).unwrap();
     f.set_len(mib << 20).unwrap();
@@ -224,7 +224,7 @@ impl Env {
     }
 }
 
-fn qemu_same(raw: &Path, target: &Path, size: Option<u64>) {
+pub(crate) fn qemu_same(raw: &Path, target: &Path, size: Option<u64>) {
     let args: Vec<String> = match size {
         None => vec![
             "compare".into(),

@@ -1,0 +1,191 @@
+//! One reconcile of a DataVolume: find (or create, or adopt) its PVC, then write the status
+//! that PVC implies. Idempotent: every step can be redone after a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use super::render::{self, Plan};
+use super::status::{self, Claim, Situation};
+use super::{Ctx, Error, defaults};
+use crate::api::names::annotations as ann;
+use crate::api::{DataVolume, VolumeImportSource};
+use crate::controller::decide::{ClaimPhase, PodPhase, VolumeBinding};
+
+/// How often to look again when nothing we watch will say that things changed (a default
+/// storage class appearing, a foreign PVC going away).
+const POLL: Duration = Duration::from_secs(15);
+
+pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if dv.meta().deletion_timestamp.is_some() {
+        // The garbage collector removes the PVC and the source after it.
+        return Ok(Action::await_change());
+    }
+    let situation = situation(&dv, &ctx).await?;
+    let observed = status::observe(&dv.name_any(), &situation);
+    let now = Time(jiff::Timestamp::now());
+    let new = status::status(&dv.name_any(), dv.status.as_ref(), &observed, &now);
+    if dv.status.as_ref() != Some(&new) {
+        for (reason, note) in status::events(dv.status.as_ref(), &observed) {
+            ctx.event(&dv, reason, &note).await;
+        }
+        let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+        api.patch_status(&dv.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": new})))
+            .await
+            .map_err(|e| Error::kube("write the status of DataVolume", &dv.name_any(), e))?;
+    }
+    Ok(match situation {
+        Situation::NoStorageClass | Situation::NotOurs { .. } => Action::requeue(POLL),
+        _ => Action::await_change(),
+    })
+}
+
+pub fn error_policy(dv: Arc<DataVolume>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(dv = %dv.name_any(), namespace = ?dv.namespace(), %error, "DataVolume reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Where the DataVolume stands; creates or adopts its PVC on the way.
+async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
+    let name = dv.name_any();
+    let namespace = dv.namespace().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = pvcs.get_opt(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?;
+    let dv_uid = dv.uid().unwrap_or_default();
+    let pvc = match existing {
+        Some(pvc) if controller_uid(&pvc) == Some(dv_uid.as_str()) => {
+            restore_source(dv, &pvc, ctx).await?;
+            pvc
+        }
+        Some(pvc) if adoptable(dv, &pvc) => adopt(dv, &pvc, ctx).await?,
+        Some(pvc) => return Ok(Situation::NotOurs { phase: claim_phase(&pvc) }),
+        None => match render::plan(&dv.spec) {
+            Plan::Invalid(message) => return Ok(Situation::Invalid(message)),
+            Plan::Unsupported(what) => return Ok(Situation::Unsupported(what)),
+            Plan::Import(source) => {
+                let class = match render::named_class(dv) {
+                    Some(class) => Some(class.to_string()),
+                    // `spec.pvc` is taken as written: the API server gives it the default class.
+                    None if dv.spec.pvc.is_some() => None,
+                    None => match default_class(dv, ctx).await? {
+                        Some(class) => Some(class),
+                        None => return Ok(Situation::NoStorageClass),
+                    },
+                };
+                let claim = match render::claim(dv, class.as_deref(), ctx.defaults.as_ref()) {
+                    Ok(claim) => claim,
+                    Err(e) => return Ok(Situation::Invalid(e.to_string())),
+                };
+                create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+                match pvcs.create(&PostParams::default(), &claim).await {
+                    Ok(pvc) => pvc,
+                    // A racing reconcile made it: the next one reads it.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        pvcs.get(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?
+                    }
+                    Err(e) => return Err(Error::kube("create PVC", &name, e)),
+                }
+            }
+        },
+    };
+    let claim = Claim::from_pvc(&pvc, &name);
+    let wffc = might_wait_for_consumer(&claim) && wait_for_first_consumer(&pvc, ctx).await?;
+    Ok(Situation::Claim { claim, wffc })
+}
+
+fn claim_phase(pvc: &PersistentVolumeClaim) -> Option<ClaimPhase> {
+    pvc.status.as_ref()?.phase.as_deref().and_then(ClaimPhase::parse)
+}
+
+/// The UID of the PVC's controller, when that is a DataVolume.
+fn controller_uid(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    pvc.owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == DataVolume::kind(&()))
+        .map(|r| r.uid.as_str())
+}
+
+/// `allowClaimAdoption: "true"`, and the PVC has no controller of its own.
+fn adoptable(dv: &DataVolume, pvc: &PersistentVolumeClaim) -> bool {
+    dv.annotations().get(ann::ALLOW_CLAIM_ADOPTION).map(String::as_str) == Some("true")
+        && !pvc.owner_references().iter().any(|r| r.controller == Some(true))
+        && pvc.meta().deletion_timestamp.is_none()
+}
+
+/// Makes the DataVolume the PVC's controller and marks the PVC populated for it. Only
+/// metadata changes: the data in the claim is never touched. The resourceVersion guards
+/// against a concurrent change of the owner list.
+async fn adopt(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<PersistentVolumeClaim, Error> {
+    let mut owners = pvc.owner_references().to_vec();
+    owners.push(render::owned_by(dv));
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": pvc.resource_version(),
+        "ownerReferences": owners,
+        "annotations": {ann::POPULATED_FOR_DATA_VOLUME: dv.name_any()},
+    }});
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|e| Error::kube("adopt PVC", &pvc.name_any(), e))
+}
+
+async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -> Result<(), Error> {
+    let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    let name = source.name_any();
+    match api.create(&PostParams::default(), &source).await {
+        Ok(_) => Ok(()),
+        // Ours from an earlier try (a stale one goes with its DataVolume's uid: the name
+        // carries the uid).
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("create VolumeImportSource", &name, e)),
+    }
+}
+
+/// Puts back the import source of a claim still being filled, should it have been deleted
+/// (the populate flow would wait for it forever).
+async fn restore_source(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+    let name = render::import_source_name(dv);
+    let names_ours = pvc.spec.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some_and(|r| r.name == name);
+    let filled = pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some(PodPhase::Succeeded.as_str());
+    let Plan::Import(source) = render::plan(&dv.spec) else { return Ok(()) };
+    if !names_ours || filled {
+        return Ok(());
+    }
+    let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeImportSource", &name, e))?.is_none() {
+        tracing::info!(dv = %dv.name_any(), source = %name, "import source missing: creating it again");
+        create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+    }
+    Ok(())
+}
+
+async fn default_class(dv: &DataVolume, ctx: &Ctx) -> Result<Option<String>, Error> {
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let list = classes.list(&ListParams::default()).await.map_err(|e| Error::kube("list", "StorageClasses", e))?;
+    Ok(defaults::default_class(&list.items, render::kubevirt_content(dv)))
+}
+
+/// Only a Pending claim not yet being filled can be waiting for its consumer; anything
+/// else needs no StorageClass read.
+fn might_wait_for_consumer(claim: &Claim) -> bool {
+    claim.phase == Some(ClaimPhase::Pending)
+        && !claim.node_selected
+        && !claim.bind_immediate
+        && !claim.adopted
+        && !matches!(claim.pod_phase, Some(PodPhase::Running | PodPhase::Succeeded | PodPhase::Failed))
+}
+
+async fn wait_for_first_consumer(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<bool, Error> {
+    let Some(class) = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).filter(|c| !c.is_empty()) else {
+        return Ok(false);
+    };
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let class = classes.get_opt(class).await.map_err(|e| Error::kube("read StorageClass", class, e))?;
+    Ok(class.as_ref().map(VolumeBinding::from) == Some(VolumeBinding::WaitForFirstConsumer))
+}

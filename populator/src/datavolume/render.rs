@@ -1,0 +1,262 @@
+//! What a DataVolume asks for, and the objects that carry it out: the PVC of the same name
+//! and the `VolumeImportSource` its `dataSourceRef` names. Pure functions of the
+//! DataVolume and the storage defaults, tested in memory.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedObjectReference};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use super::defaults::{StorageDefaults, VolumeMode};
+use crate::api::names::{annotations as ann, api as group, kinds, labels};
+use crate::api::quantity;
+use crate::api::sources::ImportSourceType;
+use crate::api::{DataVolume, DataVolumeSpec, VolumeImportSource, VolumeImportSourceSpec};
+
+/// `spec.storage.volumeMode` asking for the StorageProfile's mode.
+const FROM_STORAGE_PROFILE: &str = "FromStorageProfile";
+/// `contentType` of VM disks, also the default.
+const KUBEVIRT_CONTENT: &str = "kubevirt";
+const MIB: u64 = 1 << 20;
+
+/// What this controller makes of a DataVolume's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Import through a `VolumeImportSource`.
+    Import(Box<ImportSourceType>),
+    /// Valid for CDI, not handled by cdi-rs yet; the text says what.
+    Unsupported(String),
+    /// Not valid for CDI either (the webhook refuses it; it got past one that was down).
+    Invalid(String),
+}
+
+/// Reads what kind of population the spec asks for, and whether it is well formed enough
+/// to act on.
+pub fn plan(spec: &DataVolumeSpec) -> Plan {
+    match (&spec.pvc, &spec.storage) {
+        (Some(_), Some(_)) => return Plan::Invalid("spec.pvc and spec.storage are both set: give exactly one".into()),
+        (None, None) => return Plan::Invalid("neither spec.pvc nor spec.storage is set: give exactly one".into()),
+        _ => {}
+    }
+    if spec.source.is_some() && spec.source_ref.is_some() {
+        return Plan::Invalid("spec.source and spec.sourceRef are both set: give exactly one".into());
+    }
+    if spec.source_ref.is_some() {
+        return Plan::Unsupported("cloning from a DataSource (spec.sourceRef)".into());
+    }
+    let Some(source) = &spec.source else {
+        let external = spec.storage.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some()
+            || spec.pvc.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some();
+        return if external {
+            Plan::Unsupported("external population (a dataSourceRef without spec.source)".into())
+        } else {
+            Plan::Invalid("neither spec.source nor spec.sourceRef is set: give exactly one".into())
+        };
+    };
+    let set: Vec<&str> = [
+        ("http", source.http.is_some()),
+        ("s3", source.s3.is_some()),
+        ("gcs", source.gcs.is_some()),
+        ("registry", source.registry.is_some()),
+        ("pvc", source.pvc.is_some()),
+        ("snapshot", source.snapshot.is_some()),
+        ("upload", source.upload.is_some()),
+        ("blank", source.blank.is_some()),
+        ("imageio", source.imageio.is_some()),
+        ("vddk", source.vddk.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, is_set)| is_set.then_some(name))
+    .collect();
+    match set.as_slice() {
+        [] => Plan::Invalid("spec.source names no source: give exactly one (http, s3, gcs, registry, ...)".into()),
+        ["pvc"] => Plan::Unsupported("cloning a PVC (spec.source.pvc)".into()),
+        ["snapshot"] => Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into()),
+        ["upload"] => Plan::Unsupported("upload (spec.source.upload)".into()),
+        [_] => source
+            .import_source()
+            .map_or_else(|| Plan::Invalid("spec.source is empty".into()), |s| Plan::Import(Box::new(s))),
+        many => {
+            Plan::Invalid(format!("spec.source names {} sources ({}): give exactly one", many.len(), many.join(", ")))
+        }
+    }
+}
+
+/// Whether the DataVolume holds a VM disk (its content type is `kubevirt`, the default).
+pub fn kubevirt_content(dv: &DataVolume) -> bool {
+    dv.spec.content_type.as_deref().is_none_or(|c| c.is_empty() || c == KUBEVIRT_CONTENT)
+}
+
+/// The storage class `spec.storage` names, if any (`""` counts as none).
+pub fn named_class(dv: &DataVolume) -> Option<&str> {
+    dv.spec.storage.as_ref()?.storage_class_name.as_deref().filter(|c| !c.is_empty())
+}
+
+/// The name of the VolumeImportSource a DataVolume's PVC is populated from.
+pub fn import_source_name(dv: &DataVolume) -> String {
+    format!("volume-import-source-{}", dv.uid().unwrap_or_default())
+}
+
+/// The controller reference from what we create to the DataVolume (garbage-collected with
+/// it; `blockOwnerDeletion` so a foreground delete waits for them).
+pub fn owned_by(dv: &DataVolume) -> OwnerReference {
+    OwnerReference {
+        api_version: DataVolume::api_version(&()).into_owned(),
+        kind: DataVolume::kind(&()).into_owned(),
+        name: dv.name_any(),
+        uid: dv.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The VolumeImportSource for `source`: the DataVolume's content type, preallocation
+/// (the cluster default when unset) and checkpoints.
+pub fn import_source(dv: &DataVolume, source: ImportSourceType, defaults: &dyn StorageDefaults) -> VolumeImportSource {
+    let multi_stage = !dv.spec.checkpoints.is_empty();
+    VolumeImportSource {
+        metadata: ObjectMeta {
+            name: Some(import_source_name(dv)),
+            namespace: dv.namespace(),
+            owner_references: Some(vec![owned_by(dv)]),
+            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
+            ..Default::default()
+        },
+        spec: VolumeImportSourceSpec {
+            source: Some(source),
+            preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
+            content_type: dv.spec.content_type.clone().filter(|c| !c.is_empty()),
+            // A multi-stage source serves this one claim only, as CDI's does.
+            target_claim: multi_stage.then(|| dv.name_any()),
+            checkpoints: dv.spec.checkpoints.clone(),
+            final_checkpoint: dv.spec.final_checkpoint,
+        },
+    }
+}
+
+/// Why the PVC cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("spec.storage.volumeMode {0:?} is not Filesystem, Block or FromStorageProfile")]
+    VolumeMode(String),
+    #[error(
+        "storage class {class:?} has no StorageProfile claim properties: set spec.storage.accessModes and \
+         spec.storage.volumeMode"
+    )]
+    NoClaimProperties { class: String },
+    #[error("spec.storage.resources.requests.storage is required for an import")]
+    MissingSize,
+    #[error("spec.storage.resources.requests.storage: {0}")]
+    Size(#[from] quantity::QuantityError),
+    #[error("spec.storage.resources.requests.storage {0} is too large once the filesystem overhead is added")]
+    TooLarge(String),
+}
+
+/// The DataVolume's PVC: `spec.pvc` as written, or `spec.storage` completed (class `class`,
+/// access modes and volume mode from the defaults, size raised by the filesystem overhead
+/// for Filesystem volumes); its `dataSourceRef` names the import source. Annotations the
+/// populate flow reads pass through.
+pub fn claim(
+    dv: &DataVolume,
+    class: Option<&str>,
+    defaults: &dyn StorageDefaults,
+) -> Result<PersistentVolumeClaim, RenderError> {
+    let mut spec = match (&dv.spec.pvc, &dv.spec.storage) {
+        (Some(pvc), _) => pvc.clone(),
+        (None, Some(_)) => storage_claim(dv, class, defaults)?,
+        (None, None) => PersistentVolumeClaimSpec::default(),
+    };
+    spec.data_source_ref = Some(TypedObjectReference {
+        api_group: Some(group::GROUP.into()),
+        kind: kinds::VOLUME_IMPORT_SOURCE.into(),
+        name: import_source_name(dv),
+        namespace: None,
+    });
+    spec.data_source = None;
+
+    let mut labels = dv.labels().clone();
+    labels.insert(labels::APP.into(), labels::APP_CDI.into());
+    let mut annotations = BTreeMap::from([(ann::CREATED_FOR_DATA_VOLUME.to_string(), dv.uid().unwrap_or_default())]);
+    if let Some(value) = dv.annotations().get(ann::BIND_IMMEDIATE_REQUESTED) {
+        annotations.insert(ann::BIND_IMMEDIATE_REQUESTED.into(), value.clone());
+    }
+    if let Some(value) = dv.annotations().get(ann::POD_RETAIN_AFTER_COMPLETION) {
+        annotations.insert(ann::POD_RETAIN_AFTER_COMPLETION.into(), value.clone());
+    }
+    if let Some(class) = dv.spec.priority_class_name.as_ref().filter(|c| !c.is_empty()) {
+        annotations.insert(ann::POD_PRIORITY_CLASS_NAME.into(), class.clone());
+    }
+    if let Some(account) = dv.spec.service_account_name.as_ref().filter(|a| !a.is_empty()) {
+        annotations.insert(ann::POD_SERVICE_ACCOUNT_NAME.into(), account.clone());
+    }
+    Ok(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(dv.name_any()),
+            namespace: dv.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owned_by(dv)]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+fn storage_claim(
+    dv: &DataVolume,
+    class: Option<&str>,
+    defaults: &dyn StorageDefaults,
+) -> Result<PersistentVolumeClaimSpec, RenderError> {
+    let storage = dv.spec.storage.clone().unwrap_or_default();
+    let class_name = class.unwrap_or_default();
+    let wanted_mode = match storage.volume_mode.as_deref() {
+        None | Some("" | FROM_STORAGE_PROFILE) => None,
+        Some(mode) => Some(VolumeMode::parse(mode).ok_or_else(|| RenderError::VolumeMode(mode.into()))?),
+    };
+    let profile =
+        || defaults.claim_properties(class_name).ok_or(RenderError::NoClaimProperties { class: class_name.into() });
+    let volume_mode = match wanted_mode {
+        Some(mode) => mode,
+        None => profile()?.volume_mode,
+    };
+    let access_modes = if storage.access_modes.is_empty() { profile()?.access_modes } else { storage.access_modes };
+
+    let mut resources = storage.resources.unwrap_or_default();
+    let mut requests = resources.requests.unwrap_or_default();
+    let size = requests.get("storage").ok_or(RenderError::MissingSize)?;
+    let bytes = quantity::parse_bytes(&size.0)?;
+    if volume_mode == VolumeMode::Filesystem {
+        let inflated = required_space(defaults.filesystem_overhead(class_name), bytes)
+            .ok_or_else(|| RenderError::TooLarge(size.0.clone()))?;
+        requests.insert("storage".into(), Quantity(inflated.to_string()));
+    }
+    resources.requests = Some(requests);
+
+    Ok(PersistentVolumeClaimSpec {
+        access_modes: Some(access_modes),
+        selector: storage.selector,
+        resources: Some(resources),
+        volume_name: storage.volume_name.filter(|v| !v.is_empty()),
+        storage_class_name: class.map(str::to_string),
+        volume_mode: Some(volume_mode.as_str().into()),
+        ..Default::default()
+    })
+}
+
+/// The request that leaves `usable` bytes after a filesystem overhead of `overhead` (a
+/// fraction): `usable` rounded up to a MiB, times `1 + overhead`, rounded up to a byte, as
+/// CDI sizes a Filesystem volume. `None` past `u64`.
+pub fn required_space(overhead: f64, usable: u64) -> Option<u64> {
+    let rounded = usable.div_ceil(MIB).checked_mul(MIB)?;
+    let overhead = if overhead.is_finite() && overhead > 0.0 { overhead } else { 0.0 };
+    // An f64 holds these sizes to well under a byte below 2^53; past that the result is
+    // still a safe upper bound after `ceil`.
+    let inflated = (rounded as f64 * (1.0 + overhead)).ceil();
+    (inflated < u64::MAX as f64).then_some(inflated as u64)
+}
+
+#[cfg(test)]
+mod tests;

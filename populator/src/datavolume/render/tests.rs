@@ -1,0 +1,205 @@
+use serde_json::json;
+
+use super::*;
+use crate::datavolume::defaults::{ClaimProperties, ConfigDefaults};
+
+fn dv(spec: serde_json::Value) -> DataVolume {
+    serde_json::from_value(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "disk", "namespace": "vms", "uid": "dv-uid",
+                     "labels": {"kubevirt.io/created-by": "vm-uid"},
+                     "annotations": {"cdi.kubevirt.io/storage.bind.immediate.requested": "",
+                                     "cdi.kubevirt.io/allowClaimAdoption": "true"}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+const DEFAULTS: ConfigDefaults = ConfigDefaults { filesystem_overhead: 0.06 };
+
+/// A profile that says Block + RWX for every class.
+struct BlockProfile;
+
+impl StorageDefaults for BlockProfile {
+    fn claim_properties(&self, _: &str) -> Option<ClaimProperties> {
+        Some(ClaimProperties { access_modes: vec!["ReadWriteMany".into()], volume_mode: VolumeMode::Block })
+    }
+    fn filesystem_overhead(&self, _: &str) -> f64 {
+        0.5
+    }
+    fn default_preallocation(&self) -> bool {
+        true
+    }
+}
+
+/// No profile at all.
+struct NoProfile;
+
+impl StorageDefaults for NoProfile {
+    fn claim_properties(&self, _: &str) -> Option<ClaimProperties> {
+        None
+    }
+    fn filesystem_overhead(&self, _: &str) -> f64 {
+        0.0
+    }
+    fn default_preallocation(&self) -> bool {
+        false
+    }
+}
+
+fn http() -> serde_json::Value {
+    json!({"http": {"url": "http://example.com/disk.img"}})
+}
+
+#[test]
+fn import_sources_are_planned_and_the_rest_is_named() {
+    let storage = json!({"resources": {"requests": {"storage": "1Gi"}}});
+    let plan_of = |source: serde_json::Value| plan(&dv(json!({"source": source, "storage": storage})).spec);
+    let Plan::Import(source) = plan_of(http()) else { panic!("http is an import") };
+    assert_eq!(source.http.unwrap().url, "http://example.com/disk.img");
+    assert!(matches!(plan_of(json!({"blank": {}})), Plan::Import(s) if s.blank.is_some()));
+    assert!(matches!(plan_of(json!({"registry": {"url": "docker://x"}})), Plan::Import(_)));
+    for (source, what) in [
+        (json!({"pvc": {"name": "golden"}}), "cloning a PVC"),
+        (json!({"snapshot": {"name": "s"}}), "restoring a VolumeSnapshot"),
+        (json!({"upload": {}}), "upload"),
+    ] {
+        assert!(matches!(plan_of(source), Plan::Unsupported(m) if m.starts_with(what)));
+    }
+    let by_ref = plan(&dv(json!({"sourceRef": {"kind": "DataSource", "name": "f"}, "storage": storage})).spec);
+    assert!(matches!(by_ref, Plan::Unsupported(m) if m.contains("sourceRef")));
+    let external = plan(&dv(json!({"storage": {"dataSourceRef": {"kind": "X", "name": "x"}}})).spec);
+    assert!(matches!(external, Plan::Unsupported(m) if m.contains("external population")));
+}
+
+#[test]
+fn specs_cdi_refuses_are_invalid_with_a_message_that_says_why() {
+    let invalid = |spec: serde_json::Value| match plan(&dv(spec).spec) {
+        Plan::Invalid(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(invalid(json!({"source": http(), "pvc": {}, "storage": {}})).contains("both set"));
+    assert!(invalid(json!({"source": http()})).contains("neither spec.pvc nor spec.storage"));
+    assert!(invalid(json!({"storage": {}})).contains("neither spec.source nor spec.sourceRef"));
+    assert!(invalid(json!({"source": {}, "storage": {}})).contains("names no source"));
+    let two = invalid(json!({"source": {"http": {"url": "u"}, "blank": {}}, "storage": {}}));
+    assert!(two.contains("2 sources (http, blank)"), "{two}");
+    let both = invalid(json!({"source": http(), "sourceRef": {"kind": "DataSource", "name": "f"}, "storage": {}}));
+    assert!(both.contains("spec.source and spec.sourceRef"));
+}
+
+#[test]
+fn storage_is_completed_from_the_profile_and_inflated_for_filesystem() {
+    let d = dv(json!({"source": http(), "storage": {"resources": {"requests": {"storage": "64Mi"}}}}));
+    let pvc = claim(&d, Some("local"), &DEFAULTS).unwrap();
+    let spec = pvc.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("local"));
+    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
+    assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
+    let request = &spec.resources.unwrap().requests.unwrap()["storage"];
+    assert_eq!(request.0, ((64u64 << 20) as f64 * 1.06).ceil().to_string());
+    let source_ref = spec.data_source_ref.unwrap();
+    assert_eq!(
+        (source_ref.api_group.as_deref(), source_ref.kind.as_str(), source_ref.name.as_str()),
+        (Some("cdi.kubevirt.io"), "VolumeImportSource", "volume-import-source-dv-uid")
+    );
+
+    // Block is not inflated; FromStorageProfile takes the profile's mode; explicit access
+    // modes win.
+    let d = dv(json!({"source": http(), "storage": {
+        "volumeMode": "FromStorageProfile", "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}}}}));
+    let spec = claim(&d, Some("ceph"), &BlockProfile).unwrap().spec.unwrap();
+    assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
+    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
+    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "1Gi");
+
+    // A named Filesystem mode is inflated by that class's overhead, with no profile needed
+    // when access modes are given too.
+    let d = dv(json!({"source": http(), "storage": {
+        "volumeMode": "Filesystem", "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "1000000"}}}}));
+    let spec = claim(&d, Some("x"), &BlockProfile).unwrap().spec.unwrap();
+    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, (3u64 << 19).to_string());
+    assert!(claim(&d, Some("x"), &NoProfile).is_ok());
+}
+
+#[test]
+fn storage_errors_say_which_field() {
+    let d = dv(json!({"source": http(), "storage": {}}));
+    assert_eq!(claim(&d, Some("c"), &DEFAULTS), Err(RenderError::MissingSize));
+    let d =
+        dv(json!({"source": http(), "storage": {"volumeMode": "Tape", "resources": {"requests": {"storage": "1Gi"}}}}));
+    assert_eq!(claim(&d, Some("c"), &DEFAULTS), Err(RenderError::VolumeMode("Tape".into())));
+    let d = dv(json!({"source": http(), "storage": {"resources": {"requests": {"storage": "1Gi"}}}}));
+    let err = claim(&d, Some("c"), &NoProfile).unwrap_err();
+    assert!(err.to_string().contains("accessModes"), "{err}");
+    let d = dv(json!({"source": http(), "storage": {"resources": {"requests": {"storage": "lots"}}}}));
+    assert!(matches!(claim(&d, Some("c"), &DEFAULTS), Err(RenderError::Size(_))));
+}
+
+#[test]
+fn pvc_spec_is_copied_verbatim_and_only_its_data_source_ref_is_set() {
+    let pvc_spec = json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                          "resources": {"requests": {"storage": "64Mi"}}, "storageClassName": "local"});
+    let d = dv(json!({"source": http(), "pvc": pvc_spec}));
+    let pvc = claim(&d, None, &DEFAULTS).unwrap();
+    let mut spec = serde_json::to_value(pvc.spec.as_ref().unwrap()).unwrap();
+    spec.as_object_mut().unwrap().remove("dataSourceRef");
+    assert_eq!(spec, pvc_spec);
+
+    // Ownership, labels and the annotations the populate flow reads.
+    let owner = &pvc.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("DataVolume", "disk", "dv-uid"));
+    assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+    assert_eq!(pvc.metadata.name.as_deref(), Some("disk"));
+    assert_eq!(pvc.metadata.namespace.as_deref(), Some("vms"));
+    let labels = pvc.metadata.labels.unwrap();
+    assert_eq!(labels["app"], "containerized-data-importer");
+    assert_eq!(labels["kubevirt.io/created-by"], "vm-uid");
+    let annotations = pvc.metadata.annotations.unwrap();
+    assert_eq!(annotations["cdi.kubevirt.io/storage.bind.immediate.requested"], "");
+    assert_eq!(annotations["cdi.kubevirt.io/createdForDataVolume"], "dv-uid");
+    assert!(!annotations.contains_key("cdi.kubevirt.io/allowClaimAdoption"));
+}
+
+#[test]
+fn the_import_source_carries_the_data_volume_settings_and_is_owned_by_it() {
+    let d = dv(json!({"source": http(), "contentType": "archive", "storage": {}}));
+    let Plan::Import(source) = plan(&d.spec) else { panic!() };
+    let vis = import_source(&d, (*source).clone(), &DEFAULTS);
+    assert_eq!(vis.metadata.name.as_deref(), Some("volume-import-source-dv-uid"));
+    assert_eq!(vis.metadata.owner_references.as_ref().unwrap()[0].uid, "dv-uid");
+    assert_eq!(vis.spec.content_type.as_deref(), Some("archive"));
+    assert_eq!(vis.spec.preallocation, None, "the cluster default is off: left unset");
+    assert_eq!(vis.spec.target_claim, None);
+    assert_eq!(import_source(&d, (*source).clone(), &BlockProfile).spec.preallocation, Some(true));
+
+    let d = dv(json!({"source": http(), "preallocation": false, "storage": {},
+                      "checkpoints": [{"previous": "", "current": "s1"}], "finalCheckpoint": true}));
+    let vis = import_source(&d, *source, &BlockProfile);
+    assert_eq!(vis.spec.preallocation, Some(false), "the DataVolume's choice wins");
+    assert_eq!(vis.spec.target_claim.as_deref(), Some("disk"));
+    assert_eq!(vis.spec.checkpoints.len(), 1);
+    assert_eq!(vis.spec.final_checkpoint, Some(true));
+}
+
+#[test]
+fn required_space_follows_cdi() {
+    // Rounded up to a MiB first, then the overhead, then up to a byte.
+    assert_eq!(required_space(0.0, 1), Some(MIB));
+    assert_eq!(required_space(0.0, MIB), Some(MIB));
+    assert_eq!(required_space(0.5, MIB + 1), Some(3 * MIB));
+    assert_eq!(required_space(0.06, 1 << 30), Some(((1u64 << 30) as f64 * 1.06).ceil() as u64));
+    assert_eq!(required_space(f64::NAN, MIB), Some(MIB));
+    assert_eq!(required_space(0.06, u64::MAX), None);
+}
+
+#[test]
+fn content_type_and_class_helpers() {
+    assert!(kubevirt_content(&dv(json!({}))));
+    assert!(kubevirt_content(&dv(json!({"contentType": "kubevirt"}))));
+    assert!(!kubevirt_content(&dv(json!({"contentType": "archive"}))));
+    assert_eq!(named_class(&dv(json!({"storage": {"storageClassName": ""}}))), None);
+    assert_eq!(named_class(&dv(json!({"storage": {"storageClassName": "fast"}}))), Some("fast"));
+}

@@ -1,0 +1,230 @@
+use serde_json::json;
+
+use super::*;
+
+fn pvc(phase: &str, annotations: serde_json::Value) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "metadata": {"name": "disk", "namespace": "vms", "annotations": annotations},
+        "spec": {"storageClassName": "local"},
+        "status": {"phase": phase},
+    }))
+    .unwrap()
+}
+
+fn observe_pvc(phase: &str, annotations: serde_json::Value, wffc: bool) -> Observed {
+    observe("disk", &Situation::Claim { claim: Claim::from_pvc(&pvc(phase, annotations), "disk"), wffc })
+}
+
+fn condition<'a>(o: &'a Observed, type_: &str) -> &'a Condition {
+    o.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[test]
+fn a_fresh_claim_is_pending_with_progress_unknown() {
+    let o = observe_pvc("Pending", json!({}), false);
+    assert_eq!(o.phase, DataVolumePhase::Pending);
+    assert_eq!(o.progress, "N/A");
+    let bound = condition(&o, "Bound");
+    assert_eq!(
+        (bound.status, bound.reason.as_str(), bound.message.as_str()),
+        (ConditionStatus::False, "Pending", "PVC disk Pending")
+    );
+    assert_eq!(condition(&o, "Ready").status, ConditionStatus::False);
+    assert_eq!(condition(&o, "Running").status, ConditionStatus::False);
+    assert_eq!(o.event, (DvEvent::Pending, "PVC disk Pending".into()));
+}
+
+#[test]
+fn wait_for_first_consumer_without_a_node_is_pending_population() {
+    let o = observe_pvc("Pending", json!({}), true);
+    assert_eq!(o.phase, DataVolumePhase::PendingPopulation);
+    assert_eq!(o.event.0, DvEvent::PendingPopulation);
+    // The populate controller's own wait annotations change nothing.
+    let waiting = json!({"cdi.kubevirt.io/storage.pod.phase": "Pending",
+                         "cdi.kubevirt.io/storage.condition.running": "false",
+                         "cdi.kubevirt.io/storage.condition.running.reason": "Pending"});
+    assert_eq!(observe_pvc("Pending", waiting, true).phase, DataVolumePhase::PendingPopulation);
+    // A consumer scheduled, or immediate binding asked for: the import goes ahead.
+    let node = json!({"volume.kubernetes.io/selected-node": "node-1"});
+    assert_eq!(observe_pvc("Pending", node, true).phase, DataVolumePhase::Pending);
+    let immediate = json!({"cdi.kubevirt.io/storage.bind.immediate.requested": ""});
+    assert_eq!(observe_pvc("Pending", immediate, true).phase, DataVolumePhase::Pending);
+}
+
+#[test]
+fn the_populate_flow_maps_to_scheduled_in_progress_and_succeeded() {
+    let scheduled = observe_pvc("Pending", json!({"cdi.kubevirt.io/storage.populator.pvcPrime": "prime-x"}), false);
+    assert_eq!(scheduled.phase, DataVolumePhase::ImportScheduled);
+    assert_eq!(scheduled.event, (DvEvent::ImportScheduled, "Import into disk scheduled".into()));
+
+    let running = json!({"cdi.kubevirt.io/storage.pod.phase": "Running",
+                         "cdi.kubevirt.io/storage.populator.progress": "45.68%",
+                         "cdi.kubevirt.io/storage.condition.running": "true",
+                         "cdi.kubevirt.io/storage.condition.running.reason": "Pod is running",
+                         "cdi.kubevirt.io/storage.condition.running.message": ""});
+    let o = observe_pvc("Pending", running, true);
+    assert_eq!(o.phase, DataVolumePhase::ImportInProgress);
+    assert_eq!(o.progress, "45.68%");
+    let run = condition(&o, "Running");
+    assert_eq!((run.status, run.reason.as_str()), (ConditionStatus::True, "Pod is running"));
+    let ready = condition(&o, "Ready");
+    assert_eq!((ready.status, ready.reason.as_str()), (ConditionStatus::False, "TransferRunning"));
+
+    // Filled but not yet handed over: still in progress, at 100%.
+    let filled = json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded",
+                        "cdi.kubevirt.io/storage.populator.progress": "100.0%"});
+    let o = observe_pvc("Pending", filled.clone(), false);
+    assert_eq!((o.phase.clone(), o.progress.as_str()), (DataVolumePhase::ImportInProgress, "100.0%"));
+
+    let o = observe_pvc("Bound", filled, false);
+    assert_eq!(o.phase, DataVolumePhase::Succeeded);
+    assert_eq!(o.progress, "100.0%");
+    assert_eq!(condition(&o, "Ready").status, ConditionStatus::True);
+    let bound = condition(&o, "Bound");
+    assert_eq!((bound.status, bound.message.as_str()), (ConditionStatus::True, "PVC disk Bound"));
+    assert_eq!(o.event, (DvEvent::ImportSucceeded, "Successfully imported into PVC disk".into()));
+}
+
+#[test]
+fn a_retry_is_scheduled_again_and_counts_restarts() {
+    let retry = json!({"cdi.kubevirt.io/storage.pod.phase": "Pending",
+                       "cdi.kubevirt.io/storage.pod.restarts": "2",
+                       "volume.kubernetes.io/selected-node": "node-1",
+                       "cdi.kubevirt.io/storage.condition.running": "false",
+                       "cdi.kubevirt.io/storage.condition.running.reason": "Error",
+                       "cdi.kubevirt.io/storage.condition.running.message": "connection reset"});
+    let o = observe_pvc("Pending", retry, true);
+    assert_eq!(o.phase, DataVolumePhase::ImportScheduled);
+    assert_eq!(o.restart_count, 2);
+    let run = condition(&o, "Running");
+    assert_eq!(
+        (run.status, run.reason.as_str(), run.message.as_str()),
+        (ConditionStatus::False, "Error", "connection reset")
+    );
+}
+
+#[test]
+fn a_terminal_failure_is_failed_with_running_false_error() {
+    let failed = json!({"cdi.kubevirt.io/storage.pod.phase": "Failed",
+                        "cdi.kubevirt.io/storage.condition.running": "false",
+                        "cdi.kubevirt.io/storage.condition.running.reason": "Error",
+                        "cdi.kubevirt.io/storage.condition.running.message": "HTTP 404 Not Found"});
+    let o = observe_pvc("Pending", failed, false);
+    assert_eq!(o.phase, DataVolumePhase::Failed);
+    let run = condition(&o, "Running");
+    assert_eq!((run.status, run.reason.as_str()), (ConditionStatus::False, "Error"));
+    assert_eq!(condition(&o, "Ready").reason, "Error");
+    assert_eq!(o.event, (DvEvent::ImportFailed, "Import into disk failed: HTTP 404 Not Found".into()));
+    assert!(o.event.0.is_warning());
+
+    // CDI's fatal-error annotation alone is enough, and a missing reason reads Error.
+    let o = observe_pvc("Pending", json!({"cdi.kubevirt.io/storage.import.fatalError": "true"}), false);
+    assert_eq!(o.phase, DataVolumePhase::Failed);
+    assert_eq!(condition(&o, "Running").reason, "Error");
+}
+
+#[test]
+fn adopted_claims_are_succeeded_and_lost_claims_failed() {
+    let o = observe_pvc("Bound", json!({"cdi.kubevirt.io/storage.populatedFor": "disk"}), true);
+    assert_eq!((o.phase.clone(), o.progress.as_str()), (DataVolumePhase::Succeeded, "100.0%"));
+    assert_eq!(o.event.0, DvEvent::ClaimAdopted);
+    // Populated for another DataVolume: not adopted by this one.
+    assert_eq!(
+        observe_pvc("Bound", json!({"cdi.kubevirt.io/storage.populatedFor": "x"}), true).phase,
+        DataVolumePhase::Pending
+    );
+
+    let o = observe_pvc("Lost", json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}), false);
+    assert_eq!(o.phase, DataVolumePhase::Failed);
+    assert_eq!(condition(&o, "Bound").reason, "ClaimLost");
+    assert_eq!(o.event.0, DvEvent::ClaimLost);
+}
+
+#[test]
+fn situations_without_a_claim_of_ours_say_why_on_running() {
+    let o = observe("disk", &Situation::Unsupported("upload (spec.source.upload)".into()));
+    assert_eq!(o.phase, DataVolumePhase::Pending);
+    let run = condition(&o, "Running");
+    assert_eq!((run.status, run.reason.as_str()), (ConditionStatus::False, "Unsupported"));
+    assert!(run.message.contains("upload"), "{}", run.message);
+    assert_eq!(condition(&o, "Bound").reason, "NotFound");
+    assert_eq!(o.event.0, DvEvent::UnsupportedSource);
+    assert!(o.event.0.is_warning());
+
+    let o = observe("disk", &Situation::Invalid("spec.pvc and spec.storage are both set".into()));
+    assert_eq!(o.phase, DataVolumePhase::Failed);
+    // What KubeVirt shows as DataVolumeError.
+    assert_eq!(condition(&o, "Running").reason, "Error");
+    assert_eq!(o.event.0, DvEvent::ClaimNotValid);
+
+    let o = observe("disk", &Situation::NotOurs { phase: Some(ClaimPhase::Bound) });
+    assert_eq!(o.phase, DataVolumePhase::Pending);
+    assert!(condition(&o, "Running").message.contains("allowClaimAdoption"));
+    assert_eq!(o.event.0, DvEvent::ResourceExists);
+
+    let o = observe("disk", &Situation::NoStorageClass);
+    assert_eq!(condition(&o, "Running").reason, "NoStorageClass");
+}
+
+fn at(seconds: i64) -> Time {
+    Time(jiff::Timestamp::from_second(seconds).unwrap())
+}
+
+#[test]
+fn status_keeps_timestamps_of_unchanged_conditions() {
+    let pending = observe_pvc("Pending", json!({}), false);
+    let first = status("disk", None, &pending, &at(100));
+    assert_eq!(first.claim_name.as_deref(), Some("disk"));
+    assert_eq!(first.restart_count, None, "0 is left out, as CDI does");
+    assert!(first.conditions.iter().all(|c| c.last_transition_time == Some(at(100))));
+    assert_eq!(first.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Bound", "Ready", "Running"]);
+
+    // Nothing changed: the very same status, so nothing is written.
+    assert_eq!(status("disk", Some(&first), &pending, &at(200)), first);
+
+    let running = observe_pvc(
+        "Pending",
+        json!({"cdi.kubevirt.io/storage.pod.phase": "Running",
+        "cdi.kubevirt.io/storage.condition.running": "true",
+        "cdi.kubevirt.io/storage.condition.running.reason": "Pod is running"}),
+        false,
+    );
+    let second = status("disk", Some(&first), &running, &at(300));
+    let find = |s: &DataVolumeStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned().unwrap();
+    assert_eq!(find(&second, "Bound").last_transition_time, Some(at(100)));
+    assert_eq!(find(&second, "Running").last_transition_time, Some(at(300)));
+    // Ready stays False, with a new reason: the heartbeat moves, the transition does not.
+    assert_eq!(find(&second, "Ready").last_transition_time, Some(at(100)));
+    assert_eq!(find(&second, "Ready").last_heartbeat_time, Some(at(300)));
+    assert_eq!(second.phase, Some(DataVolumePhase::ImportInProgress));
+}
+
+#[test]
+fn events_tell_each_step_once() {
+    let pending = observe_pvc("Pending", json!({}), false);
+    assert_eq!(events(None, &pending), [(DvEvent::Pending, "PVC disk Pending".to_string())]);
+    let s1 = status("disk", None, &pending, &at(1));
+    assert!(events(Some(&s1), &pending).is_empty());
+
+    let running = observe_pvc("Pending", json!({"cdi.kubevirt.io/storage.pod.phase": "Running"}), false);
+    assert_eq!(events(Some(&s1), &running)[0].0, DvEvent::ImportInProgress);
+    let s2 = status("disk", Some(&s1), &running, &at(2));
+
+    let done = observe_pvc("Bound", json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}), false);
+    let reasons: Vec<DvEvent> = events(Some(&s2), &done).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, [DvEvent::Bound, DvEvent::ImportSucceeded]);
+    let s3 = status("disk", Some(&s2), &done, &at(3));
+    assert!(events(Some(&s3), &done).is_empty());
+
+    // A retry after a failure is told even though the phase was already ImportScheduled.
+    let scheduled = observe_pvc("Pending", json!({"cdi.kubevirt.io/storage.pod.phase": "Pending"}), false);
+    let s = status("disk", None, &scheduled, &at(1));
+    let retry = observe_pvc(
+        "Pending",
+        json!({"cdi.kubevirt.io/storage.pod.phase": "Pending",
+        "cdi.kubevirt.io/storage.condition.running": "false",
+        "cdi.kubevirt.io/storage.condition.running.reason": "Error"}),
+        false,
+    );
+    assert_eq!(events(Some(&s), &retry)[0].0, DvEvent::ImportScheduled);
+}
