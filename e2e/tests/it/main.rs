@@ -6,6 +6,7 @@ mod api_kube;
 mod api_kubectl;
 mod api_openapi;
 mod common;
+mod golden;
 mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.
 #[path = "../../../mover/tests/it/peers.rs"]

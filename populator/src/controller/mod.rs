@@ -12,6 +12,7 @@ pub mod build;
 pub mod decide;
 pub mod failure;
 pub mod follow;
+pub mod golden;
 pub mod reconcile;
 pub mod source;
 pub mod vocab;
