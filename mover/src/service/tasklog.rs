@@ -89,11 +89,11 @@ impl TaskLog {
     pub fn succeeded(&mut self, r: &ImportResult, took: Duration) {
         let formats = if r.formats.is_empty() { "raw".to_string() } else { r.formats.join(", ") };
         self.line(&format!("Formats detected: {formats}"));
+        // Not the target's path: that is the node's, not what the pod sees.
         self.line(&format!(
-            "Import Complete: virtual size {}, {} written to {} in {:.1}s",
+            "Import Complete: virtual size {}, {} of data written in {:.1}s",
             human(r.virtual_size),
             human(r.bytes_written),
-            r.target.display(),
             took.as_secs_f64()
         ));
     }
