@@ -170,7 +170,10 @@ async fn a_wrong_secret_fails_once_without_retries_until_the_annotations_change(
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let later = api.get("refused").await.unwrap().metadata.annotations.unwrap_or_default();
     assert_eq!(later.get(key::IMPORT_STATUS).map(String::as_str), Some("Failed"));
-    assert_eq!(later.get("cdi.kubevirt.io/storage.populator.attempt"), ann.get("cdi.kubevirt.io/storage.populator.attempt"));
+    assert_eq!(
+        later.get("cdi.kubevirt.io/storage.populator.attempt"),
+        ann.get("cdi.kubevirt.io/storage.populator.attempt")
+    );
     let events = env.events("refused").await;
     assert_eq!(count(&events, "ImportFailed"), 1, "{events:?}");
     assert_eq!(count(&events, "ImportScheduled"), 1, "{events:?}");

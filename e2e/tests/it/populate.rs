@@ -63,7 +63,11 @@ impl Env {
         Env::start_with(image_mib, populator_args, |_| {}).await
     }
 
-    pub(crate) async fn start_with(image_mib: u64, populator_args: &[&str], tweak: impl FnOnce(&mut SystemConfig)) -> Env {
+    pub(crate) async fn start_with(
+        image_mib: u64,
+        populator_args: &[&str],
+        tweak: impl FnOnce(&mut SystemConfig),
+    ) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("cdi-populate-")
             .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())

@@ -92,25 +92,25 @@ mod tests {
 
     #[test]
     fn follows_appends_truncation_and_replacement() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test files");
         let path = dir.path().join("import.log");
         let mut f = Follower::new(&path);
         let mut out = Vec::new();
         f.pump(&mut out);
         assert!(out.is_empty(), "no file yet: nothing");
-        std::fs::write(&path, "one\n").unwrap();
+        std::fs::write(&path, "one\n").expect("test files");
         f.pump(&mut out);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        writeln!(file, "two").unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("test files");
+        writeln!(file, "two").expect("test files");
         f.pump(&mut out);
         f.pump(&mut out);
         assert_eq!(String::from_utf8_lossy(&out), "one\ntwo\n");
-        std::fs::write(&path, "3\n").unwrap();
+        std::fs::write(&path, "3\n").expect("test files");
         f.pump(&mut out);
         assert_eq!(String::from_utf8_lossy(&out), "one\ntwo\n3\n", "a truncated file is read from its start");
         let other = dir.path().join("next.log");
-        std::fs::write(&other, "four\n").unwrap();
-        std::fs::rename(&other, &path).unwrap();
+        std::fs::write(&other, "four\n").expect("test files");
+        std::fs::rename(&other, &path).expect("test files");
         f.pump(&mut out);
         assert_eq!(String::from_utf8_lossy(&out), "one\ntwo\n3\nfour\n", "a replaced file is read anew");
     }

@@ -299,7 +299,13 @@ impl Registry {
     }
 
     /// Publishes progress until the import is done.
-    async fn tick(self: Arc<Self>, task: Arc<Task>, progress: Arc<Progress>, done: Arc<Notify>, log: Arc<Mutex<TaskLog>>) {
+    async fn tick(
+        self: Arc<Self>,
+        task: Arc<Task>,
+        progress: Arc<Progress>,
+        done: Arc<Notify>,
+        log: Arc<Mutex<TaskLog>>,
+    ) {
         let mut rate = Rate::default();
         let mut interval = tokio::time::interval(TICK);
         loop {

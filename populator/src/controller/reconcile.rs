@@ -182,7 +182,11 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
 
 /// Writes annotations on the target (a merge patch: never a read-modify-write); `None`
 /// removes one.
-pub(super) async fn annotate(ctx: &Ctx, pvc: &PersistentVolumeClaim, pairs: &[(&str, Option<String>)]) -> Result<(), Error> {
+pub(super) async fn annotate(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    pairs: &[(&str, Option<String>)],
+) -> Result<(), Error> {
     let map: serde_json::Map<String, serde_json::Value> =
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone().map_or(serde_json::Value::Null, Into::into))).collect();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
@@ -208,7 +212,12 @@ pub(super) fn phase(phase: PodPhase) -> (&'static str, Option<String>) {
     (ann::POD_PHASE, Some(phase.as_str().to_string()))
 }
 
-pub(super) async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str, announce: bool) -> Result<Action, Error> {
+pub(super) async fn unsupported(
+    pvc: &PersistentVolumeClaim,
+    ctx: &Ctx,
+    message: &str,
+    announce: bool,
+) -> Result<Action, Error> {
     if announce {
         ctx.event(&ObjectRef::from_obj(pvc), EventReason::UnsupportedSource, message).await;
         annotate(ctx, pvc, &running_condition("false", UNSUPPORTED_CONDITION, message)).await?;

@@ -175,7 +175,10 @@ pub enum Step {
     Done,
     /// Imported, or failed for good: the importer pod goes.
     DeleteHolder,
-    Unsupported { message: String, announce: bool },
+    Unsupported {
+        message: String,
+        announce: bool,
+    },
     FailTerminally(Terminal),
     /// The last terminal failure was for these very annotations.
     WaitForChange,
@@ -184,9 +187,14 @@ pub enum Step {
     WaitForBind,
     /// On the claim's node once it is bound; under WaitForFirstConsumer the pod is the
     /// consumer that gets it bound. `announce` the import unless already in process.
-    CreateHolder { announce: bool },
+    CreateHolder {
+        announce: bool,
+    },
     WaitForHolder,
-    StartTask { task: Box<Task>, announce: bool },
+    StartTask {
+        task: Box<Task>,
+        announce: bool,
+    },
     WaitForTask,
     TaskEnded(Ended),
 }

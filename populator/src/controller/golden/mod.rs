@@ -93,7 +93,11 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         Step::TaskEnded(ended) => {
             let lost = matches!(ended, Ended::Lost(_));
             let action = task_ended(pvc, t, ctx, ended).await?;
-            if lost { ctx.followers.forget(&t.uid) } else { ctx.followers.settle(&t.uid) }
+            if lost {
+                ctx.followers.forget(&t.uid)
+            } else {
+                ctx.followers.settle(&t.uid)
+            }
             action
         }
     };
@@ -137,8 +141,7 @@ async fn create_holder(pvc: &PersistentVolumeClaim, t: &Golden, announce: bool, 
         Err(e) => return Err(Error::kube("create importer pod", &name, e)),
     };
     if announce {
-        ctx.event(&ObjectRef::from_obj(pvc), EventReason::ImportScheduled, &format!("Import pod {name} created"))
-            .await;
+        ctx.event(&ObjectRef::from_obj(pvc), EventReason::ImportScheduled, &format!("Import pod {name} created")).await;
         let mut pairs = running_condition("false", condition::PENDING, "waiting for the importer pod to run");
         pairs.extend([phase(PodPhase::Pending), status(ImportStatus::InProcess)]);
         annotate(ctx, pvc, &pairs).await?;

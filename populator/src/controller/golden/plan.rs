@@ -32,7 +32,10 @@ pub enum GoldenError {
     InvalidEndpoint,
     #[error("annotation {} {value:?} is not one of \"kubevirt\", \"archive\"", cdi_ann::CONTENT_TYPE)]
     InvalidContentType { value: String },
-    #[error("annotation {} \"archive\" cannot be used with a {variant} source: use \"kubevirt\"", cdi_ann::CONTENT_TYPE)]
+    #[error(
+        "annotation {} \"archive\" cannot be used with a {variant} source: use \"kubevirt\"",
+        cdi_ann::CONTENT_TYPE
+    )]
     ArchiveNotAllowed { variant: &'static str },
     #[error("{0}")]
     Plan(#[from] PlanError),
@@ -152,7 +155,11 @@ mod tests {
         assert!(e.to_string().contains("\"nfs\" is not a source"), "{e}");
         let e = bad(&[(cdi_ann::IMPORT_ENDPOINT, URL), (cdi_ann::CONTENT_TYPE, "iso")]);
         assert!(matches!(e, GoldenError::InvalidContentType { .. }));
-        let e = bad(&[(cdi_ann::IMPORT_ENDPOINT, "x"), (cdi_ann::IMPORT_SOURCE, "none"), (cdi_ann::CONTENT_TYPE, "archive")]);
+        let e = bad(&[
+            (cdi_ann::IMPORT_ENDPOINT, "x"),
+            (cdi_ann::IMPORT_SOURCE, "none"),
+            (cdi_ann::CONTENT_TYPE, "archive"),
+        ]);
         assert_eq!(e, GoldenError::ArchiveNotAllowed { variant: "blank" });
     }
 

@@ -93,7 +93,8 @@ fn failure(reason: FailureReason, retryable: bool) -> Outcome {
 fn only_claims_without_a_data_source_and_with_an_endpoint_are_golden() {
     assert!(Golden::from_pvc(&claim(json!({}), "Pending")).is_some());
     let mut with_ref = claim(json!({}), "Pending");
-    with_ref.spec.as_mut().unwrap().data_source_ref = Some(from_json(json!({"kind": "VolumeImportSource", "name": "s"})));
+    with_ref.spec.as_mut().unwrap().data_source_ref =
+        Some(from_json(json!({"kind": "VolumeImportSource", "name": "s"})));
     assert!(Golden::from_pvc(&with_ref).is_none(), "the populate flow's");
     let plain: PersistentVolumeClaim = from_json(json!({"metadata": {"name": "p"}, "spec": {}}));
     assert!(Golden::from_pvc(&plain).is_none());
@@ -155,7 +156,10 @@ fn unsupported_sources_are_reported_once_and_nothing_is_read_or_created() {
         }
     );
     let reported = json!({cdi_ann::IMPORT_SOURCE: "none", ann::RUNNING_REASON: UNSUPPORTED_CONDITION});
-    assert!(matches!(decide_in(golden(reported, "Bound"), &World::empty(None)), Step::Unsupported { announce: false, .. }));
+    assert!(matches!(
+        decide_in(golden(reported, "Bound"), &World::empty(None)),
+        Step::Unsupported { announce: false, .. }
+    ));
 }
 
 #[test]
@@ -171,7 +175,10 @@ fn an_immediate_claim_waits_for_its_volume_and_a_missing_class_is_waited_for() {
 #[test]
 fn under_wait_for_first_consumer_the_importer_pod_is_the_consumer() {
     let (trace, step) = drive(golden(json!({}), "Pending"), &World::empty(Some("WaitForFirstConsumer")));
-    assert_eq!(trace, [Step::Read(Fact::StorageClass), Step::Read(Fact::Holder), Step::CreateHolder { announce: true }]);
+    assert_eq!(
+        trace,
+        [Step::Read(Fact::StorageClass), Step::Read(Fact::Holder), Step::CreateHolder { announce: true }]
+    );
     assert_eq!(step, Step::WaitForHolder, "the fresh pod is not running yet");
     let in_process = golden(json!({cdi_ann::IMPORT_STATUS: "In process"}), "Pending");
     let (trace, _) = drive(in_process, &World::empty(Some("WaitForFirstConsumer")));
@@ -211,7 +218,9 @@ fn the_task_fills_the_claims_own_volume_through_the_importer_pod() {
 
 #[test]
 fn the_tasks_end_is_success_a_retry_or_a_terminal_failure() {
-    let at = |task: TaskView| decide_in(golden(json!({ann::POD_RESTARTS: "1"}), "Bound"), &World { task, ..World::holding() });
+    let at = |task: TaskView| {
+        decide_in(golden(json!({ann::POD_RESTARTS: "1"}), "Bound"), &World { task, ..World::holding() })
+    };
     let ok = pb::Completed { virtual_size: 1 << 20, ..Default::default() };
     assert_eq!(at(done(0, Outcome::Succeeded(ok.clone()))), Step::TaskEnded(Ended::Succeeded(ok)));
     assert_eq!(
