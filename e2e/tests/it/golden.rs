@@ -3,12 +3,13 @@
 //! HTTP servers, qemu-img comparing what lands in the claim's own volume.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cdi_e2e::workload::{Mode, target_pvc};
 use cdi_populator::api::names::annotations as key;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
@@ -212,5 +213,48 @@ async fn kubectl_logs_of_the_importer_pod_tell_the_import_without_secrets() {
     // The prime is kept too (Lost), as CDI keeps it for debugging.
     let prime = api.get(&format!("prime-{uid}")).await.unwrap();
     assert_eq!(prime.status.and_then(|s| s.phase).as_deref(), Some("Lost"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_golden_pvc_deleted_mid_import_leaves_no_importer_pod_and_unsupported_sources_start_nothing() {
+    let env = Env::start(16, &[]).await;
+    env.server.knobs.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
+    let slow = json!({key::IMPORT_ENDPOINT: env.server.url("disk.qcow2")});
+    create(&env, &golden_pvc("slow", "local-immediate", Mode::Filesystem, slow)).await;
+    let s3 = json!({key::IMPORT_ENDPOINT: "s3://bucket/disk.img", key::IMPORT_SOURCE: "s3"});
+    create(&env, &golden_pvc("s3", "local-immediate", Mode::Filesystem, s3)).await;
+    env.wait_progress("slow").await;
+    let pods: Api<Pod> = Api::default_namespaced(env.client());
+    assert!(pods.get_opt("importer-slow").await.unwrap().is_some(), "the import runs through its importer pod");
+
+    let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
+    api.delete("slow", &DeleteParams::default()).await.unwrap();
+    let gone = await_condition(api.clone(), "slow", |p: Option<&PersistentVolumeClaim>| p.is_none());
+    within("the golden PVC to be deleted (its finalizer released)", gone).await.unwrap();
+    wait_pod_gone(&env, "importer-slow").await;
+    // The mover's task is cancelled, not left to finish into a deleted volume. It ends
+    // asynchronously after the cancel; the mover's log has no watch: polled.
+    let system = env.system.as_ref().unwrap();
+    let ended = within("the mover to log the task's end", async {
+        loop {
+            let logs: String = system.all_logs().into_iter().map(|(_, text)| text).collect();
+            if logs.contains("task failed") || logs.contains("task succeeded") {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(ended.contains("reason=\"Cancelled\""), "the mover's task was not cancelled: {ended}");
+
+    // Reported on the claim, with a Warning; no importer pod, no status of an import.
+    let events = env.wait_event("s3", "UnsupportedSource").await;
+    assert_eq!(count(&events, "ImportScheduled"), 0, "{events:?}");
+    let ann = api.get("s3").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(ann.get(key::RUNNING_CONDITION_REASON).map(String::as_str), Some("Unsupported"), "{ann:?}");
+    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("s3"), "{ann:?}");
+    assert!(!ann.contains_key(key::IMPORT_STATUS), "{ann:?}");
+    assert!(pods.get_opt("importer-s3").await.unwrap().is_none());
     env.stop().await;
 }

@@ -111,7 +111,7 @@ impl Env {
     }
 
     /// Waits until the PVC's import shows progress past zero.
-    async fn wait_progress(&self, name: &str) {
+    pub(crate) async fn wait_progress(&self, name: &str) {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
         let running = await_condition(api, name, |p: Option<&PersistentVolumeClaim>| {
             p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
