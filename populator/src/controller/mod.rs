@@ -1,12 +1,16 @@
-//! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind.
+//! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind, and golden
+//! PVCs (no data source, `storage.import.endpoint` annotation) imported in place (golden/).
 //!
 //! ```text
 //!  watches: PVCs ─────────────┐
 //!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time, chosen by decide.rs)
-//!           prime PVCs (owned) │                   │        ▲
+//!           prime PVCs (owned) │                   │        ▲   └─ no CDI dataSourceRef: golden/
 //!           VolumeImportSource ┘                   ▼        │ outcome triggers a reconcile
 //!                                         follow.rs: mover task streams ──▶ progress annotations
 //! ```
+//!
+//! Holder pods are CDI's importer pods by name (`importer-<claim>`); the mover appends the
+//! task's log to their `cdi-log` emptyDir and they print it (`kubectl logs`).
 
 pub mod build;
 pub mod decide;
