@@ -328,7 +328,7 @@ async fn populate_request(
 
 async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
     match ended {
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx).await,
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[]).await,
         Ended::Retry { reason, message, restarts, attempt } => {
             retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
@@ -340,12 +340,20 @@ async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Res
     }
 }
 
-async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) -> Result<Action, Error> {
+/// Records success (plus the `extra` annotations of the caller's flow); the next reconcile
+/// cleans up.
+pub(super) async fn succeeded(
+    pvc: &PersistentVolumeClaim,
+    c: &pb::Completed,
+    ctx: &Ctx,
+    extra: &[(&'static str, Option<String>)],
+) -> Result<Action, Error> {
     let mut pairs = running_condition("false", condition::COMPLETED, "Import Complete");
     pairs.extend([
         phase(PodPhase::Succeeded),
         (ann::PROGRESS, Some(crate::api::names::values::PROGRESS_DONE.to_string())),
     ]);
+    pairs.extend_from_slice(extra);
     annotate(ctx, pvc, &pairs).await?;
     let formats = c.formats.join(", ");
     ctx.event(
@@ -358,7 +366,7 @@ async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) ->
     Ok(Action::requeue(Duration::ZERO))
 }
 
-async fn retry_later(
+pub(super) async fn retry_later(
     pvc: &PersistentVolumeClaim,
     ctx: &Ctx,
     why: FailureReason,

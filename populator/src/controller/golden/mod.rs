@@ -24,7 +24,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build;
 use super::decide::{Holder, Lazy, PodPhase};
-use super::reconcile::{FOLLOWED, POLL, SHORT, annotate, phase, running_condition, unsupported};
+use super::reconcile::{
+    FOLLOWED, POLL, SHORT, annotate, phase, retry_later, running_condition, succeeded, unsupported,
+};
 use super::source::{self, Destination};
 use super::vocab::{EventReason, FINALIZER, ann, cdi_ann, condition};
 use super::{Ctx, Error};
@@ -181,49 +183,17 @@ async fn start_task(
 }
 
 async fn task_ended(pvc: &PersistentVolumeClaim, t: &Golden, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
-    let target = ObjectRef::from_obj(pvc);
     match ended {
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx).await,
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success)]).await,
         Ended::Retry { reason, message, restarts, attempt } => {
-            let delay = cdi_common::backoff::Backoff::new(ctx.cfg.retry_base, ctx.cfg.retry_cap).delay(restarts);
-            let note = format!("{message} ({reason}); retry {restarts} in {}s", delay.as_secs());
-            ctx.event(&target, EventReason::ImportFailed, &note).await;
-            let mut pairs = running_condition("false", reason.condition_reason(), &message);
-            pairs.extend([
-                (ann::POD_RESTARTS, Some(restarts.to_string())),
-                (ann::ATTEMPT, Some(attempt.to_string())),
-                phase(PodPhase::Pending),
-            ]);
-            annotate(ctx, pvc, &pairs).await?;
-            ctx.metrics.population_finished(Finished::Retried(reason), pvc);
-            Ok(Action::requeue(delay))
+            retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
         Ended::Failed(failure) => fail_terminally(pvc, t, ctx, &failure).await,
         Ended::Lost(why) => {
-            ctx.event(&target, EventReason::MoverUnavailable, &why).await;
+            ctx.event(&ObjectRef::from_obj(pvc), EventReason::MoverUnavailable, &why).await;
             Ok(Action::requeue(POLL))
         }
     }
-}
-
-async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) -> Result<Action, Error> {
-    let mut pairs = running_condition("false", condition::COMPLETED, "Import Complete");
-    pairs.extend([
-        phase(PodPhase::Succeeded),
-        status(ImportStatus::Success),
-        (ann::PROGRESS, Some(crate::api::names::values::PROGRESS_DONE.to_string())),
-    ]);
-    annotate(ctx, pvc, &pairs).await?;
-    let note = format!(
-        "Successfully imported into PVC {} ({}, virtual size {})",
-        pvc.name_any(),
-        c.formats.join(", "),
-        c.virtual_size
-    );
-    ctx.event(&ObjectRef::from_obj(pvc), EventReason::ImportSucceeded, &note).await;
-    ctx.metrics.population_finished(Finished::Succeeded, pvc);
-    // Next: the importer pod goes (unless retained).
-    Ok(Action::requeue(std::time::Duration::ZERO))
 }
 
 async fn fail_terminally(pvc: &PersistentVolumeClaim, t: &Golden, ctx: &Ctx, f: &Terminal) -> Result<Action, Error> {
