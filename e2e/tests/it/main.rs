@@ -10,6 +10,7 @@ mod common;
 mod config;
 mod datavolume;
 mod dv_validation;
+mod golden;
 mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.
 #[path = "../../../mover/tests/it/peers.rs"]

@@ -49,20 +49,25 @@ pub(crate) fn make_image(dir: &Path, mib: u64) -> (PathBuf, PathBuf) {
     (raw, qcow2)
 }
 
-struct Env {
-    system: Option<System>,
-    server: ImageServer,
-    raw: PathBuf,
-    qcow2: PathBuf,
-    dir: tempfile::TempDir,
+/// Shared with the golden PVC's tests (golden.rs).
+pub(crate) struct Env {
+    pub(crate) system: Option<System>,
+    pub(crate) server: ImageServer,
+    pub(crate) raw: PathBuf,
+    pub(crate) qcow2: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Env {
-    async fn start(image_mib: u64, populator_args: &[&str]) -> Env {
+    pub(crate) async fn start(image_mib: u64, populator_args: &[&str]) -> Env {
         Env::start_with(image_mib, populator_args, |_| {}).await
     }
 
-    async fn start_with(image_mib: u64, populator_args: &[&str], tweak: impl FnOnce(&mut SystemConfig)) -> Env {
+    pub(crate) async fn start_with(
+        image_mib: u64,
+        populator_args: &[&str],
+        tweak: impl FnOnce(&mut SystemConfig),
+    ) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("cdi-populate-")
             .disable_cleanup(std::env::var_os("CDI_KEEP_TEST_FILES").is_some())
@@ -81,15 +86,15 @@ impl Env {
         self.system.as_mut().unwrap()
     }
 
-    fn client(&self) -> kube::Client {
+    pub(crate) fn client(&self) -> kube::Client {
         self.system.as_ref().unwrap().client.clone()
     }
 
-    async fn source(&self, name: &str, url: &str) {
+    pub(crate) async fn source(&self, name: &str, url: &str) {
         self.source_spec(name, json!({"source": {"http": {"url": url}}})).await;
     }
 
-    async fn source_spec(&self, name: &str, spec: serde_json::Value) {
+    pub(crate) async fn source_spec(&self, name: &str, spec: serde_json::Value) {
         let api: Api<cdi_populator::api::VolumeImportSource> = Api::default_namespaced(self.client());
         let src = serde_json::from_value(json!({
             "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeImportSource",
@@ -106,7 +111,7 @@ impl Env {
     }
 
     /// Waits until the PVC's import shows progress past zero.
-    async fn wait_progress(&self, name: &str) {
+    pub(crate) async fn wait_progress(&self, name: &str) {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
         let running = await_condition(api, name, |p: Option<&PersistentVolumeClaim>| {
             p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POPULATOR_PROGRESS).cloned())
@@ -116,7 +121,7 @@ impl Env {
     }
 
     /// Waits until the PVC's `storage.pod.phase` annotation says `phase`.
-    async fn wait_pod_phase(&self, name: &str, phase: &str) -> BTreeMap<String, String> {
+    pub(crate) async fn wait_pod_phase(&self, name: &str, phase: &str) -> BTreeMap<String, String> {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
         let reached = await_condition(api.clone(), name, |p: Option<&PersistentVolumeClaim>| {
             p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::POD_PHASE).cloned()).as_deref() == Some(phase)
@@ -125,7 +130,7 @@ impl Env {
         api.get(name).await.unwrap().metadata.annotations.unwrap_or_default()
     }
 
-    async fn wait_bound(&self, name: &str) -> PersistentVolumeClaim {
+    pub(crate) async fn wait_bound(&self, name: &str) -> PersistentVolumeClaim {
         let api: Api<PersistentVolumeClaim> = Api::default_namespaced(self.client());
         let bound = await_condition(api.clone(), name, |p: Option<&PersistentVolumeClaim>| {
             p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
@@ -142,7 +147,7 @@ impl Env {
         api.get(name).await.unwrap()
     }
 
-    async fn events(&self, pvc: &str) -> Vec<String> {
+    pub(crate) async fn events(&self, pvc: &str) -> Vec<String> {
         let api: Api<Event> = Api::default_namespaced(self.client());
         let list = api.list(&ListParams::default()).await.unwrap();
         list.items
@@ -153,7 +158,7 @@ impl Env {
     }
 
     /// The type (Normal, Warning) of each event reason recorded about the PVC.
-    async fn event_types(&self, pvc: &str) -> BTreeMap<String, String> {
+    pub(crate) async fn event_types(&self, pvc: &str) -> BTreeMap<String, String> {
         let api: Api<Event> = Api::default_namespaced(self.client());
         let list = api.list(&ListParams::default()).await.unwrap();
         list.items
@@ -164,7 +169,7 @@ impl Env {
     }
 
     /// Waits for an event with `reason` about the PVC; returns all of its events then.
-    async fn wait_event(&self, pvc: &str, reason: &str) -> Vec<String> {
+    pub(crate) async fn wait_event(&self, pvc: &str, reason: &str) -> Vec<String> {
         use futures_util::TryStreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
         let api: Api<Event> = Api::default_namespaced(self.client());
@@ -181,7 +186,7 @@ impl Env {
     }
 
     /// Where the bound PV's data is on this host.
-    async fn backing(&self, pvc: &PersistentVolumeClaim) -> PathBuf {
+    pub(crate) async fn backing(&self, pvc: &PersistentVolumeClaim) -> PathBuf {
         let pv_name = pvc.spec.as_ref().unwrap().volume_name.clone().unwrap();
         let pv = Api::<PersistentVolume>::all(self.client()).get(&pv_name).await.unwrap();
         pv_backing(&pv).expect("a provisioned PV")
@@ -216,7 +221,7 @@ impl Env {
         assert_eq!(self.leftovers().await, (0, 0));
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.system.take() {
             s.shutdown().await;
         }

@@ -229,6 +229,7 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
         requested_size: options.requested_size.unwrap_or(0),
         filesystem_overhead: Some(options.filesystem_overhead),
         checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        log: None,
     })
 }
 

@@ -2,10 +2,12 @@
 //!
 //! * `import SOURCE TARGET` — one import on this machine ([`import`]).
 //! * `serve` — the gRPC node agent ([`serve`]).
-//! * `hold` — the holder pod's process: sleeps until told to stop.
+//! * `hold` — the holder pod's process: sleeps until told to stop, printing the import's
+//!   log ([`hold`]).
 //! * `client ...` — drives a running mover ([`client`]).
 
 pub mod client;
+pub mod hold;
 pub mod import;
 pub mod output;
 pub mod serve;
@@ -28,8 +30,9 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Run the cdi.mover.v1 gRPC service (the node agent).
     Serve(serve::ServeArgs),
-    /// Sleep until SIGTERM or SIGINT (the process of a holder pod).
-    Hold,
+    /// Sleep until SIGTERM or SIGINT (the process of a holder pod), printing what the node
+    /// mover appends to the import's log file.
+    Hold(hold::HoldArgs),
     /// Talk to a running mover.
     Client(client::ClientArgs),
 }
@@ -43,19 +46,7 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Import(args) => import::run(&args),
         Command::Serve(args) => serve::run(&args),
-        Command::Hold => hold(),
+        Command::Hold(args) => hold::run(&args),
         Command::Client(args) => client::run(&args),
     }
-}
-
-fn hold() -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cdi-mover: error: {e}");
-            return 1;
-        }
-    };
-    rt.block_on(serve::terminated());
-    0
 }

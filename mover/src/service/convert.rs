@@ -101,7 +101,34 @@ pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSp
         filesystem_overhead: overhead("filesystem_overhead", req.filesystem_overhead)?,
         preallocate: req.preallocate,
     };
-    Ok(TaskSpec { id, request, source: display, target: target.display })
+    let log = log(req.log.as_ref(), kubelet_root)?;
+    Ok(TaskSpec { id, request, source: display, target: target.display, log })
+}
+
+/// The log file's path, if the request names one that can be found. Malformed names are
+/// the caller's error; a volume not found (or leading out of the kubelet root) only costs
+/// the log, not the import.
+fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>, Status> {
+    let Some(log) = log else { return Ok(None) };
+    let file = if log.file_name.is_empty() { "import.log" } else { log.file_name.as_str() };
+    if file.contains('/') || file == "." || file == ".." || file.contains('\0') {
+        return Err(invalid("log.file_name", "must be a single path component"));
+    }
+    let Some(v) = &log.volume else { return Err(invalid("log.volume", "is required")) };
+    let volume = PodVolume {
+        pod_uid: v.pod_uid.clone(),
+        volume_name: v.volume_name.clone(),
+        pv_name: v.pv_name.clone(),
+        block: false,
+    };
+    volume.validate().map_err(|e| invalid("log.volume", e))?;
+    match volume.resolve(kubelet_root) {
+        Ok(dir) => Ok(Some(dir.join(file))),
+        Err(e) => {
+            tracing::warn!(error = %e, "task log volume not found; the task runs without a log");
+            Ok(None)
+        }
+    }
 }
 
 fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
@@ -258,6 +285,26 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_task_log_is_found_in_the_pods_empty_dir_or_skipped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pods/u1/volumes/kubernetes.io~empty-dir/cdi-log");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = |uid: &str, file: &str| pb::TaskLog {
+            volume: Some(pb::PodVolume { pod_uid: uid.into(), volume_name: "cdi-log".into(), ..Default::default() }),
+            file_name: file.into(),
+        };
+        let with = |l: pb::TaskLog| populate(&pb::PopulateRequest { log: Some(l), ..req() }, root.path());
+        let found = with(log("u1", "")).unwrap().log.unwrap();
+        assert_eq!(found, std::fs::canonicalize(&dir).unwrap().join("import.log"));
+        assert!(with(log("gone", "import.log")).unwrap().log.is_none(), "no such pod: the import runs without a log");
+        let e = with(log("u1", "../x")).unwrap_err();
+        assert!(e.message().starts_with("log.file_name"), "{e:?}");
+        let e = with(log("../u1", "x")).unwrap_err();
+        assert!(e.message().starts_with("log.volume"), "{e:?}");
+        assert!(populate(&req(), root.path()).unwrap().log.is_none());
     }
 
     fn field_of(r: pb::PopulateRequest) -> String {

@@ -17,6 +17,7 @@ pub mod convert;
 pub mod metrics;
 pub mod resolve;
 pub mod server;
+pub mod tasklog;
 pub mod tasks;
 pub mod tls;
 pub mod volume;

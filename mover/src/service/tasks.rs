@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use super::claims::{Access, Busy, Claim, Claims};
 use super::metrics::Metrics;
+use super::tasklog::TaskLog;
 use crate::error::{ImportError, Reason, one_line};
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::{Phase, Progress, Rate};
@@ -67,6 +68,8 @@ pub struct TaskSpec {
     /// How the source and target may be shown (credentials removed).
     pub source: String,
     pub target: String,
+    /// Where to append the task's log lines (already resolved), if anywhere.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// One task.
@@ -189,7 +192,9 @@ impl Registry {
         });
         tasks.insert(spec.id.clone(), task.clone());
         drop(tasks);
-        tokio::spawn(self.clone().run(task.clone(), spec.request, claim));
+        let mut log = TaskLog::open(spec.log.as_deref(), &spec.id);
+        log.started(&spec.source, &spec.target);
+        tokio::spawn(self.clone().run(task.clone(), spec.request, claim, log));
         Ok((task, false))
     }
 
@@ -249,7 +254,8 @@ impl Registry {
 
     /// Runs the task; its target is released before its end is announced, so a caller that
     /// saw it end finds the target free.
-    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest, claim: Claim) {
+    async fn run(self: Arc<Self>, task: Arc<Task>, request: ImportRequest, claim: Claim, log: TaskLog) {
+        let log = Arc::new(Mutex::new(log));
         // Wait for a slot, unless cancelled first.
         let permit = tokio::select! {
             permit = self.slots.clone().acquire_owned() => permit.ok(),
@@ -257,7 +263,7 @@ impl Registry {
         };
         let Some(_permit) = permit.filter(|_| !task.cancel.load(Ordering::SeqCst)) else {
             drop(claim);
-            self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO);
+            self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO, &log);
             return;
         };
         let started = Instant::now();
@@ -269,7 +275,7 @@ impl Registry {
         });
         let progress = Progress::new();
         let done = Arc::new(Notify::new());
-        let ticker = tokio::spawn(self.clone().tick(task.clone(), progress.clone(), done.clone()));
+        let ticker = tokio::spawn(self.clone().tick(task.clone(), progress.clone(), done.clone(), log.clone()));
         let rt = tokio::runtime::Handle::current();
         let cancel = task.cancel.clone();
         let progress_for_import = progress.clone();
@@ -289,11 +295,17 @@ impl Registry {
             s.bytes_done = snap.bytes_done;
             s.bytes_total = snap.bytes_total;
         });
-        self.finish(&task, result, started.elapsed());
+        self.finish(&task, result, started.elapsed(), &log);
     }
 
     /// Publishes progress until the import is done.
-    async fn tick(self: Arc<Self>, task: Arc<Task>, progress: Arc<Progress>, done: Arc<Notify>) {
+    async fn tick(
+        self: Arc<Self>,
+        task: Arc<Task>,
+        progress: Arc<Progress>,
+        done: Arc<Notify>,
+        log: Arc<Mutex<TaskLog>>,
+    ) {
         let mut rate = Rate::default();
         let mut interval = tokio::time::interval(TICK);
         loop {
@@ -309,6 +321,7 @@ impl Registry {
                 s.bytes_total = snap.bytes_total;
                 s.bytes_per_second = bps;
             });
+            log.lock().expect("task log lock").progress(snap.phase, snap.bytes_done, snap.bytes_total, bps);
             self.rates.lock().expect("rates lock").insert(task.id.clone(), bps);
             self.publish_throughput();
         }
@@ -319,7 +332,7 @@ impl Registry {
         self.metrics.throughput.set(total);
     }
 
-    fn finish(&self, task: &Task, result: Result<ImportResult, ImportError>, took: Duration) {
+    fn finish(&self, task: &Task, result: Result<ImportResult, ImportError>, took: Duration, log: &Mutex<TaskLog>) {
         let (state, failure) = match &result {
             Ok(r) => {
                 self.metrics.bytes_written.inc_by(r.bytes_written);
@@ -340,6 +353,13 @@ impl Registry {
         };
         let reason = failure.as_ref().map_or("", |f| f.reason.as_str());
         self.metrics.record_finished(state, reason, took);
+        let mut log = log.lock().expect("task log lock");
+        match (&result, &failure) {
+            (_, Some(f)) => log.failed(f),
+            (Ok(r), None) => log.succeeded(r, took),
+            (Err(_), None) => {}
+        }
+        drop(log);
         if let Some(f) = &failure {
             tracing::warn!(task = %task.id, reason = f.reason.as_str(), retryable = f.retryable, error = %f.message, "task failed");
         } else {

@@ -134,6 +134,10 @@ pub mod annotations {
     pub const POD_RESTARTS: &str = "cdi.kubevirt.io/storage.pod.restarts";
     /// `"false"` when the transfer cannot be scheduled (DataVolume reason `Unschedulable`).
     pub const POD_SCHEDULABLE: &str = "cdi.kubevirt.io/storage.pod.schedulable";
+    /// On a golden PVC (one imported in place from its `storage.import.*` annotations, as
+    /// the 2022 design note has it): where the import stands; see
+    /// [`super::values::import_status`].
+    pub const IMPORT_STATUS: &str = "cdi.kubevirt.io/storage.import.status";
     /// `"true"` after a terminal failure: no retry until the spec changes.
     pub const IMPORT_FATAL_ERROR: &str = "cdi.kubevirt.io/storage.import.fatalError";
     /// `"true"` once preallocation was actually applied.
@@ -240,6 +244,16 @@ pub mod values {
         format!("{:.2}%", percent.clamp(0.0, 99.99))
     }
 
+    /// Values of [`super::annotations::IMPORT_STATUS`].
+    pub mod import_status {
+        /// Scheduled or running (retries included).
+        pub const IN_PROCESS: &str = "In process";
+        /// The claim holds the data.
+        pub const SUCCESS: &str = "Success";
+        /// Terminal: not tried again until the import annotations change.
+        pub const FAILED: &str = "Failed";
+    }
+
     /// Values of [`super::annotations::IMPORT_SOURCE`].
     pub mod import_source {
         #![allow(missing_docs)]
@@ -324,6 +338,49 @@ pub mod prime {
     pub fn pvc_name(target_uid: &str) -> String {
         format!("{PVC_PREFIX}{target_uid}")
     }
+}
+
+/// Importer pod naming: CDI names the pod that fills a claim `importer-<claim name>`; users
+/// and scripts look for it (`kubectl logs importer-…`).
+pub mod importer {
+    /// Prefix of the importer pod's name.
+    pub const POD_PREFIX: &str = "importer-";
+    /// The longest pod name that is also a valid label value and DNS label.
+    const MAX_NAME: usize = 63;
+    /// Bytes of the short hash that keeps a shortened name unique (hex digits).
+    const HASH_LEN: usize = 8;
+
+    /// `importer-<claim>`; when that is longer than 63 characters, the claim's name is cut
+    /// and a hash of the whole name appended (`importer-<head>-<8 hex>`), so the name is
+    /// still unique per claim and recomputable after a restart.
+    pub fn pod_name(claim: &str) -> String {
+        let full = format!("{POD_PREFIX}{claim}");
+        if full.len() <= MAX_NAME {
+            return full;
+        }
+        let keep = MAX_NAME - HASH_LEN - 1;
+        // Claim names are ASCII (DNS subdomains); cut at a char boundary all the same, and
+        // never end the head with a separator.
+        let mut end = keep;
+        while !full.is_char_boundary(end) {
+            end -= 1;
+        }
+        let head = full[..end].trim_end_matches(['-', '.']);
+        format!("{head}-{:08x}", fnv1a32(full.as_bytes()))
+    }
+
+    /// FNV-1a, 32 bits: stable across versions and platforms (a std hasher is not).
+    fn fnv1a32(bytes: &[u8]) -> u32 {
+        bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    }
+
+    /// The importer pod's emptyDir that the node mover writes the import's log into, and
+    /// where the pod's `cdi-mover hold --log` reads it.
+    pub const LOG_VOLUME: &str = "cdi-log";
+    /// Where the log volume is mounted in the importer pod.
+    pub const LOG_MOUNT: &str = "/var/log/cdi";
+    /// The log's file name in that volume.
+    pub const LOG_FILE: &str = "import.log";
 }
 
 /// Keys inside the Secrets a source names.
@@ -451,6 +508,23 @@ mod tests {
         assert_eq!(annotations::extra_header(0), "cdi.kubevirt.io/storage.import.extraHeaders.0");
         assert_eq!(annotations::secret_extra_header(2), "cdi.kubevirt.io/storage.import.secretExtraHeaders.2");
         assert_eq!(prime::pvc_name("1234-abcd"), "prime-1234-abcd");
+    }
+
+    #[test]
+    fn importer_pods_are_named_as_cdi_names_them_and_fit_a_dns_label() {
+        assert_eq!(importer::pod_name("disk"), "importer-disk");
+        let prime = prime::pvc_name("0b7e4b1c-6d0e-4a39-9f3e-5a1c2d3e4f50");
+        assert_eq!(importer::pod_name(&prime), format!("importer-{prime}"));
+        let long = "a".repeat(54);
+        assert_eq!(importer::pod_name(&long).len(), 63, "exactly at the limit: kept whole");
+        let longer = format!("{}-x.y", "b".repeat(70));
+        let name = importer::pod_name(&longer);
+        assert!(name.len() <= 63 && name.starts_with("importer-bbb"), "{name}");
+        assert_eq!(name, importer::pod_name(&longer), "deterministic");
+        let other = format!("{}-x.z", "b".repeat(70));
+        assert_ne!(name, importer::pod_name(&other), "names differing only past the cut stay apart");
+        let tail = name.rsplit('-').next().unwrap();
+        assert!(tail.len() == 8 && tail.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
     }
 
     #[test]

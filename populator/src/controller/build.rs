@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
-    Volume, VolumeDevice, VolumeMount,
+    Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
 use super::vocab::{ann, label};
+use crate::api::names::importer;
 use crate::api::quantity;
 
 /// The volume's name inside the holder pod (what the mover addresses).
@@ -22,8 +23,15 @@ pub fn prime_name(target_uid: &str) -> String {
     format!("prime-{target_uid}")
 }
 
-pub fn holder_name(target_uid: &str) -> String {
-    format!("cdi-holder-{target_uid}")
+/// The holder pod of `claim` (the claim it mounts: the prime in the populate flow, the
+/// golden PVC itself) is named as CDI names its importer pod: `importer-<claim>`.
+pub fn holder_name(claim: &str) -> String {
+    importer::pod_name(claim)
+}
+
+/// The populate flow's holder: it mounts the prime.
+pub fn prime_holder_name(target_uid: &str) -> String {
+    holder_name(&prime_name(target_uid))
 }
 
 pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
@@ -79,25 +87,36 @@ pub fn prime_pvc(target: &PersistentVolumeClaim) -> PersistentVolumeClaim {
     }
 }
 
-/// The holder pod: it keeps PVC′ attached and mounted on a node while the node's mover
-/// fills it, and does nothing else (`cdi-mover hold`).
-pub fn holder_pod(target: &PersistentVolumeClaim, node: Option<&str>, image: &str) -> Pod {
-    let uid = target.uid().unwrap_or_default();
+/// The holder pod: it keeps `claim` (PVC′, or a golden PVC itself) attached and mounted on
+/// a node while the node's mover fills it, and prints the import's log, which the mover
+/// appends to a file in the pod's emptyDir ([`importer::LOG_VOLUME`]): `kubectl logs` of the
+/// pod tells the story, as with CDI's importer pod. `target` owns it and says the volume
+/// mode.
+pub fn holder_pod(target: &PersistentVolumeClaim, claim: &str, node: Option<&str>, image: &str) -> Pod {
     let block = is_block(target);
+    let log_mount = VolumeMount {
+        name: importer::LOG_VOLUME.into(),
+        mount_path: importer::LOG_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let log_file = format!("{}/{}", importer::LOG_MOUNT, importer::LOG_FILE);
+    let mut mounts = vec![log_mount];
+    if !block {
+        mounts.push(VolumeMount { name: HOLDER_VOLUME.into(), mount_path: HOLDER_MOUNT.into(), ..Default::default() });
+    }
     let container = Container {
-        name: "holder".into(),
+        name: "importer".into(),
         image: Some(image.to_string()),
-        command: Some(vec!["cdi-mover".into(), "hold".into()]),
-        volume_mounts: (!block).then(|| {
-            vec![VolumeMount { name: HOLDER_VOLUME.into(), mount_path: HOLDER_MOUNT.into(), ..Default::default() }]
-        }),
+        command: Some(vec!["cdi-mover".into(), "hold".into(), "--log".into(), log_file]),
+        volume_mounts: Some(mounts),
         volume_devices: block
             .then(|| vec![VolumeDevice { name: HOLDER_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
         ..Default::default()
     };
     Pod {
         metadata: ObjectMeta {
-            name: Some(holder_name(&uid)),
+            name: Some(holder_name(claim)),
             namespace: target.namespace(),
             labels: Some(labels(label::HOLDER, target)),
             owner_references: Some(vec![owned_by(target)]),
@@ -105,14 +124,21 @@ pub fn holder_pod(target: &PersistentVolumeClaim, node: Option<&str>, image: &st
         },
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: HOLDER_VOLUME.into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: prime_name(&uid),
-                    read_only: Some(false),
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(vec![
+                Volume {
+                    name: HOLDER_VOLUME.into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.to_string(),
+                        read_only: Some(false),
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: importer::LOG_VOLUME.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+            ]),
             node_name: node.map(str::to_string),
             restart_policy: Some("Always".into()),
             termination_grace_period_seconds: Some(5),
@@ -120,6 +146,12 @@ pub fn holder_pod(target: &PersistentVolumeClaim, node: Option<&str>, image: &st
         }),
         status: None,
     }
+}
+
+/// Whether `pvc` asks to keep its importer pod (and prime) after success, for debugging.
+pub fn retain_after_completion(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.annotations().get(crate::api::names::annotations::POD_RETAIN_AFTER_COMPLETION).map(String::as_str)
+        == Some("true")
 }
 
 /// The storage a PVC requests, in bytes (rounded up, as Kubernetes reads quantities).
@@ -164,15 +196,26 @@ mod tests {
     }
 
     #[test]
-    fn the_holder_mounts_or_maps_the_prime() {
-        let fs = holder_pod(&target(false), Some("node-2"), "cdi-rs/mover");
+    fn the_holder_is_named_for_its_claim_and_mounts_or_maps_it_with_a_log_volume() {
+        let fs = holder_pod(&target(false), "prime-u-1", Some("node-2"), "cdi-rs/mover");
+        assert_eq!(fs.metadata.name.as_deref(), Some("importer-prime-u-1"));
+        assert_eq!(prime_holder_name("u-1"), "importer-prime-u-1");
         let spec = fs.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("node-2"));
-        assert!(spec.containers[0].volume_mounts.is_some() && spec.containers[0].volume_devices.is_none());
-        assert_eq!(spec.volumes.unwrap()[0].persistent_volume_claim.as_ref().unwrap().claim_name, "prime-u-1");
-        let blk = holder_pod(&target(true), None, "cdi-rs/mover").spec.unwrap();
-        assert!(blk.containers[0].volume_devices.is_some() && blk.containers[0].volume_mounts.is_none());
-        assert_eq!(blk.containers[0].command.as_ref().unwrap(), &["cdi-mover", "hold"]);
+        let c = &spec.containers[0];
+        assert!(c.volume_devices.is_none());
+        let mounts: Vec<_> = c.volume_mounts.as_ref().unwrap().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(mounts, ["cdi-log", HOLDER_VOLUME]);
+        assert_eq!(c.command.as_ref().unwrap(), &["cdi-mover", "hold", "--log", "/var/log/cdi/import.log"]);
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, "prime-u-1");
+        assert!(volumes[1].empty_dir.is_some());
+        let blk = holder_pod(&target(true), "disk", None, "cdi-rs/mover");
+        assert_eq!(blk.metadata.name.as_deref(), Some("importer-disk"));
+        let c = &blk.spec.unwrap().containers[0];
+        assert!(c.volume_devices.is_some());
+        let mounts: Vec<_> = c.volume_mounts.as_ref().unwrap().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(mounts, ["cdi-log"], "a block volume is mapped, not mounted");
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct Target {
     pub selected_node: Option<String>,
     /// The running condition already says `Unsupported`: reported once is enough.
     pub unsupported_reported: bool,
+    /// `storage.pod.retainAfterCompletion: "true"`: after success keep the importer pod
+    /// (with its log) and the prime (`Lost`), as CDI does for debugging.
+    pub retain: bool,
 }
 
 impl Target {
@@ -156,6 +159,7 @@ impl Target {
             restarts: number(ann::POD_RESTARTS),
             selected_node: annotation(ann::SELECTED_NODE).map(str::to_string),
             unsupported_reported: annotation(ann::RUNNING_REASON) == Some(UNSUPPORTED_CONDITION),
+            retain: super::build::retain_after_completion(pvc),
         })
     }
 
@@ -349,6 +353,8 @@ pub enum Step {
     Read(Fact),
     /// Populated and bound: only leftovers of an interrupted cleanup may remain.
     Done,
+    /// Populated and bound, and the claim asks to keep the importer pod and the prime.
+    Retained,
     /// The source kind or variant is accepted but not handled; `announce` unless already
     /// reported.
     Unsupported {
@@ -407,7 +413,7 @@ pub fn decide(snapshot: &Snapshot) -> Step {
 fn next(s: &Snapshot) -> Result<Step, Fact> {
     let t = &s.target;
     if t.bound && t.populated() {
-        return Ok(Step::Done);
+        return Ok(if t.retain { Step::Retained } else { Step::Done });
     }
     match t.kind {
         SourceKind::Import => {}
@@ -504,7 +510,8 @@ fn ended(t: &Target, generation: i64, outcome: &Outcome) -> Ended {
 
 /// The import succeeded: hand its PV to the target, then clear the prime away.
 fn rebind(s: &Snapshot) -> Result<Step, Fact> {
-    if s.holder.get().ok_or(Fact::Holder)?.is_some() {
+    let retain = s.target.retain;
+    if !retain && s.holder.get().ok_or(Fact::Holder)?.is_some() {
         return Ok(Step::DeleteHolder);
     }
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::WaitForBind) };
@@ -514,6 +521,8 @@ fn rebind(s: &Snapshot) -> Result<Step, Fact> {
         Some(pv) if pv.claim_uid.as_deref() != Some(s.target.uid.as_str()) => Step::RebindPv { pv: pv_name },
         // The binder marks the prime Lost once its PV belongs to the target.
         Some(_) if prime.phase != Some(ClaimPhase::Lost) => Step::WaitForLost,
+        // Kept `Lost`, as asked; the binder binds the target to the PV all the same.
+        _ if retain => Step::WaitForBind,
         _ => Step::DeletePrime,
     })
 }

@@ -1,17 +1,22 @@
-//! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind.
+//! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind, and golden
+//! PVCs (no data source, `storage.import.endpoint` annotation) imported in place (golden/).
 //!
 //! ```text
 //!  watches: PVCs ─────────────┐
 //!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time, chosen by decide.rs)
-//!           prime PVCs (owned) │                   │        ▲
+//!           prime PVCs (owned) │                   │        ▲   └─ no CDI dataSourceRef: golden/
 //!           VolumeImportSource ┘                   ▼        │ outcome triggers a reconcile
 //!                                         follow.rs: mover task streams ──▶ progress annotations
 //! ```
+//!
+//! Holder pods are CDI's importer pods by name (`importer-<claim>`); the mover appends the
+//! task's log to their `cdi-log` emptyDir and they print it (`kubectl logs`).
 
 pub mod build;
 pub mod decide;
 pub mod failure;
 pub mod follow;
+pub mod golden;
 pub mod reconcile;
 pub mod source;
 pub mod vocab;
@@ -70,6 +75,28 @@ impl std::fmt::Debug for Ctx {
 impl Ctx {
     pub fn me(&self) -> Arc<Ctx> {
         self.me.upgrade().expect("the context outlives its reconciles")
+    }
+
+    /// Where a task writes: the claim `pvc` (or its prime) as the holder pod mounts it, sized
+    /// and preallocated as CDIConfig says for the claim's class — as the cluster has it, so
+    /// this waits (boundedly) for the configuration's caches.
+    pub async fn holder_destination(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        task_id: &str,
+        holder_uid: &str,
+        pv_name: &str,
+    ) -> source::Destination {
+        self.defaults.wait_ready().await;
+        let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default();
+        source::Destination::holder_volume(
+            pvc,
+            task_id,
+            holder_uid,
+            pv_name,
+            self.defaults.filesystem_overhead(class),
+            self.defaults.default_preallocation(),
+        )
     }
 
     /// Records an event on a target PVC. Failing to record is logged, never fatal.

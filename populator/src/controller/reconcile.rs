@@ -19,29 +19,30 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
-use super::build::{self, HOLDER_VOLUME};
+use super::build;
 use super::decide::{
     Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, Step, Target, Task, Terminal, decide,
     unfollowed_task,
 };
 use super::failure::FailureReason;
-use super::source::{self, Destination};
+use super::source;
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, condition};
 use super::{Ctx, Error};
 use crate::api::VolumeImportSource;
 use crate::metrics::Finished;
 
 /// How often to look again while waiting on something no watch reports.
-const POLL: Duration = Duration::from_secs(10);
+pub(super) const POLL: Duration = Duration::from_secs(10);
 /// How often to look again while waiting on the binder or the kubelet.
-const SHORT: Duration = Duration::from_secs(2);
+pub(super) const SHORT: Duration = Duration::from_secs(2);
 /// How often to look again while a follower watches the task (its end triggers a
 /// reconcile anyway).
-const FOLLOWED: Duration = Duration::from_secs(60);
+pub(super) const FOLLOWED: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let Some(target) = Target::from_pvc(&pvc) else { return Ok(Action::await_change()) };
+    // Claims without a CDI dataSourceRef may be golden PVCs, imported in place.
+    let Some(target) = Target::from_pvc(&pvc) else { return super::golden::reconcile(pvc, ctx).await };
     let namespace = pvc.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, pvc, |event| async {
@@ -104,6 +105,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             delete_children(pvc, ctx).await?;
             Action::await_change()
         }
+        Step::Retained => Action::await_change(),
         Step::Unsupported { message, announce } => unsupported(pvc, ctx, &message, announce).await?,
         Step::WaitForSource => wait_for_source(pvc, &seen.target, ctx).await,
         Step::NotOurs | Step::WaitForSourceChange => Action::await_change(),
@@ -163,7 +165,7 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             seen.prime = Lazy::Read(prime.as_ref().map(Prime::from));
         }
         Fact::Holder => {
-            let name = build::holder_name(&uid);
+            let name = build::prime_holder_name(&uid);
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
             let holder = api.get_opt(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))?;
             seen.holder = Lazy::Read(holder.as_ref().map(Holder::from));
@@ -180,7 +182,11 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
 
 /// Writes annotations on the target (a merge patch: never a read-modify-write); `None`
 /// removes one.
-async fn annotate(ctx: &Ctx, pvc: &PersistentVolumeClaim, pairs: &[(&str, Option<String>)]) -> Result<(), Error> {
+pub(super) async fn annotate(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    pairs: &[(&str, Option<String>)],
+) -> Result<(), Error> {
     let map: serde_json::Map<String, serde_json::Value> =
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone().map_or(serde_json::Value::Null, Into::into))).collect();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
@@ -194,7 +200,7 @@ async fn annotate(ctx: &Ctx, pvc: &PersistentVolumeClaim, pairs: &[(&str, Option
     Ok(())
 }
 
-fn running_condition(status: &str, reason: &str, message: &str) -> Vec<(&'static str, Option<String>)> {
+pub(super) fn running_condition(status: &str, reason: &str, message: &str) -> Vec<(&'static str, Option<String>)> {
     vec![
         (ann::RUNNING, Some(status.to_string())),
         (ann::RUNNING_REASON, Some(reason.to_string())),
@@ -202,11 +208,16 @@ fn running_condition(status: &str, reason: &str, message: &str) -> Vec<(&'static
     ]
 }
 
-fn phase(phase: PodPhase) -> (&'static str, Option<String>) {
+pub(super) fn phase(phase: PodPhase) -> (&'static str, Option<String>) {
     (ann::POD_PHASE, Some(phase.as_str().to_string()))
 }
 
-async fn unsupported(pvc: &PersistentVolumeClaim, ctx: &Ctx, message: &str, announce: bool) -> Result<Action, Error> {
+pub(super) async fn unsupported(
+    pvc: &PersistentVolumeClaim,
+    ctx: &Ctx,
+    message: &str,
+    announce: bool,
+) -> Result<Action, Error> {
     if announce {
         ctx.event(&ObjectRef::from_obj(pvc), EventReason::UnsupportedSource, message).await;
         annotate(ctx, pvc, &running_condition("false", UNSUPPORTED_CONDITION, message)).await?;
@@ -257,8 +268,9 @@ async fn create_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Prime, E
 /// Creates the holder pod (or takes the one a racing reconcile created).
 async fn create_holder(pvc: &PersistentVolumeClaim, node: Option<&str>, ctx: &Ctx) -> Result<Holder, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    let name = build::holder_name(&pvc.uid().unwrap_or_default());
-    let pod = build::holder_pod(pvc, node, &ctx.cfg.holder_image);
+    let prime = build::prime_name(&pvc.uid().unwrap_or_default());
+    let name = build::holder_name(&prime);
+    let pod = build::holder_pod(pvc, &prime, node, &ctx.cfg.holder_image);
     let pod = match api.create(&PostParams::default(), &pod).await {
         Ok(p) => p,
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -310,30 +322,13 @@ async fn populate_request(
     task: &Task,
     ctx: &Ctx,
 ) -> Result<pb::PopulateRequest, source::SourceError> {
-    let mode = if build::is_block(pvc) { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
-    // CDIConfig as the cluster has it (per class), not as a cold cache guesses it.
-    ctx.defaults.wait_ready().await;
-    let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default();
-    let dest = Destination {
-        task_id: task.id.clone(),
-        target: pb::Target {
-            kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
-                pod_uid: task.holder_uid.clone(),
-                volume_name: HOLDER_VOLUME.into(),
-                pv_name: task.pv_name.clone(),
-                mode: mode as i32,
-            })),
-        },
-        requested_size: build::requested_bytes(pvc).unwrap_or(0),
-        filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then(|| ctx.defaults.filesystem_overhead(class)),
-        default_preallocation: ctx.defaults.default_preallocation(),
-    };
+    let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
     source::populate_request(&ctx.client, &pvc.namespace().unwrap_or_default(), &task.plan, dest).await
 }
 
 async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
     match ended {
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx).await,
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[]).await,
         Ended::Retry { reason, message, restarts, attempt } => {
             retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
@@ -345,12 +340,20 @@ async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Res
     }
 }
 
-async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) -> Result<Action, Error> {
+/// Records success (plus the `extra` annotations of the caller's flow); the next reconcile
+/// cleans up.
+pub(super) async fn succeeded(
+    pvc: &PersistentVolumeClaim,
+    c: &pb::Completed,
+    ctx: &Ctx,
+    extra: &[(&'static str, Option<String>)],
+) -> Result<Action, Error> {
     let mut pairs = running_condition("false", condition::COMPLETED, "Import Complete");
     pairs.extend([
         phase(PodPhase::Succeeded),
         (ann::PROGRESS, Some(crate::api::names::values::PROGRESS_DONE.to_string())),
     ]);
+    pairs.extend_from_slice(extra);
     annotate(ctx, pvc, &pairs).await?;
     let formats = c.formats.join(", ");
     ctx.event(
@@ -363,7 +366,7 @@ async fn succeeded(pvc: &PersistentVolumeClaim, c: &pb::Completed, ctx: &Ctx) ->
     Ok(Action::requeue(Duration::ZERO))
 }
 
-async fn retry_later(
+pub(super) async fn retry_later(
     pvc: &PersistentVolumeClaim,
     ctx: &Ctx,
     why: FailureReason,
@@ -444,7 +447,7 @@ async fn cleanup(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Res
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
             let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
             // Best effort: the children are deleted below whatever these reads say.
-            let holder = pods.get_opt(&build::holder_name(uid)).await.ok().flatten().as_ref().map(Holder::from);
+            let holder = pods.get_opt(&build::prime_holder_name(uid)).await.ok().flatten().as_ref().map(Holder::from);
             let prime = claims.get_opt(&build::prime_name(uid)).await.ok().flatten().as_ref().map(Prime::from);
             unfollowed_task(target, holder.as_ref(), prime.as_ref())
         }
@@ -485,7 +488,7 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
     let params = DeleteParams::background();
     let (name, result) = match child {
         Child::Holder => {
-            let name = build::holder_name(&uid);
+            let name = build::prime_holder_name(&uid);
             let result = Api::<Pod>::namespaced(ctx.client.clone(), &namespace).delete(&name, &params).await;
             (name, result.map(|_| ()))
         }

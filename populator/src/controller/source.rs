@@ -3,10 +3,11 @@
 //! request (the mover never reads the API).
 
 use cdi_proto::v1 as pb;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::api::Api;
 
-use crate::api::names::secret_keys;
+use super::build;
+use crate::api::names::{importer, secret_keys};
 use crate::plan::{ContentType, Header, HttpImport, ImportPlan, ImportSource};
 
 /// Why a request could not be built (nothing retried until the objects change).
@@ -33,6 +34,42 @@ pub struct Destination {
     pub filesystem_overhead: Option<f64>,
     /// Whether to preallocate when the source does not say (CDIConfig's default).
     pub default_preallocation: bool,
+    /// Where the mover appends the task's log (the holder pod prints it).
+    pub log: Option<pb::TaskLog>,
+}
+
+impl Destination {
+    /// The volume of `pvc` (or of its prime) as mounted by the holder pod `holder_uid`,
+    /// and the holder's log volume.
+    pub fn holder_volume(
+        pvc: &PersistentVolumeClaim,
+        task_id: &str,
+        holder_uid: &str,
+        pv_name: &str,
+        overhead: f64,
+        default_preallocation: bool,
+    ) -> Destination {
+        let mode = if build::is_block(pvc) { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
+        let pod_volume = |volume_name: &str, pv_name: &str, mode: pb::VolumeMode| pb::PodVolume {
+            pod_uid: holder_uid.to_string(),
+            volume_name: volume_name.to_string(),
+            pv_name: pv_name.to_string(),
+            mode: mode as i32,
+        };
+        Destination {
+            task_id: task_id.to_string(),
+            target: pb::Target {
+                kind: Some(pb::target::Kind::PodVolume(pod_volume(build::HOLDER_VOLUME, pv_name, mode))),
+            },
+            requested_size: build::requested_bytes(pvc).unwrap_or(0),
+            filesystem_overhead: (mode == pb::VolumeMode::Filesystem).then_some(overhead),
+            default_preallocation,
+            log: Some(pb::TaskLog {
+                volume: Some(pod_volume(importer::LOG_VOLUME, "", pb::VolumeMode::Filesystem)),
+                file_name: importer::LOG_FILE.to_string(),
+            }),
+        }
+    }
 }
 
 /// Builds the request for an import of a supported kind (http, blank).
@@ -61,6 +98,7 @@ pub async fn populate_request(
         requested_size: dest.requested_size,
         filesystem_overhead: dest.filesystem_overhead,
         checksum,
+        log: dest.log,
     })
 }
 
@@ -181,6 +219,7 @@ mod tests {
             requested_size: 64 << 20,
             filesystem_overhead: Some(0.06),
             default_preallocation: false,
+            log: None,
         };
         let req = populate_request(&offline_client(), "ns", &plan, dest).await.expect("a request");
         assert_eq!(req.source.and_then(|s| s.kind), Some(pb::source::Kind::Blank(pb::BlankSource {})));

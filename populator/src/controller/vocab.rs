@@ -6,8 +6,8 @@ pub use crate::api::names::{annotations as cdi_ann, condition_reasons as conditi
 /// Annotations on the target PVC.
 pub mod ann {
     pub use crate::api::names::annotations::{
-        POD_PHASE, POD_RESTARTS, POPULATOR_PROGRESS as PROGRESS, POPULATOR_PVC_PRIME as PVC_PRIME,
-        RUNNING_CONDITION as RUNNING, RUNNING_CONDITION_MESSAGE as RUNNING_MESSAGE,
+        POD_PHASE, POD_RESTARTS, POD_RETAIN_AFTER_COMPLETION as RETAIN, POPULATOR_PROGRESS as PROGRESS,
+        POPULATOR_PVC_PRIME as PVC_PRIME, RUNNING_CONDITION as RUNNING, RUNNING_CONDITION_MESSAGE as RUNNING_MESSAGE,
         RUNNING_CONDITION_REASON as RUNNING_REASON, SELECTED_NODE,
     };
     /// On the PV once it holds the target's data: `<namespace>/<name>`.

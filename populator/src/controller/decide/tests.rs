@@ -71,7 +71,7 @@ fn prime(phase: &str) -> PersistentVolumeClaim {
 
 fn holder(phase: Option<&str>, node: Option<&str>) -> Pod {
     from_json(json!({
-        "metadata": {"name": "cdi-holder-t-uid", "namespace": "vms", "uid": HOLDER_UID},
+        "metadata": {"name": "importer-prime-t-uid", "namespace": "vms", "uid": HOLDER_UID},
         "spec": {"containers": [], "nodeName": node},
         "status": {"phase": phase},
     }))
@@ -497,6 +497,20 @@ fn once_the_pv_is_the_targets_the_prime_is_deleted_when_lost() {
 }
 
 #[test]
+fn retain_after_completion_keeps_the_importer_pod_and_the_lost_prime() {
+    let retained = || target(json!({ann::POD_PHASE: "Succeeded", ann::RETAIN: "true"}));
+    // The holder stays: the PV goes to the target through it.
+    assert_eq!(decide_in(retained(), World::holding()), Step::RebindPv { pv: "pv-1".into() });
+    let lost = World { prime: Some(prime("Lost")), pv: Some(pv(Some(TARGET_UID))), ..World::holding() };
+    assert_eq!(decide_in(retained(), lost), Step::WaitForBind, "the Lost prime is kept");
+    let bound = Target::from_pvc(&claim(json!({ann::POD_PHASE: "Succeeded", ann::RETAIN: "true"}), "Bound")).unwrap();
+    assert_eq!(drive(bound, World::holding()), (vec![], Step::Retained), "nothing is deleted, nothing read");
+    // Anything but "true" is not asking.
+    let no = target(json!({ann::POD_PHASE: "Succeeded", ann::RETAIN: "yes"}));
+    assert_eq!(decide_in(no, World::holding()), Step::DeleteHolder);
+}
+
+#[test]
 fn a_prime_whose_pv_is_gone_is_deleted() {
     let world = World { pv: None, ..World::imported() };
     assert_eq!(decide_in(populated(), world), Step::DeletePrime);
@@ -557,6 +571,7 @@ fn a_claim_is_read_into_typed_facts() {
         restarts: 5,
         selected_node: Some("node-2".into()),
         unsupported_reported: true,
+        retain: false,
     };
     assert_eq!(Target::from_pvc(&pvc), Some(expected));
 }
