@@ -155,7 +155,7 @@ fn unsupported_sources_are_reported_once_and_nothing_is_read_or_created() {
             announce: true
         }
     );
-    let reported = json!({cdi_ann::IMPORT_SOURCE: "none", ann::RUNNING_REASON: UNSUPPORTED_CONDITION});
+    let reported = json!({cdi_ann::IMPORT_SOURCE: "registry", ann::RUNNING_REASON: UNSUPPORTED_CONDITION});
     assert!(matches!(
         decide_in(golden(reported, "Bound"), &World::empty(None)),
         Step::Unsupported { announce: false, .. }
