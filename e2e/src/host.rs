@@ -225,21 +225,30 @@ impl Children {
 /// loop device backed by a file there. Safe to call repeatedly.
 pub fn cleanup(dir: &Path, children: &Children) {
     children.kill_all();
+    // Listed and detached before anything is unmounted: once the directory's own bind mount
+    // (share_mounts) is gone, a device's backing file no longer reads as under `dir`, and it
+    // would stay attached, holding its deleted file's blocks. A device still mounted is only
+    // marked to detach on its last close, which the unmounts below bring.
+    let loops = loops_under(dir);
+    for l in &loops {
+        if let Err(e) = loop_detach(l) {
+            tracing::warn!(error = %e, "cleanup");
+        }
+    }
     for m in mounts_under(dir) {
         if let Err(e) = unmount(&m) {
             tracing::warn!(error = %e, "cleanup");
         }
     }
-    for l in loops_under(dir) {
-        if let Err(e) = loop_detach(&l) {
-            tracing::warn!(error = %e, "cleanup");
-        }
-    }
-    // A device still held (a killed process not yet gone, a lazy unmount) is only marked
-    // to detach on its last close. The kernel announces that to no one we can wait on, so
-    // look again, bounded, and callers find nothing left behind.
+    // A lazy unmount or a killed process not yet gone closes the device later. The kernel
+    // announces that to no one we can wait on, so look again, bounded, and callers find
+    // nothing left behind.
+    let attached = |l: &PathBuf| {
+        let name = l.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Path::new("/sys/block").join(name).join("loop/backing_file").exists()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !loops_under(dir).is_empty() && std::time::Instant::now() < deadline {
+    while loops.iter().any(attached) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
