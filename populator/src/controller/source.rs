@@ -17,6 +17,8 @@ pub enum SourceError {
     Secret { namespace: String, name: String, problem: String },
     #[error("ConfigMap {namespace}/{name} {problem}")]
     ConfigMap { namespace: String, name: String, problem: String },
+    #[error("import source type {variant} is not supported by this populator yet")]
+    Unsupported { variant: &'static str },
     #[error("cannot read {what}: {source}")]
     Api {
         what: String,
@@ -85,9 +87,8 @@ pub async fn populate_request(
             (pb::source::Kind::Http(http_source(client, namespace, http).await?), checksum)
         }
         ImportSource::Blank => (pb::source::Kind::Blank(pb::BlankSource {}), String::new()),
-        ImportSource::Unsupported(_) => {
-            unreachable!("the reconciler reports unsupported kinds before building requests")
-        }
+        // The reconcilers report these before building a request; refused, not panicked on.
+        ImportSource::Unsupported(variant) => return Err(SourceError::Unsupported { variant }),
     };
     Ok(pb::PopulateRequest {
         task_id: dest.task_id,
