@@ -151,7 +151,10 @@ fn situations_without_a_claim_of_ours_say_why_on_running() {
     assert_eq!(o.event.0, DvEvent::UnsupportedSource);
     assert!(o.event.0.is_warning());
 
-    let o = observe("disk", &Situation::Invalid("spec.pvc and spec.storage are both set".into()));
+    let o = observe(
+        "disk",
+        &Situation::Invalid("Duplicate storage definition, both target storage and target pvc defined".into()),
+    );
     assert_eq!(o.phase, DataVolumePhase::Failed);
     // What KubeVirt shows as DataVolumeError.
     assert_eq!(condition(&o, "Running").reason, "Error");
