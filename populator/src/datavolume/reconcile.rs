@@ -30,15 +30,25 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Err
     let situation = situation(&dv, &ctx).await?;
     let observed = status::observe(&dv.name_any(), &situation);
     let now = Time(jiff::Timestamp::now());
-    let new = status::status(&dv.name_any(), dv.status.as_ref(), &observed, &now);
-    if dv.status.as_ref() != Some(&new) {
-        for (reason, note) in status::events(dv.status.as_ref(), &observed) {
-            ctx.event(&dv, reason, &note).await;
-        }
+    if dv.status.as_ref() != Some(&status::status(&dv.name_any(), dv.status.as_ref(), &observed, &now)) {
+        // The cached object may predate our last status write (a change of the claim can
+        // start a reconcile before the watch brings that write back): compare with the
+        // stored status, so that each step is told once.
         let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
-        api.patch_status(&dv.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": new})))
+        let stored = api
+            .get_status(&dv.name_any())
             .await
-            .map_err(|e| Error::kube("write the status of DataVolume", &dv.name_any(), e))?;
+            .map_err(|e| Error::kube("read the status of DataVolume", &dv.name_any(), e))?;
+        let new = status::status(&dv.name_any(), stored.status.as_ref(), &observed, &now);
+        if stored.status.as_ref() != Some(&new) {
+            for (reason, note) in status::events(stored.status.as_ref(), &observed) {
+                ctx.event(&dv, reason, &note).await;
+            }
+            let patch = serde_json::json!({"status": new});
+            api.patch_status(&dv.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(|e| Error::kube("write the status of DataVolume", &dv.name_any(), e))?;
+        }
     }
     Ok(match situation {
         Situation::NoStorageClass | Situation::NotOurs { .. } => Action::requeue(POLL),
