@@ -213,6 +213,17 @@ fn events_tell_each_step_once() {
     assert_eq!(events(Some(&s1), &running)[0].0, DvEvent::ImportInProgress);
     let s2 = status("disk", Some(&s1), &running, &at(2));
 
+    // Filled, the volume not yet handed over: still in progress, nothing new to tell.
+    let filled = observe_pvc(
+        "Pending",
+        json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded",
+        "cdi.kubevirt.io/storage.condition.running": "false",
+        "cdi.kubevirt.io/storage.condition.running.reason": "Completed"}),
+        false,
+    );
+    assert_eq!(filled.phase, DataVolumePhase::ImportInProgress);
+    assert!(events(Some(&s2), &filled).is_empty());
+
     let done = observe_pvc("Bound", json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}), false);
     let reasons: Vec<DvEvent> = events(Some(&s2), &done).into_iter().map(|(r, _)| r).collect();
     assert_eq!(reasons, [DvEvent::Bound, DvEvent::ImportSucceeded]);
