@@ -15,10 +15,10 @@ use serde_json::json;
 
 use crate::common::within;
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// Bytes of `path` read to its end, and whether every one of them was zero.
-fn read_all(path: &Path) -> (u64, bool) {
+pub(crate) fn read_all(path: &Path) -> (u64, bool) {
     let mut f = std::fs::File::open(path).unwrap();
     let mut buf = vec![0u8; MIB as usize];
     let (mut len, mut zeros) = (0u64, true);
@@ -35,7 +35,7 @@ fn read_all(path: &Path) -> (u64, bool) {
 /// CDI's usable space of a filesystem volume requested at `request` bytes: the free space
 /// it had before the import (now: free + what disk.img holds) capped by the request, less
 /// the default 6 % overhead, rounded down to a MiB.
-fn cdi_usable(disk: &Path, request: u64) -> u64 {
+pub(crate) fn cdi_usable(disk: &Path, request: u64) -> u64 {
     let stat = nix::sys::statvfs::statvfs(disk.parent().unwrap()).unwrap();
     let free =
         stat.blocks_available() as u64 * stat.fragment_size() as u64 + std::fs::metadata(disk).unwrap().blocks() * 512;

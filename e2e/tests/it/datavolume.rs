@@ -3,6 +3,7 @@
 //! `kubectl describe dv` show, the content checked with qemu-img; a WaitForFirstConsumer
 //! default class; and (in `kubevirt`) a stand-in for KubeVirt's virt-controller.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::Api;
 use kube::runtime::wait::await_condition;
 
+use crate::blank::{MIB, cdi_usable, read_all};
 use crate::populate::{make_image, qemu_same};
 
 mod kubevirt;
@@ -138,6 +140,38 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
+/// The `(type, reason)` of each event in `kubectl describe` output, in the order shown.
+fn described_events(described: &str) -> Vec<(String, String)> {
+    let events = described.lines().skip_while(|l| !l.starts_with("Events:")).skip(1);
+    events
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (type_, reason) = (words.next()?, words.next()?);
+            matches!(type_, "Normal" | "Warning").then(|| (type_.to_string(), reason.to_string()))
+        })
+        .collect()
+}
+
+/// The events shown are all Normal, each a step of `story` told once, in its order, and
+/// every step of `required` is among them. (A step in between may be missing when the
+/// DataVolume moved past it before a reconcile saw it.)
+fn assert_story(described: &str, story: &[&str], required: &[&str]) {
+    let events = described_events(described);
+    // kubectl shows an event recorded again as `(xN over …)` in its Age column.
+    let told_again = described.lines().skip_while(|l| !l.starts_with("Events:")).any(|l| l.contains("(x"));
+    assert!(!told_again, "a step told more than once:\n{described}");
+    let reasons: Vec<&str> = events.iter().map(|(_, r)| r.as_str()).collect();
+    assert!(events.iter().all(|(t, _)| t == "Normal"), "a warning in a successful import:\n{described}");
+    let positions: Vec<usize> = reasons
+        .iter()
+        .map(|r| story.iter().position(|s| s == r).unwrap_or_else(|| panic!("unexpected event {r}:\n{described}")))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "events out of order {reasons:?}:\n{described}");
+    for step in required {
+        assert!(reasons.contains(step), "no {step} event:\n{described}");
+    }
+}
+
 /// A tar of two small files, and the files.
 fn make_archive(dir: &Path, www: &Path) -> Vec<(String, Vec<u8>)> {
     let src = dir.join("archive-src");
@@ -174,7 +208,8 @@ async fn cdi_example_data_volumes_applied_with_kubectl_succeed_and_hold_the_imag
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
 
     // CDI's manifests/example/import-kubevirt-datavolume.yaml, its Block variant, the
-    // endpoint-secret example with an import that names it, and the archive example.
+    // endpoint-secret example with an import that names it, the archive example, and the
+    // blank example with its Block variant (sizes cut to 64Mi to keep the test frugal).
     let manifests = format!(
         r#"
 apiVersion: cdi.kubevirt.io/v1beta1
@@ -256,6 +291,37 @@ spec:
     resources:
       requests:
         storage: "64Mi"
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: example-blank-dv
+spec:
+  source:
+      blank: {{}}
+  pvc:
+    storageClassName: local-immediate
+    accessModes:
+      - ReadWriteOnce
+    resources:
+      requests:
+        storage: 64Mi
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: example-blank-dv-block
+spec:
+  source:
+      blank: {{}}
+  pvc:
+    volumeMode: Block
+    storageClassName: local-immediate
+    accessModes:
+      - ReadWriteOnce
+    resources:
+      requests:
+        storage: 64Mi
 "#,
         url = env.server.url("disk.qcow2"),
         auth_url = nginx.url("http", "disk.qcow2"),
@@ -265,7 +331,14 @@ spec:
     );
     env.apply(&manifests).await;
 
-    let names = ["example-import-dv", "example-import-dv-block", "example-import-dv-auth", "example-archive-dv"];
+    let names = [
+        "example-import-dv",
+        "example-import-dv-block",
+        "example-import-dv-auth",
+        "example-archive-dv",
+        "example-blank-dv",
+        "example-blank-dv-block",
+    ];
     for name in names {
         env.wait_phase(name, DataVolumePhase::Succeeded).await;
     }
@@ -294,6 +367,16 @@ spec:
         assert_eq!(&std::fs::read(archive.join(name)).unwrap(), bytes, "{name} extracted");
     }
     assert!(nginx.detail_log().contains(&b64("cdi-user:cdi-password")), "the secret's credentials were sent");
+    // Blank: an empty sparse disk.img of CDI's usable size, and a block volume of zeros.
+    let disk = env.backing(&env.pvc("example-blank-dv").await).await.join("disk.img");
+    let meta = std::fs::metadata(&disk).unwrap();
+    let (size, usable) = (meta.len(), cdi_usable(&disk, 64 * MIB));
+    // The file's own metadata blocks blur the free space by a little: one MiB of tolerance.
+    assert!(size % MIB == 0 && size <= usable && size + MIB >= usable, "disk.img of {size} bytes; CDI makes {usable}");
+    assert!(meta.blocks() * 512 <= 256 << 10, "the blank disk.img holds {} allocated bytes", meta.blocks() * 512);
+    assert_eq!(read_all(&disk), (size, true), "the blank disk.img does not read as {size} zero bytes");
+    let device = env.backing(&env.pvc("example-blank-dv-block").await).await;
+    assert_eq!(read_all(&device), (64 * MIB, true), "the blank block volume does not read as 64 MiB of zeros");
 
     // The PVC is the DataVolume's: same name, controlled by it, filled through a
     // VolumeImportSource it owns.
@@ -312,14 +395,13 @@ spec:
     assert_eq!(condition(&dv, "Ready").0, "True");
     assert_eq!(condition(&dv, "Running"), ("False".into(), "Completed".into()));
 
-    // `kubectl describe dv` tells the story.
+    // `kubectl describe dv` tells the story, in order, with CDI's reasons.
+    let story = ["Pending", "ImportScheduled", "ImportInProgress", "Bound", "ImportSucceeded"];
     let described = env.kubectl(&["describe", "dv", "example-import-dv"], None).await;
-    for reason in ["Pending", "ImportInProgress", "Bound", "ImportSucceeded"] {
-        assert!(
-            described.lines().any(|l| l.split_whitespace().nth(1) == Some(reason)),
-            "no {reason} event:\n{described}"
-        );
-    }
+    assert_story(&described, &story, &["Pending", "ImportInProgress", "Bound", "ImportSucceeded"]);
+    // A blank disk may be made before a reconcile sees it in progress.
+    let described = env.kubectl(&["describe", "dv", "example-blank-dv-block"], None).await;
+    assert_story(&described, &story, &["Pending", "Bound", "ImportSucceeded"]);
 
     // CDI's upload example: accepted, not handled by cdi-rs yet, and it says so.
     env.apply(
@@ -419,5 +501,75 @@ spec:
     env.kubectl(&["wait", "--for=condition=Ready", "pod/vm", "--timeout=60s"], None).await;
     let ran_on = env.kubectl(&["get", "pod", "vm", "-o", "jsonpath={.spec.nodeName}"], None).await;
     assert_eq!(ran_on, node, "the consumer runs where the volume was filled");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_webhook_gone_an_invalid_data_volume_is_failed_with_the_webhooks_message_and_others_still_succeed() {
+    let env = Env::start(8).await;
+    let populator = env.system().populator_pid("cdi-populator-1").await.expect("the populator runs");
+    // Without its configuration the API server asks no webhook and admits anything.
+    env.kubectl(&["delete", "validatingwebhookconfiguration", "cdi-populator-webhook"], None).await;
+
+    // Both spec.pvc and spec.storage: the webhook refuses it with this message.
+    let message = "Duplicate storage definition, both target storage and target pvc defined";
+    env.apply(
+        r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: two-targets
+spec:
+  source:
+    blank: {}
+  pvc:
+    storageClassName: local-immediate
+    accessModes: [ReadWriteOnce]
+    resources: {requests: {storage: 64Mi}}
+  storage:
+    storageClassName: local-immediate
+    resources: {requests: {storage: 64Mi}}
+"#,
+    )
+    .await;
+    let dv = env.wait_phase("two-targets", DataVolumePhase::Failed).await;
+    let running = dv.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert_eq!(
+        (running.status.as_str(), running.reason.as_deref(), running.message.as_deref()),
+        ("False", Some("Error"), Some(message)),
+        "{running:?}"
+    );
+    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=two-targets"], None).await;
+    assert!(
+        events.lines().any(|l| l.contains("Warning") && l.contains("ErrClaimNotValid") && l.contains(message)),
+        "{events}"
+    );
+    assert!(env.pvc_opt("two-targets").await.is_none(), "no claim is made for an invalid DataVolume");
+
+    // The populator did not fall over: same process, and a valid DataVolume still succeeds.
+    let manifest = format!(
+        r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: valid
+spec:
+  source:
+    http:
+      url: "{}"
+  storage:
+    storageClassName: local-immediate
+    resources:
+      requests:
+        storage: 64Mi
+"#,
+        env.server.url("disk.qcow2")
+    );
+    env.apply(&manifest).await;
+    env.wait_phase("valid", DataVolumePhase::Succeeded).await;
+    qemu_same(&env.raw, &env.backing(&env.pvc("valid").await).await.join("disk.img"), None);
+    assert_eq!(env.system().populator_pid("cdi-populator-1").await, Some(populator), "the populator restarted");
+    let failed = Api::<DataVolume>::default_namespaced(env.client()).get("two-targets").await.unwrap();
+    assert_eq!(phase_of(&failed), Some(DataVolumePhase::Failed), "the invalid one stays Failed");
     env.stop().await;
 }

@@ -30,15 +30,25 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Err
     let situation = situation(&dv, &ctx).await?;
     let observed = status::observe(&dv.name_any(), &situation);
     let now = Time(jiff::Timestamp::now());
-    let new = status::status(&dv.name_any(), dv.status.as_ref(), &observed, &now);
-    if dv.status.as_ref() != Some(&new) {
-        for (reason, note) in status::events(dv.status.as_ref(), &observed) {
-            ctx.event(&dv, reason, &note).await;
-        }
+    if dv.status.as_ref() != Some(&status::status(&dv.name_any(), dv.status.as_ref(), &observed, &now)) {
+        // The cached object may predate our last status write (a change of the claim can
+        // start a reconcile before the watch brings that write back): compare with the
+        // stored status, so that each step is told once.
         let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
-        api.patch_status(&dv.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": new})))
+        let stored = api
+            .get_status(&dv.name_any())
             .await
-            .map_err(|e| Error::kube("write the status of DataVolume", &dv.name_any(), e))?;
+            .map_err(|e| Error::kube("read the status of DataVolume", &dv.name_any(), e))?;
+        let new = status::status(&dv.name_any(), stored.status.as_ref(), &observed, &now);
+        if stored.status.as_ref() != Some(&new) {
+            for (reason, note) in status::events(stored.status.as_ref(), &observed) {
+                ctx.event(&dv, reason, &note).await;
+            }
+            let patch = serde_json::json!({"status": new});
+            api.patch_status(&dv.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(|e| Error::kube("write the status of DataVolume", &dv.name_any(), e))?;
+        }
     }
     Ok(match situation {
         Situation::NoStorageClass | Situation::NotOurs { .. } => Action::requeue(POLL),
@@ -58,14 +68,21 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing = pvcs.get_opt(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?;
     let dv_uid = dv.uid().unwrap_or_default();
+    let plan = render::plan(dv);
+    let ours = existing.as_ref().is_some_and(|pvc| controller_uid(pvc) == Some(dv_uid.as_str()));
+    // What the webhook would have refused is reported, never acted on: no claim made, none
+    // adopted.
+    if !ours && let Plan::Invalid(message) = &plan {
+        return Ok(Situation::Invalid(message.clone()));
+    }
     let pvc = match existing {
-        Some(pvc) if controller_uid(&pvc) == Some(dv_uid.as_str()) => {
-            restore_source(dv, &pvc, ctx).await?;
+        Some(pvc) if ours => {
+            restore_source(dv, &plan, &pvc, ctx).await?;
             pvc
         }
         Some(pvc) if adoptable(dv, &pvc) => adopt(dv, &pvc, ctx).await?,
         Some(pvc) => return Ok(Situation::NotOurs { phase: claim_phase(&pvc) }),
-        None => match render::plan(&dv.spec) {
+        None => match plan {
             Plan::Invalid(message) => return Ok(Situation::Invalid(message)),
             Plan::Unsupported(what) => return Ok(Situation::Unsupported(what)),
             Plan::Import(source) => {
@@ -149,18 +166,18 @@ async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -
 
 /// Puts back the import source of a claim still being filled, should it have been deleted
 /// (the populate flow would wait for it forever).
-async fn restore_source(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+async fn restore_source(dv: &DataVolume, plan: &Plan, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
     let name = render::import_source_name(dv);
     let names_ours = pvc.spec.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some_and(|r| r.name == name);
     let filled = pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some(PodPhase::Succeeded.as_str());
-    let Plan::Import(source) = render::plan(&dv.spec) else { return Ok(()) };
+    let Plan::Import(source) = plan else { return Ok(()) };
     if !names_ours || filled {
         return Ok(());
     }
     let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
     if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeImportSource", &name, e))?.is_none() {
         tracing::info!(dv = %dv.name_any(), source = %name, "import source missing: creating it again");
-        create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+        create_source(dv, render::import_source(dv, (**source).clone(), ctx.defaults.as_ref()), ctx).await?;
     }
     Ok(())
 }

@@ -13,7 +13,8 @@ use super::defaults::{StorageDefaults, VolumeMode};
 use crate::api::names::{annotations as ann, api as group, kinds, labels};
 use crate::api::quantity;
 use crate::api::sources::ImportSourceType;
-use crate::api::{DataVolume, DataVolumeSpec, VolumeImportSource, VolumeImportSourceSpec};
+use crate::api::{DataVolume, VolumeImportSource, VolumeImportSourceSpec};
+use crate::webhook::datavolume::validate_spec;
 
 /// `spec.storage.volumeMode` asking for the StorageProfile's mode.
 const FROM_STORAGE_PROFILE: &str = "FromStorageProfile";
@@ -28,59 +29,42 @@ pub enum Plan {
     Import(Box<ImportSourceType>),
     /// Valid for CDI, not handled by cdi-rs yet; the text says what.
     Unsupported(String),
-    /// Not valid for CDI either (the webhook refuses it; it got past one that was down).
+    /// Refused by the admission webhook, with its message: the object got past a webhook
+    /// that was down or not installed.
     Invalid(String),
 }
 
-/// Reads what kind of population the spec asks for, and whether it is well formed enough
-/// to act on.
-pub fn plan(spec: &DataVolumeSpec) -> Plan {
-    match (&spec.pvc, &spec.storage) {
-        (Some(_), Some(_)) => return Plan::Invalid("spec.pvc and spec.storage are both set: give exactly one".into()),
-        (None, None) => return Plan::Invalid("neither spec.pvc nor spec.storage is set: give exactly one".into()),
-        _ => {}
+/// Reads what kind of population the DataVolume asks for. Validity is the webhook's
+/// judgement (`validate_spec`), so the controller and the webhook cannot disagree on
+/// what is valid or on the message that says why not.
+pub fn plan(dv: &DataVolume) -> Plan {
+    if let Err(denial) = validate_spec(dv) {
+        return Plan::Invalid(denial.message);
     }
-    if spec.source.is_some() && spec.source_ref.is_some() {
-        return Plan::Invalid("spec.source and spec.sourceRef are both set: give exactly one".into());
-    }
-    if spec.source_ref.is_some() {
-        return Plan::Unsupported("cloning from a DataSource (spec.sourceRef)".into());
-    }
+    // Past the webhook's rules: exactly one of pvc/storage, and either external
+    // population, a sourceRef, or a source naming exactly one variant.
+    let spec = &dv.spec;
     let Some(source) = &spec.source else {
-        let external = spec.storage.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some()
-            || spec.pvc.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some();
-        return if external {
-            Plan::Unsupported("external population (a dataSourceRef without spec.source)".into())
+        return Plan::Unsupported(if spec.source_ref.is_some() {
+            "cloning from a DataSource (spec.sourceRef)".into()
         } else {
-            Plan::Invalid("neither spec.source nor spec.sourceRef is set: give exactly one".into())
-        };
+            "external population (a dataSourceRef without spec.source)".into()
+        });
     };
-    let set: Vec<&str> = [
-        ("http", source.http.is_some()),
-        ("s3", source.s3.is_some()),
-        ("gcs", source.gcs.is_some()),
-        ("registry", source.registry.is_some()),
-        ("pvc", source.pvc.is_some()),
-        ("snapshot", source.snapshot.is_some()),
-        ("upload", source.upload.is_some()),
-        ("blank", source.blank.is_some()),
-        ("imageio", source.imageio.is_some()),
-        ("vddk", source.vddk.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, is_set)| is_set.then_some(name))
-    .collect();
-    match set.as_slice() {
-        [] => Plan::Invalid("spec.source names no source: give exactly one (http, s3, gcs, registry, ...)".into()),
-        ["pvc"] => Plan::Unsupported("cloning a PVC (spec.source.pvc)".into()),
-        ["snapshot"] => Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into()),
-        ["upload"] => Plan::Unsupported("upload (spec.source.upload)".into()),
-        [_] => source
-            .import_source()
-            .map_or_else(|| Plan::Invalid("spec.source is empty".into()), |s| Plan::Import(Box::new(s))),
-        many => {
-            Plan::Invalid(format!("spec.source names {} sources ({}): give exactly one", many.len(), many.join(", ")))
-        }
+    if source.pvc.is_some() {
+        return Plan::Unsupported("cloning a PVC (spec.source.pvc)".into());
+    }
+    if source.snapshot.is_some() {
+        return Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into());
+    }
+    if source.upload.is_some() {
+        return Plan::Unsupported("upload (spec.source.upload)".into());
+    }
+    match source.import_source() {
+        Some(import) => Plan::Import(Box::new(import)),
+        // The rules above demand a source; should they ever stop doing so, this still
+        // reports rather than panics.
+        None => Plan::Invalid("spec.source names no source".into()),
     }
 }
 

@@ -337,10 +337,15 @@ pub fn events(old: Option<&DataVolumeStatus>, observed: &Observed) -> Vec<(DvEve
     if bound.status == ConditionStatus::True && !was_bound {
         out.push((DvEvent::Bound, bound.message.clone()));
     }
+    // Within one phase a new Running reason is news (a retry, a source refused), except
+    // the normal course of a transfer: running, then completed while the volume is handed
+    // over.
+    let normal_course = [cdi::POD_RUNNING, cdi::COMPLETED].contains(&running.reason.as_str());
     let step_changed = old_phase.as_ref() != Some(&observed.phase)
         || (observed.phase != DataVolumePhase::Succeeded
             && old_running_reason != running.reason
-            && !running.reason.is_empty());
+            && !running.reason.is_empty()
+            && !normal_course);
     if step_changed {
         out.push(observed.event.clone());
     }

@@ -151,7 +151,10 @@ fn situations_without_a_claim_of_ours_say_why_on_running() {
     assert_eq!(o.event.0, DvEvent::UnsupportedSource);
     assert!(o.event.0.is_warning());
 
-    let o = observe("disk", &Situation::Invalid("spec.pvc and spec.storage are both set".into()));
+    let o = observe(
+        "disk",
+        &Situation::Invalid("Duplicate storage definition, both target storage and target pvc defined".into()),
+    );
     assert_eq!(o.phase, DataVolumePhase::Failed);
     // What KubeVirt shows as DataVolumeError.
     assert_eq!(condition(&o, "Running").reason, "Error");
@@ -209,6 +212,17 @@ fn events_tell_each_step_once() {
     let running = observe_pvc("Pending", json!({"cdi.kubevirt.io/storage.pod.phase": "Running"}), false);
     assert_eq!(events(Some(&s1), &running)[0].0, DvEvent::ImportInProgress);
     let s2 = status("disk", Some(&s1), &running, &at(2));
+
+    // Filled, the volume not yet handed over: still in progress, nothing new to tell.
+    let filled = observe_pvc(
+        "Pending",
+        json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded",
+        "cdi.kubevirt.io/storage.condition.running": "false",
+        "cdi.kubevirt.io/storage.condition.running.reason": "Completed"}),
+        false,
+    );
+    assert_eq!(filled.phase, DataVolumePhase::ImportInProgress);
+    assert!(events(Some(&s2), &filled).is_empty());
 
     let done = observe_pvc("Bound", json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}), false);
     let reasons: Vec<DvEvent> = events(Some(&s2), &done).into_iter().map(|(r, _)| r).collect();
