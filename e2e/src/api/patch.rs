@@ -36,6 +36,9 @@ pub fn list_kind(path: &[String], field: &str) -> ListKind {
         "conditions" | "addresses" => ListKind::Map("type"),
         "hostAliases" => ListKind::Map("ip"),
         "containerStatuses" | "initContainerStatuses" => ListKind::Map("name"),
+        // Admission webhook configurations, and their webhooks' match conditions.
+        "webhooks" if path.is_empty() => ListKind::Map("name"),
+        "matchConditions" => ListKind::Map("name"),
         _ => ListKind::Atomic,
     }
 }
