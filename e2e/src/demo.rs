@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use cdi_populator::api::DataVolume;
+use cdi_populator::api::{DataVolume, DataVolumePhase};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
@@ -62,7 +62,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         system.cluster.kubeconfig_path().display()
     );
     let outcome = workload::interruptible(populate_and_check(&system, &dir, &raw, size)).await;
-    println!("== cleaning up: the PVCs (and the VM if it is still there), then the populator, the movers and the cluster");
+    println!(
+        "== cleaning up: the PVCs (and the VM if it is still there), then the populator, the movers and the cluster"
+    );
     let cleaned = delete_targets(&system.client).await;
     system.shutdown().await;
     outcome?;
@@ -184,8 +186,10 @@ async fn datavolume_of_a_vm(system: &System, url: &str, raw: &std::path::Path, s
     workload::until_succeeded(client, NAMESPACE, &[VM_DISK], |dv| {
         let status = dv.status.as_ref();
         let progress = status.and_then(|s| s.progress.as_deref()).unwrap_or("-");
-        let state = format!("{:<18} {progress:>8}", workload::dv_phase(dv).as_str());
-        if state != shown {
+        let phase = workload::dv_phase(dv);
+        let state = format!("{:<18} {progress:>8}", phase.as_str());
+        // Not yet looked at by the controller: nothing to show.
+        if phase != DataVolumePhase::Unset && state != shown {
             println!("   [{:>6}] {VM_DISK}: {state}", secs(created.elapsed()));
             shown = state;
         }

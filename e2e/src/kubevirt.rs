@@ -94,7 +94,8 @@ pub async fn create_from_template(
 pub async fn create_vm(client: &kube::Client, vm: serde_json::Value) -> anyhow::Result<DynamicObject> {
     let namespace = vm["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     let vm: DynamicObject = serde_json::from_value(vm).context("a VirtualMachine")?;
-    let vm = vms(client, &namespace).create(&PostParams::default(), &vm).await.context("creating the VirtualMachine")?;
+    let vm =
+        vms(client, &namespace).create(&PostParams::default(), &vm).await.context("creating the VirtualMachine")?;
     let dvs: Api<DataVolume> = Api::namespaced(client.clone(), &namespace);
     let templates = vm.data["spec"]["dataVolumeTemplates"].as_array().cloned().unwrap_or_default();
     for template in &templates {
