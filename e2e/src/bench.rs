@@ -393,7 +393,9 @@ async fn create_retrying_webhook_timeouts(dvs: &Api<DataVolume>, dv: &DataVolume
     loop {
         match dvs.create(&PostParams::default(), dv).await {
             Ok(_) => return Ok(retries),
-            Err(kube::Error::Api(s)) if s.code == 500 && s.message.contains("failed calling webhook") && retries < 5 => {
+            Err(kube::Error::Api(s))
+                if s.code == 500 && s.message.contains("failed calling webhook") && retries < 5 =>
+            {
                 println!("  creating DataVolume {name}: {}; retrying", s.message);
                 retries += 1;
             }
