@@ -5,7 +5,10 @@
 # Deployment, a mover pod per node from the DaemonSet), serves a generated qcow2 over
 # local HTTP, creates a VolumeImportSource and two PVCs (Filesystem and Block) whose
 # dataSourceRef names it, prints progress until both are Bound, shows `kubectl get pvc`, the
-# events and a checksum of each volume against the image, and cleans everything up.
+# events and a checksum of each volume against the image; then a stand-in VirtualMachine whose
+# dataVolumeTemplate becomes a DataVolume of the same image (progress until Succeeded,
+# `kubectl get dv`, its checksum), deletes the VM (DataVolume, PVC and PV go with it), and
+# cleans everything up.
 #
 # Usage: ./demo.sh [--dir WORK_DIR] [--disk-gib N]     (run as root: it makes loop devices)
 set -euo pipefail

@@ -4,8 +4,10 @@
 //! - `bound`: time from creating a Block PVC with `dataSourceRef` to it being Bound, against
 //!   `cdi-mover import` of the same URL into a loop device of the same size alone, in
 //!   alternating runs on one machine. The difference is the control plane's overhead.
-//! - `scale`: many PVCs populated at once; samples the populator's resident memory and how
-//!   many mover tasks it follows at a time.
+//!   A DataVolume of the same URL, created until Succeeded, is timed in the same rounds:
+//!   its difference to the PVC is what the DataVolume layer costs.
+//! - `scale`: many PVCs (or DataVolumes) populated at once; samples the populator's
+//!   resident memory and how many mover tasks it follows at a time.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,6 +16,8 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
+
+use cdi_populator::api::DataVolume;
 
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
@@ -30,9 +34,19 @@ pub struct BoundArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// What `scale` creates many of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleKind {
+    /// Block PVCs with a `dataSourceRef`, until Bound.
+    Pvc,
+    /// Block DataVolumes, until Succeeded.
+    DataVolume,
+}
+
 #[derive(Debug, Clone)]
 pub struct ScaleArgs {
-    pub pvcs: usize,
+    pub kind: ScaleKind,
+    pub count: usize,
     /// Serve each download at this many bytes per second (0: unthrottled), so that more
     /// imports are in flight at once.
     pub throttle: usize,
@@ -93,45 +107,78 @@ pub async fn bound(args: BoundArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// The three ways of filling a volume from one URL that `bound` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// `cdi-mover import` alone.
+    Alone,
+    /// A PVC whose `dataSourceRef` names a VolumeImportSource, until Bound.
+    Pvc,
+    /// A DataVolume, until phase Succeeded.
+    DataVolume,
+}
+
+/// The DataVolume path may cost at most this much more than the PVC path it builds on.
+const DV_OVERHEAD_TARGET: Duration = Duration::from_millis(500);
+
 async fn bound_runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize) -> anyhow::Result<()> {
     let (_server, url) = serve(dir, image).await?;
     let client = &system.client;
     workload::create_http_source(client, NAMESPACE, "bench", &url).await?;
     let request = format!("{}Mi", size.div_ceil(1 << 20));
     println!("image {} ({} virtual), served at {url}", image.display(), human(size));
-    println!("{:>4}  {:>14}  {:>16}  {:>9}", "run", "mover alone", "PVC to Bound", "overhead");
-    let (mut alone, mut populated) = (Vec::new(), Vec::new());
+    println!(
+        "{:>4}  {:>12}  {:>13}  {:>16}  {:>13}  {:>8}",
+        "run", "mover alone", "PVC to Bound", "DV to Succeeded", "DV overhead", "DV/mover"
+    );
+    let (mut alone, mut populated, mut dvs, mut overheads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // One unmeasured round first: page cache and the populator's connections warm, as
     // they are on a cluster that has been up for a while.
     for run in 0..=runs {
-        // Alternate which goes first, and start each from written-back caches, so neither
-        // inherits the other's writeback.
-        let (a, p) = if run % 2 == 0 {
+        // Rotate which goes first, and start each from written-back caches, so none
+        // always inherits another's writeback.
+        let mut order = [Way::Alone, Way::Pvc, Way::DataVolume];
+        order.rotate_left(run % 3);
+        let (mut a, mut p, mut d) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for way in order {
             sync();
-            let a = import_alone(&system.config.mover_binary, dir, &url, size).await?;
-            sync();
-            (a, populate_block(client, &format!("bench-{run}"), &request).await?)
-        } else {
-            sync();
-            let p = populate_block(client, &format!("bench-{run}"), &request).await?;
-            sync();
-            (import_alone(&system.config.mover_binary, dir, &url, size).await?, p)
-        };
+            match way {
+                Way::Alone => a = import_alone(&system.config.mover_binary, dir, &url, size).await?,
+                Way::Pvc => p = populate_block(client, &format!("bench-{run}"), &request).await?,
+                Way::DataVolume => d = datavolume_block(client, &format!("bench-dv-{run}"), &url, &request).await?,
+            }
+        }
+        let overhead = d.as_secs_f64() - p.as_secs_f64();
+        let ratio = d.as_secs_f64() / a.as_secs_f64();
+        let label = if run == 0 { "warm".to_string() } else { run.to_string() };
+        println!("{label:>4}  {:>12}  {:>13}  {:>16}  {overhead:>+12.2}s  {ratio:>8.3}", secs(a), secs(p), secs(d));
         if run == 0 {
-            println!("{:>4}  {:>14}  {:>16}  {:>9}", "warm", secs(a), secs(p), "-");
             continue;
         }
-        println!("{run:>4}  {:>14}  {:>16}  {:>+8.2}s", secs(a), secs(p), p.as_secs_f64() - a.as_secs_f64());
         alone.push(a);
         populated.push(p);
+        dvs.push(d);
+        overheads.push(overhead);
     }
-    let (a, p) = (median(alone), median(populated));
+    overheads.sort_by(f64::total_cmp);
+    let overhead = overheads[overheads.len() / 2];
+    let (a, p, d) = (median(alone), median(populated), median(dvs));
     println!(
-        "median: cdi-mover import alone {}, PVC creation to Bound {}: control-plane overhead {:+.2} s ({:.3}x)",
+        "median of {runs}: cdi-mover import alone {}, PVC creation to Bound {}, DataVolume creation to Succeeded {}",
         secs(a),
         secs(p),
+        secs(d)
+    );
+    println!(
+        "PVC path over the mover alone: {:+.2} s ({:.3}x); DataVolume over the mover alone: {:.3}x",
         p.as_secs_f64() - a.as_secs_f64(),
-        p.as_secs_f64() / a.as_secs_f64()
+        p.as_secs_f64() / a.as_secs_f64(),
+        d.as_secs_f64() / a.as_secs_f64()
+    );
+    let met = if overhead <= DV_OVERHEAD_TARGET.as_secs_f64() { "met" } else { "MISSED" };
+    println!(
+        "DataVolume overhead (DV to Succeeded - PVC to Bound, per run): median {overhead:+.2} s; target <= {:.1} s median: {met}",
+        DV_OVERHEAD_TARGET.as_secs_f64()
     );
     Ok(())
 }
@@ -179,11 +226,30 @@ async fn populate_block(client: &kube::Client, name: &str, request: &str) -> any
     Ok(took)
 }
 
+/// Creates a Block DataVolume importing `url`, waits until it is Succeeded, then deletes it
+/// and waits for its PV (and loop device) to go with its PVC.
+async fn datavolume_block(client: &kube::Client, name: &str, url: &str, request: &str) -> anyhow::Result<Duration> {
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
+    let dv = workload::http_datavolume(name, url, CLASS_IMMEDIATE, Mode::Block, request);
+    let started = Instant::now();
+    dvs.create(&PostParams::default(), &dv).await.with_context(|| format!("creating DataVolume {name}"))?;
+    workload::until_succeeded(client, NAMESPACE, &[name], |_| {}).await?;
+    let took = started.elapsed();
+    let claim = dvs.get(name).await?.status.and_then(|s| s.claim_name).unwrap_or_else(|| name.to_string());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let pv_name = pvcs.get(&claim).await?.spec.and_then(|s| s.volume_name).context("Succeeded without a volume")?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv_uid = pvs.get(&pv_name).await?.metadata.uid.unwrap_or_default();
+    dvs.delete(name, &DeleteParams::default()).await?;
+    await_condition(pvs, &pv_name, conditions::is_deleted(&pv_uid)).await?;
+    Ok(took)
+}
+
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
-    let (dir, _temp) = workdir(args.dir)?;
+    let (dir, _temp) = workdir(args.dir.clone())?;
     let (_, qcow2) = small_image(&dir)?;
     let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
-    let outcome = workload::interruptible(scale_run(&system, &dir, &qcow2, args.pvcs, args.throttle)).await;
+    let outcome = workload::interruptible(scale_run(&system, &dir, &qcow2, &args)).await;
     system.shutdown().await;
     outcome
 }
@@ -219,24 +285,48 @@ struct Peaks {
     followed: u64,
 }
 
-async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, throttle: usize) -> anyhow::Result<()> {
+/// The populator's resident memory may peak at this much with 200 DataVolumes at once.
+const RSS_TARGET_MIB: u64 = 100;
+
+async fn scale_run(system: &System, dir: &Path, image: &Path, args: &ScaleArgs) -> anyhow::Result<()> {
     let (server, url) = serve(dir, image).await?;
-    server.knobs.throttle.store(throttle, std::sync::atomic::Ordering::SeqCst);
+    server.knobs.throttle.store(args.throttle, std::sync::atomic::Ordering::SeqCst);
     let client = &system.client;
+    let count = args.count;
     workload::create_http_source(client, NAMESPACE, "small", &url).await?;
     let pid = system.populator_pid(POPULATOR).await.context("the populator is not running")?;
     let metrics = system.populator_metrics_addr(POPULATOR).context("the populator did not log its metrics address")?;
     let idle_kib = proc_status_kib(pid, "VmRSS:")?;
-    println!("populator pid {pid}: {} resident before any PVC", human(idle_kib << 10));
+    println!("populator pid {pid}: {} resident before any volume", human(idle_kib << 10));
 
     let names: Vec<String> = (0..count).map(|i| format!("vm-{i:03}")).collect();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
     let started = Instant::now();
+    let (mut webhook_retries, mut slowest_create) = (0, Duration::ZERO);
     for name in &names {
-        pvcs.create(&PostParams::default(), &workload::target_pvc(name, CLASS_IMMEDIATE, Mode::Block, "64Mi", "small"))
-            .await?;
+        let one = Instant::now();
+        match args.kind {
+            ScaleKind::Pvc => {
+                let pvc = workload::target_pvc(name, CLASS_IMMEDIATE, Mode::Block, "64Mi", "small");
+                pvcs.create(&PostParams::default(), &pvc).await?;
+            }
+            ScaleKind::DataVolume => {
+                let dv = workload::http_datavolume(name, &url, CLASS_IMMEDIATE, Mode::Block, "64Mi");
+                webhook_retries += create_retrying_webhook_timeouts(&dvs, &dv).await?;
+            }
+        }
+        slowest_create = slowest_create.max(one.elapsed());
     }
-    println!("{count} Block PVCs created in {}", secs(started.elapsed()));
+    let (what, done) = match args.kind {
+        ScaleKind::Pvc => ("Block PVCs", "Bound"),
+        ScaleKind::DataVolume => ("Block DataVolumes", "Succeeded"),
+    };
+    println!(
+        "{count} {what} created in {} (slowest create {}; {webhook_retries} retried after the admission webhook timed out)",
+        secs(started.elapsed()),
+        secs(slowest_create)
+    );
 
     // Sample while they populate: resident memory and the followed-task gauge.
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -257,13 +347,16 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, thro
         }
     });
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let waited = workload::until_bound(client, NAMESPACE, &refs, |_| {}).await;
+    let waited = match args.kind {
+        ScaleKind::Pvc => workload::until_bound(client, NAMESPACE, &refs, |_| {}).await,
+        ScaleKind::DataVolume => workload::until_succeeded(client, NAMESPACE, &refs, |_| {}).await,
+    };
     let took = started.elapsed();
     let _ = stop.send(());
     let peaks = sampler.await?;
     waited?;
     let hwm = proc_status_kib(pid, "VmHWM:")?;
-    println!("all {count} Bound {} after the first was created", secs(took));
+    println!("all {count} {done} {} after the first was created", secs(took));
     println!(
         "populator resident memory: peak {} (VmHWM {}), {} before; at most {} mover tasks followed at once",
         human(peaks.rss_kib << 10),
@@ -271,10 +364,18 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, thro
         human(idle_kib << 10),
         peaks.followed
     );
+    if args.kind == ScaleKind::DataVolume {
+        let met = if hwm <= RSS_TARGET_MIB << 10 { "met" } else { "MISSED" };
+        println!("target: populator peak resident <= {RSS_TARGET_MIB} MiB with {count} DataVolumes: {met}");
+    }
 
-    println!("deleting the PVCs");
+    println!("deleting them");
     for name in &names {
-        pvcs.delete(name, &DeleteParams::default()).await?;
+        let deleted = match args.kind {
+            ScaleKind::Pvc => pvcs.delete(name, &DeleteParams::default()).await.map(drop),
+            ScaleKind::DataVolume => dvs.delete(name, &DeleteParams::default()).await.map(drop),
+        };
+        deleted?;
     }
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for pv in pvs.list(&Default::default()).await?.items {
@@ -282,6 +383,25 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, count: usize, thro
         await_condition(pvs.clone(), &name, conditions::is_deleted(&uid)).await?;
     }
     Ok(())
+}
+
+/// Creates a DataVolume; when the API server gives up on the admission webhook (500, "failed
+/// calling webhook"), tries again as a controller would, up to 5 times. Returns the retries.
+async fn create_retrying_webhook_timeouts(dvs: &Api<DataVolume>, dv: &DataVolume) -> anyhow::Result<usize> {
+    let name = dv.metadata.name.as_deref().unwrap_or_default();
+    let mut retries = 0;
+    loop {
+        match dvs.create(&PostParams::default(), dv).await {
+            Ok(_) => return Ok(retries),
+            Err(kube::Error::Api(s))
+                if s.code == 500 && s.message.contains("failed calling webhook") && retries < 5 =>
+            {
+                println!("  creating DataVolume {name}: {}; retrying", s.message);
+                retries += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating DataVolume {name}")),
+        }
+    }
 }
 
 /// A `kB` line of /proc/PID/status, in KiB.

@@ -1,22 +1,31 @@
 //! `cdi-e2e demo`: the whole of cdi-rs on the embedded mini-cluster. It serves a generated
 //! qcow2 over local HTTP, applies a VolumeImportSource and two PVCs (Filesystem and Block)
 //! whose `dataSourceRef` names it, prints progress until both are Bound, shows them with
-//! kubectl, compares what the volumes hold with the image, and cleans up.
+//! kubectl, compares what the volumes hold with the image. Then a VM-style owner (a stand-in
+//! VirtualMachine, see [`crate::kubevirt`]) gets a DataVolume of the same image from its
+//! `dataVolumeTemplates`: progress until Succeeded, `kubectl get dv`, the same check, and
+//! deleting the VM takes the DataVolume, its PVC and its PV with it. Then it cleans up.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
+use cdi_populator::api::{DataVolume, DataVolumePhase};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{conditions, wait::await_condition};
+use serde_json::json;
 
 use crate::cluster::CLASS_IMMEDIATE;
+use crate::kubevirt;
 use crate::system::{System, SystemConfig};
 use crate::workload::{self, ImageServer, Mode, annotation, human, secs};
 
 const NAMESPACE: &str = "default";
 const SOURCE: &str = "sample-disk";
+const VM: &str = "vm-demo";
+const VM_DISK: &str = "vm-demo-rootdisk";
 
 #[derive(Debug, Clone)]
 pub struct DemoArgs {
@@ -53,12 +62,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         system.cluster.kubeconfig_path().display()
     );
     let outcome = workload::interruptible(populate_and_check(&system, &dir, &raw, size)).await;
-    println!("== cleaning up: the PVCs, then the populator, the movers and the cluster");
+    println!(
+        "== cleaning up: the PVCs (and the VM if it is still there), then the populator, the movers and the cluster"
+    );
     let cleaned = delete_targets(&system.client).await;
     system.shutdown().await;
     outcome?;
     cleaned?;
-    println!("done: both volumes hold the image; nothing is left running");
+    println!("done: the three volumes held the image; nothing is left running");
     Ok(())
 }
 
@@ -141,6 +152,83 @@ async fn populate_and_check(
     if !mismatched.is_empty() {
         bail!("{} do not hold the image", mismatched.join(" and "));
     }
+    datavolume_of_a_vm(system, &url, raw, size).await
+}
+
+/// A VM whose `dataVolumeTemplates` import the same image, as KubeVirt would create it.
+async fn datavolume_of_a_vm(system: &System, url: &str, raw: &std::path::Path, size: u64) -> anyhow::Result<()> {
+    let client = &system.client;
+    let gib = size.div_ceil(1 << 30);
+    let request = format!("{gib}Gi");
+    println!("== a VM-style owner: the VirtualMachine CRD (kubevirt.io/v1, a stand-in: no KubeVirt here)");
+    kubevirt::register_vm_crd(client).await?;
+    println!("   VirtualMachine {VM} with a dataVolumeTemplate {VM_DISK}: http source {url}, storage {request} Block");
+    let vm = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": VM, "namespace": NAMESPACE},
+        "spec": {"runStrategy": "Halted", "dataVolumeTemplates": [{
+            "metadata": {"name": VM_DISK},
+            "spec": workload::http_datavolume_spec(url, CLASS_IMMEDIATE, Mode::Block, &request),
+        }]},
+    });
+    let created = Instant::now();
+    kubevirt::create_vm(client, vm).await?;
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
+    let dv = dvs.get(VM_DISK).await?;
+    let owner = dv.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    println!(
+        "   DataVolume {VM_DISK} created as virt-controller does: label {}={}, owner {}",
+        kubevirt::CREATED_BY,
+        dv.metadata.labels.as_ref().and_then(|l| l.get(kubevirt::CREATED_BY)).map_or("-", String::as_str),
+        owner.map_or("-".to_string(), |o| format!("{} {}", o.kind, o.name))
+    );
+    let mut shown = String::new();
+    workload::until_succeeded(client, NAMESPACE, &[VM_DISK], |dv| {
+        let status = dv.status.as_ref();
+        let progress = status.and_then(|s| s.progress.as_deref()).unwrap_or("-");
+        let phase = workload::dv_phase(dv);
+        let state = format!("{:<18} {progress:>8}", phase.as_str());
+        // Not yet looked at by the controller: nothing to show.
+        if phase != DataVolumePhase::Unset && state != shown {
+            println!("   [{:>6}] {VM_DISK}: {state}", secs(created.elapsed()));
+            shown = state;
+        }
+    })
+    .await?;
+    println!("   Succeeded {} after the VM was created", secs(created.elapsed()));
+    println!("== kubectl get dv");
+    kubectl(system, &["get", "dv"])?;
+
+    println!("== sha256 of {VM_DISK}'s volume");
+    let (want, _) = workload::digest_prefix(raw, size)?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let claim = dvs.get(VM_DISK).await?.status.and_then(|s| s.claim_name).unwrap_or_else(|| VM_DISK.to_string());
+    let pvc = pvcs.get(&claim).await?;
+    let data = workload::volume_data(client, &pvc).await?;
+    let (got, rest_zero) = workload::digest_prefix(&data, size)?;
+    let same = got == want && rest_zero;
+    println!("   {claim:<14} {got}  {} ({})", if same { "same" } else { "DIFFERENT" }, data.display());
+    if !same {
+        bail!("DataVolume {VM_DISK} does not hold the image");
+    }
+
+    println!("== kubectl delete vm {VM}: the garbage collector follows the owner references");
+    let pv_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).context("a bound PVC")?;
+    kubectl(system, &["delete", "vm", VM, "--wait=false"])?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let deleted = Instant::now();
+    let uid = |m: &kube::api::ObjectMeta| m.uid.clone().unwrap_or_default();
+    await_condition(dvs, VM_DISK, conditions::is_deleted(&uid(&dv.metadata))).await?;
+    println!("   [{:>6}] DataVolume {VM_DISK} gone", secs(deleted.elapsed()));
+    await_condition(pvcs, &claim, conditions::is_deleted(&uid(&pvc.metadata))).await?;
+    println!("   [{:>6}] PVC {claim} gone", secs(deleted.elapsed()));
+    let pv_uid = pvs.get_opt(&pv_name).await?.map(|pv| uid(&pv.metadata));
+    if let Some(pv_uid) = pv_uid {
+        await_condition(pvs, &pv_name, conditions::is_deleted(&pv_uid)).await?;
+    }
+    println!("   [{:>6}] PV {pv_name} gone (reclaim policy Delete; its loop device detached)", secs(deleted.elapsed()));
+    println!("== kubectl get vm,dv,pvc,pv: only the two PVCs of before are left");
+    kubectl(system, &["get", "vm,dv,pvc,pv"])?;
     Ok(())
 }
 
@@ -158,6 +246,12 @@ fn kubectl(system: &System, args: &[&str]) -> anyhow::Result<()> {
 }
 
 async fn delete_targets(client: &kube::Client) -> anyhow::Result<()> {
+    // Left behind only when the demo stopped half-way; without the CRD there is none.
+    match kubevirt::vms(client, NAMESPACE).delete(VM, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e).context("deleting the VirtualMachine"),
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
     for name in ["vm-disk-fs", "vm-disk-block"] {
         match pvcs.delete(name, &DeleteParams::default()).await {

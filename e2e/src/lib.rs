@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod controllers;
 pub mod demo;
 pub mod host;
+pub mod kubevirt;
 pub mod system;
 pub mod workload;
 

@@ -25,15 +25,17 @@ enum Command {
     /// Populate a Filesystem and a Block PVC from a generated qcow2 served over local HTTP,
     /// through the populator and the movers, check them, and clean up.
     Demo(DemoArgs),
-    /// Measure the control plane: PVC-to-Bound against the mover alone, and the
-    /// populator's memory with many PVCs at once (prints figures; never run by CI).
+    /// Measure the control plane: PVC-to-Bound and DataVolume-to-Succeeded against the mover
+    /// alone, and the populator's memory with many PVCs or DataVolumes at once (prints
+    /// figures; never run by CI).
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Time from PVC creation to Bound vs `cdi-mover import` of the same image alone.
+    /// Time from PVC creation to Bound and from DataVolume creation to Succeeded vs
+    /// `cdi-mover import` of the same image alone.
     Bound {
         /// The image to serve (e.g. the reference 4 GiB disk.qcow2).
         #[arg(long)]
@@ -44,16 +46,28 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Populate many Block PVCs at once; report the populator's peak resident memory.
+    /// Populate many Block PVCs (or DataVolumes) at once; report the populator's peak
+    /// resident memory.
     Scale {
-        #[arg(long, default_value_t = 200)]
-        pvcs: usize,
+        /// How many volumes.
+        #[arg(long, alias = "pvcs", default_value_t = 200)]
+        count: usize,
+        /// Create PVCs with a dataSourceRef, or DataVolumes.
+        #[arg(long, value_enum, default_value_t = Kind::Pvc)]
+        kind: Kind,
         /// Serve each download at this many MiB/s (0: unthrottled), to keep more in flight.
         #[arg(long, default_value_t = 0)]
         throttle_mib: usize,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Pvc,
+    #[value(alias = "dv")]
+    Datavolume,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,8 +116,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bound { image, runs, dir }) => {
             return cdi_e2e::bench::bound(cdi_e2e::bench::BoundArgs { image, runs, dir }).await;
         }
-        Command::Bench(BenchCommand::Scale { pvcs, throttle_mib, dir }) => {
-            return cdi_e2e::bench::scale(cdi_e2e::bench::ScaleArgs { pvcs, throttle: throttle_mib << 20, dir }).await;
+        Command::Bench(BenchCommand::Scale { count, kind, throttle_mib, dir }) => {
+            let kind = match kind {
+                Kind::Pvc => cdi_e2e::bench::ScaleKind::Pvc,
+                Kind::Datavolume => cdi_e2e::bench::ScaleKind::DataVolume,
+            };
+            let args = cdi_e2e::bench::ScaleArgs { kind, count, throttle: throttle_mib << 20, dir };
+            return cdi_e2e::bench::scale(args).await;
         }
     };
     let mut config = ClusterConfig::new(&args.dir);

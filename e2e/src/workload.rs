@@ -1,6 +1,6 @@
 //! What the demo and the benchmarks put on a running [`System`](crate::system::System): a
-//! local HTTP server for images, a VolumeImportSource, target PVCs with `dataSourceRef`, and
-//! ways to wait for and check their contents.
+//! local HTTP server for images, a VolumeImportSource, target PVCs with `dataSourceRef`,
+//! DataVolumes, and ways to wait for and check their contents.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,6 +16,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 use sha2::Digest as _;
+
+use cdi_populator::api::{DataVolume, DataVolumePhase};
 
 use crate::system::pv_backing;
 
@@ -200,6 +202,68 @@ pub async fn until_bound(
         }
     }
     bail!("the PVC watch ended")
+}
+
+/// The spec of a DataVolume importing `url` into a volume of `size` from `class`, in the
+/// `storage` form (CDI completes access modes and overhead from the StorageProfile).
+pub fn http_datavolume_spec(url: &str, class: &str, mode: Mode, size: &str) -> serde_json::Value {
+    json!({
+        "source": {"http": {"url": url}},
+        "storage": {"storageClassName": class, "volumeMode": mode.as_str(), "resources": {"requests": {"storage": size}}},
+    })
+}
+
+/// A DataVolume importing `url` (see [`http_datavolume_spec`]).
+pub fn http_datavolume(name: &str, url: &str, class: &str, mode: Mode, size: &str) -> DataVolume {
+    serde_json::from_value(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": name},
+        "spec": http_datavolume_spec(url, class, mode, size),
+    }))
+    .expect("a well-formed DataVolume")
+}
+
+pub fn dv_phase(dv: &DataVolume) -> DataVolumePhase {
+    dv.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or(DataVolumePhase::Unset)
+}
+
+/// Watches the DataVolumes of a namespace until every named one is Succeeded, calling
+/// `on_change` with each new version of them. Fails early when one of them fails.
+pub async fn until_succeeded(
+    client: &kube::Client,
+    namespace: &str,
+    names: &[&str],
+    mut on_change: impl FnMut(&DataVolume),
+) -> anyhow::Result<()> {
+    let api: Api<DataVolume> = Api::namespaced(client.clone(), namespace);
+    let mut done = std::collections::HashSet::new();
+    let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let dv = match event.context("watching DataVolumes")? {
+            watcher::Event::Apply(d) | watcher::Event::InitApply(d) => d,
+            _ => continue,
+        };
+        let name = dv.metadata.name.clone().unwrap_or_default();
+        if !names.contains(&name.as_str()) {
+            continue;
+        }
+        on_change(&dv);
+        match dv_phase(&dv) {
+            DataVolumePhase::Failed => {
+                let conditions = dv.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                let message = conditions.iter().find_map(|c| c.message.clone().filter(|m| !m.is_empty()));
+                bail!("DataVolume {namespace}/{name} failed: {}", message.unwrap_or_default());
+            }
+            DataVolumePhase::Succeeded => {
+                done.insert(name);
+                if done.len() == names.len() {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+    }
+    bail!("the DataVolume watch ended")
 }
 
 /// Where a bound PVC's data is on this host: `disk.img` of a filesystem volume, the loop

@@ -1,11 +1,11 @@
-//! A stand-in for KubeVirt's virt-controller, written from kubevirt-contract.md: it creates a
-//! VirtualMachine's DataVolumes from its `dataVolumeTemplates` as virt-controller does (label
-//! `kubevirt.io/created-by`, annotation `allowClaimAdoption`, a controller reference to the
-//! VM; "already exists" tolerated), then judges them by what virt-controller reads: phase,
-//! and the Ready and Running conditions.
+//! A stand-in for KubeVirt's virt-controller ([`cdi_e2e::kubevirt`], written from
+//! kubevirt-contract.md): it creates a VirtualMachine's DataVolumes from its
+//! `dataVolumeTemplates` as virt-controller does (label `kubevirt.io/created-by`, annotation
+//! `allowClaimAdoption`, a controller reference to the VM; "already exists" tolerated), then
+//! judges them by what virt-controller reads: phase, and the Ready and Running conditions.
 
+use cdi_e2e::kubevirt::{VM_CRD, create_from_template, vms};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::conditions::is_deleted;
 use kube::runtime::wait::await_condition;
 use serde_json::json;
@@ -14,51 +14,6 @@ use super::{Env, condition, phase_of};
 use crate::common::within;
 use cdi_populator::api::{DataVolume, DataVolumePhase};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-
-/// A minimal VirtualMachine kind: the cluster has no KubeVirt, and the stand-in needs only
-/// an owner with the right group and kind.
-const VM_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: virtualmachines.kubevirt.io
-spec:
-  group: kubevirt.io
-  names: {kind: VirtualMachine, plural: virtualmachines, singular: virtualmachine, shortNames: [vm]}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-"#;
-
-/// What virt-controller does for one template: POST a DataVolume carrying the template's
-/// metadata plus its own label, annotation and owner reference.
-async fn create_from_template(dvs: &Api<DataVolume>, vm: &DynamicObject, template: &serde_json::Value) {
-    let vm_uid = vm.metadata.uid.clone().unwrap();
-    let mut dv = json!({
-        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
-        "metadata": template["metadata"].clone(),
-        "spec": template["spec"].clone(),
-    });
-    let meta = dv["metadata"].as_object_mut().unwrap();
-    meta.entry("labels").or_insert_with(|| json!({}))["kubevirt.io/created-by"] = json!(vm_uid);
-    meta.entry("annotations").or_insert_with(|| json!({}))["cdi.kubevirt.io/allowClaimAdoption"] = json!("true");
-    meta.insert(
-        "ownerReferences".into(),
-        json!([{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": vm.metadata.name,
-                "uid": vm_uid, "controller": true, "blockOwnerDeletion": true}]),
-    );
-    match dvs.create(&PostParams::default(), &serde_json::from_value(dv).unwrap()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("creating the DataVolume of template {}: {e}", template["metadata"]["name"]),
-    }
-}
 
 /// virt-controller's DataVolumeError: phase Failed, or Running False with reason Error or
 /// ImagePullFailed.
@@ -111,12 +66,11 @@ async fn a_virt_controller_stand_in_gets_ready_failed_and_adopted_volumes_and_de
              "spec": {"source": {"blank": {}}, "storage": storage}},
         ]},
     });
-    let gvk = GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine");
-    let vms: Api<DynamicObject> = Api::default_namespaced_with(env.client(), &ApiResource::from_gvk(&gvk));
+    let vms = vms(&env.client(), "default");
     let vm: DynamicObject = vms.create(&PostParams::default(), &serde_json::from_value(vm).unwrap()).await.unwrap();
     let dvs: Api<DataVolume> = Api::default_namespaced(env.client());
     for template in vm.data["spec"]["dataVolumeTemplates"].as_array().unwrap() {
-        create_from_template(&dvs, &vm, template).await;
+        create_from_template(&dvs, &vm, template).await.unwrap();
     }
 
     let root =
