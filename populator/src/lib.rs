@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
+pub mod api_error;
 pub mod app;
 pub mod certs;
 pub mod cli;

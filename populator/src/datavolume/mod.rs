@@ -63,22 +63,7 @@ impl Ctx {
 }
 
 /// Why a reconcile failed (it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot {op} {name}: {source}")]
-    Kube {
-        op: &'static str,
-        name: String,
-        #[source]
-        source: Box<kube::Error>,
-    },
-}
-
-impl Error {
-    pub fn kube(op: &'static str, name: &str, source: kube::Error) -> Error {
-        Error::Kube { op, name: name.to_string(), source: Box::new(source) }
-    }
-}
+pub use crate::api_error::ApiError as Error;
 
 /// Runs the controller until the stream of reconciles ends.
 pub async fn run(client: kube::Client, defaults: Arc<dyn StorageDefaults>) {
