@@ -26,6 +26,15 @@ impl VolumeMode {
             VolumeMode::Block => "Block",
         }
     }
+
+    /// `None` for anything but `Filesystem` and `Block`.
+    pub fn parse(text: &str) -> Option<VolumeMode> {
+        match text {
+            "Filesystem" => Some(VolumeMode::Filesystem),
+            "Block" => Some(VolumeMode::Block),
+            _ => None,
+        }
+    }
 }
 
 /// An access mode.

@@ -19,30 +19,8 @@ pub struct ClaimProperties {
     pub volume_mode: VolumeMode,
 }
 
-/// A PVC's `volumeMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VolumeMode {
-    Filesystem,
-    Block,
-}
-
-impl VolumeMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeMode::Filesystem => "Filesystem",
-            VolumeMode::Block => "Block",
-        }
-    }
-
-    /// `None` for anything but `Filesystem` and `Block`.
-    pub fn parse(text: &str) -> Option<VolumeMode> {
-        match text {
-            "Filesystem" => Some(VolumeMode::Filesystem),
-            "Block" => Some(VolumeMode::Block),
-            _ => None,
-        }
-    }
-}
+/// A PVC's `volumeMode`: the one the StorageProfile table speaks.
+pub use crate::config::capabilities::VolumeMode;
 
 /// The per-class defaults a DataVolume's `spec.storage` is completed with.
 pub trait StorageDefaults: Send + Sync {
