@@ -7,6 +7,7 @@
 //! | [`one_line`] | an error and its causes on one line |
 //! | [`checksum`] | `md5|sha1|sha256|sha512:HEX` specs; hashing them with the `digest` feature |
 //! | [`backoff`] | capped doubling retry delays |
+//! | [`human_bytes`] | sizes for people: `2.0 GiB` |
 //! | `http` | `/metrics` and `/healthz` (the `http` feature) |
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -34,6 +35,18 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A size for people, in binary units with one decimal: `512 B`, `2.0 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, thiserror::Error)]
@@ -50,5 +63,13 @@ mod tests {
         );
         let echoing = E("reading block 7: connection reset", Some(Box::new(E("connection reset", None))));
         assert_eq!(super::one_line(&echoing), "reading block 7: connection reset");
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(2 << 30), "2.0 GiB");
+        assert_eq!(super::human_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

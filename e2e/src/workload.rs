@@ -354,16 +354,7 @@ pub fn sample_disk(dir: &Path, size: u64) -> anyhow::Result<(PathBuf, PathBuf)> 
 }
 
 /// A human size: `2.0 GiB`.
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
-}
+pub use cdi_common::human_bytes as human;
 
 /// Seconds as `1.23s`.
 pub fn secs(d: Duration) -> String {

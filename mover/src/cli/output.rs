@@ -118,16 +118,7 @@ pub fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
-}
+pub use cdi_common::human_bytes as human;
 
 /// Prints a command's error the one way every command does.
 pub fn error_line(message: &str) {

@@ -5,6 +5,7 @@
 //! Best effort: a log that cannot be opened or written is dropped with a warning; the import
 //! never fails for it. Lines name the source only as shown (no credentials, no query).
 
+use cdi_common::human_bytes as human;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -102,18 +103,6 @@ impl TaskLog {
         let then = if f.retryable { "it will be retried" } else { "not retried" };
         self.line(&format!("Import failed ({}): {}; {then}", f.reason.as_str(), f.message));
     }
-}
-
-/// Bytes in binary units, one decimal.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, from the system clock (no date crate needed for this).
