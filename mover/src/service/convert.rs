@@ -136,6 +136,9 @@ fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), St
     match source.and_then(|s| s.kind.as_ref()) {
         None => Err(invalid("source", "is required (http, file or blank)")),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
+        Some(Kind::Registry(_) | Kind::S3(_) | Kind::Gcs(_)) => {
+            Err(Status::unimplemented("this mover does not import from registry, s3 or gcs sources yet"))
+        }
         Some(Kind::File(f)) => {
             if !f.path.starts_with('/') {
                 return Err(invalid("source.file.path", "must be an absolute path"));
