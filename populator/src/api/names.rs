@@ -92,6 +92,12 @@ pub mod annotations {
     pub const IMPORT_EXTRA_HEADERS: &str = "cdi.kubevirt.io/storage.import.extraHeaders";
     /// Prefix of `<prefix>.<index>` keys, one per secret header Secret name.
     pub const IMPORT_SECRET_EXTRA_HEADERS: &str = "cdi.kubevirt.io/storage.import.secretExtraHeaders";
+    /// Registry pull method, `pod` or `node`.
+    pub const IMPORT_REGISTRY_METHOD: &str = "cdi.kubevirt.io/storage.import.registryImportMethod";
+    /// `"true"` when the registry endpoint is an (OpenShift) image stream name.
+    pub const IMPORT_REGISTRY_IMAGE_STREAM: &str = "cdi.kubevirt.io/storage.import.registryImageStream";
+    /// Which architecture of a multi-platform registry image to import.
+    pub const IMPORT_REGISTRY_ARCHITECTURE: &str = "cdi.kubevirt.io/storage.import.registryImageArchitecture";
     /// `kubevirt` or `archive`.
     pub const CONTENT_TYPE: &str = "cdi.kubevirt.io/storage.contentType";
     /// `"true"`/`"false"`: whether preallocation was asked for.
@@ -180,12 +186,6 @@ pub mod annotations {
         pub const USE_POPULATOR: &str = "cdi.kubevirt.io/storage.usePopulator";
         /// Clone across namespaces: the source's namespace (on the target PVC).
         pub const DATA_SOURCE_NAMESPACE: &str = "cdi.kubevirt.io/dataSourceNamespace";
-        /// Registry pull method, `pod` or `node`.
-        pub const IMPORT_REGISTRY_METHOD: &str = "cdi.kubevirt.io/storage.import.registryImportMethod";
-        /// `"true"` when the registry source is an image stream.
-        pub const IMPORT_REGISTRY_IMAGE_STREAM: &str = "cdi.kubevirt.io/storage.import.registryImageStream";
-        /// Registry image architecture.
-        pub const IMPORT_REGISTRY_ARCHITECTURE: &str = "cdi.kubevirt.io/storage.import.registryImageArchitecture";
         /// ImageIO disk id.
         pub const IMPORT_DISK_ID: &str = "cdi.kubevirt.io/storage.import.diskId";
         /// VDDK VM UUID.
@@ -391,6 +391,8 @@ pub mod secret_keys {
     pub const SECRET_KEY: &str = "secretKey";
     /// One `"Name: value"` header, in each Secret of `secretExtraHeaders`.
     pub const SECRET_HEADER: &str = "secretHeader";
+    /// A GCS service-account key file (CDI mounts the Secret for Google's client library).
+    pub const GCS_CREDENTIALS: &str = "credentials.json";
 }
 
 /// Event reasons, on the target PVC unless said otherwise.

@@ -193,6 +193,16 @@ async fn run(
                     message: status.message().to_string(),
                     retryable: false,
                 }),
+                // A mover that predates the source kind (a registry, s3 or gcs source sent to
+                // an older DaemonSet): retried with backoff, so a mover upgrade picks it up.
+                tonic::Code::Unimplemented => Outcome::Failed(TaskFailure {
+                    reason: FailureReason::InvalidRequest,
+                    message: format!(
+                        "the mover on node {node} cannot serve this request ({}): upgrade the cdi-mover DaemonSet",
+                        status.message()
+                    ),
+                    retryable: true,
+                }),
                 _ => Outcome::Lost(format!("mover on {node}: {}", status.message())),
             };
         }

@@ -306,6 +306,9 @@ async fn start_task(
     if announce {
         let note = format!("Import scheduled on node {} (task {})", task.node, task.id);
         ctx.event(&target_ref, EventReason::ImportScheduled, &note).await;
+        if let Some(note) = source::node_pull_fallback(&task.plan) {
+            ctx.event(&target_ref, EventReason::NodePullFallback, note).await;
+        }
         let mut pairs = running_condition("true", condition::POD_RUNNING, "");
         // The prime's name again: written right after creating it, it is lost for good if
         // that write failed, since the prime then exists and that step is not redone.
@@ -323,7 +326,8 @@ async fn populate_request(
     ctx: &Ctx,
 ) -> Result<pb::PopulateRequest, source::SourceError> {
     let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
-    source::populate_request(&ctx.client, &pvc.namespace().unwrap_or_default(), &task.plan, dest).await
+    let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
 }
 
 async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {

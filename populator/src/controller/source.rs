@@ -1,6 +1,11 @@
 //! From a validated import source to the mover's `PopulateRequest`: credentials from the
 //! Secret, CA certificates from the ConfigMap, read by the populator and passed in the
 //! request (the mover never reads the API).
+//!
+//! The objects are read through [`NamespaceObjects`]: the API server in the controller,
+//! memory in the tests.
+
+use std::future::Future;
 
 use cdi_proto::v1 as pb;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
@@ -8,7 +13,7 @@ use kube::api::Api;
 
 use super::build;
 use crate::api::names::{importer, secret_keys};
-use crate::plan::{ContentType, Header, HttpImport, ImportPlan, ImportSource};
+use crate::plan::{ContentType, GcsImport, Header, HttpImport, ImportPlan, ImportSource, RegistryImport, S3Import};
 
 /// Why a request could not be built (nothing retried until the objects change).
 #[derive(Debug, thiserror::Error)]
@@ -74,18 +79,76 @@ impl Destination {
     }
 }
 
-/// Builds the request for an import of a supported kind (http, blank).
+/// The Secrets and ConfigMaps of the namespace a source lives in.
+pub trait NamespaceObjects: Sync {
+    /// The namespace, for messages.
+    fn namespace(&self) -> &str;
+    /// The Secret `name`; `None` when it does not exist.
+    fn secret(&self, name: &str) -> impl Future<Output = Result<Option<Secret>, SourceError>> + Send;
+    /// The ConfigMap `name`; `None` when it does not exist.
+    fn config_map(&self, name: &str) -> impl Future<Output = Result<Option<ConfigMap>, SourceError>> + Send;
+}
+
+/// [`NamespaceObjects`] read from the API server.
+#[derive(Clone)]
+pub struct ApiObjects {
+    client: kube::Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for ApiObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiObjects").field("namespace", &self.namespace).finish()
+    }
+}
+
+impl ApiObjects {
+    pub fn new(client: kube::Client, namespace: &str) -> ApiObjects {
+        ApiObjects { client, namespace: namespace.to_string() }
+    }
+}
+
+impl NamespaceObjects for ApiObjects {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<Secret>, SourceError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.get_opt(name).await.map_err(|source| SourceError::Api {
+            what: format!("Secret {}/{name}", self.namespace),
+            source: Box::new(source),
+        })
+    }
+
+    async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, SourceError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.get_opt(name).await.map_err(|source| SourceError::Api {
+            what: format!("ConfigMap {}/{name}", self.namespace),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// Builds the request for an import of a supported kind. `insecure_registries` is
+/// CDIConfig's `spec.insecureRegistries`.
 pub async fn populate_request(
-    client: &kube::Client,
-    namespace: &str,
+    objects: &impl NamespaceObjects,
     plan: &ImportPlan,
     dest: Destination,
+    insecure_registries: &[String],
 ) -> Result<pb::PopulateRequest, SourceError> {
     let (source, checksum) = match &plan.source {
         ImportSource::Http(http) => {
             let checksum = http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default();
-            (pb::source::Kind::Http(http_source(client, namespace, http).await?), checksum)
+            (pb::source::Kind::Http(http_source(objects, http).await?), checksum)
         }
+        // Checksums are CDI's for http only.
+        ImportSource::Registry(registry) => {
+            (pb::source::Kind::Registry(registry_source(objects, registry, insecure_registries).await?), String::new())
+        }
+        ImportSource::S3(s3) => (pb::source::Kind::S3(s3_source(objects, s3).await?), String::new()),
+        ImportSource::Gcs(gcs) => (pb::source::Kind::Gcs(gcs_source(objects, gcs).await?), String::new()),
         ImportSource::Blank => (pb::source::Kind::Blank(pb::BlankSource {}), String::new()),
         // The reconcilers report these before building a request; refused, not panicked on.
         ImportSource::Unsupported(variant) => return Err(SourceError::Unsupported { variant }),
@@ -103,6 +166,17 @@ pub async fn populate_request(
     })
 }
 
+/// What the event says when a registry source asks for `pullMethod: node`, which cdi-rs
+/// serves as a pod pull; `None` for every other source.
+pub fn node_pull_fallback(plan: &ImportPlan) -> Option<&'static str> {
+    match &plan.source {
+        ImportSource::Registry(r) if r.pull_method == crate::plan::PullMethod::Node => {
+            Some(crate::plan::NODE_PULL_FALLBACK)
+        }
+        _ => None,
+    }
+}
+
 fn content_type(content_type: ContentType) -> pb::ContentType {
     match content_type {
         ContentType::Archive => pb::ContentType::Archive,
@@ -111,122 +185,152 @@ fn content_type(content_type: ContentType) -> pb::ContentType {
 }
 
 /// The HTTP source with what its Secrets and ConfigMap hold.
-async fn http_source(client: &kube::Client, namespace: &str, http: &HttpImport) -> Result<pb::HttpSource, SourceError> {
+async fn http_source(objects: &impl NamespaceObjects, http: &HttpImport) -> Result<pb::HttpSource, SourceError> {
     let mut source =
         pb::HttpSource { url: http.url.clone(), insecure_skip_verify: http.insecure_skip_verify, ..Default::default() };
     if let Some(name) = &http.secret_ref {
-        let secret = secret(client, namespace, name).await?;
-        let field = |key: &str| {
-            secret.data.as_ref().and_then(|d| d.get(key)).map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        };
-        let bad = |problem: &str| SourceError::Secret {
-            namespace: namespace.into(),
-            name: name.clone(),
-            problem: problem.into(),
-        };
-        match (field(secret_keys::ACCESS_KEY_ID), field(secret_keys::SECRET_KEY)) {
-            (Some(username), Some(password)) => source.basic_auth = Some(pb::BasicAuth { username, password }),
-            _ => {
-                return Err(bad(&format!(
-                    "needs the keys {} (user) and {} (password)",
-                    secret_keys::ACCESS_KEY_ID,
-                    secret_keys::SECRET_KEY
-                )));
-            }
-        }
+        let (username, password) = key_pair(objects, name, "user", "password").await?;
+        source.basic_auth = Some(pb::BasicAuth { username, password });
     }
     if let Some(name) = &http.cert_config_map {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let cm = api
-            .get_opt(name)
-            .await
-            .map_err(|source| SourceError::Api {
-                what: format!("ConfigMap {namespace}/{name}"),
-                source: Box::new(source),
-            })?
-            .ok_or_else(|| SourceError::ConfigMap {
-                namespace: namespace.into(),
-                name: name.clone(),
-                problem: "does not exist".into(),
-            })?;
-        // CDI mounts every key of the ConfigMap as a CA file: take all PEM blocks.
-        let pem: String = cm
-            .data
-            .unwrap_or_default()
-            .into_values()
-            .filter(|v| v.contains("-----BEGIN"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if pem.is_empty() {
-            return Err(SourceError::ConfigMap {
-                namespace: namespace.into(),
-                name: name.clone(),
-                problem: "holds no PEM certificate".into(),
-            });
-        }
-        source.ca_pem = pem.into_bytes();
+        source.ca_pem = ca_pem(objects, name).await?;
     }
     let mut headers: Vec<Header> = http.extra_headers.clone();
     for name in &http.secret_extra_headers {
-        let secret = secret(client, namespace, name).await?;
+        let secret = secret(objects, name).await?;
         // CDI reads one "Name: value" header from the Secret's secretHeader key.
-        let line = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(secret_keys::SECRET_HEADER))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
-        let bad = |problem: String| SourceError::Secret { namespace: namespace.into(), name: name.clone(), problem };
-        let line = line.ok_or_else(|| bad(format!("lacks the key {}", secret_keys::SECRET_HEADER)))?;
+        let bad = |problem: String| SourceError::Secret {
+            namespace: objects.namespace().into(),
+            name: name.clone(),
+            problem,
+        };
+        let line = secret_value(&secret, secret_keys::SECRET_HEADER)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .ok_or_else(|| bad(format!("lacks the key {}", secret_keys::SECRET_HEADER)))?;
         headers.push(Header::parse(&line).map_err(|e| bad(format!("key {}: {e}", secret_keys::SECRET_HEADER)))?);
     }
     source.headers = headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect();
     Ok(source)
 }
 
-async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Secret, SourceError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    api.get_opt(name)
-        .await
-        .map_err(|source| SourceError::Api { what: format!("Secret {namespace}/{name}"), source: Box::new(source) })?
-        .ok_or_else(|| SourceError::Secret {
-            namespace: namespace.into(),
+/// The registry source: user and password from the Secret, every PEM of the ConfigMap, and
+/// whether CDIConfig lists the registry as insecure.
+async fn registry_source(
+    objects: &impl NamespaceObjects,
+    registry: &RegistryImport,
+    insecure_registries: &[String],
+) -> Result<pb::RegistrySource, SourceError> {
+    let mut source = pb::RegistrySource {
+        url: registry.url.clone(),
+        insecure: registry.is_insecure(insecure_registries),
+        architecture: registry.architecture.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(name) = &registry.secret_ref {
+        let (username, password) = key_pair(objects, name, "registry user", "password").await?;
+        source.credentials = Some(pb::BasicAuth { username, password });
+    }
+    if let Some(name) = &registry.cert_config_map {
+        source.ca_pem = ca_pem(objects, name).await?;
+    }
+    Ok(source)
+}
+
+/// The S3 source: access keys from the Secret (none: anonymous), every PEM of the ConfigMap.
+async fn s3_source(objects: &impl NamespaceObjects, s3: &S3Import) -> Result<pb::S3Source, SourceError> {
+    let mut source = pb::S3Source { url: s3.url.clone(), ..Default::default() };
+    if let Some(name) = &s3.secret_ref {
+        (source.access_key_id, source.secret_key) = key_pair(objects, name, "access key id", "secret key").await?;
+    }
+    if let Some(name) = &s3.cert_config_map {
+        source.ca_pem = ca_pem(objects, name).await?;
+    }
+    Ok(source)
+}
+
+/// The GCS source: the service-account key file from the Secret (none: anonymous). The
+/// endpoint is left to the mover (its `STORAGE_EMULATOR_HOST`, else Google's).
+async fn gcs_source(objects: &impl NamespaceObjects, gcs: &GcsImport) -> Result<pb::GcsSource, SourceError> {
+    let mut source = pb::GcsSource { url: gcs.url.clone(), ..Default::default() };
+    if let Some(name) = &gcs.secret_ref {
+        let secret = secret(objects, name).await?;
+        let key = secret_keys::GCS_CREDENTIALS;
+        let bad = |problem: String| SourceError::Secret {
+            namespace: objects.namespace().into(),
+            name: name.clone(),
+            problem,
+        };
+        let json = secret_value(&secret, key)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| bad(format!("lacks the key {key} (a service-account key file)")))?;
+        // Caught here, named by its Secret, rather than as a mover failure; the content is
+        // never quoted.
+        if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json).is_err() {
+            return Err(bad(format!("key {key} is not a JSON service-account key file")));
+        }
+        source.credentials_json = json.to_vec();
+    }
+    Ok(source)
+}
+
+/// The `accessKeyId` and `secretKey` of Secret `name` (CDI's keys for every source that
+/// takes a user and a password); `user` and `password` say what they are for this source.
+async fn key_pair(
+    objects: &impl NamespaceObjects,
+    name: &str,
+    user: &str,
+    password: &str,
+) -> Result<(String, String), SourceError> {
+    let secret = secret(objects, name).await?;
+    let field = |key: &str| secret_value(&secret, key).map(|v| String::from_utf8_lossy(v).into_owned());
+    match (field(secret_keys::ACCESS_KEY_ID), field(secret_keys::SECRET_KEY)) {
+        (Some(id), Some(key)) => Ok((id, key)),
+        _ => Err(SourceError::Secret {
+            namespace: objects.namespace().into(),
             name: name.into(),
-            problem: "does not exist".into(),
-        })
+            problem: format!(
+                "needs the keys {} ({user}) and {} ({password})",
+                secret_keys::ACCESS_KEY_ID,
+                secret_keys::SECRET_KEY
+            ),
+        }),
+    }
+}
+
+/// A Secret's value: `data`, or `stringData` on an object the API server has not
+/// normalised (as in tests).
+fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.as_slice())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).map(String::as_bytes))
+}
+
+/// Every PEM block of ConfigMap `name`: CDI mounts each key as a CA file.
+async fn ca_pem(objects: &impl NamespaceObjects, name: &str) -> Result<Vec<u8>, SourceError> {
+    let bad = |problem: &str| SourceError::ConfigMap {
+        namespace: objects.namespace().into(),
+        name: name.into(),
+        problem: problem.into(),
+    };
+    let cm = objects.config_map(name).await?.ok_or_else(|| bad("does not exist"))?;
+    let pem: String =
+        cm.data.unwrap_or_default().into_values().filter(|v| v.contains("-----BEGIN")).collect::<Vec<_>>().join("\n");
+    if pem.is_empty() {
+        return Err(bad("holds no PEM certificate"));
+    }
+    Ok(pem.into_bytes())
+}
+
+async fn secret(objects: &impl NamespaceObjects, name: &str) -> Result<Secret, SourceError> {
+    objects.secret(name).await?.ok_or_else(|| SourceError::Secret {
+        namespace: objects.namespace().into(),
+        name: name.into(),
+        problem: "does not exist".into(),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{DataVolumeBlankImage, ImportSourceType, VolumeImportSourceSpec};
-
-    /// A client that never connects: a blank source reads no Secret or ConfigMap.
-    fn offline_client() -> kube::Client {
-        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
-        kube::Client::try_from(config).expect("a client")
-    }
-
-    #[tokio::test]
-    async fn a_blank_source_becomes_the_movers_blank_source() {
-        let spec = VolumeImportSourceSpec {
-            source: Some(ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() }),
-            preallocation: Some(true),
-            ..Default::default()
-        };
-        let plan = ImportPlan::try_from(&spec).expect("a valid blank source");
-        let dest = Destination {
-            task_id: "prime-uid-0".into(),
-            target: pb::Target::default(),
-            requested_size: 64 << 20,
-            filesystem_overhead: Some(0.06),
-            default_preallocation: false,
-            log: None,
-        };
-        let req = populate_request(&offline_client(), "ns", &plan, dest).await.expect("a request");
-        assert_eq!(req.source.and_then(|s| s.kind), Some(pb::source::Kind::Blank(pb::BlankSource {})));
-        assert_eq!(req.content_type, pb::ContentType::Kubevirt as i32);
-        assert!(req.preallocate);
-        assert!(req.checksum.is_empty());
-        assert_eq!((req.requested_size, req.filesystem_overhead), (64 << 20, Some(0.06)));
-    }
-}
+mod tests;

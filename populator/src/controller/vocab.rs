@@ -50,10 +50,12 @@ pub enum EventReason {
     UnsupportedSource,
     /// No mover answered on the node: the task may still run, it is followed again.
     MoverUnavailable,
+    /// A registry source asked for `pullMethod: node`; the mover pulls instead.
+    NodePullFallback,
 }
 
 impl EventReason {
-    pub const ALL: [EventReason; 10] = [
+    pub const ALL: [EventReason; 11] = [
         EventReason::PrimeCreated,
         EventReason::ImportScheduled,
         EventReason::ImportInProgress,
@@ -64,6 +66,7 @@ impl EventReason {
         EventReason::Rebind,
         EventReason::UnsupportedSource,
         EventReason::MoverUnavailable,
+        EventReason::NodePullFallback,
     ];
 
     /// The event's `reason`.
@@ -80,6 +83,7 @@ impl EventReason {
             EventReason::Rebind => "RebindInProgress",
             EventReason::UnsupportedSource => "UnsupportedSource",
             EventReason::MoverUnavailable => "MoverUnavailable",
+            EventReason::NodePullFallback => "NodePullFallback",
         }
     }
 
@@ -94,7 +98,9 @@ impl EventReason {
             | EventReason::ImportSucceeded
             | EventReason::PendingPopulation
             | EventReason::SourceMissing
-            | EventReason::Rebind => false,
+            | EventReason::Rebind
+            // The import goes on, as a pod pull: worth knowing, nothing to fix.
+            | EventReason::NodePullFallback => false,
         }
     }
 }

@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 
 use super::render::{self, Plan};
 use super::status::{self, Claim, Situation};
+use super::vocab::DvEvent;
 use super::{Ctx, Error, defaults};
 use crate::api::names::annotations as ann;
 use crate::api::{DataVolume, VolumeImportSource};
@@ -99,7 +100,11 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
                     Ok(claim) => claim,
                     Err(e) => return Ok(Situation::Invalid(e.to_string())),
                 };
-                create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+                let node_pull = render::node_pull_fallback(&source);
+                let created = create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
+                if created && let Some(note) = node_pull {
+                    ctx.event(dv, DvEvent::NodePullFallback, note).await;
+                }
                 match pvcs.create(&PostParams::default(), &claim).await {
                     Ok(pvc) => pvc,
                     // A racing reconcile made it: the next one reads it.
@@ -152,14 +157,15 @@ async fn adopt(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Resul
         .map_err(|e| Error::kube("adopt PVC", &pvc.name_any(), e))
 }
 
-async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -> Result<(), Error> {
+/// Creates the DataVolume's import source; `false`: it existed already.
+async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -> Result<bool, Error> {
     let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
     let name = source.name_any();
     match api.create(&PostParams::default(), &source).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         // Ours from an earlier try (a stale one goes with its DataVolume's uid: the name
         // carries the uid).
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(Error::kube("create VolumeImportSource", &name, e)),
     }
 }

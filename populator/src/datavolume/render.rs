@@ -68,6 +68,14 @@ pub fn plan(dv: &DataVolume) -> Plan {
     }
 }
 
+/// What to tell about a registry source that asks for `pullMethod: node` (cdi-rs pulls
+/// through the node's mover instead); `None` for any other source. The populate flow says
+/// the same on the PVC.
+pub fn node_pull_fallback(source: &ImportSourceType) -> Option<&'static str> {
+    let registry = source.registry.as_ref()?;
+    (registry.pull_method.as_deref() == Some("node")).then_some(crate::plan::NODE_PULL_FALLBACK)
+}
+
 /// Whether the DataVolume holds a VM disk (its content type is `kubevirt`, the default).
 pub fn kubevirt_content(dv: &DataVolume) -> bool {
     dv.spec.content_type.as_deref().is_none_or(|c| c.is_empty() || c == KUBEVIRT_CONTENT)

@@ -26,10 +26,12 @@ pub enum DvEvent {
     ClaimLost,
     /// The spec cannot be acted on (CDI's webhook refuses such objects).
     ClaimNotValid,
+    /// A registry source asked for `pullMethod: node`; the node's mover pulls instead.
+    NodePullFallback,
 }
 
 impl DvEvent {
-    pub const ALL: [DvEvent; 12] = [
+    pub const ALL: [DvEvent; 13] = [
         DvEvent::Pending,
         DvEvent::PendingPopulation,
         DvEvent::Bound,
@@ -42,6 +44,7 @@ impl DvEvent {
         DvEvent::ResourceExists,
         DvEvent::ClaimLost,
         DvEvent::ClaimNotValid,
+        DvEvent::NodePullFallback,
     ];
 
     /// The event's `reason`.
@@ -59,6 +62,7 @@ impl DvEvent {
             DvEvent::ResourceExists => cdi::ERR_RESOURCE_EXISTS,
             DvEvent::ClaimLost => cdi::ERR_CLAIM_LOST,
             DvEvent::ClaimNotValid => cdi::ERR_CLAIM_NOT_VALID,
+            DvEvent::NodePullFallback => "NodePullFallback",
         }
     }
 
@@ -76,7 +80,9 @@ impl DvEvent {
             | DvEvent::ImportScheduled
             | DvEvent::ImportInProgress
             | DvEvent::ImportSucceeded
-            | DvEvent::ClaimAdopted => false,
+            | DvEvent::ClaimAdopted
+            // The import goes on as a pod pull: worth knowing, nothing to fix.
+            | DvEvent::NodePullFallback => false,
         }
     }
 }

@@ -71,7 +71,11 @@ fn check_url(text: &str) -> Result<(), PlanError> {
     match url.scheme() {
         // The url crate refuses http(s) URLs without a host, so these have one.
         "http" | "https" => Ok(()),
-        other => Err(PlanError::UnsupportedUrlScheme { field: URL_FIELD, scheme: other.to_owned() }),
+        other => Err(PlanError::UnsupportedUrlScheme {
+            field: URL_FIELD,
+            scheme: other.to_owned(),
+            expected: "http or https",
+        }),
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`ImportPlan`]: a checked `VolumeImportSource`.
 
-use super::{ContentType, HttpImport, PlanError, non_empty};
+use super::{ContentType, GcsImport, HttpImport, PlanError, RegistryImport, S3Import, non_empty};
 use crate::api::names::values::import_source;
 use crate::api::{ImportSourceType, VolumeImportSource, VolumeImportSourceSpec};
 
@@ -23,11 +23,17 @@ pub struct ImportPlan {
 pub enum ImportSource {
     /// An `http://` or `https://` download.
     Http(HttpImport),
+    /// An object of an S3-compatible store.
+    S3(S3Import),
+    /// An object of Google Cloud Storage.
+    Gcs(GcsImport),
+    /// A containerDisk image from a registry (or an OCI archive).
+    Registry(RegistryImport),
     /// An empty raw disk of the volume's usable size (`blank: {}`).
     Blank,
-    /// A variant the data path does not handle yet, by its `spec.source` name (`"s3"`,
-    /// `"gcs"`, `"registry"`, `"imageio"`, `"vddk"`). The controller must report it
-    /// (event, condition) and leave the claim alone.
+    /// A variant the data path does not handle yet, by its `spec.source` name
+    /// (`"imageio"`, `"vddk"`). The controller must report it (event, condition) and leave
+    /// the claim alone.
     Unsupported(&'static str),
 }
 
@@ -36,6 +42,9 @@ impl ImportSource {
     pub fn name(&self) -> &'static str {
         match self {
             ImportSource::Http(_) => "http",
+            ImportSource::S3(_) => "s3",
+            ImportSource::Gcs(_) => "gcs",
+            ImportSource::Registry(_) => "registry",
             ImportSource::Blank => "blank",
             ImportSource::Unsupported(name) => name,
         }
@@ -77,7 +86,8 @@ impl TryFrom<&VolumeImportSourceSpec> for ImportPlan {
 
     /// # Errors
     /// No variant or several; an invalid `contentType`, or `archive` with `blank` or
-    /// `registry`; for `http`, what [`HttpImport`] refuses.
+    /// `registry`; what [`HttpImport`], [`S3Import`], [`GcsImport`] and [`RegistryImport`]
+    /// refuse.
     ///
     /// `checkpoints` and `finalCheckpoint` are not looked at: CDI uses them with `vddk`
     /// and `imageio` only, which are unsupported here anyway.
@@ -88,10 +98,20 @@ impl TryFrom<&VolumeImportSourceSpec> for ImportPlan {
         if content_type == ContentType::Archive && matches!(variant, "blank" | "registry") {
             return Err(PlanError::ArchiveNotAllowed { variant });
         }
-        let source = match (variant, spec.source.as_ref().and_then(|s| s.http.as_ref())) {
-            (_, Some(http)) => ImportSource::Http(HttpImport::try_from(http)?),
-            ("blank", None) => ImportSource::Blank,
-            (_, None) => ImportSource::Unsupported(variant),
+        // `only_variant` found exactly one set: the first match is it.
+        let s = spec.source.as_ref().ok_or(PlanError::NoSource)?;
+        let source = if let Some(http) = &s.http {
+            ImportSource::Http(HttpImport::try_from(http)?)
+        } else if let Some(s3) = &s.s3 {
+            ImportSource::S3(S3Import::try_from(s3)?)
+        } else if let Some(gcs) = &s.gcs {
+            ImportSource::Gcs(GcsImport::try_from(gcs)?)
+        } else if let Some(registry) = &s.registry {
+            ImportSource::Registry(RegistryImport::try_from(registry)?)
+        } else if s.blank.is_some() {
+            ImportSource::Blank
+        } else {
+            ImportSource::Unsupported(variant)
         };
         Ok(ImportPlan {
             source,

@@ -5,19 +5,25 @@
 //! what to do, meant for an event or condition message. The checks are those CDI's admission
 //! webhook makes (we have no webhook), plus a few CDI leaves to the importer pod.
 //!
-//! A source variant the data path cannot handle yet converts to
+//! A source variant the data path cannot handle yet (`imageio`, `vddk`) converts to
 //! [`ImportSource::Unsupported`], never to something that silently does less.
 //!
 //! Messages never quote URLs or header values: either may carry credentials.
 
 mod clone;
+mod gcs;
 mod http;
 mod import;
+mod registry;
+mod s3;
 mod upload;
 
 pub use clone::{ClonePlan, CloneSource};
+pub use gcs::GcsImport;
 pub use http::{Checksum, ChecksumAlgorithm, ChecksumError, Header, HeaderError, HttpImport};
 pub use import::{ImportPlan, ImportSource};
+pub use registry::{NODE_PULL_FALLBACK, PullMethod, RegistryImport};
+pub use s3::S3Import;
 pub use upload::UploadPlan;
 
 /// What the source holds.
@@ -100,13 +106,41 @@ pub enum PlanError {
         cause: url::ParseError,
     },
     /// A URL has a scheme this source cannot fetch.
-    #[error("{field} has scheme {scheme:?}: use http or https")]
+    #[error("{field} has scheme {scheme:?}: use {expected}")]
     UnsupportedUrlScheme {
         /// The field's path.
         field: &'static str,
         /// The scheme given.
         scheme: String,
+        /// The forms this source takes, e.g. `http or https`.
+        expected: &'static str,
     },
+    /// A URL of the right scheme that does not name what the source needs (a registry
+    /// host, a bucket and an object).
+    #[error("{field} does not name {what}: use {expected}")]
+    IncompleteUrl {
+        /// The field's path.
+        field: &'static str,
+        /// What is missing, e.g. `an object key`.
+        what: &'static str,
+        /// The forms this source takes.
+        expected: &'static str,
+    },
+    /// `registry.pullMethod` is neither `pod` nor `node`.
+    #[error("spec.source.registry.pullMethod {value:?} is not one of \"pod\", \"node\"")]
+    InvalidPullMethod {
+        /// The value given.
+        value: String,
+    },
+    /// A registry source naming an OpenShift image stream.
+    #[error(
+        "spec.source.registry.imageStream names an OpenShift image stream, which cdi-rs cannot resolve: give \
+         spec.source.registry.url (docker://HOST/REPOSITORY:TAG) instead"
+    )]
+    ImageStreamUnsupported,
+    /// A registry source with both or neither of `url` and `imageStream`.
+    #[error("spec.source.registry needs exactly one of url and imageStream")]
+    RegistryUrlOrImageStream,
     /// An `extraHeaders` entry is not a valid header line.
     #[error("spec.source.http.extraHeaders[{index}] is not a \"Name: value\" header line")]
     InvalidExtraHeader {
@@ -134,6 +168,14 @@ pub enum PlanError {
     /// A clone source without a name.
     #[error("spec.source.name is empty: name the PersistentVolumeClaim or VolumeSnapshot to copy")]
     MissingCloneSourceName,
+}
+
+/// Parses the URL in `field`: empty and unparsable are refused without quoting it.
+fn parse_url(field: &'static str, text: &str) -> Result<url::Url, PlanError> {
+    if text.is_empty() {
+        return Err(PlanError::MissingUrl { field });
+    }
+    url::Url::parse(text).map_err(|cause| PlanError::InvalidUrl { field, cause })
 }
 
 /// CDI's optional strings are Go strings where `""` means unset.

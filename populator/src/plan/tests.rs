@@ -135,11 +135,8 @@ fn a_blank_source_is_a_blank_disk_spelled_none_in_the_annotation() {
 }
 
 #[test]
-fn every_variant_but_http_and_blank_is_unsupported_by_name_never_dropped() {
-    let cases: [(&str, ImportSourceType); 5] = [
-        ("s3", ImportSourceType { s3: Some(DataVolumeSourceS3::default()), ..Default::default() }),
-        ("gcs", ImportSourceType { gcs: Some(DataVolumeSourceGcs::default()), ..Default::default() }),
-        ("registry", ImportSourceType { registry: Some(DataVolumeSourceRegistry::default()), ..Default::default() }),
+fn imageio_and_vddk_are_unsupported_by_name_never_dropped() {
+    let cases: [(&str, ImportSourceType); 2] = [
         ("imageio", ImportSourceType { imageio: Some(DataVolumeSourceImageIo::default()), ..Default::default() }),
         ("vddk", ImportSourceType { vddk: Some(DataVolumeSourceVddk::default()), ..Default::default() }),
     ];
@@ -148,6 +145,152 @@ fn every_variant_but_http_and_blank_is_unsupported_by_name_never_dropped() {
         assert_eq!(plan.source, ImportSource::Unsupported(name));
         assert_eq!(plan.source.name(), name);
     }
+}
+
+fn mk_registry(registry: DataVolumeSourceRegistry) -> VolumeImportSourceSpec {
+    mk_import(ImportSourceType { registry: Some(registry), ..Default::default() })
+}
+
+fn registry_url(url: &str) -> DataVolumeSourceRegistry {
+    DataVolumeSourceRegistry { url: Some(url.into()), ..Default::default() }
+}
+
+fn registry_of(spec: &VolumeImportSourceSpec) -> RegistryImport {
+    match plan(spec).unwrap().source {
+        ImportSource::Registry(r) => r,
+        other => panic!("expected a registry source, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_registry_source_keeps_its_secret_ca_pull_method_and_architecture() {
+    let spec = mk_registry(DataVolumeSourceRegistry {
+        secret_ref: Some("pull".into()),
+        cert_config_map: Some("registry-ca".into()),
+        pull_method: Some("node".into()),
+        platform: Some(PlatformOptions { architecture: Some("arm64".into()) }),
+        ..registry_url("docker://registry.example.com:5000/disks/fedora:40")
+    });
+    let registry = registry_of(&spec);
+    assert_eq!(registry.url, "docker://registry.example.com:5000/disks/fedora:40");
+    assert_eq!(registry.secret_ref.as_deref(), Some("pull"));
+    assert_eq!(registry.cert_config_map.as_deref(), Some("registry-ca"));
+    assert_eq!(registry.pull_method, PullMethod::Node);
+    assert_eq!(registry.architecture.as_deref(), Some("arm64"));
+    assert_eq!(registry.registry_host().as_deref(), Some("registry.example.com:5000"));
+    assert_eq!(plan(&spec).unwrap().source.annotation_value(), "registry");
+
+    let minimal = registry_of(&mk_registry(DataVolumeSourceRegistry {
+        pull_method: Some(String::new()),
+        platform: Some(PlatformOptions { architecture: Some(String::new()) }),
+        ..registry_url("docker://quay.io/containerdisks/fedora@sha256:0123")
+    }));
+    assert_eq!(minimal.registry_host().as_deref(), Some("quay.io"));
+    assert_eq!((minimal.pull_method, minimal.architecture, minimal.secret_ref), (PullMethod::Pod, None, None));
+    let archive = registry_of(&mk_registry(registry_url("oci-archive:///var/images/disk.tar")));
+    assert_eq!(archive.registry_host(), None);
+}
+
+#[test]
+fn insecure_registries_match_the_urls_host_and_port_only() {
+    let registry = registry_of(&mk_registry(registry_url("docker://Registry.local:5000/disk:1")));
+    let listed = |entries: &[&str]| registry.is_insecure(&entries.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+    assert!(listed(&["other:5000", "registry.local:5000"]));
+    assert!(listed(&[" docker://registry.local:5000/ "]), "a scheme or trailing slash on the entry is ignored");
+    assert!(!listed(&["registry.local"]), "another port is another registry");
+    assert!(!listed(&["registry.local:50000", "registry.local:500"]));
+    assert!(!listed(&[]));
+    let plain = registry_of(&mk_registry(registry_url("docker://registry.local/disk:1")));
+    assert!(plain.is_insecure(&["registry.local".into()]));
+    assert!(!plain.is_insecure(&["registry.local:5000".into()]));
+    let archive = registry_of(&mk_registry(registry_url("oci-archive:///registry.local/disk.tar")));
+    assert!(!archive.is_insecure(&["registry.local".into(), String::new()]));
+}
+
+#[test]
+fn registry_sources_are_refused_with_the_field_and_what_to_do() {
+    let err = |registry: DataVolumeSourceRegistry| plan(&mk_registry(registry)).unwrap_err();
+    assert_eq!(err(registry_url("")), PlanError::RegistryUrlOrImageStream);
+    assert_eq!(err(DataVolumeSourceRegistry::default()), PlanError::RegistryUrlOrImageStream);
+    let stream = DataVolumeSourceRegistry {
+        image_stream: Some("fedora:latest".into()),
+        pull_method: Some("node".into()),
+        ..Default::default()
+    };
+    let e = err(stream.clone());
+    assert_eq!(e, PlanError::ImageStreamUnsupported);
+    assert!(e.to_string().contains("spec.source.registry.url"), "{e}");
+    assert_eq!(
+        err(DataVolumeSourceRegistry { url: Some("docker://a/b".into()), ..stream }),
+        PlanError::RegistryUrlOrImageStream
+    );
+    let e = err(registry_url("https://user:hunter2@quay.io/disk"));
+    assert!(matches!(&e, PlanError::UnsupportedUrlScheme { scheme, .. } if scheme == "https"), "{e:?}");
+    assert!(e.to_string().contains("docker://HOST"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(matches!(err(registry_url("quay.io/disk")), PlanError::InvalidUrl { .. }));
+    assert!(matches!(err(registry_url("docker:///disk")), PlanError::IncompleteUrl { what: "a registry host", .. }));
+    assert!(matches!(err(registry_url("docker://quay.io/")), PlanError::IncompleteUrl { what: "a repository", .. }));
+    assert!(matches!(err(registry_url("oci-archive://")), PlanError::IncompleteUrl { what: "an archive path", .. }));
+    let e = err(DataVolumeSourceRegistry { pull_method: Some("Node".into()), ..registry_url("docker://a/b") });
+    assert_eq!(e, PlanError::InvalidPullMethod { value: "Node".into() });
+}
+
+fn mk_s3(url: &str) -> VolumeImportSourceSpec {
+    mk_import(ImportSourceType {
+        s3: Some(DataVolumeSourceS3 { url: url.into(), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn s3_sources_take_an_aws_or_a_path_style_url_with_their_secret_and_ca() {
+    let spec = mk_import(ImportSourceType {
+        s3: Some(DataVolumeSourceS3 {
+            url: "https://minio.example.com:9000/disks/fedora.qcow2".into(),
+            secret_ref: Some("s3-keys".into()),
+            cert_config_map: Some("s3-ca".into()),
+        }),
+        ..Default::default()
+    });
+    let ImportSource::S3(s3) = plan(&spec).unwrap().source else { panic!("an s3 source") };
+    assert_eq!(s3.url, "https://minio.example.com:9000/disks/fedora.qcow2");
+    assert_eq!((s3.secret_ref.as_deref(), s3.cert_config_map.as_deref()), (Some("s3-keys"), Some("s3-ca")));
+    for ok in ["s3://bucket/dir/disk.img", "http://127.0.0.1:5000/bucket/disk.img.xz"] {
+        let p = plan(&mk_s3(ok)).unwrap();
+        assert!(matches!(&p.source, ImportSource::S3(s) if s.url == ok && s.secret_ref.is_none()), "{ok}");
+        assert_eq!(p.source.annotation_value(), "s3");
+    }
+    let err = |url: &str| plan(&mk_s3(url)).unwrap_err();
+    assert_eq!(err(""), PlanError::MissingUrl { field: "spec.source.s3.url" });
+    assert!(matches!(err("gs://bucket/disk"), PlanError::UnsupportedUrlScheme { .. }));
+    assert!(matches!(err("s3://bucket"), PlanError::IncompleteUrl { what: "an object key", .. }));
+    assert!(matches!(err("s3://bucket/"), PlanError::IncompleteUrl { what: "an object key", .. }));
+    assert!(matches!(err("https://minio.example.com/bucket"), PlanError::IncompleteUrl { what: "an object key", .. }));
+    assert!(matches!(err("https://minio.example.com/"), PlanError::IncompleteUrl { what: "a bucket", .. }));
+    let e = err("ftp://key:hunter2@minio/b/k");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+fn mk_gcs(url: &str, secret: Option<&str>) -> VolumeImportSourceSpec {
+    let gcs = DataVolumeSourceGcs { url: url.into(), secret_ref: secret.map(Into::into) };
+    mk_import(ImportSourceType { gcs: Some(gcs), ..Default::default() })
+}
+
+#[test]
+fn gcs_sources_take_gs_urls_and_googles_https_form_only() {
+    for url in ["gs://bucket/images/disk.qcow2", "https://storage.cloud.google.com/bucket/disk.img"] {
+        let ImportSource::Gcs(gcs) = plan(&mk_gcs(url, Some("sa"))).unwrap().source else { panic!("gcs") };
+        assert_eq!((gcs.url.as_str(), gcs.secret_ref.as_deref()), (url, Some("sa")));
+    }
+    let anonymous = plan(&mk_gcs("gs://b/o", Some(""))).unwrap();
+    assert!(matches!(&anonymous.source, ImportSource::Gcs(g) if g.secret_ref.is_none()));
+    assert_eq!(anonymous.source.annotation_value(), "gcs");
+    let err = |url: &str| plan(&mk_gcs(url, None)).unwrap_err();
+    assert!(matches!(err("https://example.com/bucket/o"), PlanError::IncompleteUrl { .. }));
+    assert!(matches!(err("s3://bucket/o"), PlanError::UnsupportedUrlScheme { .. }));
+    assert!(matches!(err("gs://bucket"), PlanError::IncompleteUrl { what: "an object", .. }));
+    assert!(matches!(err("https://storage.cloud.google.com/bucket"), PlanError::IncompleteUrl { .. }));
 }
 
 #[test]
@@ -159,7 +302,14 @@ fn http_urls_must_be_absolute_http_or_https() {
     for (url, scheme) in
         [("ftp://example.com/a.img", "ftp"), ("gs://bucket/a.img", "gs"), ("file:///etc/shadow", "file")]
     {
-        assert_eq!(err(url), PlanError::UnsupportedUrlScheme { field: "spec.source.http.url", scheme: scheme.into() });
+        assert_eq!(
+            err(url),
+            PlanError::UnsupportedUrlScheme {
+                field: "spec.source.http.url",
+                scheme: scheme.into(),
+                expected: "http or https"
+            }
+        );
     }
 }
 

@@ -199,14 +199,16 @@ fn an_unsupported_claim_is_reported_only_once() {
 
 #[test]
 fn an_unsupported_import_variant_is_reported_and_nothing_is_created() {
-    let world =
-        World { source: Some(source(GENERATION, json!({"source": {"s3": {"url": "s3://b/k"}}}))), ..World::fresh() };
+    let world = World {
+        source: Some(source(GENERATION, json!({"source": {"vddk": {"url": "https://vcenter/sdk"}}}))),
+        ..World::fresh()
+    };
     let (trace, step) = drive(fresh(), world);
     assert_eq!(trace, [Step::Read(Fact::Source)]);
     assert_eq!(
         step,
         Step::Unsupported {
-            message: "import source type s3 is not supported by this populator yet".into(),
+            message: "import source type vddk is not supported by this populator yet".into(),
             announce: true
         }
     );

@@ -159,8 +159,9 @@ async fn start_task(
     ctx: &Ctx,
 ) -> Result<Action, Error> {
     let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
-    let namespace = pvc.namespace().unwrap_or_default();
-    let request = match source::populate_request(&ctx.client, &namespace, &task.plan, dest).await {
+    let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let request = match source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
+    {
         Ok(r) => r,
         Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
         Err(e) => {
@@ -174,6 +175,9 @@ async fn start_task(
     };
     let target_ref = ObjectRef::from_obj(pvc);
     if announce {
+        if let Some(note) = source::node_pull_fallback(&task.plan) {
+            ctx.event(&target_ref, EventReason::NodePullFallback, note).await;
+        }
         let mut pairs = running_condition("true", condition::POD_RUNNING, "");
         pairs.extend([phase(PodPhase::Running), status(ImportStatus::InProcess), (FAILED_FOR, None)]);
         annotate(ctx, pvc, &pairs).await?;

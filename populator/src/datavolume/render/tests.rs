@@ -229,3 +229,33 @@ fn content_type_and_class_helpers() {
     assert_eq!(named_class(&dv(json!({"storage": {"storageClassName": ""}}))), None);
     assert_eq!(named_class(&dv(json!({"storage": {"storageClassName": "fast"}}))), Some("fast"));
 }
+
+/// Every field of the registry, s3 and gcs forms reaches the VolumeImportSource, and the
+/// plan the populate flow makes of it.
+#[test]
+fn registry_s3_and_gcs_sources_reach_the_import_source_whole() {
+    use crate::plan::{ImportPlan, ImportSource, PullMethod};
+    let storage = json!({"resources": {"requests": {"storage": "1Gi"}}});
+    let registry = json!({"registry": {
+        "url": "docker://registry.local:5000/disks/fedora:40", "pullMethod": "node",
+        "secretRef": "pull", "certConfigMap": "ca", "platform": {"architecture": "arm64"}}});
+    let s3 = json!({"s3": {"url": "http://127.0.0.1:9000/disks/a.qcow2", "secretRef": "keys", "certConfigMap": "ca"}});
+    let gcs = json!({"gcs": {"url": "gs://disks/a.img", "secretRef": "sa"}});
+    for source in [registry, s3, gcs] {
+        let d = dv(json!({"source": source.clone(), "storage": storage}));
+        let Plan::Import(import) = plan(&d) else { panic!("{source} is an import") };
+        let vis = import_source(&d, *import, &DEFAULTS);
+        assert_eq!(serde_json::to_value(vis.spec.source.as_ref().unwrap()).unwrap(), source);
+        assert!(ImportPlan::try_from(&vis).is_ok(), "{source}");
+    }
+    let d = dv(json!({"source": {"registry": {"url": "docker://r/d:1", "pullMethod": "node"}}, "storage": storage}));
+    let Plan::Import(import) = plan(&d) else { panic!() };
+    assert!(node_pull_fallback(&import).is_some(), "a node pull is announced");
+    let ImportSource::Registry(r) = ImportPlan::try_from(&import_source(&d, *import, &DEFAULTS)).unwrap().source else {
+        panic!()
+    };
+    assert_eq!(r.pull_method, PullMethod::Node);
+    let d = dv(json!({"source": {"registry": {"url": "docker://r/d:1"}}, "storage": storage}));
+    let Plan::Import(import) = plan(&d) else { panic!() };
+    assert_eq!(node_pull_fallback(&import), None);
+}
