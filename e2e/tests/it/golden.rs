@@ -222,8 +222,8 @@ async fn a_golden_pvc_deleted_mid_import_leaves_no_importer_pod_and_unsupported_
     env.server.knobs.throttle.store(256 << 10, Ordering::SeqCst); // about 17 s
     let slow = json!({key::IMPORT_ENDPOINT: env.server.url("disk.qcow2")});
     create(&env, &golden_pvc("slow", "local-immediate", Mode::Filesystem, slow)).await;
-    let s3 = json!({key::IMPORT_ENDPOINT: "s3://bucket/disk.img", key::IMPORT_SOURCE: "s3"});
-    create(&env, &golden_pvc("s3", "local-immediate", Mode::Filesystem, s3)).await;
+    let vddk = json!({key::IMPORT_ENDPOINT: "https://vcenter.example/sdk", key::IMPORT_SOURCE: "vddk"});
+    create(&env, &golden_pvc("vddk", "local-immediate", Mode::Filesystem, vddk)).await;
     env.wait_progress("slow").await;
     let pods: Api<Pod> = Api::default_namespaced(env.client());
     assert!(pods.get_opt("importer-slow").await.unwrap().is_some(), "the import runs through its importer pod");
@@ -249,12 +249,12 @@ async fn a_golden_pvc_deleted_mid_import_leaves_no_importer_pod_and_unsupported_
     assert!(ended.contains("reason=\"Cancelled\""), "the mover's task was not cancelled: {ended}");
 
     // Reported on the claim, with a Warning; no importer pod, no status of an import.
-    let events = env.wait_event("s3", "UnsupportedSource").await;
+    let events = env.wait_event("vddk", "UnsupportedSource").await;
     assert_eq!(count(&events, "ImportScheduled"), 0, "{events:?}");
-    let ann = api.get("s3").await.unwrap().metadata.annotations.unwrap_or_default();
+    let ann = api.get("vddk").await.unwrap().metadata.annotations.unwrap_or_default();
     assert_eq!(ann.get(key::RUNNING_CONDITION_REASON).map(String::as_str), Some("Unsupported"), "{ann:?}");
-    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("s3"), "{ann:?}");
+    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("vddk"), "{ann:?}");
     assert!(!ann.contains_key(key::IMPORT_STATUS), "{ann:?}");
-    assert!(pods.get_opt("importer-s3").await.unwrap().is_none());
+    assert!(pods.get_opt("importer-vddk").await.unwrap().is_none());
     env.stop().await;
 }

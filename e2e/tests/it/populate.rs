@@ -488,8 +488,9 @@ async fn a_checksum_mismatch_is_terminal_until_the_source_is_corrected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsupported_source_is_reported_on_the_pvc_and_nothing_is_started() {
     let env = Env::start(8, &[]).await;
-    env.source_spec("reg", json!({"source": {"registry": {"url": "docker://quay.io/containerdisks/fedora:40"}}})).await;
-    env.pvc("data", "local-immediate", Mode::Block, "reg").await;
+    let vddk = json!({"url": "https://vcenter.example/sdk", "uuid": "42", "backingFile": "[ds] vm/vm.vmdk"});
+    env.source_spec("vm", json!({"source": {"vddk": vddk}})).await;
+    env.pvc("data", "local-immediate", Mode::Block, "vm").await;
     let api: Api<PersistentVolumeClaim> = Api::default_namespaced(env.client());
     let reported = await_condition(api.clone(), "data", |p: Option<&PersistentVolumeClaim>| {
         p.and_then(|p| p.metadata.annotations.as_ref()?.get(key::RUNNING_CONDITION_REASON).cloned()).as_deref()
@@ -499,7 +500,7 @@ async fn an_unsupported_source_is_reported_on_the_pvc_and_nothing_is_started() {
     let pvc = api.get("data").await.unwrap();
     let ann = pvc.metadata.annotations.unwrap();
     assert_eq!(ann.get(key::RUNNING_CONDITION).map(String::as_str), Some("false"));
-    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("registry"), "{ann:?}");
+    assert!(ann[key::RUNNING_CONDITION_MESSAGE].contains("vddk"), "{ann:?}");
     let events = env.wait_event("data", "UnsupportedSource").await;
     assert!(events.iter().all(|e| !e.starts_with("CreatedPVCPrime")), "{events:?}");
     assert_eq!(env.leftovers().await, (0, 0), "a prime PVC or holder pod for an unsupported source");

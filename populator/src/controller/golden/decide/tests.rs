@@ -145,17 +145,17 @@ fn a_task_failure_is_not_retried_until_the_inputs_change() {
 
 #[test]
 fn unsupported_sources_are_reported_once_and_nothing_is_read_or_created() {
-    let s3 = json!({cdi_ann::IMPORT_SOURCE: "s3"});
-    let (trace, step) = drive(golden(s3, "Bound"), &World::empty(None));
+    let vddk = json!({cdi_ann::IMPORT_SOURCE: "vddk"});
+    let (trace, step) = drive(golden(vddk, "Bound"), &World::empty(None));
     assert!(trace.is_empty(), "{trace:?}");
     assert_eq!(
         step,
         Step::Unsupported {
-            message: "import source type s3 is not supported by this populator yet".into(),
+            message: "import source type vddk is not supported by this populator yet".into(),
             announce: true
         }
     );
-    let reported = json!({cdi_ann::IMPORT_SOURCE: "registry", ann::RUNNING_REASON: UNSUPPORTED_CONDITION});
+    let reported = json!({cdi_ann::IMPORT_SOURCE: "imageio", ann::RUNNING_REASON: UNSUPPORTED_CONDITION});
     assert!(matches!(
         decide_in(golden(reported, "Bound"), &World::empty(None)),
         Step::Unsupported { announce: false, .. }
@@ -238,4 +238,16 @@ fn the_tasks_end_is_success_a_retry_or_a_terminal_failure() {
     assert_eq!(at(TaskView::Settled { task_id: "g-uid-0".into() }), Step::WaitForTask);
     // An earlier attempt's task: this attempt's starts.
     assert!(matches!(at(TaskView::Running { task_id: "g-uid-7".into() }), Step::StartTask { .. }));
+}
+
+#[test]
+fn a_registry_golden_claim_is_imported_like_an_http_one() {
+    // The docker:// endpoint alone selects the registry source.
+    let registry = json!({cdi_ann::IMPORT_ENDPOINT: "docker://registry.local:5000/disk:1"});
+    let Step::StartTask { task, .. } = decide_in(golden(registry, "Bound"), &World::holding()) else { panic!() };
+    assert!(
+        matches!(&task.plan.source, ImportSource::Registry(r) if r.url == "docker://registry.local:5000/disk:1"),
+        "{:?}",
+        task.plan
+    );
 }
