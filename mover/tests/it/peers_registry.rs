@@ -59,6 +59,8 @@ pub struct Pushed {
 /// A running registry; killed on drop.
 pub struct Registry {
     pub port: u16,
+    /// TLS and htpasswd; false: plain HTTP, anonymous.
+    pub secure: bool,
     /// The CA that signed the registry's certificate (PEM).
     pub ca_pem_path: PathBuf,
     /// A directory with the CA as `ca.crt`, as skopeo's --cert-dir wants it.
@@ -84,11 +86,20 @@ fn sha256_file(path: &Path) -> String {
 impl Registry {
     /// Starts a registry under `dir` (made if missing) with a fresh CA and one user.
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, true)
+    }
+
+    /// A registry speaking plain HTTP without auth (an "insecure registry").
+    pub fn start_plain_http(dir: &Path) -> Registry {
+        Registry::start_with(dir, false)
+    }
+
+    fn start_with(dir: &Path, secure: bool) -> Registry {
         ensure_tool("docker-registry", "docker-registry");
         ensure_tool("skopeo", "skopeo");
         ensure_tool("htpasswd", "apache2-utils");
         ensure_tool("openssl", "openssl");
-        let dir = dir.join("registry");
+        let dir = dir.join(if secure { "registry" } else { "registry-plain" });
         let cert_dir = dir.join("certs");
         std::fs::create_dir_all(&cert_dir).unwrap();
         let p = |name: &str| dir.join(name);
@@ -153,15 +164,19 @@ impl Registry {
         let storage = p("storage");
         for attempt in 0..5 {
             let port = free_port();
-            let config = format!(
+            let mut config = format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
-                 auth:\n  htpasswd:\n    realm: cdi-rs-test\n    path: {htpasswd}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n",
                 storage = storage.display(),
-                cert = p("server.pem").display(),
-                key = p("server.key").display(),
-                htpasswd = p("htpasswd").display(),
             );
+            if secure {
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {cert}\n    key: {key}\nauth:\n  htpasswd:\n    realm: cdi-rs-test\n    path: {htpasswd}\n",
+                    cert = p("server.pem").display(),
+                    key = p("server.key").display(),
+                    htpasswd = p("htpasswd").display(),
+                ));
+            }
             std::fs::write(p("config.yml"), config).unwrap();
             let log = std::fs::File::create(p("registry.log")).unwrap();
             let child = Command::new("docker-registry")
@@ -174,6 +189,7 @@ impl Registry {
                 .expect("start docker-registry");
             let mut r = Registry {
                 port,
+                secure,
                 ca_pem_path: p("ca.pem"),
                 cert_dir: cert_dir.clone(),
                 user: user.clone(),
@@ -229,11 +245,15 @@ impl Registry {
         let layout = dir.join(format!("layout-{}", repo_tag.replace(['/', ':'], "_")));
         let (tag, layers) = write_layout(&layout, repo_tag, images);
         let dest = format!("docker://{}/{repo_tag}", self.host());
-        let creds = format!("{}:{}", self.user, self.password);
         let mut cmd = Command::new("skopeo");
         // --preserve-digests: pushed as written (skopeo would gzip uncompressed layers).
-        cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-creds", &creds, "--dest-cert-dir"])
-            .arg(&self.cert_dir);
+        cmd.args(["copy", "--quiet", "--preserve-digests"]);
+        if self.secure {
+            let creds = format!("{}:{}", self.user, self.password);
+            cmd.args(["--dest-creds", &creds, "--dest-cert-dir"]).arg(&self.cert_dir);
+        } else {
+            cmd.arg("--dest-tls-verify=false");
+        }
         if images.len() > 1 {
             cmd.arg("--all");
         }

@@ -50,6 +50,7 @@ impl Fixture {
         let out = self.p("refused.raw");
         let line = assert_refused(&self.import(url, &out, extra), needles);
         assert!(!out.exists() && !self.p("refused.raw.partial").exists(), "{url}: an image was left behind");
+        eprintln!("refused as expected: {line}");
         line
     }
 }
@@ -283,4 +284,51 @@ fn oci_archives_import_in_place() {
     );
     assert!(line.contains("oci-archive://"), "{line}");
     assert_refused(&import("oci-archive:///nonexistent/x.tar", &out, &[]), &["/nonexistent/x.tar"]);
+}
+
+#[test]
+fn an_insecure_registry_speaks_plain_http_only_when_allowed() {
+    let dir = tempdir();
+    let registry = Registry::start_plain_http(dir.path());
+    let raw = dir.path().join("d.raw");
+    make_raw(&raw, SIZE, 12);
+    let url = registry.push_disk(dir.path(), "vm/plain:1", &raw);
+    let out = dir.path().join("out.raw");
+    // Not declared insecure: HTTPS only, which this registry does not speak.
+    let line = assert_refused(&import(&url, &out, &[]), &["vm/plain:1", "cannot reach the registry"]);
+    assert!(!out.exists(), "{line}");
+    assert_ok(&import(&url, &out, &["--insecure-registry"]));
+    assert_same(&raw, "raw", &out);
+}
+
+#[test]
+fn the_client_populates_from_a_registry_through_a_running_mover() {
+    let f = fixture();
+    let (amd_raw, amd) = f.disks("amd", 13);
+    let (arm_raw, arm) = f.disks("arm", 14);
+    let images = [
+        ImageSpec::new("amd64", vec![LayerSpec::disk("disk/disk.qcow2", &amd)]),
+        ImageSpec::new("arm64", vec![LayerSpec::disk("disk/disk.qcow2", &arm)]),
+    ];
+    let url = f.registry.push_image(f.dir.path(), "vm/remote:1", &images).url;
+    let serve = crate::service::Serve::start(f.dir.path(), &["--insecure-plaintext"]);
+    let populate = |id: &str, target: &Path, platform: &str| {
+        let mut c = Command::new(mover_bin());
+        c.args(["client", "--insecure-plaintext", "--address", &serve.addr, "populate", "--task-id", id]);
+        c.arg(&url).arg(target);
+        c.args(["--creds-file", s(&f.creds), "--ca-file", s(&f.registry.ca_pem_path), "--platform", platform]);
+        c.args(["--progress", "json"]);
+        with_timeout(c, Duration::from_secs(120))
+    };
+    let out = f.p("remote-arm.raw");
+    assert_ok(&populate("reg-arm", &out, "arm64"));
+    assert_same(&arm_raw, "raw", &out);
+    let out = f.p("remote-amd.raw");
+    assert_ok(&populate("reg-amd", &out, "linux/amd64"));
+    assert_same(&amd_raw, "raw", &out);
+    // Refusals come back as terminal task failures naming the image.
+    let res = populate("reg-none", &f.p("remote-none.raw"), "s390x");
+    let line = assert_refused(&res, &["vm/remote:1", "linux/s390x", "linux/arm64"]);
+    assert_eq!(res.status.code(), Some(1), "{line}");
+    assert!(!serve.log().contains(&f.registry.password), "the mover logged the password");
 }

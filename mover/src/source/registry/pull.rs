@@ -193,13 +193,14 @@ impl BlobReader {
     /// The client checks digests too: its verdict is ours, terminal; anything else from the
     /// stream is the network's.
     fn stream_error(&self, e: io::Error) -> io::Error {
-        let digest_error = e.get_ref().is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
-        let err = if digest_error {
-            RegistryError::LayerMismatch {
-                image: self.image.clone(),
-                digest: self.digest.clone(),
-                actual: e.to_string(),
-            }
+        use oci_client::errors::DigestError;
+        let digest_error = e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>());
+        let err = if let Some(d) = digest_error {
+            let actual = match d {
+                DigestError::VerificationError { actual, .. } => format!("digest {actual}"),
+                other => other.to_string(),
+            };
+            RegistryError::LayerMismatch { image: self.image.clone(), digest: self.digest.clone(), actual }
         } else {
             RegistryError::Network {
                 image: self.image.clone(),
