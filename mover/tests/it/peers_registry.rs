@@ -242,12 +242,27 @@ impl Registry {
 
     /// Pushes one image, or an image index when several platforms are given.
     pub fn push_image(&self, dir: &Path, repo_tag: &str, images: &[ImageSpec]) -> Pushed {
+        self.push(dir, repo_tag, images, false)
+    }
+
+    /// [`Registry::push_image`] converted by skopeo to Docker's schema 2 (manifest list for
+    /// several platforms); layer digests as written, manifests not.
+    pub fn push_image_docker_v2s2(&self, dir: &Path, repo_tag: &str, images: &[ImageSpec]) -> Pushed {
+        self.push(dir, repo_tag, images, true)
+    }
+
+    fn push(&self, dir: &Path, repo_tag: &str, images: &[ImageSpec], docker_v2s2: bool) -> Pushed {
         let layout = dir.join(format!("layout-{}", repo_tag.replace(['/', ':'], "_")));
         let (tag, layers) = write_layout(&layout, repo_tag, images);
         let dest = format!("docker://{}/{repo_tag}", self.host());
         let mut cmd = Command::new("skopeo");
-        // --preserve-digests: pushed as written (skopeo would gzip uncompressed layers).
-        cmd.args(["copy", "--quiet", "--preserve-digests"]);
+        cmd.args(["copy", "--quiet"]);
+        if docker_v2s2 {
+            cmd.args(["--format", "v2s2"]);
+        } else {
+            // Pushed as written (skopeo would gzip uncompressed layers).
+            cmd.arg("--preserve-digests");
+        }
         if self.secure {
             let creds = format!("{}:{}", self.user, self.password);
             cmd.args(["--dest-creds", &creds, "--dest-cert-dir"]).arg(&self.cert_dir);

@@ -106,6 +106,20 @@ fn an_image_index_resolves_by_platform() {
     }
     let line = f.refused(&url, &["linux/s390x", "linux/amd64", "linux/arm64", "vm/multi:1"], &["--platform", "s390x"]);
     assert!(line.contains("no image for platform"), "{line}");
+
+    // The same as Docker schema 2: a manifest list of v2 manifests.
+    let url = f.registry.push_image_docker_v2s2(f.dir.path(), "vm/multi:v2s2", &images).url;
+    let manifest = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &format!("{}:{}", f.registry.user, f.registry.password), "--cert-dir"])
+        .arg(&f.registry.cert_dir)
+        .arg(&url));
+    let manifest = String::from_utf8_lossy(&manifest.stdout).to_string();
+    assert!(manifest.contains("application/vnd.docker.distribution.manifest.list.v2+json"), "{manifest}");
+    for (platform, raw) in [("arm64", &arm_raw), ("amd64", &amd_raw)] {
+        let out = f.p(&format!("v2s2-{platform}.raw"));
+        assert_ok(&f.import(&url, &out, &["--platform", platform]));
+        assert_same(raw, "raw", &out);
+    }
 }
 
 #[test]
