@@ -468,6 +468,85 @@ mod tests {
         assert!(upper.hides(&p("disk/x")) && !upper.hides(&p("disk/y")));
     }
 
+    /// Layers held in memory, by digest.
+    #[derive(Debug, Default)]
+    struct MemStore(std::collections::HashMap<String, Vec<u8>>);
+
+    impl BlobStore for MemStore {
+        fn open(&self, layer: &Layer) -> Result<Box<dyn Read + Send>, SourceError> {
+            Ok(Box::new(io::Cursor::new(self.0[&layer.digest].clone())))
+        }
+    }
+
+    /// A tar of (path, content) with paths written raw (no normalisation by the builder).
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            let name = path.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn walk(layers: &[Vec<u8>]) -> Result<Vec<u8>, SourceError> {
+        let mut store = MemStore::default();
+        let mut descs = Vec::new();
+        for blob in layers {
+            let mut h = Algorithm::Sha256.hasher();
+            h.update(blob);
+            let digest = format!("sha256:{}", h.finish_hex());
+            store.0.insert(digest.clone(), blob.clone());
+            descs.push(Layer { digest, size: blob.len() as u64, media_type: LAYER_TYPES[0].into() });
+        }
+        let walk = Walk { image: "docker://h/i:1".into(), layers: descs, store: Arc::new(store), cancel: None };
+        let mut out = Vec::new();
+        walk.start()?.read_to_end(&mut out).map_err(|e| SourceError::from_io(e).unwrap())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn the_walk_streams_the_surviving_disk_and_refuses_the_rest() {
+        let low = tar_of(&[("disk/a.img", b"old"), ("disk/b.img", b"gone"), ("etc/x", b"x")]);
+        let gz = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&tar_of(&[("disk/.wh.b.img", b""), ("./disk/a.img", b"new")])).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(walk(&[low.clone(), gz]).unwrap(), b"new");
+        let e = walk(std::slice::from_ref(&low)).unwrap_err();
+        assert!(e.to_string().contains("/disk/a.img, /disk/b.img"), "{e}");
+        let e = walk(&[tar_of(&[("disk/../../etc/passwd", b"x")])]).unwrap_err();
+        assert!(matches!(e, SourceError::Registry(RegistryError::PathEscape { .. })), "{e}");
+        let e = walk(&[tar_of(&[("etc/x", b"x")])]).unwrap_err();
+        assert!(matches!(e, SourceError::Registry(RegistryError::NoDisk { .. })), "{e}");
+        // One byte changed after the digest was taken: refused at the layer's end.
+        let opaque = tar_of(&[("disk/.wh..wh..opq", b""), ("disk/c.img", b"c")]);
+        assert_eq!(walk(&[low.clone(), opaque.clone()]).unwrap(), b"c");
+        let mut store_bad = low.clone();
+        let mut h = Algorithm::Sha256.hasher();
+        h.update(&low);
+        let digest = format!("sha256:{}", h.finish_hex());
+        let last = store_bad.len() - 1;
+        store_bad[last] ^= 1;
+        let walk = Walk {
+            image: "docker://h/i:1".into(),
+            layers: vec![Layer { digest: digest.clone(), size: low.len() as u64, media_type: LAYER_TYPES[0].into() }],
+            store: Arc::new(MemStore([(digest, store_bad)].into_iter().collect())),
+            cancel: None,
+        };
+        let e = io::read_to_string(walk.start().unwrap()).unwrap_err();
+        let e = SourceError::from_io(e).unwrap();
+        assert!(matches!(e, SourceError::Registry(RegistryError::LayerMismatch { .. })), "{e}");
+        assert!(!e.is_retryable());
+    }
+
     #[test]
     fn digests_are_checked_for_shape() {
         assert!(parse_digest("i", &format!("sha256:{}", "a".repeat(64))).is_ok());
