@@ -200,6 +200,17 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
         }
         SourceSpec::Blank => pb::source::Kind::Blank(pb::BlankSource {}),
+        SourceSpec::Registry(_) => {
+            let r = t.registry_options()?;
+            pb::source::Kind::Registry(pb::RegistrySource {
+                url: t.source.clone(),
+                credentials: r.credentials.map(|c| pb::BasicAuth { username: c.username, password: c.password }),
+                ca_pem: r.ca.map(|c| c.pem).unwrap_or_default(),
+                insecure: r.insecure,
+                // The full platform string: the mover parses ARCH or OS/ARCH[/VARIANT].
+                architecture: t.platform.clone().unwrap_or_default(),
+            })
+        }
         SourceSpec::Http(_) => {
             let http = t.http_options()?;
             pb::source::Kind::Http(pb::HttpSource {

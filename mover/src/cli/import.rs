@@ -14,7 +14,7 @@ use cdi_mover::disk::{TargetOptions, sizing};
 use cdi_mover::error::{ImportError, one_line};
 use cdi_mover::format::qcow2::StreamLimits;
 use cdi_mover::progress::Progress;
-use cdi_mover::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
+use cdi_mover::source::{CaBundle, Credentials, HttpOptions, Platform, RegistryOptions, SourceOptions, SourceSpec};
 use cdi_mover::{ContentType, ImportRequest, ImportResult};
 
 use super::EXIT_RETRYABLE;
@@ -39,8 +39,9 @@ pub struct ImportArgs {
 /// What to import from where, and how: shared by `import` and `client populate`.
 #[derive(Debug, Args)]
 pub struct TransferArgs {
-    /// The image: a path, file:///path, http://… or https://…; or blank: for an empty disk
-    /// of the target's usable size (a file target needs --size).
+    /// The image: a path, file:///path, http://… or https://…; a containerDisk image,
+    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or oci-archive:///PATH (an OCI archive tar);
+    /// or blank: for an empty disk of the target's usable size (a file target needs --size).
     pub source: String,
     /// A block device (written in place), a directory (writes disk.img inside) or a file.
     pub target: PathBuf,
@@ -58,7 +59,8 @@ pub struct TransferArgs {
     /// The volume's requested size in bytes (default: the target's capacity).
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
-    /// Extra CA certificates (PEM) trusted for HTTPS, besides the system's.
+    /// Extra CA certificates (PEM, every one in the file) trusted for HTTPS and registries,
+    /// besides the system's.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     /// Do not verify the server's TLS certificate.
@@ -70,6 +72,18 @@ pub struct TransferArgs {
     /// A file with the basic-auth user name on the first line and the password on the second.
     #[arg(long, value_name = "FILE")]
     pub basic_auth_file: Option<PathBuf>,
+    /// Registry credentials (docker://): a file with the user name on the first line and the
+    /// password on the second, or one line USER:PASSWORD. Never pass a password as an argument.
+    #[arg(long, value_name = "FILE")]
+    pub creds_file: Option<PathBuf>,
+    /// The platform picked from a multi-arch image (docker://, oci-archive://): ARCH or
+    /// OS/ARCH[/VARIANT], e.g. arm64 or linux/arm64 (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// The registry is insecure: its TLS certificate is not verified, and plain HTTP is used
+    /// when it does not speak TLS.
+    #[arg(long)]
+    pub insecure_registry: bool,
 }
 
 /// Knobs for memory and parallelism; the defaults suit a node agent.
@@ -106,19 +120,30 @@ impl TransferArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let credentials = self.basic_auth_file.as_deref().map(read_credentials).transpose()?;
-        let ca = match &self.ca_file {
-            Some(path) => Some(CaBundle {
-                pem: std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?,
-                origin: path.display().to_string(),
-            }),
-            None => None,
-        };
+        let ca = self.ca()?;
         Ok(HttpOptions {
             ca,
             insecure_skip_verify: self.insecure_skip_verify,
             headers,
             credentials,
             ..HttpOptions::default()
+        })
+    }
+
+    /// The registry options: credentials and CA loaded, platform parsed.
+    pub fn registry_options(&self) -> anyhow::Result<RegistryOptions> {
+        let credentials = self.creds_file.as_deref().map(read_registry_credentials).transpose()?;
+        let platform = self.platform.as_deref().map(str::parse::<Platform>).transpose()?;
+        Ok(RegistryOptions { credentials, ca: self.ca()?, insecure: self.insecure_registry, platform })
+    }
+
+    fn ca(&self) -> anyhow::Result<Option<CaBundle>> {
+        Ok(match &self.ca_file {
+            Some(path) => Some(CaBundle {
+                pem: std::fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?,
+                origin: path.display().to_string(),
+            }),
+            None => None,
         })
     }
 
@@ -152,7 +177,7 @@ impl ImportArgs {
         let http = HttpOptions { connections: self.tuning.connections, ..t.http_options()? };
         Ok(ImportRequest {
             source,
-            source_options: SourceOptions { http, cancel: None },
+            source_options: SourceOptions { http, registry: t.registry_options()?, cancel: None },
             target: t.target.clone(),
             content_type: t.content_type(),
             checksum: t.checksum.clone(),
@@ -178,6 +203,28 @@ fn read_credentials(path: &std::path::Path) -> anyhow::Result<Credentials> {
         }),
         _ => bail!(
             "basic auth file {}: expected the user name on the first line and the password on the second",
+            path.display()
+        ),
+    }
+}
+
+/// `USER:PASSWORD` on one line, or the user name and the password on two.
+fn read_registry_credentials(path: &std::path::Path) -> anyhow::Result<Credentials> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read credentials file {}", path.display()))?;
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    match lines.as_slice() {
+        [user, password] if !user.trim().is_empty() => {
+            Ok(Credentials { username: user.to_string(), password: password.to_string() })
+        }
+        [one] => match one.split_once(':') {
+            Some((user, password)) if !user.is_empty() => {
+                Ok(Credentials { username: user.to_string(), password: password.to_string() })
+            }
+            _ => bail!("credentials file {}: expected USER:PASSWORD on one line", path.display()),
+        },
+        _ => bail!(
+            "credentials file {}: expected USER:PASSWORD on one line, or the user name and the password on two",
             path.display()
         ),
     }

@@ -14,7 +14,7 @@ use crate::disk::{TargetOptions, sizing};
 use crate::error::Reason;
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
-use crate::source::{CaBundle, Credentials, HttpOptions, SourceOptions, SourceSpec};
+use crate::source::{CaBundle, Credentials, HttpOptions, Platform, RegistryOptions, SourceOptions, SourceSpec};
 
 /// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
 const MAX_TASK_ID: usize = 253;
@@ -134,10 +134,11 @@ fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>
 fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
     use pb::source::Kind;
     match source.and_then(|s| s.kind.as_ref()) {
-        None => Err(invalid("source", "is required (http, file or blank)")),
+        None => Err(invalid("source", "is required (http, file, registry or blank)")),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
-        Some(Kind::Registry(_) | Kind::S3(_) | Kind::Gcs(_)) => {
-            Err(Status::unimplemented("this mover does not import from registry, s3 or gcs sources yet"))
+        Some(Kind::Registry(r)) => registry(r),
+        Some(Kind::S3(_) | Kind::Gcs(_)) => {
+            Err(Status::unimplemented("this mover does not import from s3 or gcs sources yet"))
         }
         Some(Kind::File(f)) => {
             if !f.path.starts_with('/') {
@@ -170,9 +171,33 @@ fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), St
                 credentials,
                 ..HttpOptions::default()
             };
-            Ok((spec, SourceOptions { http, cancel: None }))
+            Ok((spec, SourceOptions { http, ..SourceOptions::default() }))
         }
     }
+}
+
+fn registry(r: &pb::RegistrySource) -> Result<(SourceSpec, SourceOptions), Status> {
+    let spec = SourceSpec::parse(&r.url).map_err(|e| invalid("source.registry.url", e))?;
+    if !matches!(spec, SourceSpec::Registry(_)) {
+        return Err(invalid("source.registry.url", "must be a docker://HOST/REPO[:TAG] or oci-archive:///PATH URL"));
+    }
+    let credentials =
+        r.credentials.as_ref().map(|a| Credentials { username: a.username.clone(), password: a.password.clone() });
+    if credentials.as_ref().is_some_and(|c| c.username.is_empty()) {
+        return Err(invalid("source.registry.credentials.username", "is required with credentials"));
+    }
+    let platform = if r.architecture.is_empty() {
+        None
+    } else {
+        Some(r.architecture.parse::<Platform>().map_err(|e| invalid("source.registry.architecture", e))?)
+    };
+    let registry = RegistryOptions {
+        credentials,
+        ca: (!r.ca_pem.is_empty()).then(|| CaBundle { pem: r.ca_pem.clone(), origin: "the request's ca_pem".into() }),
+        insecure: r.insecure,
+        platform,
+    };
+    Ok((spec, SourceOptions { registry, ..SourceOptions::default() }))
 }
 
 /// The options of a WriteVolume into a directory.
@@ -383,6 +408,28 @@ mod tests {
                 .collect();
             assert_eq!(camel, r.as_str());
         }
+    }
+
+    #[test]
+    fn a_registry_source_converts_and_names_bad_fields() {
+        let reg = |url: &str, arch: &str| pb::PopulateRequest {
+            source: Some(pb::Source {
+                kind: Some(pb::source::Kind::Registry(pb::RegistrySource {
+                    url: url.into(),
+                    credentials: Some(pb::BasicAuth { username: "u".into(), password: "hunter2".into() }),
+                    architecture: arch.into(),
+                    ..Default::default()
+                })),
+            }),
+            ..req()
+        };
+        let spec = populate(&reg("docker://127.0.0.1:5000/vm/disk:1", "arm64"), Path::new("/")).unwrap();
+        assert_eq!(spec.source, "docker://127.0.0.1:5000/vm/disk:1");
+        let opts = &spec.request.source_options.registry;
+        assert_eq!(opts.platform.as_ref().unwrap().to_string(), "linux/arm64");
+        assert!(!format!("{:?}", spec.request.source_options).contains("hunter2"));
+        assert!(field_of(reg("https://h/x", "")).starts_with("source.registry.url"));
+        assert!(field_of(reg("docker://h/x:1", "a//b")).starts_with("source.registry.architecture"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod blank;
 mod file;
 mod http;
+pub mod registry;
 
 use std::fmt;
 use std::io::{self, Read};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use file::FileSource;
 pub use http::{CaBundle, Credentials, HttpOptions, HttpSource};
+pub use registry::{ImageRef, Platform, RegistryError, RegistryOptions};
 
 /// Random access to the source's bytes. Implementations are shared by the copy workers.
 pub trait RandomAccess: Send + Sync + fmt::Debug {
@@ -64,6 +66,8 @@ impl RandomAccess for MemSource {
 pub enum SourceSpec {
     File(PathBuf),
     Http(reqwest::Url),
+    /// A container image (containerDisk): `docker://…` or `oci-archive:///…` ([`registry`]).
+    Registry(ImageRef),
     /// No bytes: an empty raw disk of the target's usable size ([`blank`]).
     Blank,
 }
@@ -74,14 +78,19 @@ impl fmt::Debug for SourceSpec {
         match self {
             SourceSpec::File(p) => f.debug_tuple("File").field(p).finish(),
             SourceSpec::Http(u) => f.debug_tuple("Http").field(&redact(u)).finish(),
+            SourceSpec::Registry(i) => f.debug_tuple("Registry").field(&i.display()).finish(),
             SourceSpec::Blank => f.write_str("Blank"),
         }
     }
 }
 
 impl SourceSpec {
-    /// Parses a path, `file://…`, `http://…`, `https://…`, or `blank:` (an empty disk).
+    /// Parses a path, `file://…`, `http://…`, `https://…`, `docker://…`, `oci-archive:///…`,
+    /// or `blank:` (an empty disk).
     pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
+        if let Some(image) = ImageRef::parse(s) {
+            return Ok(SourceSpec::Registry(image?));
+        }
         if s.eq_ignore_ascii_case(blank::SPEC) || s.eq_ignore_ascii_case("blank://") {
             return Ok(SourceSpec::Blank);
         }
@@ -110,6 +119,7 @@ impl SourceSpec {
         match self {
             SourceSpec::File(p) => p.display().to_string(),
             SourceSpec::Http(u) => redact(u),
+            SourceSpec::Registry(i) => i.display(),
             SourceSpec::Blank => blank::FORMAT.to_string(),
         }
     }
@@ -157,6 +167,7 @@ impl Opened {
 #[derive(Debug, Clone, Default)]
 pub struct SourceOptions {
     pub http: HttpOptions,
+    pub registry: RegistryOptions,
     /// Set to stop blocked network reads promptly (the import's cancel flag).
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -167,6 +178,7 @@ pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle
     match spec {
         SourceSpec::File(path) => FileSource::open(path),
         SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), opts.cancel.clone(), rt.clone()),
+        SourceSpec::Registry(image) => registry::open(image, &opts.registry, opts.cancel.clone(), rt),
         // The import makes a blank disk without opening anything (`blank::create`).
         SourceSpec::Blank => Err(SourceError::NoBytes),
     }
@@ -192,7 +204,9 @@ pub enum SourceError {
     },
     #[error("invalid source URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("unsupported source scheme {scheme:?} in {url}; use a path, file://, http://, https:// or blank:")]
+    #[error(
+        "unsupported source scheme {scheme:?} in {url}; use a path, file://, http://, https://, docker://, oci-archive:// or blank:"
+    )]
     UnsupportedScheme { scheme: String, url: String },
     #[error("invalid HTTP option: {0}")]
     InvalidOption(String),
@@ -227,11 +241,14 @@ pub enum SourceError {
     Aborted(String),
     #[error("a blank source has no bytes to read")]
     NoBytes,
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
+            SourceError::Registry(e) => e.is_retryable(),
             SourceError::Status { status, .. } => is_retryable_status(*status),
             SourceError::Transfer { .. }
             | SourceError::Interrupted { .. }
@@ -245,6 +262,7 @@ impl SourceError {
     pub fn reason(&self) -> crate::error::Reason {
         use crate::error::Reason;
         match self {
+            SourceError::Registry(e) => e.reason(),
             SourceError::Status { status: 404 | 410, .. } => Reason::NotFound,
             SourceError::Status { status: 401 | 403 | 407, .. } => Reason::Unauthorized,
             SourceError::OpenFile { source, .. } if source.kind() == io::ErrorKind::NotFound => Reason::NotFound,

@@ -3,6 +3,7 @@
 //! modules (each binary links the whole crate; one keeps the build quick).
 
 mod peers;
+mod peers_registry;
 mod support;
 
 mod archive;
@@ -17,5 +18,6 @@ mod formats;
 mod fuzz;
 mod http;
 mod oracle;
+mod registry;
 mod service;
 mod volume;

@@ -1,0 +1,267 @@
+//! Registries, through the OCI distribution API (`oci-client`): auth, manifests, indexes
+//! resolved by platform, and layer blobs as synchronous readers.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::runtime::Handle;
+
+use super::error::RegistryError;
+use super::layers::{BlobStore, Layer};
+use super::reference::Platform;
+use super::{Image, RegistryOptions, select_platform};
+use crate::source::SourceError;
+
+/// The config blob is small JSON; anything larger is not a config.
+const MAX_CONFIG: u64 = 4 << 20;
+
+/// A registry client bound to one image.
+pub struct RegistryStore {
+    client: Client,
+    reference: Reference,
+    image: String,
+    rt: Handle,
+}
+
+impl std::fmt::Debug for RegistryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryStore").field("image", &self.image).finish_non_exhaustive()
+    }
+}
+
+/// Resolves `reference` to one image manifest (by platform for an index) and its config.
+pub fn resolve(reference: &Reference, opts: &RegistryOptions, rt: &Handle) -> Result<Image, SourceError> {
+    crate::tls::install_crypto_provider();
+    let image = format!("docker://{}", reference.whole());
+    let auth = match &opts.credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    let mut last = None;
+    // An insecure registry may speak HTTPS with a certificate we do not check, or plain
+    // HTTP: HTTPS first, then HTTP when the connection itself failed.
+    let protocols: &[ClientProtocol] =
+        if opts.insecure { &[ClientProtocol::Https, ClientProtocol::Http] } else { &[ClientProtocol::Https] };
+    for protocol in protocols {
+        let client = Client::new(config(opts, protocol.clone(), &image)?);
+        let store = RegistryStore { client, reference: reference.clone(), image: image.clone(), rt: rt.clone() };
+        match rt.block_on(store.resolve(&auth, &opts.platform())) {
+            Ok((manifest, config)) => return super::image_of(image, manifest, config, Arc::new(store)),
+            Err(e @ SourceError::Registry(RegistryError::Network { .. })) => {
+                tracing::debug!(image = %image, ?protocol, error = %crate::error::one_line(&e), "registry not reachable this way");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one protocol tried"))
+}
+
+fn config(opts: &RegistryOptions, protocol: ClientProtocol, image: &str) -> Result<ClientConfig, SourceError> {
+    let mut extra = Vec::new();
+    if let Some(ca) = &opts.ca {
+        let bad = |reason: String| SourceError::CaFile { origin: ca.origin.clone(), reason };
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_slice_iter(&ca.pem) {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            extra.push(Certificate { encoding: CertificateEncoding::Der, data: cert.to_vec() });
+        }
+        if extra.is_empty() {
+            return Err(bad("no PEM certificate found".into()));
+        }
+    }
+    tracing::debug!(image, certificates = extra.len(), insecure = opts.insecure, "registry client");
+    Ok(ClientConfig {
+        protocol,
+        accept_invalid_certificates: opts.insecure,
+        extra_root_certificates: extra,
+        // We resolve indexes ourselves, to name the platforms an index has when ours is missing.
+        platform_resolver: None,
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        user_agent: concat!("cdi-mover/", env!("CARGO_PKG_VERSION")),
+        ..ClientConfig::default()
+    })
+}
+
+impl RegistryStore {
+    async fn resolve(
+        &self,
+        auth: &RegistryAuth,
+        platform: &Platform,
+    ) -> Result<(OciImageManifest, Option<serde_json::Value>), SourceError> {
+        let (manifest, _) = self
+            .client
+            .pull_manifest(&self.reference, auth)
+            .await
+            .map_err(|e| map_error(&self.image, "repository or tag", e))?;
+        let manifest = match manifest {
+            OciManifest::Image(m) => m,
+            OciManifest::ImageIndex(index) => {
+                let digest = select_platform(&self.image, &index.manifests, platform)?;
+                let by_digest = self.reference.clone_with_digest(digest);
+                match self
+                    .client
+                    .pull_manifest(&by_digest, auth)
+                    .await
+                    .map_err(|e| map_error(&self.image, "platform manifest", e))?
+                {
+                    (OciManifest::Image(m), _) => m,
+                    (OciManifest::ImageIndex(_), _) => {
+                        return Err(RegistryError::Invalid {
+                            image: self.image.clone(),
+                            detail: "an image index points to another index".into(),
+                        }
+                        .into());
+                    }
+                }
+            }
+        };
+        let config = self.config(&manifest.config).await?;
+        Ok((manifest, config))
+    }
+
+    async fn config(&self, desc: &OciDescriptor) -> Result<Option<serde_json::Value>, SourceError> {
+        if desc.size < 0 || desc.size as u64 > MAX_CONFIG {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.client
+            .pull_blob(&self.reference, desc, &mut out)
+            .await
+            .map_err(|e| map_error(&self.image, "config", e))?;
+        Ok(serde_json::from_slice(&out).ok())
+    }
+}
+
+impl BlobStore for RegistryStore {
+    fn open(&self, layer: &Layer) -> Result<Box<dyn Read + Send>, SourceError> {
+        let desc = OciDescriptor {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size as i64,
+            ..OciDescriptor::default()
+        };
+        let sized = self
+            .rt
+            .block_on(self.client.pull_blob_stream(&self.reference, &desc))
+            .map_err(|e| map_error(&self.image, "layer", e))?;
+        Ok(Box::new(BlobReader {
+            stream: sized.stream,
+            current: Bytes::new(),
+            rt: self.rt.clone(),
+            image: self.image.clone(),
+            digest: layer.digest.clone(),
+        }))
+    }
+}
+
+/// The synchronous end of a blob download running on the runtime.
+struct BlobReader {
+    stream: BoxStream<'static, Result<Bytes, io::Error>>,
+    current: Bytes,
+    rt: Handle,
+    image: String,
+    digest: String,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(self.stream_error(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+impl BlobReader {
+    /// The client checks digests too: its verdict is ours, terminal; anything else from the
+    /// stream is the network's.
+    fn stream_error(&self, e: io::Error) -> io::Error {
+        use oci_client::errors::DigestError;
+        let digest_error = e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>());
+        let err = if let Some(d) = digest_error {
+            let actual = match d {
+                DigestError::VerificationError { actual, .. } => format!("digest {actual}"),
+                other => other.to_string(),
+            };
+            RegistryError::LayerMismatch { image: self.image.clone(), digest: self.digest.clone(), actual }
+        } else {
+            RegistryError::Network {
+                image: self.image.clone(),
+                detail: format!("downloading layer {}: {e}", self.digest),
+            }
+        };
+        SourceError::from(err).into_io()
+    }
+}
+
+/// Classifies the client's errors: terminal (credentials, not found, bad content) or not.
+fn map_error(image: &str, what: &'static str, e: OciDistributionError) -> SourceError {
+    let image = image.to_string();
+    let status_error = |status: u16, detail: String| match status {
+        401 | 403 => RegistryError::Unauthorized { image: image.clone(), detail },
+        404 => RegistryError::NotFound { image: image.clone(), what, detail },
+        s if crate::source::is_retryable_status(s) => RegistryError::Server { image: image.clone(), status: s, detail },
+        _ => RegistryError::Invalid { image: image.clone(), detail: format!("HTTP {status}: {detail}") },
+    };
+    let err = match e {
+        OciDistributionError::UnauthorizedError { .. } => {
+            RegistryError::Unauthorized { image, detail: "HTTP 401".into() }
+        }
+        OciDistributionError::AuthenticationFailure(detail) => RegistryError::Unauthorized { image, detail },
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let detail =
+                envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>().join("; ");
+            let code = envelope.errors.first().map(|e| &e.code);
+            match code {
+                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
+                    RegistryError::Unauthorized { image, detail }
+                }
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::ManifestBlobUnknown,
+                ) => RegistryError::NotFound { image, what, detail },
+                Some(OciErrorCode::Toomanyrequests) => RegistryError::Server { image, status: 429, detail },
+                _ => RegistryError::Invalid { image, detail },
+            }
+        }
+        OciDistributionError::ServerError { code, message, .. } => {
+            status_error(code, message.chars().take(200).collect())
+        }
+        OciDistributionError::RequestError(e) => {
+            let e = e.without_url();
+            match e.status() {
+                Some(s) => status_error(s.as_u16(), e.to_string()),
+                None => RegistryError::Network { image, detail: crate::error::one_line(&e) },
+            }
+        }
+        OciDistributionError::IoError(e) => RegistryError::Network { image, detail: e.to_string() },
+        OciDistributionError::UnsupportedMediaTypeError(media_type) => {
+            RegistryError::UnsupportedMediaType { image, media_type, role: "manifest" }
+        }
+        OciDistributionError::DigestError(e) => {
+            RegistryError::LayerMismatch { image, digest: what.to_string(), actual: e.to_string() }
+        }
+        other => RegistryError::Invalid { image, detail: other.to_string() },
+    };
+    err.into()
+}
