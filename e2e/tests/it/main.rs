@@ -15,9 +15,14 @@ mod install;
 // nginx and on-demand packages, set up as the mover's own tests do.
 #[path = "../../../mover/tests/it/peers.rs"]
 mod peers;
+// The registry, S3 and GCS peers of the mover's own tests.
+#[allow(dead_code)] // the suite uses a part of each
+#[path = "../../../mover/tests/it/peers_registry.rs"]
+mod peers_registry;
 mod populate;
 mod services;
 mod snapshots;
+mod sources;
 mod standins;
 mod up;
 mod webhooks;
