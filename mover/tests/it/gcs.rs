@@ -130,11 +130,7 @@ fn token_endpoint(dir: &Path, public_pem: PathBuf) -> TokenEndpoint {
 fn read_request_body(conn: &mut TcpStream) -> String {
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
-    loop {
-        let Ok(n) = conn.read(&mut buf) else { break };
-        if n == 0 {
-            break;
-        }
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
         data.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&data).to_string();
         if let Some(at) = text.find("\r\n\r\n") {
