@@ -280,8 +280,15 @@ impl HttpSource {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| url.join(l).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| SourceError::BadRedirect { url: redact(&url) })?;
+                .filter(|u| matches!(u.scheme(), "http" | "https"));
+            let Some(next) = next else {
+                // S3 answers a bucket in another region with a 301 and no Location: its
+                // body says where to go.
+                if self.auth.is_some() {
+                    return Err(self.refusal(response).await);
+                }
+                return Err(SourceError::BadRedirect { url: redact(&url) });
+            };
             tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
         }

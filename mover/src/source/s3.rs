@@ -341,6 +341,9 @@ mod tests {
                 .contains("anonymous")
         );
         assert!(auth(true).refusal(StatusCode::NOT_FOUND, b"not xml").is_none());
+        let moved = "<Error><Code>PermanentRedirect</Code><Region>eu-west-1</Region></Error>";
+        let e = auth(true).refusal(StatusCode::MOVED_PERMANENTLY, moved.as_bytes()).unwrap().to_string();
+        assert!(e.contains("region eu-west-1") && e.contains("https://s3.eu-west-1.amazonaws.com/images/KEY"), "{e}");
     }
 
     #[test]

@@ -189,3 +189,32 @@ fn bad_flags_are_refused_before_any_request() {
     let res = import("s3://bucket-only", &out, &[]);
     assert_refused(&res, &["bucket and an object key"]);
 }
+
+/// Through the node agent: `cdi-mover client populate --s3 …` sends an S3Source with the
+/// keys; the mover lists s3 and gcs among its sources.
+#[test]
+fn the_node_agent_imports_an_s3_source_from_the_grpc_api() {
+    let f = fixture(Moto::start);
+    let creds = f.creds(None, None);
+    let serve = crate::service::Serve::start(f.dir.path(), &["--insecure-plaintext"]);
+    let client = |args: &[&str]| {
+        let mut cmd = Command::new(mover_bin());
+        cmd.args(["client", "--insecure-plaintext", "--address", &serve.addr]).args(args);
+        with_timeout(cmd, Duration::from_secs(120))
+    };
+    let caps = client(&["capabilities"]);
+    assert_ok(&caps);
+    let caps: serde_json::Value = serde_json::from_slice(&caps.stdout).unwrap();
+    for source in ["s3", "gcs"] {
+        assert!(caps["sources"].as_array().unwrap().iter().any(|s| s == source), "{caps}");
+    }
+    let url = f.moto.url(BUCKET, "vm/disk.qcow2");
+    let res = client(&["populate", "--s3", &url, s(&f.out()), "--creds-file", s(&creds), "--progress", "json"]);
+    assert_ok(&res);
+    assert_same(&f.raw, "raw", &f.out());
+    let (_, secret) = f.moto.keys.clone().unwrap();
+    assert!(!serve.log().contains(&secret), "the secret key reached the mover's log");
+
+    let res = client(&["populate", "--s3", &f.moto.url(BUCKET, "vm/gone.img"), s(&f.out()), "--creds-file", s(&creds)]);
+    assert_refused(&res, &["NoSuchKey", "vm/gone.img"]);
+}
