@@ -54,7 +54,8 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// Start (or re-attach to) an import and follow it. TARGET: a path on the mover's node,
     /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume.
-    Populate(PopulateArgs),
+    // Boxed: the transfer flags make it much larger than the other commands.
+    Populate(Box<PopulateArgs>),
     /// Show one task.
     Get { task_id: String },
     /// List the mover's tasks.
