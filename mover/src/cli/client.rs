@@ -54,7 +54,8 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// Start (or re-attach to) an import and follow it. TARGET: a path on the mover's node,
     /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume.
-    Populate(PopulateArgs),
+    // Boxed: the transfer flags make it much larger than the other commands.
+    Populate(Box<PopulateArgs>),
     /// Show one task.
     Get { task_id: String },
     /// List the mover's tasks.
@@ -194,7 +195,7 @@ pub fn target(spec: &Path) -> anyhow::Result<pb::Target> {
 
 fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
     let t = &p.transfer;
-    let source = match SourceSpec::parse(&t.source)? {
+    let source = match t.source_spec()? {
         SourceSpec::File(path) => {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
@@ -219,6 +220,23 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
                 insecure_skip_verify: http.insecure_skip_verify,
                 headers: http.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
                 basic_auth: http.credentials.map(|c| pb::BasicAuth { username: c.username, password: c.password }),
+            })
+        }
+        SourceSpec::S3(_) => {
+            let keys = t.s3_keys()?;
+            pb::source::Kind::S3(pb::S3Source {
+                url: t.source.clone(),
+                access_key_id: keys.as_ref().map(|k| k.access_key_id.clone()).unwrap_or_default(),
+                secret_key: keys.map(|k| k.secret_key).unwrap_or_default(),
+                ca_pem: t.http_options()?.ca.map(|c| c.pem).unwrap_or_default(),
+            })
+        }
+        SourceSpec::Gcs(_) => {
+            let gcs = t.gcs_options()?;
+            pb::source::Kind::Gcs(pb::GcsSource {
+                url: t.source.clone(),
+                credentials_json: gcs.credentials_json.unwrap_or_default(),
+                endpoint: gcs.endpoint.unwrap_or_default(),
             })
         }
     };

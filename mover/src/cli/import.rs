@@ -14,7 +14,9 @@ use cdi_mover::disk::{TargetOptions, sizing};
 use cdi_mover::error::{ImportError, one_line};
 use cdi_mover::format::qcow2::StreamLimits;
 use cdi_mover::progress::Progress;
-use cdi_mover::source::{CaBundle, Credentials, HttpOptions, Platform, RegistryOptions, SourceOptions, SourceSpec};
+use cdi_mover::source::{
+    CaBundle, Credentials, GcsOptions, HttpOptions, Platform, RegistryOptions, S3Keys, SourceOptions, SourceSpec,
+};
 use cdi_mover::{ContentType, ImportRequest, ImportResult};
 
 use super::EXIT_RETRYABLE;
@@ -39,9 +41,10 @@ pub struct ImportArgs {
 /// What to import from where, and how: shared by `import` and `client populate`.
 #[derive(Debug, Args)]
 pub struct TransferArgs {
-    /// The image: a path, file:///path, http://… or https://…; a containerDisk image,
-    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or oci-archive:///PATH (an OCI archive tar);
-    /// or blank: for an empty disk of the target's usable size (a file target needs --size).
+    /// The image: a path, file:///path, http://… or https://…; an object, s3://BUCKET/KEY or
+    /// gs://BUCKET/OBJECT; a containerDisk image, docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or
+    /// oci-archive:///PATH (an OCI archive tar); or blank: for an empty disk of the target's
+    /// usable size (a file target needs --size).
     pub source: String,
     /// A block device (written in place), a directory (writes disk.img inside) or a file.
     pub target: PathBuf,
@@ -72,8 +75,9 @@ pub struct TransferArgs {
     /// A file with the basic-auth user name on the first line and the password on the second.
     #[arg(long, value_name = "FILE")]
     pub basic_auth_file: Option<PathBuf>,
-    /// Registry credentials (docker://): a file with the user name on the first line and the
-    /// password on the second, or one line USER:PASSWORD. Never pass a password as an argument.
+    /// Registry credentials (docker://) or S3 keys: a file with the user name / access key id
+    /// on the first line and the password / secret key on the second, or one line
+    /// USER:PASSWORD. Never pass a password as an argument. Without it: anonymous.
     #[arg(long, value_name = "FILE")]
     pub creds_file: Option<PathBuf>,
     /// The platform picked from a multi-arch image (docker://, oci-archive://): ARCH or
@@ -84,6 +88,18 @@ pub struct TransferArgs {
     /// when it does not speak TLS.
     #[arg(long)]
     pub insecure_registry: bool,
+    /// The http(s) SOURCE is an S3 object, path style: http(s)://ENDPOINT/BUCKET/KEY.
+    #[arg(long)]
+    pub s3: bool,
+    /// The http(s) SOURCE is a GCS object: https://storage.cloud.google.com/BUCKET/OBJECT.
+    #[arg(long, conflicts_with = "s3")]
+    pub gcs: bool,
+    /// A GCS service-account key file (credentials.json). Without it, GCS is anonymous.
+    #[arg(long, value_name = "FILE")]
+    pub gcs_credentials: Option<PathBuf>,
+    /// The GCS API's base URL (default: $STORAGE_EMULATOR_HOST, else Google's).
+    #[arg(long, value_name = "URL")]
+    pub gcs_endpoint: Option<String>,
 }
 
 /// Knobs for memory and parallelism; the defaults suit a node agent.
@@ -147,6 +163,52 @@ impl TransferArgs {
         })
     }
 
+    /// The source named by SOURCE and --s3 / --gcs.
+    pub fn source_spec(&self) -> anyhow::Result<SourceSpec> {
+        let spec = if self.s3 {
+            SourceSpec::s3(&self.source)?
+        } else if self.gcs {
+            SourceSpec::gcs(&self.source)?
+        } else {
+            SourceSpec::parse(&self.source)?
+        };
+        let s3 = matches!(spec, SourceSpec::S3(_));
+        let gcs = matches!(spec, SourceSpec::Gcs(_));
+        // --creds-file is shared with the registry source: refused only where it means nothing.
+        if self.creds_file.is_some() && matches!(spec, SourceSpec::Http(_) | SourceSpec::File(_) | SourceSpec::Blank) {
+            bail!(
+                "--creds-file holds S3 keys; for an http(s) source use --basic-auth-file (or --s3 for an S3 endpoint)"
+            );
+        }
+        if (self.gcs_credentials.is_some() || self.gcs_endpoint.is_some()) && !gcs {
+            bail!("--gcs-credentials and --gcs-endpoint apply to gs:// sources (or --gcs)");
+        }
+        if (s3 || gcs) && (self.basic_auth_file.is_some() || !self.headers.is_empty()) {
+            bail!(
+                "--basic-auth-file and --header apply to http(s) sources; object stores authorise their own requests"
+            );
+        }
+        Ok(spec)
+    }
+
+    /// S3 keys from --creds-file.
+    pub fn s3_keys(&self) -> anyhow::Result<Option<S3Keys>> {
+        let Some(path) = &self.creds_file else { return Ok(None) };
+        let c = read_registry_credentials(path)?;
+        Ok(Some(S3Keys { access_key_id: c.username, secret_key: c.password }))
+    }
+
+    /// GCS options from --gcs-credentials and --gcs-endpoint.
+    pub fn gcs_options(&self) -> anyhow::Result<GcsOptions> {
+        let credentials_json = match &self.gcs_credentials {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("cannot read GCS credentials {}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok(GcsOptions { credentials_json, endpoint: self.gcs_endpoint.clone() })
+    }
+
     pub fn content_type(&self) -> ContentType {
         match self.content_type {
             ContentTypeArg::Kubevirt => ContentType::Kubevirt,
@@ -167,7 +229,7 @@ impl TransferArgs {
 impl ImportArgs {
     fn request(&self) -> anyhow::Result<ImportRequest> {
         let t = &self.transfer;
-        let source = SourceSpec::parse(&t.source)?;
+        let source = t.source_spec()?;
         if self.tuning.chunk_size < (64 << 10) || !self.tuning.chunk_size.is_power_of_two() {
             bail!("--chunk-size must be a power of two of at least 65536");
         }
@@ -177,7 +239,13 @@ impl ImportArgs {
         let http = HttpOptions { connections: self.tuning.connections, ..t.http_options()? };
         Ok(ImportRequest {
             source,
-            source_options: SourceOptions { http, registry: t.registry_options()?, cancel: None },
+            source_options: SourceOptions {
+                http,
+                registry: t.registry_options()?,
+                s3_keys: t.s3_keys()?,
+                gcs: t.gcs_options()?,
+                cancel: None,
+            },
             target: t.target.clone(),
             content_type: t.content_type(),
             checksum: t.checksum.clone(),

@@ -14,7 +14,9 @@ use crate::disk::{TargetOptions, sizing};
 use crate::error::Reason;
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
-use crate::source::{CaBundle, Credentials, HttpOptions, Platform, RegistryOptions, SourceOptions, SourceSpec};
+use crate::source::{
+    CaBundle, Credentials, GcsOptions, HttpOptions, Platform, RegistryOptions, S3Keys, SourceOptions, SourceSpec, gcs,
+};
 
 /// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
 const MAX_TASK_ID: usize = 253;
@@ -134,11 +136,34 @@ fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>
 fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
     use pb::source::Kind;
     match source.and_then(|s| s.kind.as_ref()) {
-        None => Err(invalid("source", "is required (http, file, registry or blank)")),
+        None => Err(invalid("source", "is required (http, s3, gcs, file, registry or blank)")),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
         Some(Kind::Registry(r)) => registry(r),
-        Some(Kind::S3(_) | Kind::Gcs(_)) => {
-            Err(Status::unimplemented("this mover does not import from s3 or gcs sources yet"))
+        Some(Kind::S3(s3)) => {
+            let spec = SourceSpec::s3(&s3.url).map_err(|e| invalid("source.s3.url", e))?;
+            let s3_keys = match (s3.access_key_id.is_empty(), s3.secret_key.is_empty()) {
+                (true, true) => None,
+                (false, false) => {
+                    Some(S3Keys { access_key_id: s3.access_key_id.clone(), secret_key: s3.secret_key.clone() })
+                }
+                (true, false) => return Err(invalid("source.s3.access_key_id", "is required with secret_key")),
+                (false, true) => return Err(invalid("source.s3.secret_key", "is required with access_key_id")),
+            };
+            let http = HttpOptions { ca: ca("source.s3.ca_pem", &s3.ca_pem), ..HttpOptions::default() };
+            Ok((spec, SourceOptions { http, s3_keys, ..SourceOptions::default() }))
+        }
+        Some(Kind::Gcs(g)) => {
+            let spec = SourceSpec::gcs(&g.url).map_err(|e| invalid("source.gcs.url", e))?;
+            if !g.endpoint.trim().is_empty() {
+                gcs::endpoint(Some(&g.endpoint), None).map_err(|e| invalid("source.gcs.endpoint", e))?;
+            }
+            let credentials_json = (!g.credentials_json.is_empty()).then(|| g.credentials_json.clone());
+            if let Some(json) = &credentials_json {
+                gcs::check_credentials(json).map_err(|e| invalid("source.gcs.credentials_json", e))?;
+            }
+            let gcs =
+                GcsOptions { credentials_json, endpoint: (!g.endpoint.trim().is_empty()).then(|| g.endpoint.clone()) };
+            Ok((spec, SourceOptions { gcs, ..SourceOptions::default() }))
         }
         Some(Kind::File(f)) => {
             if !f.path.starts_with('/') {
@@ -164,8 +189,7 @@ fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), St
                 return Err(invalid("source.http.basic_auth.username", "is required with basic_auth"));
             }
             let http = HttpOptions {
-                ca: (!h.ca_pem.is_empty())
-                    .then(|| CaBundle { pem: h.ca_pem.clone(), origin: "the request's ca_pem".into() }),
+                ca: ca("source.http.ca_pem", &h.ca_pem),
                 insecure_skip_verify: h.insecure_skip_verify,
                 headers: h.headers.iter().map(|x| (x.name.clone(), x.value.clone())).collect(),
                 credentials,
@@ -191,13 +215,14 @@ fn registry(r: &pb::RegistrySource) -> Result<(SourceSpec, SourceOptions), Statu
     } else {
         Some(r.architecture.parse::<Platform>().map_err(|e| invalid("source.registry.architecture", e))?)
     };
-    let registry = RegistryOptions {
-        credentials,
-        ca: (!r.ca_pem.is_empty()).then(|| CaBundle { pem: r.ca_pem.clone(), origin: "the request's ca_pem".into() }),
-        insecure: r.insecure,
-        platform,
-    };
+    let registry =
+        RegistryOptions { credentials, ca: ca("source.registry.ca_pem", &r.ca_pem), insecure: r.insecure, platform };
     Ok((spec, SourceOptions { registry, ..SourceOptions::default() }))
+}
+
+/// Extra CA certificates from a request field, if any.
+fn ca(field: &str, pem: &[u8]) -> Option<CaBundle> {
+    (!pem.is_empty()).then(|| CaBundle { pem: pem.to_vec(), origin: format!("the request's {field}") })
 }
 
 /// The options of a WriteVolume into a directory.
@@ -408,6 +433,50 @@ mod tests {
                 .collect();
             assert_eq!(camel, r.as_str());
         }
+    }
+
+    fn with_source(kind: pb::source::Kind) -> pb::PopulateRequest {
+        pb::PopulateRequest { source: Some(pb::Source { kind: Some(kind) }), ..req() }
+    }
+
+    #[test]
+    fn object_store_sources_convert_with_their_credentials() {
+        let s3 = |url: &str, id: &str, secret: &str| {
+            with_source(pb::source::Kind::S3(pb::S3Source {
+                url: url.into(),
+                access_key_id: id.into(),
+                secret_key: secret.into(),
+                ca_pem: b"PEM".to_vec(),
+            }))
+        };
+        let spec = populate(&s3("http://127.0.0.1:9000/b/k.img", "AKID", "s3cr3t"), Path::new("/")).unwrap();
+        assert!(matches!(&spec.request.source, SourceSpec::S3(l) if l.bucket == "b" && l.key == "k.img"));
+        assert_eq!(spec.request.source_options.s3_keys.as_ref().unwrap().secret_key, "s3cr3t");
+        assert!(spec.request.source_options.http.ca.is_some());
+        assert!(!spec.source.contains("s3cr3t") && !format!("{:?}", spec.request).contains("s3cr3t"));
+        let anonymous = populate(&s3("s3://b/k", "", ""), Path::new("/")).unwrap();
+        assert!(anonymous.request.source_options.s3_keys.is_none());
+        assert!(field_of(s3("s3://b/k", "AKID", "")).starts_with("source.s3.secret_key"));
+        assert!(field_of(s3("s3://b/k", "", "x")).starts_with("source.s3.access_key_id"));
+        assert!(field_of(s3("s3://bucket-only", "", "")).starts_with("source.s3.url"));
+
+        let gcs = |url: &str, json: &[u8], endpoint: &str| {
+            with_source(pb::source::Kind::Gcs(pb::GcsSource {
+                url: url.into(),
+                credentials_json: json.to_vec(),
+                endpoint: endpoint.into(),
+            }))
+        };
+        let spec =
+            populate(&gcs("https://storage.cloud.google.com/b/o.img", b"", "http://127.0.0.1:1"), Path::new("/"))
+                .unwrap();
+        assert_eq!(spec.source, "gs://b/o.img");
+        assert_eq!(spec.request.source_options.gcs.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert!(
+            field_of(gcs("gs://b/o", b"{\"type\":\"service_account\"}", "")).starts_with("source.gcs.credentials_json")
+        );
+        assert!(field_of(gcs("gs://b/o", b"", "ftp://x")).starts_with("source.gcs.endpoint"));
+        assert!(field_of(gcs("http://example.com/b/o", b"", "")).starts_with("source.gcs.url"));
     }
 
     #[test]

@@ -169,7 +169,16 @@ impl pb::mover_server::Mover for MoverService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api: pb::API.to_string(),
             formats: strings(&["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "gz", "xz", "zst", "tar"]),
-            sources: strings(&["http", "https", "file", "docker", "oci-archive", crate::source::blank::FORMAT]),
+            sources: strings(&[
+                "http",
+                "https",
+                "file",
+                "docker",
+                "oci-archive",
+                crate::source::blank::FORMAT,
+                "s3",
+                "gcs",
+            ]),
             content_types: strings(&["kubevirt", "archive"]),
             node_name: self.node_name.clone(),
         }))

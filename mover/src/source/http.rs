@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use cdi_common::backoff::Backoff;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::runtime::Handle;
@@ -82,6 +83,35 @@ impl Default for HttpOptions {
     }
 }
 
+/// Per-request authorisation for object stores reached over HTTP (S3's signatures, GCS's
+/// bearer tokens), and the store's reading of its own error bodies.
+pub trait RequestAuth: Send + Sync + fmt::Debug {
+    /// Headers that authorise `method` on `url`. Called for every request to the named
+    /// origin (never across a redirect to another), so signatures are always fresh.
+    fn authorize<'a>(&'a self, method: &'a Method, url: &'a Url) -> BoxFuture<'a, Result<HeaderMap, SourceError>>;
+
+    /// A specific error for a refused request, from the store's error body (at most
+    /// [`ERROR_BODY_LIMIT`] bytes); `None` keeps the generic HTTP status error.
+    fn refusal(&self, _status: StatusCode, _body: &[u8]) -> Option<SourceError> {
+        None
+    }
+}
+
+/// The most of an error response body read for [`RequestAuth::refusal`].
+pub const ERROR_BODY_LIMIT: usize = 16 << 10;
+
+/// How an object store uses the HTTP source: its name in messages, its authorisation, and
+/// what it already knows about the object.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectAccess {
+    /// Shown instead of the URL (e.g. `s3://bucket/key`).
+    pub name: Option<String>,
+    pub auth: Option<Arc<dyn RequestAuth>>,
+    /// The object's length from the store's metadata: no HEAD is sent (some servers answer
+    /// none), ranges are assumed and proven by the first range request.
+    pub len: Option<u64>,
+}
+
 /// An HTTP(S) object.
 #[derive(Debug)]
 pub struct HttpSource {
@@ -98,6 +128,7 @@ pub struct HttpSource {
     connections: usize,
     chunk_size: usize,
     cancel: Option<Arc<AtomicBool>>,
+    auth: Option<Arc<dyn RequestAuth>>,
 }
 
 impl HttpSource {
@@ -111,13 +142,36 @@ impl HttpSource {
         cancel: Option<Arc<AtomicBool>>,
         rt: Handle,
     ) -> Result<Opened, SourceError> {
-        crate::tls::install_crypto_provider();
+        HttpSource::open_object(url, opts, ObjectAccess::default(), cancel, rt)
+    }
+
+    /// [`HttpSource::open`] for an object store's object: see [`ObjectAccess`].
+    pub fn open_object(
+        url: Url,
+        opts: HttpOptions,
+        access: ObjectAccess,
+        cancel: Option<Arc<AtomicBool>>,
+        rt: Handle,
+    ) -> Result<Opened, SourceError> {
         let client = build_client(&opts)?;
+        HttpSource::open_with_client(client, url, opts, access, cancel, rt)
+    }
+
+    /// [`HttpSource::open_object`] with a client already built (the store used it for its
+    /// metadata).
+    pub fn open_with_client(
+        client: reqwest::Client,
+        url: Url,
+        opts: HttpOptions,
+        access: ObjectAccess,
+        cancel: Option<Arc<AtomicBool>>,
+        rt: Handle,
+    ) -> Result<Opened, SourceError> {
         let headers = parse_headers(&opts.headers)?;
         let mut source = HttpSource {
             client,
             rt: rt.clone(),
-            name: redact(&url),
+            name: access.name.unwrap_or_else(|| redact(&url)),
             origin: url.clone(),
             url,
             len: 0,
@@ -126,8 +180,12 @@ impl HttpSource {
             connections: opts.connections.max(1),
             chunk_size: opts.chunk_size.max(64 << 10),
             cancel,
+            auth: access.auth,
         };
-        let head = rt.block_on(source.head_retrying());
+        let head = match access.len {
+            Some(len) => Ok((source.url.clone(), Some(len), true)),
+            None => rt.block_on(source.head_retrying()),
+        };
         if let Ok((final_url, Some(len), true)) = head
             && len > 0
         {
@@ -147,7 +205,7 @@ impl HttpSource {
         }
         // No usable ranges: one GET, streamed. Its status decides now.
         let (response, _) = rt.block_on(source.send(Method::GET, None))?;
-        let response = check_status(&source.name, response)?;
+        let response = rt.block_on(source.check_status(response))?;
         let len = response.content_length();
         let name = source.name.clone();
         let source = Arc::new(source);
@@ -201,6 +259,9 @@ impl HttpSource {
                 if let Some(c) = &self.credentials {
                     request = request.basic_auth(&c.username, Some(&c.password));
                 }
+                if let Some(auth) = &self.auth {
+                    request = request.headers(auth.authorize(&method, &url).await?);
+                }
             }
             if let Some((first, last)) = range {
                 request = request.header(header::RANGE, format!("bytes={first}-{last}"));
@@ -219,8 +280,15 @@ impl HttpSource {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| url.join(l).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| SourceError::BadRedirect { url: redact(&url) })?;
+                .filter(|u| matches!(u.scheme(), "http" | "https"));
+            let Some(next) = next else {
+                // S3 answers a bucket in another region with a 301 and no Location: its
+                // body says where to go.
+                if self.auth.is_some() {
+                    return Err(self.refusal(response).await);
+                }
+                return Err(SourceError::BadRedirect { url: redact(&url) });
+            };
             tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
         }
@@ -281,7 +349,7 @@ impl HttpSource {
                     detail: format!("status {} instead of 206 Partial Content", s.as_u16()),
                 });
             }
-            _ => return Err(status_error(&self.name, response.status())),
+            _ => return Err(self.refusal(response).await),
         }
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -435,7 +503,8 @@ impl Read for ChannelReader {
     }
 }
 
-fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, SourceError> {
+pub(crate) fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, SourceError> {
+    crate::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)
@@ -470,7 +539,7 @@ fn parse_headers(headers: &[(String, String)]) -> Result<HeaderMap, SourceError>
     Ok(map)
 }
 
-fn status_error(name: &str, status: StatusCode) -> SourceError {
+pub(crate) fn status_error(name: &str, status: StatusCode) -> SourceError {
     let hint = match status.as_u16() {
         404 | 410 => " (not found: check the URL)",
         401 | 407 => " (authentication required or refused: check the credentials)",
@@ -481,8 +550,36 @@ fn status_error(name: &str, status: StatusCode) -> SourceError {
     SourceError::Status { url: name.to_string(), status: status.as_u16(), hint }
 }
 
-fn check_status(name: &str, response: reqwest::Response) -> Result<reqwest::Response, SourceError> {
-    if response.status().is_success() { Ok(response) } else { Err(status_error(name, response.status())) }
+impl HttpSource {
+    async fn check_status(&self, response: reqwest::Response) -> Result<reqwest::Response, SourceError> {
+        if response.status().is_success() { Ok(response) } else { Err(self.refusal(response).await) }
+    }
+
+    /// The error for a refused request: the store's own reading of its error body when it
+    /// has one, else the status.
+    async fn refusal(&self, response: reqwest::Response) -> SourceError {
+        let status = response.status();
+        if let Some(auth) = &self.auth {
+            let body = read_limited(response, ERROR_BODY_LIMIT).await;
+            if let Some(e) = auth.refusal(status, &body) {
+                return e;
+            }
+        }
+        status_error(&self.name, status)
+    }
+}
+
+/// Up to `limit` bytes of a body; a body that fails midway is what arrived.
+pub(crate) async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = response.bytes_stream();
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out
 }
 
 /// `bytes START-END/TOTAL` → START.

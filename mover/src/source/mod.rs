@@ -6,12 +6,17 @@
 //! compression, no checksum over the stream), which lets qcow2 be read metadata-first and
 //! lets several workers fetch in parallel.
 //!
-//! [`blank`] is the source without bytes: an empty disk, made where it lies.
+//! [`blank`] is the source without bytes: an empty disk, made where it lies. The object
+//! stores ([`s3`], [`gcs`]) are HTTP sources with their own addressing and authorisation.
 
 pub mod blank;
 mod file;
+pub mod gcs;
+mod google_auth;
 mod http;
 pub mod registry;
+pub mod s3;
+pub mod sigv4;
 
 use std::fmt;
 use std::io::{self, Read};
@@ -19,8 +24,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use file::FileSource;
-pub use http::{CaBundle, Credentials, HttpOptions, HttpSource};
+pub use gcs::{GcsLocation, GcsOptions};
+pub use http::{CaBundle, Credentials, HttpOptions, HttpSource, ObjectAccess, RequestAuth};
 pub use registry::{ImageRef, Platform, RegistryError, RegistryOptions};
+pub use s3::S3Location;
+pub use sigv4::S3Keys;
 
 /// Random access to the source's bytes. Implementations are shared by the copy workers.
 pub trait RandomAccess: Send + Sync + fmt::Debug {
@@ -68,6 +76,11 @@ pub enum SourceSpec {
     Http(reqwest::Url),
     /// A container image (containerDisk): `docker://…` or `oci-archive:///…` ([`registry`]).
     Registry(ImageRef),
+    /// An S3 object: `s3://BUCKET/KEY`, or a path-style `http(s)://ENDPOINT/BUCKET/KEY`
+    /// named as S3 by the caller ([`SourceSpec::s3`]).
+    S3(S3Location),
+    /// A Google Cloud Storage object: `gs://BUCKET/OBJECT`.
+    Gcs(GcsLocation),
     /// No bytes: an empty raw disk of the target's usable size ([`blank`]).
     Blank,
 }
@@ -79,14 +92,18 @@ impl fmt::Debug for SourceSpec {
             SourceSpec::File(p) => f.debug_tuple("File").field(p).finish(),
             SourceSpec::Http(u) => f.debug_tuple("Http").field(&redact(u)).finish(),
             SourceSpec::Registry(i) => f.debug_tuple("Registry").field(&i.display()).finish(),
+            SourceSpec::S3(l) => f.debug_tuple("S3").field(&l.name).finish(),
+            SourceSpec::Gcs(l) => f.debug_tuple("Gcs").field(&l.name()).finish(),
             SourceSpec::Blank => f.write_str("Blank"),
         }
     }
 }
 
 impl SourceSpec {
-    /// Parses a path, `file://…`, `http://…`, `https://…`, `docker://…`, `oci-archive:///…`,
-    /// or `blank:` (an empty disk).
+    /// Parses a path, `file://…`, `http://…`, `https://…`, `s3://BUCKET/KEY`,
+    /// `gs://BUCKET/OBJECT`, `docker://…`, `oci-archive:///…`, or `blank:` (an empty disk).
+    /// http(s) URLs are plain HTTP; the caller names an S3 endpoint or a GCS browser URL with
+    /// [`SourceSpec::s3`] or [`SourceSpec::gcs`].
     pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
         if let Some(image) = ImageRef::parse(s) {
             return Ok(SourceSpec::Registry(image?));
@@ -108,10 +125,22 @@ impl SourceSpec {
                 .map_err(|e| SourceError::InvalidUrl { url: redact_str(s), reason: e.to_string() })?;
             return match scheme.to_ascii_lowercase().as_str() {
                 "http" | "https" => Ok(SourceSpec::Http(url)),
+                "s3" => Ok(SourceSpec::S3(S3Location::parse(s)?)),
+                "gs" => Ok(SourceSpec::Gcs(GcsLocation::parse(s)?)),
                 other => Err(SourceError::UnsupportedScheme { scheme: other.to_string(), url: redact(&url) }),
             };
         }
         Ok(SourceSpec::File(PathBuf::from(s)))
+    }
+
+    /// An S3 object from `s3://BUCKET/KEY` or a path-style `http(s)://ENDPOINT/BUCKET/KEY`.
+    pub fn s3(s: &str) -> Result<SourceSpec, SourceError> {
+        Ok(SourceSpec::S3(S3Location::parse(s)?))
+    }
+
+    /// A GCS object from `gs://BUCKET/OBJECT` or `https://storage.cloud.google.com/BUCKET/OBJECT`.
+    pub fn gcs(s: &str) -> Result<SourceSpec, SourceError> {
+        Ok(SourceSpec::Gcs(GcsLocation::parse(s)?))
     }
 
     /// The source as it may be shown to users: no credentials, no query string.
@@ -120,6 +149,8 @@ impl SourceSpec {
             SourceSpec::File(p) => p.display().to_string(),
             SourceSpec::Http(u) => redact(u),
             SourceSpec::Registry(i) => i.display(),
+            SourceSpec::S3(l) => l.name.clone(),
+            SourceSpec::Gcs(l) => l.name(),
             SourceSpec::Blank => blank::FORMAT.to_string(),
         }
     }
@@ -166,8 +197,12 @@ impl Opened {
 /// Options for opening any source.
 #[derive(Debug, Clone, Default)]
 pub struct SourceOptions {
+    /// For every source over HTTP (S3 and GCS too): CA, TLS verification, connections.
     pub http: HttpOptions,
     pub registry: RegistryOptions,
+    /// S3's access keys; none: anonymous.
+    pub s3_keys: Option<S3Keys>,
+    pub gcs: GcsOptions,
     /// Set to stop blocked network reads promptly (the import's cancel flag).
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -179,6 +214,10 @@ pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle
         SourceSpec::File(path) => FileSource::open(path),
         SourceSpec::Http(url) => HttpSource::open(url.clone(), opts.http.clone(), opts.cancel.clone(), rt.clone()),
         SourceSpec::Registry(image) => registry::open(image, &opts.registry, opts.cancel.clone(), rt),
+        SourceSpec::S3(location) => {
+            s3::open(location, opts.s3_keys.as_ref(), &opts.http, opts.cancel.clone(), rt.clone())
+        }
+        SourceSpec::Gcs(location) => gcs::open(location, &opts.gcs, &opts.http, opts.cancel.clone(), rt.clone()),
         // The import makes a blank disk without opening anything (`blank::create`).
         SourceSpec::Blank => Err(SourceError::NoBytes),
     }
@@ -205,7 +244,7 @@ pub enum SourceError {
     #[error("invalid source URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error(
-        "unsupported source scheme {scheme:?} in {url}; use a path, file://, http://, https://, docker://, oci-archive:// or blank:"
+        "unsupported source scheme {scheme:?} in {url}; use a path, file://, http://, https://, s3://, gs://, docker://, oci-archive:// or blank:"
     )]
     UnsupportedScheme { scheme: String, url: String },
     #[error("invalid HTTP option: {0}")]
@@ -214,6 +253,14 @@ pub enum SourceError {
     CaFile { origin: String, reason: String },
     #[error("{url}: HTTP {status}{hint}")]
     Status { url: String, status: u16, hint: &'static str },
+    /// An object store refused a request and said why (S3's error code, GCS's message).
+    #[error("{object}: {message}")]
+    Store { object: String, status: u16, retryable: bool, message: String },
+    /// Obtaining an access token for the store failed.
+    #[error("{0}")]
+    Token(String),
+    #[error("{0}")]
+    TokenRetryable(String),
     #[error("{url}: {operation} failed at offset {offset}: {source}")]
     Transfer {
         url: String,
@@ -250,6 +297,8 @@ impl SourceError {
         match self {
             SourceError::Registry(e) => e.is_retryable(),
             SourceError::Status { status, .. } => is_retryable_status(*status),
+            SourceError::Store { retryable, .. } => *retryable,
+            SourceError::TokenRetryable(_) => true,
             SourceError::Transfer { .. }
             | SourceError::Interrupted { .. }
             | SourceError::ShortBody { .. }
@@ -265,6 +314,8 @@ impl SourceError {
             SourceError::Registry(e) => e.reason(),
             SourceError::Status { status: 404 | 410, .. } => Reason::NotFound,
             SourceError::Status { status: 401 | 403 | 407, .. } => Reason::Unauthorized,
+            SourceError::Store { status: 404 | 410, .. } => Reason::NotFound,
+            SourceError::Store { status: 401 | 403, .. } | SourceError::Token(_) => Reason::Unauthorized,
             SourceError::OpenFile { source, .. } if source.kind() == io::ErrorKind::NotFound => Reason::NotFound,
             e if e.is_retryable() => Reason::SourceUnavailable,
             _ => Reason::SourceInvalid,
@@ -288,7 +339,7 @@ impl SourceError {
 }
 
 /// HTTP statuses worth retrying: timeouts, rate limits and server-side failures.
-pub(crate) fn is_retryable_status(status: u16) -> bool {
+pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || (500..600).contains(&status)
 }
 
@@ -306,7 +357,7 @@ pub fn redact(url: &reqwest::Url) -> String {
     shown
 }
 
-fn redact_str(s: &str) -> String {
+pub(crate) fn redact_str(s: &str) -> String {
     match reqwest::Url::parse(s) {
         Ok(u) => redact(&u),
         // Unparseable: show the part before any '@' or '?', where credentials hide.
@@ -356,6 +407,12 @@ mod tests {
         assert!(matches!(SourceSpec::parse("https://h/x").unwrap(), SourceSpec::Http(_)));
         assert!(matches!(SourceSpec::parse("HTTP://h/x").unwrap(), SourceSpec::Http(_)));
         assert!(matches!(SourceSpec::parse("blank:").unwrap(), SourceSpec::Blank));
+        assert!(matches!(SourceSpec::parse("s3://b/k.img").unwrap(), SourceSpec::S3(l) if l.key == "k.img"));
+        assert!(matches!(SourceSpec::parse("gs://b/o.img").unwrap(), SourceSpec::Gcs(l) if l.object == "o.img"));
+        // Object stores over http(s) are named by the caller, not guessed.
+        assert!(matches!(SourceSpec::parse("https://storage.cloud.google.com/b/o").unwrap(), SourceSpec::Http(_)));
+        assert!(matches!(SourceSpec::s3("http://127.0.0.1:9000/b/k").unwrap(), SourceSpec::S3(l) if l.bucket == "b"));
+        assert_eq!(SourceSpec::gcs("https://storage.cloud.google.com/b/o").unwrap().display(), "gs://b/o");
         assert!(matches!(SourceSpec::parse("blank://").unwrap(), SourceSpec::Blank));
         // A file that happens to be called "blank" is still a file.
         assert!(matches!(SourceSpec::parse("blank").unwrap(), SourceSpec::File(_)));

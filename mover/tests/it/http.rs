@@ -273,15 +273,15 @@ fn checksums_are_verified_over_the_fetched_bytes() {
     assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0);
 }
 
-/// A TCP relay to nginx that cuts `cuts` connections once each has relayed `after`
+/// A TCP relay to a server (nginx, moto...) that cuts `cuts` connections once each has relayed `after`
 /// response bytes, and counts what it relays.
-struct Cutter {
-    port: u16,
-    relayed: Arc<AtomicU64>,
-    cuts_left: Arc<AtomicUsize>,
+pub(crate) struct Cutter {
+    pub(crate) port: u16,
+    pub(crate) relayed: Arc<AtomicU64>,
+    pub(crate) cuts_left: Arc<AtomicUsize>,
 }
 
-fn cutter(upstream: u16, cuts: usize, after: u64) -> Cutter {
+pub(crate) fn cutter(upstream: u16, cuts: usize, after: u64) -> Cutter {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let relayed = Arc::new(AtomicU64::new(0));
