@@ -17,8 +17,14 @@ mod install;
 mod peers;
 // The registry, S3 and GCS peers of the mover's own tests.
 #[allow(dead_code)] // the suite uses a part of each
+#[path = "../../../mover/tests/it/peers_gcs.rs"]
+mod peers_gcs;
+#[allow(dead_code)]
 #[path = "../../../mover/tests/it/peers_registry.rs"]
 mod peers_registry;
+#[allow(dead_code)]
+#[path = "../../../mover/tests/it/peers_s3.rs"]
+mod peers_s3;
 mod populate;
 mod services;
 mod snapshots;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use cdi_e2e::system::NAMESPACE;
 use cdi_populator::api::names::annotations as key;
 use cdi_populator::api::{DataVolume, DataVolumePhase};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
@@ -18,7 +19,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
+use crate::peers_gcs::GcsEmulator;
 use crate::peers_registry::Registry;
+use crate::peers_s3::Moto;
 use crate::populate::{Env, qemu_same};
 
 /// An import of a few MiB, on 2 busy cores.
@@ -96,6 +99,14 @@ async fn assert_holds(env: &Env, name: &str, raw: &Path) {
     }
 }
 
+/// Sets `STORAGE_EMULATOR_HOST` on the mover DaemonSet and waits for the movers to run with it.
+async fn movers_use_gcs_emulator(env: &Env, endpoint: &str) {
+    let daemonset = "daemonset/cdi-mover";
+    kubectl(env, &["set", "env", "-n", NAMESPACE, daemonset, &format!("STORAGE_EMULATOR_HOST={endpoint}")]).await;
+    let status = kubectl(env, &["rollout", "status", "-n", NAMESPACE, daemonset, "--timeout=90s"]).await;
+    assert!(status.contains("successfully rolled out"), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_data_volumes_and_a_golden_pvc_succeed_and_hold_the_image() {
     let env = Env::start(16, &[]).await;
@@ -171,4 +182,31 @@ async fn wait_golden_success(env: &Env, name: &str) {
         );
     }
     assert_eq!(ann.get(key::POD_PHASE).map(String::as_str), Some("Succeeded"), "{ann:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_and_gcs_data_volumes_succeed_and_hold_the_image() {
+    let env = Env::start(16, &[]).await;
+    let dir = env.dir.path();
+    let (moto, gcs) = (Moto::start(dir), GcsEmulator::start(dir));
+    movers_use_gcs_emulator(&env, &gcs.endpoint()).await;
+    // The qcow2 in moto (checking signatures, keys in a Secret) and in the emulator
+    // (anonymous).
+    moto.put_object("disks", "disk.qcow2", &env.qcow2);
+    let (key_id, secret_key) = moto.keys.clone().expect("moto with keys");
+    secret(&env, "s3-keys", &[("accessKeyId", &key_id), ("secretKey", &secret_key)]).await;
+    gcs.put_object("disks", "images/disk.qcow2", &env.qcow2);
+
+    let s3 = json!({"s3": {"url": moto.url("disks", "disk.qcow2"), "secretRef": "s3-keys"}});
+    data_volume(&env, "from-s3", "Filesystem", s3).await;
+    data_volume(&env, "from-gcs", "Block", json!({"gcs": {"url": "gs://disks/images/disk.qcow2"}})).await;
+    for name in ["from-s3", "from-gcs"] {
+        wait_succeeded(&env, name).await;
+        assert_holds(&env, name, &env.raw).await;
+    }
+    for event in env.events("from-s3").await {
+        assert!(!event.contains(&secret_key), "a credential in an event: {event}");
+    }
+    drop((moto, gcs));
+    env.stop().await;
 }
