@@ -8,6 +8,7 @@
 //! | [`checksum`] | `md5|sha1|sha256|sha512:HEX` specs; hashing them with the `digest` feature |
 //! | [`backoff`] | capped doubling retry delays |
 //! | [`human_bytes`] | sizes for people: `2.0 GiB` |
+//! | [`utc`] | UTC calendar time from the system clock |
 //! | `http` | `/metrics` and `/healthz` (the `http` feature) |
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod checksum;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod utc;
 
 /// An error and its causes on one line: "a: b: c".
 ///

@@ -50,7 +50,7 @@ impl TaskLog {
     /// Appends one line; a failed write stops the log.
     pub fn line(&mut self, text: &str) {
         let Some(f) = &mut self.file else { return };
-        let stamp = utc_timestamp();
+        let stamp = cdi_common::utc::UtcTime::now().rfc3339();
         if let Err(e) = writeln!(f, "{stamp} {text}") {
             tracing::warn!(error = %e, "task log write failed; no more lines");
             self.file = None;
@@ -105,38 +105,10 @@ impl TaskLog {
     }
 }
 
-/// UTC `YYYY-MM-DDTHH:MM:SSZ`, from the system clock (no date crate needed for this).
-fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::Reason;
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-    }
 
     #[test]
     fn lines_tell_the_story_and_are_throttled() {

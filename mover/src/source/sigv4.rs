@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cdi_common::utc::UtcTime;
 use ring::{digest, hmac};
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -40,25 +41,11 @@ impl AmzTime {
     }
 
     pub fn from_unix(secs: u64) -> AmzTime {
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(days as i64);
-        let date = format!("{y:04}{m:02}{d:02}");
-        let stamp = format!("{date}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60);
+        let t = UtcTime::from_unix(secs);
+        let date = format!("{:04}{:02}{:02}", t.year, t.month, t.day);
+        let stamp = format!("{date}T{:02}{:02}{:02}Z", t.hour, t.minute, t.second);
         AmzTime { stamp, date }
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// What a signature covers.
