@@ -2,16 +2,30 @@
 //! each in its own task: readiness decides the container's `ready`, a failed liveness probe
 //! has the kubelet restart the container.
 //!
+//! Probes run on a runtime of their own (one thread), as the kubelet is a process of its
+//! own: in this single-process cluster a busy API server would otherwise delay the probes'
+//! own timers and fail healthy containers' liveness probes, restarting them.
+//!
 //! One deliberate difference from the kubelet: until a readiness probe first succeeds it is
 //! retried every second instead of every `periodSeconds`, so a pod is Ready about as soon as
 //! it serves, not up to a period later. Later probes keep the period.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
+
+/// Where every probe runs (see the module comment). Built once, never dropped.
+static PROBES: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("kubelet-probes")
+        .enable_all()
+        .build()
+        .expect("a runtime for the kubelet's probes")
+});
 
 /// The probes of one container run; dropping it stops them.
 #[derive(Debug)]
@@ -39,13 +53,13 @@ impl Prober {
         match Probe::parse(&c["readinessProbe"], c, pod_ip, &env, &rewrite) {
             Some(p) => {
                 let flag = ready.clone();
-                tasks.push(tokio::spawn(async move { p.run(Kind::Readiness, flag).await }));
+                tasks.push(PROBES.spawn(async move { p.run(Kind::Readiness, flag).await }));
             }
             None => ready.store(true, Ordering::SeqCst),
         }
         if let Some(p) = Probe::parse(&c["livenessProbe"], c, pod_ip, &env, &rewrite) {
             let flag = unhealthy.clone();
-            tasks.push(tokio::spawn(async move { p.run(Kind::Liveness, flag).await }));
+            tasks.push(PROBES.spawn(async move { p.run(Kind::Liveness, flag).await }));
         }
         Prober { ready, unhealthy, tasks }
     }
