@@ -20,6 +20,43 @@ pub fn ensure_tool(binary: &str, package: &str) {
     assert!(status.success() && which(binary), "could not install {package} (needed for {binary})");
 }
 
+/// Installs a PyPI package if `import_check` (Python modules, comma-separated) fails,
+/// serialised across test processes.
+pub fn ensure_python(import_check: &str, package: &str) {
+    let imports = |modules: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {modules}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports(import_check) {
+        return;
+    }
+    let script = format!(
+        "python3 -c 'import {import_check}' 2>/dev/null || \
+         python3 -m pip install -q --disable-pip-version-check '{package}' >/dev/null 2>&1"
+    );
+    let status = Command::new("flock").args(["/tmp/cdi-rs-pip.lock", "sh", "-c", &script]).status().expect("run flock");
+    assert!(status.success() && imports(import_check), "could not install {package} from PyPI");
+}
+
+/// Waits until `child` accepts TCP connections on 127.0.0.1:`port`; false if it exited
+/// first (port taken, bad configuration) or `timeout` passed.
+pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 pub fn which(binary: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {binary}")])
@@ -96,17 +133,7 @@ http {{
 
     /// Waits until nginx accepts connections, or it exited (port taken).
     fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
+        wait_listening(&mut self.child, self.port, Duration::from_secs(10))
     }
 
     pub fn url(&self, scheme: &str, path: &str) -> String {

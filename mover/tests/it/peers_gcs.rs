@@ -3,22 +3,16 @@
 //! API. Std only: the e2e suite includes this file by path, next to `peers.rs`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::peers::{ensure_python, free_port};
+
 /// Installs the emulator if missing, serialised across test processes.
 pub fn ensure_gcs_emulator() {
-    let script = "python3 -c 'import gcp_storage_emulator' 2>/dev/null || \
-                  python3 -m pip install -q --disable-pip-version-check gcp-storage-emulator >/dev/null 2>&1";
-    let status = Command::new("flock").args(["/tmp/cdi-rs-pip.lock", "sh", "-c", script]).status().expect("run flock");
-    let ok = Command::new("python3")
-        .args(["-c", "import gcp_storage_emulator"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(status.success() && ok, "could not install gcp-storage-emulator from PyPI");
+    ensure_python("gcp_storage_emulator", "gcp-storage-emulator");
 }
 
 /// A GCS emulator on 127.0.0.1. It serves the JSON API (metadata, `alt=media` downloads
@@ -32,7 +26,7 @@ impl GcsEmulator {
     pub fn start(dir: &Path) -> GcsEmulator {
         ensure_gcs_emulator();
         for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = free_port();
             let data = dir.join(format!("gcs-{port}"));
             std::fs::create_dir_all(&data).unwrap();
             let log = std::fs::File::create(dir.join(format!("gcs-{port}.log"))).unwrap();

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::peers::{ensure_tool, free_port};
+use crate::peers::{ensure_tool, free_port, wait_listening};
 
 /// How a layer's tar is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,17 +208,7 @@ impl Registry {
     }
 
     fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_listening(&mut self.child, self.port, Duration::from_secs(20))
     }
 
     /// `host:port` of the registry.

@@ -2,10 +2,11 @@
 //! demand) on a loopback port, objects put with boto3. Std only: the e2e suite includes
 //! this file by path, next to `peers.rs`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::peers::{ensure_python, free_port, wait_listening};
 
 /// IAM actions moto lets through unauthenticated before it checks every request: the user,
 /// its policy and its access key are made with them (see [`Moto::start`]).
@@ -14,15 +15,7 @@ const SETUP_ACTIONS: u32 = 3;
 /// Installs moto's server (and boto3, which it brings) if missing, serialised across test
 /// processes.
 pub fn ensure_moto() {
-    let script = "python3 -c 'import moto.server, boto3, flask' 2>/dev/null || \
-                  python3 -m pip install -q --disable-pip-version-check 'moto[server]' >/dev/null 2>&1";
-    let status = Command::new("flock").args(["/tmp/cdi-rs-pip.lock", "sh", "-c", script]).status().expect("run flock");
-    let ok = Command::new("python3")
-        .args(["-c", "import moto.server, boto3"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(status.success() && ok, "could not install moto[server] from PyPI");
+    ensure_python("moto.server, boto3, flask", "moto[server]");
 }
 
 /// A moto S3 server on 127.0.0.1. With keys it checks every request's SigV4 signature and
@@ -61,7 +54,7 @@ impl Moto {
     fn spawn(dir: &Path, auth: bool) -> Moto {
         ensure_moto();
         for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = free_port();
             let log = std::fs::File::create(dir.join(format!("moto-{port}.log"))).unwrap();
             let mut cmd = Command::new("moto_server");
             cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -81,16 +74,10 @@ impl Moto {
         panic!("moto_server did not start");
     }
 
+    /// Waits until moto serves; a moto that does not is stopped.
     fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if wait_listening(&mut self.child, self.port, Duration::from_secs(30)) {
+            return true;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
