@@ -1,6 +1,6 @@
 //! [`GcsImport`]: a checked `spec.source.gcs`.
 
-use super::{PlanError, non_empty, parse_url};
+use super::{BucketIn, PlanError, non_empty, object_url, parse_url};
 use crate::api::DataVolumeSourceGcs;
 
 const URL_FIELD: &str = "spec.source.gcs.url";
@@ -25,13 +25,16 @@ impl TryFrom<&DataVolumeSourceGcs> for GcsImport {
     /// and an object.
     fn try_from(gcs: &DataVolumeSourceGcs) -> Result<Self, Self::Error> {
         let url = parse_url(URL_FIELD, &gcs.url)?;
-        let incomplete = |what| PlanError::IncompleteUrl { field: URL_FIELD, what, expected: URL_FORMS };
-        let (bucket, object) = match url.scheme() {
-            "gs" => (url.host_str().unwrap_or_default(), url.path().trim_start_matches('/')),
-            "https" if url.host_str() == Some(GCS_HOST) => {
-                url.path().trim_start_matches('/').split_once('/').unwrap_or((url.path(), ""))
+        let bucket_in = match url.scheme() {
+            "gs" => BucketIn::Host,
+            "https" if url.host_str() == Some(GCS_HOST) => BucketIn::Path,
+            "https" => {
+                return Err(PlanError::IncompleteUrl {
+                    field: URL_FIELD,
+                    what: "storage.cloud.google.com as its host",
+                    expected: URL_FORMS,
+                });
             }
-            "https" => return Err(incomplete("storage.cloud.google.com as its host")),
             other => {
                 return Err(PlanError::UnsupportedUrlScheme {
                     field: URL_FIELD,
@@ -40,12 +43,7 @@ impl TryFrom<&DataVolumeSourceGcs> for GcsImport {
                 });
             }
         };
-        if bucket.trim_matches('/').is_empty() {
-            return Err(incomplete("a bucket"));
-        }
-        if object.is_empty() {
-            return Err(incomplete("an object"));
-        }
+        object_url(&url, bucket_in, URL_FIELD, URL_FORMS, "an object")?;
         Ok(GcsImport { url: gcs.url.clone(), secret_ref: non_empty(gcs.secret_ref.as_ref()) })
     }
 }

@@ -178,6 +178,39 @@ fn parse_url(field: &'static str, text: &str) -> Result<url::Url, PlanError> {
     url::Url::parse(text).map_err(|cause| PlanError::InvalidUrl { field, cause })
 }
 
+/// The URL form of an object store's object, for [`object_url`].
+#[derive(Clone, Copy, Debug)]
+enum BucketIn {
+    /// `SCHEME://BUCKET/OBJECT` (`s3://`, `gs://`).
+    Host,
+    /// `http(s)://HOST/BUCKET/OBJECT` (path style).
+    Path,
+}
+
+/// Checks that an object store's URL names a bucket and `an object` (the words used in the
+/// refusal, e.g. "an object key"); `field` and `expected` name the field and its forms.
+fn object_url(
+    url: &url::Url,
+    bucket_in: BucketIn,
+    field: &'static str,
+    expected: &'static str,
+    an_object: &'static str,
+) -> Result<(), PlanError> {
+    let path = url.path().trim_start_matches('/');
+    let (bucket, object) = match bucket_in {
+        BucketIn::Host => (url.host_str().unwrap_or_default(), path),
+        BucketIn::Path => path.split_once('/').unwrap_or((path, "")),
+    };
+    let incomplete = |what| PlanError::IncompleteUrl { field, what, expected };
+    if bucket.trim_matches('/').is_empty() {
+        return Err(incomplete("a bucket"));
+    }
+    if object.is_empty() {
+        return Err(incomplete(an_object));
+    }
+    Ok(())
+}
+
 /// CDI's optional strings are Go strings where `""` means unset.
 fn non_empty(value: Option<&String>) -> Option<String> {
     value.filter(|v| !v.is_empty()).cloned()

@@ -1,6 +1,6 @@
 //! [`S3Import`]: a checked `spec.source.s3`.
 
-use super::{PlanError, non_empty, parse_url};
+use super::{BucketIn, PlanError, non_empty, object_url, parse_url};
 use crate::api::DataVolumeSourceS3;
 
 const URL_FIELD: &str = "spec.source.s3.url";
@@ -24,11 +24,10 @@ impl TryFrom<&DataVolumeSourceS3> for S3Import {
     /// An empty or unparsable URL, another scheme, or one without a bucket and a key.
     fn try_from(s3: &DataVolumeSourceS3) -> Result<Self, Self::Error> {
         let url = parse_url(URL_FIELD, &s3.url)?;
-        let incomplete = |what| PlanError::IncompleteUrl { field: URL_FIELD, what, expected: URL_FORMS };
         // The bucket is the host of an s3:// URL, the first path segment of an endpoint's.
-        let (bucket, key) = match url.scheme() {
-            "s3" => (url.host_str().unwrap_or_default(), url.path().trim_start_matches('/')),
-            "http" | "https" => url.path().trim_start_matches('/').split_once('/').unwrap_or((url.path(), "")),
+        let bucket_in = match url.scheme() {
+            "s3" => BucketIn::Host,
+            "http" | "https" => BucketIn::Path,
             other => {
                 return Err(PlanError::UnsupportedUrlScheme {
                     field: URL_FIELD,
@@ -37,12 +36,7 @@ impl TryFrom<&DataVolumeSourceS3> for S3Import {
                 });
             }
         };
-        if bucket.trim_matches('/').is_empty() {
-            return Err(incomplete("a bucket"));
-        }
-        if key.is_empty() {
-            return Err(incomplete("an object key"));
-        }
+        object_url(&url, bucket_in, URL_FIELD, URL_FORMS, "an object key")?;
         Ok(S3Import {
             url: s3.url.clone(),
             secret_ref: non_empty(s3.secret_ref.as_ref()),
