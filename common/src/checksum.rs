@@ -142,9 +142,7 @@ mod digest {
         }
 
         pub fn finish_hex(self) -> String {
-            fn hex(bytes: &[u8]) -> String {
-                bytes.iter().map(|b| format!("{b:02x}")).collect()
-            }
+            use super::to_hex as hex;
             match self {
                 Hasher::Md5(h) => hex(&h.finalize()),
                 Hasher::Sha1(h) => hex(&h.finalize()),
@@ -153,6 +151,11 @@ mod digest {
             }
         }
     }
+}
+
+/// Lower-case hex of `bytes`, as digests are written.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

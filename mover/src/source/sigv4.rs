@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cdi_common::checksum::to_hex as hex;
 use cdi_common::utc::UtcTime;
 use ring::{digest, hmac};
 
@@ -113,10 +114,6 @@ fn scope(date: &str, region: &str) -> String {
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data).as_ref().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn collapse_spaces(v: &str) -> String {
