@@ -85,8 +85,23 @@ pub fn loop_attach(file: &Path) -> Result<PathBuf, HostError> {
     run(Command::new("losetup").arg("-f").arg("--show").arg(file)).map(PathBuf::from)
 }
 
+/// Detaches `dev` and waits (up to 5 s) until it is gone: on a device something still holds
+/// open (udev probing a new device, say) `losetup -d` only marks it to go at the last close.
 pub fn loop_detach(dev: &Path) -> Result<(), HostError> {
-    run(Command::new("losetup").arg("-d").arg(dev)).map(|_| ())
+    run(Command::new("losetup").arg("-d").arg(dev))?;
+    let name = dev.file_name().unwrap_or_default();
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while backing.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(HostError::Command {
+                command: format!("losetup -d {}", dev.display()),
+                stderr: "the device is still attached 5 s later (held open)".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Loop devices whose backing file lies under `dir`.
