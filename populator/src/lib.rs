@@ -29,6 +29,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mover;
 pub mod plan;
+pub mod upload;
 pub mod webhook;
 
 #[cfg(test)]

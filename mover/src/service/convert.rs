@@ -139,6 +139,7 @@ fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), St
         None => Err(invalid("source", "is required (http, s3, gcs, file, registry or blank)")),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
         Some(Kind::Registry(r)) => registry(r),
+        Some(Kind::Upload(pb::UploadSource {})) => Err(invalid("source.upload", "is not supported by this mover yet")),
         Some(Kind::S3(s3)) => {
             let spec = SourceSpec::s3(&s3.url).map_err(|e| invalid("source.s3.url", e))?;
             let s3_keys = match (s3.access_key_id.is_empty(), s3.secret_key.is_empty()) {

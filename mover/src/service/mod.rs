@@ -160,6 +160,13 @@ impl pb::mover_server::Mover for MoverService {
         Ok(Response::new(response))
     }
 
+    async fn upload(
+        &self,
+        _request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        Err(Status::unimplemented("this mover does not take uploads yet"))
+    }
+
     async fn capabilities(
         &self,
         _: Request<pb::CapabilitiesRequest>,

@@ -54,6 +54,11 @@ impl Objects {
         }
         if rt.status {
             strip_status(&mut obj);
+            // kube-apiserver serialises a built-in kind's status struct even when empty, so
+            // clients (the Python one among them) read `status` as an object, never null.
+            if !rt.custom {
+                obj["status"] = json!({});
+            }
         }
         kinds::of(&rt.storage).on_create(&mut obj, self).map_err(|m| ApiError::invalid(rt, &name, m))?;
         let rv = self.next_rv();
