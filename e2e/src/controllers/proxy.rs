@@ -1,7 +1,7 @@
 //! A kube-proxy stand-in. Pods run on the host network, so instead of packet rewriting it
 //! listens itself: on `clusterIP:port` for every Service port (ClusterIPs come from the
-//! cluster's loopback block, so they are local addresses) and on `127.0.0.1:nodePort` for
-//! NodePort Services, and splices each connection to a ready endpoint of the Service's
+//! cluster's loopback block, so they are local addresses) and on `127.0.0.1:nodePort` and
+//! every node's (loopback) InternalIP for NodePort Services, and splices each connection to a ready endpoint of the Service's
 //! EndpointSlices, round robin. Backends follow the slices; a Service that goes away closes
 //! its listeners (connections in flight with them).
 
@@ -48,6 +48,19 @@ impl Proxy {
     pub async fn sweep(&self, store: &Store) -> anyhow::Result<()> {
         let services = store.list(&store.rt("", "services"), &Query::default(), None, None)?.items;
         let slices = store.list(&store.rt("discovery.k8s.io", "endpointslices"), &Query::default(), None, None)?.items;
+        // kube-proxy answers a NodePort on every node address; node IPs here are loopback ones.
+        let nodes = store.list(&store.rt("", "nodes"), &Query::default(), None, None)?.items;
+        let mut node_ips: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into()];
+        node_ips.extend(
+            nodes.iter().flat_map(|n| n["status"]["addresses"].as_array().cloned().unwrap_or_default()).filter_map(
+                |a| {
+                    (a["type"] == "InternalIP")
+                        .then(|| a["address"].as_str()?.parse::<std::net::IpAddr>().ok())
+                        .flatten()
+                },
+            ),
+        );
+        node_ips.retain(std::net::IpAddr::is_loopback);
         let mut wanted: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
         for svc in &services {
             let ns = meta_str(svc, "namespace");
@@ -69,7 +82,9 @@ impl Proxy {
                     wanted.insert(SocketAddr::new(ip, p), backends.clone());
                 }
                 if let Some(np) = port["nodePort"].as_u64().and_then(|p| u16::try_from(p).ok()) {
-                    wanted.insert(SocketAddr::from(([127, 0, 0, 1], np)), backends);
+                    for node_ip in &node_ips {
+                        wanted.insert(SocketAddr::new(*node_ip, np), backends.clone());
+                    }
                 }
             }
         }

@@ -152,6 +152,11 @@ spec:
     // A user on the host reaches the NodePort Service.
     let got = within("the node port", http_get(&format!("127.0.0.1:{node_port}"))).await;
     assert!(got.starts_with("HTTP/1.0 200") && got.contains("hello from web-1"), "{got}");
+    // And on a node's address, as kube-proxy opens a node port on every node.
+    let node = json_of(&tc.kubectl(&["get", "node", "node-2", "-o", "json"]).await);
+    let node_ip = node["status"]["addresses"][0]["address"].as_str().unwrap().to_string();
+    let got = within("the node port on a node IP", http_get(&format!("{node_ip}:{node_port}"))).await;
+    assert!(got.starts_with("HTTP/1.0 200") && got.contains("hello from web-1"), "{node_ip}: {got}");
 
     // A deleted Service stops listening and its slices go with it.
     tc.kubectl(&["delete", "svc", "web-np"]).await;
