@@ -373,3 +373,39 @@ async fn uploads_to_tasks_that_cannot_take_them_are_refused() {
     let e = upload(&mut client, "c", b"x").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_client_starts_an_upload_task_and_feeds_it_a_file() {
+    let dir = tempdir();
+    let img = images(dir.path());
+    let serve = Serve::start(dir.path(), &["--insecure-plaintext"]);
+    let mut client = client_plain(&serve.addr).await;
+    let out = dir.path().join("out.raw");
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(mover_bin());
+        c.args(["client", "--address", &serve.addr, "--insecure-plaintext"]).args(args);
+        c
+    };
+    let populate = cli(&["populate", "--task-id", "cli-up", "upload:", s(&out), "--progress", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whichever Populate comes first starts the task; the other re-attaches to it.
+    let mut events = start(&mut client, upload_req("cli-up", &out, 0)).await;
+    let qcow2 = dir.path().join("disk.qcow2");
+    let up = with_timeout(cli(&["upload", "--task-id", "cli-up", s(&qcow2)]), std::time::Duration::from_secs(120));
+    assert_ok(&up);
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    assert_eq!(report["bytes_sent"], img.qcow2.len() as u64);
+    assert_eq!(report["virtual_size"], 24 * MIB);
+    completed(&mut events).await;
+    let followed =
+        within("the CLI's populate", tokio::task::spawn_blocking(move || populate.wait_with_output().unwrap()))
+            .await
+            .unwrap();
+    assert_ok(&followed);
+    let last = String::from_utf8_lossy(&followed.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["phase"], "complete", "{last}");
+    assert_same(&img.raw, "raw", &out);
+}
