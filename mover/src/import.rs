@@ -362,11 +362,19 @@ fn run_random(
 fn run_stream(
     req: &ImportRequest,
     plan: TargetPlan,
-    opened: Opened,
+    mut opened: Opened,
     progress: &Progress,
     cancel: Arc<AtomicBool>,
 ) -> Result<ImportResult, ImportError> {
     let source_len = opened.len;
+    // Checked once the image is read, before anything is committed.
+    let end_check = Mutex::new(opened.take_end_check());
+    let check_end = || -> Result<(), ImportError> {
+        match end_check.lock().expect("end check lock").take() {
+            Some(check) => Ok(check()?),
+            None => Ok(()),
+        }
+    };
     if let Some(len) = source_len {
         progress.set_total(len);
     }
@@ -384,7 +392,7 @@ fn run_stream(
         if format != ImageFormat::Tar {
             return Err(FormatError::NotAnArchive { found: Detected::Image(format).name() }.into());
         }
-        return extract_archive(req, &mut stream, hasher, formats, progress, cancel);
+        return extract_archive(req, &mut stream, hasher, &check_end, formats, progress, cancel);
     }
 
     let digest = req.checksum.as_ref().map(|c| c.to_string());
@@ -415,6 +423,7 @@ fn run_stream(
                 Some(Trailer::Dmg) => return Err(refuse(ImageFormat::Foreign(Foreign::Dmg), &[])),
                 None => {}
             }
+            check_end()?;
             verify(req, hasher.as_ref()).map(|()| end.virtual_size)
         });
         return finish(disk, copied, formats, digest, progress);
@@ -436,7 +445,10 @@ fn run_stream(
         Plan::VmdkStream(s) => s.convert(&mut input, sink, need_zero),
         Plan::Raw { .. } => Err(FormatError::Internal("raw plan on the image path").into()),
     });
-    let copied = copied.and_then(|()| verify(req, hasher.as_ref()).map(|()| virtual_size));
+    let copied = copied.and_then(|()| {
+        check_end()?;
+        verify(req, hasher.as_ref()).map(|()| virtual_size)
+    });
     finish(disk, copied, formats, digest, progress)
 }
 
@@ -469,6 +481,7 @@ fn extract_archive(
     req: &ImportRequest,
     stream: &mut dyn Read,
     hasher: Option<Arc<Mutex<Hasher>>>,
+    check_end: &dyn Fn() -> Result<(), ImportError>,
     formats: Vec<&'static str>,
     progress: &Progress,
     cancel: Arc<AtomicBool>,
@@ -477,6 +490,7 @@ fn extract_archive(
     // the extracted files are moved into place.
     let extracted = crate::archive::extract(stream, &req.target, &cancel, |rest| {
         crate::format::drain(rest)?;
+        check_end()?;
         verify(req, hasher.as_ref())
     })?;
     progress.set_phase(Phase::Finishing);

@@ -22,6 +22,8 @@ pub enum Phase {
     Finishing,
     Complete,
     Failed,
+    /// An upload task waiting for an Upload call to bring its bytes (the service's only).
+    AwaitingUpload,
 }
 
 impl Phase {
@@ -31,6 +33,7 @@ impl Phase {
             1 => Phase::Transferring,
             2 => Phase::Finishing,
             3 => Phase::Complete,
+            5 => Phase::AwaitingUpload,
             _ => Phase::Failed,
         }
     }
@@ -42,6 +45,7 @@ impl Phase {
             Phase::Finishing => 2,
             Phase::Complete => 3,
             Phase::Failed => 4,
+            Phase::AwaitingUpload => 5,
         }
     }
 }

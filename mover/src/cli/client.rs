@@ -71,6 +71,8 @@ pub enum ClientCommand {
     /// Stream a volume of this mover's node into one of the mover at --to: a host-assisted
     /// clone, by hand.
     CopyVolume(volume::CopyVolumeArgs),
+    /// Feed FILE to an upload task (one started by `populate upload: TARGET`).
+    Upload(super::upload::UploadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +114,7 @@ async fn dispatch(args: &ClientArgs) -> anyhow::Result<i32> {
             volume::copy_volume(&mut client, &mut to, a).await
         }
         ClientCommand::Populate(p) => populate(&mut client, p).await,
+        ClientCommand::Upload(a) => super::upload::upload(&mut client, a).await,
         ClientCommand::Get { task_id } => {
             let task = client.get_task(pb::GetTaskRequest { task_id: task_id.clone() }).await?.into_inner();
             println!("{}", task_json(&task));
@@ -195,7 +198,10 @@ pub fn target(spec: &Path) -> anyhow::Result<pb::Target> {
 
 fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
     let t = &p.transfer;
-    let source = match t.source_spec()? {
+    // An upload task: it waits for `client upload`.
+    let upload = t.source.eq_ignore_ascii_case("upload:");
+    let spec = if upload { SourceSpec::Upload(Default::default()) } else { t.source_spec()? };
+    let source = match spec {
         SourceSpec::File(path) => {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
@@ -231,6 +237,8 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
                 ca_pem: t.http_options()?.ca.map(|c| c.pem).unwrap_or_default(),
             })
         }
+        // Never parsed from a string; an upload task is started by the caller of Upload.
+        SourceSpec::Upload(_) => pb::source::Kind::Upload(pb::UploadSource {}),
         SourceSpec::Gcs(_) => {
             let gcs = t.gcs_options()?;
             pb::source::Kind::Gcs(pb::GcsSource {
@@ -289,6 +297,7 @@ async fn populate(client: &mut MoverClient<Channel>, p: &PopulateArgs) -> anyhow
                 let phase = match pb::Phase::try_from(pr.phase) {
                     Ok(pb::Phase::Transferring) => Phase::Transferring,
                     Ok(pb::Phase::Finishing) => Phase::Finishing,
+                    Ok(pb::Phase::AwaitingUpload) => Phase::AwaitingUpload,
                     _ => Phase::Probing,
                 };
                 let total = (pr.bytes_total > 0).then_some(pr.bytes_total);

@@ -44,7 +44,8 @@ pub struct TransferArgs {
     /// The image: a path, file:///path, http://… or https://…; an object, s3://BUCKET/KEY or
     /// gs://BUCKET/OBJECT; a containerDisk image, docker://HOST[:PORT]/REPO[:TAG|@DIGEST] or
     /// oci-archive:///PATH (an OCI archive tar); or blank: for an empty disk of the target's
-    /// usable size (a file target needs --size).
+    /// usable size (a file target needs --size). `client populate` also takes upload: (a
+    /// task that waits for `client upload`).
     pub source: String,
     /// A block device (written in place), a directory (writes disk.img inside) or a file.
     pub target: PathBuf,

@@ -11,6 +11,7 @@ pub mod hold;
 pub mod import;
 pub mod output;
 pub mod serve;
+pub mod upload;
 pub mod volume;
 
 use clap::{Parser, Subcommand};

@@ -115,6 +115,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Finishing => "flushing",
         Phase::Complete => "done",
         Phase::Failed => "failed",
+        Phase::AwaitingUpload => "awaiting upload",
     }
 }
 

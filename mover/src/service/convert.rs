@@ -89,6 +89,10 @@ pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSp
     } else {
         Some(req.checksum.parse::<Checksum>().map_err(|e| invalid("checksum", e))?)
     };
+    // An upload's bytes pass once, as the uploader sends them; nothing to check them against.
+    if matches!(source, SourceSpec::Upload(_)) && checksum.is_some() {
+        return Err(invalid("checksum", "must be empty for an upload source"));
+    }
     if matches!(source, SourceSpec::Blank) {
         crate::source::blank::check_request(content_type, checksum.is_some())
             .map_err(|why| invalid(if checksum.is_some() { "checksum" } else { "content_type" }, why))?;
@@ -136,10 +140,12 @@ fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>
 fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
     use pb::source::Kind;
     match source.and_then(|s| s.kind.as_ref()) {
-        None => Err(invalid("source", "is required (http, s3, gcs, file, registry or blank)")),
+        None => Err(invalid("source", "is required (http, s3, gcs, file, registry, blank or upload)")),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
         Some(Kind::Registry(r)) => registry(r),
-        Some(Kind::Upload(pb::UploadSource {})) => Err(invalid("source.upload", "is not supported by this mover yet")),
+        Some(Kind::Upload(pb::UploadSource {})) => {
+            Ok((SourceSpec::Upload(crate::source::UploadFeed::waiting()), SourceOptions::default()))
+        }
         Some(Kind::S3(s3)) => {
             let spec = SourceSpec::s3(&s3.url).map_err(|e| invalid("source.s3.url", e))?;
             let s3_keys = match (s3.access_key_id.is_empty(), s3.secret_key.is_empty()) {
@@ -245,6 +251,7 @@ fn phase(p: Option<Phase>) -> pb::Phase {
         Some(Phase::Probing) => pb::Phase::Probing,
         Some(Phase::Transferring) => pb::Phase::Transferring,
         Some(Phase::Finishing | Phase::Complete | Phase::Failed) => pb::Phase::Finishing,
+        Some(Phase::AwaitingUpload) => pb::Phase::AwaitingUpload,
     }
 }
 

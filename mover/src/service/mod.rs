@@ -6,7 +6,8 @@
 //!                    certificates) │                 ▼
 //!                                  │               tasks.rs: Registry ──spawn_blocking──▶ crate::import
 //!                                  │                 (queue, re-attach, retention)
-//!                                  └──▶ volume streaming (ReadVolume / WriteVolume)
+//!                                  ├──▶ volume streaming (ReadVolume / WriteVolume)
+//!                                  └──▶ upload.rs: Upload bytes into an upload task's import
 //! ```
 //!
 //! `tonic::Status` lives only in this module: the data path's errors become task failures
@@ -20,6 +21,7 @@ pub mod server;
 pub mod tasklog;
 pub mod tasks;
 pub mod tls;
+pub mod upload;
 pub mod volume;
 
 use std::path::PathBuf;
@@ -162,9 +164,9 @@ impl pb::mover_server::Mover for MoverService {
 
     async fn upload(
         &self,
-        _request: Request<Streaming<pb::UploadRequest>>,
+        request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<pb::UploadResponse>, Status> {
-        Err(Status::unimplemented("this mover does not take uploads yet"))
+        upload::serve(&self.tasks, request.into_inner()).await.map(Response::new)
     }
 
     async fn capabilities(
@@ -185,6 +187,7 @@ impl pb::mover_server::Mover for MoverService {
                 crate::source::blank::FORMAT,
                 "s3",
                 "gcs",
+                crate::source::upload::NAME,
             ]),
             content_types: strings(&["kubevirt", "archive"]),
             node_name: self.node_name.clone(),

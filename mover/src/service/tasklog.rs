@@ -69,6 +69,7 @@ impl TaskLog {
                 Phase::Probing => "Opening the source and detecting its format",
                 Phase::Transferring => "Transferring data",
                 Phase::Finishing => "Flushing the target to stable storage",
+                Phase::AwaitingUpload => "Waiting for an upload",
                 Phase::Complete | Phase::Failed => return,
             };
             self.line(what);

@@ -3,13 +3,17 @@
 //!
 //! A task outlives the stream that started it: a client that disconnects and calls
 //! `Populate` again with the same id re-attaches to the same transfer (or finds its result).
+//!
+//! An upload task (source `upload`) waits, holding its target but no slot, until an `Upload`
+//! call brings it bytes ([`Registry::upload_turn`]); an attempt that fails leaves the target
+//! wiped and the task waiting again, only success or a cancel ends it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use super::claims::{Access, Busy, Claim, Claims};
 use super::metrics::Metrics;
@@ -17,6 +21,7 @@ use super::tasklog::TaskLog;
 use crate::error::{ImportError, Reason, one_line};
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::{Phase, Progress, Rate};
+use crate::source::{SourceSpec, UploadFeed};
 
 /// How often a running task's progress is published to its followers.
 const TICK: Duration = Duration::from_millis(500);
@@ -86,7 +91,75 @@ pub struct Task {
     interrupted: AtomicBool,
     /// Wakes a queued task that was cancelled.
     cancelled: Notify,
+    /// Turns true on cancel: stops an Upload call feeding the task.
+    stopping: watch::Sender<bool>,
     state: watch::Sender<Snapshot>,
+    /// Where Upload calls hand an upload task their bytes; `None` for other tasks.
+    upload: Option<UploadPort>,
+}
+
+#[derive(Debug)]
+struct UploadPort {
+    attempts: mpsc::Sender<Attempt>,
+    /// An Upload call is feeding the task (one at a time).
+    busy: AtomicBool,
+}
+
+/// One Upload call's bytes for an upload task, and where its outcome goes (sent once the
+/// task is Succeeded, or back to waiting).
+#[derive(Debug)]
+pub struct Attempt {
+    pub feed: UploadFeed,
+    pub content_length: Option<u64>,
+    pub reply: oneshot::Sender<Result<ImportResult, ImportError>>,
+}
+
+/// Why an Upload call cannot feed a task.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadRefused {
+    #[error("no task {0}")]
+    NotFound(String),
+    #[error(
+        "task {id} is not an upload (its source is {source_name}); only a Populate with source upload takes uploads"
+    )]
+    NotUpload { id: String, source_name: String },
+    #[error("upload task {id} has {state}: it takes no more uploads")]
+    Over { id: String, state: &'static str },
+    #[error("another upload is feeding task {0}; one attempt at a time, retry once it ended")]
+    Busy(String),
+}
+
+/// The right to feed an upload task, held by one Upload call. Released by the task once
+/// the attempt it submitted is over (before the caller hears of it, so that it may retry at
+/// once), or on drop if it submitted none.
+#[derive(Debug)]
+pub struct UploadTurn {
+    task: Arc<Task>,
+    submitted: bool,
+}
+
+impl UploadTurn {
+    pub fn task(&self) -> &Arc<Task> {
+        &self.task
+    }
+
+    /// Hands the task an attempt; gives it back if the task ended meanwhile.
+    pub async fn submit(&mut self, attempt: Attempt) -> Result<(), Attempt> {
+        let Some(port) = &self.task.upload else { return Err(attempt) };
+        port.attempts.send(attempt).await.map_err(|e| e.0)?;
+        self.submitted = true;
+        Ok(())
+    }
+}
+
+impl Drop for UploadTurn {
+    fn drop(&mut self) {
+        if let Some(port) = &self.task.upload
+            && !self.submitted
+        {
+            port.busy.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Task {
@@ -96,6 +169,17 @@ impl Task {
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.state.subscribe()
+    }
+
+    /// Turns true when the task is cancelled.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.cancelled.notify_one();
+        self.stopping.send_replace(true);
     }
 
     fn same_work(&self, spec: &TaskSpec) -> bool {
@@ -169,9 +253,11 @@ impl Registry {
         // Held until the task is over, its cleanup included: one target, one writer.
         let claim =
             self.claims.claim(&spec.request.target, &spec.target, Access::Write, format!("task {}", spec.id))?;
+        let is_upload = matches!(spec.request.source, SourceSpec::Upload(_));
+        // An upload waits as a running task (CDI's upload pod is running), in its own phase.
         let (state, _) = watch::channel(Snapshot {
-            state: State::Queued,
-            phase: None,
+            state: if is_upload { State::Running } else { State::Queued },
+            phase: is_upload.then_some(Phase::AwaitingUpload),
             bytes_done: 0,
             bytes_total: None,
             bytes_per_second: 0.0,
@@ -179,6 +265,13 @@ impl Registry {
             failure: None,
             finished: None,
         });
+        // Capacity 1: the busy flag lets one Upload call in at a time anyway.
+        let (upload, attempts) = if is_upload {
+            let (tx, rx) = mpsc::channel(1);
+            (Some(UploadPort { attempts: tx, busy: AtomicBool::new(false) }), Some(rx))
+        } else {
+            (None, None)
+        };
         let task = Arc::new(Task {
             id: spec.id.clone(),
             source: spec.source.clone(),
@@ -188,14 +281,45 @@ impl Registry {
             cancel: Arc::new(AtomicBool::new(false)),
             interrupted: AtomicBool::new(false),
             cancelled: Notify::new(),
+            stopping: watch::channel(false).0,
             state,
+            upload,
         });
         tasks.insert(spec.id.clone(), task.clone());
         drop(tasks);
         let mut log = TaskLog::open(spec.log.as_deref(), &spec.id);
         log.started(&spec.source, &spec.target);
-        tokio::spawn(self.clone().run(task.clone(), spec.request, claim, log));
+        match attempts {
+            Some(attempts) => {
+                tokio::spawn(self.clone().run_upload(task.clone(), spec.request, claim, log, attempts));
+            }
+            None => {
+                tokio::spawn(self.clone().run(task.clone(), spec.request, claim, log));
+            }
+        }
         Ok((task, false))
+    }
+
+    /// Lets one Upload call feed upload task `id`.
+    pub fn upload_turn(&self, id: &str) -> Result<UploadTurn, UploadRefused> {
+        let task = self.get(id).ok_or_else(|| UploadRefused::NotFound(id.to_string()))?;
+        let Some(port) = &task.upload else {
+            return Err(UploadRefused::NotUpload { id: task.id.clone(), source_name: task.source.clone() });
+        };
+        let over = |state| UploadRefused::Over { id: task.id.clone(), state };
+        match task.snapshot().state {
+            State::Succeeded => return Err(over("succeeded")),
+            State::Failed => return Err(over("failed")),
+            State::Cancelled => return Err(over("been cancelled")),
+            State::Queued | State::Running => {}
+        }
+        if task.cancel.load(Ordering::SeqCst) {
+            return Err(over("been cancelled"));
+        }
+        if port.busy.swap(true, Ordering::SeqCst) {
+            return Err(UploadRefused::Busy(task.id.clone()));
+        }
+        Ok(UploadTurn { task, submitted: false })
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Task>> {
@@ -214,8 +338,7 @@ impl Registry {
     /// Asks a task to stop; it does within a chunk's time.
     pub fn cancel(&self, id: &str) -> Option<Arc<Task>> {
         let task = self.get(id)?;
-        task.cancel.store(true, Ordering::SeqCst);
-        task.cancelled.notify_one();
+        task.stop();
         Some(task)
     }
 
@@ -226,8 +349,7 @@ impl Registry {
         let tasks = self.list();
         for task in &tasks {
             task.interrupted.store(true, Ordering::SeqCst);
-            task.cancel.store(true, Ordering::SeqCst);
-            task.cancelled.notify_one();
+            task.stop();
         }
         let wait_all = async {
             for task in tasks {
@@ -267,12 +389,98 @@ impl Registry {
             return;
         };
         let started = Instant::now();
-        self.running.fetch_add(1, Ordering::Relaxed);
-        self.metrics.tasks_running.inc();
         task.state.send_modify(|s| {
             s.state = State::Running;
             s.phase = Some(Phase::Probing);
         });
+        let result = self.attempt(&task, request, &log).await;
+        // The import is over, its disk finished or cleaned up: the target is free.
+        drop(claim);
+        self.finish(&task, result, started.elapsed(), &log);
+    }
+
+    /// Runs an upload task: waits for an Upload call's bytes, imports them, and waits
+    /// again after a failed attempt (its target wiped by the import), until one succeeds
+    /// or the task is cancelled. Holds the target all along, a slot only while importing.
+    async fn run_upload(
+        self: Arc<Self>,
+        task: Arc<Task>,
+        request: ImportRequest,
+        claim: Claim,
+        log: TaskLog,
+        mut attempts: mpsc::Receiver<Attempt>,
+    ) {
+        let log = Arc::new(Mutex::new(log));
+        loop {
+            let attempt = tokio::select! {
+                a = attempts.recv() => a,
+                () = task.cancelled.notified() => None,
+            };
+            let Some(attempt) = attempt.filter(|_| !task.cancel.load(Ordering::SeqCst)) else { break };
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.ok(),
+                () = task.cancelled.notified() => None,
+            };
+            let Some(permit) = permit.filter(|_| !task.cancel.load(Ordering::SeqCst)) else { break };
+            task.state.send_modify(|s| {
+                s.phase = Some(Phase::Probing);
+                s.bytes_done = 0;
+                s.bytes_total = attempt.content_length;
+                s.bytes_per_second = 0.0;
+            });
+            let started = Instant::now();
+            let mut request = request.clone();
+            request.source = SourceSpec::Upload(attempt.feed);
+            let result = self.attempt(&task, request, &log).await;
+            drop(permit);
+            match result {
+                Ok(done) => {
+                    drop(claim);
+                    self.finish(&task, Ok(done.clone()), started.elapsed(), &log);
+                    let _ = attempt.reply.send(Ok(done));
+                    return;
+                }
+                Err(ImportError::Cancelled) => {
+                    drop(claim);
+                    self.finish(&task, Err(ImportError::Cancelled), started.elapsed(), &log);
+                    let _ = attempt.reply.send(Err(ImportError::Cancelled));
+                    return;
+                }
+                Err(e) => {
+                    let message = one_line(&e);
+                    log.lock().expect("task log lock").line(&format!(
+                        "The upload failed ({}: {message}); its data was discarded, waiting for another upload",
+                        e.reason().as_str()
+                    ));
+                    tracing::warn!(task = %task.id, reason = e.reason().as_str(), error = %message, "upload attempt failed; waiting for another");
+                    self.metrics.record_finished(State::Failed, e.reason().as_str(), started.elapsed());
+                    // Back to waiting before the caller hears of it: it may retry at once.
+                    if let Some(port) = &task.upload {
+                        port.busy.store(false, Ordering::SeqCst);
+                    }
+                    task.state.send_modify(|s| {
+                        s.phase = Some(Phase::AwaitingUpload);
+                        s.bytes_done = 0;
+                        s.bytes_total = None;
+                        s.bytes_per_second = 0.0;
+                    });
+                    let _ = attempt.reply.send(Err(e));
+                }
+            }
+        }
+        drop(claim);
+        self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO, &log);
+    }
+
+    /// Runs one import with its progress published; the caller holds its slot.
+    async fn attempt(
+        self: &Arc<Self>,
+        task: &Arc<Task>,
+        request: ImportRequest,
+        log: &Arc<Mutex<TaskLog>>,
+    ) -> Result<ImportResult, ImportError> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tasks_running.inc();
         let progress = Progress::new();
         let done = Arc::new(Notify::new());
         let ticker = tokio::spawn(self.clone().tick(task.clone(), progress.clone(), done.clone(), log.clone()));
@@ -282,8 +490,6 @@ impl Registry {
         let result = tokio::task::spawn_blocking(move || crate::import(&request, &rt, &progress_for_import, cancel))
             .await
             .unwrap_or_else(|e| Err(ImportError::InvalidRequest(format!("the import task failed: {e}"))));
-        // The import is over, its disk finished or cleaned up: the target is free.
-        drop(claim);
         done.notify_one();
         let _ = ticker.await;
         self.running.fetch_sub(1, Ordering::Relaxed);
@@ -295,7 +501,7 @@ impl Registry {
             s.bytes_done = snap.bytes_done;
             s.bytes_total = snap.bytes_total;
         });
-        self.finish(&task, result, started.elapsed(), &log);
+        result
     }
 
     /// Publishes progress until the import is done.

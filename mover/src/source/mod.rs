@@ -17,6 +17,7 @@ mod http;
 pub mod registry;
 pub mod s3;
 pub mod sigv4;
+pub mod upload;
 
 use std::fmt;
 use std::io::{self, Read};
@@ -29,6 +30,7 @@ pub use http::{CaBundle, Credentials, HttpOptions, HttpSource, ObjectAccess, Req
 pub use registry::{ImageRef, Platform, RegistryError, RegistryOptions};
 pub use s3::S3Location;
 pub use sigv4::S3Keys;
+pub use upload::{UploadError, UploadFeed};
 
 /// Random access to the source's bytes. Implementations are shared by the copy workers.
 pub trait RandomAccess: Send + Sync + fmt::Debug {
@@ -83,6 +85,8 @@ pub enum SourceSpec {
     Gcs(GcsLocation),
     /// No bytes: an empty raw disk of the target's usable size ([`blank`]).
     Blank,
+    /// Bytes pushed by an `Upload` call ([`upload`]); never parsed from a string.
+    Upload(UploadFeed),
 }
 
 /// Redacted: a URL may carry credentials in its user info or query.
@@ -95,6 +99,7 @@ impl fmt::Debug for SourceSpec {
             SourceSpec::S3(l) => f.debug_tuple("S3").field(&l.name).finish(),
             SourceSpec::Gcs(l) => f.debug_tuple("Gcs").field(&l.name()).finish(),
             SourceSpec::Blank => f.write_str("Blank"),
+            SourceSpec::Upload(_) => f.write_str("Upload"),
         }
     }
 }
@@ -152,6 +157,7 @@ impl SourceSpec {
             SourceSpec::S3(l) => l.name.clone(),
             SourceSpec::Gcs(l) => l.name(),
             SourceSpec::Blank => blank::FORMAT.to_string(),
+            SourceSpec::Upload(_) => upload::NAME.to_string(),
         }
     }
 }
@@ -165,7 +171,11 @@ pub struct Opened {
     /// Random access, when the transport supports it.
     pub random: Option<Arc<dyn RandomAccess>>,
     stream: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, SourceError> + Send>,
+    end_check: Option<EndCheck>,
 }
+
+/// Confirms, before the import commits, that the source really ended where the image did.
+pub type EndCheck = Box<dyn FnOnce() -> Result<(), SourceError> + Send>;
 
 impl fmt::Debug for Opened {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,7 +194,18 @@ impl Opened {
         random: Option<Arc<dyn RandomAccess>>,
         stream: impl FnOnce() -> Result<Box<dyn Read + Send>, SourceError> + Send + 'static,
     ) -> Opened {
-        Opened { name, len, random, stream: Box::new(stream) }
+        Opened { name, len, random, stream: Box::new(stream), end_check: None }
+    }
+
+    /// Adds a check the import runs once the image is read, before it commits the target.
+    pub fn with_end_check(mut self, check: impl FnOnce() -> Result<(), SourceError> + Send + 'static) -> Opened {
+        self.end_check = Some(Box::new(check));
+        self
+    }
+
+    /// The end check, if the source has one (uploads: the uploader's end must arrive).
+    pub fn take_end_check(&mut self) -> Option<EndCheck> {
+        self.end_check.take()
     }
 
     /// Starts the sequential read of the whole source. Errors surface from `read` as
@@ -220,6 +241,7 @@ pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle
         SourceSpec::Gcs(location) => gcs::open(location, &opts.gcs, &opts.http, opts.cancel.clone(), rt.clone()),
         // The import makes a blank disk without opening anything (`blank::create`).
         SourceSpec::Blank => Err(SourceError::NoBytes),
+        SourceSpec::Upload(feed) => upload::open(feed),
     }
 }
 
@@ -290,12 +312,15 @@ pub enum SourceError {
     NoBytes,
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
 }
 
 impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SourceError::Registry(e) => e.is_retryable(),
+            SourceError::Upload(e) => e.is_retryable(),
             SourceError::Status { status, .. } => is_retryable_status(*status),
             SourceError::Store { retryable, .. } => *retryable,
             SourceError::TokenRetryable(_) => true,

@@ -25,4 +25,5 @@ mod oracle;
 mod registry;
 mod s3;
 mod service;
+mod upload;
 mod volume;

@@ -13,14 +13,14 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::support::*;
 
 /// A CA that signs the mover's certificate and its clients'.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_pem: String,
+    pub(crate) ca_pem: String,
 }
 
 impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
+    pub(crate) fn new(dir: &Path, name: &str) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -33,12 +33,12 @@ impl Pki {
         Pki { ca: rcgen::Issuer::new(params, key), ca_pem: cert.pem(), dir }
     }
 
-    fn ca_path(&self) -> PathBuf {
+    pub(crate) fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
     /// A certificate for the mover (`server`) or a client; returns (cert, key) paths.
-    fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
         use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string(), "localhost".to_string()]).unwrap();
@@ -120,11 +120,11 @@ fn rand_u32() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
 }
 
-fn tls_args<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
+pub(crate) fn tls_args<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
     vec!["--tls-cert", s(cert), "--tls-key", s(key), "--client-ca", s(ca)]
 }
 
-async fn client_tls(
+pub(crate) async fn client_tls(
     addr: &str,
     ca_pem: &str,
     identity: Option<(&Path, &Path)>,
