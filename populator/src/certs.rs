@@ -221,7 +221,20 @@ pub async fn ensure_upload(client: kube::Client, namespace: &str) -> Result<(), 
     let ca = ensure_ca(&api, namespace).await?;
     let key = ensure(&api, namespace, TOKEN_KEY_SECRET, token_key_data).await?;
     let verify_key = get(&key, "verify.key", namespace)?.to_vec();
-    ensure(&api, namespace, UPLOADPROXY_SECRET, || uploadproxy_data(&ca, namespace, &verify_key)).await?;
+    let mut proxy =
+        ensure(&api, namespace, UPLOADPROXY_SECRET, || uploadproxy_data(&ca, namespace, &verify_key)).await?;
+    // A key Secret made again (deleted by hand) must not leave the proxy checking tokens
+    // with the old public key.
+    if get(&proxy, "verify.key", namespace).ok() != Some(verify_key.as_slice()) {
+        proxy.data.get_or_insert_default().insert("verify.key".to_string(), ByteString(verify_key));
+        api.replace(UPLOADPROXY_SECRET, &PostParams::default(), &proxy).await.map_err(|e| CertError::Api {
+            op: "update",
+            namespace: namespace.to_string(),
+            name: UPLOADPROXY_SECRET.to_string(),
+            source: Box::new(e),
+        })?;
+        tracing::info!(%namespace, name = UPLOADPROXY_SECRET, "updated the upload proxy's token public key");
+    }
     Ok(())
 }
 

@@ -419,17 +419,17 @@ pub async fn serve(client: kube::Client, cfg: ApiConfig) -> Result<(), ApiServer
     let ns = cfg.namespace.clone();
     let signing = {
         let key = key.clone();
-        let mut loaded_key = false;
+        let mut current: Option<Vec<u8>> = None;
         follow(Api::<Secret>::namespaced(client.clone(), &ns), TOKEN_KEY_SECRET, move |secret: Secret| {
-            // The key is made once and never rotated in place.
-            if loaded_key {
-                return;
-            }
-            let der = crate::certs::secret_key(&secret, "signing.key", &ns);
-            match der.map_err(|e| e.to_string()).and_then(|d| SigningKey::from_pkcs8(d).map_err(|e| e.to_string())) {
+            let der = match crate::certs::secret_key(&secret, "signing.key", &ns) {
+                Ok(d) if current.as_deref() == Some(d) => return,
+                Ok(d) => d.to_vec(),
+                Err(e) => return tracing::error!(error = %e, "the upload token key Secret is incomplete"),
+            };
+            match SigningKey::from_pkcs8(&der) {
                 Ok(k) => {
                     key.set(k);
-                    loaded_key = true;
+                    current = Some(der);
                     tracing::info!(secret = TOKEN_KEY_SECRET, "upload token key loaded");
                 }
                 Err(e) => tracing::error!(error = %e, secret = TOKEN_KEY_SECRET, "unusable upload token key"),
