@@ -1,6 +1,6 @@
 //! `cdi-populator run`: metrics, the admission webhook and the upload API on every replica;
-//! then leader election, certificates, and the controllers (populate, DataVolume, and the configuration
-//! kinds') on the leader.
+//! then leader election, certificates, and the controllers (populate, DataVolume, and the
+//! configuration kinds') on the leader.
 
 use std::sync::Arc;
 use std::time::Duration;
