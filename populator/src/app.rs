@@ -1,6 +1,6 @@
-//! `cdi-populator run`: metrics and the admission webhook on every replica; then leader
-//! election, certificates, and the controllers (populate, DataVolume, and the configuration
-//! kinds') on the leader.
+//! `cdi-populator run`: metrics, the admission webhook and the upload API on every replica;
+//! then leader election, certificates, and the controllers (populate, DataVolume, and the
+//! configuration kinds') on the leader.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::datavolume;
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 use crate::mover::{MoverConfig, Movers};
+use crate::upload::api::{self as upload_api, ApiConfig};
 use crate::webhook::{self, WebhookConfig};
 
 /// Runs until leadership is lost (an error: the pod restarts and competes again).
@@ -38,6 +39,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(e) => anyhow::anyhow!("the admission webhook task failed: {e}"),
     };
 
+    // The upload API, likewise on every replica, once the leader has made its certificate.
+    let api_cfg = ApiConfig {
+        listen: args.api_listen,
+        namespace: args.namespace.clone(),
+        service: args.api_service.clone(),
+        api_service: args.api_apiservice.clone(),
+    };
+    let mut upload_api = tokio::spawn(upload_api::serve(client.clone(), api_cfg.clone()));
+    let api_stopped = |r: Result<Result<(), upload_api::ApiServerError>, tokio::task::JoinError>| match r {
+        Ok(Err(e)) => anyhow::Error::new(e),
+        Ok(Ok(())) => anyhow::anyhow!("the upload API stopped"),
+        Err(e) => anyhow::anyhow!("the upload API task failed: {e}"),
+    };
+
     let identity = args.identity.clone().unwrap_or_else(|| format!("cdi-populator-{}", std::process::id()));
     let leadership = Leadership::new(
         client.clone(),
@@ -46,10 +61,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         () = leadership.acquire() => {}
         r = &mut webhook => return Err(webhook_stopped(r)),
+        r = &mut upload_api => return Err(api_stopped(r)),
     }
 
     // Only the leader writes certificates: no two populators race to make them.
     let webhook_ca = crate::certs::ensure_webhook(client.clone(), &args.namespace, &args.webhook_service).await?;
+    let api_ca = crate::certs::ensure_api(client.clone(), &args.namespace, &args.api_service).await?;
+    crate::certs::ensure_upload(client.clone(), &args.namespace).await?;
     let client_identity = if args.insecure_mover_plaintext {
         None
     } else {
@@ -87,7 +105,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
         () = datavolumes => anyhow::bail!("the DataVolume controller stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
-        () = webhook::ca_bundle::keep(client, webhook_cfg, webhook_ca) => anyhow::bail!("the caBundle keeper stopped"),
+        () = webhook::ca_bundle::keep(client.clone(), webhook_cfg, webhook_ca) => anyhow::bail!("the caBundle keeper stopped"),
+        () = upload_api::keep_ca_bundle(client, api_cfg, api_ca) => anyhow::bail!("the APIService caBundle keeper stopped"),
         r = webhook => Err(webhook_stopped(r)),
+        r = upload_api => Err(api_stopped(r)),
     }
 }

@@ -9,6 +9,15 @@
 //! * `cdi-populator-webhook-tls`: the admission webhook's serving certificate (`tls.crt`,
 //!   `tls.key`, and `ca.crt`, the API server's `caBundle`), for the webhook Service's DNS
 //!   names. Every populator replica serves with it, so every replica reads it.
+//! * `cdi-api-tls`: the upload API's serving certificate (`tls.crt`, `tls.key`, `ca.crt`,
+//!   the APIService's `caBundle`) for Service `cdi-api`, read by every replica.
+//! * `cdi-upload-token-key`: the upload-token signing key (`signing.key`, PKCS#8 DER of a
+//!   P-256 key; only the populator reads it) and its public half (`verify.key`, the 65-byte
+//!   SEC1 point).
+//! * `cdi-uploadproxy-tls`: the upload proxy's HTTPS serving certificate (`tls.crt`,
+//!   `tls.key`), the CA (`ca.crt`: clients may trust it, the proxy checks movers with it), a
+//!   client certificate the movers accept (`client.crt`, `client.key`), and a copy of the
+//!   token public key (`verify.key`).
 //!
 //! Creation is idempotent: an existing Secret is kept; a create that loses a race re-reads.
 
@@ -23,6 +32,11 @@ pub const CA_SECRET: &str = "cdi-rs-ca";
 pub const MOVER_SECRET: &str = "cdi-mover-tls";
 pub const CLIENT_SECRET: &str = "cdi-populator-tls";
 pub const WEBHOOK_SECRET: &str = "cdi-populator-webhook-tls";
+pub const API_SECRET: &str = "cdi-api-tls";
+pub const TOKEN_KEY_SECRET: &str = "cdi-upload-token-key";
+pub const UPLOADPROXY_SECRET: &str = "cdi-uploadproxy-tls";
+/// The upload proxy's Service: its serving certificate is issued for these names.
+pub const UPLOADPROXY_SERVICE: &str = "cdi-uploadproxy";
 /// The name every mover certificate carries, and clients expect (pods have changing IPs).
 pub const MOVER_SERVER_NAME: &str = "cdi-mover";
 
@@ -40,6 +54,8 @@ pub enum CertError {
     Missing { namespace: String, name: String, key: &'static str },
     #[error("cannot make certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot make the upload token key: {0}")]
+    TokenKey(#[from] crate::upload::token::TokenError),
 }
 
 /// The populator's client identity and the CA its movers' certificates come from (PEM).
@@ -58,6 +74,14 @@ impl std::fmt::Debug for ClientIdentity {
 
 fn data(pairs: &[(&str, String)]) -> BTreeMap<String, ByteString> {
     pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes()))).collect()
+}
+
+/// Reads `key` of `secret` (the Secret's name is taken from its metadata).
+///
+/// # Errors
+/// The key is missing.
+pub fn secret_key<'a>(secret: &'a Secret, key: &'static str, namespace: &str) -> Result<&'a [u8], CertError> {
+    get(secret, key, namespace)
 }
 
 fn get<'a>(secret: &'a Secret, key: &'static str, namespace: &str) -> Result<&'a [u8], CertError> {
@@ -177,6 +201,87 @@ pub async fn ensure_webhook(client: kube::Client, namespace: &str, service: &str
     Ok(get(&secret, "ca.crt", namespace)?.to_vec())
 }
 
+/// Makes sure the CA and the upload API's serving certificate for `service` exist; returns
+/// the CA certificate (PEM), which the APIService's `caBundle` must hold.
+pub async fn ensure_api(client: kube::Client, namespace: &str, service: &str) -> Result<Vec<u8>, CertError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let ca = ensure_ca(&api, namespace).await?;
+    let secret = ensure(&api, namespace, API_SECRET, || {
+        let names = service_dns_names(service, namespace);
+        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
+    })
+    .await?;
+    Ok(get(&secret, "ca.crt", namespace)?.to_vec())
+}
+
+/// Makes sure the upload token key and the upload proxy's Secret exist.
+pub async fn ensure_upload(client: kube::Client, namespace: &str) -> Result<(), CertError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let ca = ensure_ca(&api, namespace).await?;
+    let key = ensure(&api, namespace, TOKEN_KEY_SECRET, token_key_data).await?;
+    let verify_key = get(&key, "verify.key", namespace)?.to_vec();
+    let mut proxy =
+        ensure(&api, namespace, UPLOADPROXY_SECRET, || uploadproxy_data(&ca, namespace, &verify_key)).await?;
+    // A key Secret made again (deleted by hand) must not leave the proxy checking tokens
+    // with the old public key.
+    if get(&proxy, "verify.key", namespace).ok() != Some(verify_key.as_slice()) {
+        proxy.data.get_or_insert_default().insert("verify.key".to_string(), ByteString(verify_key));
+        api.replace(UPLOADPROXY_SECRET, &PostParams::default(), &proxy).await.map_err(|e| CertError::Api {
+            op: "update",
+            namespace: namespace.to_string(),
+            name: UPLOADPROXY_SECRET.to_string(),
+            source: Box::new(e),
+        })?;
+        tracing::info!(%namespace, name = UPLOADPROXY_SECRET, "updated the upload proxy's token public key");
+    }
+    Ok(())
+}
+
+/// A fresh token key pair: `signing.key` (PKCS#8 DER) and `verify.key` (SEC1 point).
+fn token_key_data() -> Result<BTreeMap<String, ByteString>, CertError> {
+    use crate::upload::token::SigningKey;
+    let pkcs8 = SigningKey::generate_pkcs8()?;
+    let public = SigningKey::from_pkcs8(&pkcs8)?.public_key();
+    Ok(BTreeMap::from([
+        ("signing.key".to_string(), ByteString(pkcs8)),
+        ("verify.key".to_string(), ByteString(public.0)),
+    ]))
+}
+
+/// The names the upload proxy is reached by: its Service's, and the loopback (port
+/// forwards, tests).
+fn uploadproxy_names(namespace: &str) -> Vec<String> {
+    let s = UPLOADPROXY_SERVICE;
+    vec![
+        s.to_string(),
+        format!("{s}.{namespace}"),
+        format!("{s}.{namespace}.svc"),
+        format!("{s}.{namespace}.svc.cluster.local"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ]
+}
+
+/// The upload proxy's Secret: serving and client certificates from `ca` (the one movers
+/// trust), the CA, and the token public key.
+fn uploadproxy_data(ca: &Ca, namespace: &str, verify_key: &[u8]) -> Result<BTreeMap<String, ByteString>, CertError> {
+    let issuer = ca.issuer()?;
+    let (cert, key) = issue(&issuer, &uploadproxy_names(namespace), ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (client_cert, client_key) =
+        issue(&issuer, &[UPLOADPROXY_SERVICE.to_string()], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let mut d = data(&[
+        ("tls.crt", cert),
+        ("tls.key", key),
+        ("ca.crt", ca.cert.clone()),
+        ("client.crt", client_cert),
+        ("client.key", client_key),
+    ]);
+    d.insert("verify.key".to_string(), ByteString(verify_key.to_vec()));
+    Ok(d)
+}
+
 /// A serving identity read from a TLS Secret (PEM).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServingCert {
@@ -274,5 +379,79 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, &[], &ServerName::try_from(server_name).unwrap(), &[], UnixTime::now())
             .unwrap();
+    }
+
+    fn server_verifier(ca_pem: &str) -> std::sync::Arc<rustls::client::WebPkiServerVerifier> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap()
+    }
+
+    fn pem_of(d: &BTreeMap<String, ByteString>, key: &str) -> String {
+        String::from_utf8(d[key].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn the_token_key_secret_holds_a_pkcs8_key_and_its_public_point() {
+        use crate::upload::token::{Claims, SigningKey, VerifyingKey};
+        let d = token_key_data().unwrap();
+        let key = SigningKey::from_pkcs8(&d["signing.key"].0).unwrap();
+        assert_eq!(d["verify.key"].0.len(), 65, "an uncompressed SEC1 P-256 point");
+        assert_eq!(key.public_key().0, d["verify.key"].0);
+        let token = key.sign(&Claims::upload("ns", "disk", 1000)).unwrap();
+        assert_eq!(VerifyingKey(d["verify.key"].0.clone()).verify(&token, 1000).unwrap().name, "disk");
+    }
+
+    #[test]
+    fn the_upload_proxy_secret_serves_its_names_and_has_a_client_certificate_movers_accept() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let (ca_cert, ca_key) = new_ca().unwrap();
+        let ca = Ca { cert: ca_cert.clone(), key: ca_key };
+        let d = uploadproxy_data(&ca, "cdi-rs", &[4; 65]).unwrap();
+        assert_eq!(pem_of(&d, "ca.crt"), ca_cert);
+        assert_eq!(d["verify.key"].0, vec![4; 65]);
+        let verifier = server_verifier(&ca_cert);
+        let serving = CertificateDer::from_pem_slice(pem_of(&d, "tls.crt").as_bytes()).unwrap();
+        let now = UnixTime::now();
+        for name in
+            ["cdi-uploadproxy", "cdi-uploadproxy.cdi-rs", "cdi-uploadproxy.cdi-rs.svc", "localhost", "127.0.0.1", "::1"]
+        {
+            let name = ServerName::try_from(name).unwrap();
+            verifier.verify_server_cert(&serving, &[], &name, &[], now).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        }
+        let other = ServerName::try_from("cdi-api.cdi-rs.svc").unwrap();
+        assert!(verifier.verify_server_cert(&serving, &[], &other, &[], now).is_err());
+        assert!(pem_of(&d, "tls.key").contains("PRIVATE KEY") && pem_of(&d, "client.key").contains("PRIVATE KEY"));
+
+        // The client certificate: a mover (which trusts the CA) accepts it as a client; it
+        // is not a server certificate (EKU clientAuth only).
+        let client = CertificateDer::from_pem_slice(pem_of(&d, "client.crt").as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_cert.as_bytes()).unwrap()).unwrap();
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        client_verifier.verify_client_cert(&client, &[], now).unwrap();
+        let as_server = ServerName::try_from("cdi-uploadproxy").unwrap();
+        assert!(verifier.verify_server_cert(&client, &[], &as_server, &[], now).is_err(), "clientAuth only");
+        assert!(client_verifier.verify_client_cert(&serving, &[], now).is_err(), "serverAuth only");
+    }
+
+    #[test]
+    fn the_api_certificate_is_for_the_name_the_aggregator_calls() {
+        // kube-aggregator dials <service>.<namespace>.svc.
+        verifies_as(&service_dns_names("cdi-api", "cdi-rs"), "cdi-api.cdi-rs.svc");
     }
 }

@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9101";
 /// Default HTTPS address of the admission webhook; the webhook Service targets this port.
 pub const DEFAULT_WEBHOOK_LISTEN: &str = "0.0.0.0:8443";
+/// Default HTTPS address of the upload API (`upload.cdi.kubevirt.io`); Service `cdi-api`
+/// targets this port.
+pub const DEFAULT_API_LISTEN: &str = "0.0.0.0:8444";
 
 /// `cdi-populator`: the cdi-rs control plane.
 #[derive(Debug, Parser)]
@@ -93,4 +96,15 @@ pub struct RunArgs {
     /// The ValidatingWebhookConfiguration whose caBundle the leader keeps current.
     #[arg(long, default_value = "cdi-populator-webhook")]
     pub webhook_configuration: String,
+    /// Where to serve the aggregated upload API (HTTPS, front-proxy client certificates),
+    /// on every replica.
+    #[arg(long, default_value = DEFAULT_API_LISTEN)]
+    pub api_listen: SocketAddr,
+    /// The Service in front of the upload API, in --namespace: its serving certificate is
+    /// issued for this Service's DNS names.
+    #[arg(long, default_value = "cdi-api")]
+    pub api_service: String,
+    /// The APIService whose caBundle the leader keeps.
+    #[arg(long, default_value = crate::upload::api::API_SERVICE)]
+    pub api_apiservice: String,
 }

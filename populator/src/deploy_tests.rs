@@ -39,7 +39,44 @@ struct Manifests {
     crds: Vec<CustomResourceDefinition>,
     services: Vec<Service>,
     webhook_configurations: Vec<ValidatingWebhookConfiguration>,
+    api_services: Vec<ApiService>,
 }
+
+/// `apiregistration.k8s.io/v1` `APIService` (k8s-openapi has no kube-aggregator types):
+/// the fields we set, and those we must not.
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiService {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: ApiServiceSpec,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiServiceSpec {
+    group: String,
+    version: String,
+    service: ApiServiceReference,
+    group_priority_minimum: i32,
+    version_priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_bundle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "insecureSkipTLSVerify")]
+    insecure_skip_tls_verify: Option<bool>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct ApiServiceReference {
+    namespace: String,
+    name: String,
+    port: i32,
+}
+
+/// The one object outside cdi-rs that is namespaced: the Role (and its binding) reading the
+/// API server's front-proxy settings.
+const AUTH_READER: &str = "cdi-populator-authentication-reader";
 
 /// Deserialises `doc` as `K` and checks that serialising it gives `doc` back: a misspelt or
 /// misplaced field (which serde would silently skip) fails here.
@@ -92,6 +129,7 @@ fn load() -> Manifests {
                 ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
                     m.webhook_configurations.push(strict(doc, &file))
                 }
+                ("apiregistration.k8s.io/v1", "APIService") => m.api_services.push(strict(doc, &file)),
                 (api_version, kind) => panic!("{file}: unexpected object {api_version} {kind}"),
             }
         }
@@ -168,6 +206,10 @@ fn namespaced_objects_live_in_the_cdi_rs_namespace() {
         .chain(m.daemon_sets.iter().map(|o| &o.metadata))
         .chain(m.services.iter().map(|o| &o.metadata));
     for meta in namespaced {
+        if meta.name.as_deref() == Some(AUTH_READER) {
+            assert_eq!(meta.namespace.as_deref(), Some("kube-system"), "{AUTH_READER} is where the ConfigMap is");
+            continue;
+        }
         assert_eq!(meta.namespace.as_deref(), Some(NAMESPACE), "{:?}", meta.name);
     }
 }
@@ -220,6 +262,12 @@ fn bindings_name_roles_and_service_accounts_that_exist() {
         };
         assert!(known.contains(&role_ref.name), "binding to missing {} {}", role_ref.kind, role_ref.name);
         for subject in subjects.as_deref().unwrap_or_default() {
+            // Groups only for what every user may read (CDI's config-reader).
+            if subject.kind == "Group" {
+                assert_eq!(subject.name, "system:authenticated");
+                assert_eq!(role_ref.name, "cdi.kubevirt.io:config-reader");
+                continue;
+            }
             assert_eq!(subject.kind, "ServiceAccount");
             let subject_ns = subject.namespace.as_deref().or(namespace);
             assert!(
@@ -454,4 +502,111 @@ fn the_webhook_configuration_reaches_the_populators_webhook_through_its_service(
                 .any(|s| s.name == "cdi-populator" && s.namespace.as_deref() == Some(NAMESPACE))
     });
     assert!(bound, "the populator's ServiceAccount has the webhook role");
+}
+
+fn run_args(m: &Manifests) -> crate::cli::RunArgs {
+    let deployment = the_deployment(m);
+    let container = &pod_spec(&deployment.spec.as_ref().unwrap().template).containers[0];
+    let argv = container.command.iter().flatten().chain(container.args.iter().flatten());
+    let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else { panic!("run") };
+    run
+}
+
+fn bound_to_populator(m: &Manifests, kind: &str, role: &str) -> bool {
+    let is_populator = |s: &k8s_openapi::api::rbac::v1::Subject| {
+        s.kind == "ServiceAccount" && s.name == "cdi-populator" && s.namespace.as_deref() == Some(NAMESPACE)
+    };
+    let cluster = m.cluster_role_bindings.iter().map(|b| (&b.role_ref, &b.subjects));
+    let namespaced = m.role_bindings.iter().map(|b| (&b.role_ref, &b.subjects));
+    cluster
+        .chain(namespaced)
+        .any(|(r, subjects)| r.kind == kind && r.name == role && subjects.iter().flatten().any(is_populator))
+}
+
+#[test]
+fn the_apiservice_reaches_the_populators_upload_api_through_its_service() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use crate::api::uploadtoken::{GROUP, PLURAL, VERSION};
+    let m = load();
+    let run = run_args(&m);
+    let [apiservice] = m.api_services.as_slice() else { panic!("one APIService") };
+    assert_eq!(apiservice.metadata.name.as_deref(), Some(run.api_apiservice.as_str()));
+    assert_eq!(run.api_apiservice, format!("{VERSION}.{GROUP}"), "kube names an APIService <version>.<group>");
+    let spec = &apiservice.spec;
+    assert_eq!((spec.group.as_str(), spec.version.as_str()), (GROUP, VERSION));
+    assert_eq!((spec.group_priority_minimum, spec.version_priority), (1000, 15), "CDI's priorities");
+    assert!(spec.ca_bundle.is_none(), "the populator fills in the caBundle");
+    assert_ne!(spec.insecure_skip_tls_verify, Some(true));
+    assert_eq!((spec.service.namespace.as_str(), spec.service.name.as_str()), (NAMESPACE, run.api_service.as_str()));
+    assert!(
+        m.crds.iter().all(|c| c.spec.group != GROUP && c.spec.names.plural != PLURAL),
+        "UploadTokenRequest is served, not stored: no CRD"
+    );
+
+    // The Service selects the populator pods and targets the port --api-listen binds.
+    let service = m
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(run.api_service.as_str()))
+        .expect("Service cdi-api");
+    let svc = service.spec.as_ref().unwrap();
+    let pod_labels =
+        the_deployment(&m).spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in svc.selector.as_ref().expect("a selector") {
+        assert_eq!(pod_labels.get(k), Some(v), "the Service selects the populator pods by {k}={v}");
+    }
+    let port = svc.ports.iter().flatten().find(|p| p.port == spec.service.port).expect("the APIService's port");
+    assert_eq!(port.target_port, Some(IntOrString::String("https-api".into())));
+    let container = &pod_spec(&the_deployment(&m).spec.as_ref().unwrap().template).containers[0];
+    let container_port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("https-api"));
+    assert_eq!(container_port.map(|p| p.container_port), Some(i32::from(run.api_listen.port())));
+    assert_eq!(run.api_listen.port(), 8444);
+
+    // The populator may get and patch that APIService only, and read the front-proxy settings.
+    let role = m.cluster_roles.iter().find(|r| r.metadata.name.as_deref() == Some("cdi-populator-api")).unwrap();
+    let rules = role.rules.as_deref().unwrap_or_default();
+    for verb in ["get", "patch"] {
+        assert!(allows(rules, "apiregistration.k8s.io", "apiservices", verb), "{verb} apiservices");
+    }
+    for rule in rules {
+        assert_eq!(rule.resource_names.as_deref(), Some(&[run.api_apiservice.clone()][..]));
+    }
+    assert!(bound_to_populator(&m, "ClusterRole", "cdi-populator-api"));
+    let reader = m.roles.iter().find(|r| r.metadata.name.as_deref() == Some(AUTH_READER)).unwrap();
+    let rules = reader.rules.as_deref().unwrap_or_default();
+    assert!(allows(rules, "", "configmaps", "get"));
+    assert_eq!(rules[0].resource_names.as_deref(), Some(&["extension-apiserver-authentication".to_string()][..]));
+    assert!(bound_to_populator(&m, "Role", AUTH_READER));
+}
+
+#[test]
+fn users_get_cdis_roles_with_upload_tokens_for_admin_and_edit() {
+    let m = load();
+    let role = |name: &str| {
+        let r = m.cluster_roles.iter().find(|r| r.metadata.name.as_deref() == Some(name));
+        r.unwrap_or_else(|| panic!("ClusterRole {name}"))
+    };
+    for (name, aggregate) in [("cdi.kubevirt.io:admin", "admin"), ("cdi.kubevirt.io:edit", "edit")] {
+        let r = role(name);
+        let label = format!("rbac.authorization.k8s.io/aggregate-to-{aggregate}");
+        assert_eq!(r.metadata.labels.as_ref().and_then(|l| l.get(&label)).map(String::as_str), Some("true"), "{name}");
+        let rules = r.rules.as_deref().unwrap_or_default();
+        assert!(allows(rules, "upload.cdi.kubevirt.io", "uploadtokenrequests", "create"), "{name}");
+        for resource in
+            ["datavolumes", "datasources", "volumeuploadsources", "volumeimportsources", "volumeclonesources"]
+        {
+            assert!(allows(rules, "cdi.kubevirt.io", resource, "delete"), "{name}: {resource}");
+        }
+        assert!(allows(rules, "cdi.kubevirt.io", "datavolumes/source", "create"), "{name}");
+    }
+    let view = role("cdi.kubevirt.io:view");
+    let label = view.metadata.labels.as_ref().and_then(|l| l.get("rbac.authorization.k8s.io/aggregate-to-view"));
+    assert_eq!(label.map(String::as_str), Some("true"));
+    let rules = view.rules.as_deref().unwrap_or_default();
+    assert!(allows(rules, "cdi.kubevirt.io", "datavolumes", "watch"));
+    assert!(!allows(rules, "upload.cdi.kubevirt.io", "uploadtokenrequests", "create"), "view gets no upload tokens");
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(!allows(rules, "cdi.kubevirt.io", "datavolumes", verb), "view must not {verb}");
+    }
 }

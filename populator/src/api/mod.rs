@@ -7,6 +7,7 @@
 //! | [`datasource`] | `DataSource`: a named golden volume DataVolumes clone |
 //! | [`import`] | `VolumeImportSource`: import a claim's data from a URL, registry, ... |
 //! | [`upload`] | `VolumeUploadSource`: fill a claim by upload |
+//! | [`uploadtoken`] | `UploadTokenRequest` (`upload.cdi.kubevirt.io`, aggregated API, no CRD) |
 //! | [`clone`]  | `VolumeCloneSource`: fill a claim with a copy of a PVC or snapshot |
 //! | [`storageprofile`] | `StorageProfile`: what CDI knows about a StorageClass |
 //! | [`cdiconfig`] | `CDIConfig`: the cluster-wide settings (`config`) |
@@ -30,6 +31,7 @@ mod schema;
 pub mod sources;
 pub mod storageprofile;
 pub mod upload;
+pub mod uploadtoken;
 
 pub use cdi::{CDI, CDISpec, CDIStatus, OperatorCondition};
 pub use cdiconfig::{CDIConfig, CDIConfigSpec, CDIConfigStatus, FilesystemOverhead, ImportProxy};
@@ -47,6 +49,7 @@ pub use sources::{
 };
 pub use storageprofile::{ClaimPropertySet, StorageProfile, StorageProfileSpec, StorageProfileStatus};
 pub use upload::{VolumeUploadSource, VolumeUploadSourceSpec, VolumeUploadSourceStatus};
+pub use uploadtoken::{UploadTokenRequest, UploadTokenRequestSpec, UploadTokenRequestStatus};
 
 #[cfg(test)]
 mod tests;

@@ -2,5 +2,11 @@
 //!
 //! * [`token`]: the short-lived, claim-scoped tokens `UploadTokenRequest` issues and the
 //!   proxy checks.
+//! * [`api`]: the aggregated API `upload.cdi.kubevirt.io/v1beta1` that issues them, and
+//!   [`api_auth`], how it knows a request comes from the API server.
 
+pub mod api;
+pub mod api_auth;
+#[cfg(test)]
+mod api_tests;
 pub mod token;
