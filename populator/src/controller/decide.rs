@@ -492,8 +492,10 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
         TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, generation, outcome)),
-        // Acted on already, and this PVC predates that write: wait for it to arrive.
-        TaskView::Settled { task_id: settled } if *settled == task_id => Step::WaitForTask,
+        // Acted on already, and this PVC predates that write: wait for it to arrive. An
+        // upload's id stays the same across attempts: a claim that shows the retry (Pending)
+        // or a failure whose source has since changed (Failed) starts it again.
+        TaskView::Settled { task_id: settled } if *settled == task_id && !upload_again(t) => Step::WaitForTask,
         // Not followed, or followed for an earlier attempt.
         _ => Step::StartTask {
             task: Box::new(Task {
@@ -507,6 +509,11 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
             announce: t.phase != Some(PodPhase::Running),
         },
     })
+}
+
+/// An upload task that ended (and was acted on) is started again under the same id.
+fn upload_again(t: &Target) -> bool {
+    t.kind == SourceKind::Upload && matches!(t.phase, Some(PodPhase::Pending | PodPhase::Failed))
 }
 
 /// A retry is a new task; a restarted populator re-attaches to the same one. An upload's

@@ -280,7 +280,11 @@ fn awaits_upload(event: Option<&pb::populate_event::Event>) -> bool {
     use pb::populate_event::Event;
     match event {
         Some(Event::Accepted(a)) => {
-            matches!(pb::TaskState::try_from(a.state), Ok(pb::TaskState::Queued | pb::TaskState::Running))
+            // Only a task that is over says so; anything else is held.
+            !matches!(
+                pb::TaskState::try_from(a.state),
+                Ok(pb::TaskState::Succeeded | pb::TaskState::Failed | pb::TaskState::Cancelled)
+            )
         }
         Some(Event::Progress(_)) => true,
         _ => false,

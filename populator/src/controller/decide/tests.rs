@@ -740,3 +740,13 @@ fn a_missing_or_invalid_upload_source_is_named_as_such() {
     };
     assert!(failure.message.starts_with("VolumeUploadSource src: "), "{}", failure.message);
 }
+
+#[test]
+fn a_settled_upload_task_starts_again_once_the_claim_shows_the_retry_and_not_before() {
+    let settled = || World { task: TaskView::Settled { task_id: PRIME_UID.into() }, ..upload_world(World::holding()) };
+    // The claim still as before the retry was written: wait for the write.
+    assert_eq!(decide_in(upload_target(json!({ann::POD_PHASE: "Running"})), settled()), Step::WaitForTask);
+    let retry = upload_target(json!({ann::POD_PHASE: "Pending", ann::ATTEMPT: "1"}));
+    let Step::StartTask { task, .. } = decide_in(retry, settled()) else { panic!("expected the task to start again") };
+    assert_eq!(task.id, PRIME_UID);
+}

@@ -251,7 +251,13 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
         TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, outcome)),
-        TaskView::Settled { task_id: settled } if *settled == task_id => Step::WaitForTask,
+        // An upload's id stays the same across attempts: a claim that shows the retry
+        // (Pending) or a failure whose inputs have since changed (Failed) starts it again.
+        TaskView::Settled { task_id: settled }
+            if *settled == task_id && !(t.upload && matches!(t.phase, Some(PodPhase::Pending | PodPhase::Failed))) =>
+        {
+            Step::WaitForTask
+        }
         _ => Step::StartTask {
             task: Box::new(Task {
                 id: task_id,

@@ -292,3 +292,12 @@ fn an_uploaded_claim_is_done_and_its_pod_goes() {
     let target = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Succeeded"}), "Bound")).unwrap();
     assert_eq!(decide_in(target, &World::holding()), Step::DeleteHolder);
 }
+
+#[test]
+fn a_settled_golden_upload_starts_again_once_the_claim_shows_the_retry() {
+    let world = World { task: TaskView::Settled { task_id: UID.into() }, ..World::holding() };
+    let running = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Running"}), "Bound")).unwrap();
+    assert_eq!(decide_in(running, &world), Step::WaitForTask);
+    let retry = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Pending"}), "Bound")).unwrap();
+    assert!(matches!(decide_in(retry, &world), Step::StartTask { .. }));
+}
