@@ -221,8 +221,7 @@ async fn run(
         };
         use pb::populate_event::Event;
         if upload && !ready && awaits_upload(event.event.as_ref()) {
-            ready = true;
-            mark_ready(ctx, &api, target, node, prime).await;
+            ready = mark_ready(ctx, &api, target, node, prime).await;
         }
         match event.event {
             Some(Event::Progress(p)) => {
@@ -245,7 +244,8 @@ async fn run(
                 }
                 if !announced && p.bytes_done > 0 {
                     announced = true;
-                    ctx.event(target, EventReason::ImportInProgress, &format!("Import in progress on node {node}"))
+                    let what = if upload { "Upload" } else { "Import" };
+                    ctx.event(target, EventReason::ImportInProgress, &format!("{what} in progress on node {node}"))
                         .await;
                 }
             }
@@ -293,15 +293,16 @@ fn awaits_upload(event: Option<&pb::populate_event::Event>) -> bool {
 
 /// The upload can come: `storage.pod.ready: "true"` on the target and the prime, and the
 /// holder's node on the prime (or on the claim itself, golden) as
-/// `volume.kubernetes.io/selected-node`, where the upload proxy looks for the mover. A
-/// failed write is retried by the next event, not fatal.
+/// `volume.kubernetes.io/selected-node`, where the upload proxy looks for the mover.
+/// `false` if a write still failed after a few tries: the next event tries again (a waiting
+/// task may send none, hence the tries).
 async fn mark_ready(
     ctx: &Ctx,
     api: &Api<PersistentVolumeClaim>,
     target: &ObjectRef<PersistentVolumeClaim>,
     node: &str,
     prime: Option<&str>,
-) {
+) -> bool {
     let ready = |with_node: bool| {
         let mut annotations = serde_json::Map::new();
         annotations.insert(ann::POD_READY.into(), "true".into());
@@ -315,14 +316,23 @@ async fn mark_ready(
         serde_json::json!({"metadata": {"annotations": annotations}})
     };
     // The node goes on the claim the mover fills: the prime, or the target when there is none.
-    let writes = [(Some(target.name.as_str()), prime.is_none()), (prime, true)];
+    // The prime first: the proxy goes by the target, which must not say ready before the
+    // node is where the proxy looks.
+    let writes = [(prime, true), (Some(target.name.as_str()), prime.is_none())];
     for (name, with_node) in writes {
         let Some(name) = name else { continue };
-        if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&ready(with_node))).await {
-            tracing::warn!(pvc = %name, error = %e, "upload readiness not recorded");
+        let mut tries = 0;
+        while let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&ready(with_node))).await {
+            tries += 1;
+            tracing::warn!(pvc = %name, error = %e, tries, "upload readiness not recorded");
+            if tries == 5 {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
     ctx.event(target, EventReason::UploadReady, &format!("Upload ready on node {node}")).await;
+    true
 }
 
 #[cfg(test)]
