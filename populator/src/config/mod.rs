@@ -35,6 +35,8 @@ pub struct Ctx {
     recorder: Recorder,
     /// The global filesystem overhead where CDIConfig's spec sets none (`--filesystem-overhead`).
     pub default_overhead: String,
+    /// The populator's namespace, where the upload proxy's Service is.
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -82,13 +84,22 @@ where
         .map_err(|e| Error::kube("update the status of", &name, e))
 }
 
-/// Runs the configuration controllers (and keeps `config` and `cdi` in existence) until one
-/// of them stops, which they do not.
+/// [`run_in`] the namespace `POD_NAMESPACE` names, else `cdi-rs` (the defaults of
+/// `--namespace`).
 pub async fn run(client: kube::Client, default_overhead: String) {
+    let namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| "cdi-rs".into());
+    run_in(client, default_overhead, namespace).await
+}
+
+/// Runs the configuration controllers (and keeps `config` and `cdi` in existence) until one
+/// of them stops, which they do not. `namespace` is the populator's (the upload proxy's
+/// Service is there).
+pub async fn run_in(client: kube::Client, default_overhead: String, namespace: String) {
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), Reporter { controller: "cdi-populator".into(), instance: None }),
         client: client.clone(),
         default_overhead,
+        namespace,
     });
     cdi::ensure_one(&client).await;
     tokio::select! {

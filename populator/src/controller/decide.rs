@@ -23,9 +23,9 @@ use kube::ResourceExt;
 use super::failure::FailureReason;
 use super::follow::{Outcome, TaskView};
 use super::vocab::{UNSUPPORTED_CONDITION, ann};
-use crate::api::VolumeImportSource;
 use crate::api::names::{api as group, kinds};
-use crate::plan::{ImportPlan, ImportSource, PlanError};
+use crate::api::{VolumeImportSource, VolumeUploadSource};
+use crate::plan::{ImportPlan, ImportSource, PlanError, UploadPlan};
 
 /// The kinds a target PVC's `dataSourceRef` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,8 @@ fn claim_phase(pvc: &PersistentVolumeClaim) -> Option<ClaimPhase> {
     pvc.status.as_ref()?.phase.as_deref().and_then(ClaimPhase::parse)
 }
 
-/// The `VolumeImportSource` the target names.
+/// The source object the target names (a `VolumeImportSource`, or a `VolumeUploadSource`
+/// whose plan is an [`ImportSource::Upload`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Source {
     Missing,
@@ -187,6 +188,26 @@ impl Source {
         match ImportPlan::try_from(source) {
             Ok(plan) => Source::Found { generation, plan },
             Err(error) => Source::Invalid { generation, error },
+        }
+    }
+
+    pub fn from_upload(source: Option<&VolumeUploadSource>) -> Source {
+        let Some(source) = source else { return Source::Missing };
+        let generation = source.metadata.generation.unwrap_or(0);
+        match UploadPlan::try_from(source) {
+            Ok(plan) => Source::Found { generation, plan: plan.into() },
+            Err(error) => Source::Invalid { generation, error },
+        }
+    }
+}
+
+impl SourceKind {
+    /// The source object's kind, for messages.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            SourceKind::Import => kinds::VOLUME_IMPORT_SOURCE,
+            SourceKind::Upload => kinds::VOLUME_UPLOAD_SOURCE,
+            SourceKind::Clone => kinds::VOLUME_CLONE_SOURCE,
         }
     }
 }
@@ -318,7 +339,7 @@ pub struct Terminal {
 /// The mover task of the current attempt, and what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
-    /// `<prime uid>-<attempt>`.
+    /// `<prime uid>-<attempt>`; an upload's: `<prime uid>`.
     pub id: String,
     pub node: String,
     pub holder_uid: String,
@@ -416,14 +437,13 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
         return Ok(if t.retain { Step::Retained } else { Step::Done });
     }
     match t.kind {
-        SourceKind::Import => {}
-        SourceKind::Upload => return Ok(unsupported(t, kinds::VOLUME_UPLOAD_SOURCE)),
+        SourceKind::Import | SourceKind::Upload => {}
         SourceKind::Clone => return Ok(unsupported(t, kinds::VOLUME_CLONE_SOURCE)),
     }
     let (generation, plan) = match s.source.get().ok_or(Fact::Source)? {
         Source::Missing => return Ok(Step::WaitForSource),
         Source::Invalid { generation, error } => {
-            let message = format!("{} {}: {error}", kinds::VOLUME_IMPORT_SOURCE, t.source_name);
+            let message = format!("{} {}: {error}", t.kind.kind_name(), t.source_name);
             return Ok(Step::FailTerminally(terminal(t, *generation, FailureReason::InvalidRequest, &message)));
         }
         Source::Found { generation, plan } => (*generation, plan),
@@ -472,8 +492,10 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
         TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, generation, outcome)),
-        // Acted on already, and this PVC predates that write: wait for it to arrive.
-        TaskView::Settled { task_id: settled } if *settled == task_id => Step::WaitForTask,
+        // Acted on already, and this PVC predates that write: wait for it to arrive. An
+        // upload's id stays the same across attempts: a claim that shows the retry (Pending)
+        // or a failure whose source has since changed (Failed) starts it again.
+        TaskView::Settled { task_id: settled } if *settled == task_id && !upload_again(t) => Step::WaitForTask,
         // Not followed, or followed for an earlier attempt.
         _ => Step::StartTask {
             task: Box::new(Task {
@@ -489,9 +511,19 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     })
 }
 
-/// A retry is a new task; a restarted populator re-attaches to the same one.
+/// An upload task that ended (and was acted on) is started again under the same id.
+fn upload_again(t: &Target) -> bool {
+    t.kind == SourceKind::Upload && matches!(t.phase, Some(PodPhase::Pending | PodPhase::Failed))
+}
+
+/// A retry is a new task; a restarted populator re-attaches to the same one. An upload's
+/// task is the prime's UID itself: that is how the upload proxy finds it (it knows no
+/// attempts; the mover retries failed upload attempts within the task).
 fn task_id(prime: &Prime, t: &Target) -> String {
-    format!("{}-{}", prime.uid, t.attempt)
+    match t.kind {
+        SourceKind::Upload => prime.uid.clone(),
+        SourceKind::Import | SourceKind::Clone => format!("{}-{}", prime.uid, t.attempt),
+    }
 }
 
 fn ended(t: &Target, generation: i64, outcome: &Outcome) -> Ended {

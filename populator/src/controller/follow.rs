@@ -117,7 +117,8 @@ impl Followers {
         self.inner.lock().expect("followers lock").values().filter(|f| f.outcome.is_none() && !f.settled).count()
     }
 
-    /// Starts following (and, on the mover, starting or re-attaching to) the task.
+    /// Starts following (and, on the mover, starting or re-attaching to) the task. For an
+    /// upload, `prime` is the claim the mover fills when it is not the target itself.
     pub fn start(
         self: &Arc<Self>,
         ctx: Arc<Ctx>,
@@ -125,11 +126,12 @@ impl Followers {
         target_uid: String,
         node: String,
         request: pb::PopulateRequest,
+        prime: Option<String>,
     ) {
         let task_id = request.task_id.clone();
         let follow = {
             let (ctx, target, node) = (ctx.clone(), target.clone(), node.clone());
-            async move { run(&ctx, &target, &node, request).await }
+            async move { run(&ctx, &target, &node, request, prime.as_deref()).await }
         };
         let ended = move || {
             let _ = ctx.trigger.send(target);
@@ -178,7 +180,9 @@ async fn run(
     target: &ObjectRef<PersistentVolumeClaim>,
     node: &str,
     request: pb::PopulateRequest,
+    prime: Option<&str>,
 ) -> Outcome {
+    let upload = super::source::is_upload(&request);
     let mut client = match ctx.movers.on_node(node).await {
         Ok(c) => c,
         Err(e) => return Outcome::Lost(e.to_string()),
@@ -187,6 +191,10 @@ async fn run(
         Ok(r) => r.into_inner(),
         Err(status) => {
             return match status.code() {
+                // A mover that predates uploads reads the unknown source as none at all.
+                tonic::Code::InvalidArgument | tonic::Code::Unimplemented if upload => {
+                    Outcome::Failed(upgrade_the_mover(node, &status))
+                }
                 // The request itself is wrong: retrying cannot help.
                 tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => Outcome::Failed(TaskFailure {
                     reason: FailureReason::InvalidRequest,
@@ -195,14 +203,7 @@ async fn run(
                 }),
                 // A mover that predates the source kind (a registry, s3 or gcs source sent to
                 // an older DaemonSet): retried with backoff, so a mover upgrade picks it up.
-                tonic::Code::Unimplemented => Outcome::Failed(TaskFailure {
-                    reason: FailureReason::InvalidRequest,
-                    message: format!(
-                        "the mover on node {node} cannot serve this request ({}): upgrade the cdi-mover DaemonSet",
-                        status.message()
-                    ),
-                    retryable: true,
-                }),
+                tonic::Code::Unimplemented => Outcome::Failed(upgrade_the_mover(node, &status)),
                 _ => Outcome::Lost(format!("mover on {node}: {}", status.message())),
             };
         }
@@ -211,6 +212,7 @@ async fn run(
         Api::namespaced(ctx.client.clone(), target.namespace.as_deref().unwrap_or_default());
     let mut last_write: Option<Instant> = None;
     let mut announced = false;
+    let mut ready = false;
     loop {
         let event = match stream.message().await {
             Ok(Some(e)) => e,
@@ -218,6 +220,9 @@ async fn run(
             Err(status) => return Outcome::Lost(format!("mover on {node}: {}", status.message())),
         };
         use pb::populate_event::Event;
+        if upload && !ready && awaits_upload(event.event.as_ref()) {
+            ready = mark_ready(ctx, &api, target, node, prime).await;
+        }
         match event.event {
             Some(Event::Progress(p)) => {
                 if last_write.is_some_and(|t| t.elapsed() < ctx.cfg.progress_interval) {
@@ -239,15 +244,95 @@ async fn run(
                 }
                 if !announced && p.bytes_done > 0 {
                     announced = true;
-                    ctx.event(target, EventReason::ImportInProgress, &format!("Import in progress on node {node}"))
+                    let what = if upload { "Upload" } else { "Import" };
+                    ctx.event(target, EventReason::ImportInProgress, &format!("{what} in progress on node {node}"))
                         .await;
                 }
             }
             Some(Event::Completed(c)) => return Outcome::Succeeded(c),
-            Some(Event::Failed(f)) => return Outcome::Failed(f.into()),
+            Some(Event::Failed(f)) => {
+                let mut failure = TaskFailure::from(f);
+                // The mover takes a failed upload attempt back itself; a failed upload task
+                // is over, and its id (the prime's UID) cannot name a fresh one.
+                failure.retryable &= !upload;
+                return Outcome::Failed(failure);
+            }
             Some(Event::Accepted(_)) | None => {}
         }
     }
+}
+
+fn upgrade_the_mover(node: &str, status: &tonic::Status) -> TaskFailure {
+    // Retried with backoff, so a mover upgrade picks it up.
+    TaskFailure {
+        reason: FailureReason::InvalidRequest,
+        message: format!(
+            "the mover on node {node} cannot serve this request ({}): upgrade the cdi-mover DaemonSet",
+            status.message()
+        ),
+        retryable: true,
+    }
+}
+
+/// Whether an upload task's event says the mover holds the task, so that an `Upload` call
+/// finds it: accepted and not over, or any progress (waiting for bytes or taking them).
+fn awaits_upload(event: Option<&pb::populate_event::Event>) -> bool {
+    use pb::populate_event::Event;
+    match event {
+        Some(Event::Accepted(a)) => {
+            // Only a task that is over says so; anything else is held.
+            !matches!(
+                pb::TaskState::try_from(a.state),
+                Ok(pb::TaskState::Succeeded | pb::TaskState::Failed | pb::TaskState::Cancelled)
+            )
+        }
+        Some(Event::Progress(_)) => true,
+        _ => false,
+    }
+}
+
+/// The upload can come: `storage.pod.ready: "true"` on the target and the prime, and the
+/// holder's node on the prime (or on the claim itself, golden) as
+/// `volume.kubernetes.io/selected-node`, where the upload proxy looks for the mover.
+/// `false` if a write still failed after a few tries: the next event tries again (a waiting
+/// task may send none, hence the tries).
+async fn mark_ready(
+    ctx: &Ctx,
+    api: &Api<PersistentVolumeClaim>,
+    target: &ObjectRef<PersistentVolumeClaim>,
+    node: &str,
+    prime: Option<&str>,
+) -> bool {
+    let ready = |with_node: bool| {
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(ann::POD_READY.into(), "true".into());
+        annotations.insert(ann::POD_PHASE.into(), "Running".into());
+        annotations.insert(ann::RUNNING.into(), "true".into());
+        annotations.insert(ann::RUNNING_REASON.into(), condition::POD_RUNNING.into());
+        annotations.insert(ann::RUNNING_MESSAGE.into(), "".into());
+        if with_node {
+            annotations.insert(ann::SELECTED_NODE.into(), node.into());
+        }
+        serde_json::json!({"metadata": {"annotations": annotations}})
+    };
+    // The node goes on the claim the mover fills: the prime, or the target when there is none.
+    // The prime first: the proxy goes by the target, which must not say ready before the
+    // node is where the proxy looks.
+    let writes = [(prime, true), (Some(target.name.as_str()), prime.is_none())];
+    for (name, with_node) in writes {
+        let Some(name) = name else { continue };
+        let mut tries = 0;
+        while let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&ready(with_node))).await {
+            tries += 1;
+            tracing::warn!(pvc = %name, error = %e, tries, "upload readiness not recorded");
+            if tries == 5 {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    ctx.event(target, EventReason::UploadReady, &format!("Upload ready on node {node}")).await;
+    true
 }
 
 #[cfg(test)]
@@ -266,6 +351,21 @@ mod tests {
     fn lost(why: &str) -> impl Future<Output = Outcome> + Send + 'static {
         let why = why.to_string();
         async move { Outcome::Lost(why) }
+    }
+
+    #[test]
+    fn an_upload_is_ready_once_the_mover_holds_the_task_and_not_after_it_ended() {
+        use pb::populate_event::Event;
+        let accepted = |state: pb::TaskState| Event::Accepted(pb::Accepted { reattached: false, state: state as i32 });
+        assert!(awaits_upload(Some(&accepted(pb::TaskState::Running))));
+        assert!(awaits_upload(Some(&accepted(pb::TaskState::Queued))));
+        let waiting = pb::Progress { phase: pb::Phase::AwaitingUpload as i32, ..Default::default() };
+        assert!(awaits_upload(Some(&Event::Progress(waiting))));
+        // Re-attached to a task that is over: its end follows, no upload can come.
+        assert!(!awaits_upload(Some(&accepted(pb::TaskState::Succeeded))));
+        assert!(!awaits_upload(Some(&accepted(pb::TaskState::Failed))));
+        assert!(!awaits_upload(Some(&Event::Completed(pb::Completed::default()))));
+        assert!(!awaits_upload(None));
     }
 
     #[tokio::test]

@@ -1,11 +1,15 @@
 //! The populate controller: PVCs whose `dataSourceRef` names a CDI source kind, and golden
-//! PVCs (no data source, `storage.import.endpoint` annotation) imported in place (golden/).
+//! PVCs (no data source, `storage.import.endpoint` or `storage.upload.target` annotation)
+//! imported or uploaded in place (golden/).
+//!
+//! An upload is an import whose bytes come later: the mover holds the task waiting for the
+//! upload proxy, and the follower marks the claim `storage.pod.ready: "true"` once it does.
 //!
 //! ```text
 //!  watches: PVCs ─────────────┐
 //!           holder pods (owned)├─▶ Controller ─▶ reconcile.rs (one step at a time, chosen by decide.rs)
 //!           prime PVCs (owned) │                   │        ▲   └─ no CDI dataSourceRef: golden/
-//!           VolumeImportSource ┘                   ▼        │ outcome triggers a reconcile
+//!           Volume{Import,Upload}Source                   ▼        │ outcome triggers a reconcile
 //!                                         follow.rs: mover task streams ──▶ progress annotations
 //! ```
 //!
@@ -33,7 +37,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
-use crate::api::VolumeImportSource;
+use crate::api::names::kinds;
+use crate::api::{VolumeImportSource, VolumeUploadSource};
 use crate::config::Defaults;
 use crate::metrics::Metrics;
 use crate::mover::Movers;
@@ -190,6 +195,7 @@ pub async fn run(
     let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let controller = Controller::new(pvcs, watcher::Config::default());
     let store = controller.store();
+    let upload_store = store.clone();
     controller
         .owns(
             Api::<Pod>::all(client.clone()),
@@ -200,26 +206,33 @@ pub async fn run(
             watcher::Config::default().labels(&format!("{}={}", label::NAME, label::PRIME)),
         )
         .watches(Api::<VolumeImportSource>::all(client.clone()), watcher::Config::default(), move |source| {
-            // A source changed: every PVC in its namespace that names it.
-            let ns = source.metadata.namespace.clone();
-            let name = source.metadata.name.clone().unwrap_or_default();
-            store
-                .state()
-                .into_iter()
-                .filter(|pvc| pvc.metadata.namespace == ns)
-                .filter(|pvc| {
-                    pvc.spec
-                        .as_ref()
-                        .and_then(|s| s.data_source_ref.as_ref())
-                        .is_some_and(|r| r.kind == crate::api::names::kinds::VOLUME_IMPORT_SOURCE && r.name == name)
-                })
-                .map(|pvc| ObjectRef::from_obj(pvc.as_ref()))
-                .collect::<Vec<_>>()
+            naming(&store, kinds::VOLUME_IMPORT_SOURCE, &source.metadata)
+        })
+        .watches(Api::<VolumeUploadSource>::all(client.clone()), watcher::Config::default(), move |source| {
+            naming(&upload_store, kinds::VOLUME_UPLOAD_SOURCE, &source.metadata)
         })
         .reconcile_on(tokio_stream_wrapper(triggered))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures_util::future::ready(()))
         .await;
+}
+
+/// A source changed: every PVC in its namespace that names it.
+fn naming(
+    store: &kube::runtime::reflector::Store<PersistentVolumeClaim>,
+    kind: &str,
+    source: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    let name = source.name.clone().unwrap_or_default();
+    store
+        .state()
+        .into_iter()
+        .filter(|pvc| pvc.metadata.namespace == source.namespace)
+        .filter(|pvc| {
+            pvc.spec.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some_and(|r| r.kind == kind && r.name == name)
+        })
+        .map(|pvc| ObjectRef::from_obj(pvc.as_ref()))
+        .collect()
 }
 
 fn tokio_stream_wrapper<T: Send + 'static>(

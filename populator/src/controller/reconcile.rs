@@ -21,14 +21,14 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build;
 use super::decide::{
-    Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, Step, Target, Task, Terminal, decide,
+    Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, SourceKind, Step, Target, Task, Terminal, decide,
     unfollowed_task,
 };
 use super::failure::FailureReason;
 use super::source;
-use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, condition};
+use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, cdi_ann, condition};
 use super::{Ctx, Error};
-use crate::api::VolumeImportSource;
+use crate::api::{VolumeImportSource, VolumeUploadSource};
 use crate::metrics::Finished;
 
 /// How often to look again while waiting on something no watch reports.
@@ -109,7 +109,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         Step::Unsupported { message, announce } => unsupported(pvc, ctx, &message, announce).await?,
         Step::WaitForSource => wait_for_source(pvc, &seen.target, ctx).await,
         Step::NotOurs | Step::WaitForSourceChange => Action::await_change(),
-        Step::FailTerminally(failure) => fail_terminally(pvc, ctx, &failure).await?,
+        Step::FailTerminally(failure) => fail_terminally(pvc, &seen.target, ctx, &failure).await?,
         Step::WaitForStorageClass => wait_for_class(pvc, &seen.target, ctx).await,
         Step::WaitForConsumer { announce } => wait_for_consumer(pvc, ctx, announce).await?,
         Step::WaitForHolder => Action::requeue(POLL),
@@ -118,7 +118,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         Step::TaskEnded(ended) => {
             let lost = matches!(ended, Ended::Lost(_));
             // Only once the outcome is recorded: if that fails, the next reconcile acts again.
-            let action = task_ended(pvc, ctx, ended).await?;
+            let action = task_ended(pvc, &seen.target, ctx, ended).await?;
             if lost {
                 // The task may still run: follow it afresh next time.
                 ctx.followers.forget(&seen.target.uid);
@@ -146,6 +146,12 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
     let namespace = pvc.namespace().unwrap_or_default();
     let uid = seen.target.uid.clone();
     match fact {
+        Fact::Source if seen.target.kind == SourceKind::Upload => {
+            let name = &seen.target.source_name;
+            let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &namespace);
+            let source = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeUploadSource", name, e))?;
+            seen.source = Lazy::Read(Source::from_upload(source.as_ref()));
+        }
         Fact::Source => {
             let name = &seen.target.source_name;
             let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -227,7 +233,7 @@ pub(super) async fn unsupported(
 
 async fn wait_for_source(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Action {
     let namespace = pvc.namespace().unwrap_or_default();
-    let note = format!("VolumeImportSource {namespace}/{} not found; waiting for it", target.source_name);
+    let note = format!("{} {namespace}/{} not found; waiting for it", target.kind.kind_name(), target.source_name);
     ctx.event(&ObjectRef::from_obj(pvc), EventReason::SourceMissing, &note).await;
     Action::requeue(POLL)
 }
@@ -299,12 +305,17 @@ async fn start_task(
                 generation: task.generation,
                 attempt: target.attempt + 1,
             };
-            return fail_terminally(pvc, ctx, &failure).await;
+            return fail_terminally(pvc, target, ctx, &failure).await;
         }
     };
     let target_ref = ObjectRef::from_obj(pvc);
+    let upload = target.kind == SourceKind::Upload;
     if announce {
-        let note = format!("Import scheduled on node {} (task {})", task.node, task.id);
+        let note = if upload {
+            format!("Upload scheduled on node {} (task {})", task.node, task.id)
+        } else {
+            format!("Import scheduled on node {} (task {})", task.node, task.id)
+        };
         ctx.event(&target_ref, EventReason::ImportScheduled, &note).await;
         if let Some(note) = source::node_pull_fallback(&task.plan) {
             ctx.event(&target_ref, EventReason::NodePullFallback, note).await;
@@ -314,9 +325,14 @@ async fn start_task(
         // that write failed, since the prime then exists and that step is not redone.
         let prime = (ann::PVC_PRIME, Some(build::prime_name(&target.uid)));
         pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None), prime]);
+        if upload {
+            // Ready only once the mover has the task (the follower says so).
+            pairs.push(not_ready());
+        }
         annotate(ctx, pvc, &pairs).await?;
     }
-    ctx.followers.start(ctx.me(), target_ref, target.uid.clone(), task.node, request);
+    let prime = upload.then(|| build::prime_name(&target.uid));
+    ctx.followers.start(ctx.me(), target_ref, target.uid.clone(), task.node, request, prime);
     Ok(Action::requeue(FOLLOWED))
 }
 
@@ -330,18 +346,56 @@ async fn populate_request(
     source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
 }
 
-async fn task_ended(pvc: &PersistentVolumeClaim, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
+async fn task_ended(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
+    let upload = target.kind == SourceKind::Upload;
+    let extra: &[(&'static str, Option<String>)] = if upload { &[not_ready()] } else { &[] };
     match ended {
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[]).await,
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, extra).await,
         Ended::Retry { reason, message, restarts, attempt } => {
+            if upload {
+                annotate(ctx, pvc, extra).await?;
+            }
             retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
-        Ended::Failed(failure) => fail_terminally(pvc, ctx, &failure).await,
+        Ended::Failed(failure) => fail_terminally(pvc, target, ctx, &failure).await,
         Ended::Lost(why) => {
             ctx.event(&ObjectRef::from_obj(pvc), EventReason::MoverUnavailable, &why).await;
+            if upload {
+                // The mover may have lost the task (a restart): no upload until it has it
+                // again.
+                mark_upload_ready(ctx, pvc, Some(&build::prime_name(&target.uid)), false).await?;
+            }
             Ok(Action::requeue(POLL))
         }
     }
+}
+
+/// `storage.pod.ready: "false"`: the upload proxy must not send bytes (yet, or any more).
+pub(super) fn not_ready() -> (&'static str, Option<String>) {
+    (cdi_ann::POD_READY, Some("false".to_string()))
+}
+
+/// Writes `storage.pod.ready` on an upload's target and, when it has one, its prime (the
+/// proxy reads the target; CDI's reads the prime).
+pub(super) async fn mark_upload_ready(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    prime: Option<&str>,
+    ready: bool,
+) -> Result<(), Error> {
+    let pair = [(cdi_ann::POD_READY, Some(ready.to_string()))];
+    annotate(ctx, pvc, &pair).await?;
+    if let Some(prime) = prime {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"annotations": {cdi_ann::POD_READY: ready.to_string()}}});
+        match api.patch(prime, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // Gone already (handed over): nothing left to mark.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube("annotate", prime, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Records success (plus the `extra` annotations of the caller's flow); the next reconcile
@@ -396,7 +450,12 @@ pub(super) async fn retry_later(
     Ok(Action::requeue(delay))
 }
 
-async fn fail_terminally(pvc: &PersistentVolumeClaim, ctx: &Ctx, failure: &Terminal) -> Result<Action, Error> {
+async fn fail_terminally(
+    pvc: &PersistentVolumeClaim,
+    target: &Target,
+    ctx: &Ctx,
+    failure: &Terminal,
+) -> Result<Action, Error> {
     let Terminal { reason: why, message, generation, attempt } = failure;
     ctx.event(
         &ObjectRef::from_obj(pvc),
@@ -410,6 +469,9 @@ async fn fail_terminally(pvc: &PersistentVolumeClaim, ctx: &Ctx, failure: &Termi
         (ann::FAILED_GENERATION, Some(generation.to_string())),
         (ann::ATTEMPT, Some(attempt.to_string())),
     ]);
+    if target.kind == SourceKind::Upload {
+        pairs.push(not_ready());
+    }
     annotate(ctx, pvc, &pairs).await?;
     // Free the volume; the prime stays for the next attempt.
     delete(ctx, Child::Holder, pvc).await?;

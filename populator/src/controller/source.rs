@@ -150,6 +150,8 @@ pub async fn populate_request(
         ImportSource::S3(s3) => (pb::source::Kind::S3(s3_source(objects, s3).await?), String::new()),
         ImportSource::Gcs(gcs) => (pb::source::Kind::Gcs(gcs_source(objects, gcs).await?), String::new()),
         ImportSource::Blank => (pb::source::Kind::Blank(pb::BlankSource {}), String::new()),
+        // The mover refuses a checksum for an upload.
+        ImportSource::Upload => (pb::source::Kind::Upload(pb::UploadSource {}), String::new()),
         // The reconcilers report these before building a request; refused, not panicked on.
         ImportSource::Unsupported(variant) => return Err(SourceError::Unsupported { variant }),
     };
@@ -164,6 +166,11 @@ pub async fn populate_request(
         checksum,
         log: dest.log,
     })
+}
+
+/// Whether a request is an upload's: the mover waits for bytes from the upload proxy.
+pub fn is_upload(request: &pb::PopulateRequest) -> bool {
+    matches!(request.source.as_ref().and_then(|s| s.kind.as_ref()), Some(pb::source::Kind::Upload(_)))
 }
 
 /// What the event says when a registry source asks for `pullMethod: node`, which cdi-rs

@@ -6,7 +6,7 @@ pub use crate::api::names::{annotations as cdi_ann, condition_reasons as conditi
 /// Annotations on the target PVC.
 pub mod ann {
     pub use crate::api::names::annotations::{
-        POD_PHASE, POD_RESTARTS, POD_RETAIN_AFTER_COMPLETION as RETAIN, POPULATOR_PROGRESS as PROGRESS,
+        POD_PHASE, POD_READY, POD_RESTARTS, POD_RETAIN_AFTER_COMPLETION as RETAIN, POPULATOR_PROGRESS as PROGRESS,
         POPULATOR_PVC_PRIME as PVC_PRIME, RUNNING_CONDITION as RUNNING, RUNNING_CONDITION_MESSAGE as RUNNING_MESSAGE,
         RUNNING_CONDITION_REASON as RUNNING_REASON, SELECTED_NODE,
     };
@@ -52,10 +52,12 @@ pub enum EventReason {
     MoverUnavailable,
     /// A registry source asked for `pullMethod: node`; the mover pulls instead.
     NodePullFallback,
+    /// The mover holds the upload task: the upload proxy may send bytes.
+    UploadReady,
 }
 
 impl EventReason {
-    pub const ALL: [EventReason; 11] = [
+    pub const ALL: [EventReason; 12] = [
         EventReason::PrimeCreated,
         EventReason::ImportScheduled,
         EventReason::ImportInProgress,
@@ -67,6 +69,7 @@ impl EventReason {
         EventReason::UnsupportedSource,
         EventReason::MoverUnavailable,
         EventReason::NodePullFallback,
+        EventReason::UploadReady,
     ];
 
     /// The event's `reason`.
@@ -84,6 +87,7 @@ impl EventReason {
             EventReason::UnsupportedSource => "UnsupportedSource",
             EventReason::MoverUnavailable => "MoverUnavailable",
             EventReason::NodePullFallback => "NodePullFallback",
+            EventReason::UploadReady => crate::api::names::event_reasons::reserved::UPLOAD_READY,
         }
     }
 
@@ -99,6 +103,7 @@ impl EventReason {
             | EventReason::PendingPopulation
             | EventReason::SourceMissing
             | EventReason::Rebind
+            | EventReason::UploadReady
             // The import goes on, as a pod pull: worth knowing, nothing to fix.
             | EventReason::NodePullFallback => false,
         }

@@ -29,7 +29,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{DataVolume, VolumeImportSource};
+use crate::api::{DataVolume, VolumeImportSource, VolumeUploadSource};
 pub use defaults::{ConfigDefaults, StorageDefaults};
 use vocab::DvEvent;
 
@@ -74,7 +74,8 @@ pub async fn run(client: kube::Client, defaults: Arc<dyn StorageDefaults>) {
     });
     Controller::new(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
         .owns(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<VolumeImportSource>::all(client), watcher::Config::default())
+        .owns(Api::<VolumeImportSource>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<VolumeUploadSource>::all(client), watcher::Config::default())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures_util::future::ready(()))
         .await;

@@ -16,7 +16,7 @@ use super::status::{self, Claim, Situation};
 use super::vocab::DvEvent;
 use super::{Ctx, Error, defaults};
 use crate::api::names::annotations as ann;
-use crate::api::{DataVolume, VolumeImportSource};
+use crate::api::{DataVolume, VolumeImportSource, VolumeUploadSource};
 use crate::controller::decide::{ClaimPhase, PodPhase, VolumeBinding};
 
 /// How often to look again when nothing we watch will say that things changed (a default
@@ -86,7 +86,7 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
         None => match plan {
             Plan::Invalid(message) => return Ok(Situation::Invalid(message)),
             Plan::Unsupported(what) => return Ok(Situation::Unsupported(what)),
-            Plan::Import(source) => {
+            plan @ (Plan::Import(_) | Plan::Upload) => {
                 let class = match render::named_class(dv) {
                     Some(class) => Some(class.to_string()),
                     // `spec.pvc` is taken as written: the API server gives it the default class.
@@ -100,10 +100,15 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
                     Ok(claim) => claim,
                     Err(e) => return Ok(Situation::Invalid(e.to_string())),
                 };
-                let node_pull = render::node_pull_fallback(&source);
-                let created = create_source(dv, render::import_source(dv, *source, ctx.defaults.as_ref()), ctx).await?;
-                if created && let Some(note) = node_pull {
-                    ctx.event(dv, DvEvent::NodePullFallback, note).await;
+                if let Plan::Import(source) = plan {
+                    let node_pull = render::node_pull_fallback(&source);
+                    let source = render::import_source(dv, *source, ctx.defaults.as_ref());
+                    let created = create_source(dv, source, ctx).await?;
+                    if created && let Some(note) = node_pull {
+                        ctx.event(dv, DvEvent::NodePullFallback, note).await;
+                    }
+                } else {
+                    create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?;
                 }
                 match pvcs.create(&PostParams::default(), &claim).await {
                     Ok(pvc) => pvc,
@@ -170,16 +175,36 @@ async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -
     }
 }
 
-/// Puts back the import source of a claim still being filled, should it have been deleted
-/// (the populate flow would wait for it forever).
+/// Creates the DataVolume's upload source; an existing one (ours from an earlier try) is
+/// left as it is.
+async fn create_upload_source(dv: &DataVolume, source: VolumeUploadSource, ctx: &Ctx) -> Result<(), Error> {
+    let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    let name = source.name_any();
+    match api.create(&PostParams::default(), &source).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("create VolumeUploadSource", &name, e)),
+    }
+}
+
+/// Puts back the import (or upload) source of a claim still being filled, should it have
+/// been deleted (the populate flow would wait for it forever).
 async fn restore_source(dv: &DataVolume, plan: &Plan, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
-    let name = render::import_source_name(dv);
+    let (_, name) = render::source_ref(dv);
     let names_ours = pvc.spec.as_ref().and_then(|s| s.data_source_ref.as_ref()).is_some_and(|r| r.name == name);
     let filled = pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some(PodPhase::Succeeded.as_str());
-    let Plan::Import(source) = plan else { return Ok(()) };
     if !names_ours || filled {
         return Ok(());
     }
+    if let Plan::Upload = plan {
+        let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+        if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeUploadSource", &name, e))?.is_none() {
+            tracing::info!(dv = %dv.name_any(), source = %name, "upload source missing: creating it again");
+            create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?;
+        }
+        return Ok(());
+    }
+    let Plan::Import(source) = plan else { return Ok(()) };
     let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
     if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeImportSource", &name, e))?.is_none() {
         tracing::info!(dv = %dv.name_any(), source = %name, "import source missing: creating it again");

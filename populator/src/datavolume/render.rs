@@ -13,7 +13,7 @@ use super::defaults::{StorageDefaults, VolumeMode};
 use crate::api::names::{annotations as ann, api as group, kinds, labels};
 use crate::api::quantity;
 use crate::api::sources::ImportSourceType;
-use crate::api::{DataVolume, VolumeImportSource, VolumeImportSourceSpec};
+use crate::api::{DataVolume, VolumeImportSource, VolumeImportSourceSpec, VolumeUploadSource, VolumeUploadSourceSpec};
 use crate::webhook::datavolume::validate_spec;
 
 /// `spec.storage.volumeMode` asking for the StorageProfile's mode.
@@ -27,6 +27,8 @@ const MIB: u64 = 1 << 20;
 pub enum Plan {
     /// Import through a `VolumeImportSource`.
     Import(Box<ImportSourceType>),
+    /// Wait for an upload, through a `VolumeUploadSource`.
+    Upload,
     /// Valid for CDI, not handled by cdi-rs yet; the text says what.
     Unsupported(String),
     /// Refused by the admission webhook, with its message: the object got past a webhook
@@ -58,7 +60,7 @@ pub fn plan(dv: &DataVolume) -> Plan {
         return Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into());
     }
     if source.upload.is_some() {
-        return Plan::Unsupported("upload (spec.source.upload)".into());
+        return Plan::Upload;
     }
     match source.import_source() {
         Some(import) => Plan::Import(Box::new(import)),
@@ -89,6 +91,25 @@ pub fn named_class(dv: &DataVolume) -> Option<&str> {
 /// The name of the VolumeImportSource a DataVolume's PVC is populated from.
 pub fn import_source_name(dv: &DataVolume) -> String {
     format!("volume-import-source-{}", dv.uid().unwrap_or_default())
+}
+
+/// The name of the VolumeUploadSource an upload DataVolume's PVC is populated from.
+pub fn upload_source_name(dv: &DataVolume) -> String {
+    format!("volume-upload-source-{}", dv.uid().unwrap_or_default())
+}
+
+/// Whether the DataVolume waits for an upload (`spec.source.upload`).
+pub fn is_upload(dv: &DataVolume) -> bool {
+    dv.spec.source.as_ref().is_some_and(|s| s.upload.is_some())
+}
+
+/// The source object the DataVolume's PVC names: `(kind, name)`.
+pub fn source_ref(dv: &DataVolume) -> (&'static str, String) {
+    if is_upload(dv) {
+        (kinds::VOLUME_UPLOAD_SOURCE, upload_source_name(dv))
+    } else {
+        (kinds::VOLUME_IMPORT_SOURCE, import_source_name(dv))
+    }
 }
 
 /// The controller reference from what we create to the DataVolume (garbage-collected with
@@ -128,6 +149,24 @@ pub fn import_source(dv: &DataVolume, source: ImportSourceType, defaults: &dyn S
     }
 }
 
+/// The VolumeUploadSource of an upload DataVolume: its content type, and its preallocation
+/// (the cluster default when unset).
+pub fn upload_source(dv: &DataVolume, defaults: &dyn StorageDefaults) -> VolumeUploadSource {
+    VolumeUploadSource {
+        metadata: ObjectMeta {
+            name: Some(upload_source_name(dv)),
+            namespace: dv.namespace(),
+            owner_references: Some(vec![owned_by(dv)]),
+            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
+            ..Default::default()
+        },
+        spec: VolumeUploadSourceSpec {
+            content_type: dv.spec.content_type.clone().filter(|c| !c.is_empty()),
+            preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
+        },
+    }
+}
+
 /// Why the PVC cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
@@ -138,7 +177,7 @@ pub enum RenderError {
          spec.storage.volumeMode"
     )]
     NoClaimProperties { class: String },
-    #[error("spec.storage.resources.requests.storage is required for an import")]
+    #[error("spec.storage.resources.requests.storage is required for an import or an upload")]
     MissingSize,
     #[error("spec.storage.resources.requests.storage: {0}")]
     Size(#[from] quantity::QuantityError),
@@ -148,8 +187,9 @@ pub enum RenderError {
 
 /// The DataVolume's PVC: `spec.pvc` as written, or `spec.storage` completed (class `class`,
 /// access modes and volume mode from the defaults, size raised by the filesystem overhead
-/// for Filesystem volumes); its `dataSourceRef` names the import source. Annotations the
-/// populate flow reads pass through.
+/// for Filesystem volumes); its `dataSourceRef` names the import (or upload) source.
+/// Annotations the populate flow reads pass through; an upload's claim is marked
+/// `storage.upload.target`, as CDI marks the claims it accepts upload tokens for.
 pub fn claim(
     dv: &DataVolume,
     class: Option<&str>,
@@ -160,10 +200,11 @@ pub fn claim(
         (None, Some(_)) => storage_claim(dv, class, defaults)?,
         (None, None) => PersistentVolumeClaimSpec::default(),
     };
+    let (kind, source_name) = source_ref(dv);
     spec.data_source_ref = Some(TypedObjectReference {
         api_group: Some(group::GROUP.into()),
-        kind: kinds::VOLUME_IMPORT_SOURCE.into(),
-        name: import_source_name(dv),
+        kind: kind.into(),
+        name: source_name,
         namespace: None,
     });
     spec.data_source = None;
@@ -171,6 +212,12 @@ pub fn claim(
     let mut labels = dv.labels().clone();
     labels.insert(labels::APP.into(), labels::APP_CDI.into());
     let mut annotations = BTreeMap::from([(ann::CREATED_FOR_DATA_VOLUME.to_string(), dv.uid().unwrap_or_default())]);
+    if is_upload(dv) {
+        annotations.insert(ann::reserved::UPLOAD_TARGET.into(), String::new());
+        if let Some(content_type) = dv.spec.content_type.as_ref().filter(|c| !c.is_empty()) {
+            annotations.insert(ann::CONTENT_TYPE.into(), content_type.clone());
+        }
+    }
     if let Some(value) = dv.annotations().get(ann::BIND_IMMEDIATE_REQUESTED) {
         annotations.insert(ann::BIND_IMMEDIATE_REQUESTED.into(), value.clone());
     }

@@ -38,6 +38,11 @@ pub struct Claim {
     pub bind_immediate: bool,
     /// `storage.populatedFor` names the DataVolume: adopted as already populated.
     pub adopted: bool,
+    /// Filled by an upload: its `dataSourceRef` names a `VolumeUploadSource` (or it is an
+    /// upload target itself).
+    pub upload: bool,
+    /// `storage.pod.ready` is `"true"`: an upload can be sent.
+    pub pod_ready: bool,
 }
 
 impl Claim {
@@ -62,6 +67,14 @@ impl Claim {
             node_selected: annotation(ann::SELECTED_NODE).is_some_and(|n| !n.is_empty()),
             bind_immediate: annotation(ann::BIND_IMMEDIATE_REQUESTED).is_some(),
             adopted: annotation(ann::POPULATED_FOR_DATA_VOLUME) == Some(dv_name),
+            upload: pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.data_source_ref.as_ref())
+                .map_or(annotation(ann::reserved::UPLOAD_TARGET).is_some(), |r| {
+                    r.kind == crate::api::names::kinds::VOLUME_UPLOAD_SOURCE
+                }),
+            pod_ready: annotation(ann::POD_READY).is_some_and(|r| r.eq_ignore_ascii_case("true")),
         }
     }
 }
@@ -186,6 +199,9 @@ pub fn observe(name: &str, situation: &Situation) -> Observed {
 
 fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     use ConditionStatus::False;
+    if claim.upload {
+        return observe_upload(name, claim, wffc);
+    }
     let bound = bound_condition(name, claim.phase);
     let running = claim.running.clone().unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""));
     let progress = claim.progress.clone().unwrap_or_else(|| values::PROGRESS_UNKNOWN.to_string());
@@ -254,6 +270,69 @@ fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     finish(phase, progress, claim.restarts, bound, running, event)
 }
 
+/// An upload's phases, as CDI's upload DataVolumes have them: `UploadScheduled` until the
+/// mover holds the task, `UploadReady` while it can take (or takes) the bytes, then
+/// `Succeeded`.
+fn observe_upload(name: &str, claim: &Claim, wffc: bool) -> Observed {
+    use ConditionStatus::False;
+    let bound = bound_condition(name, claim.phase);
+    let running = claim.running.clone().unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""));
+    let progress = claim.progress.clone().unwrap_or_else(|| values::PROGRESS_UNKNOWN.to_string());
+    let is_bound = claim.phase == Some(ClaimPhase::Bound);
+    let done = values::PROGRESS_DONE.to_string();
+    let (phase, progress, running, event) = if claim.phase == Some(ClaimPhase::Lost) {
+        let running = Condition::new(conditions::RUNNING, False, cdi::CLAIM_LOST, "Claim Lost");
+        (DataVolumePhase::Failed, progress, running, (DvEvent::ClaimLost, format!("PVC {name} lost its volume")))
+    } else if claim.adopted {
+        (DataVolumePhase::Succeeded, done, running, (DvEvent::ClaimAdopted, format!("PVC {name} adopted as populated")))
+    } else if claim.pod_phase == Some(PodPhase::Succeeded) && is_bound {
+        (
+            DataVolumePhase::Succeeded,
+            done,
+            running,
+            (DvEvent::UploadSucceeded, format!("Successfully uploaded into PVC {name}")),
+        )
+    } else if claim.fatal_error || claim.pod_phase == Some(PodPhase::Failed) {
+        let running = match claim.running.clone() {
+            Some(c) if c.status == False && !c.reason.is_empty() => c,
+            other => Condition {
+                status: False,
+                reason: cdi::ERROR.to_string(),
+                ..other.unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""))
+            },
+        };
+        let detail = if running.message.is_empty() { String::new() } else { format!(": {}", running.message) };
+        (
+            DataVolumePhase::Failed,
+            progress,
+            running,
+            (DvEvent::UploadFailed, format!("Upload into {name} failed{detail}")),
+        )
+    } else if claim.pod_phase == Some(PodPhase::Succeeded) {
+        // Uploaded; the volume is being handed over to the claim: no more bytes taken.
+        (DataVolumePhase::UploadReady, done, running, (DvEvent::UploadReady, format!("Upload into {name} ready")))
+    } else if claim.pod_phase == Some(PodPhase::Running) && claim.pod_ready {
+        (DataVolumePhase::UploadReady, progress, running, (DvEvent::UploadReady, format!("Upload into {name} ready")))
+    } else if wffc && claim.phase == Some(ClaimPhase::Pending) && !claim.node_selected && !claim.bind_immediate {
+        (
+            DataVolumePhase::PendingPopulation,
+            progress,
+            running,
+            (DvEvent::PendingPopulation, format!("PVC {name} Pending: waiting for its first consumer")),
+        )
+    } else if claim.pod_phase.is_some() || claim.prime_created {
+        (
+            DataVolumePhase::UploadScheduled,
+            progress,
+            running,
+            (DvEvent::UploadScheduled, format!("Upload into {name} scheduled")),
+        )
+    } else {
+        (DataVolumePhase::Pending, progress, running, (DvEvent::Pending, format!("PVC {name} Pending")))
+    };
+    finish(phase, progress, claim.restarts, bound, running, event)
+}
+
 fn bound_condition(name: &str, phase: Option<ClaimPhase>) -> Condition {
     use ConditionStatus::False;
     match phase {
@@ -279,7 +358,7 @@ fn finish(
 ) -> Observed {
     let ready = match phase {
         DataVolumePhase::Succeeded => Condition::new(conditions::READY, ConditionStatus::True, "", ""),
-        DataVolumePhase::ImportInProgress => {
+        DataVolumePhase::ImportInProgress | DataVolumePhase::UploadReady => {
             Condition::new(conditions::READY, ConditionStatus::False, cdi::TRANSFER_RUNNING, "")
         }
         _ => Condition::new(conditions::READY, ConditionStatus::False, &running.reason, running.message.clone()),

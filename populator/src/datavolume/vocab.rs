@@ -28,10 +28,14 @@ pub enum DvEvent {
     ClaimNotValid,
     /// A registry source asked for `pullMethod: node`; the node's mover pulls instead.
     NodePullFallback,
+    UploadScheduled,
+    UploadReady,
+    UploadSucceeded,
+    UploadFailed,
 }
 
 impl DvEvent {
-    pub const ALL: [DvEvent; 13] = [
+    pub const ALL: [DvEvent; 17] = [
         DvEvent::Pending,
         DvEvent::PendingPopulation,
         DvEvent::Bound,
@@ -45,6 +49,10 @@ impl DvEvent {
         DvEvent::ClaimLost,
         DvEvent::ClaimNotValid,
         DvEvent::NodePullFallback,
+        DvEvent::UploadScheduled,
+        DvEvent::UploadReady,
+        DvEvent::UploadSucceeded,
+        DvEvent::UploadFailed,
     ];
 
     /// The event's `reason`.
@@ -63,6 +71,10 @@ impl DvEvent {
             DvEvent::ClaimLost => cdi::ERR_CLAIM_LOST,
             DvEvent::ClaimNotValid => cdi::ERR_CLAIM_NOT_VALID,
             DvEvent::NodePullFallback => "NodePullFallback",
+            DvEvent::UploadScheduled => cdi::reserved::UPLOAD_SCHEDULED,
+            DvEvent::UploadReady => cdi::reserved::UPLOAD_READY,
+            DvEvent::UploadSucceeded => cdi::reserved::UPLOAD_SUCCEEDED,
+            DvEvent::UploadFailed => cdi::reserved::UPLOAD_FAILED,
         }
     }
 
@@ -70,6 +82,7 @@ impl DvEvent {
     pub fn is_warning(self) -> bool {
         match self {
             DvEvent::ImportFailed
+            | DvEvent::UploadFailed
             | DvEvent::UnsupportedSource
             | DvEvent::ResourceExists
             | DvEvent::ClaimLost
@@ -81,6 +94,9 @@ impl DvEvent {
             | DvEvent::ImportInProgress
             | DvEvent::ImportSucceeded
             | DvEvent::ClaimAdopted
+            | DvEvent::UploadScheduled
+            | DvEvent::UploadReady
+            | DvEvent::UploadSucceeded
             // The import goes on as a pod pull: worth knowing, nothing to fix.
             | DvEvent::NodePullFallback => false,
         }

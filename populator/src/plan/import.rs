@@ -31,6 +31,10 @@ pub enum ImportSource {
     Registry(RegistryImport),
     /// An empty raw disk of the volume's usable size (`blank: {}`).
     Blank,
+    /// Bytes a user uploads later (a `VolumeUploadSource`, a DataVolume's `upload: {}`, a
+    /// claim annotated `storage.upload.target`): the mover waits for them. Never built from
+    /// a `VolumeImportSource`; see [`UploadPlan`](super::UploadPlan).
+    Upload,
     /// A variant the data path does not handle yet, by its `spec.source` name
     /// (`"imageio"`, `"vddk"`). The controller must report it (event, condition) and leave
     /// the claim alone.
@@ -46,6 +50,7 @@ impl ImportSource {
             ImportSource::Gcs(_) => "gcs",
             ImportSource::Registry(_) => "registry",
             ImportSource::Blank => "blank",
+            ImportSource::Upload => "upload",
             ImportSource::Unsupported(name) => name,
         }
     }

@@ -1,6 +1,6 @@
 //! [`UploadPlan`]: a checked `VolumeUploadSource`.
 
-use super::{ContentType, PlanError};
+use super::{ContentType, ImportPlan, ImportSource, PlanError};
 use crate::api::{VolumeUploadSource, VolumeUploadSourceSpec};
 
 /// What an upload fills, checked.
@@ -30,5 +30,18 @@ impl TryFrom<&VolumeUploadSourceSpec> for UploadPlan {
             content_type: ContentType::from_spec(spec.content_type.as_deref())?,
             preallocation: spec.preallocation,
         })
+    }
+}
+
+/// An upload fills a volume through the same populate flow as an import: only the source
+/// differs (the mover waits for the bytes), so the flow carries it as an [`ImportPlan`].
+impl From<UploadPlan> for ImportPlan {
+    fn from(upload: UploadPlan) -> ImportPlan {
+        ImportPlan {
+            source: ImportSource::Upload,
+            content_type: upload.content_type,
+            preallocation: upload.preallocation,
+            target_claim: None,
+        }
     }
 }

@@ -93,6 +93,8 @@ fn done(attempt: u32, outcome: Outcome) -> TaskView {
 /// The cluster and the followers as a reconcile would find them.
 struct World {
     source: Option<VolumeImportSource>,
+    /// Read instead of `source` for an upload target.
+    upload: Option<VolumeUploadSource>,
     class: Option<StorageClass>,
     prime: Option<PersistentVolumeClaim>,
     holder: Option<Pod>,
@@ -105,6 +107,7 @@ impl World {
     fn fresh() -> World {
         World {
             source: Some(http_source()),
+            upload: None,
             class: Some(class(None)),
             prime: None,
             holder: None,
@@ -137,6 +140,9 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
     loop {
         let step = decide(&s);
         match &step {
+            Step::Read(Fact::Source) if s.target.kind == SourceKind::Upload => {
+                s.source = Lazy::Read(Source::from_upload(world.upload.as_ref()))
+            }
             Step::Read(Fact::Source) => s.source = Lazy::Read(Source::from_object(world.source.as_ref())),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
             Step::Read(Fact::Prime) => s.prime = Lazy::Read(world.prime.as_ref().map(Prime::from)),
@@ -178,17 +184,18 @@ fn a_bound_claim_that_is_not_populated_yet_is_not_done() {
 }
 
 #[test]
-fn upload_and_clone_sources_are_reported_unsupported_without_reading_the_source() {
-    for kind in ["VolumeUploadSource", "VolumeCloneSource"] {
-        let mut pvc = claim(json!({}), "Pending");
-        pvc.spec.as_mut().unwrap().data_source_ref.as_mut().unwrap().kind = kind.into();
-        let (trace, step) = drive(Target::from_pvc(&pvc).unwrap(), World::fresh());
-        assert!(trace.is_empty(), "{kind}: read {trace:?}");
-        assert_eq!(
-            step,
-            Step::Unsupported { message: format!("{kind} is not supported by this populator yet"), announce: true }
-        );
-    }
+fn clone_sources_are_reported_unsupported_without_reading_the_source() {
+    let mut pvc = claim(json!({}), "Pending");
+    pvc.spec.as_mut().unwrap().data_source_ref.as_mut().unwrap().kind = "VolumeCloneSource".into();
+    let (trace, step) = drive(Target::from_pvc(&pvc).unwrap(), World::fresh());
+    assert!(trace.is_empty(), "read {trace:?}");
+    assert_eq!(
+        step,
+        Step::Unsupported {
+            message: "VolumeCloneSource is not supported by this populator yet".into(),
+            announce: true
+        }
+    );
 }
 
 #[test]
@@ -638,4 +645,108 @@ fn pod_phases_round_trip_their_names() {
         assert_eq!(PodPhase::parse(phase.as_str()), Some(phase));
     }
     assert_eq!(PodPhase::parse("running"), None);
+}
+
+// ---- uploads ----
+
+fn upload_source(spec: Value) -> VolumeUploadSource {
+    from_json(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeUploadSource",
+        "metadata": {"name": "src", "namespace": "vms", "generation": GENERATION},
+        "spec": spec,
+    }))
+}
+
+/// The pending target naming the VolumeUploadSource `src`.
+fn upload_target(annotations: Value) -> Target {
+    let mut pvc = claim(annotations, "Pending");
+    pvc.spec.as_mut().unwrap().data_source_ref.as_mut().unwrap().kind = "VolumeUploadSource".into();
+    Target::from_pvc(&pvc).expect("a target")
+}
+
+fn upload_world(world: World) -> World {
+    World {
+        source: None,
+        upload: Some(upload_source(json!({"contentType": "archive", "preallocation": true}))),
+        ..world
+    }
+}
+
+#[test]
+fn an_upload_goes_through_the_prime_and_holder_like_an_import() {
+    let (trace, step) = drive(upload_target(json!({})), upload_world(World::fresh()));
+    assert_eq!(
+        trace,
+        [
+            Step::Read(Fact::Source),
+            Step::Read(Fact::StorageClass),
+            Step::Read(Fact::Prime),
+            Step::CreatePrime,
+            Step::Read(Fact::Holder),
+            Step::CreateHolder { node: None },
+        ]
+    );
+    assert_eq!(step, Step::WaitForHolder);
+}
+
+#[test]
+fn an_uploads_task_is_the_primes_uid_whatever_the_attempt_with_the_sources_content_type() {
+    let target = upload_target(json!({ann::ATTEMPT: "2"}));
+    let Step::StartTask { task, announce } = decide_in(target, upload_world(World::holding())) else {
+        panic!("expected the task to start")
+    };
+    assert!(announce);
+    assert_eq!((task.id.as_str(), task.node.as_str()), (PRIME_UID, "node-1"));
+    assert_eq!(task.plan.source, ImportSource::Upload);
+    assert_eq!(task.plan.content_type, crate::plan::ContentType::Archive);
+    assert_eq!(task.plan.preallocation, Some(true));
+}
+
+#[test]
+fn a_followed_upload_task_is_waited_for_and_its_success_handed_over() {
+    let target = upload_target(json!({ann::POD_PHASE: "Running"}));
+    let world = World { task: TaskView::Running { task_id: PRIME_UID.into() }, ..upload_world(World::holding()) };
+    assert_eq!(decide_in(target.clone(), world), Step::WaitForTask);
+    let completed = pb::Completed::default();
+    let world = World {
+        task: TaskView::Done { task_id: PRIME_UID.into(), outcome: Outcome::Succeeded(completed.clone()) },
+        ..upload_world(World::holding())
+    };
+    assert_eq!(decide_in(target, world), Step::TaskEnded(Ended::Succeeded(completed)));
+}
+
+#[test]
+fn an_upload_whose_mover_lost_the_task_starts_it_again_under_the_same_id() {
+    let target = upload_target(json!({ann::POD_PHASE: "Running"}));
+    let lost = Outcome::Lost("mover on node-1: transport error".into());
+    let world =
+        World { task: TaskView::Done { task_id: PRIME_UID.into(), outcome: lost }, ..upload_world(World::holding()) };
+    assert!(matches!(decide_in(target.clone(), world), Step::TaskEnded(Ended::Lost(_))));
+    // Forgotten after the loss: the next reconcile starts it again, same id.
+    let Step::StartTask { task, announce } = decide_in(target, upload_world(World::holding())) else {
+        panic!("expected the task to start again")
+    };
+    assert_eq!(task.id, PRIME_UID);
+    assert!(!announce, "the claim already says it runs");
+}
+
+#[test]
+fn a_missing_or_invalid_upload_source_is_named_as_such() {
+    let world = World { upload: None, ..upload_world(World::fresh()) };
+    assert_eq!(decide_in(upload_target(json!({})), world), Step::WaitForSource);
+    let world = World { upload: Some(upload_source(json!({"contentType": "iso"}))), ..upload_world(World::fresh()) };
+    let Step::FailTerminally(failure) = decide_in(upload_target(json!({})), world) else {
+        panic!("expected a terminal failure")
+    };
+    assert!(failure.message.starts_with("VolumeUploadSource src: "), "{}", failure.message);
+}
+
+#[test]
+fn a_settled_upload_task_starts_again_once_the_claim_shows_the_retry_and_not_before() {
+    let settled = || World { task: TaskView::Settled { task_id: PRIME_UID.into() }, ..upload_world(World::holding()) };
+    // The claim still as before the retry was written: wait for the write.
+    assert_eq!(decide_in(upload_target(json!({ann::POD_PHASE: "Running"})), settled()), Step::WaitForTask);
+    let retry = upload_target(json!({ann::POD_PHASE: "Pending", ann::ATTEMPT: "1"}));
+    let Step::StartTask { task, .. } = decide_in(retry, settled()) else { panic!("expected the task to start again") };
+    assert_eq!(task.id, PRIME_UID);
 }

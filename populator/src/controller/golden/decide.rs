@@ -59,6 +59,8 @@ pub struct Golden {
     /// The PV it is bound to (how the mover finds the volume under the importer pod).
     pub volume_name: Option<String>,
     pub plan: Result<ImportPlan, GoldenError>,
+    /// An upload target: the task id is the claim's UID, which the upload proxy uses.
+    pub upload: bool,
     /// [`plan::inputs_key`] of its annotations now.
     pub inputs: String,
     pub status: Option<ImportStatus>,
@@ -70,12 +72,12 @@ pub struct Golden {
     pub unsupported_reported: bool,
 }
 
-/// A PVC imported in place: no `dataSourceRef` (nor `dataSource`), and the endpoint
-/// annotation.
+/// A PVC imported (or uploaded) in place: no `dataSourceRef` (nor `dataSource`), and the
+/// endpoint annotation or the upload target one.
 pub fn is_golden(pvc: &PersistentVolumeClaim) -> bool {
     let spec = pvc.spec.as_ref();
     spec.is_none_or(|s| s.data_source_ref.is_none() && s.data_source.is_none())
-        && pvc.annotations().contains_key(cdi_ann::IMPORT_ENDPOINT)
+        && (pvc.annotations().contains_key(cdi_ann::IMPORT_ENDPOINT) || plan::is_upload(pvc.annotations()))
 }
 
 impl Golden {
@@ -94,6 +96,7 @@ impl Golden {
             bound: phase == Some("Bound"),
             volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty()),
             plan: plan::plan(anns),
+            upload: plan::is_upload(anns),
             inputs: plan::inputs_key(anns),
             status: annotation(cdi_ann::IMPORT_STATUS).and_then(ImportStatus::parse),
             phase: annotation(ann::POD_PHASE).and_then(PodPhase::parse),
@@ -151,7 +154,7 @@ pub struct Terminal {
 /// The mover task of the current attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
-    /// `<pvc uid>-<attempt>`.
+    /// `<pvc uid>-<attempt>`; an upload's: `<pvc uid>`.
     pub id: String,
     pub node: String,
     pub holder_uid: String,
@@ -243,11 +246,18 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     };
     // A running pod has its claim bound; this copy of the claim may predate that.
     let Some(pv_name) = t.volume_name.clone().filter(|_| t.bound) else { return Ok(Step::WaitForBind) };
-    let task_id = format!("{}-{}", t.uid, t.attempt);
+    // The upload proxy knows no attempts: an upload's task is the claim's UID.
+    let task_id = if t.upload { t.uid.clone() } else { format!("{}-{}", t.uid, t.attempt) };
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
         TaskView::Done { task_id: done, outcome } if *done == task_id => Step::TaskEnded(ended(t, outcome)),
-        TaskView::Settled { task_id: settled } if *settled == task_id => Step::WaitForTask,
+        // An upload's id stays the same across attempts: a claim that shows the retry
+        // (Pending) or a failure whose inputs have since changed (Failed) starts it again.
+        TaskView::Settled { task_id: settled }
+            if *settled == task_id && !(t.upload && matches!(t.phase, Some(PodPhase::Pending | PodPhase::Failed))) =>
+        {
+            Step::WaitForTask
+        }
         _ => Step::StartTask {
             task: Box::new(Task {
                 id: task_id,

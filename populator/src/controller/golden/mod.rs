@@ -25,7 +25,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::build;
 use super::decide::{Holder, Lazy, PodPhase};
 use super::reconcile::{
-    FOLLOWED, POLL, SHORT, annotate, phase, retry_later, running_condition, succeeded, unsupported,
+    FOLLOWED, POLL, SHORT, annotate, mark_upload_ready, not_ready, phase, retry_later, running_condition, succeeded,
+    unsupported,
 };
 use super::source;
 use super::vocab::{EventReason, FINALIZER, ann, cdi_ann, condition};
@@ -180,21 +181,33 @@ async fn start_task(
         }
         let mut pairs = running_condition("true", condition::POD_RUNNING, "");
         pairs.extend([phase(PodPhase::Running), status(ImportStatus::InProcess), (FAILED_FOR, None)]);
+        if t.upload {
+            // Ready only once the mover has the task (the follower says so).
+            pairs.push(not_ready());
+        }
         annotate(ctx, pvc, &pairs).await?;
     }
-    ctx.followers.start(ctx.me(), target_ref, t.uid.clone(), task.node, request);
+    ctx.followers.start(ctx.me(), target_ref, t.uid.clone(), task.node, request, None);
     Ok(Action::requeue(FOLLOWED))
 }
 
 async fn task_ended(pvc: &PersistentVolumeClaim, t: &Golden, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
     match ended {
+        Ended::Succeeded(c) if t.upload => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success), not_ready()]).await,
         Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success)]).await,
         Ended::Retry { reason, message, restarts, attempt } => {
+            if t.upload {
+                annotate(ctx, pvc, &[not_ready()]).await?;
+            }
             retry_later(pvc, ctx, reason, &message, restarts, attempt).await
         }
         Ended::Failed(failure) => fail_terminally(pvc, t, ctx, &failure).await,
         Ended::Lost(why) => {
             ctx.event(&ObjectRef::from_obj(pvc), EventReason::MoverUnavailable, &why).await;
+            if t.upload {
+                // The mover may have lost the task (a restart): no upload until it has it again.
+                mark_upload_ready(ctx, pvc, None, false).await?;
+            }
             Ok(Action::requeue(POLL))
         }
     }
@@ -211,6 +224,9 @@ async fn fail_terminally(pvc: &PersistentVolumeClaim, t: &Golden, ctx: &Ctx, f: 
         (FAILED_FOR, Some(t.inputs.clone())),
         (ann::ATTEMPT, Some(attempt.to_string())),
     ]);
+    if t.upload {
+        pairs.push(not_ready());
+    }
     annotate(ctx, pvc, &pairs).await?;
     // Nothing is left running for a failed import.
     delete_holder(pvc, ctx).await?;

@@ -90,14 +90,28 @@ enum Variant {
     Unsupported(&'static str),
 }
 
-/// The plan for `annotations` (those of a PVC carrying the endpoint annotation).
+/// Whether the annotations make the claim an upload target (`storage.upload.target`, as
+/// `virtctl image-upload` writes it on a PVC it creates).
+pub fn is_upload(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.contains_key(cdi_ann::reserved::UPLOAD_TARGET)
+}
+
+fn content_type(annotations: &BTreeMap<String, String>) -> Result<ContentType, GoldenError> {
+    match annotations.get(cdi_ann::CONTENT_TYPE).map(String::as_str).filter(|v| !v.is_empty()) {
+        None | Some("kubevirt") => Ok(ContentType::Kubevirt),
+        Some("archive") => Ok(ContentType::Archive),
+        Some(other) => Err(GoldenError::InvalidContentType { value: other.to_string() }),
+    }
+}
+
+/// The plan for `annotations` (those of a PVC carrying the endpoint annotation, or the
+/// upload target one, which wins when both are there).
 pub fn plan(annotations: &BTreeMap<String, String>) -> Result<ImportPlan, GoldenError> {
     let get = |k: &str| annotations.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let content_type = match get(cdi_ann::CONTENT_TYPE) {
-        None | Some("kubevirt") => ContentType::Kubevirt,
-        Some("archive") => ContentType::Archive,
-        Some(other) => return Err(GoldenError::InvalidContentType { value: other.to_string() }),
-    };
+    let content_type = content_type(annotations)?;
+    if is_upload(annotations) {
+        return Ok(ImportPlan { source: ImportSource::Upload, content_type, preallocation: None, target_claim: None });
+    }
     let url = get(cdi_ann::IMPORT_ENDPOINT).unwrap_or_default().to_string();
     let secret_ref = get(cdi_ann::IMPORT_SECRET_NAME).map(str::to_string);
     let cert_config_map = get(cdi_ann::IMPORT_CERT_CONFIG_MAP).map(str::to_string);
@@ -198,6 +212,21 @@ mod tests {
     }
 
     const URL: &str = "https://images.example.com/disk.qcow2";
+
+    #[test]
+    fn an_upload_target_is_an_upload_of_its_content_type_and_wins_over_an_endpoint() {
+        let p = plan(&anns(&[(cdi_ann::reserved::UPLOAD_TARGET, "")])).unwrap();
+        assert_eq!((p.source, p.content_type), (ImportSource::Upload, ContentType::Kubevirt));
+        let both = anns(&[
+            (cdi_ann::reserved::UPLOAD_TARGET, ""),
+            (cdi_ann::IMPORT_ENDPOINT, URL),
+            (cdi_ann::CONTENT_TYPE, "archive"),
+        ]);
+        let p = plan(&both).unwrap();
+        assert_eq!((p.source, p.content_type), (ImportSource::Upload, ContentType::Archive));
+        let bad = anns(&[(cdi_ann::reserved::UPLOAD_TARGET, ""), (cdi_ann::CONTENT_TYPE, "iso")]);
+        assert!(matches!(plan(&bad), Err(GoldenError::InvalidContentType { .. })));
+    }
 
     #[test]
     fn http_is_the_default_and_takes_the_secret_and_config_map() {

@@ -62,10 +62,10 @@ fn import_sources_are_planned_and_the_rest_is_named() {
     for (source, what) in [
         (json!({"pvc": {"name": "golden"}}), "cloning a PVC"),
         (json!({"snapshot": {"name": "s"}}), "restoring a VolumeSnapshot"),
-        (json!({"upload": {}}), "upload"),
     ] {
         assert!(matches!(plan_of(source), Plan::Unsupported(m) if m.starts_with(what)));
     }
+    assert_eq!(plan_of(json!({"upload": {}})), Plan::Upload);
     let by_ref = plan(&dv(json!({"sourceRef": {"kind": "DataSource", "name": "f"}, "storage": storage})));
     assert!(matches!(by_ref, Plan::Unsupported(m) if m.contains("sourceRef")));
     let external = plan(&dv(json!({"storage": {"dataSourceRef": {"apiGroup": "x.io", "kind": "X", "name": "x"},
@@ -258,4 +258,38 @@ fn registry_s3_and_gcs_sources_reach_the_import_source_whole() {
     let d = dv(json!({"source": {"registry": {"url": "docker://r/d:1"}}, "storage": storage}));
     let Plan::Import(import) = plan(&d) else { panic!() };
     assert_eq!(node_pull_fallback(&import), None);
+}
+
+#[test]
+fn an_upload_data_volume_gets_an_upload_source_and_a_claim_naming_it() {
+    let d = dv(json!({"source": {"upload": {}}, "contentType": "archive",
+                      "storage": {"resources": {"requests": {"storage": "1Gi"}}}}));
+    let vus = upload_source(&d, &DEFAULTS);
+    assert_eq!(vus.metadata.name.as_deref(), Some("volume-upload-source-dv-uid"));
+    assert_eq!(vus.metadata.namespace.as_deref(), Some("vms"));
+    assert_eq!(vus.metadata.owner_references.as_ref().unwrap()[0].uid, "dv-uid");
+    assert_eq!(vus.spec.content_type.as_deref(), Some("archive"));
+    assert_eq!(vus.spec.preallocation, None, "the cluster default is off: left unset");
+    assert_eq!(upload_source(&d, &BlockProfile).spec.preallocation, Some(true));
+
+    let pvc = claim(&d, Some("local"), &BlockProfile).unwrap();
+    let r = pvc.spec.as_ref().unwrap().data_source_ref.clone().unwrap();
+    assert_eq!(
+        (r.api_group.as_deref(), r.kind.as_str(), r.name.as_str()),
+        (Some("cdi.kubevirt.io"), "VolumeUploadSource", "volume-upload-source-dv-uid")
+    );
+    let annotations = pvc.metadata.annotations.unwrap();
+    assert_eq!(annotations["cdi.kubevirt.io/storage.upload.target"], "");
+    assert_eq!(annotations["cdi.kubevirt.io/storage.contentType"], "archive");
+    assert_eq!(annotations["cdi.kubevirt.io/storage.bind.immediate.requested"], "");
+
+    // An import's claim is no upload target.
+    let import = claim(
+        &dv(json!({"source": http(), "storage": {"resources": {"requests": {"storage": "1Gi"}}}})),
+        Some("local"),
+        &BlockProfile,
+    )
+    .unwrap();
+    assert_eq!(import.spec.unwrap().data_source_ref.unwrap().kind, "VolumeImportSource");
+    assert!(!import.metadata.annotations.unwrap().contains_key("cdi.kubevirt.io/storage.upload.target"));
 }

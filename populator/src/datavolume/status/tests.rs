@@ -242,3 +242,86 @@ fn events_tell_each_step_once() {
     );
     assert_eq!(events(Some(&s), &retry)[0].0, DvEvent::ImportScheduled);
 }
+
+// ---- uploads ----
+
+fn upload_pvc(phase: &str, annotations: serde_json::Value) -> PersistentVolumeClaim {
+    let mut pvc = pvc(phase, annotations);
+    pvc.spec.as_mut().unwrap().data_source_ref = Some(
+        serde_json::from_value(
+            json!({"apiGroup": "cdi.kubevirt.io", "kind": "VolumeUploadSource", "name": "volume-upload-source-x"}),
+        )
+        .unwrap(),
+    );
+    pvc
+}
+
+fn observe_upload(phase: &str, annotations: serde_json::Value, wffc: bool) -> Observed {
+    observe("disk", &Situation::Claim { claim: Claim::from_pvc(&upload_pvc(phase, annotations), "disk"), wffc })
+}
+
+#[test]
+fn an_upload_is_scheduled_until_the_claim_is_ready_then_ready_then_succeeded() {
+    assert_eq!(observe_upload("Pending", json!({}), false).phase, DataVolumePhase::Pending);
+    let prime = json!({"cdi.kubevirt.io/storage.populator.pvcPrime": "prime-x"});
+    let o = observe_upload("Pending", prime, false);
+    assert_eq!(o.phase, DataVolumePhase::UploadScheduled);
+    assert_eq!(o.event, (DvEvent::UploadScheduled, "Upload into disk scheduled".into()));
+
+    // The task started, the mover does not hold it yet.
+    let started = json!({"cdi.kubevirt.io/storage.populator.pvcPrime": "prime-x",
+                         "cdi.kubevirt.io/storage.pod.phase": "Running",
+                         "cdi.kubevirt.io/storage.pod.ready": "false"});
+    assert_eq!(observe_upload("Pending", started, false).phase, DataVolumePhase::UploadScheduled);
+
+    let ready = json!({"cdi.kubevirt.io/storage.populator.pvcPrime": "prime-x",
+                       "cdi.kubevirt.io/storage.pod.phase": "Running",
+                       "cdi.kubevirt.io/storage.pod.ready": "true",
+                       "cdi.kubevirt.io/storage.condition.running": "true",
+                       "cdi.kubevirt.io/storage.condition.running.reason": "Pod is running"});
+    let o = observe_upload("Pending", ready, false);
+    assert_eq!(o.phase, DataVolumePhase::UploadReady);
+    assert_eq!(o.event.0, DvEvent::UploadReady);
+    let run = condition(&o, "Running");
+    assert_eq!((run.status, run.reason.as_str()), (ConditionStatus::True, "Pod is running"));
+    let ready = condition(&o, "Ready");
+    assert_eq!((ready.status, ready.reason.as_str()), (ConditionStatus::False, "TransferRunning"));
+
+    let done = json!({"cdi.kubevirt.io/storage.pod.phase": "Succeeded",
+                      "cdi.kubevirt.io/storage.pod.ready": "false",
+                      "cdi.kubevirt.io/storage.populator.progress": "100.0%"});
+    let o = observe_upload("Pending", done.clone(), false);
+    assert_eq!((o.phase.clone(), o.progress.as_str()), (DataVolumePhase::UploadReady, "100.0%"));
+    let o = observe_upload("Bound", done, false);
+    assert_eq!(o.phase, DataVolumePhase::Succeeded);
+    assert_eq!(o.event.0, DvEvent::UploadSucceeded);
+    assert_eq!(condition(&o, "Ready").status, ConditionStatus::True);
+}
+
+#[test]
+fn an_upload_under_wait_for_first_consumer_is_pending_population_unless_bound_immediately() {
+    assert_eq!(observe_upload("Pending", json!({}), true).phase, DataVolumePhase::PendingPopulation);
+    let immediate = json!({"cdi.kubevirt.io/storage.bind.immediate.requested": ""});
+    assert_eq!(observe_upload("Pending", immediate, true).phase, DataVolumePhase::Pending);
+    let node = json!({"volume.kubernetes.io/selected-node": "node-1",
+                      "cdi.kubevirt.io/storage.populator.pvcPrime": "prime-x"});
+    assert_eq!(observe_upload("Pending", node, true).phase, DataVolumePhase::UploadScheduled);
+}
+
+#[test]
+fn a_failed_upload_is_failed_with_its_reason() {
+    let failed = json!({"cdi.kubevirt.io/storage.pod.phase": "Failed",
+                        "cdi.kubevirt.io/storage.condition.running": "false",
+                        "cdi.kubevirt.io/storage.condition.running.reason": "Error",
+                        "cdi.kubevirt.io/storage.condition.running.message": "target failed"});
+    let o = observe_upload("Pending", failed, false);
+    assert_eq!(o.phase, DataVolumePhase::Failed);
+    assert_eq!(o.event, (DvEvent::UploadFailed, "Upload into disk failed: target failed".into()));
+}
+
+#[test]
+fn a_golden_upload_target_is_an_upload_and_an_import_claim_is_not() {
+    let golden = pvc("Bound", json!({"cdi.kubevirt.io/storage.upload.target": ""}));
+    assert!(Claim::from_pvc(&golden, "disk").upload);
+    assert!(!Claim::from_pvc(&pvc("Bound", json!({})), "disk").upload);
+}

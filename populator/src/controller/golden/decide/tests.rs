@@ -251,3 +251,53 @@ fn a_registry_golden_claim_is_imported_like_an_http_one() {
         task.plan
     );
 }
+
+// ---- uploads into the claim itself ----
+
+/// `vms/golden` annotated as an upload target (as `virtctl image-upload` creates it).
+fn upload_claim(extra: Value, phase: &str) -> PersistentVolumeClaim {
+    let mut pvc = claim(extra, phase);
+    let annotations = pvc.metadata.annotations.as_mut().unwrap();
+    annotations.remove(cdi_ann::IMPORT_ENDPOINT);
+    annotations.insert(cdi_ann::reserved::UPLOAD_TARGET.into(), String::new());
+    pvc
+}
+
+#[test]
+fn an_upload_target_without_a_data_source_is_golden_and_its_task_is_the_claims_uid() {
+    let target = Golden::from_pvc(&upload_claim(json!({ann::ATTEMPT: "1"}), "Bound")).expect("golden");
+    assert!(target.upload);
+    let Step::StartTask { task, announce } = decide_in(target, &World::holding()) else {
+        panic!("expected the upload task to start")
+    };
+    assert!(announce);
+    assert_eq!((task.id.as_str(), task.node.as_str(), task.pv_name.as_str()), (UID, "node-1", "pv-9"));
+    assert_eq!(task.plan.source, crate::plan::ImportSource::Upload);
+    let mut with_ref = upload_claim(json!({}), "Pending");
+    with_ref.spec.as_mut().unwrap().data_source_ref =
+        Some(from_json(json!({"kind": "VolumeUploadSource", "name": "s"})));
+    assert!(Golden::from_pvc(&with_ref).is_none(), "the populate flow's");
+}
+
+#[test]
+fn an_immediate_upload_target_waits_to_be_bound_before_its_pod() {
+    let target = Golden::from_pvc(&upload_claim(json!({}), "Pending")).unwrap();
+    assert_eq!(decide_in(target, &World::empty(None)), Step::WaitForBind);
+    let target = Golden::from_pvc(&upload_claim(json!({}), "Pending")).unwrap();
+    assert_eq!(decide_in(target, &World::empty(Some("WaitForFirstConsumer"))), Step::WaitForHolder);
+}
+
+#[test]
+fn an_uploaded_claim_is_done_and_its_pod_goes() {
+    let target = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Succeeded"}), "Bound")).unwrap();
+    assert_eq!(decide_in(target, &World::holding()), Step::DeleteHolder);
+}
+
+#[test]
+fn a_settled_golden_upload_starts_again_once_the_claim_shows_the_retry() {
+    let world = World { task: TaskView::Settled { task_id: UID.into() }, ..World::holding() };
+    let running = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Running"}), "Bound")).unwrap();
+    assert_eq!(decide_in(running, &world), Step::WaitForTask);
+    let retry = Golden::from_pvc(&upload_claim(json!({ann::POD_PHASE: "Pending"}), "Bound")).unwrap();
+    assert!(matches!(decide_in(retry, &world), Step::StartTask { .. }));
+}
