@@ -1,0 +1,1 @@
+//! The upload client (`cdi-upload`).
