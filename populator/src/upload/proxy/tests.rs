@@ -497,3 +497,45 @@ async fn head_probes_preflights_and_health_answer() {
     let answer = h.send("GET /healthz HTTP/1.1\r\n", b"").await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "ok\n"));
 }
+
+// ---- our client against the proxy ----
+
+/// Hands out the tokens given, in order.
+struct Tokens(Vec<String>);
+
+impl crate::upload::client::TokenSource for Tokens {
+    async fn token(&mut self) -> anyhow::Result<String> {
+        if self.0.is_empty() { anyhow::bail!("no more tokens") } else { Ok(self.0.remove(0)) }
+    }
+}
+
+#[tokio::test]
+async fn the_upload_client_streams_a_file_and_asks_again_after_a_401() {
+    use crate::upload::client;
+    let mut h = start(None).await;
+    let data = image(2 * 1024 * 1024 + 5);
+    let path = std::env::temp_dir().join(format!("cdi-upload-test-{}.img", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let http = client::http_client(Some(h.ca_pem.as_bytes()), false).unwrap();
+    let expired = h.key.sign(&Claims::upload("ns", "golden", unix_now() - 3600)).unwrap();
+    let mut tokens = Tokens(vec![expired, h.token("golden")]);
+    let base = client::proxy_base(&format!("localhost:{}", h.addr.port()));
+    let bar = indicatif::ProgressBar::hidden();
+    let sent = client::upload_file(&http, &base, &path, &mut tokens, &bar).await;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(sent.unwrap(), data.len() as u64);
+    assert!(tokens.0.is_empty(), "the 401 got a second token");
+    // The first attempt (expired token) never reached the mover.
+    let seen = h.next_seen().await;
+    assert_eq!(seen.start.unwrap().content_length, data.len() as u64);
+    assert!(seen.data == data);
+    assert_eq!(seen.end, Some(data.len() as u64));
+    assert_eq!(bar.position(), data.len() as u64);
+
+    // A refusal the client cannot cure is reported with the proxy's reason.
+    let mut tokens = Tokens(vec![h.token("plain")]);
+    std::fs::write(&path, b"x").unwrap();
+    let err = client::upload_file(&http, &base, &path, &mut tokens, &bar).await.unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert!(err.to_string().contains("403") && err.to_string().contains("not an upload target"), "{err}");
+}
