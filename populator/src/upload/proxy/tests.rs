@@ -149,7 +149,19 @@ struct FakeCluster {
 
 impl Cluster for FakeCluster {
     async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>, String> {
-        Ok(self.pvcs.lock().unwrap().get(&format!("{namespace}/{name}")).cloned())
+        let mut pvcs = self.pvcs.lock().unwrap();
+        let key = format!("{namespace}/{name}");
+        // `late` turns ready on its third read, as the controller would annotate it while
+        // a request waits.
+        if let Some(late) = pvcs.get_mut(&key).filter(|_| name == "late") {
+            let annotations = late.metadata.annotations.get_or_insert_default();
+            let reads: u32 = annotations.get("test/reads").and_then(|r| r.parse().ok()).unwrap_or(0) + 1;
+            annotations.insert("test/reads".into(), reads.to_string());
+            if reads >= 3 {
+                annotations.insert(ann::POD_READY.into(), "true".into());
+            }
+        }
+        Ok(pvcs.get(&key).cloned())
     }
     async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, String> {
         Ok(self.pods.get(&format!("{namespace}/{name}")).cloned())
@@ -180,6 +192,7 @@ fn claims() -> (Vec<PersistentVolumeClaim>, Vec<Pod>) {
         pvc("dv", "u-dv", &[up, ready, (ann::POPULATOR_PVC_PRIME, "prime-u-dv")]),
         pvc("prime-u-dv", "u-prime", &[]),
         pvc("waiting", "u-waiting", &[up, (ann::POD_READY, "false"), node]),
+        pvc("late", "u-late", &[up, node]),
         pvc("done", "u-done", &[up, ready, node, (ann::POD_PHASE, "Succeeded")]),
         pvc("plain", "u-plain", &[ready, node]),
         pvc("elsewhere", "u-elsewhere", &[up, ready, (ann::SELECTED_NODE, "node-9")]),
@@ -349,6 +362,38 @@ async fn a_raw_body_arrives_byte_identical_with_its_length_and_an_end() {
     assert_eq!((start.task_id.as_str(), start.content_length), ("u-golden", data.len() as u64));
     assert!(seen.data == data, "the mover got {} bytes, not the {} sent", seen.data.len(), data.len());
     assert_eq!(seen.end, Some(data.len() as u64));
+}
+
+#[tokio::test]
+async fn a_chunked_body_without_a_length_gets_its_end_too() {
+    let mut h = start(None).await;
+    let data = image(700 * 1024);
+    let mut body = Vec::new();
+    for piece in data.chunks(100 * 1024) {
+        body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        body.extend_from_slice(piece);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let head = format!(
+        "POST /v1beta1/upload HTTP/1.1\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n",
+        h.token("golden")
+    );
+    let answer = h.send(&head, &body).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = h.next_seen().await;
+    assert_eq!(seen.start.unwrap().content_length, 0, "no length announced");
+    assert!(seen.data == data);
+    assert_eq!(seen.end, Some(data.len() as u64));
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_claim_that_becomes_ready() {
+    let mut h = start(None).await;
+    let answer = h.post("/v1beta1/upload", Some(&h.token("late")), OCTETS, b"late bytes").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = h.next_seen().await;
+    assert_eq!((seen.start.unwrap().task_id.as_str(), seen.data.as_slice()), ("u-late", &b"late bytes"[..]));
 }
 
 #[tokio::test]
