@@ -204,7 +204,7 @@ impl<C: Cluster> Proxy<C> {
         };
         let claim = format!("{}/{}", claims.namespace, claims.name);
         let outcome = async {
-            let destination = self.destination(&claims.namespace, &claims.name).await?;
+            // The request's own faults first: no point waiting for the claim to refuse them.
             let body = if form {
                 let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
                 let boundary = content_type.and_then(|c| multer::parse_boundary(c).ok()).ok_or_else(|| {
@@ -222,6 +222,7 @@ impl<C: Cluster> Proxy<C> {
                 BodyKind::Raw => content_length(request.headers()),
                 BodyKind::Form { .. } => 0,
             };
+            let destination = self.destination(&claims.namespace, &claims.name).await?;
             self.stream(&destination, &claim, announced, body, request.into_body()).await
         }
         .await;
@@ -294,10 +295,15 @@ impl<C: Cluster> Proxy<C> {
                     format!("{why}; nothing was written, PVC {claim} waits for another upload"),
                 ))
             }
-            (pumped, Ok(_)) => Ok(match pumped {
-                Some(Ok(n)) => n,
-                _ => 0,
-            }),
+            (pumped, Ok(answer)) => {
+                if let Some(done) = answer.into_inner().completed {
+                    tracing::info!(%claim, virtual_size = done.virtual_size, formats = ?done.formats, "upload committed");
+                }
+                Ok(match pumped {
+                    Some(Ok(n)) => n,
+                    _ => 0,
+                })
+            }
             (_, Err(status)) => Err(mover_reply(&status, claim)),
         }
     }
