@@ -36,10 +36,10 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Between readiness and completion checks (virtctl's interval).
 const POLL: Duration = Duration::from_secs(2);
 
-/// `cdi-upload`: upload a disk image (or a tar archive) into a new or existing DataVolume or
+/// Upload a disk image (or a tar archive) into a new or existing DataVolume or
 /// PVC, as `virtctl image-upload` does.
 #[derive(Debug, Parser)]
-#[command(name = "cdi-upload", version, about)]
+#[command(name = "cdi-upload", version)]
 #[command(group(ArgGroup::new("source").required(true).args(["image_path", "archive_path"])))]
 pub struct Args {
     /// What to upload into: a DataVolume (`dv`) or a PVC (`pvc`).
