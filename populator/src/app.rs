@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         () = controller::run(client.clone(), cfg, movers, metrics, defaults) => anyhow::bail!("the controller stopped"),
-        () = crate::config::run(client.clone(), default_overhead) => anyhow::bail!("the configuration controllers stopped"),
+        () = crate::config::run_in(client.clone(), default_overhead, args.namespace.clone()) => anyhow::bail!("the configuration controllers stopped"),
         () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
         () = datavolumes => anyhow::bail!("the DataVolume controller stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),

@@ -32,6 +32,8 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Run the controllers (leader-elected).
     Run(RunArgs),
+    /// Serve the upload proxy: checks upload tokens and streams uploads to the node movers.
+    UploadProxy(UploadProxyArgs),
 }
 
 /// `cdi-populator crds`.
@@ -107,4 +109,31 @@ pub struct RunArgs {
     /// The APIService whose caBundle the leader keeps.
     #[arg(long, default_value = crate::upload::api::API_SERVICE)]
     pub api_apiservice: String,
+}
+
+/// `cdi-populator upload-proxy`.
+#[derive(Debug, Args)]
+pub struct UploadProxyArgs {
+    /// Where to serve HTTPS (the cdi-uploadproxy Service targets this port).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// The mounted Secret cdi-uploadproxy-tls: tls.crt/tls.key (serving), ca.crt,
+    /// client.crt/client.key (to the movers), verify.key (the token public key).
+    #[arg(long, value_name = "DIR", default_value = "/etc/cdi-uploadproxy")]
+    pub tls_dir: PathBuf,
+    /// The namespace the proxy runs in (the movers' by default).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cdi-rs")]
+    pub namespace: String,
+    /// Label selector of the mover pods (one per node).
+    #[arg(long, default_value = "app.kubernetes.io/name=cdi-mover")]
+    pub mover_selector: String,
+    /// Namespace of the mover pods (default: --namespace).
+    #[arg(long)]
+    pub mover_namespace: Option<String>,
+    /// The movers' gRPC port.
+    #[arg(long, default_value_t = 7443)]
+    pub mover_port: u16,
+    /// Seconds a request waits for its claim to become ready before a 503.
+    #[arg(long, default_value_t = 10)]
+    pub ready_timeout: u64,
 }

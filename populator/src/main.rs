@@ -1,4 +1,5 @@
-//! `cdi-populator`: `crds` prints the CRDs; `run` runs the controllers.
+//! `cdi-populator`: `crds` prints the CRDs; `run` runs the controllers; `upload-proxy`
+//! serves the upload proxy.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -12,19 +13,23 @@ use clap::Parser as _;
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds(args) => print_crds(&args),
-        Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(cdi_populator::app::run(args))
-        }
+        Command::Run(args) => serve(cdi_populator::app::run(args)),
+        Command::UploadProxy(args) => serve(cdi_populator::upload::proxy::run(args)),
     }
+}
+
+/// Logging, ring as the TLS provider, a runtime: what both servers need.
+fn serve(server: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server)
 }
 
 fn print_crds(args: &CrdsArgs) -> anyhow::Result<()> {
