@@ -8,6 +8,8 @@
 //!   its difference to the PVC is what the DataVolume layer costs.
 //! - `scale`: many PVCs (or DataVolumes) populated at once; samples the populator's
 //!   resident memory and how many mover tasks it follows at a time.
+//! - `upload`: an upload through the upload proxy vs an HTTP import and CDI's way
+//!   ([`upload`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +25,9 @@ use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
 use crate::system::{System, SystemConfig};
 use crate::workload::{self, ImageServer, Mode, human, secs};
+
+mod upload;
+pub use upload::{UploadArgs, upload};
 
 const NAMESPACE: &str = "default";
 const POPULATOR: &str = "cdi-populator-1";

@@ -46,6 +46,18 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Upload an image through the upload proxy into a Block DataVolume vs `cdi-mover
+    /// import` of it from nginx and vs CDI's way (scratch file + qemu-img convert).
+    Upload {
+        /// The image to upload (e.g. the reference 4 GiB disk.qcow2).
+        #[arg(long)]
+        image: PathBuf,
+        /// Measured runs (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Populate many Block PVCs (or DataVolumes) at once; report the populator's peak
     /// resident memory.
     Scale {
@@ -115,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Bound { image, runs, dir }) => {
             return cdi_e2e::bench::bound(cdi_e2e::bench::BoundArgs { image, runs, dir }).await;
+        }
+        Command::Bench(BenchCommand::Upload { image, runs, dir }) => {
+            return cdi_e2e::bench::upload(cdi_e2e::bench::UploadArgs { image, runs, dir }).await;
         }
         Command::Bench(BenchCommand::Scale { count, kind, throttle_mib, dir }) => {
             let kind = match kind {

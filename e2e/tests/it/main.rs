@@ -31,5 +31,6 @@ mod snapshots;
 mod sources;
 mod standins;
 mod up;
+mod upload;
 mod webhooks;
 mod workloads;

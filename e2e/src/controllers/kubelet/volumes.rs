@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::container::decode_b64;
 use super::{HOST_KUBELET_ROOT, Kubelet};
 use crate::api::util::{meta_str, str_at};
 use crate::controllers::provisioner::{ATTR_DEVICE, ATTR_PATH};
@@ -147,7 +146,13 @@ fn files_of(obj: &Value) -> Vec<(String, Vec<u8>)> {
         .flatten()
         .filter_map(|(k, v)| {
             let s = v.as_str()?;
-            let bytes = if secret { decode_b64(s)?.into_bytes() } else { s.as_bytes().to_vec() };
+            // Secret files hold bytes, not text (keys, DER): decode without a UTF-8 check.
+            let bytes = if secret {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(s).ok()?
+            } else {
+                s.as_bytes().to_vec()
+            };
             Some((k.clone(), bytes))
         })
         .collect()

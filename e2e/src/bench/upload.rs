@@ -1,0 +1,290 @@
+//! `cdi-e2e bench upload`: the reference image uploaded through the upload proxy into a
+//! Block DataVolume, against `cdi-mover import` of the same file from nginx on loopback
+//! (same bytes, one hop fewer) and against CDI's way (the upload written to a scratch
+//! file, then `qemu-img convert` into the device), in alternating runs. Reports the upload
+//! proxy's and the node mover's peak resident memory over the runs.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::runtime::wait::await_condition;
+
+use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
+
+use super::{NAMESPACE, import_alone, median, proc_status_kib, sync, virtual_size, workdir};
+use crate::cluster::CLASS_IMMEDIATE;
+use crate::host;
+use crate::system::{System, SystemConfig};
+use crate::workload::{human, interruptible, secs};
+
+#[derive(Debug, Clone)]
+pub struct UploadArgs {
+    pub image: std::path::PathBuf,
+    pub runs: usize,
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Targets of the issue this measures.
+const VS_HTTP_TARGET: f64 = 1.3;
+const VS_CDI_TARGET: f64 = 0.5;
+const RSS_TARGET_MIB: u64 = 64;
+
+pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    let (dir, _temp) = workdir(args.dir)?;
+    let size = virtual_size(&args.image)?;
+    let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
+    let outcome = interruptible(runs(&system, &dir, &args.image, size, args.runs.max(1))).await;
+    system.shutdown().await;
+    outcome
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Upload,
+    Http,
+    Cdi,
+}
+
+async fn runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize) -> anyhow::Result<()> {
+    let nginx = Nginx::start(dir, image)?;
+    let url = format!("http://127.0.0.1:{}/{}", nginx.port, file_name(image));
+    let proxy = proxy_url(&system.client).await?;
+    let request = format!("{}Mi", size.div_ceil(1 << 20) + 64);
+    println!(
+        "image {} ({} virtual, {} file), proxy {proxy}",
+        image.display(),
+        human(size),
+        human(image.metadata()?.len())
+    );
+    println!(
+        "{:>4}  {:>12}  {:>12}  {:>12}  {:>9}  {:>9}",
+        "run", "upload", "HTTP import", "CDI's way", "up/http", "up/cdi"
+    );
+    let (mut ups, mut https, mut cdis) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peaks = Peaks::default();
+    for run in 0..=runs {
+        let mut order = [Way::Upload, Way::Http, Way::Cdi];
+        order.rotate_left(run % 3);
+        let (mut u, mut h, mut c) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for way in order {
+            sync();
+            match way {
+                Way::Upload => {
+                    u = upload_once(system, &proxy, image, &format!("up-{run}"), &request, &mut peaks).await?
+                }
+                Way::Http => h = import_alone(&system.config.mover_binary, dir, &url, size).await?,
+                Way::Cdi => c = cdi_way(dir, image, size).await?,
+            }
+        }
+        let label = if run == 0 { "warm".to_string() } else { run.to_string() };
+        let (rh, rc) = (u.as_secs_f64() / h.as_secs_f64(), u.as_secs_f64() / c.as_secs_f64());
+        println!("{label:>4}  {:>12}  {:>12}  {:>12}  {rh:>9.3}  {rc:>9.3}", secs(u), secs(h), secs(c));
+        if run > 0 {
+            ups.push(u);
+            https.push(h);
+            cdis.push(c);
+        }
+    }
+    let (u, h, c) = (median(ups), median(https), median(cdis));
+    let (rh, rc) = (u.as_secs_f64() / h.as_secs_f64(), u.as_secs_f64() / c.as_secs_f64());
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!("median of {runs}: upload {}, HTTP import {}, CDI's way {}", secs(u), secs(h), secs(c));
+    println!("upload / HTTP import: {rh:.3}x (target <= {VS_HTTP_TARGET}: {})", met(rh <= VS_HTTP_TARGET));
+    println!("upload / CDI's way:   {rc:.3}x (target <= {VS_CDI_TARGET}: {})", met(rc <= VS_CDI_TARGET));
+    println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
+    let (p, m) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
+    println!(
+        "peak RSS: upload proxy {p} MiB, node mover {m} MiB (target <= {RSS_TARGET_MIB} MiB each: {})",
+        met(p <= RSS_TARGET_MIB && m <= RSS_TARGET_MIB)
+    );
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Peak resident memory (VmHWM) of the processes the upload crosses.
+#[derive(Debug, Default)]
+struct Peaks {
+    proxy_kib: u64,
+    mover_kib: u64,
+}
+
+impl Peaks {
+    /// Reads VmHWM of every upload proxy and node mover process (it only grows).
+    fn sample(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let bin = args.first().map(|a| file_name(Path::new(a))).unwrap_or_default();
+            let hwm = || proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+            if bin == "cdi-populator" && args.get(1).is_some_and(|a| a == "upload-proxy") {
+                self.proxy_kib = self.proxy_kib.max(hwm());
+            } else if bin == "cdi-mover" && args.get(1).is_some_and(|a| a == "serve") {
+                self.mover_kib = self.mover_kib.max(hwm());
+            }
+        }
+    }
+}
+
+async fn proxy_url(client: &kube::Client) -> anyhow::Result<String> {
+    let api: Api<CDIConfig> = Api::all(client.clone());
+    let published = await_condition(api.clone(), "config", |c: Option<&CDIConfig>| {
+        c.and_then(|c| c.status.as_ref()?.upload_proxy_url.clone()).is_some()
+    });
+    tokio::time::timeout(Duration::from_secs(60), published)
+        .await
+        .context("CDIConfig never published uploadProxyURL")??;
+    let url = api.get("config").await?.status.and_then(|s| s.upload_proxy_url).unwrap_or_default();
+    Ok(if url.contains("://") { url } else { format!("https://{url}") })
+}
+
+/// An upload DataVolume until UploadReady, a token, `curl -T` of the image to the proxy,
+/// until Succeeded; then the DataVolume is deleted. Timed from the POST to Succeeded.
+async fn upload_once(
+    system: &System,
+    proxy: &str,
+    image: &Path,
+    name: &str,
+    request: &str,
+    peaks: &mut Peaks,
+) -> anyhow::Result<Duration> {
+    let client = &system.client;
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
+    let dv: DataVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+        "spec": {"source": {"upload": {}}, "storage": {"storageClassName": CLASS_IMMEDIATE, "volumeMode": "Block",
+            "resources": {"requests": {"storage": request}}}},
+    }))?;
+    dvs.create(&PostParams::default(), &dv).await.with_context(|| format!("creating DataVolume {name}"))?;
+    let ready = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
+        d.and_then(|d| d.status.as_ref()?.phase.clone()) == Some(DataVolumePhase::UploadReady)
+    });
+    tokio::time::timeout(Duration::from_secs(120), ready)
+        .await
+        .with_context(|| format!("{name} never UploadReady"))??;
+    let token = token(client, name).await?;
+    let started = Instant::now();
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-T"])
+        .arg(image)
+        .args(["-H", "Content-Type: application/octet-stream", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{proxy}/v1beta1/upload"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running curl")?;
+    // Sample memory while the bytes flow.
+    let status = loop {
+        tokio::select! {
+            s = curl.wait() => break s?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(),
+        }
+    };
+    if !status.success() {
+        bail!("curl upload of {} to {proxy} failed ({status})", image.display());
+    }
+    let done = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
+        d.and_then(|d| d.status.as_ref()?.phase.clone()) == Some(DataVolumePhase::Succeeded)
+    });
+    tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
+    let took = started.elapsed();
+    peaks.sample();
+    dvs.delete(name, &DeleteParams::default()).await?;
+    let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
+    tokio::time::timeout(Duration::from_secs(120), gone).await.ok();
+    Ok(took)
+}
+
+async fn token(client: &kube::Client, pvc: &str) -> anyhow::Result<String> {
+    let gvk = GroupVersionKind::gvk("upload.cdi.kubevirt.io", "v1beta1", "UploadTokenRequest");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "uploadtokenrequests");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let mut req = DynamicObject::new("", &resource);
+    req.metadata.name = None;
+    req.metadata.generate_name = Some("token-for-bench-".into());
+    req.data = serde_json::json!({"spec": {"pvcName": pvc}});
+    let made = api.create(&PostParams::default(), &req).await.context("UploadTokenRequest")?;
+    made.data["status"]["token"].as_str().map(str::to_string).context("UploadTokenRequest answered without a token")
+}
+
+/// CDI's upload: the body to a scratch file, then `qemu-img convert` into the device.
+async fn cdi_way(dir: &Path, image: &Path, size: u64) -> anyhow::Result<Duration> {
+    let backing = dir.join("cdi-way.img");
+    host::sparse_file(&backing, size)?;
+    let device = host::loop_attach(&backing)?;
+    let scratch = dir.join("scratch.upload");
+    let started = Instant::now();
+    let copied = tokio::process::Command::new("cp").arg(image).arg(&scratch).status().await?;
+    let converted = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-t", "none", "-n", "-W", "-O", "raw"])
+        .arg(&scratch)
+        .arg(&device)
+        .status()
+        .await?;
+    sync();
+    let took = started.elapsed();
+    host::loop_detach(&device)?;
+    std::fs::remove_file(&backing)?;
+    std::fs::remove_file(&scratch)?;
+    if !copied.success() || !converted.success() {
+        bail!("CDI's way (cp + qemu-img convert) failed");
+    }
+    Ok(took)
+}
+
+/// nginx serving one file on a free loopback port (installed with apt when missing).
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: &Path, image: &Path) -> anyhow::Result<Nginx> {
+        if std::process::Command::new("nginx").arg("-v").output().is_err() {
+            let st = std::process::Command::new("sh")
+                .args(["-c", "apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null"])
+                .status()?;
+            if !st.success() {
+                bail!("cannot install nginx");
+            }
+        }
+        let root = dir.join("nginx");
+        std::fs::create_dir_all(root.join("www"))?;
+        let link = root.join("www").join(file_name(image));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(image.canonicalize()?, &link)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = root.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;\n\
+                 events {{}}\nhttp {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}/www; }} }}\n",
+                root = root.display()
+            ),
+        )?;
+        let child = std::process::Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(&root).spawn()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Nginx { port, child });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not listen on 127.0.0.1:{port}")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
