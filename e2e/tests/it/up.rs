@@ -80,7 +80,7 @@ async fn up_installs_cdi_rs_serves_kubectl_runs_a_wffc_claim_and_pod_and_cleans_
     };
     within("cdi-e2e up --install to report cdi-rs up", installed).await;
     let running = kubectl(&kc, &["-n", "cdi-rs", "get", "pods", "-o", "jsonpath={.items[*].status.phase}"], None).await;
-    assert_eq!(running, "Running Running Running", "the populator and a mover per node run");
+    assert_eq!(running, "Running Running Running Running", "the populator, the upload proxy and a mover per node run");
     kubectl(&kc, &["apply", "-f", "-"], Some(DEMO)).await;
     kubectl(&kc, &["wait", "--for=jsonpath={.status.phase}=Running", "pod/app", "--timeout=30s"], None).await;
     kubectl(&kc, &["wait", "--for=jsonpath={.status.phase}=Bound", "pvc/data", "--timeout=30s"], None).await;
