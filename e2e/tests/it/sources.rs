@@ -89,7 +89,7 @@ async fn wait_succeeded(env: &Env, name: &str) {
 
 /// The DataVolume's volume holds the image (`raw`): `disk.img` of a Filesystem volume, the
 /// device's first bytes of a Block one.
-async fn assert_holds(env: &Env, name: &str, raw: &Path) {
+pub(crate) async fn assert_holds(env: &Env, name: &str, raw: &Path) {
     let pvc = env.wait_bound(name).await;
     let backing = env.backing(&pvc).await;
     if pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") {

@@ -5,7 +5,7 @@
 //! checked with qemu-img. Then what must be refused: tokens for another claim, forged or
 //! expired ones, a service account without the verb, and an upload cut short.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use kube::runtime::wait::await_condition;
 use serde_json::json;
 
 use crate::common::within;
-use crate::populate::{Env, qemu_same};
+use crate::populate::Env;
+use crate::sources::assert_holds;
 
 const VIRTCTL: &str = include_str!("upload/virtctl.py");
 const UPLOAD_WAIT: Duration = Duration::from_secs(240);
@@ -55,18 +56,6 @@ async fn python(env: &Env, script: &str, args: &[&str]) -> Output {
 fn sh(cmd: &str) {
     let st = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
     assert!(st.success(), "{cmd}");
-}
-
-/// The claim's volume holds the image `raw` (disk.img of a Filesystem volume, the first
-/// bytes of a Block device).
-async fn assert_holds(env: &Env, name: &str, raw: &Path) {
-    let pvc = env.wait_bound(name).await;
-    let backing = env.backing(&pvc).await;
-    if pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block") {
-        qemu_same(raw, &backing, Some(std::fs::metadata(raw).unwrap().len()));
-    } else {
-        qemu_same(raw, &backing.join("disk.img"), None);
-    }
 }
 
 async fn dv_phase(env: &Env, name: &str) -> Option<DataVolumePhase> {
