@@ -78,7 +78,12 @@ impl Env {
         let mut config = SystemConfig::new(dir.path().join("cluster")).expect("binaries built");
         config.populator_args = populator_args.iter().map(|s| s.to_string()).collect();
         tweak(&mut config);
-        let system = within("cdi-rs to start on the mini-cluster", System::start(config)).await.expect("system");
+        // Installing cdi-rs starts more than one test's worth of processes (populator, upload
+        // proxy, a mover per node); with the whole suite on 2 cores it can take past WAIT.
+        let system = tokio::time::timeout(Duration::from_secs(180), System::start(config))
+            .await
+            .expect("cdi-rs to start on the mini-cluster within 180 s")
+            .expect("system");
         Env { system: Some(system), server, raw, qcow2, dir }
     }
 
