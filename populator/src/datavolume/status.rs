@@ -197,101 +197,65 @@ pub fn observe(name: &str, situation: &Situation) -> Observed {
     finish(phase, values::PROGRESS_UNKNOWN.to_string(), 0, bound, running, event)
 }
 
-fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
-    use ConditionStatus::False;
-    if claim.upload {
-        return observe_upload(name, claim, wffc);
-    }
-    let bound = bound_condition(name, claim.phase);
-    let running = claim.running.clone().unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""));
-    let progress = claim.progress.clone().unwrap_or_else(|| values::PROGRESS_UNKNOWN.to_string());
-    let is_bound = claim.phase == Some(ClaimPhase::Bound);
-    let done = values::PROGRESS_DONE.to_string();
-    let (phase, progress, running, event) = if claim.phase == Some(ClaimPhase::Lost) {
-        let running = Condition::new(conditions::RUNNING, False, cdi::CLAIM_LOST, "Claim Lost");
-        (DataVolumePhase::Failed, progress, running, (DvEvent::ClaimLost, format!("PVC {name} lost its volume")))
-    } else if claim.adopted {
-        (DataVolumePhase::Succeeded, done, running, (DvEvent::ClaimAdopted, format!("PVC {name} adopted as populated")))
-    } else if claim.pod_phase == Some(PodPhase::Succeeded) && is_bound {
-        (
-            DataVolumePhase::Succeeded,
-            done,
-            running,
-            (DvEvent::ImportSucceeded, format!("Successfully imported into PVC {name}")),
-        )
-    } else if claim.fatal_error || claim.pod_phase == Some(PodPhase::Failed) {
-        let running = match claim.running.clone() {
-            Some(c) if c.status == False && !c.reason.is_empty() => c,
-            other => Condition {
-                status: False,
-                reason: cdi::ERROR.to_string(),
-                ..other.unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""))
-            },
-        };
-        let detail = if running.message.is_empty() { String::new() } else { format!(": {}", running.message) };
-        (
-            DataVolumePhase::Failed,
-            progress,
-            running,
-            (DvEvent::ImportFailed, format!("Import into {name} failed{detail}")),
-        )
-    } else if claim.pod_phase == Some(PodPhase::Succeeded) {
-        // Filled; the volume is being handed over to the claim.
-        (
-            DataVolumePhase::ImportInProgress,
-            done,
-            running,
-            (DvEvent::ImportInProgress, format!("Import into {name} in progress")),
-        )
-    } else if claim.pod_phase == Some(PodPhase::Running) {
-        (
-            DataVolumePhase::ImportInProgress,
-            progress,
-            running,
-            (DvEvent::ImportInProgress, format!("Import into {name} in progress")),
-        )
-    } else if wffc && claim.phase == Some(ClaimPhase::Pending) && !claim.node_selected && !claim.bind_immediate {
-        (
-            DataVolumePhase::PendingPopulation,
-            progress,
-            running,
-            (DvEvent::PendingPopulation, format!("PVC {name} Pending: waiting for its first consumer")),
-        )
-    } else if claim.pod_phase == Some(PodPhase::Pending) || claim.prime_created {
-        (
-            DataVolumePhase::ImportScheduled,
-            progress,
-            running,
-            (DvEvent::ImportScheduled, format!("Import into {name} scheduled")),
-        )
-    } else {
-        (DataVolumePhase::Pending, progress, running, (DvEvent::Pending, format!("PVC {name} Pending")))
-    };
-    finish(phase, progress, claim.restarts, bound, running, event)
+/// How a DataVolume names the filling of its claim: an import's phases and events, or an
+/// upload's (CDI's upload DataVolumes are `UploadScheduled` until the mover holds the task,
+/// `UploadReady` while it can take or takes the bytes, then `Succeeded`).
+struct Words {
+    /// "Import", "Upload".
+    noun: &'static str,
+    /// "imported", "uploaded".
+    done: &'static str,
+    scheduled: (DataVolumePhase, DvEvent),
+    /// The phase, event and wording while the claim is being filled.
+    filling: (DataVolumePhase, DvEvent, &'static str),
+    succeeded: DvEvent,
+    failed: DvEvent,
 }
 
-/// An upload's phases, as CDI's upload DataVolumes have them: `UploadScheduled` until the
-/// mover holds the task, `UploadReady` while it can take (or takes) the bytes, then
-/// `Succeeded`.
-fn observe_upload(name: &str, claim: &Claim, wffc: bool) -> Observed {
+const IMPORT: Words = Words {
+    noun: "Import",
+    done: "imported",
+    scheduled: (DataVolumePhase::ImportScheduled, DvEvent::ImportScheduled),
+    filling: (DataVolumePhase::ImportInProgress, DvEvent::ImportInProgress, "in progress"),
+    succeeded: DvEvent::ImportSucceeded,
+    failed: DvEvent::ImportFailed,
+};
+
+const UPLOAD: Words = Words {
+    noun: "Upload",
+    done: "uploaded",
+    scheduled: (DataVolumePhase::UploadScheduled, DvEvent::UploadScheduled),
+    filling: (DataVolumePhase::UploadReady, DvEvent::UploadReady, "ready"),
+    succeeded: DvEvent::UploadSucceeded,
+    failed: DvEvent::UploadFailed,
+};
+
+fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     use ConditionStatus::False;
+    let words = if claim.upload { &UPLOAD } else { &IMPORT };
     let bound = bound_condition(name, claim.phase);
     let running = claim.running.clone().unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""));
     let progress = claim.progress.clone().unwrap_or_else(|| values::PROGRESS_UNKNOWN.to_string());
     let is_bound = claim.phase == Some(ClaimPhase::Bound);
     let done = values::PROGRESS_DONE.to_string();
+    let noun = words.noun;
+    let filling = |progress| {
+        let (phase, event, state) = words.filling.clone();
+        (phase, progress, running.clone(), (event, format!("{noun} into {name} {state}")))
+    };
+    // An upload's holder runs before the mover is ready for bytes: still scheduled then.
+    let pod_running = claim.pod_phase == Some(PodPhase::Running) && (!claim.upload || claim.pod_ready);
+    let scheduled = claim.pod_phase == Some(PodPhase::Pending)
+        || claim.prime_created
+        || (claim.upload && claim.pod_phase.is_some());
     let (phase, progress, running, event) = if claim.phase == Some(ClaimPhase::Lost) {
         let running = Condition::new(conditions::RUNNING, False, cdi::CLAIM_LOST, "Claim Lost");
         (DataVolumePhase::Failed, progress, running, (DvEvent::ClaimLost, format!("PVC {name} lost its volume")))
     } else if claim.adopted {
         (DataVolumePhase::Succeeded, done, running, (DvEvent::ClaimAdopted, format!("PVC {name} adopted as populated")))
     } else if claim.pod_phase == Some(PodPhase::Succeeded) && is_bound {
-        (
-            DataVolumePhase::Succeeded,
-            done,
-            running,
-            (DvEvent::UploadSucceeded, format!("Successfully uploaded into PVC {name}")),
-        )
+        let event = (words.succeeded, format!("Successfully {} into PVC {name}", words.done));
+        (DataVolumePhase::Succeeded, done, running, event)
     } else if claim.fatal_error || claim.pod_phase == Some(PodPhase::Failed) {
         let running = match claim.running.clone() {
             Some(c) if c.status == False && !c.reason.is_empty() => c,
@@ -302,17 +266,12 @@ fn observe_upload(name: &str, claim: &Claim, wffc: bool) -> Observed {
             },
         };
         let detail = if running.message.is_empty() { String::new() } else { format!(": {}", running.message) };
-        (
-            DataVolumePhase::Failed,
-            progress,
-            running,
-            (DvEvent::UploadFailed, format!("Upload into {name} failed{detail}")),
-        )
+        (DataVolumePhase::Failed, progress, running, (words.failed, format!("{noun} into {name} failed{detail}")))
     } else if claim.pod_phase == Some(PodPhase::Succeeded) {
-        // Uploaded; the volume is being handed over to the claim: no more bytes taken.
-        (DataVolumePhase::UploadReady, done, running, (DvEvent::UploadReady, format!("Upload into {name} ready")))
-    } else if claim.pod_phase == Some(PodPhase::Running) && claim.pod_ready {
-        (DataVolumePhase::UploadReady, progress, running, (DvEvent::UploadReady, format!("Upload into {name} ready")))
+        // Filled; the volume is being handed over to the claim.
+        filling(done)
+    } else if pod_running {
+        filling(progress)
     } else if wffc && claim.phase == Some(ClaimPhase::Pending) && !claim.node_selected && !claim.bind_immediate {
         (
             DataVolumePhase::PendingPopulation,
@@ -320,13 +279,9 @@ fn observe_upload(name: &str, claim: &Claim, wffc: bool) -> Observed {
             running,
             (DvEvent::PendingPopulation, format!("PVC {name} Pending: waiting for its first consumer")),
         )
-    } else if claim.pod_phase.is_some() || claim.prime_created {
-        (
-            DataVolumePhase::UploadScheduled,
-            progress,
-            running,
-            (DvEvent::UploadScheduled, format!("Upload into {name} scheduled")),
-        )
+    } else if scheduled {
+        let (phase, event) = words.scheduled.clone();
+        (phase, progress, running, (event, format!("{noun} into {name} scheduled")))
     } else {
         (DataVolumePhase::Pending, progress, running, (DvEvent::Pending, format!("PVC {name} Pending")))
     };
