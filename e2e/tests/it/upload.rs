@@ -238,7 +238,22 @@ async fn tokens_are_scoped_to_their_claim_and_short_lived_and_need_rbac() {
     let (status, text) = post(&url, Some(&expired), small.clone()).await;
     assert_eq!(status, 401, "an expired token: {text}");
     assert!(text.contains("expired"), "{text}");
-    assert!(matches!(post(&url, None, small).await.0, 400 | 401), "no token at all");
+    assert!(matches!(post(&url, None, small.clone()).await.0, 400 | 401), "no token at all");
+    // A good token, for another PVC: one that takes no upload.
+    let plain = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "plain"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-immediate",
+                 "resources": {"requests": {"storage": "64Mi"}}}});
+    let out = kubectl_stdin(&env, &["apply", "-f", "-"], &plain.to_string()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let request = json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+        "metadata": {"name": "t"}, "spec": {"pvcName": "plain"}});
+    let out = kubectl_stdin(&env, &["create", "-f", "-"], &request.to_string()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not an upload target"), "a token for plain: {stderr}");
+    // Signed with the cluster's key all the same (as one issued before the claim changed).
+    let other = cluster_key.sign(&Claims::upload("default", "plain", now)).unwrap();
+    let (status, text) = post(&url, Some(&other), small).await;
+    assert_eq!(status, 403, "another PVC's token, for one that takes no upload: {text}");
     assert_eq!(dv_phase(&env, "beta").await, Some(DataVolumePhase::UploadReady), "nothing refused changed beta");
 
     // An upload cut short leaves the claim ready for another try, then one that finishes.

@@ -101,9 +101,26 @@ pub struct Task {
 #[derive(Debug)]
 struct UploadPort {
     attempts: mpsc::Sender<Attempt>,
-    /// An Upload call is feeding the task (one at a time).
-    busy: AtomicBool,
+    /// Whose turn it is to feed the task (one Upload call at a time).
+    turn: watch::Sender<Turn>,
+    /// Numbers the turns, so that a call only ever changes its own.
+    turns: AtomicU64,
 }
+
+/// An upload task's port, as Upload calls see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Free,
+    /// An Upload call (numbered) is streaming bytes in: another one is refused.
+    Feeding(u64),
+    /// The last call's stream is over (finished or cut) and its attempt is ending (a cut
+    /// one wipes the target): a new call waits for it instead of being refused, so that an
+    /// uploader may retry at once after a cut.
+    Ending(u64),
+}
+
+/// How long a new Upload call waits for an ending attempt before it is refused.
+const ENDING_WAIT: Duration = Duration::from_secs(60);
 
 /// One Upload call's bytes for an upload task, and where its outcome goes (sent once the
 /// task is Succeeded, or back to waiting).
@@ -135,12 +152,26 @@ pub enum UploadRefused {
 #[derive(Debug)]
 pub struct UploadTurn {
     task: Arc<Task>,
+    number: u64,
     submitted: bool,
 }
 
 impl UploadTurn {
     pub fn task(&self) -> &Arc<Task> {
         &self.task
+    }
+
+    /// The stream is over: a new Upload call waits for this attempt's end from here on.
+    pub fn stream_over(&self) {
+        if let Some(port) = &self.task.upload {
+            port.turn.send_if_modified(|t| {
+                let mine = *t == Turn::Feeding(self.number);
+                if mine {
+                    *t = Turn::Ending(self.number);
+                }
+                mine
+            });
+        }
     }
 
     /// Hands the task an attempt; gives it back if the task ended meanwhile.
@@ -157,7 +188,14 @@ impl Drop for UploadTurn {
         if let Some(port) = &self.task.upload
             && !self.submitted
         {
-            port.busy.store(false, Ordering::SeqCst);
+            let number = self.number;
+            port.turn.send_if_modified(|t| {
+                let mine = *t == Turn::Feeding(number) || *t == Turn::Ending(number);
+                if mine {
+                    *t = Turn::Free;
+                }
+                mine
+            });
         }
     }
 }
@@ -174,6 +212,13 @@ impl Task {
     /// Turns true when the task is cancelled.
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// Lets the next Upload call in (it finds the task ended if it has).
+    fn free_upload_turn(&self) {
+        if let Some(port) = &self.upload {
+            port.turn.send_replace(Turn::Free);
+        }
     }
 
     fn stop(&self) {
@@ -265,10 +310,10 @@ impl Registry {
             failure: None,
             finished: None,
         });
-        // Capacity 1: the busy flag lets one Upload call in at a time anyway.
+        // Capacity 1: the turn lets one Upload call in at a time anyway.
         let (upload, attempts) = if is_upload {
             let (tx, rx) = mpsc::channel(1);
-            (Some(UploadPort { attempts: tx, busy: AtomicBool::new(false) }), Some(rx))
+            (Some(UploadPort { attempts: tx, turn: watch::channel(Turn::Free).0, turns: AtomicU64::new(0) }), Some(rx))
         } else {
             (None, None)
         };
@@ -300,8 +345,9 @@ impl Registry {
         Ok((task, false))
     }
 
-    /// Lets one Upload call feed upload task `id`.
-    pub fn upload_turn(&self, id: &str) -> Result<UploadTurn, UploadRefused> {
+    /// Lets one Upload call feed upload task `id`, once the previous attempt (if its
+    /// stream is over) has ended.
+    pub async fn upload_turn(&self, id: &str) -> Result<UploadTurn, UploadRefused> {
         let task = self.get(id).ok_or_else(|| UploadRefused::NotFound(id.to_string()))?;
         let Some(port) = &task.upload else {
             return Err(UploadRefused::NotUpload { id: task.id.clone(), source_name: task.source.clone() });
@@ -316,10 +362,30 @@ impl Registry {
         if task.cancel.load(Ordering::SeqCst) {
             return Err(over("been cancelled"));
         }
-        if port.busy.swap(true, Ordering::SeqCst) {
+        let mut turn = port.turn.subscribe();
+        // `is_ok` at once: the value borrowed by wait_for locks the turn until dropped.
+        let free = tokio::time::timeout(ENDING_WAIT, turn.wait_for(|t| !matches!(t, Turn::Ending(_)))).await.is_ok();
+        let number = port.turns.fetch_add(1, Ordering::SeqCst);
+        let mut taken = false;
+        if free {
+            port.turn.send_if_modified(|t| {
+                taken = *t == Turn::Free;
+                if taken {
+                    *t = Turn::Feeding(number);
+                }
+                taken
+            });
+        }
+        if !taken {
             return Err(UploadRefused::Busy(task.id.clone()));
         }
-        Ok(UploadTurn { task, submitted: false })
+        let over = UploadRefused::Over { id: task.id.clone(), state: "ended" };
+        let turn = UploadTurn { task, number, submitted: false };
+        // The attempt that just ended may have ended the task (dropping the turn frees it).
+        if turn.task.snapshot().state.is_final() || turn.task.cancel.load(Ordering::SeqCst) {
+            return Err(over);
+        }
+        Ok(turn)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Task>> {
@@ -437,12 +503,14 @@ impl Registry {
                 Ok(done) => {
                     drop(claim);
                     self.finish(&task, Ok(done.clone()), started.elapsed(), &log);
+                    task.free_upload_turn();
                     let _ = attempt.reply.send(Ok(done));
                     return;
                 }
                 Err(ImportError::Cancelled) => {
                     drop(claim);
                     self.finish(&task, Err(ImportError::Cancelled), started.elapsed(), &log);
+                    task.free_upload_turn();
                     let _ = attempt.reply.send(Err(ImportError::Cancelled));
                     return;
                 }
@@ -455,9 +523,7 @@ impl Registry {
                     tracing::warn!(task = %task.id, reason = e.reason().as_str(), error = %message, "upload attempt failed; waiting for another");
                     self.metrics.record_finished(State::Failed, e.reason().as_str(), started.elapsed());
                     // Back to waiting before the caller hears of it: it may retry at once.
-                    if let Some(port) = &task.upload {
-                        port.busy.store(false, Ordering::SeqCst);
-                    }
+                    task.free_upload_turn();
                     task.state.send_modify(|s| {
                         s.phase = Some(Phase::AwaitingUpload);
                         s.bytes_done = 0;
@@ -470,6 +536,7 @@ impl Registry {
         }
         drop(claim);
         self.finish(&task, Err(ImportError::Cancelled), Duration::ZERO, &log);
+        task.free_upload_turn();
     }
 
     /// Runs one import with its progress published; the caller holds its slot.
@@ -582,4 +649,47 @@ impl Registry {
 
 fn failure(e: &ImportError) -> Failure {
     Failure { reason: e.reason(), message: one_line(e), retryable: e.is_retryable() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::upload::Chunk;
+
+    fn upload_task(registry: &Arc<Registry>, dir: &std::path::Path) -> String {
+        let target = dir.join("disk.img");
+        let request = ImportRequest::new(SourceSpec::Upload(UploadFeed::waiting()), target);
+        let spec = TaskSpec { id: "up".into(), request, source: "upload".into(), target: "disk.img".into(), log: None };
+        registry.start_or_attach(spec).unwrap();
+        "up".into()
+    }
+
+    fn attempt() -> (mpsc::Sender<Chunk>, Attempt, oneshot::Receiver<Result<ImportResult, ImportError>>) {
+        let (tx, rx) = mpsc::channel(4);
+        let (reply, outcome) = oneshot::channel();
+        (tx, Attempt { feed: UploadFeed::new(rx, None), content_length: None, reply }, outcome)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_uploader_is_refused_while_one_feeds_but_a_retry_waits_for_a_cut_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(2, Duration::from_secs(60), Metrics::new());
+        let id = upload_task(&registry, dir.path());
+        let mut first = registry.upload_turn(&id).await.unwrap();
+        let (tx, feed, outcome) = attempt();
+        first.submit(feed).await.unwrap();
+        tx.send(Chunk::Data(vec![7; 4096])).await.unwrap();
+        assert!(matches!(registry.upload_turn(&id).await, Err(UploadRefused::Busy(_))), "two feeding at once");
+
+        // The first uploader's stream is over (cut) but its attempt has not ended yet.
+        first.stream_over();
+        let mut retry = Box::pin(registry.upload_turn(&id));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut retry).await.is_err(), "the retry did not wait");
+        tx.send(Chunk::Cut("the uploader went away".into())).await.unwrap();
+        drop(tx);
+        assert!(outcome.await.unwrap().is_err(), "a cut attempt is a failure");
+        drop(first);
+        let retry = retry.await.expect("the retry gets its turn once the cut attempt ended");
+        assert_eq!(retry.task().snapshot().phase, Some(Phase::AwaitingUpload));
+    }
 }

@@ -46,7 +46,7 @@ pub async fn serve(tasks: &Registry, mut stream: Streaming<pb::UploadRequest>) -
         return Err(Status::invalid_argument("start: the first message must be start (task_id, content_length)"));
     };
     let id = convert::task_id(&start.task_id)?;
-    let mut turn = tasks.upload_turn(&id).map_err(|e| match e {
+    let mut turn = tasks.upload_turn(&id).await.map_err(|e| match e {
         UploadRefused::NotFound(_) => Status::not_found(e.to_string()),
         UploadRefused::NotUpload { .. } | UploadRefused::Over { .. } => Status::failed_precondition(e.to_string()),
         UploadRefused::Busy(_) => Status::aborted(e.to_string()),
@@ -109,8 +109,10 @@ pub async fn serve(tasks: &Registry, mut stream: Streaming<pb::UploadRequest>) -
             break Stream::ImportDone((&mut outcome).await.unwrap_or(Err(ImportError::Cancelled)));
         }
     };
-    // The feed sees the stream's end (or cut) from here on.
+    // The feed sees the stream's end (or cut) from here on; a retry waits for this
+    // attempt's end rather than being refused.
     drop(tx);
+    turn.stream_over();
     let (result, cut) = match how {
         Stream::ImportDone(r) => (r, None),
         Stream::Cut(status) => (outcome.await.unwrap_or(Err(ImportError::Cancelled)), Some(status)),

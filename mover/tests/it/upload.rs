@@ -221,6 +221,13 @@ async fn an_upload_into_a_block_device_cut_midway_wipes_its_ends_and_the_next_on
     assert!(zero(&tail) || tail == old_tail, "the tail of the cut upload was not wiped");
     assert!(zero(&head) == zero(&tail), "one end wiped, not the other");
 
+    // Cut again, and retried at once: the retry waits for the cut attempt's wipe, it is not
+    // refused as a second uploader would be.
+    let open = open_upload(&client, "blk", raw.len() as u64);
+    open.send(&raw[..8 * MIB as usize]).await;
+    wait_progress(&mut events, |p| p.phase == pb::Phase::Transferring as i32 && p.bytes_done >= 8 * MIB).await;
+    open.call.abort();
+    drop(open.tx);
     let done = upload(&mut client, "blk", &img.qcow2).await.unwrap();
     assert_eq!(done.formats, ["qcow2"]);
     completed(&mut events).await;
