@@ -301,7 +301,7 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, args: &ScaleArgs) 
     workload::create_http_source(client, NAMESPACE, "small", &url).await?;
     let pid = system.populator_pid(POPULATOR).await.context("the populator is not running")?;
     let metrics = system.populator_metrics_addr(POPULATOR).context("the populator did not log its metrics address")?;
-    let idle_kib = proc_status_kib(pid, "VmRSS:")?;
+    let idle_kib = crate::procs::status_kib(pid, "VmRSS:")?;
     println!("populator pid {pid}: {} resident before any volume", human(idle_kib << 10));
 
     let names: Vec<String> = (0..count).map(|i| format!("vm-{i:03}")).collect();
@@ -343,7 +343,7 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, args: &ScaleArgs) 
                 _ = &mut stopped => return peaks,
                 _ = tick.tick() => {}
             }
-            if let Ok(kib) = proc_status_kib(pid, "VmRSS:") {
+            if let Ok(kib) = crate::procs::status_kib(pid, "VmRSS:") {
                 peaks.rss_kib = peaks.rss_kib.max(kib);
             }
             if let Some(n) = scrape_gauge(metrics, "cdi_populator_populations_running").await {
@@ -360,7 +360,7 @@ async fn scale_run(system: &System, dir: &Path, image: &Path, args: &ScaleArgs) 
     let _ = stop.send(());
     let peaks = sampler.await?;
     waited?;
-    let hwm = proc_status_kib(pid, "VmHWM:")?;
+    let hwm = crate::procs::status_kib(pid, "VmHWM:")?;
     println!("all {count} {done} {} after the first was created", secs(took));
     println!(
         "populator resident memory: peak {} (VmHWM {}), {} before; at most {} mover tasks followed at once",
@@ -407,13 +407,6 @@ async fn create_retrying_webhook_timeouts(dvs: &Api<DataVolume>, dv: &DataVolume
             Err(e) => return Err(e).with_context(|| format!("creating DataVolume {name}")),
         }
     }
-}
-
-/// A `kB` line of /proc/PID/status, in KiB.
-fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key} for {pid}"))?;
-    line[key.len()..].trim().trim_end_matches("kB").trim().parse().context("parsing /proc status")
 }
 
 /// One gauge's value from a Prometheus text endpoint.

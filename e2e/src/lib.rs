@@ -26,6 +26,7 @@ pub mod controllers;
 pub mod demo;
 pub mod host;
 pub mod kubevirt;
+pub mod procs;
 pub mod system;
 pub mod workload;
 

@@ -14,9 +14,10 @@ use kube::runtime::wait::await_condition;
 
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 
-use super::{NAMESPACE, import_alone, median, proc_status_kib, sync, virtual_size, workdir};
+use super::{NAMESPACE, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
+use crate::procs::Peaks;
 use crate::system::{System, SystemConfig};
 use crate::workload::{human, interruptible, secs};
 
@@ -107,32 +108,6 @@ fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Peak resident memory (VmHWM) of the processes the upload crosses.
-#[derive(Debug, Default)]
-struct Peaks {
-    proxy_kib: u64,
-    mover_kib: u64,
-}
-
-impl Peaks {
-    /// Reads VmHWM of every upload proxy and node mover process (it only grows).
-    fn sample(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            let bin = args.first().map(|a| file_name(Path::new(a))).unwrap_or_default();
-            let hwm = || proc_status_kib(pid, "VmHWM:").unwrap_or(0);
-            if bin == "cdi-populator" && args.get(1).is_some_and(|a| a == "upload-proxy") {
-                self.proxy_kib = self.proxy_kib.max(hwm());
-            } else if bin == "cdi-mover" && args.get(1).is_some_and(|a| a == "serve") {
-                self.mover_kib = self.mover_kib.max(hwm());
-            }
-        }
-    }
-}
-
 async fn proxy_url(client: &kube::Client) -> anyhow::Result<String> {
     let api: Api<CDIConfig> = Api::all(client.clone());
     let published = await_condition(api.clone(), "config", |c: Option<&CDIConfig>| {
@@ -185,7 +160,7 @@ async fn upload_once(
     let status = loop {
         tokio::select! {
             s = curl.wait() => break s?,
-            () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(),
+            () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(None),
         }
     };
     if !status.success() {
@@ -196,7 +171,7 @@ async fn upload_once(
     });
     tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
     let took = started.elapsed();
-    peaks.sample();
+    peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
     tokio::time::timeout(Duration::from_secs(120), gone).await.ok();

@@ -3,7 +3,8 @@
 //! through the aggregated UploadTokenRequest API and the upload proxy's NodePort, into
 //! DataVolumes and a PVC annotated `storage.upload.target`; Filesystem and Block; contents
 //! checked with qemu-img. Then what must be refused: tokens for another claim, forged or
-//! expired ones, a service account without the verb, and an upload cut short.
+//! expired ones, a service account without the verb, and an upload cut short; and a 4 GiB
+//! virtual upload with the proxy's and mover's peak memory measured.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -299,4 +300,58 @@ async fn cut_short(url: &str, token: &str, image: &[u8]) {
         .send()
         .await;
     assert!(resp.is_err() || !resp.unwrap().status().is_success(), "a cut upload is not a success");
+}
+
+/// 4 GiB virtual, 128 MiB of random data in four places; the rest holes.
+fn four_gib_image(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    const MIB: u64 = 1 << 20;
+    let raw = dir.join("big.raw");
+    let mut f = std::fs::File::create(&raw).unwrap();
+    f.set_len(4096 * MIB).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut chunk = vec![0u8; 32 * MIB as usize];
+    for at in [0, 1024 * MIB, 2560 * MIB, 4064 * MIB] {
+        for word in chunk.chunks_exact_mut(8) {
+            // xorshift: incompressible enough that the qcow2 carries all 32 MiB.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    let qcow2 = dir.join("big.qcow2");
+    sh(&format!("qemu-img convert -q -f raw -O qcow2 {} {}", raw.display(), qcow2.display()));
+    (raw, qcow2)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_4_gib_virtual_upload_streams_through_proxy_and_mover_in_bounded_memory() {
+    let env = Env::start(16, &[]).await;
+    let (raw, qcow2) = four_gib_image(env.dir.path());
+    let file_mib = std::fs::metadata(&qcow2).unwrap().len() >> 20;
+    let client = cdi_e2e::system::binaries_dir().unwrap().join("cdi-upload");
+    let kubeconfig = env.system.as_ref().unwrap().cluster.kubeconfig_path();
+    let mut cmd = tokio::process::Command::new(&client);
+    cmd.args(["dv", "big", "--size", "5Gi", "--storage-class", "local-immediate", "--insecure", "--image-path"])
+        .arg(&qcow2)
+        .env("KUBECONFIG", &kubeconfig)
+        .kill_on_drop(true);
+    let out = within("cdi-upload", cmd.output()).await.unwrap();
+    assert!(out.status.success(), "cdi-upload: {}", String::from_utf8_lossy(&out.stderr));
+    wait_dv_phase(&env, "big", DataVolumePhase::Succeeded).await;
+    // Read while they run: the proxy and movers of this test's cluster only.
+    let mut peaks = cdi_e2e::procs::Peaks::default();
+    peaks.sample(Some(std::process::id()));
+    let (proxy, mover) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
+    eprintln!("4 GiB virtual ({file_mib} MiB qcow2) upload: peak RSS upload proxy {proxy} MiB, node mover {mover} MiB");
+    assert!(proxy > 0 && mover > 0, "no upload proxy or mover found under this test: {peaks:?}");
+    // Half the file (64 MiB, the bound): what holding the upload in memory would
+    // cross even in this debug build (~31 and ~43 MiB when written).
+    assert!(proxy < file_mib / 2 && mover < file_mib / 2, "{peaks:?} for a {file_mib} MiB upload");
+    assert_holds(&env, "big", &raw).await;
+    env.stop().await;
 }
