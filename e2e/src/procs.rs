@@ -31,6 +31,64 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// The two cdi-rs processes an upload crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    UploadProxy,
+    NodeMover,
+}
+
+/// The upload proxies and node movers running now, with `under` only those descending from
+/// that process (one test's cluster among many).
+fn find(under: Option<u32>) -> Vec<(Role, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let bin = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+        let second = |want: &str| args.get(1).is_some_and(|a| a == want);
+        let role = match bin.as_deref() {
+            Some("cdi-populator") if second("upload-proxy") => Role::UploadProxy,
+            Some("cdi-mover") if second("serve") => Role::NodeMover,
+            _ => continue,
+        };
+        if under.is_none_or(|a| descends_from(pid, a)) {
+            found.push((role, pid));
+        }
+    }
+    found
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// Clock ticks per second in /proc: fixed at 100 by Linux's user-space ABI.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds used so far by all processes of `role`.
+pub fn role_cpu_seconds(role: Role) -> f64 {
+    find(None).into_iter().filter(|(r, _)| *r == role).filter_map(|(_, pid)| cpu_seconds(pid)).sum()
+}
+
+/// The machine's CPU time so far, from /proc/stat: (busy, all), in clock ticks.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let all: u64 = v.iter().sum();
+    // idle and iowait are the fourth and fifth.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
 /// Peak resident memory (VmHWM) of the upload proxies and node movers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Peaks {
@@ -40,23 +98,13 @@ pub struct Peaks {
 
 impl Peaks {
     /// Reads VmHWM (it only grows) of every upload proxy and node mover process; with
-    /// `under`, only of those descending from that process (one test's cluster among many).
+    /// `under`, only of those descending from that process.
     pub fn sample(&mut self, under: Option<u32>) {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            let bin = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
-            let second = |want: &str| args.get(1).is_some_and(|a| a == want);
-            let slot = match bin.as_deref() {
-                Some("cdi-populator") if second("upload-proxy") => &mut self.proxy_kib,
-                Some("cdi-mover") if second("serve") => &mut self.mover_kib,
-                _ => continue,
+        for (role, pid) in find(under) {
+            let slot = match role {
+                Role::UploadProxy => &mut self.proxy_kib,
+                Role::NodeMover => &mut self.mover_kib,
             };
-            if under.is_some_and(|a| !descends_from(pid, a)) {
-                continue;
-            }
             *slot = (*slot).max(status_kib(pid, "VmHWM:").unwrap_or(0));
         }
     }

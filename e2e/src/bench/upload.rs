@@ -17,7 +17,7 @@ use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 use super::{NAMESPACE, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
-use crate::procs::Peaks;
+use crate::procs::{self, Peaks, Role};
 use crate::system::{System, SystemConfig};
 use crate::workload::{human, interruptible, secs};
 
@@ -66,6 +66,7 @@ async fn runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize)
     );
     let (mut ups, mut https, mut cdis) = (Vec::new(), Vec::new(), Vec::new());
     let mut peaks = Peaks::default();
+    let mut costs = Vec::new();
     for run in 0..=runs {
         let mut order = [Way::Upload, Way::Http, Way::Cdi];
         order.rotate_left(run % 3);
@@ -74,7 +75,11 @@ async fn runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize)
             sync();
             match way {
                 Way::Upload => {
-                    u = upload_once(system, &proxy, image, &format!("up-{run}"), &request, &mut peaks).await?
+                    let cost;
+                    (u, cost) = upload_once(system, &proxy, image, &format!("up-{run}"), &request, &mut peaks).await?;
+                    if run > 0 {
+                        costs.push(cost);
+                    }
                 }
                 Way::Http => h = import_alone(&system.config.mover_binary, dir, &url, size).await?,
                 Way::Cdi => c = cdi_way(dir, image, size).await?,
@@ -96,6 +101,15 @@ async fn runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize)
     println!("upload / HTTP import: {rh:.3}x (target <= {VS_HTTP_TARGET}: {})", met(rh <= VS_HTTP_TARGET));
     println!("upload / CDI's way:   {rc:.3}x (target <= {VS_CDI_TARGET}: {})", met(rc <= VS_CDI_TARGET));
     println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
+    let cost = Cost::median(&costs);
+    println!(
+        "CPU per upload: client (curl) {:.2}s, upload proxy {:.2}s, node mover {:.2}s; the machine was {:.0}% busy on {} cores",
+        cost.client,
+        cost.proxy,
+        cost.mover,
+        cost.busy * 100.0,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
     let (p, m) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
     println!(
         "peak RSS: upload proxy {p} MiB, node mover {m} MiB (target <= {RSS_TARGET_MIB} MiB each: {})",
@@ -120,6 +134,35 @@ async fn proxy_url(client: &kube::Client) -> anyhow::Result<String> {
     Ok(if url.contains("://") { url } else { format!("https://{url}") })
 }
 
+/// CPU seconds one upload cost each process on its path, and how busy the whole machine was
+/// meanwhile (kernel threads writing back the volume included).
+#[derive(Debug, Default, Clone, Copy)]
+struct Cost {
+    client: f64,
+    proxy: f64,
+    mover: f64,
+    busy: f64,
+}
+
+impl Cost {
+    fn median(costs: &[Cost]) -> Cost {
+        let mid = |f: fn(&Cost) -> f64| {
+            let mut v: Vec<f64> = costs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Cost { client: mid(|c| c.client), proxy: mid(|c| c.proxy), mover: mid(|c| c.mover), busy: mid(|c| c.busy) }
+    }
+}
+
+/// CPU seconds this process's reaped children have used (curl, once waited for).
+fn children_cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike as _;
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map_or(0.0, |u| (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6)
+}
+
 /// An upload DataVolume until UploadReady, a token, `curl -T` of the image to the proxy,
 /// until Succeeded; then the DataVolume is deleted. Timed from the POST to Succeeded.
 async fn upload_once(
@@ -129,7 +172,7 @@ async fn upload_once(
     name: &str,
     request: &str,
     peaks: &mut Peaks,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Cost)> {
     let client = &system.client;
     let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
     let dv: DataVolume = serde_json::from_value(serde_json::json!({
@@ -145,6 +188,12 @@ async fn upload_once(
         .await
         .with_context(|| format!("{name} never UploadReady"))??;
     let token = token(client, name).await?;
+    let before = (
+        children_cpu_seconds(),
+        procs::role_cpu_seconds(Role::UploadProxy),
+        procs::role_cpu_seconds(Role::NodeMover),
+        procs::machine_ticks(),
+    );
     let started = Instant::now();
     let mut curl = tokio::process::Command::new("curl")
         .args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-T"])
@@ -171,11 +220,18 @@ async fn upload_once(
     });
     tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
     let took = started.elapsed();
+    let (busy, all) = procs::machine_ticks();
+    let cost = Cost {
+        client: children_cpu_seconds() - before.0,
+        proxy: procs::role_cpu_seconds(Role::UploadProxy) - before.1,
+        mover: procs::role_cpu_seconds(Role::NodeMover) - before.2,
+        busy: (busy - before.3.0) as f64 / (all - before.3.1).max(1) as f64,
+    };
     peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
     tokio::time::timeout(Duration::from_secs(120), gone).await.ok();
-    Ok(took)
+    Ok((took, cost))
 }
 
 async fn token(client: &kube::Client, pvc: &str) -> anyhow::Result<String> {
