@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
-use cdi_common::checksum::{Algorithm, Hasher};
+use cdi_common::checksum::Algorithm;
 
 use super::error::RegistryError;
+use crate::checksum::BackgroundHasher;
 use crate::source::SourceError;
 
 /// The directory a containerDisk keeps its disk in.
@@ -88,10 +89,11 @@ fn parse_digest(image: &str, digest: &str) -> Result<(Algorithm, String), Regist
     Ok((algo, hex.to_ascii_lowercase()))
 }
 
-/// A blob reader that checks size as it goes and digest at its end.
+/// A blob reader that checks size as it goes and digest at its end. The digest is computed
+/// beside the walk, which is busy decompressing.
 struct Verified<'a> {
     inner: Box<dyn Read + Send>,
-    hasher: Option<Hasher>,
+    hasher: Option<BackgroundHasher>,
     expected: String,
     size: u64,
     read: u64,
@@ -127,7 +129,7 @@ impl Read for Verified<'_> {
         }
         hasher.update(&buf[..n]);
         if n == 0 && !buf.is_empty() {
-            let actual = self.hasher.take().expect("checked above").finish_hex();
+            let actual = self.hasher.take().expect("checked above").finish_hex()?;
             if self.read != self.size {
                 return Err(self.mismatch(format!("{} bytes of {}", self.read, self.size)));
             }
@@ -187,9 +189,11 @@ impl Walk {
                 return Err(Stop::Failed(SourceError::Aborted("cancelled".into())));
             }
             let (algo, expected) = parse_digest(&self.image, &layer.digest).map_err(|e| Stop::Failed(e.into()))?;
+            let hasher = BackgroundHasher::start(algo.hasher())
+                .map_err(|e| Stop::Failed(SourceError::Aborted(format!("cannot start a digest thread: {e}"))))?;
             let mut blob = Verified {
                 inner: self.store.open(layer).map_err(Stop::Failed)?,
-                hasher: Some(algo.hasher()),
+                hasher: Some(hasher),
                 expected,
                 size: layer.size,
                 read: 0,

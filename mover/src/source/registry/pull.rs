@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
@@ -151,10 +151,23 @@ impl BlobStore for RegistryStore {
             size: layer.size as i64,
             ..OciDescriptor::default()
         };
-        let sized = self
-            .rt
-            .block_on(self.client.pull_blob_stream(&self.reference, &desc))
-            .map_err(|e| map_error(&self.image, "layer", e))?;
+        // The walk verifies every layer's size and digest, hashing beside the decompression;
+        // oci-client would hash the same bytes again on the walk's own thread. It skips its
+        // check for a ranged answer, so ask for the whole blob as a range. A registry that
+        // ignores ranges answers in full, and both checks run: slower, never less safe.
+        let sized = if layer.size > 0 {
+            match self
+                .rt
+                .block_on(self.client.pull_blob_stream_partial(&self.reference, &desc, 0, None))
+                .map_err(|e| map_error(&self.image, "layer", e))?
+            {
+                BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
+            }
+        } else {
+            self.rt
+                .block_on(self.client.pull_blob_stream(&self.reference, &desc))
+                .map_err(|e| map_error(&self.image, "layer", e))?
+        };
         Ok(Box::new(BlobReader {
             stream: sized.stream,
             current: Bytes::new(),
