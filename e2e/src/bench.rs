@@ -98,8 +98,8 @@ async fn serve(dir: &Path, image: &Path) -> anyhow::Result<(ImageServer, String)
     Ok((server, url))
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 

@@ -33,7 +33,7 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
 
 /// The two cdi-rs processes an upload crosses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+enum Role {
     UploadProxy,
     NodeMover,
 }
@@ -62,7 +62,7 @@ fn find(under: Option<u32>) -> Vec<(Role, u32)> {
 }
 
 /// CPU time (user + system) `pid` has used so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
@@ -73,9 +73,25 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// Clock ticks per second in /proc: fixed at 100 by Linux's user-space ABI.
 const USER_HZ: f64 = 100.0;
 
-/// CPU seconds used so far by all processes of `role`.
-pub fn role_cpu_seconds(role: Role) -> f64 {
-    find(None).into_iter().filter(|(r, _)| *r == role).filter_map(|(_, pid)| cpu_seconds(pid)).sum()
+/// CPU seconds used so far by all upload proxies and all node movers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RoleSeconds {
+    pub proxy: f64,
+    pub mover: f64,
+}
+
+impl RoleSeconds {
+    pub fn now() -> RoleSeconds {
+        let mut s = RoleSeconds::default();
+        for (role, pid) in find(None) {
+            let slot = match role {
+                Role::UploadProxy => &mut s.proxy,
+                Role::NodeMover => &mut s.mover,
+            };
+            *slot += cpu_seconds(pid).unwrap_or(0.0);
+        }
+        s
+    }
 }
 
 /// The machine's CPU time so far, from /proc/stat: (busy, all), in clock ticks.

@@ -17,7 +17,7 @@ use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 use super::{NAMESPACE, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
-use crate::procs::{self, Peaks, Role};
+use crate::procs::{self, Peaks, RoleSeconds};
 use crate::system::{System, SystemConfig};
 use crate::workload::{human, interruptible, secs};
 
@@ -146,12 +146,32 @@ struct Cost {
 
 impl Cost {
     fn median(costs: &[Cost]) -> Cost {
-        let mid = |f: fn(&Cost) -> f64| {
-            let mut v: Vec<f64> = costs.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
+        let mid = |f: fn(&Cost) -> f64| median(costs.iter().map(f).collect());
         Cost { client: mid(|c| c.client), proxy: mid(|c| c.proxy), mover: mid(|c| c.mover), busy: mid(|c| c.busy) }
+    }
+}
+
+/// The CPU clocks a [`Cost`] is the difference of.
+struct CpuClocks {
+    children: f64,
+    roles: RoleSeconds,
+    machine: (u64, u64),
+}
+
+impl CpuClocks {
+    fn now() -> CpuClocks {
+        CpuClocks { children: children_cpu_seconds(), roles: RoleSeconds::now(), machine: procs::machine_ticks() }
+    }
+
+    fn since(&self) -> Cost {
+        let now = CpuClocks::now();
+        let (busy, all) = (now.machine.0 - self.machine.0, now.machine.1 - self.machine.1);
+        Cost {
+            client: now.children - self.children,
+            proxy: now.roles.proxy - self.roles.proxy,
+            mover: now.roles.mover - self.roles.mover,
+            busy: busy as f64 / all.max(1) as f64,
+        }
     }
 }
 
@@ -188,12 +208,7 @@ async fn upload_once(
         .await
         .with_context(|| format!("{name} never UploadReady"))??;
     let token = token(client, name).await?;
-    let before = (
-        children_cpu_seconds(),
-        procs::role_cpu_seconds(Role::UploadProxy),
-        procs::role_cpu_seconds(Role::NodeMover),
-        procs::machine_ticks(),
-    );
+    let clocks = CpuClocks::now();
     let started = Instant::now();
     let mut curl = tokio::process::Command::new("curl")
         .args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-T"])
@@ -220,13 +235,7 @@ async fn upload_once(
     });
     tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
     let took = started.elapsed();
-    let (busy, all) = procs::machine_ticks();
-    let cost = Cost {
-        client: children_cpu_seconds() - before.0,
-        proxy: procs::role_cpu_seconds(Role::UploadProxy) - before.1,
-        mover: procs::role_cpu_seconds(Role::NodeMover) - before.2,
-        busy: (busy - before.3.0) as f64 / (all - before.3.1).max(1) as f64,
-    };
+    let cost = clocks.since();
     peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
