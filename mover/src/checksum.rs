@@ -44,8 +44,8 @@ const BATCHES_IN_FLIGHT: usize = 8;
 #[derive(Debug)]
 pub struct BackgroundHasher {
     pending: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    thread: Option<JoinHandle<Hasher>>,
+    tx: SyncSender<Vec<u8>>,
+    thread: JoinHandle<Hasher>,
 }
 
 impl BackgroundHasher {
@@ -59,7 +59,7 @@ impl BackgroundHasher {
             }
             hasher
         })?;
-        Ok(BackgroundHasher { pending: Vec::with_capacity(BATCH), tx: Some(tx), thread: Some(thread) })
+        Ok(BackgroundHasher { pending: Vec::with_capacity(BATCH), tx, thread })
     }
 
     pub fn update(&mut self, data: &[u8]) {
@@ -71,11 +71,8 @@ impl BackgroundHasher {
 
     fn hand_over(&mut self) {
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
-        if let Some(tx) = &self.tx {
-            // The thread only ends when the sender is dropped (or it panicked, which
-            // finish_hex reports).
-            let _ = tx.send(batch);
-        }
+        // Fails only if the thread panicked, which finish_hex reports.
+        let _ = self.tx.send(batch);
     }
 
     /// The digest of everything given to `update`, once the thread has hashed it all.
@@ -84,8 +81,9 @@ impl BackgroundHasher {
     /// The hashing thread panicked.
     pub fn finish_hex(mut self) -> io::Result<String> {
         self.hand_over();
-        drop(self.tx.take());
-        let thread = self.thread.take().ok_or_else(|| io::Error::other("digest already taken"))?;
+        let BackgroundHasher { tx, thread, .. } = self;
+        // The thread's loop ends with the sender.
+        drop(tx);
         let hasher = thread.join().map_err(|_| io::Error::other("the digest thread panicked"))?;
         Ok(hasher.finish_hex())
     }
