@@ -59,6 +59,12 @@ impl Movers {
 
     /// A client for the mover running on `node`.
     pub async fn on_node(&self, node: &str) -> Result<MoverClient<Channel>, MoverError> {
+        let address = self.address_on_node(node).await?;
+        Ok(MoverClient::new(self.channel(&address)?))
+    }
+
+    /// `IP:PORT` of the mover running on `node` (its pod's IP).
+    pub async fn address_on_node(&self, node: &str) -> Result<String, MoverError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.cfg.namespace);
         let list = pods
             .list(&ListParams::default().labels(&self.cfg.selector).fields(&format!("spec.nodeName={node}")))
@@ -75,8 +81,7 @@ impl Movers {
                 selector: self.cfg.selector.clone(),
                 namespace: self.cfg.namespace.clone(),
             })?;
-        let address = format!("{ip}:{}", self.cfg.port);
-        Ok(MoverClient::new(self.channel(&address)?))
+        Ok(format!("{ip}:{}", self.cfg.port))
     }
 
     /// A lazily connecting channel; tonic reconnects it as needed.

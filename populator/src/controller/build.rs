@@ -34,6 +34,14 @@ pub fn prime_holder_name(target_uid: &str) -> String {
     holder_name(&prime_name(target_uid))
 }
 
+/// The pod that holds a clone's source claim: named as CDI names its clone source pod.
+pub fn source_holder_name(target_uid: &str) -> String {
+    format!("{target_uid}-source-pod")
+}
+
+/// The volume's name inside a clone's source holder.
+pub const SOURCE_VOLUME: &str = "source";
+
 pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
     pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
 }
@@ -148,6 +156,63 @@ pub fn holder_pod(target: &PersistentVolumeClaim, claim: &str, node: Option<&str
     }
 }
 
+/// The pod that keeps a clone's source claim `claim` (in `namespace`) attached, read-only,
+/// while its node's mover streams it to the target's. It is owned by the target when both
+/// live in one namespace; across namespaces (no owner reference can cross them) the
+/// populator deletes it itself, and its labels and [`ann::CLONE_TARGET`] lead back to the
+/// target.
+pub fn source_holder_pod(
+    target: &PersistentVolumeClaim,
+    namespace: &str,
+    claim: &str,
+    block: bool,
+    image: &str,
+) -> Pod {
+    let container = Container {
+        name: "clone-source".into(),
+        image: Some(image.to_string()),
+        command: Some(vec!["cdi-mover".into(), "hold".into()]),
+        volume_mounts: (!block).then(|| {
+            vec![VolumeMount {
+                name: SOURCE_VOLUME.into(),
+                mount_path: HOLDER_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
+        volume_devices: block
+            .then(|| vec![VolumeDevice { name: SOURCE_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
+        ..Default::default()
+    };
+    let same_namespace = target.namespace().as_deref() == Some(namespace);
+    let target_ref = format!("{}/{}", target.namespace().unwrap_or_default(), target.name_any());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(source_holder_name(&target.uid().unwrap_or_default())),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels(label::SOURCE_HOLDER, target)),
+            annotations: Some(BTreeMap::from([(ann::CLONE_TARGET.to_string(), target_ref)])),
+            owner_references: same_namespace.then(|| vec![owned_by(target)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: SOURCE_VOLUME.into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.to_string(),
+                    read_only: Some(true),
+                }),
+                ..Default::default()
+            }]),
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(5),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 /// Whether `pvc` asks to keep its importer pod (and prime) after success, for debugging.
 pub fn retain_after_completion(pvc: &PersistentVolumeClaim) -> bool {
     pvc.annotations().get(crate::api::names::annotations::POD_RETAIN_AFTER_COMPLETION).map(String::as_str)
@@ -216,6 +281,23 @@ mod tests {
         assert!(c.volume_devices.is_some());
         let mounts: Vec<_> = c.volume_mounts.as_ref().unwrap().iter().map(|m| m.name.as_str()).collect();
         assert_eq!(mounts, ["cdi-log"], "a block volume is mapped, not mounted");
+    }
+
+    #[test]
+    fn a_clone_source_holder_maps_its_claim_read_only_and_is_owned_only_within_one_namespace() {
+        let fs = source_holder_pod(&target(false), "vms", "golden", false, "cdi-rs/mover");
+        assert_eq!(fs.metadata.name.as_deref(), Some("u-1-source-pod"));
+        assert_eq!(fs.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        assert_eq!(fs.metadata.annotations.as_ref().unwrap()[ann::CLONE_TARGET], "vms/disk");
+        let spec = fs.spec.unwrap();
+        let claim = spec.volumes.as_ref().unwrap()[0].persistent_volume_claim.clone().unwrap();
+        assert_eq!((claim.claim_name.as_str(), claim.read_only), ("golden", Some(true)));
+        assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap()[0].read_only, Some(true));
+        let other = source_holder_pod(&target(false), "golden-images", "golden", true, "cdi-rs/mover");
+        assert_eq!(other.metadata.namespace.as_deref(), Some("golden-images"));
+        assert!(other.metadata.owner_references.is_none(), "owner references cannot cross namespaces");
+        let c = &other.spec.unwrap().containers[0];
+        assert!(c.volume_devices.is_some() && c.volume_mounts.is_none());
     }
 
     #[test]

@@ -23,9 +23,10 @@ use kube::ResourceExt;
 use super::failure::FailureReason;
 use super::follow::{Outcome, TaskView};
 use super::vocab::{UNSUPPORTED_CONDITION, ann};
+use crate::api::names::annotations as cdi_ann;
 use crate::api::names::{api as group, kinds};
-use crate::api::{VolumeImportSource, VolumeUploadSource};
-use crate::plan::{ImportPlan, ImportSource, PlanError, UploadPlan};
+use crate::api::{VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+use crate::plan::{ClonePlan, CloneSource, ContentType, ImportPlan, ImportSource, PlanError, UploadPlan};
 
 /// The kinds a target PVC's `dataSourceRef` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,7 @@ impl From<&StorageClass> for VolumeBinding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
+    pub namespace: String,
     pub uid: String,
     pub kind: SourceKind,
     /// The source object's name (`dataSourceRef.name`).
@@ -128,6 +130,11 @@ pub struct Target {
     /// `storage.pod.retainAfterCompletion: "true"`: after success keep the importer pod
     /// (with its log) and the prime (`Lost`), as CDI does for debugging.
     pub retain: bool,
+    /// A clone's source namespace: CDI's `dataSourceNamespace` annotation, else the claim's.
+    pub source_namespace: String,
+    /// What a clone copies, from the claim's `storage.contentType` annotation (a clone
+    /// source has no such field); unreadable or unset: `kubevirt`.
+    pub content_type: ContentType,
 }
 
 impl Target {
@@ -146,8 +153,13 @@ impl Target {
         let annotation = |key: &str| pvc.annotations().get(key).map(String::as_str);
         // Our own bookkeeping; anything unreadable counts as never written.
         let number = |key: &str| annotation(key).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        let namespace = pvc.namespace().unwrap_or_default();
         Some(Target {
             name: pvc.name_any(),
+            source_namespace: annotation(cdi_ann::reserved::DATA_SOURCE_NAMESPACE)
+                .filter(|ns| !ns.is_empty())
+                .map_or_else(|| namespace.clone(), str::to_string),
+            namespace,
             uid: pvc.uid().unwrap_or_default(),
             kind,
             source_name: r.name.clone(),
@@ -160,6 +172,10 @@ impl Target {
             selected_node: annotation(ann::SELECTED_NODE).map(str::to_string),
             unsupported_reported: annotation(ann::RUNNING_REASON) == Some(UNSUPPORTED_CONDITION),
             retain: super::build::retain_after_completion(pvc),
+            content_type: match annotation(cdi_ann::CONTENT_TYPE) {
+                Some("archive") => ContentType::Archive,
+                _ => ContentType::Kubevirt,
+            },
         })
     }
 
@@ -187,6 +203,15 @@ impl Source {
         let generation = source.metadata.generation.unwrap_or(0);
         match ImportPlan::try_from(source) {
             Ok(plan) => Source::Found { generation, plan },
+            Err(error) => Source::Invalid { generation, error },
+        }
+    }
+
+    pub fn from_clone(source: Option<&VolumeCloneSource>) -> Source {
+        let Some(source) = source else { return Source::Missing };
+        let generation = source.metadata.generation.unwrap_or(0);
+        match ClonePlan::try_from(source) {
+            Ok(plan) => Source::Found { generation, plan: plan.into() },
             Err(error) => Source::Invalid { generation, error },
         }
     }
@@ -267,6 +292,36 @@ impl From<&PersistentVolume> for Pv {
     }
 }
 
+/// The claim a clone copies, as far as the flow cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneVolume {
+    Missing,
+    /// A cross-namespace source the claim is not entitled to (why, for the failure).
+    Refused(String),
+    NotBound,
+    /// Another pod uses it: CDI waits until it is released rather than copy a volume being
+    /// written.
+    InUse {
+        pod: String,
+    },
+    Ready {
+        block: bool,
+        pv_name: String,
+    },
+}
+
+/// Where the source of a host-assisted clone is read: its holder pod, on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    pub namespace: String,
+    /// The source claim's name.
+    pub claim: String,
+    pub holder_uid: String,
+    pub pv_name: String,
+    pub block: bool,
+}
+
 /// A fact read only when a decision needs it.
 #[derive(Debug, Clone)]
 pub enum Lazy<T> {
@@ -296,6 +351,12 @@ pub enum Fact {
     },
     /// The follower's view of the mover task.
     Task,
+    /// The claim a clone copies.
+    CloneSource {
+        name: String,
+    },
+    /// The pod that holds a clone's source on its node.
+    SourceHolder,
 }
 
 /// What one reconcile has seen so far.
@@ -309,6 +370,8 @@ pub struct Snapshot {
     pub holder: Lazy<Option<Holder>>,
     pub pv: Lazy<Option<Pv>>,
     pub task: Lazy<TaskView>,
+    pub clone_source: Lazy<CloneVolume>,
+    pub source_holder: Lazy<Option<Holder>>,
 }
 
 impl Snapshot {
@@ -321,6 +384,8 @@ impl Snapshot {
             holder: Lazy::Unread,
             pv: Lazy::Unread,
             task: Lazy::Unread,
+            clone_source: Lazy::Unread,
+            source_holder: Lazy::Unread,
         }
     }
 }
@@ -348,6 +413,8 @@ pub struct Task {
     pub plan: ImportPlan,
     /// For a terminal failure if no request can be built from the plan.
     pub generation: i64,
+    /// A clone's source, read by its node's mover.
+    pub peer: Option<Peer>,
 }
 
 /// How the followed mover task of the current attempt ended.
@@ -399,6 +466,19 @@ pub enum Step {
     CreateHolder {
         node: Option<String>,
     },
+    /// A clone's source claim is missing or unbound (why).
+    WaitForCloneSource {
+        why: String,
+    },
+    /// Another pod uses a clone's source claim.
+    CloneSourceInUse {
+        pod: String,
+    },
+    /// The pod that holds a clone's source claim on its node.
+    CreateSourceHolder {
+        claim: String,
+        block: bool,
+    },
     /// Until the holder runs on a node, the volume is not there to fill.
     WaitForHolder,
     /// Start (or re-attach to) the mover task of the current attempt; `announce` that the
@@ -413,6 +493,8 @@ pub enum Step {
     /// After success the holder goes first, so nothing has the volume mounted when the
     /// consumer comes.
     DeleteHolder,
+    /// After a clone's success its source is released.
+    DeleteSourceHolder,
     /// Hand the PV over to the target.
     RebindPv {
         pv: String,
@@ -436,10 +518,6 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     if t.bound && t.populated() {
         return Ok(if t.retain { Step::Retained } else { Step::Done });
     }
-    match t.kind {
-        SourceKind::Import | SourceKind::Upload => {}
-        SourceKind::Clone => return Ok(unsupported(t, kinds::VOLUME_CLONE_SOURCE)),
-    }
     let (generation, plan) = match s.source.get().ok_or(Fact::Source)? {
         Source::Missing => return Ok(Step::WaitForSource),
         Source::Invalid { generation, error } => {
@@ -453,6 +531,9 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     }
     if let ImportSource::Unsupported(name) = &plan.source {
         return Ok(unsupported(t, &format!("import source type {name}")));
+    }
+    if let ImportSource::Clone(CloneSource::Snapshot { .. }) = &plan.source {
+        return Ok(unsupported(t, "cloning from a VolumeSnapshot"));
     }
     if t.failed_generation.as_deref() == Some(generation.to_string().as_str()) {
         return Ok(Step::WaitForSourceChange);
@@ -481,13 +562,64 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         }
         Some(_) => {}
     }
+    // A clone's source must be there and free before anything is provisioned for it.
+    let source = match &plan.source {
+        ImportSource::Clone(CloneSource::Pvc { name }) => {
+            match s.clone_source.get().ok_or_else(|| Fact::CloneSource { name: name.clone() })? {
+                CloneVolume::Missing => {
+                    let why = format!("source PVC {}/{name} not found", t.source_namespace);
+                    return Ok(Step::WaitForCloneSource { why });
+                }
+                CloneVolume::NotBound => {
+                    let why = format!("source PVC {}/{name} is not bound yet", t.source_namespace);
+                    return Ok(Step::WaitForCloneSource { why });
+                }
+                CloneVolume::Refused(why) => {
+                    return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
+                }
+                CloneVolume::InUse { pod } => return Ok(Step::CloneSourceInUse { pod: pod.clone() }),
+                CloneVolume::Ready { block, pv_name } => Some((name.clone(), *block, pv_name.clone())),
+            }
+        }
+        _ => None,
+    };
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::CreatePrime) };
     let Some(holder) = s.holder.get().ok_or(Fact::Holder)? else {
         return Ok(Step::CreateHolder { node: t.selected_node.clone() });
     };
+    // Both holders start at once; the task waits for both.
+    let source = match source {
+        None => None,
+        Some((claim, block, pv_name)) => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
+            None => return Ok(Step::CreateSourceHolder { claim, block }),
+            Some(source_holder) => Some((source_holder, claim, block, pv_name)),
+        },
+    };
     let (Some(node), Some(PodPhase::Running), false) = (&holder.node, holder.phase, holder.deleting) else {
         return Ok(Step::WaitForHolder);
     };
+    let peer = match source {
+        None => None,
+        Some((source_holder, claim, block, pv_name)) => {
+            let (Some(node), Some(PodPhase::Running), false) =
+                (&source_holder.node, source_holder.phase, source_holder.deleting)
+            else {
+                return Ok(Step::WaitForHolder);
+            };
+            Some(Peer {
+                node: node.clone(),
+                namespace: t.source_namespace.clone(),
+                claim,
+                holder_uid: source_holder.uid.clone(),
+                pv_name,
+                block,
+            })
+        }
+    };
+    let mut plan = plan.clone();
+    if matches!(plan.source, ImportSource::Clone(_)) {
+        plan.content_type = t.content_type;
+    }
     let task_id = task_id(prime, t);
     Ok(match s.task.get().ok_or(Fact::Task)? {
         TaskView::Running { task_id: running } if *running == task_id => Step::WaitForTask,
@@ -503,8 +635,9 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                 node: node.clone(),
                 holder_uid: holder.uid.clone(),
                 pv_name: prime.volume_name.clone().unwrap_or_default(),
-                plan: plan.clone(),
+                plan,
                 generation,
+                peer,
             }),
             announce: t.phase != Some(PodPhase::Running),
         },
@@ -545,6 +678,10 @@ fn rebind(s: &Snapshot) -> Result<Step, Fact> {
     let retain = s.target.retain;
     if !retain && s.holder.get().ok_or(Fact::Holder)?.is_some() {
         return Ok(Step::DeleteHolder);
+    }
+    // The source is released whatever the claim asks to retain: it is someone else's.
+    if s.target.kind == SourceKind::Clone && s.source_holder.get().ok_or(Fact::SourceHolder)?.is_some() {
+        return Ok(Step::DeleteSourceHolder);
     }
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::WaitForBind) };
     let pv_name = prime.volume_name.clone().unwrap_or_default();

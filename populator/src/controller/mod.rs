@@ -38,7 +38,7 @@ use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use crate::api::names::kinds;
-use crate::api::{VolumeImportSource, VolumeUploadSource};
+use crate::api::{VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 use crate::config::Defaults;
 use crate::metrics::Metrics;
 use crate::mover::Movers;
@@ -196,6 +196,7 @@ pub async fn run(
     let controller = Controller::new(pvcs, watcher::Config::default());
     let store = controller.store();
     let upload_store = store.clone();
+    let clone_store = store.clone();
     controller
         .owns(
             Api::<Pod>::all(client.clone()),
@@ -211,6 +212,16 @@ pub async fn run(
         .watches(Api::<VolumeUploadSource>::all(client.clone()), watcher::Config::default(), move |source| {
             naming(&upload_store, kinds::VOLUME_UPLOAD_SOURCE, &source.metadata)
         })
+        .watches(Api::<VolumeCloneSource>::all(client.clone()), watcher::Config::default(), move |source| {
+            naming(&clone_store, kinds::VOLUME_CLONE_SOURCE, &source.metadata)
+        })
+        // A clone's source holder may live in another namespace, where no owner reference
+        // reaches: its annotation names the target.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}={}", label::NAME, label::SOURCE_HOLDER)),
+            |pod| clone_target(&pod),
+        )
         .reconcile_on(tokio_stream_wrapper(triggered))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures_util::future::ready(()))
@@ -233,6 +244,12 @@ fn naming(
         })
         .map(|pvc| ObjectRef::from_obj(pvc.as_ref()))
         .collect()
+}
+
+/// The target claim a clone's source holder serves.
+fn clone_target(pod: &Pod) -> Option<ObjectRef<PersistentVolumeClaim>> {
+    let (namespace, name) = pod.metadata.annotations.as_ref()?.get(vocab::ann::CLONE_TARGET)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
 }
 
 fn tokio_stream_wrapper<T: Send + 'static>(

@@ -21,14 +21,14 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build;
 use super::decide::{
-    Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, SourceKind, Step, Target, Task, Terminal, decide,
-    unfollowed_task,
+    CloneVolume, Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, SourceKind, Step, Target, Task,
+    Terminal, decide, unfollowed_task,
 };
 use super::failure::FailureReason;
 use super::source;
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, cdi_ann, condition};
 use super::{Ctx, Error};
-use crate::api::{VolumeImportSource, VolumeUploadSource};
+use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 use crate::metrics::Finished;
 
 /// How often to look again while waiting on something no watch reports.
@@ -101,6 +101,30 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             seen.holder = Lazy::Read(Some(create_holder(pvc, node.as_deref(), ctx).await?));
             return Ok(None);
         }
+        Step::CreateSourceHolder { claim, block } => {
+            let pod =
+                build::source_holder_pod(pvc, &seen.target.source_namespace, &claim, block, &ctx.cfg.holder_image);
+            seen.source_holder = Lazy::Read(Some(create_pod(ctx, pod, "clone source pod").await?));
+            return Ok(None);
+        }
+        Step::WaitForCloneSource { why } => {
+            ctx.event(&ObjectRef::from_obj(pvc), EventReason::CloneSourceMissing, &format!("{why}; waiting for it"))
+                .await;
+            Action::requeue(POLL)
+        }
+        Step::CloneSourceInUse { pod } => {
+            let t = &seen.target;
+            let note = format!(
+                "source PVC {}/{} is in use by pod {pod}; the clone waits until it is released",
+                t.source_namespace, t.source_name
+            );
+            ctx.event(&ObjectRef::from_obj(pvc), EventReason::CloneSourceInUse, &note).await;
+            Action::requeue(POLL)
+        }
+        Step::DeleteSourceHolder => {
+            delete(ctx, Child::SourceHolder, pvc).await?;
+            Action::requeue(SHORT)
+        }
         Step::Done => {
             delete_children(pvc, ctx).await?;
             Action::await_change()
@@ -151,6 +175,21 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &namespace);
             let source = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeUploadSource", name, e))?;
             seen.source = Lazy::Read(Source::from_upload(source.as_ref()));
+        }
+        Fact::Source if seen.target.kind == SourceKind::Clone => {
+            let name = &seen.target.source_name;
+            let api: Api<VolumeCloneSource> = Api::namespaced(ctx.client.clone(), &namespace);
+            let source = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeCloneSource", name, e))?;
+            seen.source = Lazy::Read(Source::from_clone(source.as_ref()));
+        }
+        Fact::CloneSource { name } => {
+            seen.clone_source = Lazy::Read(clone_volume(pvc, &seen.target, &name, ctx).await?)
+        }
+        Fact::SourceHolder => {
+            let name = build::source_holder_name(&uid);
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &seen.target.source_namespace);
+            let holder = api.get_opt(&name).await.map_err(|e| Error::kube("read clone source pod", &name, e))?;
+            seen.source_holder = Lazy::Read(holder.as_ref().map(Holder::from));
         }
         Fact::Source => {
             let name = &seen.target.source_name;
@@ -273,18 +312,82 @@ async fn create_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Prime, E
 
 /// Creates the holder pod (or takes the one a racing reconcile created).
 async fn create_holder(pvc: &PersistentVolumeClaim, node: Option<&str>, ctx: &Ctx) -> Result<Holder, Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     let prime = build::prime_name(&pvc.uid().unwrap_or_default());
-    let name = build::holder_name(&prime);
-    let pod = build::holder_pod(pvc, &prime, node, &ctx.cfg.holder_image);
+    create_pod(ctx, build::holder_pod(pvc, &prime, node, &ctx.cfg.holder_image), "holder pod").await
+}
+
+/// Creates `pod` (or takes the one of that name a racing reconcile created); `what` names
+/// it in errors.
+async fn create_pod(ctx: &Ctx, pod: Pod, what: &'static str) -> Result<Holder, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let name = pod.name_any();
     let pod = match api.create(&PostParams::default(), &pod).await {
         Ok(p) => p,
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            api.get(&name).await.map_err(|e| Error::kube("read holder pod", &name, e))?
-        }
-        Err(e) => return Err(Error::kube("create holder pod", &name, e)),
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await.map_err(|e| Error::kube(what, &name, e))?,
+        Err(e) => return Err(Error::kube(what, &name, e)),
     };
     Ok(Holder::from(&pod))
+}
+
+/// The claim a clone copies, and whether this target may copy it and now.
+///
+/// A source in another namespace is honoured only for a claim a DataVolume controls whose
+/// own `source.pvc` names it: that DataVolume's creator was authorised for it by the
+/// admission webhook, and its spec cannot change. Anyone can write the annotation on a
+/// claim of their own.
+async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVolume, Error> {
+    let ns = &t.source_namespace;
+    if *ns != t.namespace && !authorised_by_datavolume(pvc, ns, name, ctx).await? {
+        return Ok(CloneVolume::Refused(format!(
+            "a clone from another namespace ({ns}/{name}) must be asked for by a DataVolume (whose creator the \
+             admission webhook authorises); claim {}/{} names it itself",
+            t.namespace, t.name
+        )));
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(source) = claims.get_opt(name).await.map_err(|e| Error::kube("read source PVC", name, e))? else {
+        return Ok(CloneVolume::Missing);
+    };
+    let pv_name = source.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+    if source.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") || pv_name.is_empty() {
+        return Ok(CloneVolume::NotBound);
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods.list(&Default::default()).await.map_err(|e| Error::kube("list pods in", ns, e))?;
+    let user = list.items.iter().find(|p| {
+        let ours =
+            p.labels().get(super::vocab::label::MANAGED_BY).map(String::as_str) == Some(super::vocab::label::MANAGER);
+        let done = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        let mounts = p.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
+            vs.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))
+        });
+        mounts && !ours && !done
+    });
+    if let Some(pod) = user {
+        return Ok(CloneVolume::InUse { pod: pod.name_any() });
+    }
+    Ok(CloneVolume::Ready { block: build::is_block(&source), pv_name })
+}
+
+/// Whether the DataVolume controlling `pvc` asks for a clone of `namespace/name`.
+async fn authorised_by_datavolume(
+    pvc: &PersistentVolumeClaim,
+    namespace: &str,
+    name: &str,
+    ctx: &Ctx,
+) -> Result<bool, Error> {
+    let Some(owner) = pvc.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "DataVolume")
+    else {
+        return Ok(false);
+    };
+    let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let dv = api.get_opt(&owner.name).await.map_err(|e| Error::kube("read DataVolume", &owner.name, e))?;
+    Ok(dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())).is_some_and(|dv| {
+        let dv_namespace = dv.namespace().unwrap_or_default();
+        dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).is_some_and(|p| {
+            p.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&dv_namespace) == namespace && p.name == name
+        })
+    }))
 }
 
 /// Starts following (and the mover starts or re-attaches to) the task.
@@ -297,7 +400,7 @@ async fn start_task(
 ) -> Result<Action, Error> {
     let request = match populate_request(pvc, &task, ctx).await {
         Ok(r) => r,
-        Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
+        Err(e @ (source::SourceError::Api { .. } | source::SourceError::Mover(_))) => return Err(Error::Source(e)),
         Err(e) => {
             let failure = Terminal {
                 reason: FailureReason::InvalidRequest,
@@ -311,12 +414,22 @@ async fn start_task(
     let target_ref = ObjectRef::from_obj(pvc);
     let upload = target.kind == SourceKind::Upload;
     if announce {
-        let note = if upload {
-            format!("Upload scheduled on node {} (task {})", task.node, task.id)
-        } else {
-            format!("Import scheduled on node {} (task {})", task.node, task.id)
+        let (reason, note) = match &task.peer {
+            _ if upload => {
+                (EventReason::ImportScheduled, format!("Upload scheduled on node {} (task {})", task.node, task.id))
+            }
+            Some(peer) => (
+                EventReason::CloneScheduled,
+                format!(
+                    "Clone scheduled on node {} (task {}), host-assisted (copy): PVC {}/{} read on node {}",
+                    task.node, task.id, peer.namespace, peer.claim, peer.node
+                ),
+            ),
+            None => {
+                (EventReason::ImportScheduled, format!("Import scheduled on node {} (task {})", task.node, task.id))
+            }
         };
-        ctx.event(&target_ref, EventReason::ImportScheduled, &note).await;
+        ctx.event(&target_ref, reason, &note).await;
         if let Some(note) = source::node_pull_fallback(&task.plan) {
             ctx.event(&target_ref, EventReason::NodePullFallback, note).await;
         }
@@ -328,6 +441,9 @@ async fn start_task(
         if upload {
             // Ready only once the mover has the task (the follower says so).
             pairs.push(not_ready());
+        }
+        if task.peer.is_some() {
+            pairs.push((ann::CLONE_TYPE, Some(crate::api::names::profile::clone_strategy::COPY.to_string())));
         }
         annotate(ctx, pvc, &pairs).await?;
     }
@@ -342,6 +458,23 @@ async fn populate_request(
     ctx: &Ctx,
 ) -> Result<pb::PopulateRequest, source::SourceError> {
     let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
+    if let Some(peer) = &task.peer {
+        let address =
+            ctx.movers.address_on_node(&peer.node).await.map_err(|e| source::SourceError::Mover(e.to_string()))?;
+        let mode = if peer.block { pb::VolumeMode::Block } else { pb::VolumeMode::Filesystem };
+        let volume = pb::PodVolume {
+            pod_uid: peer.holder_uid.clone(),
+            volume_name: build::SOURCE_VOLUME.to_string(),
+            pv_name: peer.pv_name.clone(),
+            mode: mode as i32,
+        };
+        let volume = pb::VolumeSource {
+            address,
+            volume: Some(pb::Target { kind: Some(pb::target::Kind::PodVolume(volume)) }),
+            server_name: String::new(),
+        };
+        return Ok(source::clone_request(&task.plan, dest, volume));
+    }
     let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
 }
@@ -349,13 +482,14 @@ async fn populate_request(
 async fn task_ended(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
     let upload = target.kind == SourceKind::Upload;
     let extra: &[(&'static str, Option<String>)] = if upload { &[not_ready()] } else { &[] };
+    let work = Work::of(target.kind);
     match ended {
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, extra).await,
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, extra, work).await,
         Ended::Retry { reason, message, restarts, attempt } => {
             if upload {
                 annotate(ctx, pvc, extra).await?;
             }
-            retry_later(pvc, ctx, reason, &message, restarts, attempt).await
+            retry_later(pvc, ctx, reason, &message, restarts, attempt, work).await
         }
         Ended::Failed(failure) => fail_terminally(pvc, target, ctx, &failure).await,
         Ended::Lost(why) => {
@@ -398,6 +532,36 @@ pub(super) async fn mark_upload_ready(
     Ok(())
 }
 
+/// What a flow does, in its events and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Work {
+    Import,
+    Clone,
+}
+
+impl Work {
+    pub(super) fn of(kind: SourceKind) -> Work {
+        match kind {
+            SourceKind::Import | SourceKind::Upload => Work::Import,
+            SourceKind::Clone => Work::Clone,
+        }
+    }
+
+    fn succeeded(self) -> EventReason {
+        match self {
+            Work::Import => EventReason::ImportSucceeded,
+            Work::Clone => EventReason::CloneSucceeded,
+        }
+    }
+
+    fn failed(self) -> EventReason {
+        match self {
+            Work::Import => EventReason::ImportFailed,
+            Work::Clone => EventReason::CloneFailed,
+        }
+    }
+}
+
 /// Records success (plus the `extra` annotations of the caller's flow); the next reconcile
 /// cleans up.
 pub(super) async fn succeeded(
@@ -405,8 +569,13 @@ pub(super) async fn succeeded(
     c: &pb::Completed,
     ctx: &Ctx,
     extra: &[(&'static str, Option<String>)],
+    work: Work,
 ) -> Result<Action, Error> {
-    let mut pairs = running_condition("false", condition::COMPLETED, "Import Complete");
+    let complete = match work {
+        Work::Import => "Import Complete",
+        Work::Clone => "Clone Complete",
+    };
+    let mut pairs = running_condition("false", condition::COMPLETED, complete);
     pairs.extend([
         phase(PodPhase::Succeeded),
         (ann::PROGRESS, Some(crate::api::names::values::PROGRESS_DONE.to_string())),
@@ -414,12 +583,13 @@ pub(super) async fn succeeded(
     pairs.extend_from_slice(extra);
     annotate(ctx, pvc, &pairs).await?;
     let formats = c.formats.join(", ");
-    ctx.event(
-        &ObjectRef::from_obj(pvc),
-        EventReason::ImportSucceeded,
-        &format!("Successfully imported into PVC {} ({formats}, virtual size {})", pvc.name_any(), c.virtual_size),
-    )
-    .await;
+    let note = match work {
+        Work::Import => {
+            format!("Successfully imported into PVC {} ({formats}, virtual size {})", pvc.name_any(), c.virtual_size)
+        }
+        Work::Clone => format!("Successfully cloned into PVC {} (size {})", pvc.name_any(), c.virtual_size),
+    };
+    ctx.event(&ObjectRef::from_obj(pvc), work.succeeded(), &note).await;
     ctx.metrics.population_finished(Finished::Succeeded, pvc);
     Ok(Action::requeue(Duration::ZERO))
 }
@@ -431,11 +601,12 @@ pub(super) async fn retry_later(
     message: &str,
     restarts: u32,
     attempt: u32,
+    work: Work,
 ) -> Result<Action, Error> {
     let delay = cdi_common::backoff::Backoff::new(ctx.cfg.retry_base, ctx.cfg.retry_cap).delay(restarts);
     ctx.event(
         &ObjectRef::from_obj(pvc),
-        EventReason::ImportFailed,
+        work.failed(),
         &format!("{message} ({why}); retry {restarts} in {}s", delay.as_secs()),
     )
     .await;
@@ -459,7 +630,7 @@ async fn fail_terminally(
     let Terminal { reason: why, message, generation, attempt } = failure;
     ctx.event(
         &ObjectRef::from_obj(pvc),
-        EventReason::ImportFailed,
+        Work::of(target.kind).failed(),
         &format!("{message} ({why}); not retried until the source changes"),
     )
     .await;
@@ -473,8 +644,9 @@ async fn fail_terminally(
         pairs.push(not_ready());
     }
     annotate(ctx, pvc, &pairs).await?;
-    // Free the volume; the prime stays for the next attempt.
+    // Free the volumes; the prime stays for the next attempt.
     delete(ctx, Child::Holder, pvc).await?;
+    delete(ctx, Child::SourceHolder, pvc).await?;
     ctx.metrics.population_finished(Finished::Failed(*why), pvc);
     Ok(Action::await_change())
 }
@@ -540,10 +712,13 @@ async fn cleanup(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx) -> Res
 enum Child {
     Holder,
     Prime,
+    /// A clone's source holder, in the source's namespace.
+    SourceHolder,
 }
 
 async fn delete_children(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
     delete(ctx, Child::Holder, pvc).await?;
+    delete(ctx, Child::SourceHolder, pvc).await?;
     delete(ctx, Child::Prime, pvc).await
 }
 
@@ -563,6 +738,13 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
             let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
             let result = api.delete(&name, &params).await;
             (name, result.map(|_| ()))
+        }
+        Child::SourceHolder => {
+            // Only a clone has one; its namespace is where its source lives.
+            let Some(target) = Target::from_pvc(pvc).filter(|t| t.kind == SourceKind::Clone) else { return Ok(()) };
+            let name = build::source_holder_name(&uid);
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &target.source_namespace);
+            (name.clone(), api.delete(&name, &params).await.map(|_| ()))
         }
     };
     match result {

@@ -24,6 +24,9 @@ pub enum SourceError {
     ConfigMap { namespace: String, name: String, problem: String },
     #[error("import source type {variant} is not supported by this populator yet")]
     Unsupported { variant: &'static str },
+    /// The mover that would read a clone's source cannot be found (retried).
+    #[error("{0}")]
+    Mover(String),
     #[error("cannot read {what}: {source}")]
     Api {
         what: String,
@@ -154,8 +157,20 @@ pub async fn populate_request(
         ImportSource::Upload => (pb::source::Kind::Upload(pb::UploadSource {}), String::new()),
         // The reconcilers report these before building a request; refused, not panicked on.
         ImportSource::Unsupported(variant) => return Err(SourceError::Unsupported { variant }),
+        // Only with the source's mover known: see [`clone_request`].
+        ImportSource::Clone(_) => return Err(SourceError::Unsupported { variant: "clone" }),
     };
-    Ok(pb::PopulateRequest {
+    Ok(request(plan, dest, source, checksum))
+}
+
+/// The request of a host-assisted clone: the target's mover reads `volume` from the mover
+/// that holds it.
+pub fn clone_request(plan: &ImportPlan, dest: Destination, volume: pb::VolumeSource) -> pb::PopulateRequest {
+    request(plan, dest, pb::source::Kind::Volume(volume), String::new())
+}
+
+fn request(plan: &ImportPlan, dest: Destination, source: pb::source::Kind, checksum: String) -> pb::PopulateRequest {
+    pb::PopulateRequest {
         task_id: dest.task_id,
         source: Some(pb::Source { kind: Some(source) }),
         target: Some(dest.target),
@@ -165,7 +180,7 @@ pub async fn populate_request(
         filesystem_overhead: dest.filesystem_overhead,
         checksum,
         log: dest.log,
-    })
+    }
 }
 
 /// Whether a request is an upload's: the mover waits for bytes from the upload proxy.

@@ -18,6 +18,10 @@ pub mod ann {
     /// cdi-rs bookkeeping: the source generation a terminal failure was for; nothing is
     /// retried until the source changes.
     pub const FAILED_GENERATION: &str = "cdi.kubevirt.io/storage.populator.failedSourceGeneration";
+    /// On a clone's source holder: the target claim, `<namespace>/<name>`.
+    pub const CLONE_TARGET: &str = "cdi.kubevirt.io/storage.populator.cloneTarget";
+    /// On a clone's target, CDI's: the strategy used (`copy` for host-assisted).
+    pub use crate::api::names::annotations::reserved::CLONE_TYPE;
 }
 
 /// Labels on what the populator creates.
@@ -25,6 +29,8 @@ pub mod label {
     pub const NAME: &str = "app.kubernetes.io/name";
     pub const HOLDER: &str = "cdi-populator-holder";
     pub const PRIME: &str = "cdi-populator-prime";
+    /// A pod holding a clone's source claim.
+    pub const SOURCE_HOLDER: &str = "cdi-populator-clone-source";
     /// The target PVC's UID, on the prime PVC and the holder pod.
     pub const FOR: &str = "cdi.kubevirt.io/populator-for";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -54,10 +60,18 @@ pub enum EventReason {
     NodePullFallback,
     /// The mover holds the upload task: the upload proxy may send bytes.
     UploadReady,
+    CloneScheduled,
+    CloneSucceeded,
+    /// A clone attempt failed (retried or not: the note says).
+    CloneFailed,
+    /// Another pod uses the clone's source claim: the clone waits.
+    CloneSourceInUse,
+    /// The clone's source claim is missing or not bound yet.
+    CloneSourceMissing,
 }
 
 impl EventReason {
-    pub const ALL: [EventReason; 12] = [
+    pub const ALL: [EventReason; 17] = [
         EventReason::PrimeCreated,
         EventReason::ImportScheduled,
         EventReason::ImportInProgress,
@@ -70,6 +84,11 @@ impl EventReason {
         EventReason::MoverUnavailable,
         EventReason::NodePullFallback,
         EventReason::UploadReady,
+        EventReason::CloneScheduled,
+        EventReason::CloneSucceeded,
+        EventReason::CloneFailed,
+        EventReason::CloneSourceInUse,
+        EventReason::CloneSourceMissing,
     ];
 
     /// The event's `reason`.
@@ -87,7 +106,12 @@ impl EventReason {
             EventReason::UnsupportedSource => "UnsupportedSource",
             EventReason::MoverUnavailable => "MoverUnavailable",
             EventReason::NodePullFallback => "NodePullFallback",
-            EventReason::UploadReady => crate::api::names::event_reasons::reserved::UPLOAD_READY,
+            EventReason::UploadReady => cdi::reserved::UPLOAD_READY,
+            EventReason::CloneScheduled => cdi::reserved::CLONE_SCHEDULED,
+            EventReason::CloneSucceeded => cdi::reserved::CLONE_SUCCEEDED,
+            EventReason::CloneFailed => cdi::reserved::CLONE_FAILED,
+            EventReason::CloneSourceInUse => cdi::reserved::CLONE_SOURCE_IN_USE,
+            EventReason::CloneSourceMissing => "CloneSourceNotFound",
         }
     }
 
@@ -95,7 +119,10 @@ impl EventReason {
     /// served, a node without a mover); Normal for the steps of a healthy import.
     pub fn is_warning(self) -> bool {
         match self {
-            EventReason::ImportFailed | EventReason::UnsupportedSource | EventReason::MoverUnavailable => true,
+            EventReason::ImportFailed
+            | EventReason::CloneFailed
+            | EventReason::UnsupportedSource
+            | EventReason::MoverUnavailable => true,
             EventReason::PrimeCreated
             | EventReason::ImportScheduled
             | EventReason::ImportInProgress
@@ -104,6 +131,11 @@ impl EventReason {
             | EventReason::SourceMissing
             | EventReason::Rebind
             | EventReason::UploadReady
+            | EventReason::CloneScheduled
+            | EventReason::CloneSucceeded
+            | EventReason::CloneSourceMissing
+            // Waiting, as CDI does, until the source's user lets go.
+            | EventReason::CloneSourceInUse
             // The import goes on, as a pod pull: worth knowing, nothing to fix.
             | EventReason::NodePullFallback => false,
         }

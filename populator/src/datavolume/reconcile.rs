@@ -16,7 +16,7 @@ use super::status::{self, Claim, Situation};
 use super::vocab::DvEvent;
 use super::{Ctx, Error, defaults};
 use crate::api::names::annotations as ann;
-use crate::api::{DataVolume, VolumeImportSource, VolumeUploadSource};
+use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 use crate::controller::decide::{ClaimPhase, PodPhase, VolumeBinding};
 
 /// How often to look again when nothing we watch will say that things changed (a default
@@ -52,7 +52,7 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Err
         }
     }
     Ok(match situation {
-        Situation::NoStorageClass | Situation::NotOurs { .. } => Action::requeue(POLL),
+        Situation::NoStorageClass | Situation::NotOurs { .. } | Situation::Waiting(_) => Action::requeue(POLL),
         _ => Action::await_change(),
     })
 }
@@ -86,7 +86,7 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
         None => match plan {
             Plan::Invalid(message) => return Ok(Situation::Invalid(message)),
             Plan::Unsupported(what) => return Ok(Situation::Unsupported(what)),
-            plan @ (Plan::Import(_) | Plan::Upload) => {
+            plan @ (Plan::Import(_) | Plan::Upload | Plan::Clone { .. }) => {
                 let class = match render::named_class(dv) {
                     Some(class) => Some(class.to_string()),
                     // `spec.pvc` is taken as written: the API server gives it the default class.
@@ -96,11 +96,19 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
                         None => return Ok(Situation::NoStorageClass),
                     },
                 };
-                let claim = match render::claim(dv, class.as_deref(), ctx.defaults.as_ref()) {
+                let origin = match &plan {
+                    Plan::Clone { namespace, name } => clone_origin(namespace, name, ctx).await?,
+                    _ => None,
+                };
+                let claim = match render::clone_claim(dv, class.as_deref(), ctx.defaults.as_ref(), origin) {
                     Ok(claim) => claim,
+                    // Created later: the DataVolume waits for its source, as the claim would.
+                    Err(e @ render::RenderError::NoCloneSource(_)) => return Ok(Situation::Waiting(e.to_string())),
                     Err(e) => return Ok(Situation::Invalid(e.to_string())),
                 };
-                if let Plan::Import(source) = plan {
+                if let Plan::Clone { name, .. } = &plan {
+                    create_clone_source(dv, render::clone_source(dv, name, ctx.defaults.as_ref()), ctx).await?;
+                } else if let Plan::Import(source) = plan {
                     let node_pull = render::node_pull_fallback(&source);
                     let source = render::import_source(dv, *source, ctx.defaults.as_ref());
                     let created = create_source(dv, source, ctx).await?;
@@ -172,6 +180,32 @@ async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -
         // carries the uid).
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(Error::kube("create VolumeImportSource", &name, e)),
+    }
+}
+
+/// The size and mode of a clone's source claim; `None` when it does not exist.
+async fn clone_origin(namespace: &str, name: &str, ctx: &Ctx) -> Result<Option<render::CloneOrigin>, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(source) = api.get_opt(name).await.map_err(|e| Error::kube("read source PVC", name, e))? else {
+        return Ok(None);
+    };
+    let mode = if crate::controller::build::is_block(&source) {
+        defaults::VolumeMode::Block
+    } else {
+        defaults::VolumeMode::Filesystem
+    };
+    Ok(crate::controller::build::requested_bytes(&source).map(|size| render::CloneOrigin { size, mode }))
+}
+
+/// Creates the DataVolume's clone source; an existing one (ours from an earlier try) is
+/// left as it is.
+async fn create_clone_source(dv: &DataVolume, source: VolumeCloneSource, ctx: &Ctx) -> Result<(), Error> {
+    let api: Api<VolumeCloneSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    let name = source.name_any();
+    match api.create(&PostParams::default(), &source).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("create VolumeCloneSource", &name, e)),
     }
 }
 

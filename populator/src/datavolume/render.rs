@@ -13,7 +13,10 @@ use super::defaults::{StorageDefaults, VolumeMode};
 use crate::api::names::{annotations as ann, api as group, kinds, labels};
 use crate::api::quantity;
 use crate::api::sources::ImportSourceType;
-use crate::api::{DataVolume, VolumeImportSource, VolumeImportSourceSpec, VolumeUploadSource, VolumeUploadSourceSpec};
+use crate::api::{
+    DataVolume, VolumeCloneSource, VolumeCloneSourceSpec, VolumeImportSource, VolumeImportSourceSpec,
+    VolumeUploadSource, VolumeUploadSourceSpec,
+};
 use crate::webhook::datavolume::validate_spec;
 
 /// `spec.storage.volumeMode` asking for the StorageProfile's mode.
@@ -29,6 +32,8 @@ pub enum Plan {
     Import(Box<ImportSourceType>),
     /// Wait for an upload, through a `VolumeUploadSource`.
     Upload,
+    /// Copy the PVC `namespace/name`, through a `VolumeCloneSource`.
+    Clone { namespace: String, name: String },
     /// Valid for CDI, not handled by cdi-rs yet; the text says what.
     Unsupported(String),
     /// Refused by the admission webhook, with its message: the object got past a webhook
@@ -53,8 +58,10 @@ pub fn plan(dv: &DataVolume) -> Plan {
             "external population (a dataSourceRef without spec.source)".into()
         });
     };
-    if source.pvc.is_some() {
-        return Plan::Unsupported("cloning a PVC (spec.source.pvc)".into());
+    if let Some(pvc) = &source.pvc {
+        let namespace =
+            pvc.namespace.clone().filter(|ns| !ns.is_empty()).or_else(|| dv.namespace()).unwrap_or_default();
+        return Plan::Clone { namespace, name: pvc.name.clone() };
     }
     if source.snapshot.is_some() {
         return Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into());
@@ -98,6 +105,16 @@ pub fn upload_source_name(dv: &DataVolume) -> String {
     format!("volume-upload-source-{}", dv.uid().unwrap_or_default())
 }
 
+/// The name of the VolumeCloneSource a clone DataVolume's PVC is populated from.
+pub fn clone_source_name(dv: &DataVolume) -> String {
+    format!("volume-clone-source-{}", dv.uid().unwrap_or_default())
+}
+
+/// Whether the DataVolume copies a PVC (`spec.source.pvc`).
+pub fn is_clone(dv: &DataVolume) -> bool {
+    dv.spec.source.as_ref().is_some_and(|s| s.pvc.is_some())
+}
+
 /// Whether the DataVolume waits for an upload (`spec.source.upload`).
 pub fn is_upload(dv: &DataVolume) -> bool {
     dv.spec.source.as_ref().is_some_and(|s| s.upload.is_some())
@@ -107,6 +124,8 @@ pub fn is_upload(dv: &DataVolume) -> bool {
 pub fn source_ref(dv: &DataVolume) -> (&'static str, String) {
     if is_upload(dv) {
         (kinds::VOLUME_UPLOAD_SOURCE, upload_source_name(dv))
+    } else if is_clone(dv) {
+        (kinds::VOLUME_CLONE_SOURCE, clone_source_name(dv))
     } else {
         (kinds::VOLUME_IMPORT_SOURCE, import_source_name(dv))
     }
@@ -167,6 +186,38 @@ pub fn upload_source(dv: &DataVolume, defaults: &dyn StorageDefaults) -> VolumeU
     }
 }
 
+/// The VolumeCloneSource of a clone DataVolume: the source claim by name (its namespace,
+/// when another, travels on the claim as CDI's `dataSourceNamespace`), the preallocation
+/// (the cluster default when unset) and the priority class.
+pub fn clone_source(dv: &DataVolume, name: &str, defaults: &dyn StorageDefaults) -> VolumeCloneSource {
+    VolumeCloneSource {
+        metadata: ObjectMeta {
+            name: Some(clone_source_name(dv)),
+            namespace: dv.namespace(),
+            owner_references: Some(vec![owned_by(dv)]),
+            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
+            ..Default::default()
+        },
+        spec: VolumeCloneSourceSpec {
+            source: k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                api_group: None,
+                kind: kinds::PERSISTENT_VOLUME_CLAIM.into(),
+                name: name.to_string(),
+            },
+            preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
+            priority_class_name: dv.spec.priority_class_name.clone().filter(|c| !c.is_empty()),
+        },
+    }
+}
+
+/// What a clone's size and mode are taken from when the DataVolume leaves them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloneOrigin {
+    /// The source claim's request, in bytes.
+    pub size: u64,
+    pub mode: VolumeMode,
+}
+
 /// Why the PVC cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
@@ -179,6 +230,10 @@ pub enum RenderError {
     NoClaimProperties { class: String },
     #[error("spec.storage.resources.requests.storage is required for an import or an upload")]
     MissingSize,
+    #[error(
+        "the source PVC {0} does not exist: a clone without spec.storage.resources.requests.storage takes its size"
+    )]
+    NoCloneSource(String),
     #[error("spec.storage.resources.requests.storage: {0}")]
     Size(#[from] quantity::QuantityError),
     #[error("spec.storage.resources.requests.storage {0} is too large once the filesystem overhead is added")]
@@ -195,9 +250,21 @@ pub fn claim(
     class: Option<&str>,
     defaults: &dyn StorageDefaults,
 ) -> Result<PersistentVolumeClaim, RenderError> {
+    clone_claim(dv, class, defaults, None)
+}
+
+/// [`claim`], for a clone whose source claim is `origin` (when it exists): a size left out
+/// is the source's request (raised by the filesystem overhead only from a Block source into
+/// a Filesystem volume: a Filesystem source's request has it already).
+pub fn clone_claim(
+    dv: &DataVolume,
+    class: Option<&str>,
+    defaults: &dyn StorageDefaults,
+    origin: Option<CloneOrigin>,
+) -> Result<PersistentVolumeClaim, RenderError> {
     let mut spec = match (&dv.spec.pvc, &dv.spec.storage) {
         (Some(pvc), _) => pvc.clone(),
-        (None, Some(_)) => storage_claim(dv, class, defaults)?,
+        (None, Some(_)) => storage_claim(dv, class, defaults, origin)?,
         (None, None) => PersistentVolumeClaimSpec::default(),
     };
     let (kind, source_name) = source_ref(dv);
@@ -214,9 +281,16 @@ pub fn claim(
     let mut annotations = BTreeMap::from([(ann::CREATED_FOR_DATA_VOLUME.to_string(), dv.uid().unwrap_or_default())]);
     if is_upload(dv) {
         annotations.insert(ann::reserved::UPLOAD_TARGET.into(), String::new());
+    }
+    if is_upload(dv) || is_clone(dv) {
         if let Some(content_type) = dv.spec.content_type.as_ref().filter(|c| !c.is_empty()) {
             annotations.insert(ann::CONTENT_TYPE.into(), content_type.clone());
         }
+    }
+    if let Plan::Clone { namespace, .. } = plan(dv)
+        && dv.namespace().as_deref() != Some(namespace.as_str())
+    {
+        annotations.insert(ann::reserved::DATA_SOURCE_NAMESPACE.into(), namespace);
     }
     if let Some(value) = dv.annotations().get(ann::BIND_IMMEDIATE_REQUESTED) {
         annotations.insert(ann::BIND_IMMEDIATE_REQUESTED.into(), value.clone());
@@ -248,6 +322,7 @@ fn storage_claim(
     dv: &DataVolume,
     class: Option<&str>,
     defaults: &dyn StorageDefaults,
+    origin: Option<CloneOrigin>,
 ) -> Result<PersistentVolumeClaimSpec, RenderError> {
     let storage = dv.spec.storage.clone().unwrap_or_default();
     let class_name = class.unwrap_or_default();
@@ -265,12 +340,29 @@ fn storage_claim(
 
     let mut resources = storage.resources.unwrap_or_default();
     let mut requests = resources.requests.unwrap_or_default();
-    let size = requests.get("storage").ok_or(RenderError::MissingSize)?;
-    let bytes = quantity::parse_bytes(&size.0)?;
-    if volume_mode == VolumeMode::Filesystem {
-        let inflated = required_space(defaults.filesystem_overhead(class_name), bytes)
-            .ok_or_else(|| RenderError::TooLarge(size.0.clone()))?;
-        requests.insert("storage".into(), Quantity(inflated.to_string()));
+    match requests.get("storage") {
+        Some(size) => {
+            let bytes = quantity::parse_bytes(&size.0)?;
+            if volume_mode == VolumeMode::Filesystem {
+                let inflated = required_space(defaults.filesystem_overhead(class_name), bytes)
+                    .ok_or_else(|| RenderError::TooLarge(size.0.clone()))?;
+                requests.insert("storage".into(), Quantity(inflated.to_string()));
+            }
+        }
+        None if is_clone(dv) => {
+            let Some(origin) = origin else {
+                let Plan::Clone { namespace, name } = plan(dv) else { return Err(RenderError::MissingSize) };
+                return Err(RenderError::NoCloneSource(format!("{namespace}/{name}")));
+            };
+            let bytes = if volume_mode == VolumeMode::Filesystem && origin.mode == VolumeMode::Block {
+                required_space(defaults.filesystem_overhead(class_name), origin.size)
+                    .ok_or_else(|| RenderError::TooLarge(origin.size.to_string()))?
+            } else {
+                origin.size
+            };
+            requests.insert("storage".into(), Quantity(bytes.to_string()));
+        }
+        None => return Err(RenderError::MissingSize),
     }
     resources.requests = Some(requests);
 

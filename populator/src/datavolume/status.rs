@@ -43,6 +43,8 @@ pub struct Claim {
     pub upload: bool,
     /// `storage.pod.ready` is `"true"`: an upload can be sent.
     pub pod_ready: bool,
+    /// Filled by a clone: its `dataSourceRef` names a `VolumeCloneSource`.
+    pub clone: bool,
 }
 
 impl Claim {
@@ -75,6 +77,11 @@ impl Claim {
                     r.kind == crate::api::names::kinds::VOLUME_UPLOAD_SOURCE
                 }),
             pod_ready: annotation(ann::POD_READY).is_some_and(|r| r.eq_ignore_ascii_case("true")),
+            clone: pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.data_source_ref.as_ref())
+                .is_some_and(|r| r.kind == crate::api::names::kinds::VOLUME_CLONE_SOURCE),
         }
     }
 }
@@ -88,6 +95,8 @@ pub enum Situation {
     Unsupported(String),
     /// No storage class named and no default class.
     NoStorageClass,
+    /// Nothing to act on yet (a clone's source claim to take the size from): why.
+    Waiting(String),
     /// A PVC of that name exists and is not ours (nor adoptable).
     NotOurs { phase: Option<ClaimPhase> },
     /// Our PVC; `wffc`: its class binds on first consumer.
@@ -179,6 +188,12 @@ pub fn observe(name: &str, situation: &Situation) -> Observed {
                 (DvEvent::Pending, message.to_string()),
             )
         }
+        Situation::Waiting(why) => (
+            DataVolumePhase::Pending,
+            no_claim,
+            Condition::new(conditions::RUNNING, False, cdi::PENDING, why.as_str()),
+            (DvEvent::Pending, why.clone()),
+        ),
         Situation::NotOurs { phase } => {
             let message = format!(
                 "PVC {name} already exists and is not owned by DataVolume {name}; annotate the DataVolume \
@@ -230,9 +245,24 @@ const UPLOAD: Words = Words {
     failed: DvEvent::UploadFailed,
 };
 
+const CLONE: Words = Words {
+    noun: "Clone",
+    done: "cloned",
+    scheduled: (DataVolumePhase::CloneScheduled, DvEvent::CloneScheduled),
+    filling: (DataVolumePhase::CloneInProgress, DvEvent::CloneInProgress, "in progress"),
+    succeeded: DvEvent::CloneSucceeded,
+    failed: DvEvent::CloneFailed,
+};
+
 fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     use ConditionStatus::False;
-    let words = if claim.upload { &UPLOAD } else { &IMPORT };
+    let words = if claim.upload {
+        &UPLOAD
+    } else if claim.clone {
+        &CLONE
+    } else {
+        &IMPORT
+    };
     let bound = bound_condition(name, claim.phase);
     let running = claim.running.clone().unwrap_or_else(|| Condition::new(conditions::RUNNING, False, "", ""));
     let progress = claim.progress.clone().unwrap_or_else(|| values::PROGRESS_UNKNOWN.to_string());
@@ -313,7 +343,7 @@ fn finish(
 ) -> Observed {
     let ready = match phase {
         DataVolumePhase::Succeeded => Condition::new(conditions::READY, ConditionStatus::True, "", ""),
-        DataVolumePhase::ImportInProgress | DataVolumePhase::UploadReady => {
+        DataVolumePhase::ImportInProgress | DataVolumePhase::UploadReady | DataVolumePhase::CloneInProgress => {
             Condition::new(conditions::READY, ConditionStatus::False, cdi::TRANSFER_RUNNING, "")
         }
         _ => Condition::new(conditions::READY, ConditionStatus::False, &running.reason, running.message.clone()),

@@ -32,10 +32,14 @@ pub enum DvEvent {
     UploadReady,
     UploadSucceeded,
     UploadFailed,
+    CloneScheduled,
+    CloneInProgress,
+    CloneSucceeded,
+    CloneFailed,
 }
 
 impl DvEvent {
-    pub const ALL: [DvEvent; 17] = [
+    pub const ALL: [DvEvent; 21] = [
         DvEvent::Pending,
         DvEvent::PendingPopulation,
         DvEvent::Bound,
@@ -53,6 +57,10 @@ impl DvEvent {
         DvEvent::UploadReady,
         DvEvent::UploadSucceeded,
         DvEvent::UploadFailed,
+        DvEvent::CloneScheduled,
+        DvEvent::CloneInProgress,
+        DvEvent::CloneSucceeded,
+        DvEvent::CloneFailed,
     ];
 
     /// The event's `reason`.
@@ -75,6 +83,10 @@ impl DvEvent {
             DvEvent::UploadReady => cdi::reserved::UPLOAD_READY,
             DvEvent::UploadSucceeded => cdi::reserved::UPLOAD_SUCCEEDED,
             DvEvent::UploadFailed => cdi::reserved::UPLOAD_FAILED,
+            DvEvent::CloneScheduled => cdi::reserved::CLONE_SCHEDULED,
+            DvEvent::CloneInProgress => cdi::reserved::CLONE_IN_PROGRESS,
+            DvEvent::CloneSucceeded => cdi::reserved::CLONE_SUCCEEDED,
+            DvEvent::CloneFailed => cdi::reserved::CLONE_FAILED,
         }
     }
 
@@ -83,6 +95,7 @@ impl DvEvent {
         match self {
             DvEvent::ImportFailed
             | DvEvent::UploadFailed
+            | DvEvent::CloneFailed
             | DvEvent::UnsupportedSource
             | DvEvent::ResourceExists
             | DvEvent::ClaimLost
@@ -97,6 +110,9 @@ impl DvEvent {
             | DvEvent::UploadScheduled
             | DvEvent::UploadReady
             | DvEvent::UploadSucceeded
+            | DvEvent::CloneScheduled
+            | DvEvent::CloneInProgress
+            | DvEvent::CloneSucceeded
             // The import goes on as a pod pull: worth knowing, nothing to fix.
             | DvEvent::NodePullFallback => false,
         }

@@ -1,6 +1,6 @@
 //! [`ClonePlan`]: a checked `VolumeCloneSource`.
 
-use super::{PlanError, non_empty};
+use super::{ContentType, ImportPlan, ImportSource, PlanError, non_empty};
 use crate::api::names::kinds;
 use crate::api::{VolumeCloneSource, VolumeCloneSourceSpec};
 
@@ -63,5 +63,20 @@ impl TryFrom<&VolumeCloneSourceSpec> for ClonePlan {
             preallocation: spec.preallocation,
             priority_class_name: non_empty(spec.priority_class_name.as_ref()),
         })
+    }
+}
+
+/// A clone fills a volume through the same populate flow as an import: only the source
+/// differs (another volume, read by its node's mover), so the flow carries it as an
+/// [`ImportPlan`]. What it holds is the target claim's to say (its `storage.contentType`
+/// annotation), not the clone source's: `kubevirt` until the flow reads that.
+impl From<ClonePlan> for ImportPlan {
+    fn from(clone: ClonePlan) -> ImportPlan {
+        ImportPlan {
+            source: ImportSource::Clone(clone.source),
+            content_type: ContentType::Kubevirt,
+            preallocation: clone.preallocation,
+            target_claim: None,
+        }
     }
 }

@@ -35,6 +35,9 @@ pub enum ImportSource {
     /// claim annotated `storage.upload.target`): the mover waits for them. Never built from
     /// a `VolumeImportSource`; see [`UploadPlan`](super::UploadPlan).
     Upload,
+    /// A copy of another volume (a `VolumeCloneSource`, a DataVolume's `pvc` source); see
+    /// [`ClonePlan`](super::ClonePlan). Never built from a `VolumeImportSource`.
+    Clone(super::CloneSource),
     /// A variant the data path does not handle yet, by its `spec.source` name
     /// (`"imageio"`, `"vddk"`). The controller must report it (event, condition) and leave
     /// the claim alone.
@@ -51,6 +54,7 @@ impl ImportSource {
             ImportSource::Registry(_) => "registry",
             ImportSource::Blank => "blank",
             ImportSource::Upload => "upload",
+            ImportSource::Clone(_) => "clone",
             ImportSource::Unsupported(name) => name,
         }
     }

@@ -100,6 +100,10 @@ struct World {
     holder: Option<Pod>,
     pv: Option<PersistentVolume>,
     task: TaskView,
+    /// Read instead of `source` for a clone target.
+    clone: Option<VolumeCloneSource>,
+    clone_volume: CloneVolume,
+    source_holder: Option<Pod>,
 }
 
 impl World {
@@ -113,6 +117,9 @@ impl World {
             holder: None,
             pv: None,
             task: TaskView::None,
+            clone: Some(clone_source("PersistentVolumeClaim")),
+            clone_volume: CloneVolume::Ready { block: true, pv_name: "pv-src".into() },
+            source_holder: None,
         }
     }
 
@@ -143,7 +150,18 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
             Step::Read(Fact::Source) if s.target.kind == SourceKind::Upload => {
                 s.source = Lazy::Read(Source::from_upload(world.upload.as_ref()))
             }
+            Step::Read(Fact::Source) if s.target.kind == SourceKind::Clone => {
+                s.source = Lazy::Read(Source::from_clone(world.clone.as_ref()))
+            }
             Step::Read(Fact::Source) => s.source = Lazy::Read(Source::from_object(world.source.as_ref())),
+            Step::Read(Fact::CloneSource { name }) => {
+                assert_eq!(name, "golden");
+                s.clone_source = Lazy::Read(world.clone_volume.clone());
+            }
+            Step::Read(Fact::SourceHolder) => {
+                s.source_holder = Lazy::Read(world.source_holder.as_ref().map(Holder::from))
+            }
+            Step::CreateSourceHolder { .. } => s.source_holder = Lazy::Read(Some(Holder::from(&holder(None, None)))),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
             Step::Read(Fact::Prime) => s.prime = Lazy::Read(world.prime.as_ref().map(Prime::from)),
             Step::Read(Fact::Holder) => s.holder = Lazy::Read(world.holder.as_ref().map(Holder::from)),
@@ -183,16 +201,98 @@ fn a_bound_claim_that_is_not_populated_yet_is_not_done() {
     assert_ne!(decide_in(target, World::holding()), Step::Done);
 }
 
-#[test]
-fn clone_sources_are_reported_unsupported_without_reading_the_source() {
-    let mut pvc = claim(json!({}), "Pending");
+// ---- clones ----
+
+fn clone_source(kind: &str) -> VolumeCloneSource {
+    from_json(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "VolumeCloneSource",
+        "metadata": {"name": "src", "namespace": "vms", "generation": GENERATION},
+        "spec": {"source": {"kind": kind, "name": "golden"}},
+    }))
+}
+
+/// A target naming the VolumeCloneSource `src`.
+fn clone_target(annotations: Value) -> Target {
+    let mut pvc = claim(annotations, "Pending");
     pvc.spec.as_mut().unwrap().data_source_ref.as_mut().unwrap().kind = "VolumeCloneSource".into();
-    let (trace, step) = drive(Target::from_pvc(&pvc).unwrap(), World::fresh());
-    assert!(trace.is_empty(), "read {trace:?}");
+    Target::from_pvc(&pvc).unwrap()
+}
+
+fn source_holder(phase: Option<&str>, node: Option<&str>) -> Pod {
+    from_json(json!({
+        "metadata": {"name": "t-uid-source-pod", "namespace": "golden-images", "uid": "s-uid"},
+        "spec": {"containers": [], "nodeName": node},
+        "status": {"phase": phase},
+    }))
+}
+
+#[test]
+fn a_clone_waits_for_its_source_claim_before_provisioning_anything() {
+    for (volume, why) in [
+        (CloneVolume::Missing, "source PVC vms/golden not found"),
+        (CloneVolume::NotBound, "source PVC vms/golden is not bound yet"),
+    ] {
+        let (trace, step) = drive(clone_target(json!({})), World { clone_volume: volume, ..World::fresh() });
+        assert_eq!(step, Step::WaitForCloneSource { why: why.into() });
+        assert!(!trace.contains(&Step::CreatePrime), "{trace:?}");
+    }
+    let in_use = World { clone_volume: CloneVolume::InUse { pod: "virt-launcher-x".into() }, ..World::fresh() };
+    assert_eq!(decide_in(clone_target(json!({})), in_use), Step::CloneSourceInUse { pod: "virt-launcher-x".into() });
+}
+
+#[test]
+fn a_clone_refused_across_namespaces_fails_terminally() {
+    let refused =
+        World { clone_volume: CloneVolume::Refused("not asked for by a DataVolume".into()), ..World::fresh() };
+    let Step::FailTerminally(failure) = decide_in(clone_target(json!({})), refused) else { panic!() };
+    assert_eq!((failure.reason, failure.generation), (FailureReason::InvalidRequest, GENERATION));
+}
+
+#[test]
+fn a_clone_holds_both_volumes_then_starts_a_task_that_reads_the_source_on_its_node() {
+    let target = clone_target(json!({
+        cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "golden-images", cdi_ann::CONTENT_TYPE: "archive",
+    }));
+    assert_eq!(target.source_namespace, "golden-images");
+    let (trace, step) = drive(target.clone(), World::fresh());
+    assert!(trace.contains(&Step::CreatePrime) && trace.contains(&Step::CreateHolder { node: None }), "{trace:?}");
+    assert!(trace.contains(&Step::CreateSourceHolder { claim: "golden".into(), block: true }), "{trace:?}");
+    assert_eq!(step, Step::WaitForHolder);
+    let pending_source = World { source_holder: Some(source_holder(Some("Pending"), None)), ..World::holding() };
+    assert_eq!(decide_in(target.clone(), pending_source), Step::WaitForHolder);
+    let both = World { source_holder: Some(source_holder(Some("Running"), Some("node-2"))), ..World::holding() };
+    let Step::StartTask { task, .. } = decide_in(target, both) else { panic!("expected a start") };
+    let peer = Peer {
+        node: "node-2".into(),
+        namespace: "golden-images".into(),
+        claim: "golden".into(),
+        holder_uid: "s-uid".into(),
+        pv_name: "pv-src".into(),
+        block: true,
+    };
+    assert_eq!(task.peer, Some(peer));
+    assert_eq!(task.node, "node-1");
+    assert_eq!(task.plan.content_type, ContentType::Archive, "a clone copies what its claim says it holds");
+}
+
+#[test]
+fn after_a_clone_its_source_is_released_after_the_target_holder() {
+    let target = clone_target(json!({ann::POD_PHASE: "Succeeded"}));
+    let with = World { source_holder: Some(source_holder(Some("Running"), Some("node-2"))), ..World::holding() };
+    assert_eq!(decide_in(target.clone(), with), Step::DeleteHolder);
+    let only_source =
+        World { source_holder: Some(source_holder(Some("Running"), Some("node-2"))), ..World::imported() };
+    assert_eq!(decide_in(target.clone(), only_source), Step::DeleteSourceHolder);
+    assert!(matches!(decide_in(target, World::imported()), Step::RebindPv { .. }));
+}
+
+#[test]
+fn cloning_from_a_snapshot_is_reported_unsupported() {
+    let world = World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
     assert_eq!(
-        step,
+        decide_in(clone_target(json!({})), world),
         Step::Unsupported {
-            message: "VolumeCloneSource is not supported by this populator yet".into(),
+            message: "cloning from a VolumeSnapshot is not supported by this populator yet".into(),
             announce: true
         }
     );
@@ -200,8 +300,9 @@ fn clone_sources_are_reported_unsupported_without_reading_the_source() {
 
 #[test]
 fn an_unsupported_claim_is_reported_only_once() {
-    let target = Target { kind: SourceKind::Clone, ..target(json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION})) };
-    assert!(matches!(decide_in(target, World::fresh()), Step::Unsupported { announce: false, .. }));
+    let target = clone_target(json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION}));
+    let world = World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
+    assert!(matches!(decide_in(target, world), Step::Unsupported { announce: false, .. }));
 }
 
 #[test]
@@ -380,6 +481,7 @@ fn a_running_holder_starts_the_task_of_the_current_attempt() {
         pv_name: "pv-1".into(),
         plan: ImportPlan::try_from(&http_source()).unwrap(),
         generation: GENERATION,
+        peer: None,
     };
     assert_eq!(step, Step::StartTask { task: Box::new(expected), announce: true });
 }
@@ -581,6 +683,9 @@ fn a_claim_is_read_into_typed_facts() {
         selected_node: Some("node-2".into()),
         unsupported_reported: true,
         retain: false,
+        namespace: "vms".into(),
+        source_namespace: "vms".into(),
+        content_type: ContentType::Kubevirt,
     };
     assert_eq!(Target::from_pvc(&pvc), Some(expected));
 }

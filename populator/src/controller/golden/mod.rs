@@ -25,8 +25,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::build;
 use super::decide::{Holder, Lazy, PodPhase};
 use super::reconcile::{
-    FOLLOWED, POLL, SHORT, annotate, mark_upload_ready, not_ready, phase, retry_later, running_condition, succeeded,
-    unsupported,
+    FOLLOWED, POLL, SHORT, Work, annotate, mark_upload_ready, not_ready, phase, retry_later, running_condition,
+    succeeded, unsupported,
 };
 use super::source;
 use super::vocab::{EventReason, FINALIZER, ann, cdi_ann, condition};
@@ -193,13 +193,15 @@ async fn start_task(
 
 async fn task_ended(pvc: &PersistentVolumeClaim, t: &Golden, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {
     match ended {
-        Ended::Succeeded(c) if t.upload => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success), not_ready()]).await,
-        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success)]).await,
+        Ended::Succeeded(c) if t.upload => {
+            succeeded(pvc, &c, ctx, &[status(ImportStatus::Success), not_ready()], Work::Import).await
+        }
+        Ended::Succeeded(c) => succeeded(pvc, &c, ctx, &[status(ImportStatus::Success)], Work::Import).await,
         Ended::Retry { reason, message, restarts, attempt } => {
             if t.upload {
                 annotate(ctx, pvc, &[not_ready()]).await?;
             }
-            retry_later(pvc, ctx, reason, &message, restarts, attempt).await
+            retry_later(pvc, ctx, reason, &message, restarts, attempt, Work::Import).await
         }
         Ended::Failed(failure) => fail_terminally(pvc, t, ctx, &failure).await,
         Ended::Lost(why) => {

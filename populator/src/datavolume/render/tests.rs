@@ -59,12 +59,18 @@ fn import_sources_are_planned_and_the_rest_is_named() {
     assert_eq!(source.http.unwrap().url, "http://example.com/disk.img");
     assert!(matches!(plan_of(json!({"blank": {}})), Plan::Import(s) if s.blank.is_some()));
     assert!(matches!(plan_of(json!({"registry": {"url": "docker://x"}})), Plan::Import(_)));
-    for (source, what) in [
-        (json!({"pvc": {"name": "golden"}}), "cloning a PVC"),
-        (json!({"snapshot": {"name": "s"}}), "restoring a VolumeSnapshot"),
-    ] {
-        assert!(matches!(plan_of(source), Plan::Unsupported(m) if m.starts_with(what)));
-    }
+    assert!(
+        matches!(plan_of(json!({"snapshot": {"name": "s"}})), Plan::Unsupported(m) if m.starts_with("restoring a VolumeSnapshot"))
+    );
+    let clone = |pvc: serde_json::Value| plan_of(json!({"pvc": pvc}));
+    let (namespace, name) = ("vms".to_string(), "golden".to_string());
+    assert_eq!(
+        clone(json!({"name": "golden"})),
+        Plan::Clone { namespace, name: name.clone() },
+        "the DataVolume's namespace"
+    );
+    let other = clone(json!({"namespace": "golden-images", "name": "golden"}));
+    assert_eq!(other, Plan::Clone { namespace: "golden-images".into(), name });
     assert_eq!(plan_of(json!({"upload": {}})), Plan::Upload);
     let by_ref = plan(&dv(json!({"sourceRef": {"kind": "DataSource", "name": "f"}, "storage": storage})));
     assert!(matches!(by_ref, Plan::Unsupported(m) if m.contains("sourceRef")));
@@ -292,4 +298,38 @@ fn an_upload_data_volume_gets_an_upload_source_and_a_claim_naming_it() {
     .unwrap();
     assert_eq!(import.spec.unwrap().data_source_ref.unwrap().kind, "VolumeImportSource");
     assert!(!import.metadata.annotations.unwrap().contains_key("cdi.kubevirt.io/storage.upload.target"));
+}
+
+#[test]
+fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim() {
+    let d = dv(json!({"source": {"pvc": {"namespace": "golden-images", "name": "golden"}},
+                      "contentType": "kubevirt", "storage": {"volumeMode": "Filesystem", "accessModes": ["ReadWriteOnce"]}}));
+    let size = |pvc: &PersistentVolumeClaim| {
+        pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()
+    };
+    let fs = CloneOrigin { size: 1 << 30, mode: VolumeMode::Filesystem };
+    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, Some(fs)).unwrap();
+    assert_eq!(size(&pvc), (1u64 << 30).to_string(), "a Filesystem source's request has the overhead already");
+    let r = pvc.spec.as_ref().unwrap().data_source_ref.as_ref().unwrap();
+    assert_eq!((r.kind.as_str(), r.name.as_str()), ("VolumeCloneSource", "volume-clone-source-dv-uid"));
+    let ann = pvc.metadata.annotations.as_ref().unwrap();
+    assert_eq!(ann[ann::reserved::DATA_SOURCE_NAMESPACE], "golden-images");
+    assert_eq!(ann[ann::CONTENT_TYPE], "kubevirt");
+    let block = CloneOrigin { size: 1 << 30, mode: VolumeMode::Block };
+    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, Some(block)).unwrap();
+    assert_eq!(size(&pvc), required_space(0.06, 1 << 30).unwrap().to_string(), "Block into Filesystem needs room");
+    assert_eq!(
+        clone_claim(&d, Some("local"), &DEFAULTS, None),
+        Err(RenderError::NoCloneSource("golden-images/golden".into()))
+    );
+    let source = clone_source(&d, "golden", &DEFAULTS);
+    assert_eq!(
+        (source.spec.source.kind.as_str(), source.spec.source.name.as_str()),
+        ("PersistentVolumeClaim", "golden")
+    );
+    assert_eq!(source.metadata.owner_references.unwrap()[0].uid, "dv-uid");
+    let same =
+        dv(json!({"source": {"pvc": {"name": "golden"}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}));
+    let pvc = clone_claim(&same, Some("local"), &BlockProfile, None).unwrap();
+    assert!(!pvc.metadata.annotations.unwrap().contains_key(ann::reserved::DATA_SOURCE_NAMESPACE));
 }
