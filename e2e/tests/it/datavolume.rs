@@ -17,6 +17,7 @@ use kube::runtime::wait::await_condition;
 use crate::blank::{MIB, cdi_usable, read_all};
 use crate::populate::{make_image, qemu_same};
 
+mod clone;
 mod kubevirt;
 
 /// An import of a few MiB, on 2 busy cores.

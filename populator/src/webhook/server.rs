@@ -85,5 +85,66 @@ async fn admit_datavolume(ctx: &Ctx, request: &Request) -> Verdict {
         }
         _ => None,
     };
-    datavolume::validate(&dv, old.as_ref(), existing.as_ref())
+    datavolume::validate(&dv, old.as_ref(), existing.as_ref())?;
+    if request.operation == Operation::Create
+        && let Some(source) = clone_source_namespace(&dv, request.namespace.as_deref().unwrap_or_default())
+    {
+        authorize_clone(ctx, request, &source).await?;
+    }
+    Ok(())
+}
+
+/// The namespace a clone DataVolume copies from (its own when the source names none).
+fn clone_source_namespace(dv: &crate::api::DataVolume, namespace: &str) -> Option<String> {
+    let pvc = dv.spec.source.as_ref()?.pvc.as_ref()?;
+    Some(pvc.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| namespace.to_string()))
+}
+
+/// CDI's rule: whoever creates a clone DataVolume must be allowed to `create` the
+/// `datavolumes/source` subresource (group cdi.kubevirt.io) in the source's namespace, or to
+/// `create` pods there; asked of the API server with SubjectAccessReviews as that user.
+async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str) -> Verdict {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let user = &request.user_info;
+    let allowed = |group: &str, resource: &str, subresource: Option<&str>| {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some("create".into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    subresource: subresource.map(str::to_string),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move {
+            let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
+            let answer = api.create(&Default::default(), &review).await.map_err(|e| {
+                Denial::new(
+                    format!("cannot check the permissions of the clone's source namespace {namespace}: {e}; try again"),
+                    "",
+                )
+            })?;
+            Ok::<bool, Denial>(answer.status.is_some_and(|s| s.allowed))
+        }
+    };
+    if allowed(crate::api::names::api::GROUP, "datavolumes", Some("source")).await? || allowed("", "pods", None).await?
+    {
+        return Ok(());
+    }
+    Err(Denial::new(
+        format!(
+            "User {} has insufficient permissions in clone source namespace {namespace}",
+            user.username.as_deref().unwrap_or("(unknown)")
+        ),
+        "spec.source.pvc",
+    ))
 }

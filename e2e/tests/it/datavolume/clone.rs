@@ -1,0 +1,222 @@
+//! Host-assisted clones end to end: a golden DataVolume imported in one namespace and
+//! copied into another (Filesystem→Filesystem with the size left out, Filesystem→Block,
+//! Block→Filesystem), a bare PVC naming a VolumeCloneSource in the golden namespace, and a
+//! bare PVC that tries to reach across namespaces by annotation alone (refused). Every copy is
+//! checked against the image with qemu-img; the golden volumes are checked untouched.
+
+use std::path::{Path, PathBuf};
+
+use cdi_populator::api::{DataVolume, DataVolumePhase};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+
+use super::{Env, IMPORT_WAIT, phase_of};
+use crate::populate::qemu_same;
+
+const GOLDEN_NS: &str = "golden-images";
+
+/// Waits until DataVolume `namespace/name` is in `phase`, or panics with what it shows.
+async fn wait_phase(env: &Env, namespace: &str, name: &str, phase: DataVolumePhase) -> DataVolume {
+    let api: Api<DataVolume> = Api::namespaced(env.client(), namespace);
+    let wanted = phase.clone();
+    let reached = await_condition(api.clone(), name, move |dv: Option<&DataVolume>| {
+        dv.is_some_and(|dv| phase_of(dv) == Some(wanted.clone()))
+    });
+    if tokio::time::timeout(IMPORT_WAIT, reached).await.is_err() {
+        let dv = api.get_opt(name).await.unwrap();
+        panic!(
+            "DataVolume {namespace}/{name} not {phase} within {IMPORT_WAIT:?}: {:?}\npopulator log:\n{}",
+            dv.and_then(|d| d.status),
+            env.system().populator_log("cdi-populator-1")
+        );
+    }
+    api.get(name).await.unwrap()
+}
+
+/// Where claim `namespace/name`'s data lies on this host: the device, or the disk.img.
+async fn data_of(env: &Env, namespace: &str, name: &str) -> PathBuf {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace).get(name).await.unwrap();
+    let pv_name = pvc.spec.as_ref().unwrap().volume_name.clone().expect("a bound PVC");
+    let pv = Api::<PersistentVolume>::all(env.client()).get(&pv_name).await.unwrap();
+    let backing = cdi_e2e::system::pv_backing(&pv).expect("a provisioned PV");
+    if pv.spec.unwrap().volume_mode.as_deref() == Some("Block") { backing } else { backing.join("disk.img") }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// The reasons of the events recorded on `kind` `namespace/name`.
+async fn event_reasons(env: &Env, namespace: &str, kind: &str, name: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(env.client(), namespace);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some(kind) && e.involved_object.name.as_deref() == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+fn data_volume(namespace: &str, name: &str, source: serde_json::Value, storage: serde_json::Value) -> String {
+    serde_json::to_string(&json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"source": source, "storage": storage},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_untouched() {
+    let env = Env::start(16).await;
+    env.kubectl(&["create", "namespace", GOLDEN_NS], None).await;
+    let url = env.server.url("disk.qcow2");
+    let http = json!({"http": {"url": url}});
+    let fs = |size: Option<&str>| {
+        let mut s = json!({"storageClassName": "local-immediate", "volumeMode": "Filesystem"});
+        if let Some(size) = size {
+            s["resources"] = json!({"requests": {"storage": size}});
+        }
+        s
+    };
+    let block = json!({"storageClassName": "local-immediate", "volumeMode": "Block",
+                       "resources": {"requests": {"storage": "80Mi"}}});
+    env.apply(&data_volume(GOLDEN_NS, "golden", http.clone(), fs(Some("64Mi")))).await;
+    env.apply(&data_volume(GOLDEN_NS, "golden-block", http, block.clone())).await;
+    wait_phase(&env, GOLDEN_NS, "golden", DataVolumePhase::Succeeded).await;
+    wait_phase(&env, GOLDEN_NS, "golden-block", DataVolumePhase::Succeeded).await;
+    let golden = data_of(&env, GOLDEN_NS, "golden").await;
+    let golden_block = data_of(&env, GOLDEN_NS, "golden-block").await;
+    let before = (sha256(&golden), sha256(&golden_block));
+
+    // Into the default namespace: the size taken from the source, into Block, out of Block.
+    let from = |name: &str| json!({"pvc": {"namespace": GOLDEN_NS, "name": name}});
+    env.apply(&data_volume("default", "fs-to-fs", from("golden"), fs(None))).await;
+    env.apply(&data_volume("default", "fs-to-block", from("golden"), block.clone())).await;
+    env.apply(&data_volume("default", "block-to-fs", from("golden-block"), fs(None))).await;
+    // A bare claim naming a VolumeCloneSource, in the golden namespace itself.
+    env.apply(&format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: VolumeCloneSource\nmetadata: {{name: copy-golden, namespace: \
+         {GOLDEN_NS}}}\nspec:\n  source: {{kind: PersistentVolumeClaim, name: golden}}\n---\napiVersion: v1\nkind: \
+         PersistentVolumeClaim\nmetadata: {{name: bare-copy, namespace: {GOLDEN_NS}}}\nspec:\n  storageClassName: \
+         local-immediate\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 80Mi}}}}\n  \
+         dataSourceRef: {{apiGroup: cdi.kubevirt.io, kind: VolumeCloneSource, name: copy-golden}}\n"
+    ))
+    .await;
+
+    for name in ["fs-to-fs", "fs-to-block", "block-to-fs"] {
+        let dv = wait_phase(&env, "default", name, DataVolumePhase::Succeeded).await;
+        assert_eq!(dv.status.as_ref().unwrap().progress.as_deref(), Some("100.0%"), "{name}");
+        qemu_same(&env.raw, &data_of(&env, "default", name).await, None);
+        let reasons = event_reasons(&env, "default", "DataVolume", name).await;
+        // The steps before the end may pass between two looks of the controller; the end may not.
+        assert!(reasons.iter().any(|r| r == "CloneSucceeded"), "{name}: no CloneSucceeded in {reasons:?}");
+        assert!(reasons.iter().any(|r| r == "CloneScheduled" || r == "CloneInProgress"), "{name}: {reasons:?}");
+        let pvc = env.pvc(name).await;
+        assert_eq!(pvc.metadata.annotations.as_ref().unwrap()["cdi.kubevirt.io/cloneType"], "copy", "{name}");
+    }
+    let sized = env.pvc("fs-to-fs").await;
+    let requests = |pvc: &PersistentVolumeClaim| {
+        pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()
+    };
+    let golden_claim = Api::<PersistentVolumeClaim>::namespaced(env.client(), GOLDEN_NS).get("golden").await.unwrap();
+    assert_eq!(requests(&sized), requests(&golden_claim), "a clone without a size takes its source's");
+
+    let bare = Api::<PersistentVolumeClaim>::namespaced(env.client(), GOLDEN_NS);
+    let bound = await_condition(bare.clone(), "bare-copy", |p: Option<&PersistentVolumeClaim>| {
+        p.is_some_and(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                && p.metadata.annotations.as_ref().and_then(|a| a.get("cdi.kubevirt.io/storage.pod.phase"))
+                    == Some(&"Succeeded".to_string())
+        })
+    });
+    crate::common::within("the bare clone to be bound and populated", bound).await.unwrap();
+    qemu_same(&env.raw, &data_of(&env, GOLDEN_NS, "bare-copy").await, None);
+
+    // Nothing of the clones is left in the golden namespace, and the sources are as they were.
+    let pods = Api::<Pod>::namespaced(env.client(), GOLDEN_NS);
+    let holders = ListParams::default().labels("app.kubernetes.io/name=cdi-populator-clone-source");
+    for pod in pods.list(&holders).await.unwrap().items {
+        let (name, uid) = (pod.name_any(), pod.uid().unwrap());
+        let deleted = await_condition(pods.clone(), &name, conditions::is_deleted(&uid));
+        crate::common::within(&format!("clone source pod {name} to go"), deleted).await.unwrap();
+    }
+    assert_eq!((sha256(&golden), sha256(&golden_block)), before, "a clone source was written");
+
+    // A claim may not reach into another namespace by annotation alone: only a DataVolume,
+    // whose creator the webhook authorises, may.
+    env.apply(&format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: VolumeCloneSource\nmetadata: {{name: sneaky}}\nspec:\n  source: \
+         {{kind: PersistentVolumeClaim, name: golden}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  \
+         name: sneaky\n  annotations: {{cdi.kubevirt.io/dataSourceNamespace: {GOLDEN_NS}}}\nspec:\n  \
+         storageClassName: local-immediate\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: \
+         80Mi}}}}\n  dataSourceRef: {{apiGroup: cdi.kubevirt.io, kind: VolumeCloneSource, name: sneaky}}\n"
+    ))
+    .await;
+    let claims = Api::<PersistentVolumeClaim>::default_namespaced(env.client());
+    let failed = await_condition(claims, "sneaky", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned())
+            == Some("Failed".into())
+    });
+    crate::common::within("the sneaky clone to fail", failed).await.unwrap();
+    let sneaky = env.pvc("sneaky").await;
+    let message = &sneaky.metadata.annotations.as_ref().unwrap()["cdi.kubevirt.io/storage.condition.running.message"];
+    assert!(message.contains("must be asked for by a DataVolume"), "{message}");
+    assert!(event_reasons(&env, "default", "PersistentVolumeClaim", "sneaky").await.contains(&"CloneFailed".into()));
+
+    // A tenant with rights in its own namespace only is refused a clone from the golden
+    // namespace at create, with CDI's message; granted datavolumes/source there, it clones.
+    let tenant = "system:serviceaccount:tenant:tenant";
+    env.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: tenant}\n---\napiVersion: v1\nkind: ServiceAccount\n\
+         metadata: {name: tenant, namespace: tenant}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: \
+         RoleBinding\nmetadata: {name: tenant-edit, namespace: tenant}\nsubjects: [{kind: ServiceAccount, name: \
+         tenant, namespace: tenant}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: \
+         cdi.kubevirt.io:edit}\n",
+    )
+    .await;
+    let clone = data_volume("tenant", "tenant-copy", from("golden"), fs(None));
+    let refused = kubectl_as(&env, tenant, &clone).await;
+    assert!(
+        !refused.0 && refused.1.contains("insufficient permissions in clone source namespace golden-images"),
+        "{refused:?}"
+    );
+    env.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: datavolume-cloner}}\nrules:\n\
+         - apiGroups: [cdi.kubevirt.io]\n  resources: [datavolumes/source]\n  verbs: [create]\n---\napiVersion: \
+         rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tenant-cloner, namespace: \
+         {GOLDEN_NS}}}\nsubjects: [{{kind: ServiceAccount, name: tenant, namespace: tenant}}]\nroleRef: {{apiGroup: \
+         rbac.authorization.k8s.io, kind: ClusterRole, name: datavolume-cloner}}\n"
+    ))
+    .await;
+    let granted = kubectl_as(&env, tenant, &clone).await;
+    assert!(granted.0, "{granted:?}");
+    wait_phase(&env, "tenant", "tenant-copy", DataVolumePhase::Succeeded).await;
+    qemu_same(&env.raw, &data_of(&env, "tenant", "tenant-copy").await, None);
+    env.stop().await;
+}
+
+/// `kubectl apply` of `manifest` as `user`: whether it succeeded, and what it printed.
+async fn kubectl_as(env: &Env, user: &str, manifest: &str) -> (bool, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.system().cluster.kubeconfig_path())
+        .args([&format!("--as={user}"), "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl is installed");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(manifest.as_bytes()).await.unwrap();
+    drop(input);
+    let out = crate::common::within("kubectl apply", child.wait_with_output()).await.unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
