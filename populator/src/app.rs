@@ -104,6 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = crate::config::run_in(client.clone(), default_overhead, args.namespace.clone()) => anyhow::bail!("the configuration controllers stopped"),
         () = fill_defaults => anyhow::bail!("the configuration caches stopped"),
         () = datavolumes => anyhow::bail!("the DataVolume controller stopped"),
+        () = crate::datasource::run(client.clone()) => anyhow::bail!("the DataSource controller stopped"),
         () = leadership.keep() => anyhow::bail!("lost leadership"),
         () = webhook::ca_bundle::keep(client.clone(), webhook_cfg, webhook_ca) => anyhow::bail!("the caBundle keeper stopped"),
         () = upload_api::keep_ca_bundle(client, api_cfg, api_ca) => anyhow::bail!("the APIService caBundle keeper stopped"),

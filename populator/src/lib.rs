@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crds;
+pub mod datasource;
 pub mod datavolume;
 pub mod leader;
 pub mod metrics;

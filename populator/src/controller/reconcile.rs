@@ -369,7 +369,10 @@ async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: 
     Ok(CloneVolume::Ready { block: build::is_block(&source), pv_name })
 }
 
-/// Whether the DataVolume controlling `pvc` asks for a clone of `namespace/name`.
+/// Whether the DataVolume controlling `pvc` asks for a clone of `namespace/name`: by its
+/// `source.pvc`, or by a `sourceRef` whose DataSource lives in that same namespace (one in
+/// another namespace could be pointed elsewhere after the webhook judged the DataVolume, by
+/// whoever may write it).
 async fn authorised_by_datavolume(
     pvc: &PersistentVolumeClaim,
     namespace: &str,
@@ -380,14 +383,23 @@ async fn authorised_by_datavolume(
     else {
         return Ok(false);
     };
-    let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let dv_namespace = pvc.namespace().unwrap_or_default();
+    let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &dv_namespace);
     let dv = api.get_opt(&owner.name).await.map_err(|e| Error::kube("read DataVolume", &owner.name, e))?;
-    Ok(dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())).is_some_and(|dv| {
-        let dv_namespace = dv.namespace().unwrap_or_default();
-        dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).is_some_and(|p| {
-            p.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&dv_namespace) == namespace && p.name == name
-        })
-    }))
+    let Some(dv) = dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())) else { return Ok(false) };
+    let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| dv_namespace.clone());
+    if let Some(p) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
+        return Ok(or_own(&p.namespace) == namespace && p.name == name);
+    }
+    let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(false) };
+    let ds_namespace = or_own(&r.namespace);
+    if ds_namespace != namespace {
+        return Ok(false);
+    }
+    let client = ctx.client.clone();
+    let Some(ds) = crate::datasource::get(&client, ds_namespace, r.name.clone()).await else { return Ok(false) };
+    let resolved = crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await;
+    Ok(resolved == Ok(crate::datasource::Resolved::Pvc { namespace: namespace.to_string(), name: name.to_string() }))
 }
 
 /// Starts following (and the mover starts or re-attaches to) the task.

@@ -86,52 +86,97 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
         None => match plan {
             Plan::Invalid(message) => return Ok(Situation::Invalid(message)),
             Plan::Unsupported(what) => return Ok(Situation::Unsupported(what)),
-            plan @ (Plan::Import(_) | Plan::Upload | Plan::Clone { .. }) => {
-                let class = match render::named_class(dv) {
-                    Some(class) => Some(class.to_string()),
-                    // `spec.pvc` is taken as written: the API server gives it the default class.
-                    None if dv.spec.pvc.is_some() => None,
-                    None => match default_class(dv, ctx).await? {
-                        Some(class) => Some(class),
-                        None => return Ok(Situation::NoStorageClass),
-                    },
+            Plan::CloneFromDataSource { namespace, name } => {
+                let from = match from_data_source(&namespace, &name, ctx).await {
+                    Ok(from) => from,
+                    Err(situation) => return Ok(situation),
                 };
-                let origin = match &plan {
-                    Plan::Clone { namespace, name } => clone_origin(namespace, name, ctx).await?,
-                    _ => None,
-                };
-                let claim = match render::clone_claim(dv, class.as_deref(), ctx.defaults.as_ref(), origin) {
-                    Ok(claim) => claim,
-                    // Created later: the DataVolume waits for its source, as the claim would.
-                    Err(e @ render::RenderError::NoCloneSource(_)) => return Ok(Situation::Waiting(e.to_string())),
-                    Err(e) => return Ok(Situation::Invalid(e.to_string())),
-                };
-                if let Plan::Clone { name, .. } = &plan {
-                    create_clone_source(dv, render::clone_source(dv, name, ctx.defaults.as_ref()), ctx).await?;
-                } else if let Plan::Import(source) = plan {
-                    let node_pull = render::node_pull_fallback(&source);
-                    let source = render::import_source(dv, *source, ctx.defaults.as_ref());
-                    let created = create_source(dv, source, ctx).await?;
-                    if created && let Some(note) = node_pull {
-                        ctx.event(dv, DvEvent::NodePullFallback, note).await;
-                    }
-                } else {
-                    create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?;
-                }
-                match pvcs.create(&PostParams::default(), &claim).await {
+                match create_claim(dv, Plan::Clone { namespace: from.namespace, name: from.name }, ctx).await? {
                     Ok(pvc) => pvc,
-                    // A racing reconcile made it: the next one reads it.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        pvcs.get(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?
-                    }
-                    Err(e) => return Err(Error::kube("create PVC", &name, e)),
+                    Err(situation) => return Ok(situation),
                 }
             }
+            plan @ (Plan::Import(_) | Plan::Upload | Plan::Clone { .. }) => match create_claim(dv, plan, ctx).await? {
+                Ok(pvc) => pvc,
+                Err(situation) => return Ok(situation),
+            },
         },
     };
     let claim = Claim::from_pvc(&pvc, &name);
     let wffc = might_wait_for_consumer(&claim) && wait_for_first_consumer(&pvc, ctx).await?;
     Ok(Situation::Claim { claim, wffc })
+}
+
+/// What DataSource `namespace/name` names, as a clone's source; otherwise where the
+/// DataVolume stands meanwhile.
+async fn from_data_source(namespace: &str, name: &str, ctx: &Ctx) -> Result<render::CloneFrom, Situation> {
+    let client = ctx.client.clone();
+    let Some(ds) = crate::datasource::get(&client, namespace.to_string(), name.to_string()).await else {
+        return Err(Situation::Waiting(format!("DataSource {namespace}/{name} not found")));
+    };
+    match crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await {
+        Ok(crate::datasource::Resolved::Pvc { namespace, name }) => Ok(render::CloneFrom { namespace, name }),
+        Ok(crate::datasource::Resolved::Snapshot { .. }) => {
+            Err(Situation::Unsupported(format!("restoring a VolumeSnapshot (DataSource {namespace}/{name} names one)")))
+        }
+        Err(why) => Err(Situation::Waiting(format!("DataSource {namespace}/{name}: {why}"))),
+    }
+}
+
+/// Creates the DataVolume's claim and its populator source for `plan` (or finds them made
+/// by a racing reconcile). `Err`: where the DataVolume stands instead (a spec that cannot be
+/// rendered, no class, a clone's source to wait for).
+async fn create_claim(
+    dv: &DataVolume,
+    plan: Plan,
+    ctx: &Ctx,
+) -> Result<Result<PersistentVolumeClaim, Situation>, Error> {
+    let name = dv.name_any();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+    let class = match render::named_class(dv) {
+        Some(class) => Some(class.to_string()),
+        // `spec.pvc` is taken as written: the API server gives it the default class.
+        None if dv.spec.pvc.is_some() => None,
+        None => match default_class(dv, ctx).await? {
+            Some(class) => Some(class),
+            None => return Ok(Err(Situation::NoStorageClass)),
+        },
+    };
+    let (from, origin) = match &plan {
+        Plan::Clone { namespace, name } => (
+            Some(render::CloneFrom { namespace: namespace.clone(), name: name.clone() }),
+            clone_origin(namespace, name, ctx).await?,
+        ),
+        _ => (None, None),
+    };
+    let claim = match render::clone_claim(dv, class.as_deref(), ctx.defaults.as_ref(), from.as_ref(), origin) {
+        Ok(claim) => claim,
+        // Created later: the DataVolume waits for its source, as the claim would.
+        Err(e @ render::RenderError::NoCloneSource(_)) => return Ok(Err(Situation::Waiting(e.to_string()))),
+        Err(e) => return Ok(Err(Situation::Invalid(e.to_string()))),
+    };
+    match plan {
+        Plan::Clone { name, .. } => {
+            create_clone_source(dv, render::clone_source(dv, &name, ctx.defaults.as_ref()), ctx).await?;
+        }
+        Plan::Import(source) => {
+            let node_pull = render::node_pull_fallback(&source);
+            let source = render::import_source(dv, *source, ctx.defaults.as_ref());
+            let created = create_source(dv, source, ctx).await?;
+            if created && let Some(note) = node_pull {
+                ctx.event(dv, DvEvent::NodePullFallback, note).await;
+            }
+        }
+        _ => create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?,
+    }
+    match pvcs.create(&PostParams::default(), &claim).await {
+        Ok(pvc) => Ok(Ok(pvc)),
+        // A racing reconcile made it: the next one reads it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            Ok(Ok(pvcs.get(&name).await.map_err(|e| Error::kube("read PVC", &name, e))?))
+        }
+        Err(e) => Err(Error::kube("create PVC", &name, e)),
+    }
 }
 
 fn claim_phase(pvc: &PersistentVolumeClaim) -> Option<ClaimPhase> {

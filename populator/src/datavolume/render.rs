@@ -34,6 +34,8 @@ pub enum Plan {
     Upload,
     /// Copy the PVC `namespace/name`, through a `VolumeCloneSource`.
     Clone { namespace: String, name: String },
+    /// Copy what DataSource `namespace/name` names (resolved by the reconcile).
+    CloneFromDataSource { namespace: String, name: String },
     /// Valid for CDI, not handled by cdi-rs yet; the text says what.
     Unsupported(String),
     /// Refused by the admission webhook, with its message: the object got past a webhook
@@ -52,11 +54,18 @@ pub fn plan(dv: &DataVolume) -> Plan {
     // population, a sourceRef, or a source naming exactly one variant.
     let spec = &dv.spec;
     let Some(source) = &spec.source else {
-        return Plan::Unsupported(if spec.source_ref.is_some() {
-            "cloning from a DataSource (spec.sourceRef)".into()
-        } else {
-            "external population (a dataSourceRef without spec.source)".into()
-        });
+        return match &spec.source_ref {
+            Some(r) => Plan::CloneFromDataSource {
+                namespace: r
+                    .namespace
+                    .clone()
+                    .filter(|ns| !ns.is_empty())
+                    .or_else(|| dv.namespace())
+                    .unwrap_or_default(),
+                name: r.name.clone(),
+            },
+            None => Plan::Unsupported("external population (a dataSourceRef without spec.source)".into()),
+        };
     };
     if let Some(pvc) = &source.pvc {
         let namespace =
@@ -110,9 +119,9 @@ pub fn clone_source_name(dv: &DataVolume) -> String {
     format!("volume-clone-source-{}", dv.uid().unwrap_or_default())
 }
 
-/// Whether the DataVolume copies a PVC (`spec.source.pvc`).
+/// Whether the DataVolume copies a PVC (`spec.source.pvc`, or a DataSource's).
 pub fn is_clone(dv: &DataVolume) -> bool {
-    dv.spec.source.as_ref().is_some_and(|s| s.pvc.is_some())
+    dv.spec.source.as_ref().map_or(dv.spec.source_ref.is_some(), |s| s.pvc.is_some())
 }
 
 /// Whether the DataVolume waits for an upload (`spec.source.upload`).
@@ -250,21 +259,29 @@ pub fn claim(
     class: Option<&str>,
     defaults: &dyn StorageDefaults,
 ) -> Result<PersistentVolumeClaim, RenderError> {
-    clone_claim(dv, class, defaults, None)
+    clone_claim(dv, class, defaults, None, None)
 }
 
-/// [`claim`], for a clone whose source claim is `origin` (when it exists): a size left out
-/// is the source's request (raised by the filesystem overhead only from a Block source into
-/// a Filesystem volume: a Filesystem source's request has it already).
+/// The claim a clone copies, `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneFrom {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// [`claim`], for a clone of `from` whose source claim is `origin` (when it exists): a size
+/// left out is the source's request (raised by the filesystem overhead only from a Block
+/// source into a Filesystem volume: a Filesystem source's request has it already).
 pub fn clone_claim(
     dv: &DataVolume,
     class: Option<&str>,
     defaults: &dyn StorageDefaults,
+    from: Option<&CloneFrom>,
     origin: Option<CloneOrigin>,
 ) -> Result<PersistentVolumeClaim, RenderError> {
     let mut spec = match (&dv.spec.pvc, &dv.spec.storage) {
         (Some(pvc), _) => pvc.clone(),
-        (None, Some(_)) => storage_claim(dv, class, defaults, origin)?,
+        (None, Some(_)) => storage_claim(dv, class, defaults, from, origin)?,
         (None, None) => PersistentVolumeClaimSpec::default(),
     };
     let (kind, source_name) = source_ref(dv);
@@ -287,10 +304,10 @@ pub fn clone_claim(
             annotations.insert(ann::CONTENT_TYPE.into(), content_type.clone());
         }
     }
-    if let Plan::Clone { namespace, .. } = plan(dv)
-        && dv.namespace().as_deref() != Some(namespace.as_str())
+    if let Some(from) = from
+        && dv.namespace().as_deref() != Some(from.namespace.as_str())
     {
-        annotations.insert(ann::reserved::DATA_SOURCE_NAMESPACE.into(), namespace);
+        annotations.insert(ann::reserved::DATA_SOURCE_NAMESPACE.into(), from.namespace.clone());
     }
     if let Some(value) = dv.annotations().get(ann::BIND_IMMEDIATE_REQUESTED) {
         annotations.insert(ann::BIND_IMMEDIATE_REQUESTED.into(), value.clone());
@@ -322,6 +339,7 @@ fn storage_claim(
     dv: &DataVolume,
     class: Option<&str>,
     defaults: &dyn StorageDefaults,
+    from: Option<&CloneFrom>,
     origin: Option<CloneOrigin>,
 ) -> Result<PersistentVolumeClaimSpec, RenderError> {
     let storage = dv.spec.storage.clone().unwrap_or_default();
@@ -351,8 +369,8 @@ fn storage_claim(
         }
         None if is_clone(dv) => {
             let Some(origin) = origin else {
-                let Plan::Clone { namespace, name } = plan(dv) else { return Err(RenderError::MissingSize) };
-                return Err(RenderError::NoCloneSource(format!("{namespace}/{name}")));
+                let Some(from) = from else { return Err(RenderError::MissingSize) };
+                return Err(RenderError::NoCloneSource(format!("{}/{}", from.namespace, from.name)));
             };
             let bytes = if volume_mode == VolumeMode::Filesystem && origin.mode == VolumeMode::Block {
                 required_space(defaults.filesystem_overhead(class_name), origin.size)

@@ -87,17 +87,37 @@ async fn admit_datavolume(ctx: &Ctx, request: &Request) -> Verdict {
     };
     datavolume::validate(&dv, old.as_ref(), existing.as_ref())?;
     if request.operation == Operation::Create
-        && let Some(source) = clone_source_namespace(&dv, request.namespace.as_deref().unwrap_or_default())
+        && let Some(source) = clone_source_namespace(ctx, &dv, request.namespace.as_deref().unwrap_or_default()).await?
     {
         authorize_clone(ctx, request, &source).await?;
     }
     Ok(())
 }
 
-/// The namespace a clone DataVolume copies from (its own when the source names none).
-fn clone_source_namespace(dv: &crate::api::DataVolume, namespace: &str) -> Option<String> {
-    let pvc = dv.spec.source.as_ref()?.pvc.as_ref()?;
-    Some(pvc.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| namespace.to_string()))
+/// The namespace a clone DataVolume copies from (its own when the source names none); for a
+/// `sourceRef`, the namespace of the claim its DataSource names, which must resolve now.
+async fn clone_source_namespace(
+    ctx: &Ctx,
+    dv: &crate::api::DataVolume,
+    namespace: &str,
+) -> Result<Option<String>, Denial> {
+    let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| namespace.to_string());
+    if let Some(pvc) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
+        return Ok(Some(or_own(&pvc.namespace)));
+    }
+    let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(None) };
+    let ds_namespace = or_own(&r.namespace);
+    let client = ctx.client.clone();
+    let Some(ds) = crate::datasource::get(&client, ds_namespace.clone(), r.name.clone()).await else {
+        return Err(Denial::new(format!("DataSource {ds_namespace}/{} not found", r.name), "spec.sourceRef"));
+    };
+    match crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await {
+        Ok(
+            crate::datasource::Resolved::Pvc { namespace, .. }
+            | crate::datasource::Resolved::Snapshot { namespace, .. },
+        ) => Ok(Some(namespace)),
+        Err(why) => Err(Denial::new(format!("DataSource {ds_namespace}/{}: {why}", r.name), "spec.sourceRef")),
+    }
 }
 
 /// CDI's rule: whoever creates a clone DataVolume must be allowed to `create` the

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cdi_populator::api::{DataVolume, DataVolumePhase};
+use cdi_populator::api::{DataSource, DataVolume, DataVolumePhase};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -99,6 +99,14 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
     env.apply(&data_volume("default", "fs-to-fs", from("golden"), fs(None))).await;
     env.apply(&data_volume("default", "fs-to-block", from("golden"), block.clone())).await;
     env.apply(&data_volume("default", "block-to-fs", from("golden-block"), fs(None))).await;
+    // Through a DataSource in the golden namespace, as KubeVirt's boot sources are used.
+    env.apply(&format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {{name: fedora, namespace: {GOLDEN_NS}}}\n\
+         spec:\n  source:\n    pvc: {{name: golden}}\n---\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\n\
+         metadata: {{name: by-ref}}\nspec:\n  sourceRef: {{kind: DataSource, namespace: {GOLDEN_NS}, name: \
+         fedora}}\n  storage: {{storageClassName: local-immediate}}\n"
+    ))
+    .await;
     // A bare claim naming a VolumeCloneSource, in the golden namespace itself.
     env.apply(&format!(
         "apiVersion: cdi.kubevirt.io/v1beta1\nkind: VolumeCloneSource\nmetadata: {{name: copy-golden, namespace: \
@@ -109,7 +117,7 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
     ))
     .await;
 
-    for name in ["fs-to-fs", "fs-to-block", "block-to-fs"] {
+    for name in ["fs-to-fs", "fs-to-block", "block-to-fs", "by-ref"] {
         let dv = wait_phase(&env, "default", name, DataVolumePhase::Succeeded).await;
         assert_eq!(dv.status.as_ref().unwrap().progress.as_deref(), Some("100.0%"), "{name}");
         qemu_same(&env.raw, &data_of(&env, "default", name).await, None);
@@ -120,6 +128,14 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
         let pvc = env.pvc(name).await;
         assert_eq!(pvc.metadata.annotations.as_ref().unwrap()["cdi.kubevirt.io/cloneType"], "copy", "{name}");
     }
+    let sources: Api<DataSource> = Api::namespaced(env.client(), GOLDEN_NS);
+    let ready = await_condition(sources, "fedora", |ds: Option<&DataSource>| {
+        ds.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                && s.source.as_ref().and_then(|src| src.pvc.as_ref()).is_some_and(|p| p.name == "golden")
+        })
+    });
+    crate::common::within("DataSource fedora to be Ready", ready).await.unwrap();
     let sized = env.pvc("fs-to-fs").await;
     let requests = |pvc: &PersistentVolumeClaim| {
         pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()

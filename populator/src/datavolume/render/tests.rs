@@ -73,7 +73,7 @@ fn import_sources_are_planned_and_the_rest_is_named() {
     assert_eq!(other, Plan::Clone { namespace: "golden-images".into(), name });
     assert_eq!(plan_of(json!({"upload": {}})), Plan::Upload);
     let by_ref = plan(&dv(json!({"sourceRef": {"kind": "DataSource", "name": "f"}, "storage": storage})));
-    assert!(matches!(by_ref, Plan::Unsupported(m) if m.contains("sourceRef")));
+    assert_eq!(by_ref, Plan::CloneFromDataSource { namespace: "vms".into(), name: "f".into() });
     let external = plan(&dv(json!({"storage": {"dataSourceRef": {"apiGroup": "x.io", "kind": "X", "name": "x"},
                                                "resources": {"requests": {"storage": "1Gi"}}}})));
     assert!(matches!(external, Plan::Unsupported(m) if m.contains("external population")));
@@ -308,7 +308,9 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
         pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()
     };
     let fs = CloneOrigin { size: 1 << 30, mode: VolumeMode::Filesystem };
-    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, Some(fs)).unwrap();
+    let from = CloneFrom { namespace: "golden-images".into(), name: "golden".into() };
+    let from = Some(&from);
+    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, from, Some(fs)).unwrap();
     assert_eq!(size(&pvc), (1u64 << 30).to_string(), "a Filesystem source's request has the overhead already");
     let r = pvc.spec.as_ref().unwrap().data_source_ref.as_ref().unwrap();
     assert_eq!((r.kind.as_str(), r.name.as_str()), ("VolumeCloneSource", "volume-clone-source-dv-uid"));
@@ -316,10 +318,10 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
     assert_eq!(ann[ann::reserved::DATA_SOURCE_NAMESPACE], "golden-images");
     assert_eq!(ann[ann::CONTENT_TYPE], "kubevirt");
     let block = CloneOrigin { size: 1 << 30, mode: VolumeMode::Block };
-    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, Some(block)).unwrap();
+    let pvc = clone_claim(&d, Some("local"), &DEFAULTS, from, Some(block)).unwrap();
     assert_eq!(size(&pvc), required_space(0.06, 1 << 30).unwrap().to_string(), "Block into Filesystem needs room");
     assert_eq!(
-        clone_claim(&d, Some("local"), &DEFAULTS, None),
+        clone_claim(&d, Some("local"), &DEFAULTS, from, None),
         Err(RenderError::NoCloneSource("golden-images/golden".into()))
     );
     let source = clone_source(&d, "golden", &DEFAULTS);
@@ -330,6 +332,7 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
     assert_eq!(source.metadata.owner_references.unwrap()[0].uid, "dv-uid");
     let same =
         dv(json!({"source": {"pvc": {"name": "golden"}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}));
-    let pvc = clone_claim(&same, Some("local"), &BlockProfile, None).unwrap();
+    let here = CloneFrom { namespace: "vms".into(), name: "golden".into() };
+    let pvc = clone_claim(&same, Some("local"), &BlockProfile, Some(&here), None).unwrap();
     assert!(!pvc.metadata.annotations.unwrap().contains_key(ann::reserved::DATA_SOURCE_NAMESPACE));
 }
