@@ -118,6 +118,14 @@ impl Defaults {
             .unwrap_or_default()
     }
 
+    /// The clone strategy and snapshot class of `storage_class`'s StorageProfile.
+    pub fn clone_profile(&self, storage_class: &str) -> (Option<String>, Option<String>) {
+        let profile = self.profiles.get(&ObjectRef::new(storage_class));
+        let status = profile.as_ref().and_then(|p| p.status.as_ref());
+        let strategy = status.and_then(|s| s.clone_strategy.clone()).filter(|s| !s.is_empty());
+        (strategy, status.and_then(|s| s.snapshot_class.clone()).filter(|c| !c.is_empty()))
+    }
+
     /// The access modes and volume mode a claim of `storage_class` gets when it says
     /// nothing: the profile's first complete set (as CDI renders `spec.storage`).
     pub fn claim_properties(&self, storage_class: &str) -> Option<(Vec<String>, String)> {

@@ -39,6 +39,56 @@ pub fn source_holder_name(target_uid: &str) -> String {
     format!("{target_uid}-source-pod")
 }
 
+/// The VolumeSnapshot a snapshot clone restores (CDI names its own `cdi-tmp-<uid>`).
+pub fn clone_snapshot_name(target_uid: &str) -> String {
+    format!("cdi-tmp-{target_uid}")
+}
+
+/// The VolumeSnapshot kind, for untyped access (k8s-openapi has no snapshot types).
+pub fn volume_snapshot_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+    ))
+}
+
+/// A VolumeSnapshot of `claim`, taken with `class` for the clone `target`, owned by it.
+pub fn clone_snapshot(target: &PersistentVolumeClaim, claim: &str, class: Option<&str>) -> kube::api::DynamicObject {
+    let mut snapshot = kube::api::DynamicObject::new(
+        &clone_snapshot_name(&target.uid().unwrap_or_default()),
+        &volume_snapshot_resource(),
+    )
+    .data(serde_json::json!({
+        "spec": {"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": class},
+    }));
+    snapshot.metadata.namespace = target.namespace();
+    snapshot.metadata.labels = Some(labels(label::SNAPSHOT, target));
+    snapshot.metadata.owner_references = Some(vec![owned_by(target)]);
+    snapshot
+}
+
+/// The prime of a smart clone: the driver fills it from `kind` `name` (a claim, a
+/// VolumeSnapshot) in the target's namespace.
+pub fn smart_prime_pvc(target: &PersistentVolumeClaim, kind: &str, name: &str) -> PersistentVolumeClaim {
+    let mut prime = prime_pvc(target);
+    let group = (kind == crate::api::names::kinds::VOLUME_SNAPSHOT).then(|| "snapshot.storage.k8s.io".to_string());
+    let spec = prime.spec.get_or_insert_default();
+    spec.data_source = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+        api_group: group.clone(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    });
+    // Both, as the API server would fill in: the provisioner reads the newer field.
+    spec.data_source_ref = Some(k8s_openapi::api::core::v1::TypedObjectReference {
+        api_group: group,
+        kind: kind.to_string(),
+        name: name.to_string(),
+        namespace: None,
+    });
+    prime
+}
+
 /// The volume's name inside a clone's source holder.
 pub const SOURCE_VOLUME: &str = "source";
 

@@ -22,6 +22,7 @@ use kube::ResourceExt;
 
 use super::failure::FailureReason;
 use super::follow::{Outcome, TaskView};
+use super::strategy::{Choice, Strategy};
 use super::vocab::{UNSUPPORTED_CONDITION, ann};
 use crate::api::names::annotations as cdi_ann;
 use crate::api::names::{api as group, kinds};
@@ -135,6 +136,9 @@ pub struct Target {
     /// What a clone copies, from the claim's `storage.contentType` annotation (a clone
     /// source has no such field); unreadable or unset: `kubevirt`.
     pub content_type: ContentType,
+    /// A clone's strategy once chosen (CDI's `cloneType` annotation): kept for good, so a
+    /// clone never switches ways half-made.
+    pub clone_type: Option<Strategy>,
 }
 
 impl Target {
@@ -172,6 +176,7 @@ impl Target {
             selected_node: annotation(ann::SELECTED_NODE).map(str::to_string),
             unsupported_reported: annotation(ann::RUNNING_REASON) == Some(UNSUPPORTED_CONDITION),
             retain: super::build::retain_after_completion(pvc),
+            clone_type: annotation(super::vocab::ann::CLONE_TYPE).and_then(Strategy::parse),
             content_type: match annotation(cdi_ann::CONTENT_TYPE) {
                 Some("archive") => ContentType::Archive,
                 _ => ContentType::Kubevirt,
@@ -307,6 +312,10 @@ pub enum CloneVolume {
     Ready {
         block: bool,
         pv_name: String,
+        /// Its storage class (`""`: none).
+        class: String,
+        /// Bytes it requests.
+        size: u64,
     },
 }
 
@@ -357,6 +366,10 @@ pub enum Fact {
     },
     /// The pod that holds a clone's source on its node.
     SourceHolder,
+    /// What the cluster allows a clone ([`super::strategy::choose`]).
+    CloneStrategy,
+    /// The VolumeSnapshot of a snapshot clone.
+    CloneSnapshot,
 }
 
 /// What one reconcile has seen so far.
@@ -372,6 +385,9 @@ pub struct Snapshot {
     pub task: Lazy<TaskView>,
     pub clone_source: Lazy<CloneVolume>,
     pub source_holder: Lazy<Option<Holder>>,
+    pub strategy: Lazy<Choice>,
+    /// `Some(ready to use)`.
+    pub clone_snapshot: Lazy<Option<bool>>,
 }
 
 impl Snapshot {
@@ -386,6 +402,8 @@ impl Snapshot {
             task: Lazy::Unread,
             clone_source: Lazy::Unread,
             source_holder: Lazy::Unread,
+            strategy: Lazy::Unread,
+            clone_snapshot: Lazy::Unread,
         }
     }
 }
@@ -495,6 +513,24 @@ pub enum Step {
     DeleteHolder,
     /// After a clone's success its source is released.
     DeleteSourceHolder,
+    /// Record the clone's strategy (and why it is not the one asked for).
+    ChooseStrategy(Choice),
+    /// Snapshot the source claim `claim`.
+    CreateSnapshot {
+        claim: String,
+    },
+    WaitForSnapshot,
+    /// The prime, made by the driver from the source claim `claim` (or its snapshot).
+    CreateSmartPrime {
+        strategy: Strategy,
+        claim: String,
+    },
+    /// Until the driver binds the prime; `announce` that the clone runs.
+    WaitForSmartPrime {
+        announce: bool,
+    },
+    /// The driver made the prime: record success.
+    SmartCloneDone,
     /// Hand the PV over to the target.
     RebindPv {
         pv: String,
@@ -578,11 +614,20 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                     return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
                 }
                 CloneVolume::InUse { pod } => return Ok(Step::CloneSourceInUse { pod: pod.clone() }),
-                CloneVolume::Ready { block, pv_name } => Some((name.clone(), *block, pv_name.clone())),
+                CloneVolume::Ready { block, pv_name, .. } => Some((name.clone(), *block, pv_name.clone())),
             }
         }
         _ => None,
     };
+    if let Some((claim, ..)) = &source {
+        let strategy = match &t.clone_type {
+            Some(strategy) => strategy.clone(),
+            None => return Ok(Step::ChooseStrategy(s.strategy.get().ok_or(Fact::CloneStrategy)?.clone())),
+        };
+        if strategy != Strategy::Copy {
+            return smart_clone(s, strategy, claim);
+        }
+    }
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::CreatePrime) };
     let Some(holder) = s.holder.get().ok_or(Fact::Holder)? else {
         return Ok(Step::CreateHolder { node: t.selected_node.clone() });
@@ -641,6 +686,26 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
             }),
             announce: t.phase != Some(PodPhase::Running),
         },
+    })
+}
+
+/// A clone the storage driver makes: (a snapshot, then) a prime whose data source is the
+/// source claim or the snapshot; once the driver has bound it, the volume is the target's.
+fn smart_clone(s: &Snapshot, strategy: Strategy, claim: &str) -> Result<Step, Fact> {
+    if strategy == Strategy::Snapshot {
+        match s.clone_snapshot.get().ok_or(Fact::CloneSnapshot)? {
+            None => return Ok(Step::CreateSnapshot { claim: claim.to_string() }),
+            Some(false) => return Ok(Step::WaitForSnapshot),
+            Some(true) => {}
+        }
+    }
+    let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else {
+        return Ok(Step::CreateSmartPrime { strategy, claim: claim.to_string() });
+    };
+    Ok(if prime.phase == Some(ClaimPhase::Bound) {
+        Step::SmartCloneDone
+    } else {
+        Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running) }
     })
 }
 

@@ -23,6 +23,7 @@ pub mod follow;
 pub mod golden;
 pub mod reconcile;
 pub mod source;
+pub mod strategy;
 pub mod vocab;
 
 use std::sync::{Arc, Weak};

@@ -26,8 +26,10 @@ use super::decide::{
 };
 use super::failure::FailureReason;
 use super::source;
+use super::strategy::{self, Choice, Strategy};
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, cdi_ann, condition};
 use super::{Ctx, Error};
+use crate::api::names::kinds;
 use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 use crate::metrics::Finished;
 
@@ -125,6 +127,47 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             delete(ctx, Child::SourceHolder, pvc).await?;
             Action::requeue(SHORT)
         }
+        Step::ChooseStrategy(choice) => {
+            record_strategy(pvc, &choice, ctx).await?;
+            seen.target.clone_type = Some(choice.strategy);
+            return Ok(None);
+        }
+        Step::CreateSnapshot { claim } => {
+            let class = ctx.defaults.clone_profile(&seen.target.class).1;
+            let snapshot = build::clone_snapshot(pvc, &claim, class.as_deref());
+            let name = build::clone_snapshot_name(&seen.target.uid);
+            match snapshots(ctx, &seen.target.namespace).create(&PostParams::default(), &snapshot).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(Error::kube("create VolumeSnapshot", &name, e)),
+            }
+            Action::requeue(SHORT)
+        }
+        Step::WaitForSnapshot => Action::requeue(SHORT),
+        Step::CreateSmartPrime { strategy, claim } => {
+            let (kind, name) = match strategy {
+                Strategy::Snapshot => (kinds::VOLUME_SNAPSHOT, build::clone_snapshot_name(&seen.target.uid)),
+                _ => (kinds::PERSISTENT_VOLUME_CLAIM, claim),
+            };
+            seen.prime = Lazy::Read(Some(create_prime_from(pvc, build::smart_prime_pvc(pvc, kind, &name), ctx).await?));
+            return Ok(None);
+        }
+        Step::WaitForSmartPrime { announce } => {
+            if announce {
+                let way = seen.target.clone_type.as_ref().map_or("clone", Strategy::as_str);
+                let note = format!("Clone scheduled ({way}): the storage driver fills the volume");
+                ctx.event(&ObjectRef::from_obj(pvc), EventReason::CloneScheduled, &note).await;
+                let mut pairs = running_condition("true", condition::POD_RUNNING, "");
+                pairs.extend([phase(PodPhase::Running), (ann::FAILED_GENERATION, None)]);
+                annotate(ctx, pvc, &pairs).await?;
+            }
+            Action::requeue(SHORT)
+        }
+        Step::SmartCloneDone => {
+            let size = build::requested_bytes(pvc).unwrap_or(0);
+            let done = pb::Completed { virtual_size: size, target_size: size, ..Default::default() };
+            succeeded(pvc, &done, ctx, &[], Work::Clone).await?
+        }
         Step::Done => {
             delete_children(pvc, ctx).await?;
             Action::await_change()
@@ -184,6 +227,50 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         }
         Fact::CloneSource { name } => {
             seen.clone_source = Lazy::Read(clone_volume(pvc, &seen.target, &name, ctx).await?)
+        }
+        Fact::CloneStrategy => {
+            let Some(CloneVolume::Ready { block, class, size, .. }) = seen.clone_source.get() else {
+                // decide asks only once the source is ready: choose the copy, which needs nothing.
+                seen.strategy = Lazy::Read(Choice { strategy: Strategy::Copy, fallback: None });
+                return Ok(());
+            };
+            let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+            let read = |name: String| {
+                let classes = classes.clone();
+                async move {
+                    if name.is_empty() {
+                        return Ok(None);
+                    }
+                    classes.get_opt(&name).await.map_err(|e| Error::kube("read StorageClass", &name, e))
+                }
+            };
+            let source_class = read(class.clone()).await?;
+            let target_class = read(seen.target.class.clone()).await?;
+            let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
+            let inputs = strategy::Inputs {
+                profile_strategy,
+                same_namespace: seen.target.source_namespace == seen.target.namespace,
+                source_class: class.clone(),
+                target_class: seen.target.class.clone(),
+                source_provisioner: source_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
+                target_provisioner: target_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
+                source_block: *block,
+                target_block: build::is_block(pvc),
+                source_size: *size,
+                target_size: build::requested_bytes(pvc).unwrap_or(0),
+                allow_expansion: target_class.as_ref().and_then(|c| c.allow_volume_expansion).unwrap_or(false),
+                snapshot_class,
+            };
+            seen.strategy = Lazy::Read(strategy::choose(&inputs));
+        }
+        Fact::CloneSnapshot => {
+            let name = build::clone_snapshot_name(&uid);
+            let found = snapshots(ctx, &namespace)
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube("read VolumeSnapshot", &name, e))?;
+            let ready = found.map(|s| s.data["status"]["readyToUse"] == serde_json::Value::Bool(true));
+            seen.clone_snapshot = Lazy::Read(ready);
         }
         Fact::SourceHolder => {
             let name = build::source_holder_name(&uid);
@@ -296,9 +383,18 @@ async fn wait_for_consumer(pvc: &PersistentVolumeClaim, ctx: &Ctx, announce: boo
 
 /// Creates the prime PVC (or takes the one a racing reconcile created), and says so.
 async fn create_prime(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Prime, Error> {
+    create_prime_from(pvc, build::prime_pvc(pvc), ctx).await
+}
+
+/// Creates `prime` for `pvc` (or takes the one a racing reconcile created), and says so.
+async fn create_prime_from(
+    pvc: &PersistentVolumeClaim,
+    prime: PersistentVolumeClaim,
+    ctx: &Ctx,
+) -> Result<Prime, Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     let name = build::prime_name(&pvc.uid().unwrap_or_default());
-    let prime = match api.create(&PostParams::default(), &build::prime_pvc(pvc)).await {
+    let prime = match api.create(&PostParams::default(), &prime).await {
         Ok(p) => p,
         Err(kube::Error::Api(s)) if s.code == 409 => {
             api.get(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e))?
@@ -366,7 +462,32 @@ async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: 
     if let Some(pod) = user {
         return Ok(CloneVolume::InUse { pod: pod.name_any() });
     }
-    Ok(CloneVolume::Ready { block: build::is_block(&source), pv_name })
+    Ok(CloneVolume::Ready {
+        block: build::is_block(&source),
+        pv_name,
+        class: source.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default(),
+        size: build::requested_bytes(&source).unwrap_or(0),
+    })
+}
+
+/// VolumeSnapshots of `namespace`, read and written untyped (no snapshot client types).
+fn snapshots(ctx: &Ctx, namespace: &str) -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), namespace, &build::volume_snapshot_resource())
+}
+
+/// Writes the chosen strategy on the claim, and tells it (a warning when it is a fallback).
+async fn record_strategy(pvc: &PersistentVolumeClaim, choice: &Choice, ctx: &Ctx) -> Result<(), Error> {
+    let way = choice.strategy.as_str();
+    let target = ObjectRef::from_obj(pvc);
+    match &choice.fallback {
+        Some((reason, why)) => {
+            let note = format!("{why}: cloning host-assisted ({way}) instead");
+            ctx.event(&target, EventReason::CloneFallback(reason), &note).await;
+        }
+        None => ctx.event(&target, EventReason::CloneStrategy, &format!("Cloning with strategy {way}")).await,
+    }
+    let reason = choice.fallback.as_ref().map(|(r, _)| r.to_string());
+    annotate(ctx, pvc, &[(ann::CLONE_TYPE, Some(way.to_string())), (ann::CLONE_FALLBACK_REASON, reason)]).await
 }
 
 /// Whether the DataVolume controlling `pvc` asks for a clone of `namespace/name`: by its
@@ -453,9 +574,6 @@ async fn start_task(
         if upload {
             // Ready only once the mover has the task (the follower says so).
             pairs.push(not_ready());
-        }
-        if task.peer.is_some() {
-            pairs.push((ann::CLONE_TYPE, Some(crate::api::names::profile::clone_strategy::COPY.to_string())));
         }
         annotate(ctx, pvc, &pairs).await?;
     }
@@ -726,11 +844,14 @@ enum Child {
     Prime,
     /// A clone's source holder, in the source's namespace.
     SourceHolder,
+    /// A snapshot clone's VolumeSnapshot.
+    Snapshot,
 }
 
 async fn delete_children(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
     delete(ctx, Child::Holder, pvc).await?;
     delete(ctx, Child::SourceHolder, pvc).await?;
+    delete(ctx, Child::Snapshot, pvc).await?;
     delete(ctx, Child::Prime, pvc).await
 }
 
@@ -757,6 +878,13 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
             let name = build::source_holder_name(&uid);
             let api = Api::<Pod>::namespaced(ctx.client.clone(), &target.source_namespace);
             (name.clone(), api.delete(&name, &params).await.map(|_| ()))
+        }
+        Child::Snapshot => {
+            if Target::from_pvc(pvc).and_then(|t| t.clone_type) != Some(Strategy::Snapshot) {
+                return Ok(());
+            }
+            let name = build::clone_snapshot_name(&uid);
+            (name.clone(), snapshots(ctx, &namespace).delete(&name, &params).await.map(|_| ()))
         }
     };
     match result {

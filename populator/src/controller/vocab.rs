@@ -22,6 +22,8 @@ pub mod ann {
     pub const CLONE_TARGET: &str = "cdi.kubevirt.io/storage.populator.cloneTarget";
     /// On a clone's target, CDI's: the strategy used (`copy` for host-assisted).
     pub use crate::api::names::annotations::reserved::CLONE_TYPE;
+    /// On a clone's target, CDI's: why the strategy is not the one asked for.
+    pub const CLONE_FALLBACK_REASON: &str = "cdi.kubevirt.io/cloneFallbackReason";
 }
 
 /// Labels on what the populator creates.
@@ -31,6 +33,8 @@ pub mod label {
     pub const PRIME: &str = "cdi-populator-prime";
     /// A pod holding a clone's source claim.
     pub const SOURCE_HOLDER: &str = "cdi-populator-clone-source";
+    /// The VolumeSnapshot of a snapshot clone.
+    pub const SNAPSHOT: &str = "cdi-populator-clone-snapshot";
     /// The target PVC's UID, on the prime PVC and the holder pod.
     pub const FOR: &str = "cdi.kubevirt.io/populator-for";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -68,10 +72,14 @@ pub enum EventReason {
     CloneSourceInUse,
     /// The clone's source claim is missing or not bound yet.
     CloneSourceMissing,
+    /// The clone's strategy, chosen.
+    CloneStrategy,
+    /// A smart clone the driver cannot make is copied instead; CDI's reason.
+    CloneFallback(&'static str),
 }
 
 impl EventReason {
-    pub const ALL: [EventReason; 17] = [
+    pub const ALL: [EventReason; 19] = [
         EventReason::PrimeCreated,
         EventReason::ImportScheduled,
         EventReason::ImportInProgress,
@@ -89,6 +97,8 @@ impl EventReason {
         EventReason::CloneFailed,
         EventReason::CloneSourceInUse,
         EventReason::CloneSourceMissing,
+        EventReason::CloneStrategy,
+        EventReason::CloneFallback("IncompatibleVolumeModes"),
     ];
 
     /// The event's `reason`.
@@ -112,6 +122,8 @@ impl EventReason {
             EventReason::CloneFailed => cdi::reserved::CLONE_FAILED,
             EventReason::CloneSourceInUse => cdi::reserved::CLONE_SOURCE_IN_USE,
             EventReason::CloneSourceMissing => "CloneSourceNotFound",
+            EventReason::CloneStrategy => "CloneStrategy",
+            EventReason::CloneFallback(reason) => reason,
         }
     }
 
@@ -122,7 +134,9 @@ impl EventReason {
             EventReason::ImportFailed
             | EventReason::CloneFailed
             | EventReason::UnsupportedSource
-            | EventReason::MoverUnavailable => true,
+            | EventReason::MoverUnavailable
+            // CDI warns: the storage cannot do what its profile says.
+            | EventReason::CloneFallback(_) => true,
             EventReason::PrimeCreated
             | EventReason::ImportScheduled
             | EventReason::ImportInProgress
@@ -134,6 +148,7 @@ impl EventReason {
             | EventReason::CloneScheduled
             | EventReason::CloneSucceeded
             | EventReason::CloneSourceMissing
+            | EventReason::CloneStrategy
             // Waiting, as CDI does, until the source's user lets go.
             | EventReason::CloneSourceInUse
             // The import goes on, as a pod pull: worth knowing, nothing to fix.

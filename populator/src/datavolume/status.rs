@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::vocab::{DvEvent, reason};
+use crate::api::names::profile::clone_strategy;
 use crate::api::names::{annotations as ann, condition_reasons as cdi, conditions, values};
 use crate::api::{DataVolumeCondition, DataVolumePhase, DataVolumeStatus};
 use crate::controller::decide::{ClaimPhase, PodPhase};
@@ -45,6 +46,8 @@ pub struct Claim {
     pub pod_ready: bool,
     /// Filled by a clone: its `dataSourceRef` names a `VolumeCloneSource`.
     pub clone: bool,
+    /// A clone's strategy (`cloneType`), once chosen.
+    pub clone_type: Option<String>,
 }
 
 impl Claim {
@@ -82,6 +85,7 @@ impl Claim {
                 .as_ref()
                 .and_then(|s| s.data_source_ref.as_ref())
                 .is_some_and(|r| r.kind == crate::api::names::kinds::VOLUME_CLONE_SOURCE),
+            clone_type: annotation(ann::reserved::CLONE_TYPE).map(str::to_string),
         }
     }
 }
@@ -254,12 +258,25 @@ const CLONE: Words = Words {
     failed: DvEvent::CloneFailed,
 };
 
+const CSI_CLONE: Words =
+    Words { filling: (DataVolumePhase::CsiCloneInProgress, DvEvent::CloneInProgress, "in progress"), ..CLONE };
+
+const SNAPSHOT_CLONE: Words = Words {
+    filling: (DataVolumePhase::SnapshotForSmartCloneInProgress, DvEvent::CloneInProgress, "in progress"),
+    ..CLONE
+};
+
 fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     use ConditionStatus::False;
     let words = if claim.upload {
         &UPLOAD
     } else if claim.clone {
-        &CLONE
+        // CDI names the smart strategies' progress phases after them.
+        match claim.clone_type.as_deref() {
+            Some(clone_strategy::CSI_CLONE) => &CSI_CLONE,
+            Some(clone_strategy::SNAPSHOT) => &SNAPSHOT_CLONE,
+            _ => &CLONE,
+        }
     } else {
         &IMPORT
     };
@@ -343,7 +360,11 @@ fn finish(
 ) -> Observed {
     let ready = match phase {
         DataVolumePhase::Succeeded => Condition::new(conditions::READY, ConditionStatus::True, "", ""),
-        DataVolumePhase::ImportInProgress | DataVolumePhase::UploadReady | DataVolumePhase::CloneInProgress => {
+        DataVolumePhase::ImportInProgress
+        | DataVolumePhase::UploadReady
+        | DataVolumePhase::CloneInProgress
+        | DataVolumePhase::CsiCloneInProgress
+        | DataVolumePhase::SnapshotForSmartCloneInProgress => {
             Condition::new(conditions::READY, ConditionStatus::False, cdi::TRANSFER_RUNNING, "")
         }
         _ => Condition::new(conditions::READY, ConditionStatus::False, &running.reason, running.message.clone()),

@@ -104,6 +104,8 @@ struct World {
     clone: Option<VolumeCloneSource>,
     clone_volume: CloneVolume,
     source_holder: Option<Pod>,
+    strategy: Choice,
+    clone_snapshot: Option<bool>,
 }
 
 impl World {
@@ -118,8 +120,15 @@ impl World {
             pv: None,
             task: TaskView::None,
             clone: Some(clone_source("PersistentVolumeClaim")),
-            clone_volume: CloneVolume::Ready { block: true, pv_name: "pv-src".into() },
+            clone_volume: CloneVolume::Ready {
+                block: true,
+                pv_name: "pv-src".into(),
+                class: "local".into(),
+                size: 1 << 30,
+            },
             source_holder: None,
+            strategy: Choice { strategy: Strategy::Copy, fallback: None },
+            clone_snapshot: None,
         }
     }
 
@@ -162,6 +171,10 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
                 s.source_holder = Lazy::Read(world.source_holder.as_ref().map(Holder::from))
             }
             Step::CreateSourceHolder { .. } => s.source_holder = Lazy::Read(Some(Holder::from(&holder(None, None)))),
+            Step::Read(Fact::CloneStrategy) => s.strategy = Lazy::Read(world.strategy.clone()),
+            Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot),
+            // Recorded on the claim, and the reconcile goes on with it.
+            Step::ChooseStrategy(choice) => s.target.clone_type = Some(choice.strategy.clone()),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
             Step::Read(Fact::Prime) => s.prime = Lazy::Read(world.prime.as_ref().map(Prime::from)),
             Step::Read(Fact::Holder) => s.holder = Lazy::Read(world.holder.as_ref().map(Holder::from)),
@@ -273,6 +286,46 @@ fn a_clone_holds_both_volumes_then_starts_a_task_that_reads_the_source_on_its_no
     assert_eq!(task.peer, Some(peer));
     assert_eq!(task.node, "node-1");
     assert_eq!(task.plan.content_type, ContentType::Archive, "a clone copies what its claim says it holds");
+}
+
+#[test]
+fn a_clone_records_its_strategy_once_then_keeps_it() {
+    let fallback = Choice { strategy: Strategy::Copy, fallback: Some(("IncompatibleVolumeModes", "modes".into())) };
+    let world = World { strategy: fallback.clone(), ..World::fresh() };
+    let (trace, _) = drive(clone_target(json!({})), world);
+    assert_eq!(trace.iter().filter(|s| matches!(s, Step::ChooseStrategy(_))).count(), 1, "{trace:?}");
+    assert!(trace.contains(&Step::ChooseStrategy(fallback)));
+    // Chosen before: not read again, whatever the cluster would say now.
+    let chosen = clone_target(json!({ann::CLONE_TYPE: "copy"}));
+    let csi = World { strategy: Choice { strategy: Strategy::CsiClone, fallback: None }, ..World::fresh() };
+    let (trace, step) = drive(chosen, csi);
+    assert!(!trace.contains(&Step::Read(Fact::CloneStrategy)), "{trace:?}");
+    assert_eq!(step, Step::WaitForHolder, "still the host-assisted copy");
+}
+
+#[test]
+fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
+    let target = clone_target(json!({ann::CLONE_TYPE: "csi-clone"}));
+    let fresh = decide_in(target.clone(), World { prime: None, ..World::fresh() });
+    assert_eq!(fresh, Step::CreateSmartPrime { strategy: Strategy::CsiClone, claim: "golden".into() });
+    let pending = World { prime: Some(prime("Pending")), ..World::fresh() };
+    assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true });
+    let (trace, step) = drive(target, World { prime: Some(prime("Bound")), ..World::fresh() });
+    assert_eq!(step, Step::SmartCloneDone);
+    assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::Holder | Fact::SourceHolder))), "no pods: {trace:?}");
+}
+
+#[test]
+fn a_snapshot_clone_restores_a_snapshot_once_it_is_ready() {
+    let target = clone_target(json!({ann::CLONE_TYPE: "snapshot"}));
+    assert_eq!(decide_in(target.clone(), World::fresh()), Step::CreateSnapshot { claim: "golden".into() });
+    let taking = World { clone_snapshot: Some(false), ..World::fresh() };
+    assert_eq!(decide_in(target.clone(), taking), Step::WaitForSnapshot);
+    let ready = World { clone_snapshot: Some(true), ..World::fresh() };
+    assert_eq!(
+        decide_in(target, ready),
+        Step::CreateSmartPrime { strategy: Strategy::Snapshot, claim: "golden".into() }
+    );
 }
 
 #[test]
@@ -683,6 +736,7 @@ fn a_claim_is_read_into_typed_facts() {
         selected_node: Some("node-2".into()),
         unsupported_reported: true,
         retain: false,
+        clone_type: None,
         namespace: "vms".into(),
         source_namespace: "vms".into(),
         content_type: ContentType::Kubevirt,

@@ -1,0 +1,166 @@
+//! How a clone is made: CDI's strategy choice, as a pure function of what the cluster says.
+//!
+//! The strategy asked for is the target class's StorageProfile `cloneStrategy` (CDI's
+//! default: `snapshot`). A smart strategy (`csi-clone`, `snapshot`) needs what the storage
+//! driver can do; where it cannot, the clone falls back to a host-assisted copy with CDI's
+//! fallback reason, rather than failing (a frequent complaint about CDI). Each way is
+//! checked before anything is created, so a fallback never leaves half a smart clone.
+
+use crate::api::names::profile::clone_strategy;
+
+/// The way chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Host-assisted: one mover reads the source, another writes the target.
+    Copy,
+    /// The CSI driver clones the source claim.
+    CsiClone,
+    /// A VolumeSnapshot of the source, restored into the target.
+    Snapshot,
+}
+
+impl Strategy {
+    /// CDI's name, as in `cloneStrategy` and the `cloneType` annotation.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Copy => clone_strategy::COPY,
+            Strategy::CsiClone => clone_strategy::CSI_CLONE,
+            Strategy::Snapshot => clone_strategy::SNAPSHOT,
+        }
+    }
+
+    /// Reads CDI's name back; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Strategy> {
+        match text {
+            clone_strategy::COPY => Some(Strategy::Copy),
+            clone_strategy::CSI_CLONE => Some(Strategy::CsiClone),
+            clone_strategy::SNAPSHOT => Some(Strategy::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// What the choice looks at, read by the reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    /// The target class's StorageProfile `status.cloneStrategy`; `None`: CDI's default.
+    pub profile_strategy: Option<String>,
+    pub same_namespace: bool,
+    pub source_class: String,
+    pub target_class: String,
+    /// The provisioners of the two classes (empty when a class is unknown).
+    pub source_provisioner: String,
+    pub target_provisioner: String,
+    pub source_block: bool,
+    pub target_block: bool,
+    /// Bytes requested by each claim.
+    pub source_size: u64,
+    pub target_size: u64,
+    /// The target class allows expansion (a smart clone into a larger claim needs it).
+    pub allow_expansion: bool,
+    /// A VolumeSnapshotClass for the source's driver.
+    pub snapshot_class: Option<String>,
+}
+
+/// The way, and when it is not the one asked for, CDI's fallback reason and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub strategy: Strategy,
+    pub fallback: Option<(&'static str, String)>,
+}
+
+/// CDI's choice, with one addition: a smart clone across namespaces falls back too (the
+/// driver can only clone or restore within one; CDI moves the volume through a temporary
+/// claim, cdi-rs copies it).
+pub fn choose(i: &Inputs) -> Choice {
+    let asked = i.profile_strategy.as_deref().unwrap_or(clone_strategy::SNAPSHOT);
+    let copy = |reason: &'static str, why: String| Choice { strategy: Strategy::Copy, fallback: Some((reason, why)) };
+    let smart = match asked {
+        clone_strategy::CSI_CLONE => Strategy::CsiClone,
+        clone_strategy::SNAPSHOT => match &i.snapshot_class {
+            Some(_) => Strategy::Snapshot,
+            None if i.profile_strategy.is_none() => return Choice { strategy: Strategy::Copy, fallback: None },
+            None => {
+                let why = format!("no VolumeSnapshotClass for driver {:?}", i.source_provisioner);
+                return copy("NoVolumeSnapshotClass", why);
+            }
+        },
+        _ => return Choice { strategy: Strategy::Copy, fallback: None },
+    };
+    let name = smart.as_str();
+    if !i.same_namespace {
+        return copy("CrossNamespace", format!("a {name} cannot cross namespaces"));
+    }
+    if i.source_provisioner.is_empty() || i.source_provisioner != i.target_provisioner {
+        let why = format!(
+            "source provisioner {:?} and target provisioner {:?} differ",
+            i.source_provisioner, i.target_provisioner
+        );
+        return copy("IncompatibleProvisioners", why);
+    }
+    if smart == Strategy::CsiClone && i.source_class != i.target_class {
+        let why = format!("a CSI clone stays within one storage class ({:?} ≠ {:?})", i.source_class, i.target_class);
+        return copy("IncompatibleStorageClasses", why);
+    }
+    if i.source_block != i.target_block {
+        return copy("IncompatibleVolumeModes", "source and target volume modes differ".into());
+    }
+    if i.target_size < i.source_size {
+        // The webhook refuses smaller targets for DataVolumes; a bare claim can still ask.
+        return copy("IncompatibleSize", "the target is smaller than the source".into());
+    }
+    if i.target_size > i.source_size && !i.allow_expansion {
+        return copy(
+            "NoVolumeExpansion",
+            format!("storage class {:?} does not allow volume expansion", i.target_class),
+        );
+    }
+    Choice { strategy: smart, fallback: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(strategy: Option<&str>) -> Inputs {
+        Inputs {
+            profile_strategy: strategy.map(str::to_string),
+            same_namespace: true,
+            source_class: "fast".into(),
+            target_class: "fast".into(),
+            source_provisioner: "csi.example.com".into(),
+            target_provisioner: "csi.example.com".into(),
+            source_block: true,
+            target_block: true,
+            source_size: 1 << 30,
+            target_size: 1 << 30,
+            allow_expansion: false,
+            snapshot_class: Some("snaps".into()),
+        }
+    }
+
+    #[test]
+    fn the_profile_asks_and_the_driver_decides() {
+        assert_eq!(choose(&inputs(Some("csi-clone"))).strategy, Strategy::CsiClone);
+        assert_eq!(choose(&inputs(Some("copy"))), Choice { strategy: Strategy::Copy, fallback: None });
+        assert_eq!(choose(&inputs(None)).strategy, Strategy::Snapshot);
+        let no_class = Inputs { snapshot_class: None, ..inputs(Some("snapshot")) };
+        assert_eq!(choose(&no_class).fallback.unwrap().0, "NoVolumeSnapshotClass");
+        // CDI's default without a snapshot class is a plain copy, not a fallback worth a warning.
+        assert_eq!(choose(&Inputs { snapshot_class: None, ..inputs(None) }).fallback, None);
+    }
+
+    #[test]
+    fn a_smart_clone_the_driver_cannot_make_falls_back_to_a_copy_with_cdis_reason() {
+        let reason = |i: Inputs| choose(&i).fallback.map(|f| f.0);
+        let csi = || inputs(Some("csi-clone"));
+        assert_eq!(reason(Inputs { target_class: "slow".into(), ..csi() }), Some("IncompatibleStorageClasses"));
+        assert_eq!(reason(Inputs { target_provisioner: "other".into(), ..csi() }), Some("IncompatibleProvisioners"));
+        assert_eq!(reason(Inputs { target_block: false, ..csi() }), Some("IncompatibleVolumeModes"));
+        assert_eq!(reason(Inputs { same_namespace: false, ..csi() }), Some("CrossNamespace"));
+        assert_eq!(reason(Inputs { target_size: 2 << 30, ..csi() }), Some("NoVolumeExpansion"));
+        assert_eq!(reason(Inputs { target_size: 2 << 30, allow_expansion: true, ..csi() }), None);
+        // A snapshot may be restored into another class of the same driver.
+        assert_eq!(reason(Inputs { target_class: "slow".into(), ..inputs(Some("snapshot")) }), None);
+    }
+}
