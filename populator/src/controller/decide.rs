@@ -386,8 +386,17 @@ pub struct Snapshot {
     pub clone_source: Lazy<CloneVolume>,
     pub source_holder: Lazy<Option<Holder>>,
     pub strategy: Lazy<Choice>,
-    /// `Some(ready to use)`.
-    pub clone_snapshot: Lazy<Option<bool>>,
+    pub clone_snapshot: Lazy<SnapshotState>,
+}
+
+/// Where a snapshot clone's VolumeSnapshot stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotState {
+    Missing,
+    Taking,
+    Ready,
+    /// The driver reported an error (its message).
+    Failed(String),
 }
 
 impl Snapshot {
@@ -694,9 +703,14 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
 fn smart_clone(s: &Snapshot, strategy: Strategy, claim: &str) -> Result<Step, Fact> {
     if strategy == Strategy::Snapshot {
         match s.clone_snapshot.get().ok_or(Fact::CloneSnapshot)? {
-            None => return Ok(Step::CreateSnapshot { claim: claim.to_string() }),
-            Some(false) => return Ok(Step::WaitForSnapshot),
-            Some(true) => {}
+            SnapshotState::Missing => return Ok(Step::CreateSnapshot { claim: claim.to_string() }),
+            SnapshotState::Taking => return Ok(Step::WaitForSnapshot),
+            // Copied instead: the source is still there to read.
+            SnapshotState::Failed(why) => {
+                let fallback = Some(("SnapshotFailed", format!("the snapshot of the source failed: {why}")));
+                return Ok(Step::ChooseStrategy(Choice { strategy: Strategy::Copy, fallback }));
+            }
+            SnapshotState::Ready => {}
         }
     }
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else {

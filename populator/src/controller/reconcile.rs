@@ -21,8 +21,8 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build;
 use super::decide::{
-    CloneVolume, Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, Source, SourceKind, Step, Target, Task,
-    Terminal, decide, unfollowed_task,
+    CloneVolume, Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, SnapshotState, Source, SourceKind, Step,
+    Target, Task, Terminal, decide, unfollowed_task,
 };
 use super::failure::FailureReason;
 use super::source;
@@ -269,8 +269,15 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
                 .get_opt(&name)
                 .await
                 .map_err(|e| Error::kube("read VolumeSnapshot", &name, e))?;
-            let ready = found.map(|s| s.data["status"]["readyToUse"] == serde_json::Value::Bool(true));
-            seen.clone_snapshot = Lazy::Read(ready);
+            let state = match found {
+                None => SnapshotState::Missing,
+                Some(s) if s.data["status"]["readyToUse"] == serde_json::Value::Bool(true) => SnapshotState::Ready,
+                Some(s) => match s.data["status"]["error"]["message"].as_str() {
+                    Some(message) => SnapshotState::Failed(message.to_string()),
+                    None => SnapshotState::Taking,
+                },
+            };
+            seen.clone_snapshot = Lazy::Read(state);
         }
         Fact::SourceHolder => {
             let name = build::source_holder_name(&uid);
@@ -880,7 +887,8 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
             (name.clone(), api.delete(&name, &params).await.map(|_| ()))
         }
         Child::Snapshot => {
-            if Target::from_pvc(pvc).and_then(|t| t.clone_type) != Some(Strategy::Snapshot) {
+            // Any clone may have one: a snapshot clone, or one that fell back from it.
+            if Target::from_pvc(pvc).is_none_or(|t| t.kind != SourceKind::Clone) {
                 return Ok(());
             }
             let name = build::clone_snapshot_name(&uid);

@@ -105,7 +105,7 @@ struct World {
     clone_volume: CloneVolume,
     source_holder: Option<Pod>,
     strategy: Choice,
-    clone_snapshot: Option<bool>,
+    clone_snapshot: SnapshotState,
 }
 
 impl World {
@@ -128,7 +128,7 @@ impl World {
             },
             source_holder: None,
             strategy: Choice { strategy: Strategy::Copy, fallback: None },
-            clone_snapshot: None,
+            clone_snapshot: SnapshotState::Missing,
         }
     }
 
@@ -172,7 +172,7 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
             }
             Step::CreateSourceHolder { .. } => s.source_holder = Lazy::Read(Some(Holder::from(&holder(None, None)))),
             Step::Read(Fact::CloneStrategy) => s.strategy = Lazy::Read(world.strategy.clone()),
-            Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot),
+            Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot.clone()),
             // Recorded on the claim, and the reconcile goes on with it.
             Step::ChooseStrategy(choice) => s.target.clone_type = Some(choice.strategy.clone()),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
@@ -319,13 +319,19 @@ fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
 fn a_snapshot_clone_restores_a_snapshot_once_it_is_ready() {
     let target = clone_target(json!({ann::CLONE_TYPE: "snapshot"}));
     assert_eq!(decide_in(target.clone(), World::fresh()), Step::CreateSnapshot { claim: "golden".into() });
-    let taking = World { clone_snapshot: Some(false), ..World::fresh() };
+    let taking = World { clone_snapshot: SnapshotState::Taking, ..World::fresh() };
     assert_eq!(decide_in(target.clone(), taking), Step::WaitForSnapshot);
-    let ready = World { clone_snapshot: Some(true), ..World::fresh() };
-    assert_eq!(
-        decide_in(target, ready),
-        Step::CreateSmartPrime { strategy: Strategy::Snapshot, claim: "golden".into() }
-    );
+    let ready = World { clone_snapshot: SnapshotState::Ready, ..World::fresh() };
+    let step = decide_in(target.clone(), ready);
+    assert_eq!(step, Step::CreateSmartPrime { strategy: Strategy::Snapshot, claim: "golden".into() });
+    // A snapshot the driver cannot take: the copy, recorded as a fallback, goes on at once.
+    let failed = World { clone_snapshot: SnapshotState::Failed("no backing file".into()), ..World::fresh() };
+    let (trace, step) = drive(target, failed);
+    let fell_back =
+        |s: &Step| matches!(s, Step::ChooseStrategy(c) if c.fallback.as_ref().is_some_and(|f| f.0 == "SnapshotFailed"));
+    assert!(trace.iter().any(fell_back), "{trace:?}");
+    assert!(trace.contains(&Step::CreateSourceHolder { claim: "golden".into(), block: true }), "{trace:?}");
+    assert_eq!(step, Step::WaitForHolder);
 }
 
 #[test]
