@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cdi_populator::api::{DataSource, DataVolume, DataVolumePhase};
+use cdi_populator::api::{DataSource, DataVolume, DataVolumePhase, StorageProfile};
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -235,4 +235,86 @@ async fn kubectl_as(env: &Env, user: &str, manifest: &str) -> (bool, String) {
     drop(input);
     let out = crate::common::within("kubectl apply", child.wait_with_output()).await.unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The strategy a clone took, and why not the one asked for.
+async fn clone_type(env: &Env, namespace: &str, name: &str) -> (String, Option<String>) {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace).get(name).await.unwrap();
+    let ann = pvc.metadata.annotations.unwrap_or_default();
+    (
+        ann.get("cdi.kubevirt.io/cloneType").cloned().unwrap_or_default(),
+        ann.get("cdi.kubevirt.io/cloneFallbackReason").cloned(),
+    )
+}
+
+/// Sets the clone strategy of `class`'s StorageProfile and waits until its status says so.
+async fn profile_strategy(env: &Env, class: &str, strategy: &str) {
+    let patch = format!("{{\"spec\":{{\"cloneStrategy\":\"{strategy}\"}}}}");
+    env.kubectl(&["patch", "storageprofile", class, "--type", "merge", "-p", &patch], None).await;
+    let profiles: Api<StorageProfile> = Api::all(env.client());
+    let wanted = strategy.to_string();
+    let applied = await_condition(profiles, class, move |p: Option<&StorageProfile>| {
+        p.and_then(|p| p.status.as_ref()?.clone_strategy.clone()) == Some(wanted.clone())
+    });
+    crate::common::within(&format!("StorageProfile {class} to say {strategy}"), applied).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_when_the_driver_cannot() {
+    let env = Env::start(16).await;
+    let block = |class: &str| {
+        json!({"storageClassName": class, "volumeMode": "Block", "accessModes": ["ReadWriteOnce"],
+               "resources": {"requests": {"storage": "80Mi"}}})
+    };
+    env.apply(&data_volume(
+        "default",
+        "golden",
+        json!({"http": {"url": env.server.url("disk.qcow2")}}),
+        block("local-immediate"),
+    ))
+    .await;
+    wait_phase(&env, "default", "golden", DataVolumePhase::Succeeded).await;
+    let golden = data_of(&env, "default", "golden").await;
+    let before = sha256(&golden);
+    let from_golden = json!({"pvc": {"name": "golden"}});
+
+    // The embedded class's profile says snapshot (its driver has a VolumeSnapshotClass).
+    env.apply(&data_volume("default", "by-snapshot", from_golden.clone(), block("local-immediate"))).await;
+    wait_phase(&env, "default", "by-snapshot", DataVolumePhase::Succeeded).await;
+    assert_eq!(clone_type(&env, "default", "by-snapshot").await, ("snapshot".into(), None));
+    qemu_same(&env.raw, &data_of(&env, "default", "by-snapshot").await, None);
+
+    // The profile asks for the driver's own clone.
+    profile_strategy(&env, "local-immediate", "csi-clone").await;
+    env.apply(&data_volume("default", "by-csi-clone", from_golden.clone(), block("local-immediate"))).await;
+    wait_phase(&env, "default", "by-csi-clone", DataVolumePhase::Succeeded).await;
+    assert_eq!(clone_type(&env, "default", "by-csi-clone").await, ("csi-clone".into(), None));
+    qemu_same(&env.raw, &data_of(&env, "default", "by-csi-clone").await, None);
+    let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "by-csi-clone").await;
+    assert!(reasons.contains(&"CloneStrategy".to_string()), "{reasons:?}");
+
+    // A CSI clone forced into another class of the same driver: the driver cannot, the
+    // clone is copied instead, with a warning saying why.
+    env.apply(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: other-immediate}\nprovisioner: \
+         local.e2e.cdi.kubevirt.io\nvolumeBindingMode: Immediate\nreclaimPolicy: Delete\n",
+    )
+    .await;
+    let profiles: Api<StorageProfile> = Api::all(env.client());
+    let made = await_condition(profiles, "other-immediate", |p: Option<&StorageProfile>| p.is_some());
+    crate::common::within("the new class's StorageProfile", made).await.unwrap();
+    profile_strategy(&env, "other-immediate", "csi-clone").await;
+    env.apply(&data_volume("default", "across-classes", from_golden, block("other-immediate"))).await;
+    wait_phase(&env, "default", "across-classes", DataVolumePhase::Succeeded).await;
+    let (way, fallback) = clone_type(&env, "default", "across-classes").await;
+    assert_eq!((way.as_str(), fallback.as_deref()), ("copy", Some("IncompatibleStorageClasses")));
+    qemu_same(&env.raw, &data_of(&env, "default", "across-classes").await, None);
+    let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "across-classes").await;
+    assert!(reasons.contains(&"IncompatibleStorageClasses".to_string()), "{reasons:?}");
+
+    assert_eq!(sha256(&golden), before, "the clone source was written");
+    // No temporary snapshot is left behind.
+    let snapshots = env.kubectl(&["get", "volumesnapshots", "-A", "-o", "name"], None).await;
+    assert!(snapshots.trim().is_empty(), "{snapshots}");
+    env.stop().await;
 }
