@@ -318,3 +318,45 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     assert!(snapshots.trim().is_empty(), "{snapshots}");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_mover_killed_mid_clone_is_retried_and_the_copy_ends_identical_with_the_source_untouched() {
+    use nix::sys::signal::Signal;
+    // 64 MiB of data in 256 MiB: long enough a copy for the kill to land in it.
+    let env = Env::start(256).await;
+    let fs = json!({"storageClassName": "local-immediate", "volumeMode": "Filesystem",
+                    "resources": {"requests": {"storage": "300Mi"}}});
+    env.apply(&data_volume("default", "golden", json!({"http": {"url": env.server.url("disk.qcow2")}}), fs)).await;
+    wait_phase(&env, "default", "golden", DataVolumePhase::Succeeded).await;
+    let golden = data_of(&env, "default", "golden").await;
+    let before = sha256(&golden);
+
+    // Into another namespace: a host-assisted copy whatever the profile says.
+    env.kubectl(&["create", "namespace", "copies"], None).await;
+    let storage = json!({"storageClassName": "local-immediate", "volumeMode": "Block"});
+    env.apply(&data_volume("copies", "copy", json!({"pvc": {"namespace": "default", "name": "golden"}}), storage))
+        .await;
+    // The moment the task is handed to the target's mover, stop that mover, then kill it.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client(), "copies");
+    let started = await_condition(claims, "copy", |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned())
+            == Some("Running".into())
+    });
+    crate::common::within("the clone to start", started).await.unwrap();
+    let holders = ListParams::default().labels("app.kubernetes.io/name=cdi-populator-holder");
+    let holder = Api::<Pod>::namespaced(env.client(), "copies").list(&holders).await.unwrap().items.remove(0);
+    let node = holder.spec.and_then(|s| s.node_name).expect("a running holder has a node");
+    let mover = env.system().mover_pod(&node).expect("a mover on the node");
+    let cluster = &env.system().cluster;
+    cluster.signal_container(cdi_e2e::system::NAMESPACE, &mover, "mover", Signal::SIGSTOP).await.unwrap();
+    cluster.signal_container(cdi_e2e::system::NAMESPACE, &mover, "mover", Signal::SIGKILL).await.unwrap();
+
+    wait_phase(&env, "copies", "copy", DataVolumePhase::Succeeded).await;
+    qemu_same(&env.raw, &data_of(&env, "copies", "copy").await, None);
+    assert_eq!(sha256(&golden), before, "the clone source was written");
+    let pods: Api<Pod> = Api::namespaced(env.client(), cdi_e2e::system::NAMESPACE);
+    let restarts =
+        pods.get(&mover).await.unwrap().status.and_then(|s| s.container_statuses).map_or(0, |c| c[0].restart_count);
+    assert!(restarts >= 1, "the kubelet did not restart the killed mover");
+    env.stop().await;
+}
