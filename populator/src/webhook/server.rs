@@ -90,8 +90,39 @@ async fn admit_datavolume(ctx: &Ctx, request: &Request) -> Verdict {
         && let Some(source) = clone_source_namespace(ctx, &dv, request.namespace.as_deref().unwrap_or_default()).await?
     {
         authorize_clone(ctx, request, &source).await?;
+        clone_not_smaller(ctx, &dv, &source).await?;
     }
     Ok(())
+}
+
+/// A clone written with `spec.pvc` (its request taken as written) must not ask for less than
+/// its source claim requests, as CDI's webhook checks. (`spec.storage` sizes are completed
+/// by the controller, which takes the source's size when none is given.)
+async fn clone_not_smaller(ctx: &Ctx, dv: &crate::api::DataVolume, namespace: &str) -> Verdict {
+    let Some(size) = dv
+        .spec
+        .pvc
+        .as_ref()
+        .and_then(|p| p.resources.as_ref()?.requests.as_ref()?.get("storage"))
+        .and_then(|q| crate::api::quantity::parse_bytes(&q.0).ok())
+    else {
+        return Ok(());
+    };
+    let Some(name) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).map(|p| p.name.clone()) else {
+        return Ok(());
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let source = claims
+        .get_opt(&name)
+        .await
+        .map_err(|e| Denial::new(format!("cannot read the clone source PVC {namespace}/{name}: {e}; try again"), ""))?;
+    match source.as_ref().and_then(crate::controller::build::requested_bytes) {
+        Some(needed) if size < needed => Err(Denial::new(
+            "target resources requests storage size is smaller than the source",
+            "spec.pvc.resources.requests.storage",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The namespace a clone DataVolume copies from (its own when the source names none); for a

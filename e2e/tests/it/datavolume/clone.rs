@@ -185,6 +185,16 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
     assert!(message.contains("must be asked for by a DataVolume"), "{message}");
     assert!(event_reasons(&env, "default", "PersistentVolumeClaim", "sneaky").await.contains(&"CloneFailed".into()));
 
+    // A claim written out (spec.pvc) smaller than its source is refused at create.
+    let small = serde_json::to_string(&json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "too-small"},
+        "spec": {"source": from("golden"), "pvc": {"storageClassName": "local-immediate",
+                 "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}},
+    }))
+    .unwrap();
+    let refused = kubectl_as(&env, None, &small).await;
+    assert!(!refused.0 && refused.1.contains("smaller than the source"), "{refused:?}");
+
     // A tenant with rights in its own namespace only is refused a clone from the golden
     // namespace at create, with CDI's message; granted datavolumes/source there, it clones.
     let tenant = "system:serviceaccount:tenant:tenant";
@@ -197,7 +207,7 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
     )
     .await;
     let clone = data_volume("tenant", "tenant-copy", from("golden"), fs(None));
-    let refused = kubectl_as(&env, tenant, &clone).await;
+    let refused = kubectl_as(&env, Some(tenant), &clone).await;
     assert!(
         !refused.0 && refused.1.contains("insufficient permissions in clone source namespace golden-images"),
         "{refused:?}"
@@ -210,20 +220,22 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
          rbac.authorization.k8s.io, kind: ClusterRole, name: datavolume-cloner}}\n"
     ))
     .await;
-    let granted = kubectl_as(&env, tenant, &clone).await;
+    let granted = kubectl_as(&env, Some(tenant), &clone).await;
     assert!(granted.0, "{granted:?}");
     wait_phase(&env, "tenant", "tenant-copy", DataVolumePhase::Succeeded).await;
     qemu_same(&env.raw, &data_of(&env, "tenant", "tenant-copy").await, None);
     env.stop().await;
 }
 
-/// `kubectl apply` of `manifest` as `user`: whether it succeeded, and what it printed.
-async fn kubectl_as(env: &Env, user: &str, manifest: &str) -> (bool, String) {
+/// `kubectl apply` of `manifest` as `user` (`None`: the cluster admin): whether it
+/// succeeded, and what it printed.
+async fn kubectl_as(env: &Env, user: Option<&str>, manifest: &str) -> (bool, String) {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(env.system().cluster.kubeconfig_path())
-        .args([&format!("--as={user}"), "apply", "-f", "-"])
+        .args(user.map(|u| format!("--as={u}")))
+        .args(["apply", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
