@@ -529,10 +529,10 @@ pub enum Step {
         claim: String,
     },
     WaitForSnapshot,
-    /// The prime, made by the driver from the source claim `claim` (or its snapshot).
+    /// The prime, made by the driver from `kind` `name` (the source claim, or a snapshot).
     CreateSmartPrime {
-        strategy: Strategy,
-        claim: String,
+        kind: &'static str,
+        name: String,
     },
     /// Until the driver binds the prime; `announce` that the clone runs.
     WaitForSmartPrime {
@@ -577,8 +577,10 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     if let ImportSource::Unsupported(name) = &plan.source {
         return Ok(unsupported(t, &format!("import source type {name}")));
     }
-    if let ImportSource::Clone(CloneSource::Snapshot { .. }) = &plan.source {
-        return Ok(unsupported(t, "cloning from a VolumeSnapshot"));
+    if let ImportSource::Clone(CloneSource::Snapshot { .. }) = &plan.source
+        && t.source_namespace != t.namespace
+    {
+        return Ok(unsupported(t, "restoring a VolumeSnapshot of another namespace"));
     }
     if t.failed_generation.as_deref() == Some(generation.to_string().as_str()) {
         return Ok(Step::WaitForSourceChange);
@@ -606,6 +608,10 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
             return Ok(Step::WaitForConsumer { announce: t.phase != Some(PodPhase::Pending) });
         }
         Some(_) => {}
+    }
+    // A snapshot is restored by the driver, whose checks decide (and report) what it can.
+    if let ImportSource::Clone(CloneSource::Snapshot { name }) = &plan.source {
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, name);
     }
     // A clone's source must be there and free before anything is provisioned for it.
     let source = match &plan.source {
@@ -712,9 +718,15 @@ fn smart_clone(s: &Snapshot, strategy: Strategy, claim: &str) -> Result<Step, Fa
             }
             SnapshotState::Ready => {}
         }
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, &super::build::clone_snapshot_name(&s.target.uid));
     }
+    smart_prime(s, kinds::PERSISTENT_VOLUME_CLAIM, claim)
+}
+
+/// The prime the driver fills from `kind` `name`; once bound, the clone is made.
+fn smart_prime(s: &Snapshot, kind: &'static str, name: &str) -> Result<Step, Fact> {
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else {
-        return Ok(Step::CreateSmartPrime { strategy, claim: claim.to_string() });
+        return Ok(Step::CreateSmartPrime { kind, name: name.to_string() });
     };
     Ok(if prime.phase == Some(ClaimPhase::Bound) {
         Step::SmartCloneDone

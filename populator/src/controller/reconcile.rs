@@ -29,7 +29,6 @@ use super::source;
 use super::strategy::{self, Choice, Strategy};
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, cdi_ann, condition};
 use super::{Ctx, Error};
-use crate::api::names::kinds;
 use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
 use crate::metrics::Finished;
 
@@ -144,11 +143,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             Action::requeue(SHORT)
         }
         Step::WaitForSnapshot => Action::requeue(SHORT),
-        Step::CreateSmartPrime { strategy, claim } => {
-            let (kind, name) = match strategy {
-                Strategy::Snapshot => (kinds::VOLUME_SNAPSHOT, build::clone_snapshot_name(&seen.target.uid)),
-                _ => (kinds::PERSISTENT_VOLUME_CLAIM, claim),
-            };
+        Step::CreateSmartPrime { kind, name } => {
             seen.prime = Lazy::Read(Some(create_prime_from(pvc, build::smart_prime_pvc(pvc, kind, &name), ctx).await?));
             return Ok(None);
         }

@@ -96,10 +96,12 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
                     Err(situation) => return Ok(situation),
                 }
             }
-            plan @ (Plan::Import(_) | Plan::Upload | Plan::Clone { .. }) => match create_claim(dv, plan, ctx).await? {
-                Ok(pvc) => pvc,
-                Err(situation) => return Ok(situation),
-            },
+            plan @ (Plan::Import(_) | Plan::Upload | Plan::Clone { .. } | Plan::Restore { .. }) => {
+                match create_claim(dv, plan, ctx).await? {
+                    Ok(pvc) => pvc,
+                    Err(situation) => return Ok(situation),
+                }
+            }
         },
     };
     let claim = Claim::from_pvc(&pvc, &name);
@@ -115,7 +117,9 @@ async fn from_data_source(namespace: &str, name: &str, ctx: &Ctx) -> Result<rend
         return Err(Situation::Waiting(format!("DataSource {namespace}/{name} not found")));
     };
     match crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await {
-        Ok(crate::datasource::Resolved::Pvc { namespace, name }) => Ok(render::CloneFrom { namespace, name }),
+        Ok(crate::datasource::Resolved::Pvc { namespace, name }) => {
+            Ok(render::CloneFrom { kind: render::CloneKind::Pvc, namespace, name })
+        }
         Ok(crate::datasource::Resolved::Snapshot { .. }) => {
             Err(Situation::Unsupported(format!("restoring a VolumeSnapshot (DataSource {namespace}/{name} names one)")))
         }
@@ -142,12 +146,20 @@ async fn create_claim(
             None => return Ok(Err(Situation::NoStorageClass)),
         },
     };
-    let (from, origin) = match &plan {
-        Plan::Clone { namespace, name } => (
-            Some(render::CloneFrom { namespace: namespace.clone(), name: name.clone() }),
-            clone_origin(namespace, name, ctx).await?,
-        ),
-        _ => (None, None),
+    let from = match &plan {
+        Plan::Clone { namespace, name } => {
+            Some(render::CloneFrom { kind: render::CloneKind::Pvc, namespace: namespace.clone(), name: name.clone() })
+        }
+        Plan::Restore { namespace, name } => Some(render::CloneFrom {
+            kind: render::CloneKind::Snapshot,
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }),
+        _ => None,
+    };
+    let origin = match &from {
+        Some(from) => clone_origin(from, ctx).await?,
+        None => None,
     };
     let claim = match render::clone_claim(dv, class.as_deref(), ctx.defaults.as_ref(), from.as_ref(), origin) {
         Ok(claim) => claim,
@@ -156,8 +168,9 @@ async fn create_claim(
         Err(e) => return Ok(Err(Situation::Invalid(e.to_string()))),
     };
     match plan {
-        Plan::Clone { name, .. } => {
-            create_clone_source(dv, render::clone_source(dv, &name, ctx.defaults.as_ref()), ctx).await?;
+        Plan::Clone { .. } | Plan::Restore { .. } => {
+            let from = from.as_ref().expect("a clone has a source");
+            create_clone_source(dv, render::clone_source(dv, from, ctx.defaults.as_ref()), ctx).await?;
         }
         Plan::Import(source) => {
             let node_pull = render::node_pull_fallback(&source);
@@ -228,8 +241,21 @@ async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -
     }
 }
 
-/// The size and mode of a clone's source claim; `None` when it does not exist.
-async fn clone_origin(namespace: &str, name: &str, ctx: &Ctx) -> Result<Option<render::CloneOrigin>, Error> {
+/// The size and mode of a clone's source claim (a snapshot's restore size, as taken from a
+/// volume of the target's mode); `None` when it does not exist (yet).
+async fn clone_origin(from: &render::CloneFrom, ctx: &Ctx) -> Result<Option<render::CloneOrigin>, Error> {
+    let (namespace, name) = (from.namespace.as_str(), from.name.as_str());
+    if from.kind == render::CloneKind::Snapshot {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &crate::controller::build::volume_snapshot_resource());
+        let snapshot = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeSnapshot", name, e))?;
+        let size = snapshot.and_then(|s| {
+            let size = &s.data["status"]["restoreSize"];
+            size.as_u64().or_else(|| crate::api::quantity::parse_bytes(size.as_str()?).ok())
+        });
+        // No overhead is added to a restore: the snapshot holds a whole volume.
+        return Ok(size.map(|size| render::CloneOrigin { size, mode: defaults::VolumeMode::Filesystem }));
+    }
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(source) = api.get_opt(name).await.map_err(|e| Error::kube("read source PVC", name, e))? else {
         return Ok(None);

@@ -34,6 +34,8 @@ pub enum Plan {
     Upload,
     /// Copy the PVC `namespace/name`, through a `VolumeCloneSource`.
     Clone { namespace: String, name: String },
+    /// Restore the VolumeSnapshot `namespace/name`, through a `VolumeCloneSource`.
+    Restore { namespace: String, name: String },
     /// Copy what DataSource `namespace/name` names (resolved by the reconcile).
     CloneFromDataSource { namespace: String, name: String },
     /// Valid for CDI, not handled by cdi-rs yet; the text says what.
@@ -72,8 +74,10 @@ pub fn plan(dv: &DataVolume) -> Plan {
             pvc.namespace.clone().filter(|ns| !ns.is_empty()).or_else(|| dv.namespace()).unwrap_or_default();
         return Plan::Clone { namespace, name: pvc.name.clone() };
     }
-    if source.snapshot.is_some() {
-        return Plan::Unsupported("restoring a VolumeSnapshot (spec.source.snapshot)".into());
+    if let Some(snapshot) = &source.snapshot {
+        let namespace =
+            snapshot.namespace.clone().filter(|ns| !ns.is_empty()).or_else(|| dv.namespace()).unwrap_or_default();
+        return Plan::Restore { namespace, name: snapshot.name.clone() };
     }
     if source.upload.is_some() {
         return Plan::Upload;
@@ -121,7 +125,7 @@ pub fn clone_source_name(dv: &DataVolume) -> String {
 
 /// Whether the DataVolume copies a PVC (`spec.source.pvc`, or a DataSource's).
 pub fn is_clone(dv: &DataVolume) -> bool {
-    dv.spec.source.as_ref().map_or(dv.spec.source_ref.is_some(), |s| s.pvc.is_some())
+    dv.spec.source.as_ref().map_or(dv.spec.source_ref.is_some(), |s| s.pvc.is_some() || s.snapshot.is_some())
 }
 
 /// Whether the DataVolume waits for an upload (`spec.source.upload`).
@@ -198,7 +202,11 @@ pub fn upload_source(dv: &DataVolume, defaults: &dyn StorageDefaults) -> VolumeU
 /// The VolumeCloneSource of a clone DataVolume: the source claim by name (its namespace,
 /// when another, travels on the claim as CDI's `dataSourceNamespace`), the preallocation
 /// (the cluster default when unset) and the priority class.
-pub fn clone_source(dv: &DataVolume, name: &str, defaults: &dyn StorageDefaults) -> VolumeCloneSource {
+pub fn clone_source(dv: &DataVolume, from: &CloneFrom, defaults: &dyn StorageDefaults) -> VolumeCloneSource {
+    let (api_group, kind) = match from.kind {
+        CloneKind::Pvc => (None, kinds::PERSISTENT_VOLUME_CLAIM),
+        CloneKind::Snapshot => (Some(kinds::SNAPSHOT_GROUP.to_string()), kinds::VOLUME_SNAPSHOT),
+    };
     VolumeCloneSource {
         metadata: ObjectMeta {
             name: Some(clone_source_name(dv)),
@@ -209,9 +217,9 @@ pub fn clone_source(dv: &DataVolume, name: &str, defaults: &dyn StorageDefaults)
         },
         spec: VolumeCloneSourceSpec {
             source: k8s_openapi::api::core::v1::TypedLocalObjectReference {
-                api_group: None,
-                kind: kinds::PERSISTENT_VOLUME_CLAIM.into(),
-                name: name.to_string(),
+                api_group,
+                kind: kind.into(),
+                name: from.name.clone(),
             },
             preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
             priority_class_name: dv.spec.priority_class_name.clone().filter(|c| !c.is_empty()),
@@ -262,11 +270,19 @@ pub fn claim(
     clone_claim(dv, class, defaults, None, None)
 }
 
-/// The claim a clone copies, `namespace/name`.
+/// The claim (or snapshot) a clone copies, `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloneFrom {
+    pub kind: CloneKind,
     pub namespace: String,
     pub name: String,
+}
+
+/// What a clone copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneKind {
+    Pvc,
+    Snapshot,
 }
 
 /// [`claim`], for a clone of `from` whose source claim is `origin` (when it exists): a size

@@ -136,6 +136,9 @@ async fn clone_source_namespace(
     if let Some(pvc) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
         return Ok(Some(or_own(&pvc.namespace)));
     }
+    if let Some(snapshot) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
+        return Ok(Some(or_own(&snapshot.namespace)));
+    }
     let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(None) };
     let ds_namespace = or_own(&r.namespace);
     let client = ctx.client.clone();

@@ -324,6 +324,24 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "across-classes").await;
     assert!(reasons.contains(&"IncompatibleStorageClasses".to_string()), "{reasons:?}");
 
+    // A DataVolume restoring a VolumeSnapshot of the golden volume, its size left to the
+    // snapshot's.
+    env.apply(
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {name: golden-snap}\nspec:\n  \
+         source: {persistentVolumeClaimName: golden}\n",
+    )
+    .await;
+    env.apply(&data_volume(
+        "default",
+        "from-snapshot",
+        json!({"snapshot": {"name": "golden-snap"}}),
+        json!({"storageClassName": "local-immediate", "volumeMode": "Block"}),
+    ))
+    .await;
+    wait_phase(&env, "default", "from-snapshot", DataVolumePhase::Succeeded).await;
+    qemu_same(&env.raw, &data_of(&env, "default", "from-snapshot").await, None);
+    env.kubectl(&["delete", "volumesnapshot", "golden-snap", "--wait=true"], None).await;
+
     assert_eq!(sha256(&golden), before, "the clone source was written");
     // No temporary snapshot is left behind.
     let snapshots = env.kubectl(&["get", "volumesnapshots", "-A", "-o", "name"], None).await;

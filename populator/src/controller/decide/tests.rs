@@ -307,7 +307,7 @@ fn a_clone_records_its_strategy_once_then_keeps_it() {
 fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
     let target = clone_target(json!({ann::CLONE_TYPE: "csi-clone"}));
     let fresh = decide_in(target.clone(), World { prime: None, ..World::fresh() });
-    assert_eq!(fresh, Step::CreateSmartPrime { strategy: Strategy::CsiClone, claim: "golden".into() });
+    assert_eq!(fresh, Step::CreateSmartPrime { kind: "PersistentVolumeClaim", name: "golden".into() });
     let pending = World { prime: Some(prime("Pending")), ..World::fresh() };
     assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true });
     let (trace, step) = drive(target, World { prime: Some(prime("Bound")), ..World::fresh() });
@@ -323,7 +323,7 @@ fn a_snapshot_clone_restores_a_snapshot_once_it_is_ready() {
     assert_eq!(decide_in(target.clone(), taking), Step::WaitForSnapshot);
     let ready = World { clone_snapshot: SnapshotState::Ready, ..World::fresh() };
     let step = decide_in(target.clone(), ready);
-    assert_eq!(step, Step::CreateSmartPrime { strategy: Strategy::Snapshot, claim: "golden".into() });
+    assert_eq!(step, Step::CreateSmartPrime { kind: "VolumeSnapshot", name: "cdi-tmp-t-uid".into() });
     // A snapshot the driver cannot take: the copy, recorded as a fallback, goes on at once.
     let failed = World { clone_snapshot: SnapshotState::Failed("no backing file".into()), ..World::fresh() };
     let (trace, step) = drive(target, failed);
@@ -346,12 +346,16 @@ fn after_a_clone_its_source_is_released_after_the_target_holder() {
 }
 
 #[test]
-fn cloning_from_a_snapshot_is_reported_unsupported() {
-    let world = World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
+fn a_snapshot_source_is_restored_by_the_driver_within_its_namespace() {
+    let world = || World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
+    let (trace, step) = drive(clone_target(json!({})), world());
+    assert_eq!(step, Step::CreateSmartPrime { kind: "VolumeSnapshot", name: "golden".into() });
+    assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::CloneSource { .. }))), "{trace:?}");
+    let across = clone_target(json!({cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "elsewhere"}));
     assert_eq!(
-        decide_in(clone_target(json!({})), world),
+        decide_in(across, world()),
         Step::Unsupported {
-            message: "cloning from a VolumeSnapshot is not supported by this populator yet".into(),
+            message: "restoring a VolumeSnapshot of another namespace is not supported by this populator yet".into(),
             announce: true
         }
     );
@@ -359,7 +363,9 @@ fn cloning_from_a_snapshot_is_reported_unsupported() {
 
 #[test]
 fn an_unsupported_claim_is_reported_only_once() {
-    let target = clone_target(json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION}));
+    let target = clone_target(
+        json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION, cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "x"}),
+    );
     let world = World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
     assert!(matches!(decide_in(target, world), Step::Unsupported { announce: false, .. }));
 }

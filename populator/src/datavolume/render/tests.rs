@@ -59,8 +59,9 @@ fn import_sources_are_planned_and_the_rest_is_named() {
     assert_eq!(source.http.unwrap().url, "http://example.com/disk.img");
     assert!(matches!(plan_of(json!({"blank": {}})), Plan::Import(s) if s.blank.is_some()));
     assert!(matches!(plan_of(json!({"registry": {"url": "docker://x"}})), Plan::Import(_)));
-    assert!(
-        matches!(plan_of(json!({"snapshot": {"name": "s"}})), Plan::Unsupported(m) if m.starts_with("restoring a VolumeSnapshot"))
+    assert_eq!(
+        plan_of(json!({"snapshot": {"name": "s"}})),
+        Plan::Restore { namespace: "vms".into(), name: "s".into() }
     );
     let clone = |pvc: serde_json::Value| plan_of(json!({"pvc": pvc}));
     let (namespace, name) = ("vms".to_string(), "golden".to_string());
@@ -308,7 +309,7 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
         pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()
     };
     let fs = CloneOrigin { size: 1 << 30, mode: VolumeMode::Filesystem };
-    let from = CloneFrom { namespace: "golden-images".into(), name: "golden".into() };
+    let from = CloneFrom { kind: CloneKind::Pvc, namespace: "golden-images".into(), name: "golden".into() };
     let from = Some(&from);
     let pvc = clone_claim(&d, Some("local"), &DEFAULTS, from, Some(fs)).unwrap();
     assert_eq!(size(&pvc), (1u64 << 30).to_string(), "a Filesystem source's request has the overhead already");
@@ -324,7 +325,7 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
         clone_claim(&d, Some("local"), &DEFAULTS, from, None),
         Err(RenderError::NoCloneSource("golden-images/golden".into()))
     );
-    let source = clone_source(&d, "golden", &DEFAULTS);
+    let source = clone_source(&d, from.unwrap(), &DEFAULTS);
     assert_eq!(
         (source.spec.source.kind.as_str(), source.spec.source.name.as_str()),
         ("PersistentVolumeClaim", "golden")
@@ -332,7 +333,7 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
     assert_eq!(source.metadata.owner_references.unwrap()[0].uid, "dv-uid");
     let same =
         dv(json!({"source": {"pvc": {"name": "golden"}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}));
-    let here = CloneFrom { namespace: "vms".into(), name: "golden".into() };
+    let here = CloneFrom { kind: CloneKind::Pvc, namespace: "vms".into(), name: "golden".into() };
     let pvc = clone_claim(&same, Some("local"), &BlockProfile, Some(&here), None).unwrap();
     assert!(!pvc.metadata.annotations.unwrap().contains_key(ann::reserved::DATA_SOURCE_NAMESPACE));
 }
