@@ -3,14 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use cdi_mover::progress::{Phase, Snapshot};
-use cdi_mover::source::SourceSpec;
+use cdi_mover::source::{SourceSpec, peer};
 use cdi_proto::v1 as pb;
 use cdi_proto::v1::mover_client::MoverClient;
 
@@ -18,13 +17,6 @@ use super::EXIT_RETRYABLE;
 use super::import::TransferArgs;
 use super::output::{ProgressArg, Reporter, error_line, human};
 use super::volume;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 flow control for what a mover sends back (ReadVolume): a few 1 MiB chunks in
-/// flight, in large frames.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 8 << 20;
-const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -152,24 +144,17 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<MoverClient<Channel>> 
 /// Connects to the mover at `address` with the TLS settings of `args`.
 pub async fn connect_to(args: &ClientArgs, address: &str) -> anyhow::Result<MoverClient<Channel>> {
     cdi_mover::tls::install_crypto_provider();
-    let scheme = if args.insecure_plaintext { "http" } else { "https" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-        .with_context(|| format!("invalid mover address {address:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME);
-    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.ca) {
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca)?))
-            .identity(Identity::from_pem(read(cert)?, read(key)?))
-            .domain_name(args.tls_server_name.clone());
-        endpoint = endpoint.tls_config(tls).context("invalid TLS setup")?;
-    }
+    let tls = match (&args.tls_cert, &args.tls_key, &args.ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+            Some((read(cert)?, read(key)?, read(ca)?))
+        }
+        _ => None,
+    };
+    let endpoint = peer::endpoint(address, tls, &args.tls_server_name).map_err(anyhow::Error::msg)?;
     let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {address}"))?;
     // Volume streams carry chunks of a few MiB.
-    Ok(MoverClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    Ok(peer::client(channel))
 }
 
 /// `pod:UID/NAME`, `pod-block:UID/NAME`, or a path (made absolute).
@@ -200,8 +185,33 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
     let t = &p.transfer;
     // An upload task: it waits for `client upload`.
     let upload = t.source.eq_ignore_ascii_case("upload:");
+    let source = source_kind(t, upload)?;
+    let options = t.target_options()?;
+    let content_type = match t.content_type() {
+        cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
+        cdi_mover::ContentType::Archive => pb::ContentType::Archive,
+    };
+    let task_id = p.task_id.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("cli-{}-{}", now.as_millis(), std::process::id())
+    });
+    Ok(pb::PopulateRequest {
+        task_id,
+        source: Some(pb::Source { kind: Some(source) }),
+        target: Some(target(&t.target)?),
+        content_type: content_type as i32,
+        preallocate: options.preallocate,
+        requested_size: options.requested_size.unwrap_or(0),
+        filesystem_overhead: Some(options.filesystem_overhead),
+        checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        log: None,
+    })
+}
+
+/// The request's source for everything the import CLI parses too (and `upload:`).
+fn source_kind(t: &TransferArgs, upload: bool) -> anyhow::Result<pb::source::Kind> {
     let spec = if upload { SourceSpec::Upload(Default::default()) } else { t.source_spec()? };
-    let source = match spec {
+    Ok(match spec {
         SourceSpec::File(path) => {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
@@ -247,26 +257,8 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
                 endpoint: gcs.endpoint.unwrap_or_default(),
             })
         }
-    };
-    let options = t.target_options()?;
-    let content_type = match t.content_type() {
-        cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
-        cdi_mover::ContentType::Archive => pb::ContentType::Archive,
-    };
-    let task_id = p.task_id.clone().unwrap_or_else(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        format!("cli-{}-{}", now.as_millis(), std::process::id())
-    });
-    Ok(pb::PopulateRequest {
-        task_id,
-        source: Some(pb::Source { kind: Some(source) }),
-        target: Some(target(&t.target)?),
-        content_type: content_type as i32,
-        preallocate: options.preallocate,
-        requested_size: options.requested_size.unwrap_or(0),
-        filesystem_overhead: Some(options.filesystem_overhead),
-        checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-        log: None,
+        // Never parsed from a string.
+        SourceSpec::Volume(_) => bail!("a volume source cannot be named on the command line"),
     })
 }
 
