@@ -45,7 +45,9 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Start (or re-attach to) an import and follow it. TARGET: a path on the mover's node,
-    /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume.
+    /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume. SOURCE may also be
+    /// `volume://HOST:PORT/VOLUME`: VOLUME (a path, `pod:UID/NAME` or `pod-block:UID/NAME`)
+    /// on the node of the mover at HOST:PORT, copied by this one (a host-assisted clone).
     // Boxed: the transfer flags make it much larger than the other commands.
     Populate(Box<PopulateArgs>),
     /// Show one task.
@@ -74,6 +76,10 @@ pub struct PopulateArgs {
     pub task_id: Option<String>,
     #[command(flatten)]
     pub transfer: TransferArgs,
+    /// For a volume:// source: the name the peer mover's certificate must carry (default:
+    /// the movers' shared name).
+    #[arg(long, value_name = "NAME")]
+    pub volume_server_name: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressArg,
 }
@@ -181,11 +187,37 @@ pub fn target(spec: &Path) -> anyhow::Result<pb::Target> {
     Ok(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: path.display().to_string() })) })
 }
 
+/// How a peer mover's volume is named on the command line.
+const VOLUME_SCHEME: &str = "volume://";
+
+/// `HOST:PORT/VOLUME` (after `volume://`), VOLUME as the peer's node knows it.
+fn volume_source(rest: &str, server_name: Option<&str>) -> anyhow::Result<pb::source::Kind> {
+    let usage = "a volume source is volume://HOST:PORT/VOLUME, VOLUME a path, pod:UID/NAME or pod-block:UID/NAME";
+    let (address, volume) = rest.find('/').map(|i| rest.split_at(i)).context(usage)?;
+    // The path keeps its leading '/'; a pod volume does not have one.
+    let pod = volume.strip_prefix('/').filter(|v| v.starts_with("pod:") || v.starts_with("pod-block:"));
+    if address.is_empty() || volume.len() < 2 {
+        bail!("{usage}");
+    }
+    Ok(pb::source::Kind::Volume(pb::VolumeSource {
+        address: address.to_string(),
+        volume: Some(target(Path::new(pod.unwrap_or(volume)))?),
+        server_name: server_name.unwrap_or_default().to_string(),
+    }))
+}
+
 fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
     let t = &p.transfer;
     // An upload task: it waits for `client upload`.
     let upload = t.source.eq_ignore_ascii_case("upload:");
-    let source = source_kind(t, upload)?;
+    let volume = t.source.strip_prefix(VOLUME_SCHEME);
+    if p.volume_server_name.is_some() && volume.is_none() {
+        bail!("--volume-server-name applies to a volume:// source");
+    }
+    let source = match volume {
+        Some(rest) => volume_source(rest, p.volume_server_name.as_deref())?,
+        None => source_kind(t, upload)?,
+    };
     let options = t.target_options()?;
     let content_type = match t.content_type() {
         cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
@@ -257,8 +289,8 @@ fn source_kind(t: &TransferArgs, upload: bool) -> anyhow::Result<pb::source::Kin
                 endpoint: gcs.endpoint.unwrap_or_default(),
             })
         }
-        // Never parsed from a string.
-        SourceSpec::Volume(_) => bail!("a volume source cannot be named on the command line"),
+        // Never parsed from a string: volume://… is recognised before.
+        SourceSpec::Volume(_) => bail!("a volume source is given as volume://HOST:PORT/VOLUME"),
     })
 }
 
@@ -367,4 +399,28 @@ fn task_json(t: &pb::Task) -> serde_json::Value {
         "created_unix_ms": t.created_unix_ms,
         "finished_unix_ms": t.finished_unix_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(rest: &str) -> anyhow::Result<(String, pb::target::Kind)> {
+        let pb::source::Kind::Volume(v) = volume_source(rest, None)? else { panic!("not a volume source") };
+        Ok((v.address, v.volume.and_then(|t| t.kind).expect("a volume")))
+    }
+
+    #[test]
+    fn a_volume_source_names_the_peer_and_its_volume() {
+        let (address, kind) = volume("10.0.0.7:7443/dev/loop3").expect("a path");
+        assert_eq!(address, "10.0.0.7:7443");
+        assert_eq!(kind, pb::target::Kind::HostPath(pb::HostPath { path: "/dev/loop3".into() }));
+        let (_, kind) = volume("node-b:7443/pod-block:uid-1/pv-1").expect("a pod volume");
+        let pb::target::Kind::PodVolume(p) = kind else { panic!("{kind:?}") };
+        assert_eq!((p.pod_uid.as_str(), p.pv_name.as_str()), ("uid-1", "pv-1"));
+        assert_eq!(p.mode, pb::VolumeMode::Block as i32);
+        for bad in ["10.0.0.7:7443", "/dev/loop3", "h:1/"] {
+            assert!(volume(bad).expect_err("refused").to_string().contains("volume://HOST:PORT/VOLUME"), "{bad:?}");
+        }
+    }
 }

@@ -196,6 +196,28 @@ async fn an_archive_clone_extracts_the_peers_tree() {
     assert!(p.bytes_done > 0 && p.bytes_done == p.bytes_total, "{p:?}");
 }
 
+/// `cdi-mover client populate volume://…`, as a script clones by hand.
+#[test]
+fn the_cli_client_populates_from_a_peers_volume() {
+    let nodes = Nodes::start();
+    let src = nodes.path("src");
+    let qcow2 = disk_img_from_qcow2(&nodes, &src, 8 * MIB, 85);
+    let dst = nodes.path("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let (cert, key) = &nodes.client;
+    let mut cmd = std::process::Command::new(mover_bin());
+    cmd.args(["client", "--address", &nodes.to.addr, "--tls-cert", s(cert), "--tls-key", s(key)])
+        .args(["--ca", s(&nodes.pki.ca_path()), "populate", "--progress", "json"])
+        .arg(format!("volume://{}{}", nodes.from.addr, s(&src)))
+        .arg(&dst);
+    let out = with_timeout(cmd, Duration::from_secs(120));
+    assert_ok(&out);
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!((v["phase"].as_str(), v["virtual_size"].as_u64()), (Some("complete"), Some(8 * MIB)), "{v}");
+    assert_same(&qcow2, "qcow2", &dst.join("disk.img"));
+}
+
 /// A TCP relay to `upstream` passing what upstream sends at about `rate` bytes a second,
 /// so that a stream lasts long enough to be cut or cancelled half way. A connection ends
 /// when either side ends it. Returns the relay's address.
