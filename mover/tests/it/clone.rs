@@ -113,7 +113,10 @@ async fn a_disk_img_is_cloned_into_a_volume_sized_as_an_import_of_the_same_raw_i
     let req =
         pb::PopulateRequest { requested_size: requested, ..clone_request("clone-a", &nodes.from.addr, &src, &dst) };
 
-    let done = run(&mut client, req).await.expect("the clone completes");
+    let done = run(&mut client, req.clone()).await.expect("the clone completes");
+    // Calling again with the task's id re-attaches to it: no second copy.
+    let (reattached, _, again) = follow(&mut client.populate(req).await.unwrap().into_inner()).await;
+    assert!(reattached && again.as_ref().is_ok_and(|c| c == &done), "{again:?}");
     let disk = dst.join("disk.img");
     assert_same(&qcow2, "qcow2", &disk);
     assert_eq!((done.virtual_size, done.formats.as_slice()), (size, &["raw".to_string()][..]));
