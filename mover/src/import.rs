@@ -118,6 +118,10 @@ fn run(
             req.target.display()
         )));
     }
+    // Extents, not image bytes: written as a WriteVolume would write them.
+    if let SourceSpec::Volume(peer) = &req.source {
+        return source::peer::copy(req, peer, rt, progress, &cancel);
+    }
     let mut source_options = req.source_options.clone();
     source_options.cancel = Some(cancel.clone());
     let opened = source::open(&req.source, &source_options, rt)?;
@@ -562,7 +566,7 @@ pub(crate) fn finish<S: Storage>(
 }
 
 /// A stream that outgrows the target is the "image too large" case CDI reports.
-fn map_no_space(e: ImportError) -> ImportError {
+pub(crate) fn map_no_space(e: ImportError) -> ImportError {
     match e {
         ImportError::Target(crate::disk::TargetError::NoSpace { needed, available, .. }) => {
             ImportError::TooLarge { virtual_size: needed, available }

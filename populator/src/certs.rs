@@ -39,6 +39,10 @@ pub const UPLOADPROXY_SECRET: &str = "cdi-uploadproxy-tls";
 pub const UPLOADPROXY_SERVICE: &str = "cdi-uploadproxy";
 /// The name every mover certificate carries, and clients expect (pods have changing IPs).
 pub const MOVER_SERVER_NAME: &str = "cdi-mover";
+/// A mover's certificate serves its API and is also its client identity towards another
+/// mover, whose volume it reads for a host-assisted clone.
+const MOVER_USAGES: &[ExtendedKeyUsagePurpose] =
+    &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -161,12 +165,12 @@ pub async fn ensure_all(client: kube::Client, namespace: &str) -> Result<ClientI
     let ca = ensure_ca(&api, namespace).await?;
     ensure(&api, namespace, MOVER_SECRET, || {
         let names = [MOVER_SERVER_NAME.to_string(), format!("{MOVER_SERVER_NAME}.cdi-rs.svc")];
-        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) = issue(&ca.issuer()?, &names, MOVER_USAGES)?;
         Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
     let client = ensure(&api, namespace, CLIENT_SECRET, || {
-        let (cert, key) = issue(&ca.issuer()?, &["cdi-populator".to_string()], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (cert, key) = issue(&ca.issuer()?, &["cdi-populator".to_string()], &[ExtendedKeyUsagePurpose::ClientAuth])?;
         Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
@@ -194,7 +198,7 @@ pub async fn ensure_webhook(client: kube::Client, namespace: &str, service: &str
     let ca = ensure_ca(&api, namespace).await?;
     let secret = ensure(&api, namespace, WEBHOOK_SECRET, || {
         let names = service_dns_names(service, namespace);
-        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) = issue(&ca.issuer()?, &names, &[ExtendedKeyUsagePurpose::ServerAuth])?;
         Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
@@ -208,7 +212,7 @@ pub async fn ensure_api(client: kube::Client, namespace: &str, service: &str) ->
     let ca = ensure_ca(&api, namespace).await?;
     let secret = ensure(&api, namespace, API_SECRET, || {
         let names = service_dns_names(service, namespace);
-        let (cert, key) = issue(&ca.issuer()?, &names, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) = issue(&ca.issuer()?, &names, &[ExtendedKeyUsagePurpose::ServerAuth])?;
         Ok(data(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", ca.cert.clone())]))
     })
     .await?;
@@ -268,9 +272,9 @@ fn uploadproxy_names(namespace: &str) -> Vec<String> {
 /// trust), the CA, and the token public key.
 fn uploadproxy_data(ca: &Ca, namespace: &str, verify_key: &[u8]) -> Result<BTreeMap<String, ByteString>, CertError> {
     let issuer = ca.issuer()?;
-    let (cert, key) = issue(&issuer, &uploadproxy_names(namespace), ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (cert, key) = issue(&issuer, &uploadproxy_names(namespace), &[ExtendedKeyUsagePurpose::ServerAuth])?;
     let (client_cert, client_key) =
-        issue(&issuer, &[UPLOADPROXY_SERVICE.to_string()], ExtendedKeyUsagePurpose::ClientAuth)?;
+        issue(&issuer, &[UPLOADPROXY_SERVICE.to_string()], &[ExtendedKeyUsagePurpose::ClientAuth])?;
     let mut d = data(&[
         ("tls.crt", cert),
         ("tls.key", key),
@@ -326,14 +330,14 @@ fn new_ca() -> Result<(String, String), CertError> {
 fn issue(
     ca: &Issuer<'_, KeyPair>,
     names: &[String],
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
 ) -> Result<(String, String), CertError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     if let Some(first) = names.first() {
         params.distinguished_name.push(DnType::CommonName, first.as_str());
     }
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.not_after = rcgen::date_time_ymd(2035, 12, 31);
     let cert = params.signed_by(&key, ca)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -358,10 +362,45 @@ mod tests {
         assert_eq!(format!("{serving:?}"), "ServingCert(<redacted>)");
     }
 
+    #[test]
+    fn the_mover_certificate_serves_and_is_a_client_of_other_movers_too() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let (ca_cert, ca_key) = new_ca().unwrap();
+        let issuer = Issuer::new(ca_params().unwrap(), KeyPair::from_pem(&ca_key).unwrap());
+        let names = [MOVER_SERVER_NAME.to_string(), format!("{MOVER_SERVER_NAME}.cdi-rs.svc")];
+        let (cert, _) = issue(&issuer, &names, MOVER_USAGES).unwrap();
+        let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let now = UnixTime::now();
+        let name = ServerName::try_from(MOVER_SERVER_NAME).unwrap();
+        server_verifier(&ca_cert).verify_server_cert(&leaf, &[], &name, &[], now).expect("serves as cdi-mover");
+        // Another mover (trusting the same CA as its --client-ca) accepts it as a client: a
+        // mover reading its peer's volume presents its serving certificate.
+        client_verifier(&ca_cert).verify_client_cert(&leaf, &[], now).expect("accepted as a client");
+        // A serverAuth-only certificate (as movers had before) is refused as a client.
+        let (server_only, _) = issue(&issuer, &names, &[ExtendedKeyUsagePurpose::ServerAuth]).unwrap();
+        let server_only = CertificateDer::from_pem_slice(server_only.as_bytes()).unwrap();
+        assert!(client_verifier(&ca_cert).verify_client_cert(&server_only, &[], now).is_err());
+    }
+
+    fn client_verifier(ca_pem: &str) -> std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap()
+    }
+
     fn verifies_as(names: &[String], server_name: &str) {
         let (ca_cert, ca_key) = new_ca().unwrap();
         let issuer = Issuer::new(ca_params().unwrap(), KeyPair::from_pem(&ca_key).unwrap());
-        let (cert, key) = issue(&issuer, names, ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+        let (cert, key) = issue(&issuer, names, &[ExtendedKeyUsagePurpose::ServerAuth]).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
         // A rustls verifier built on the CA accepts the server certificate for its name.
         use rustls::client::danger::ServerCertVerifier;
@@ -435,14 +474,7 @@ mod tests {
         // The client certificate: a mover (which trusts the CA) accepts it as a client; it
         // is not a server certificate (EKU clientAuth only).
         let client = CertificateDer::from_pem_slice(pem_of(&d, "client.crt").as_bytes()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca_cert.as_bytes()).unwrap()).unwrap();
-        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
+        let client_verifier = client_verifier(&ca_cert);
         client_verifier.verify_client_cert(&client, &[], now).unwrap();
         let as_server = ServerName::try_from("cdi-uploadproxy").unwrap();
         assert!(verifier.verify_server_cert(&client, &[], &as_server, &[], now).is_err(), "clientAuth only");

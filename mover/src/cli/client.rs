@@ -3,14 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use cdi_mover::progress::{Phase, Snapshot};
-use cdi_mover::source::SourceSpec;
+use cdi_mover::source::{SourceSpec, peer};
 use cdi_proto::v1 as pb;
 use cdi_proto::v1::mover_client::MoverClient;
 
@@ -18,13 +17,6 @@ use super::EXIT_RETRYABLE;
 use super::import::TransferArgs;
 use super::output::{ProgressArg, Reporter, error_line, human};
 use super::volume;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 flow control for what a mover sends back (ReadVolume): a few 1 MiB chunks in
-/// flight, in large frames.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 8 << 20;
-const MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -53,7 +45,9 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Start (or re-attach to) an import and follow it. TARGET: a path on the mover's node,
-    /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume.
+    /// or `pod:UID/NAME` / `pod-block:UID/NAME` for a pod's volume. SOURCE may also be
+    /// `volume://HOST:PORT/VOLUME`: VOLUME (a path, `pod:UID/NAME` or `pod-block:UID/NAME`)
+    /// on the node of the mover at HOST:PORT, copied by this one (a host-assisted clone).
     // Boxed: the transfer flags make it much larger than the other commands.
     Populate(Box<PopulateArgs>),
     /// Show one task.
@@ -82,6 +76,10 @@ pub struct PopulateArgs {
     pub task_id: Option<String>,
     #[command(flatten)]
     pub transfer: TransferArgs,
+    /// For a volume:// source: the name the peer mover's certificate must carry (default:
+    /// the movers' shared name).
+    #[arg(long, value_name = "NAME")]
+    pub volume_server_name: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressArg,
 }
@@ -152,24 +150,17 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<MoverClient<Channel>> 
 /// Connects to the mover at `address` with the TLS settings of `args`.
 pub async fn connect_to(args: &ClientArgs, address: &str) -> anyhow::Result<MoverClient<Channel>> {
     cdi_mover::tls::install_crypto_provider();
-    let scheme = if args.insecure_plaintext { "http" } else { "https" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-        .with_context(|| format!("invalid mover address {address:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME);
-    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.ca) {
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca)?))
-            .identity(Identity::from_pem(read(cert)?, read(key)?))
-            .domain_name(args.tls_server_name.clone());
-        endpoint = endpoint.tls_config(tls).context("invalid TLS setup")?;
-    }
+    let tls = match (&args.tls_cert, &args.tls_key, &args.ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+            Some((read(cert)?, read(key)?, read(ca)?))
+        }
+        _ => None,
+    };
+    let endpoint = peer::endpoint(address, tls, &args.tls_server_name).map_err(anyhow::Error::msg)?;
     let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {address}"))?;
     // Volume streams carry chunks of a few MiB.
-    Ok(MoverClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    Ok(peer::client(channel))
 }
 
 /// `pod:UID/NAME`, `pod-block:UID/NAME`, or a path (made absolute).
@@ -196,12 +187,63 @@ pub fn target(spec: &Path) -> anyhow::Result<pb::Target> {
     Ok(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: path.display().to_string() })) })
 }
 
+/// How a peer mover's volume is named on the command line.
+const VOLUME_SCHEME: &str = "volume://";
+
+/// `HOST:PORT/VOLUME` (after `volume://`), VOLUME as the peer's node knows it.
+fn volume_source(rest: &str, server_name: Option<&str>) -> anyhow::Result<pb::source::Kind> {
+    let usage = "a volume source is volume://HOST:PORT/VOLUME, VOLUME a path, pod:UID/NAME or pod-block:UID/NAME";
+    let (address, volume) = rest.find('/').map(|i| rest.split_at(i)).context(usage)?;
+    // The path keeps its leading '/'; a pod volume does not have one.
+    let pod = volume.strip_prefix('/').filter(|v| v.starts_with("pod:") || v.starts_with("pod-block:"));
+    if address.is_empty() || volume.len() < 2 {
+        bail!("{usage}");
+    }
+    Ok(pb::source::Kind::Volume(pb::VolumeSource {
+        address: address.to_string(),
+        volume: Some(target(Path::new(pod.unwrap_or(volume)))?),
+        server_name: server_name.unwrap_or_default().to_string(),
+    }))
+}
+
 fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
     let t = &p.transfer;
     // An upload task: it waits for `client upload`.
     let upload = t.source.eq_ignore_ascii_case("upload:");
+    let volume = t.source.strip_prefix(VOLUME_SCHEME);
+    if p.volume_server_name.is_some() && volume.is_none() {
+        bail!("--volume-server-name applies to a volume:// source");
+    }
+    let source = match volume {
+        Some(rest) => volume_source(rest, p.volume_server_name.as_deref())?,
+        None => source_kind(t, upload)?,
+    };
+    let options = t.target_options()?;
+    let content_type = match t.content_type() {
+        cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
+        cdi_mover::ContentType::Archive => pb::ContentType::Archive,
+    };
+    let task_id = p.task_id.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("cli-{}-{}", now.as_millis(), std::process::id())
+    });
+    Ok(pb::PopulateRequest {
+        task_id,
+        source: Some(pb::Source { kind: Some(source) }),
+        target: Some(target(&t.target)?),
+        content_type: content_type as i32,
+        preallocate: options.preallocate,
+        requested_size: options.requested_size.unwrap_or(0),
+        filesystem_overhead: Some(options.filesystem_overhead),
+        checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        log: None,
+    })
+}
+
+/// The request's source for everything the import CLI parses too (and `upload:`).
+fn source_kind(t: &TransferArgs, upload: bool) -> anyhow::Result<pb::source::Kind> {
     let spec = if upload { SourceSpec::Upload(Default::default()) } else { t.source_spec()? };
-    let source = match spec {
+    Ok(match spec {
         SourceSpec::File(path) => {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
             pb::source::Kind::File(pb::FileSource { path: path.display().to_string() })
@@ -247,26 +289,8 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
                 endpoint: gcs.endpoint.unwrap_or_default(),
             })
         }
-    };
-    let options = t.target_options()?;
-    let content_type = match t.content_type() {
-        cdi_mover::ContentType::Kubevirt => pb::ContentType::Kubevirt,
-        cdi_mover::ContentType::Archive => pb::ContentType::Archive,
-    };
-    let task_id = p.task_id.clone().unwrap_or_else(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        format!("cli-{}-{}", now.as_millis(), std::process::id())
-    });
-    Ok(pb::PopulateRequest {
-        task_id,
-        source: Some(pb::Source { kind: Some(source) }),
-        target: Some(target(&t.target)?),
-        content_type: content_type as i32,
-        preallocate: options.preallocate,
-        requested_size: options.requested_size.unwrap_or(0),
-        filesystem_overhead: Some(options.filesystem_overhead),
-        checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-        log: None,
+        // Never parsed from a string: volume://… is recognised before.
+        SourceSpec::Volume(_) => bail!("a volume source is given as volume://HOST:PORT/VOLUME"),
     })
 }
 
@@ -375,4 +399,28 @@ fn task_json(t: &pb::Task) -> serde_json::Value {
         "created_unix_ms": t.created_unix_ms,
         "finished_unix_ms": t.finished_unix_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(rest: &str) -> anyhow::Result<(String, pb::target::Kind)> {
+        let pb::source::Kind::Volume(v) = volume_source(rest, None)? else { panic!("not a volume source") };
+        Ok((v.address, v.volume.and_then(|t| t.kind).expect("a volume")))
+    }
+
+    #[test]
+    fn a_volume_source_names_the_peer_and_its_volume() {
+        let (address, kind) = volume("10.0.0.7:7443/dev/loop3").expect("a path");
+        assert_eq!(address, "10.0.0.7:7443");
+        assert_eq!(kind, pb::target::Kind::HostPath(pb::HostPath { path: "/dev/loop3".into() }));
+        let (_, kind) = volume("node-b:7443/pod-block:uid-1/pv-1").expect("a pod volume");
+        let pb::target::Kind::PodVolume(p) = kind else { panic!("{kind:?}") };
+        assert_eq!((p.pod_uid.as_str(), p.pv_name.as_str()), ("uid-1", "pv-1"));
+        assert_eq!(p.mode, pb::VolumeMode::Block as i32);
+        for bad in ["10.0.0.7:7443", "/dev/loop3", "h:1/"] {
+            assert!(volume(bad).expect_err("refused").to_string().contains("volume://HOST:PORT/VOLUME"), "{bad:?}");
+        }
+    }
 }

@@ -15,7 +15,8 @@ use crate::error::Reason;
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
 use crate::source::{
-    CaBundle, Credentials, GcsOptions, HttpOptions, Platform, RegistryOptions, S3Keys, SourceOptions, SourceSpec, gcs,
+    CaBundle, Credentials, GcsOptions, HttpOptions, PeerClient, PeerVolume, Platform, RegistryOptions, S3Keys,
+    SourceOptions, SourceSpec, gcs, peer,
 };
 
 /// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
@@ -42,6 +43,17 @@ pub struct ResolvedTarget {
     pub display: String,
 }
 
+/// How a target may be shown: its path, or `pod UID volume NAME`.
+fn describe(kind: &pb::target::Kind) -> String {
+    match kind {
+        pb::target::Kind::HostPath(h) => h.path.clone(),
+        pb::target::Kind::PodVolume(v) => {
+            let name = if v.pv_name.is_empty() { &v.volume_name } else { &v.pv_name };
+            format!("pod {} volume {name}", v.pod_uid)
+        }
+    }
+}
+
 pub fn target(field: &str, target: Option<&pb::Target>, kubelet_root: &Path) -> Result<ResolvedTarget, Status> {
     use pb::target::Kind;
     match target.and_then(|t| t.kind.as_ref()) {
@@ -52,7 +64,7 @@ pub fn target(field: &str, target: Option<&pb::Target>, kubelet_root: &Path) -> 
             }
             Ok(ResolvedTarget { path: PathBuf::from(&h.path), display: h.path.clone() })
         }
-        Some(Kind::PodVolume(v)) => {
+        Some(kind @ Kind::PodVolume(v)) => {
             let volume = PodVolume {
                 pod_uid: v.pod_uid.clone(),
                 volume_name: v.volume_name.clone(),
@@ -63,8 +75,7 @@ pub fn target(field: &str, target: Option<&pb::Target>, kubelet_root: &Path) -> 
                 ResolveError::NotFound { .. } => Status::not_found(e.to_string()),
                 _ => invalid(&format!("{field}.pod_volume"), e),
             })?;
-            let name = if v.pv_name.is_empty() { &v.volume_name } else { &v.pv_name };
-            Ok(ResolvedTarget { path, display: format!("pod {} volume {name}", v.pod_uid) })
+            Ok(ResolvedTarget { path, display: describe(kind) })
         }
     }
 }
@@ -74,10 +85,11 @@ fn overhead(field: &str, value: Option<f64>) -> Result<f64, Status> {
     sizing::validate_overhead(overhead).map_err(|e| invalid(field, e))
 }
 
-/// Validates a Populate request into the task to run.
-pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSpec, Status> {
+/// Validates a Populate request into the task to run; `peers` is how a volume source
+/// reaches its mover.
+pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path, peers: &PeerClient) -> Result<TaskSpec, Status> {
     let id = task_id(&req.task_id)?;
-    let (source, source_options) = source(req.source.as_ref())?;
+    let (source, source_options) = source(req.source.as_ref(), peers)?;
     let target = target("target", req.target.as_ref(), kubelet_root)?;
     let content_type = match pb::ContentType::try_from(req.content_type) {
         Ok(pb::ContentType::Unspecified | pb::ContentType::Kubevirt) => ContentType::Kubevirt,
@@ -92,6 +104,10 @@ pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path) -> Result<TaskSp
     // An upload's bytes pass once, as the uploader sends them; nothing to check them against.
     if matches!(source, SourceSpec::Upload(_)) && checksum.is_some() {
         return Err(invalid("checksum", "must be empty for an upload source"));
+    }
+    // Extents of a volume, not the bytes of an image: nothing a digest could be taken of.
+    if matches!(source, SourceSpec::Volume(_)) && checksum.is_some() {
+        return Err(invalid("checksum", "must be empty for a volume source"));
     }
     if matches!(source, SourceSpec::Blank) {
         crate::source::blank::check_request(content_type, checksum.is_some())
@@ -137,10 +153,11 @@ fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>
     }
 }
 
-fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), Status> {
+fn source(source: Option<&pb::Source>, peers: &PeerClient) -> Result<(SourceSpec, SourceOptions), Status> {
     use pb::source::Kind;
     match source.and_then(|s| s.kind.as_ref()) {
-        None => Err(invalid("source", "is required (http, s3, gcs, file, registry, blank or upload)")),
+        None => Err(invalid("source", "is required (http, s3, gcs, file, registry, blank, upload or volume)")),
+        Some(Kind::Volume(v)) => Ok((SourceSpec::Volume(volume_source(v, peers)?), SourceOptions::default())),
         Some(Kind::Blank(pb::BlankSource {})) => Ok((SourceSpec::Blank, SourceOptions::default())),
         Some(Kind::Registry(r)) => registry(r),
         Some(Kind::Upload(pb::UploadSource {})) => {
@@ -205,6 +222,48 @@ fn source(source: Option<&pb::Source>) -> Result<(SourceSpec, SourceOptions), St
             Ok((spec, SourceOptions { http, ..SourceOptions::default() }))
         }
     }
+}
+
+/// A peer's volume, checked as far as it can be here (the peer resolves it).
+fn volume_source(v: &pb::VolumeSource, peers: &PeerClient) -> Result<PeerVolume, Status> {
+    use tonic::codegen::http::uri::Authority;
+    let address = v.address.trim();
+    // No user info: a peer is named by host and port alone.
+    let authority = address.parse::<Authority>().ok().filter(|a| a.port().is_some() && !a.as_str().contains('@'));
+    if authority.is_none() {
+        return Err(invalid("source.volume.address", format!("{:?} must be HOST:PORT of the peer mover", v.address)));
+    }
+    let kind = match v.volume.as_ref().and_then(|t| t.kind.as_ref()) {
+        None => return Err(invalid("source.volume.volume", "is required (host_path or pod_volume)")),
+        Some(pb::target::Kind::HostPath(h)) if !h.path.starts_with('/') => {
+            return Err(invalid("source.volume.volume.host_path.path", "must be an absolute path"));
+        }
+        Some(kind @ pb::target::Kind::PodVolume(p)) => {
+            let volume = PodVolume {
+                pod_uid: p.pod_uid.clone(),
+                volume_name: p.volume_name.clone(),
+                pv_name: p.pv_name.clone(),
+                block: p.mode == pb::VolumeMode::Block as i32,
+            };
+            volume.validate().map_err(|e| invalid("source.volume.volume.pod_volume", e))?;
+            kind
+        }
+        Some(kind) => kind,
+    };
+    let server_name = match v.server_name.trim() {
+        "" => peer::DEFAULT_SERVER_NAME.to_string(),
+        name => name.to_string(),
+    };
+    if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        return Err(invalid("source.volume.server_name", format!("{server_name:?} is not a DNS name or IP address")));
+    }
+    Ok(PeerVolume {
+        address: address.to_string(),
+        volume: pb::Target { kind: Some(kind.clone()) },
+        volume_shown: describe(kind),
+        server_name,
+        client: peers.clone(),
+    })
 }
 
 fn registry(r: &pb::RegistrySource) -> Result<(SourceSpec, SourceOptions), Status> {
@@ -357,7 +416,9 @@ mod tests {
             volume: Some(pb::PodVolume { pod_uid: uid.into(), volume_name: "cdi-log".into(), ..Default::default() }),
             file_name: file.into(),
         };
-        let with = |l: pb::TaskLog| populate(&pb::PopulateRequest { log: Some(l), ..req() }, root.path());
+        let with = |l: pb::TaskLog| {
+            populate(&pb::PopulateRequest { log: Some(l), ..req() }, root.path(), &PeerClient::default())
+        };
         let found = with(log("u1", "")).unwrap().log.unwrap();
         assert_eq!(found, std::fs::canonicalize(&dir).unwrap().join("import.log"));
         assert!(with(log("gone", "import.log")).unwrap().log.is_none(), "no such pod: the import runs without a log");
@@ -365,18 +426,18 @@ mod tests {
         assert!(e.message().starts_with("log.file_name"), "{e:?}");
         let e = with(log("../u1", "x")).unwrap_err();
         assert!(e.message().starts_with("log.volume"), "{e:?}");
-        assert!(populate(&req(), root.path()).unwrap().log.is_none());
+        assert!(populate(&req(), root.path(), &PeerClient::default()).unwrap().log.is_none());
     }
 
     fn field_of(r: pb::PopulateRequest) -> String {
-        let s = populate(&r, Path::new("/var/lib/kubelet")).unwrap_err();
+        let s = populate(&r, Path::new("/var/lib/kubelet"), &PeerClient::default()).unwrap_err();
         assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
         s.message().to_string()
     }
 
     #[test]
     fn a_good_request_converts() {
-        let spec = populate(&req(), Path::new("/var/lib/kubelet")).unwrap();
+        let spec = populate(&req(), Path::new("/var/lib/kubelet"), &PeerClient::default()).unwrap();
         assert_eq!(spec.id, "t-1");
         assert_eq!(spec.request.target_options.filesystem_overhead, 0.06);
         assert_eq!(spec.source, "https://h/x.qcow2");
@@ -417,7 +478,7 @@ mod tests {
 
     #[test]
     fn a_blank_source_converts_and_refuses_what_needs_bytes() {
-        let spec = populate(&blank(), Path::new("/var/lib/kubelet")).unwrap();
+        let spec = populate(&blank(), Path::new("/var/lib/kubelet"), &PeerClient::default()).unwrap();
         assert!(matches!(spec.request.source, SourceSpec::Blank));
         assert_eq!(spec.source, "blank");
         let m = field_of(pb::PopulateRequest { content_type: pb::ContentType::Archive as i32, ..blank() });
@@ -457,12 +518,14 @@ mod tests {
                 ca_pem: b"PEM".to_vec(),
             }))
         };
-        let spec = populate(&s3("http://127.0.0.1:9000/b/k.img", "AKID", "s3cr3t"), Path::new("/")).unwrap();
+        let spec =
+            populate(&s3("http://127.0.0.1:9000/b/k.img", "AKID", "s3cr3t"), Path::new("/"), &PeerClient::default())
+                .unwrap();
         assert!(matches!(&spec.request.source, SourceSpec::S3(l) if l.bucket == "b" && l.key == "k.img"));
         assert_eq!(spec.request.source_options.s3_keys.as_ref().unwrap().secret_key, "s3cr3t");
         assert!(spec.request.source_options.http.ca.is_some());
         assert!(!spec.source.contains("s3cr3t") && !format!("{:?}", spec.request).contains("s3cr3t"));
-        let anonymous = populate(&s3("s3://b/k", "", ""), Path::new("/")).unwrap();
+        let anonymous = populate(&s3("s3://b/k", "", ""), Path::new("/"), &PeerClient::default()).unwrap();
         assert!(anonymous.request.source_options.s3_keys.is_none());
         assert!(field_of(s3("s3://b/k", "AKID", "")).starts_with("source.s3.secret_key"));
         assert!(field_of(s3("s3://b/k", "", "x")).starts_with("source.s3.access_key_id"));
@@ -475,9 +538,12 @@ mod tests {
                 endpoint: endpoint.into(),
             }))
         };
-        let spec =
-            populate(&gcs("https://storage.cloud.google.com/b/o.img", b"", "http://127.0.0.1:1"), Path::new("/"))
-                .unwrap();
+        let spec = populate(
+            &gcs("https://storage.cloud.google.com/b/o.img", b"", "http://127.0.0.1:1"),
+            Path::new("/"),
+            &PeerClient::default(),
+        )
+        .unwrap();
         assert_eq!(spec.source, "gs://b/o.img");
         assert_eq!(spec.request.source_options.gcs.endpoint.as_deref(), Some("http://127.0.0.1:1"));
         assert!(
@@ -485,6 +551,56 @@ mod tests {
         );
         assert!(field_of(gcs("gs://b/o", b"", "ftp://x")).starts_with("source.gcs.endpoint"));
         assert!(field_of(gcs("http://example.com/b/o", b"", "")).starts_with("source.gcs.url"));
+    }
+
+    #[test]
+    fn a_volume_source_converts_and_names_bad_fields() {
+        let vol = |address: &str, volume: Option<pb::Target>, server_name: &str| pb::PopulateRequest {
+            source: Some(pb::Source {
+                kind: Some(pb::source::Kind::Volume(pb::VolumeSource {
+                    address: address.into(),
+                    volume,
+                    server_name: server_name.into(),
+                })),
+            }),
+            ..req()
+        };
+        let pod = |uid: &str, name: &str| {
+            Some(pb::Target {
+                kind: Some(pb::target::Kind::PodVolume(pb::PodVolume {
+                    pod_uid: uid.into(),
+                    pv_name: name.into(),
+                    ..Default::default()
+                })),
+            })
+        };
+        let peers =
+            PeerClient { tls: Some(crate::source::PeerTls { cert: "/c".into(), key: "/k".into(), ca: "/ca".into() }) };
+        let spec = populate(&vol("10.0.0.7:7443", pod("u1", "pv-1"), ""), Path::new("/"), &peers).unwrap();
+        assert_eq!(spec.source, "volume 10.0.0.7:7443 pod u1 volume pv-1");
+        let SourceSpec::Volume(v) = &spec.request.source else { panic!("{:?}", spec.request.source) };
+        assert_eq!(v.server_name, "cdi-mover", "empty: the movers' shared name");
+        assert!(v.client.tls.is_some(), "the mover's own identity");
+        let named = populate(&vol("peer.example:1", pod("u1", "pv-1"), "other"), Path::new("/"), &peers).unwrap();
+        let SourceSpec::Volume(v) = &named.request.source else { panic!() };
+        assert_eq!(v.server_name, "other");
+
+        let field = |r| {
+            let s = populate(&r, Path::new("/"), &peers).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+            s.message().to_string()
+        };
+        for bad in ["", "10.0.0.7", "u:p@h:1", "h:1/x", "http://h:1"] {
+            assert!(field(vol(bad, pod("u1", "pv"), "")).starts_with("source.volume.address"), "{bad:?}");
+        }
+        assert!(field(vol("h:1", None, "")).starts_with("source.volume.volume"));
+        let relative = Some(pb::Target { kind: Some(pb::target::Kind::HostPath(pb::HostPath { path: "v".into() })) });
+        assert!(field(vol("h:1", relative, "")).starts_with("source.volume.volume.host_path.path"));
+        assert!(field(vol("h:1", pod("..", "pv"), "")).starts_with("source.volume.volume.pod_volume"));
+        assert!(field(vol("h:1", pod("u1", "pv"), "a b")).starts_with("source.volume.server_name"));
+        let summed =
+            pb::PopulateRequest { checksum: format!("sha256:{}", "0".repeat(64)), ..vol("h:1", pod("u", "p"), "") };
+        assert!(field(summed).starts_with("checksum"));
     }
 
     #[test]
@@ -500,7 +616,8 @@ mod tests {
             }),
             ..req()
         };
-        let spec = populate(&reg("docker://127.0.0.1:5000/vm/disk:1", "arm64"), Path::new("/")).unwrap();
+        let spec = populate(&reg("docker://127.0.0.1:5000/vm/disk:1", "arm64"), Path::new("/"), &PeerClient::default())
+            .unwrap();
         assert_eq!(spec.source, "docker://127.0.0.1:5000/vm/disk:1");
         let opts = &spec.request.source_options.registry;
         assert_eq!(opts.platform.as_ref().unwrap().to_string(), "linux/arm64");
@@ -519,7 +636,7 @@ mod tests {
                 ..Default::default()
             })),
         });
-        let spec = populate(&r, Path::new("/")).unwrap();
+        let spec = populate(&r, Path::new("/"), &PeerClient::default()).unwrap();
         assert!(!spec.source.contains("pw") && !spec.source.contains("secret"), "{}", spec.source);
         assert!(!format!("{:?}", spec.request.source_options).contains("hunter2"));
     }

@@ -10,8 +10,9 @@
 //!                                  └──▶ upload.rs: Upload bytes into an upload task's import
 //! ```
 //!
-//! `tonic::Status` lives only in this module: the data path's errors become task failures
-//! with reason codes; request problems become INVALID_ARGUMENT before anything runs.
+//! `tonic::Status` lives only in this module (and, as what a peer answers, in the volume
+//! source `source/peer.rs`, a client of another mover): the data path's errors become task
+//! failures with reason codes; request problems become INVALID_ARGUMENT before anything runs.
 
 pub mod claims;
 pub mod convert;
@@ -46,6 +47,8 @@ pub struct MoverService {
     pub kubelet_root: PathBuf,
     pub node_name: String,
     pub tasks: Arc<Registry>,
+    /// How a volume source reaches its mover: this mover's own identity.
+    pub peers: crate::source::PeerClient,
 }
 
 impl MoverService {
@@ -64,7 +67,7 @@ impl pb::mover_server::Mover for MoverService {
     type ReadVolumeStream = ChunkStream;
 
     async fn populate(&self, request: Request<pb::PopulateRequest>) -> Result<Response<EventStream>, Status> {
-        let spec = convert::populate(request.get_ref(), &self.kubelet_root)?;
+        let spec = convert::populate(request.get_ref(), &self.kubelet_root, &self.peers)?;
         let (task, reattached) = self.tasks.start_or_attach(spec).map_err(|e| match e {
             StartError::Conflict { .. } => Status::already_exists(e.to_string()),
             StartError::Draining => Status::unavailable(e.to_string()),
@@ -188,6 +191,7 @@ impl pb::mover_server::Mover for MoverService {
                 "s3",
                 "gcs",
                 crate::source::upload::NAME,
+                crate::source::peer::NAME,
             ]),
             content_types: strings(&["kubevirt", "archive"]),
             node_name: self.node_name.clone(),

@@ -14,6 +14,7 @@ use super::MoverService;
 use super::metrics::{self, Metrics};
 use super::tasks::Registry;
 use super::tls::{Reloading, TlsFiles};
+use crate::source::{PeerClient, PeerTls};
 
 /// HTTP/2 flow control for what clients send (WriteVolume uploads): room for a few 1 MiB
 /// chunks in flight, in large frames, rather than hyper's 1 MiB windows of 16 KiB frames.
@@ -69,8 +70,17 @@ pub async fn serve(
     crate::tls::install_crypto_provider();
     let metrics = Metrics::new();
     let tasks = Registry::new(cfg.max_concurrent, cfg.retention, metrics.clone());
-    let service =
-        MoverService { kubelet_root: cfg.kubelet_root.clone(), node_name: cfg.node_name.clone(), tasks: tasks.clone() };
+    // A mover reads its peers' volumes with its serving identity, trusting the CA its own
+    // clients come from: all movers' certificates are signed by it.
+    let peers = PeerClient {
+        tls: cfg.tls.as_ref().map(|f| PeerTls { cert: f.cert.clone(), key: f.key.clone(), ca: f.client_ca.clone() }),
+    };
+    let service = MoverService {
+        kubelet_root: cfg.kubelet_root.clone(),
+        node_name: cfg.node_name.clone(),
+        tasks: tasks.clone(),
+        peers,
+    };
 
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;

@@ -8,12 +8,14 @@
 //!
 //! [`blank`] is the source without bytes: an empty disk, made where it lies. The object
 //! stores ([`s3`], [`gcs`]) are HTTP sources with their own addressing and authorisation.
+//! [`peer`] is another mover's volume, read as a stream of extents rather than image bytes.
 
 pub mod blank;
 mod file;
 pub mod gcs;
 mod google_auth;
 mod http;
+pub mod peer;
 pub mod registry;
 pub mod s3;
 pub mod sigv4;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 pub use file::FileSource;
 pub use gcs::{GcsLocation, GcsOptions};
 pub use http::{CaBundle, Credentials, HttpOptions, HttpSource, ObjectAccess, RequestAuth};
+pub use peer::{PeerClient, PeerError, PeerTls, PeerVolume};
 pub use registry::{ImageRef, Platform, RegistryError, RegistryOptions};
 pub use s3::S3Location;
 pub use sigv4::S3Keys;
@@ -87,6 +90,9 @@ pub enum SourceSpec {
     Blank,
     /// Bytes pushed by an `Upload` call ([`upload`]); never parsed from a string.
     Upload(UploadFeed),
+    /// Another mover's volume, read with its `ReadVolume` ([`peer`]); never parsed from a
+    /// string.
+    Volume(PeerVolume),
 }
 
 /// Redacted: a URL may carry credentials in its user info or query.
@@ -100,6 +106,7 @@ impl fmt::Debug for SourceSpec {
             SourceSpec::Gcs(l) => f.debug_tuple("Gcs").field(&l.name()).finish(),
             SourceSpec::Blank => f.write_str("Blank"),
             SourceSpec::Upload(_) => f.write_str("Upload"),
+            SourceSpec::Volume(v) => f.debug_tuple("Volume").field(&v.display()).finish(),
         }
     }
 }
@@ -158,6 +165,7 @@ impl SourceSpec {
             SourceSpec::Gcs(l) => l.name(),
             SourceSpec::Blank => blank::FORMAT.to_string(),
             SourceSpec::Upload(_) => upload::NAME.to_string(),
+            SourceSpec::Volume(v) => v.display(),
         }
     }
 }
@@ -242,6 +250,8 @@ pub fn open(spec: &SourceSpec, opts: &SourceOptions, rt: &tokio::runtime::Handle
         // The import makes a blank disk without opening anything (`blank::create`).
         SourceSpec::Blank => Err(SourceError::NoBytes),
         SourceSpec::Upload(feed) => upload::open(feed),
+        // The import writes the peer's extents itself (`peer::copy`): no bytes to open.
+        SourceSpec::Volume(_) => Err(SourceError::NoBytes),
     }
 }
 
@@ -308,12 +318,14 @@ pub enum SourceError {
     OutOfBounds { offset: u64, len: u64, size: u64 },
     #[error("the download stopped: {0}")]
     Aborted(String),
-    #[error("a blank source has no bytes to read")]
+    #[error("a blank or volume source has no bytes to read")]
     NoBytes,
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Upload(#[from] UploadError),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 impl SourceError {
@@ -321,6 +333,7 @@ impl SourceError {
         match self {
             SourceError::Registry(e) => e.is_retryable(),
             SourceError::Upload(e) => e.is_retryable(),
+            SourceError::Peer(e) => e.is_retryable(),
             SourceError::Status { status, .. } => is_retryable_status(*status),
             SourceError::Store { retryable, .. } => *retryable,
             SourceError::TokenRetryable(_) => true,
@@ -337,6 +350,7 @@ impl SourceError {
         use crate::error::Reason;
         match self {
             SourceError::Registry(e) => e.reason(),
+            SourceError::Peer(e) => e.reason(),
             SourceError::Status { status: 404 | 410, .. } => Reason::NotFound,
             SourceError::Status { status: 401 | 403 | 407, .. } => Reason::Unauthorized,
             SourceError::Store { status: 404 | 410, .. } => Reason::NotFound,

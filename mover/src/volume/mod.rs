@@ -1,7 +1,9 @@
 //! Volume streaming: a volume's contents as a stream of sparse extents, out of a volume
 //! ([`read`]) and into one ([`write`]). Host-assisted clone is one mover's reader feeding
-//! another's writer over gRPC (`ReadVolume` → `WriteVolume`); this module knows nothing of
-//! gRPC (the service converts [`Chunk`]s to and from the wire).
+//! another's writer over gRPC: a client forwarding `ReadVolume` into `WriteVolume`, or a
+//! `Populate` whose source is the peer's volume, the writing mover reading it itself
+//! (`source::peer`). This module knows nothing of gRPC (the service converts [`Chunk`]s to
+//! and from the wire).
 //!
 //! ```text
 //!  block device ─┐                                                  ┌─▶ block device (O_DIRECT,

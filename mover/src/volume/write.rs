@@ -37,6 +37,9 @@ pub struct Written {
     pub zero_bytes: u64,
     /// Where the volume is now: the device, the `disk.img`, the file or the directory.
     pub path: PathBuf,
+    /// RAW: the target's final size (a device's size; a `disk.img` grown to the volume's
+    /// usable space). TAR: the content bytes extracted (kept as a file: its length).
+    pub size: u64,
 }
 
 /// Where a TAR stream may go besides a directory.
@@ -131,6 +134,7 @@ fn write_raw(
         data_bytes: check.data_bytes(),
         zero_bytes: check.zero_bytes(),
         path: finished.path,
+        size: finished.size,
     })
 }
 
@@ -311,13 +315,14 @@ fn write_tar<'a>(
     if let Some(e) = feed.failed.take() {
         return Err(e);
     }
-    extracted?;
+    let extracted = extracted?;
     crate::import::sync_dir(dir)?;
     Ok(Written {
         format: Format::Tar,
         data_bytes: feed.check.data_bytes(),
         zero_bytes: feed.check.zero_bytes(),
         path: dir.to_path_buf(),
+        size: extracted.bytes,
     })
 }
 
@@ -352,5 +357,6 @@ fn write_tar_file(
         data_bytes: check.data_bytes(),
         zero_bytes: check.zero_bytes(),
         path: path.to_path_buf(),
+        size: check.position(),
     })
 }

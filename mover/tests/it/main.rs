@@ -13,6 +13,7 @@ mod archive;
 mod bad_input;
 mod blank;
 mod cli;
+mod clone;
 mod disk;
 mod faults;
 mod format_vhdx;

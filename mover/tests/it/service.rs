@@ -39,12 +39,17 @@ impl Pki {
 
     /// A certificate for the mover (`server`) or a client; returns (cert, key) paths.
     pub(crate) fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        self.issue_for(name, &[if server { ServerAuth } else { ClientAuth }])
+    }
+
+    /// A certificate for `name` with these extended key usages; returns (cert, key) paths.
+    pub(crate) fn issue_for(&self, name: &str, usages: &[rcgen::ExtendedKeyUsagePurpose]) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, KeyPair, SanType};
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string(), "localhost".to_string()]).unwrap();
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.extended_key_usages =
-            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        params.extended_key_usages = usages.to_vec();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
         std::fs::write(&c, cert.pem()).unwrap();
@@ -91,6 +96,12 @@ impl Serve {
 
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a node or a crashing mover goes away: no drain, no goodbye.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then the exit status.
@@ -155,7 +166,7 @@ pub(crate) async fn client_plain(addr: &str) -> MoverClient<Channel> {
 
 /// Starts (or re-attaches to) a populate and follows its events until bytes have moved;
 /// returns the stream, positioned after that progress event.
-async fn populate_until_bytes_move(
+pub(crate) async fn populate_until_bytes_move(
     client: &mut MoverClient<Channel>,
     req: pb::PopulateRequest,
 ) -> tonic::Streaming<pb::PopulateEvent> {
@@ -203,7 +214,9 @@ pub(crate) async fn within<T>(what: &str, f: impl std::future::Future<Output = T
 }
 
 /// Follows a Populate stream to its end: (accepted.reattached, progress events, outcome).
-async fn follow(stream: &mut tonic::Streaming<pb::PopulateEvent>) -> (bool, usize, Result<pb::Completed, pb::Failed>) {
+pub(crate) async fn follow(
+    stream: &mut tonic::Streaming<pb::PopulateEvent>,
+) -> (bool, usize, Result<pb::Completed, pb::Failed>) {
     let (mut reattached, mut progress) = (false, 0);
     while let Some(ev) = within("the event stream", stream.message()).await.unwrap() {
         match ev.event.unwrap() {

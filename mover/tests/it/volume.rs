@@ -215,7 +215,7 @@ async fn block_to_filesystem_lands_in_a_sparse_disk_img() {
 /// A tree like a filesystem volume's: nested directories, a large sparse file with data,
 /// zeros written as data and holes, small files with their own modes, an empty file, a
 /// symlink, and a FIFO (which is not streamed).
-fn mk_tree(root: &Path) {
+pub(crate) fn mk_tree(root: &Path) {
     std::fs::create_dir_all(root.join("etc/conf.d")).unwrap();
     std::fs::create_dir_all(root.join("var/lib/empty-dir")).unwrap();
     std::fs::create_dir_all(root.join("data")).unwrap();
@@ -229,7 +229,7 @@ fn mk_tree(root: &Path) {
 }
 
 /// Every entry under `root`: (relative path, kind, mode, content or link target).
-fn inventory(root: &Path) -> Vec<(String, &'static str, u32, Vec<u8>)> {
+pub(crate) fn inventory(root: &Path) -> Vec<(String, &'static str, u32, Vec<u8>)> {
     let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(dir) = todo.pop() {
