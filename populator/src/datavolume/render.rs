@@ -315,10 +315,10 @@ pub fn clone_claim(
     if is_upload(dv) {
         annotations.insert(ann::reserved::UPLOAD_TARGET.into(), String::new());
     }
-    if is_upload(dv) || is_clone(dv) {
-        if let Some(content_type) = dv.spec.content_type.as_ref().filter(|c| !c.is_empty()) {
-            annotations.insert(ann::CONTENT_TYPE.into(), content_type.clone());
-        }
+    if (is_upload(dv) || is_clone(dv))
+        && let Some(content_type) = dv.spec.content_type.as_ref().filter(|c| !c.is_empty())
+    {
+        annotations.insert(ann::CONTENT_TYPE.into(), content_type.clone());
     }
     if let Some(from) = from
         && dv.namespace().as_deref() != Some(from.namespace.as_str())

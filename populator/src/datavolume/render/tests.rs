@@ -309,8 +309,8 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
         pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0.clone()
     };
     let fs = CloneOrigin { size: 1 << 30, mode: VolumeMode::Filesystem };
-    let from = CloneFrom { kind: CloneKind::Pvc, namespace: "golden-images".into(), name: "golden".into() };
-    let from = Some(&from);
+    let golden = CloneFrom { kind: CloneKind::Pvc, namespace: "golden-images".into(), name: "golden".into() };
+    let from = Some(&golden);
     let pvc = clone_claim(&d, Some("local"), &DEFAULTS, from, Some(fs)).unwrap();
     assert_eq!(size(&pvc), (1u64 << 30).to_string(), "a Filesystem source's request has the overhead already");
     let r = pvc.spec.as_ref().unwrap().data_source_ref.as_ref().unwrap();
@@ -325,7 +325,7 @@ fn a_clone_names_its_clone_source_and_takes_a_missing_size_from_the_source_claim
         clone_claim(&d, Some("local"), &DEFAULTS, from, None),
         Err(RenderError::NoCloneSource("golden-images/golden".into()))
     );
-    let source = clone_source(&d, from.unwrap(), &DEFAULTS);
+    let source = clone_source(&d, &golden, &DEFAULTS);
     assert_eq!(
         (source.spec.source.kind.as_str(), source.spec.source.name.as_str()),
         ("PersistentVolumeClaim", "golden")
