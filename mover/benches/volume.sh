@@ -14,9 +14,17 @@
 #   tree    TAR of a directory holding the image as a sparse file (not named disk.img)
 #           and a few small files                    -> a directory (extracted)
 #
+# Two ways (VIA):
+#   peer   (default) what a host-assisted clone does: a Populate task on mover B whose
+#          source is mover A's volume (B calls A's ReadVolume itself: one hop).
+#   relay  a client relays A's ReadVolume into B's WriteVolume (`client copy-volume`: two
+#          hops), what other tools built on the two calls do.
+# Each case also times the copy floor in the same run: `cp --sparse=always` of the raw image
+# onto the same disk, then `sync`; `x_floor` is the clone's wall time over it.
+#
 # Usage: mover/benches/volume.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images (needs disk.raw and disk.qcow2).
-#   RUNS=3 CASES="file block volume tree" BENCH_OUT=<scratch dir on the same disk>.
+#   RUNS=3 CASES="file block volume tree" VIA=peer|relay BENCH_OUT=<scratch dir on the same disk>.
 #   LOOP_DIRECT_IO=on|off: the loop devices' own direct I/O (on: no second page cache,
 #   closer to a real block device). Needs root.
 set -euo pipefail
@@ -67,36 +75,66 @@ mkloop() {
   loops+=("$dev")
 }
 
+VIA=${VIA:-peer}
+now() { date +%s.%N; }
+
 # One copy: prints "wall data_bytes message_bytes lo_per_hop cpu_movers cpu_client".
-run_copy() { # source target [extra client args]
-  local src=$1 dst=$2; shift 2
+# (peer: the task's report has no byte counts: "-" for data and message bytes, the loopback
+# traffic is the one hop's.)
+run_copy() { # source target
+  local src=$1 dst=$2
   sync
-  local ca cb lo0 tf report
+  local ca cb lo0 tf report t0 t1
   ca=$(cpu_of "$PA"); cb=$(cpu_of "$PB"); lo0=$(lo_bytes)
   tf=$(mktemp)
-  report=$(/usr/bin/time -o "$tf" -f "%U %S" "$MOVER" client --insecure-plaintext --address "$A" \
-    copy-volume "$src" "$dst" --to "$B" "$@")
+  t0=$(now)
+  if [ "$VIA" = relay ]; then
+    report=$(/usr/bin/time -o "$tf" -f "%U %S" "$MOVER" client --insecure-plaintext --address "$A" \
+      copy-volume "$src" "$dst" --to "$B")
+  else
+    # The task ends flushed (fsync) like an import; the relay's WriteVolume commits the same way.
+    report=$(/usr/bin/time -o "$tf" -f "%U %S" "$MOVER" client --insecure-plaintext --address "$B" \
+      populate "volume://$A/$src" "$dst")
+  fi
+  t1=$(now)
   local lo1 ca1 cb1 cu cs
   lo1=$(lo_bytes); ca1=$(cpu_of "$PA"); cb1=$(cpu_of "$PB")
   read -r cu cs < <(tail -n1 "$tf"); rm -f "$tf"
-  local secs data msg
-  secs=$(sed -E 's/.*"seconds":([0-9.e+-]+).*/\1/' <<<"$report")
-  data=$(sed -E 's/.*"data_bytes":([0-9]+).*/\1/' <<<"$report")
-  msg=$(sed -E 's/.*"message_bytes":([0-9]+).*/\1/' <<<"$report")
-  echo "$secs $data $msg $(( (lo1 - lo0) / 2 )) $(echo "($ca1 - $ca + $cb1 - $cb) / $tick" | bc -l) $(echo "$cu + $cs" | bc)"
+  local secs data=- msg=- hops=2
+  secs=$(echo "$t1 - $t0" | bc -l)
+  if [ "$VIA" = relay ]; then
+    data=$(sed -E 's/.*"data_bytes":([0-9]+).*/\1/' <<<"$report")
+    msg=$(sed -E 's/.*"message_bytes":([0-9]+).*/\1/' <<<"$report")
+  else
+    hops=1
+  fi
+  echo "$secs $data $msg $(( (lo1 - lo0) / hops )) $(echo "($ca1 - $ca + $cb1 - $cb) / $tick" | bc -l) $(echo "$cu + $cs" | bc)"
+}
+
+# The copy floor: `cp --sparse=always` of the raw image onto the same disk, then `sync`.
+floor() {
+  local out=$BENCH_OUT/floor.raw t0 t1
+  rm -f "$out"; sync
+  t0=$(now)
+  cp --sparse=always "$IMAGES/disk.raw" "$out"; sync
+  t1=$(now)
+  rm -f "$out"
+  echo "$t1 - $t0" | bc -l
 }
 
 median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
 alloc() { if [ -f "$1" ]; then echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); else echo -; fi; }
 
-printf '%-7s %8s %10s %10s %13s %13s %13s %9s %9s %14s\n' \
-  case wall_s virt_MB/s data_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
+echo "via: $VIA"
+printf '%-7s %8s %8s %8s %10s %13s %13s %13s %9s %9s %14s\n' \
+  case wall_s floor_s x_floor virt_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
 
 report_row() { # case virtual_size "median row" output
-  local wall data msg lo cm cc
+  local wall data msg lo cm cc fl
   read -r wall data msg lo cm cc <<<"$3"
-  printf '%-7s %8.2f %10.0f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" \
-    "$(echo "$2 / $wall / 1000000" | bc -l)" "$(echo "$data / $wall / 1000000" | bc -l)" \
+  fl=$(for _ in $(seq "$RUNS"); do floor; done | median)
+  printf '%-7s %8.2f %8.2f %8.2f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" "$fl" \
+    "$(echo "$wall / $fl" | bc -l)" "$(echo "$2 / $wall / 1000000" | bc -l)" \
     "$data" "$msg" "$lo" "$cm" "$cc" "$(alloc "$4")"
 }
 
