@@ -304,12 +304,10 @@ pub enum CloneVolume {
     /// A cross-namespace source the claim is not entitled to (why, for the failure).
     Refused(String),
     NotBound,
-    /// Another pod uses it: CDI waits until it is released rather than copy a volume being
-    /// written.
-    InUse {
-        pod: String,
-    },
     Ready {
+        /// Another pod that uses it: a clone waits until it is released rather than copy
+        /// a volume being written, as CDI does (checked before the copy starts only).
+        in_use_by: Option<String>,
         block: bool,
         pv_name: String,
         /// Its storage class (`""`: none).
@@ -628,7 +626,9 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                 CloneVolume::Refused(why) => {
                     return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
                 }
-                CloneVolume::InUse { pod } => return Ok(Step::CloneSourceInUse { pod: pod.clone() }),
+                CloneVolume::Ready { in_use_by: Some(pod), .. } if t.phase != Some(PodPhase::Running) => {
+                    return Ok(Step::CloneSourceInUse { pod: pod.clone() });
+                }
                 CloneVolume::Ready { block, pv_name, .. } => Some((name.clone(), *block, pv_name.clone())),
             }
         }

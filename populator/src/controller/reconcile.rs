@@ -453,18 +453,18 @@ async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = pods.list(&Default::default()).await.map_err(|e| Error::kube("list pods in", ns, e))?;
     let user = list.items.iter().find(|p| {
+        // Other clones' source holders only read it; an importer pod (a golden claim being
+        // filled in place) writes it.
         let ours =
-            p.labels().get(super::vocab::label::MANAGED_BY).map(String::as_str) == Some(super::vocab::label::MANAGER);
+            p.labels().get(super::vocab::label::NAME).map(String::as_str) == Some(super::vocab::label::SOURCE_HOLDER);
         let done = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
         let mounts = p.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
             vs.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))
         });
         mounts && !ours && !done
     });
-    if let Some(pod) = user {
-        return Ok(CloneVolume::InUse { pod: pod.name_any() });
-    }
     Ok(CloneVolume::Ready {
+        in_use_by: user.map(ResourceExt::name_any),
         block: build::is_block(&source),
         pv_name,
         class: source.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default(),

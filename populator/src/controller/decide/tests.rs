@@ -121,6 +121,7 @@ impl World {
             task: TaskView::None,
             clone: Some(clone_source("PersistentVolumeClaim")),
             clone_volume: CloneVolume::Ready {
+                in_use_by: None,
                 block: true,
                 pv_name: "pv-src".into(),
                 class: "local".into(),
@@ -249,8 +250,21 @@ fn a_clone_waits_for_its_source_claim_before_provisioning_anything() {
         assert_eq!(step, Step::WaitForCloneSource { why: why.into() });
         assert!(!trace.contains(&Step::CreatePrime), "{trace:?}");
     }
-    let in_use = World { clone_volume: CloneVolume::InUse { pod: "virt-launcher-x".into() }, ..World::fresh() };
-    assert_eq!(decide_in(clone_target(json!({})), in_use), Step::CloneSourceInUse { pod: "virt-launcher-x".into() });
+    let in_use = || World {
+        clone_volume: CloneVolume::Ready {
+            in_use_by: Some("virt-launcher-x".into()),
+            block: true,
+            pv_name: "pv-src".into(),
+            class: "local".into(),
+            size: 1 << 30,
+        },
+        ..World::holding()
+    };
+    assert_eq!(decide_in(clone_target(json!({})), in_use()), Step::CloneSourceInUse { pod: "virt-launcher-x".into() });
+    // A copy already under way is followed to its end, not held up.
+    let running = clone_target(json!({ann::POD_PHASE: "Running", ann::CLONE_TYPE: "copy"}));
+    let with_holder = World { source_holder: Some(source_holder(Some("Running"), Some("node-2"))), ..in_use() };
+    assert!(matches!(decide_in(running, with_holder), Step::StartTask { .. }));
 }
 
 #[test]
