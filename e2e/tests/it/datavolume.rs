@@ -82,12 +82,23 @@ impl Env {
 
     /// Waits until the DataVolume matches `test`; on timeout, panics with what it shows.
     async fn wait_dv(&self, name: &str, what: &str, test: impl Fn(&DataVolume) -> bool) -> DataVolume {
-        let api: Api<DataVolume> = Api::default_namespaced(self.client());
+        self.wait_dv_in("default", name, what, test).await
+    }
+
+    /// [`Self::wait_dv`] for a DataVolume of `namespace`.
+    async fn wait_dv_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        test: impl Fn(&DataVolume) -> bool,
+    ) -> DataVolume {
+        let api: Api<DataVolume> = Api::namespaced(self.client(), namespace);
         let reached = await_condition(api.clone(), name, move |dv: Option<&DataVolume>| dv.is_some_and(&test));
         if tokio::time::timeout(IMPORT_WAIT, reached).await.is_err() {
             let dv = api.get_opt(name).await.unwrap();
             panic!(
-                "DataVolume {name} not {what} within {IMPORT_WAIT:?}: {:?}\npopulator log:\n{}",
+                "DataVolume {namespace}/{name} not {what} within {IMPORT_WAIT:?}: {:?}\npopulator log:\n{}",
                 dv.and_then(|d| d.status),
                 self.system().populator_log("cdi-populator-1")
             );

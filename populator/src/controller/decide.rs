@@ -204,28 +204,26 @@ pub enum Source {
 
 impl Source {
     pub fn from_object(source: Option<&VolumeImportSource>) -> Source {
-        let Some(source) = source else { return Source::Missing };
-        let generation = source.metadata.generation.unwrap_or(0);
-        match ImportPlan::try_from(source) {
-            Ok(plan) => Source::Found { generation, plan },
-            Err(error) => Source::Invalid { generation, error },
-        }
+        Source::from_kind(source, |s| ImportPlan::try_from(s))
     }
 
     pub fn from_clone(source: Option<&VolumeCloneSource>) -> Source {
-        let Some(source) = source else { return Source::Missing };
-        let generation = source.metadata.generation.unwrap_or(0);
-        match ClonePlan::try_from(source) {
-            Ok(plan) => Source::Found { generation, plan: plan.into() },
-            Err(error) => Source::Invalid { generation, error },
-        }
+        Source::from_kind(source, |s| ClonePlan::try_from(s).map(Into::into))
     }
 
     pub fn from_upload(source: Option<&VolumeUploadSource>) -> Source {
+        Source::from_kind(source, |s| UploadPlan::try_from(s).map(Into::into))
+    }
+
+    /// A source object of any of our kinds, checked by `plan`.
+    fn from_kind<K: kube::Resource>(
+        source: Option<&K>,
+        plan: impl FnOnce(&K) -> Result<ImportPlan, PlanError>,
+    ) -> Source {
         let Some(source) = source else { return Source::Missing };
-        let generation = source.metadata.generation.unwrap_or(0);
-        match UploadPlan::try_from(source) {
-            Ok(plan) => Source::Found { generation, plan: plan.into() },
+        let generation = source.meta().generation.unwrap_or(0);
+        match plan(source) {
+            Ok(plan) => Source::Found { generation, plan },
             Err(error) => Source::Invalid { generation, error },
         }
     }

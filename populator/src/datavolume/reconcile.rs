@@ -16,7 +16,7 @@ use super::status::{self, Claim, Situation};
 use super::vocab::DvEvent;
 use super::{Ctx, Error, defaults};
 use crate::api::names::annotations as ann;
-use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+use crate::api::{DataVolume, VolumeImportSource, VolumeUploadSource};
 use crate::controller::decide::{ClaimPhase, PodPhase, VolumeBinding};
 
 /// How often to look again when nothing we watch will say that things changed (a default
@@ -170,17 +170,21 @@ async fn create_claim(
     match plan {
         Plan::Clone { .. } | Plan::Restore { .. } => {
             let from = from.as_ref().expect("a clone has a source");
-            create_clone_source(dv, render::clone_source(dv, from, ctx.defaults.as_ref()), ctx).await?;
+            let source = render::clone_source(dv, from, ctx.defaults.as_ref());
+            create_source(dv, source, "create VolumeCloneSource", ctx).await?;
         }
         Plan::Import(source) => {
             let node_pull = render::node_pull_fallback(&source);
             let source = render::import_source(dv, *source, ctx.defaults.as_ref());
-            let created = create_source(dv, source, ctx).await?;
+            let created = create_source(dv, source, "create VolumeImportSource", ctx).await?;
             if created && let Some(note) = node_pull {
                 ctx.event(dv, DvEvent::NodePullFallback, note).await;
             }
         }
-        _ => create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?,
+        _ => {
+            let source = render::upload_source(dv, ctx.defaults.as_ref());
+            create_source(dv, source, "create VolumeUploadSource", ctx).await?;
+        }
     }
     match pvcs.create(&PostParams::default(), &claim).await {
         Ok(pvc) => Ok(Ok(pvc)),
@@ -228,16 +232,23 @@ async fn adopt(dv: &DataVolume, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Resul
         .map_err(|e| Error::kube("adopt PVC", &pvc.name_any(), e))
 }
 
-/// Creates the DataVolume's import source; `false`: it existed already.
-async fn create_source(dv: &DataVolume, source: VolumeImportSource, ctx: &Ctx) -> Result<bool, Error> {
-    let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
+/// Creates one of the DataVolume's populator sources (`kind` names it in errors);
+/// `false`: it existed already (ours from an earlier try; a stale one goes with its
+/// DataVolume's uid, which the name carries).
+async fn create_source<K>(dv: &DataVolume, source: K, kind: &'static str, ctx: &Ctx) -> Result<bool, Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
     let name = source.name_any();
     match api.create(&PostParams::default(), &source).await {
         Ok(_) => Ok(true),
-        // Ours from an earlier try (a stale one goes with its DataVolume's uid: the name
-        // carries the uid).
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(Error::kube("create VolumeImportSource", &name, e)),
+        Err(e) => Err(Error::kube(kind, &name, e)),
     }
 }
 
@@ -268,30 +279,6 @@ async fn clone_origin(from: &render::CloneFrom, ctx: &Ctx) -> Result<Option<rend
     Ok(crate::controller::build::requested_bytes(&source).map(|size| render::CloneOrigin { size, mode }))
 }
 
-/// Creates the DataVolume's clone source; an existing one (ours from an earlier try) is
-/// left as it is.
-async fn create_clone_source(dv: &DataVolume, source: VolumeCloneSource, ctx: &Ctx) -> Result<(), Error> {
-    let api: Api<VolumeCloneSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
-    let name = source.name_any();
-    match api.create(&PostParams::default(), &source).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube("create VolumeCloneSource", &name, e)),
-    }
-}
-
-/// Creates the DataVolume's upload source; an existing one (ours from an earlier try) is
-/// left as it is.
-async fn create_upload_source(dv: &DataVolume, source: VolumeUploadSource, ctx: &Ctx) -> Result<(), Error> {
-    let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
-    let name = source.name_any();
-    match api.create(&PostParams::default(), &source).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube("create VolumeUploadSource", &name, e)),
-    }
-}
-
 /// Puts back the import (or upload) source of a claim still being filled, should it have
 /// been deleted (the populate flow would wait for it forever).
 async fn restore_source(dv: &DataVolume, plan: &Plan, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
@@ -305,7 +292,8 @@ async fn restore_source(dv: &DataVolume, plan: &Plan, pvc: &PersistentVolumeClai
         let api: Api<VolumeUploadSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
         if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeUploadSource", &name, e))?.is_none() {
             tracing::info!(dv = %dv.name_any(), source = %name, "upload source missing: creating it again");
-            create_upload_source(dv, render::upload_source(dv, ctx.defaults.as_ref()), ctx).await?;
+            let source = render::upload_source(dv, ctx.defaults.as_ref());
+            create_source(dv, source, "create VolumeUploadSource", ctx).await?;
         }
         return Ok(());
     }
@@ -313,7 +301,8 @@ async fn restore_source(dv: &DataVolume, plan: &Plan, pvc: &PersistentVolumeClai
     let api: Api<VolumeImportSource> = Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());
     if api.get_opt(&name).await.map_err(|e| Error::kube("read VolumeImportSource", &name, e))?.is_none() {
         tracing::info!(dv = %dv.name_any(), source = %name, "import source missing: creating it again");
-        create_source(dv, render::import_source(dv, (**source).clone(), ctx.defaults.as_ref()), ctx).await?;
+        let source = render::import_source(dv, (**source).clone(), ctx.defaults.as_ref());
+        create_source(dv, source, "create VolumeImportSource", ctx).await?;
     }
     Ok(())
 }

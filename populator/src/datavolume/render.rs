@@ -157,18 +157,23 @@ pub fn owned_by(dv: &DataVolume) -> OwnerReference {
     }
 }
 
+/// A populator source object's metadata: `name` beside the DataVolume, owned by it.
+fn source_metadata(dv: &DataVolume, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: dv.namespace(),
+        owner_references: Some(vec![owned_by(dv)]),
+        labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
+        ..Default::default()
+    }
+}
+
 /// The VolumeImportSource for `source`: the DataVolume's content type, preallocation
 /// (the cluster default when unset) and checkpoints.
 pub fn import_source(dv: &DataVolume, source: ImportSourceType, defaults: &dyn StorageDefaults) -> VolumeImportSource {
     let multi_stage = !dv.spec.checkpoints.is_empty();
     VolumeImportSource {
-        metadata: ObjectMeta {
-            name: Some(import_source_name(dv)),
-            namespace: dv.namespace(),
-            owner_references: Some(vec![owned_by(dv)]),
-            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
-            ..Default::default()
-        },
+        metadata: source_metadata(dv, import_source_name(dv)),
         spec: VolumeImportSourceSpec {
             source: Some(source),
             preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
@@ -185,13 +190,7 @@ pub fn import_source(dv: &DataVolume, source: ImportSourceType, defaults: &dyn S
 /// (the cluster default when unset).
 pub fn upload_source(dv: &DataVolume, defaults: &dyn StorageDefaults) -> VolumeUploadSource {
     VolumeUploadSource {
-        metadata: ObjectMeta {
-            name: Some(upload_source_name(dv)),
-            namespace: dv.namespace(),
-            owner_references: Some(vec![owned_by(dv)]),
-            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
-            ..Default::default()
-        },
+        metadata: source_metadata(dv, upload_source_name(dv)),
         spec: VolumeUploadSourceSpec {
             content_type: dv.spec.content_type.clone().filter(|c| !c.is_empty()),
             preallocation: dv.spec.preallocation.or_else(|| defaults.default_preallocation().then_some(true)),
@@ -208,13 +207,7 @@ pub fn clone_source(dv: &DataVolume, from: &CloneFrom, defaults: &dyn StorageDef
         CloneKind::Snapshot => (Some(kinds::SNAPSHOT_GROUP.to_string()), kinds::VOLUME_SNAPSHOT),
     };
     VolumeCloneSource {
-        metadata: ObjectMeta {
-            name: Some(clone_source_name(dv)),
-            namespace: dv.namespace(),
-            owner_references: Some(vec![owned_by(dv)]),
-            labels: Some(BTreeMap::from([(labels::APP.to_string(), labels::APP_CDI.to_string())])),
-            ..Default::default()
-        },
+        metadata: source_metadata(dv, clone_source_name(dv)),
         spec: VolumeCloneSourceSpec {
             source: k8s_openapi::api::core::v1::TypedLocalObjectReference {
                 api_group,

@@ -13,27 +13,15 @@ use kube::api::{Api, ListParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 
-use super::{Env, IMPORT_WAIT, phase_of};
+use super::{Env, phase_of};
 use crate::populate::qemu_same;
 
 const GOLDEN_NS: &str = "golden-images";
 
 /// Waits until DataVolume `namespace/name` is in `phase`, or panics with what it shows.
 async fn wait_phase(env: &Env, namespace: &str, name: &str, phase: DataVolumePhase) -> DataVolume {
-    let api: Api<DataVolume> = Api::namespaced(env.client(), namespace);
-    let wanted = phase.clone();
-    let reached = await_condition(api.clone(), name, move |dv: Option<&DataVolume>| {
-        dv.is_some_and(|dv| phase_of(dv) == Some(wanted.clone()))
-    });
-    if tokio::time::timeout(IMPORT_WAIT, reached).await.is_err() {
-        let dv = api.get_opt(name).await.unwrap();
-        panic!(
-            "DataVolume {namespace}/{name} not {phase} within {IMPORT_WAIT:?}: {:?}\npopulator log:\n{}",
-            dv.and_then(|d| d.status),
-            env.system().populator_log("cdi-populator-1")
-        );
-    }
-    api.get(name).await.unwrap()
+    let what = phase.to_string();
+    env.wait_dv_in(namespace, name, &what, move |dv| phase_of(dv) == Some(phase.clone())).await
 }
 
 /// Where claim `namespace/name`'s data lies on this host: the device, or the disk.img.
