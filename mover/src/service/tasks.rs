@@ -121,6 +121,10 @@ enum Turn {
 
 /// How long a new Upload call waits for an ending attempt before it is refused.
 const ENDING_WAIT: Duration = Duration::from_secs(60);
+/// How long a new Upload call waits for a feeding attempt to stop before it is refused: a
+/// client that cut its upload and retried at once may arrive before the cut reached this
+/// mover through the proxy.
+const FEEDING_GRACE: Duration = Duration::from_secs(5);
 
 /// One Upload call's bytes for an upload task, and where its outcome goes (sent once the
 /// task is Succeeded, or back to waiting).
@@ -364,7 +368,10 @@ impl Registry {
         }
         let mut turn = port.turn.subscribe();
         // `is_ok` at once: the value borrowed by wait_for locks the turn until dropped.
-        let free = tokio::time::timeout(ENDING_WAIT, turn.wait_for(|t| !matches!(t, Turn::Ending(_)))).await.is_ok();
+        let not_feeding =
+            tokio::time::timeout(FEEDING_GRACE, turn.wait_for(|t| !matches!(t, Turn::Feeding(_)))).await.is_ok();
+        let free = not_feeding
+            && tokio::time::timeout(ENDING_WAIT, turn.wait_for(|t| !matches!(t, Turn::Ending(_)))).await.is_ok();
         let number = port.turns.fetch_add(1, Ordering::SeqCst);
         let mut taken = false;
         if free {
@@ -671,7 +678,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_second_uploader_is_refused_while_one_feeds_but_a_retry_waits_for_a_cut_attempt() {
+    async fn a_second_uploader_is_refused_while_one_feeds_on_but_a_retry_waits_for_a_cut_attempt() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::new(2, Duration::from_secs(60), Metrics::new());
         let id = upload_task(&registry, dir.path());
@@ -681,9 +688,11 @@ mod tests {
         tx.send(Chunk::Data(vec![7; 4096])).await.unwrap();
         assert!(matches!(registry.upload_turn(&id).await, Err(UploadRefused::Busy(_))), "two feeding at once");
 
+        // A retry that arrives before the cut did (the first still feeds) waits for it.
+        let mut retry = Box::pin(registry.upload_turn(&id));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut retry).await.is_err(), "the retry did not wait");
         // The first uploader's stream is over (cut) but its attempt has not ended yet.
         first.stream_over();
-        let mut retry = Box::pin(registry.upload_turn(&id));
         assert!(tokio::time::timeout(Duration::ZERO, &mut retry).await.is_err(), "the retry did not wait");
         tx.send(Chunk::Cut("the uploader went away".into())).await.unwrap();
         drop(tx);
