@@ -450,9 +450,15 @@ async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: 
     if source.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") || pv_name.is_empty() {
         return Ok(CloneVolume::NotBound);
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let list = pods.list(&Default::default()).await.map_err(|e| Error::kube("list pods in", ns, e))?;
-    let user = list.items.iter().find(|p| {
+    // Whether another pod uses it matters only before the copy starts (decide.rs): a copy
+    // under way is not held up, so the namespace's pods are not listed on every reconcile of it.
+    let list = if t.phase == Some(PodPhase::Running) {
+        Vec::new()
+    } else {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        pods.list(&Default::default()).await.map_err(|e| Error::kube("list pods in", ns, e))?.items
+    };
+    let user = list.iter().find(|p| {
         // Other clones' source holders only read it; an importer pod (a golden claim being
         // filled in place) writes it.
         let ours =
