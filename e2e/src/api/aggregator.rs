@@ -336,7 +336,7 @@ impl Aggregator {
     /// versionPriority first) and their resource lists.
     fn groups(&self) -> Vec<(String, Vec<(String, Value)>)> {
         let rt = self.store.rt("apiregistration.k8s.io", "apiservices");
-        let mut apisvcs: Vec<Value> =
+        let mut apisvcs: Vec<Arc<Value>> =
             self.store.list(&rt, &Query::default(), None, None).map(|l| l.items).unwrap_or_default();
         apisvcs.sort_by_key(|a| std::cmp::Reverse(a["spec"]["versionPriority"].as_i64().unwrap_or(0)));
         let discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner()).clone();

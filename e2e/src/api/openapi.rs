@@ -194,7 +194,7 @@ struct Docs {
 }
 
 /// What the documents depend on: the served types, and the CRDs that define some.
-fn cache_key(reg: &Registry, crds: &[Value]) -> [u8; 32] {
+fn cache_key(reg: &Registry, crds: &[Arc<Value>]) -> [u8; 32] {
     let mut h = Sha256::new();
     for t in reg.all() {
         h.update(format!("{}/{}/{}/{}/{}\n", t.group, t.version, t.plural, t.kind, t.custom));
@@ -223,7 +223,7 @@ fn documents(store: &Store, reg: &Registry) -> Arc<Docs> {
     docs
 }
 
-fn build(key: [u8; 32], reg: &Registry, crds: &[Value]) -> Docs {
+fn build(key: [u8; 32], reg: &Registry, crds: &[Arc<Value>]) -> Docs {
     let b = builtins();
     let mut schemas = b.schemas.clone();
     // The root schema of each served type.

@@ -1,6 +1,8 @@
 //! Server-side printing (`meta.k8s.io/v1` `Table`), which `kubectl get` asks for: the
 //! columns of the built-in kinds kubectl users expect, and a CRD's printer columns.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::registry::ResourceType;
@@ -325,7 +327,7 @@ fn cell(v: Option<&Value>, ty: &str, col: &str) -> Value {
 }
 
 /// Converts objects to a `Table`. `include_object` is the `includeObject` query parameter.
-pub fn to_table(rt: &ResourceType, items: &[Value], rv: &str, cont: Option<&str>, include_object: &str) -> Value {
+pub fn to_table(rt: &ResourceType, items: &[Arc<Value>], rv: &str, cont: Option<&str>, include_object: &str) -> Value {
     let mut defs: Option<Vec<Value>> = None;
     let mut rows = Vec::new();
     for o in items {
@@ -361,7 +363,7 @@ pub fn to_table(rt: &ResourceType, items: &[Value], rv: &str, cont: Option<&str>
             );
         }
         let object = match include_object {
-            "Object" => o.clone(),
+            "Object" => (**o).clone(),
             "None" => Value::Null,
             _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
         };

@@ -4,6 +4,8 @@
 //! `maxUnavailable` (or waits for pods to be deleted, for `OnDelete`). The status carries
 //! what `kubectl rollout status daemonset` reads.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::scheduler::node_matches_terms;
@@ -28,8 +30,11 @@ pub fn sweep(store: &Store) -> anyhow::Result<()> {
     for ds in sets.iter().filter(|ds| !is_deleting(ds)) {
         let uid = meta_str(ds, "uid");
         let ns = meta_str(ds, "namespace");
-        let mine: Vec<&Value> =
-            pods.iter().filter(|p| meta_str(p, "namespace") == ns && controlled_by(p, uid) && is_active(p)).collect();
+        let mine: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| meta_str(p, "namespace") == ns && controlled_by(p, uid) && is_active(p))
+            .collect();
         if let Err(e) = reconcile(store, ds, &nodes, &mine) {
             tracing::debug!(daemonset = meta_str(ds, "name"), error = %e, "daemonset not converged yet");
         }
@@ -71,13 +76,13 @@ fn node_of(pod: &Value) -> String {
         .to_string()
 }
 
-fn reconcile(store: &Store, ds: &Value, nodes: &[Value], pods: &[&Value]) -> anyhow::Result<()> {
+fn reconcile(store: &Store, ds: &Value, nodes: &[Arc<Value>], pods: &[&Value]) -> anyhow::Result<()> {
     let ns = meta_str(ds, "namespace");
     let template = &ds["spec"]["template"];
     let hash = template_hash(template);
     let pods_rt = store.rt("", "pods");
     let min_ready = ds["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
-    let eligible: Vec<&Value> = nodes.iter().filter(|n| fits(template, n)).collect();
+    let eligible: Vec<&Value> = nodes.iter().map(|n| &**n).filter(|n| fits(template, n)).collect();
     let eligible_names: Vec<&str> = eligible.iter().map(|n| meta_str(n, "name")).collect();
     let delete = |p: &Value| -> anyhow::Result<()> {
         store.delete(&pods_rt, ns, meta_str(p, "name"), &DeleteOptions::default())?;

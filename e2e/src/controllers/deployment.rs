@@ -25,8 +25,11 @@ pub fn sweep(store: &Store) -> anyhow::Result<()> {
     for d in deployments.iter().filter(|d| !is_deleting(d)) {
         let uid = meta_str(d, "uid");
         let ns = meta_str(d, "namespace");
-        let mine: Vec<&Value> =
-            sets.iter().filter(|rs| meta_str(rs, "namespace") == ns && controlled_by(rs, uid)).collect();
+        let mine: Vec<&Value> = sets
+            .iter()
+            .map(|rs| &**rs)
+            .filter(|rs| meta_str(rs, "namespace") == ns && controlled_by(rs, uid))
+            .collect();
         if let Err(e) = reconcile(store, d, &mine) {
             tracing::debug!(deployment = meta_str(d, "name"), error = %e, "deployment not converged yet");
         }

@@ -35,6 +35,7 @@ pub fn sweep(store: &Store) -> anyhow::Result<()> {
         let mut groups: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
         let mut matched: Vec<&Value> = pods
             .iter()
+            .map(|p| &**p)
             .filter(|p| {
                 meta_str(p, "namespace") == ns
                     && selector_matches(&selector, &p["metadata"]["labels"])
@@ -60,6 +61,7 @@ pub fn sweep(store: &Store) -> anyhow::Result<()> {
         }
         let mut existing: Vec<&Value> = slices
             .iter()
+            .map(|s| &**s)
             .filter(|s| {
                 meta_str(s, "namespace") == ns && s["metadata"]["labels"][SERVICE_NAME_LABEL] == name && !is_deleting(s)
             })

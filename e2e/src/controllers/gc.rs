@@ -25,7 +25,7 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
     // Events are the bulk of the store and own nothing, nor are they owned in practice;
     // they matter only when their namespace goes, and are looked up then.
     let all = store.snapshot_except(&[EVENTS]);
-    let by_uid: HashMap<&str, &Value> = all.iter().map(|(_, o)| (meta_str(o, "uid"), o)).collect();
+    let by_uid: HashMap<&str, &Value> = all.iter().map(|(_, o)| (meta_str(o, "uid"), &**o)).collect();
     let del = |rt: &ResourceType, o: &Value, p: Propagation| {
         let opts = DeleteOptions { propagation: Some(p), ..Default::default() };
         let _ = store.delete(rt, meta_str(o, "namespace"), meta_str(o, "name"), &opts);
@@ -48,7 +48,7 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
         if alive.is_empty() {
             del(rt, o, Propagation::Background);
         } else if alive.len() < refs.len() {
-            let mut new = o.clone();
+            let mut new = (**o).clone();
             new["metadata"]["ownerReferences"] = json!(alive);
             let opts = WriteOptions { field_manager: MANAGER.into(), ..Default::default() };
             let _ = store.update(rt, meta_str(o, "namespace"), meta_str(o, "name"), new, Sub::Main, &opts);
@@ -71,12 +71,12 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
         if rt.storage == "/namespaces" {
             let name = meta_str(o, "name");
             let events = store.rt("", "events");
-            let namespaced_events: Vec<(ResourceType, Value)> = store
+            let namespaced_events: Vec<(ResourceType, Arc<Value>)> = store
                 .all_where(&events, |e| meta_str(e, "namespace") == name)
                 .into_iter()
                 .map(|e| (events.clone(), e))
                 .collect();
-            let content: Vec<&(ResourceType, Value)> = all
+            let content: Vec<&(ResourceType, Arc<Value>)> = all
                 .iter()
                 .filter(|(t, x)| t.namespaced && meta_str(x, "namespace") == name)
                 .chain(&namespaced_events)
@@ -89,7 +89,7 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
             if content.is_empty() {
                 // The namespace's own finalizer ("kubernetes") goes once it is empty; with it
                 // the namespace itself.
-                let mut new = o.clone();
+                let mut new = (**o).clone();
                 new["spec"]["finalizers"] = json!([]);
                 let opts = WriteOptions { field_manager: MANAGER.into(), ..Default::default() };
                 let _ = store.update(rt, "", name, new, Sub::Main, &opts);
@@ -116,7 +116,8 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
         }
         if rt.is("apiextensions.k8s.io", "customresourcedefinitions") && has_finalizer(o, CRD_CLEANUP) {
             let storage = format!("{}/{}", str_at(o, "spec.group"), str_at(o, "spec.names.plural"));
-            let instances: Vec<&(ResourceType, Value)> = all.iter().filter(|(t, _)| t.storage == storage).collect();
+            let instances: Vec<&(ResourceType, Arc<Value>)> =
+                all.iter().filter(|(t, _)| t.storage == storage).collect();
             for (t, x) in &instances {
                 if !is_deleting(x) {
                     del(t, x, Propagation::Background);

@@ -236,7 +236,7 @@ impl Provisioner {
     }
 
     /// The data a clone or restore starts from, or why there is none (yet).
-    fn source_of(&self, claim: &Value, pvs: &[Value]) -> Result<Source, String> {
+    fn source_of(&self, claim: &Value, pvs: &[Arc<Value>]) -> Result<Source, String> {
         let store = &self.store;
         let ds = &claim["spec"]["dataSourceRef"];
         let (ns, src_name) = (meta_str(claim, "namespace"), str_at(ds, "name"));

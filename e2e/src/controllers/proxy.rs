@@ -68,6 +68,7 @@ impl Proxy {
             let ip = svc["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
             let own: Vec<&Value> = slices
                 .iter()
+                .map(|s| &**s)
                 .filter(|s| meta_str(s, "namespace") == ns && s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
                 .collect();
             for port in svc["spec"]["ports"].as_array().into_iter().flatten() {

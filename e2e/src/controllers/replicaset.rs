@@ -22,8 +22,11 @@ pub fn sweep(store: &Store) -> anyhow::Result<()> {
     for rs in sets.iter().filter(|rs| !is_deleting(rs)) {
         let uid = meta_str(rs, "uid");
         let ns = meta_str(rs, "namespace");
-        let mine: Vec<&Value> =
-            pods.iter().filter(|p| meta_str(p, "namespace") == ns && controlled_by(p, uid) && is_active(p)).collect();
+        let mine: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| meta_str(p, "namespace") == ns && controlled_by(p, uid) && is_active(p))
+            .collect();
         if let Err(e) = converge(store, rs, &mine) {
             tracing::debug!(rs = meta_str(rs, "name"), error = %e, "replicaset not converged yet");
         }

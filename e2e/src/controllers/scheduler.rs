@@ -56,11 +56,19 @@ fn pv_allows(pv: &Value, node: &Value) -> bool {
     terms.is_null() || node_matches_terms(node, terms)
 }
 
-fn plan(pod: &Value, nodes: &[Value], pods: &[Value], pvcs: &[Value], pvs: &[Value], classes: &[Value]) -> Plan {
+fn plan(
+    pod: &Value,
+    nodes: &[Arc<Value>],
+    pods: &[Arc<Value>],
+    pvcs: &[Arc<Value>],
+    pvs: &[Arc<Value>],
+    classes: &[Arc<Value>],
+) -> Plan {
     let ns = meta_str(pod, "namespace");
     let mut candidates: Vec<&Value> =
         nodes
             .iter()
+            .map(|n| &**n)
             .filter(|n| n["spec"]["unschedulable"] != true)
             .filter(|n| {
                 n["status"]["conditions"]
@@ -127,6 +135,7 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
     let pods = store.all(&store.rt("", "pods"));
     let pending: Vec<&Value> = pods
         .iter()
+        .map(|p| &**p)
         .filter(|p| str_at(p, "spec.nodeName").is_empty() && !is_deleting(p))
         .filter(|p| str_at(p, "spec.schedulerName") == NAME && str_at(p, "status.phase") == "Pending")
         .collect();
@@ -175,14 +184,20 @@ pub fn sweep(store: &Arc<Store>) -> anyhow::Result<()> {
 
 /// Picks the node for a pod whose WaitForFirstConsumer claims are unbound and writes it on
 /// each claim that has none yet.
-fn annotate_delayed(store: &Store, pod: &Value, nodes: &[Value], pods: &[Value], pvcs: &[Value]) -> anyhow::Result<()> {
+fn annotate_delayed(
+    store: &Store,
+    pod: &Value,
+    nodes: &[Arc<Value>],
+    pods: &[Arc<Value>],
+    pvcs: &[Arc<Value>],
+) -> anyhow::Result<()> {
     let ns = meta_str(pod, "namespace");
     let claims: Vec<&Value> = pod["spec"]["volumes"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
-        .filter_map(|n| pvcs.iter().find(|c| meta_str(c, "namespace") == ns && meta_str(c, "name") == n))
+        .filter_map(|n| pvcs.iter().map(|c| &**c).find(|c| meta_str(c, "namespace") == ns && meta_str(c, "name") == n))
         .filter(|c| str_at(c, "status.phase") != "Bound")
         .collect();
     // A node already chosen for one claim is the node for all of them.
@@ -191,7 +206,7 @@ fn annotate_delayed(store: &Store, pod: &Value, nodes: &[Value], pods: &[Value],
         .find_map(|c| c["metadata"]["annotations"][SELECTED_NODE].as_str().map(str::to_string))
         .or_else(|| {
             // Same choice as plan(): the least loaded eligible node.
-            let eligible: Vec<&Value> = nodes.iter().filter(|n| {
+            let eligible: Vec<&Value> = nodes.iter().map(|n| &**n).filter(|n| {
                 let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
                 (terms.is_null() || node_matches_terms(n, terms))
                     && pod["spec"]["nodeSelector"].as_object().is_none_or(|sel| sel.iter().all(|(k, v)| n["metadata"]["labels"][k] == *v))

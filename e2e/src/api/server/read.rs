@@ -49,7 +49,7 @@ pub(super) fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
     let o = st.store.get(rt, req.ns(), name)?;
     if req.table {
         let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-        return Ok(json_response(StatusCode::OK, &to_table(rt, &[o], &rv, None, req.include_object())));
+        return Ok(json_response(StatusCode::OK, &to_table(rt, &[o.into()], &rv, None, req.include_object())));
     }
     Ok(json_response(StatusCode::OK, &o))
 }

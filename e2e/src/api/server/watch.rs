@@ -15,11 +15,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::ApiState;
 use crate::api::error::ApiError;
 use crate::api::registry::ResourceType;
-use crate::api::store::{Change, EventType, Query, WatchStart, present};
+use crate::api::store::{Change, EventType, Query, WatchStart, present_shared};
 use crate::api::table::to_table;
 
 /// Turns a change into the event a watch with this query sees, if any.
-fn event_for(c: &Change, rt: &ResourceType, q: &Query) -> Option<(EventType, Value)> {
+fn event_for<'c>(c: &'c Change, rt: &ResourceType, q: &Query) -> Option<(EventType, &'c Arc<Value>)> {
     if c.storage != rt.storage || q.namespace.as_deref().is_some_and(|n| n != c.namespace) {
         return None;
     }
@@ -33,7 +33,7 @@ fn event_for(c: &Change, rt: &ResourceType, q: &Query) -> Option<(EventType, Val
         (EventType::Deleted, true, _) => EventType::Deleted,
         _ => return None,
     };
-    Some((kind, c.object.clone()))
+    Some((kind, &c.object))
 }
 
 /// What a watch request asks for, from its query.
@@ -88,7 +88,7 @@ pub(super) fn watch_response(
         Ok(s) => s,
         // Kubernetes starts the stream and reports an expired version as its one event.
         Err(e) if e.code == 410 => {
-            return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], line("ERROR", e.status_body()))
+            return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], line("ERROR", &e.status_body()))
                 .into_response());
         }
         Err(e) => return Err(e),
@@ -108,8 +108,15 @@ pub(super) fn watch_response(
 }
 
 /// One watch event as a line of the stream.
-fn line(kind: &str, object: Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+fn line(kind: &str, object: &Value) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        object: &'a Value,
+    }
+    // Serialised from a reference: the object is shared with the store and every other watch.
+    let mut v = serde_json::to_vec(&Event { kind, object }).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
@@ -133,7 +140,7 @@ impl Watcher {
 
     /// Sends the initial state (and its closing bookmark) and the replayed history; answers
     /// the last resourceVersion sent, or `None` once the client is gone.
-    async fn send_backlog(&self, initial: &[Value], replay: &[Arc<Change>], at: u64) -> Option<u64> {
+    async fn send_backlog(&self, initial: &[Arc<Value>], replay: &[Arc<Change>], at: u64) -> Option<u64> {
         let mut last = at;
         for o in initial {
             self.send(self.encode(EventType::Added, o)).await?;
@@ -143,7 +150,7 @@ impl Watcher {
         }
         for c in replay {
             if let Some((k, o)) = event_for(c, &self.rt, &self.query) {
-                self.send(self.encode(k, &o)).await?;
+                self.send(self.encode(k, o)).await?;
             }
             last = last.max(c.rv);
         }
@@ -172,7 +179,7 @@ impl Watcher {
                         if c.rv <= last { continue; }
                         last = c.rv;
                         if let Some((k, o)) = event_for(&c, &self.rt, &self.query)
-                            && self.send(self.encode(k, &o)).await.is_none()
+                            && self.send(self.encode(k, o)).await.is_none()
                         {
                             return;
                         }
@@ -196,13 +203,13 @@ impl Watcher {
         self.tx.send(line).await.ok()
     }
 
-    fn encode(&self, kind: EventType, obj: &Value) -> Bytes {
-        let o = present(&self.rt, obj);
+    fn encode(&self, kind: EventType, obj: &Arc<Value>) -> Bytes {
+        let o = present_shared(&self.rt, obj);
         if self.p.table {
             let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-            line(kind.as_str(), to_table(&self.rt, &[o], &rv, None, &self.p.include))
+            line(kind.as_str(), &to_table(&self.rt, &[o], &rv, None, &self.p.include))
         } else {
-            line(kind.as_str(), o)
+            line(kind.as_str(), &o)
         }
     }
 
@@ -211,6 +218,6 @@ impl Watcher {
         if end_of_initial {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        line("BOOKMARK", json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": meta}))
+        line("BOOKMARK", &json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": meta}))
     }
 }

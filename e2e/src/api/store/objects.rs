@@ -20,7 +20,9 @@ pub(super) type Key = (String, String);
 pub struct Objects {
     pub(super) rv: u64,
     pub(super) registry: Registry,
-    pub(super) buckets: HashMap<String, BTreeMap<Key, Value>>,
+    /// Shared: readers (lists, watches, the in-process controllers' sweeps) take a reference
+    /// count, not a deep copy; a write replaces the whole object.
+    pub(super) buckets: HashMap<String, BTreeMap<Key, Arc<Value>>>,
     pub(super) history: VecDeque<Arc<Change>>,
     pub(super) history_limit: usize,
     /// The history holds every change with rv > compacted.
@@ -47,7 +49,7 @@ impl Objects {
 
     /// The stored objects of one bucket (`/pods`, `storage.k8s.io/storageclasses`).
     pub fn bucket_values(&self, storage: &str) -> impl Iterator<Item = &Value> {
-        self.buckets.get(storage).into_iter().flat_map(|b| b.values())
+        self.buckets.get(storage).into_iter().flat_map(|b| b.values().map(|v| &**v))
     }
 
     /// The served resources (CRDs add and remove theirs).
@@ -64,11 +66,11 @@ impl Objects {
         self.uids.insert(uid, (storage.to_string(), ns.to_string(), name.to_string()));
     }
 
-    pub(super) fn bucket(&mut self, storage: &str) -> &mut BTreeMap<Key, Value> {
+    pub(super) fn bucket(&mut self, storage: &str) -> &mut BTreeMap<Key, Arc<Value>> {
         self.buckets.entry(storage.to_string()).or_default()
     }
 
-    pub(super) fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<&Value, ApiError> {
+    pub(super) fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<&Arc<Value>, ApiError> {
         self.buckets
             .get(&rt.storage)
             .and_then(|b| b.get(&(ns.to_string(), name.to_string())))
@@ -85,8 +87,8 @@ impl Objects {
         storage: &str,
         ns: &str,
         kind: EventType,
-        object: Value,
-        old: Option<Value>,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
     ) -> Arc<Change> {
         let c = Arc::new(Change { rv: self.rv, storage: storage.into(), namespace: ns.into(), kind, object, old });
         self.history.push_back(c.clone());
@@ -131,6 +133,7 @@ impl Objects {
         self.bucket(&rt.storage).remove(&(ns.to_string(), name.to_string()));
         self.uids.remove(meta_str(&obj, "uid"));
         kinds::of(&rt.storage).removed(&obj, self);
+        let obj = Arc::new(obj);
         let change = self.record(&rt.storage, ns, EventType::Deleted, obj.clone(), None);
         Outcome { value: present(rt, &obj), changes: vec![change] }
     }
@@ -145,6 +148,7 @@ impl Objects {
         let old = self.get(rt, ns, name)?.clone();
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let obj = Arc::new(obj);
         self.bucket(&rt.storage).insert((ns.to_string(), name.to_string()), obj.clone());
         let change = self.record(&rt.storage, ns, EventType::Modified, obj.clone(), Some(old));
         Ok(Outcome { value: present(rt, &obj), changes: vec![change] })

@@ -102,6 +102,7 @@ impl Objects {
         obj["apiVersion"] = json!(self.storage_api_version(rt));
         obj["kind"] = json!(rt.kind);
         self.index_uid(uid, &rt.storage, ns, &name);
+        let obj = Arc::new(obj);
         self.bucket(&rt.storage).insert((ns.to_string(), name), obj.clone());
         let change = self.record(&rt.storage, ns, EventType::Added, obj.clone(), None);
         Ok(Outcome { value: present(rt, &obj), changes: vec![change] })
@@ -135,7 +136,7 @@ impl Objects {
         }
         let mut obj = match sub {
             Sub::Status => {
-                let mut o = old.clone();
+                let mut o = (*old).clone();
                 o["status"] = new["status"].clone();
                 if opts.keep_managed_fields {
                     o["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
@@ -209,6 +210,7 @@ impl Objects {
         }
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let obj = Arc::new(obj);
         self.bucket(&rt.storage).insert((ns.to_string(), name.to_string()), obj.clone());
         let change = self.record(&rt.storage, ns, EventType::Modified, obj.clone(), Some(old));
         Ok(Outcome { value: present(rt, &obj), changes: vec![change] })
@@ -312,7 +314,7 @@ impl Objects {
         opts: &DeleteOptions,
     ) -> Result<Outcome, ApiError> {
         let ns = if rt.namespaced { ns } else { "" };
-        let mut obj = self.get(rt, ns, name)?.clone();
+        let mut obj = (**self.get(rt, ns, name)?).clone();
         if opts.uid.as_deref().is_some_and(|u| u != meta_str(&obj, "uid")) {
             return Err(ApiError::conflict(
                 rt,
@@ -381,8 +383,8 @@ impl Objects {
         let mut changes = Vec::new();
         for (storage, (ns, name)) in targets {
             let Some(rt) = self.registry.by_storage(&storage).cloned() else { continue };
-            let Ok(old) = self.get(&rt, &ns, &name).cloned() else { continue };
-            let mut o = old.clone();
+            let Ok(old) = self.get(&rt, &ns, &name) else { continue };
+            let mut o = (**old).clone();
             if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"] != uid);
             }

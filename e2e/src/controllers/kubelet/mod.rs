@@ -132,7 +132,7 @@ impl Kubelet {
 
     pub async fn sweep(&self) -> anyhow::Result<()> {
         let store = &self.store;
-        let pods: Vec<Value> = store.all_where(&store.rt("", "pods"), |p| str_at(p, "spec.nodeName") == self.node);
+        let pods = store.all_where(&store.rt("", "pods"), |p| str_at(p, "spec.nodeName") == self.node);
         let mut state = self.pods.lock().await;
         let live: Vec<&str> = pods.iter().map(|p| meta_str(p, "uid")).collect();
         let gone: Vec<String> = state.keys().filter(|u| !live.contains(&u.as_str())).cloned().collect();
