@@ -16,16 +16,16 @@ pub mod scheduler;
 pub mod snapshotter;
 pub mod workloads;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
 use serde_json::json;
 
-use crate::api::selectors::FieldSelector;
-use crate::api::store::{PatchType, Query, Store, Sub, WriteOptions};
+use crate::api::store::{PatchType, Store, Sub, WriteOptions};
 use crate::api::util::{meta_str, now};
 
 /// How often a loop looks again without a write having happened (for time-based work such
@@ -81,7 +81,7 @@ pub(crate) fn has_finalizer(o: &Value, f: &str) -> bool {
 }
 
 /// An identical event is recorded again (as a count bump) at most this often.
-const EVENT_REPEAT_SECS: i64 = 30;
+const EVENT_REPEAT_SECS: u64 = 30;
 
 pub(crate) fn opts(manager: &str) -> WriteOptions {
     WriteOptions { field_manager: manager.into(), ..Default::default() }
@@ -109,6 +109,23 @@ pub(crate) fn merge(
     )?)
 }
 
+/// What the stand-ins have recorded: (involved uid, reason, message, component) → the
+/// Event's namespace and name, and when it was last written. Kept in memory, as client-go's
+/// recorder keeps its aggregation cache: finding a repeat by listing the namespace's Events
+/// costs a scan of all of them, on every sweep of every loop. Uids are unique across the
+/// clusters of one process, so one map serves them all.
+type EventKey = (String, String, String, String);
+static RECORDED: std::sync::Mutex<Option<HashMap<EventKey, Recorded>>> = std::sync::Mutex::new(None);
+
+struct Recorded {
+    namespace: String,
+    name: String,
+    at: Instant,
+}
+
+/// Entries beyond this are pruned of those older than the repeat window.
+const RECORDED_MAX: usize = 4096;
+
 /// Records a core/v1 Event about `about`, folding repeats into `count` as client-go's
 /// recorder does.
 pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str, message: &str, component: &str) {
@@ -118,40 +135,62 @@ pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str,
         n => n,
     };
     let uid = meta_str(about, "uid");
-    let Ok(fields) = FieldSelector::parse(&format!("involvedObject.uid={uid}")) else { return };
-    let q = Query { namespace: Some(ns.to_string()), fields, ..Default::default() };
-    let t = now();
-    if let Ok(list) = store.list(&rt, &q, None, None)
-        && let Some(e) = list.items.iter().find(|e| {
-            e["involvedObject"]["uid"] == uid
-                && e["reason"] == reason
-                && e["message"] == message
-                && e["source"]["component"] == component
-        })
-    {
-        // Repeats within a short window are dropped (client-go's recorder aggregates and
-        // rate-limits too); otherwise every sweep would write and wake every loop again.
-        let recent = e["lastTimestamp"]
-            .as_str()
-            .and_then(|l| l.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|l| (jiff::Timestamp::now() - l).get_seconds() < EVENT_REPEAT_SECS);
-        if recent {
-            return;
+    let key: EventKey = (uid.into(), reason.into(), message.into(), component.into());
+    let window = Duration::from_secs(EVENT_REPEAT_SECS);
+    let earlier = {
+        let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = recorded.get_or_insert_with(HashMap::new);
+        match recorded.get(&key) {
+            // Repeats within a short window are dropped (client-go's recorder aggregates and
+            // rate-limits too); otherwise every sweep would write and wake every loop again.
+            Some(r) if r.at.elapsed() < window => return,
+            Some(r) => Some((r.namespace.clone(), r.name.clone())),
+            None => None,
         }
-        let count = e["count"].as_i64().unwrap_or(1) + 1;
-        let _ = merge(store, ("", "events"), e, Sub::Main, json!({"count": count, "lastTimestamp": t}), component);
-        return;
+    };
+    let t = now();
+    let written = match earlier.and_then(|(ns, name)| store.get(&rt, &ns, &name).ok()) {
+        Some(e) => {
+            let count = e["count"].as_i64().unwrap_or(1) + 1;
+            merge(store, ("", "events"), &e, Sub::Main, json!({"count": count, "lastTimestamp": t}), component)
+                .map(|_| meta_str(&e, "name").to_string())
+        }
+        None => create_event(store, about, ns, ty, reason, message, component, &t),
+    };
+    if let Ok(name) = written {
+        let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = recorded.get_or_insert_with(HashMap::new);
+        if recorded.len() >= RECORDED_MAX {
+            recorded.retain(|_, r| r.at.elapsed() < window);
+        }
+        recorded.insert(key, Recorded { namespace: ns.to_string(), name, at: Instant::now() });
     }
+}
+
+/// A new Event; answers its name.
+#[allow(clippy::too_many_arguments)]
+fn create_event(
+    store: &Store,
+    about: &Value,
+    ns: &str,
+    ty: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    t: &str,
+) -> anyhow::Result<String> {
+    let rt = store.rt("", "events");
     let event = json!({
         "metadata": {"name": format!("{}.{:x}", meta_str(about, "name"), jiff::Timestamp::now().as_nanosecond()), "namespace": ns},
         "involvedObject": {
             "kind": about["kind"], "apiVersion": about["apiVersion"], "name": meta_str(about, "name"),
-            "namespace": meta_str(about, "namespace"), "uid": uid, "resourceVersion": meta_str(about, "resourceVersion"),
+            "namespace": meta_str(about, "namespace"), "uid": meta_str(about, "uid"), "resourceVersion": meta_str(about, "resourceVersion"),
         },
         "reason": reason, "message": message, "type": ty,
         "source": {"component": component},
         "reportingComponent": component, "reportingInstance": component,
         "firstTimestamp": t, "lastTimestamp": t, "count": 1,
     });
-    let _ = store.create(&rt, ns, event, &opts(component));
+    let created = store.create(&rt, ns, event, &opts(component))?;
+    Ok(meta_str(&created, "name").to_string())
 }

@@ -68,11 +68,18 @@ pub struct Attributes<'a> {
     pub options: Value,
 }
 
-/// Whether writes to `rt` go through webhooks at all: not the webhook configurations
-/// themselves (as in Kubernetes, so a broken webhook can always be removed), and only
-/// while some configuration has a webhook.
-fn active(store: &Store, rt: &ResourceType) -> bool {
-    rt.group != GROUP && !(webhooks(store, true).is_empty() && webhooks(store, false).is_empty())
+/// Whether a write goes through webhooks at all: not to the webhook configurations
+/// themselves (as in Kubernetes, so a broken webhook can always be removed), and only when
+/// some webhook has a rule for this resource and operation. Checked before anything else,
+/// since admission starts with a dry run of the write (a webhook's selectors need the
+/// object as it would be stored), which a busy store should not pay for writes no webhook
+/// wants to see.
+fn active(store: &Store, rt: &ResourceType, sub: Sub, ops: &[Operation]) -> bool {
+    let sub = sub_name(sub);
+    let wants = |w: &Value| {
+        w["rules"].as_array().into_iter().flatten().any(|r| ops.iter().any(|op| rule_matches(r, rt, sub, *op)))
+    };
+    rt.group != GROUP && [true, false].into_iter().any(|mutating| webhooks(store, mutating).iter().any(wants))
 }
 
 /// The webhooks of every configuration of one type, configurations in name order.
@@ -132,7 +139,7 @@ pub async fn create(
     opts: &WriteOptions,
     user: &UserInfo,
 ) -> Result<Value, ApiError> {
-    if !active(store, rt) {
+    if !active(store, rt, Sub::Main, &[Operation::Create]) {
         return store.create(rt, ns, body, opts);
     }
     let object = store.create(rt, ns, body.clone(), &dry(opts))?;
@@ -165,7 +172,7 @@ pub async fn update(
     opts: &WriteOptions,
     user: &UserInfo,
 ) -> Result<Value, ApiError> {
-    if !active(store, rt) {
+    if !active(store, rt, sub, &[Operation::Update]) {
         return store.update(rt, ns, name, body, sub, opts);
     }
     let a = Attributes {
@@ -215,7 +222,8 @@ pub async fn patch(
     opts: &WriteOptions,
     user: &UserInfo,
 ) -> Result<Value, ApiError> {
-    if !active(store, rt) {
+    // An apply to a missing object is a create.
+    if !active(store, rt, sub, &[Operation::Update, Operation::Create]) {
         return store.patch(rt, ns, name, ty, body, sub, opts);
     }
     let pinned = !meta_str(body, "resourceVersion").is_empty();
@@ -256,7 +264,7 @@ pub async fn delete(
     opts: &DeleteOptions,
     user: &UserInfo,
 ) -> Result<Value, ApiError> {
-    if active(store, rt) {
+    if active(store, rt, Sub::Main, &[Operation::Delete]) {
         let old = store.get(rt, ns, name)?;
         let mut options = json!({"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"});
         if opts.dry_run {
@@ -347,7 +355,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 /// Whether webhook `w` wants this request: its rules, then its selectors.
 fn matches(w: &Value, a: &Attributes<'_>, object: Option<&Value>, old: Option<&Value>, ns: &Option<Value>) -> bool {
     let rules = w["rules"].as_array().into_iter().flatten();
-    if !rules.into_iter().any(|r| rule_matches(r, a)) {
+    if !rules.into_iter().any(|r| rule_matches(r, a.rt, a.sub, a.operation)) {
         return false;
     }
     if let Some(ns_labels) = ns
@@ -360,15 +368,15 @@ fn matches(w: &Value, a: &Attributes<'_>, object: Option<&Value>, old: Option<&V
     [object, old].into_iter().flatten().any(|o| selects(sel, &labels(Some(o))))
 }
 
-fn rule_matches(r: &Value, a: &Attributes<'_>) -> bool {
+fn rule_matches(r: &Value, rt: &ResourceType, sub: Option<&str>, operation: Operation) -> bool {
     let has = |field: &str, want: &str| r[field].as_array().into_iter().flatten().any(|v| v == "*" || v == want);
     let resource_ok = r["resources"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|res| {
-        let (res, sub) = match res.split_once('/') {
+        let (res, rule_sub) = match res.split_once('/') {
             Some((r, s)) => (r, Some(s)),
             None => (res, None),
         };
-        let res_ok = res == "*" || res == a.rt.plural;
-        let sub_ok = match (sub, a.sub) {
+        let res_ok = res == "*" || res == rt.plural;
+        let sub_ok = match (rule_sub, sub) {
             (None, None) => true,
             (Some("*"), _) => true,
             (Some(s), Some(want)) => s == want,
@@ -377,13 +385,13 @@ fn rule_matches(r: &Value, a: &Attributes<'_>) -> bool {
         res_ok && sub_ok
     });
     let scope_ok = match r["scope"].as_str().unwrap_or("*") {
-        "Cluster" => !a.rt.namespaced,
-        "Namespaced" => a.rt.namespaced,
+        "Cluster" => !rt.namespaced,
+        "Namespaced" => rt.namespaced,
         _ => true,
     };
-    has("operations", a.operation.as_str())
-        && has("apiGroups", &a.rt.group)
-        && has("apiVersions", &a.rt.version)
+    has("operations", operation.as_str())
+        && has("apiGroups", &rt.group)
+        && has("apiVersions", &rt.version)
         && resource_ok
         && scope_ok
 }
@@ -523,16 +531,17 @@ mod tests {
     fn rules_match_resources_subresources_operations_and_scope() {
         let (rt, user) = (cm_rt(), UserInfo::admin());
         let rule = |ops: Value, res: Value, scope: &str| json!({"operations": ops, "apiGroups": [""], "apiVersions": ["*"], "resources": res, "scope": scope});
+        let m = |r: &Value, a: &Attributes<'_>| rule_matches(r, a.rt, a.sub, a.operation);
         let create = attrs(&rt, &user, Operation::Create, None);
         let status = attrs(&rt, &user, Operation::Update, Some("status"));
-        assert!(rule_matches(&rule(json!(["CREATE"]), json!(["configmaps"]), "*"), &create));
-        assert!(!rule_matches(&rule(json!(["UPDATE"]), json!(["configmaps"]), "*"), &create));
-        assert!(rule_matches(&rule(json!(["*"]), json!(["*"]), "Namespaced"), &create));
-        assert!(!rule_matches(&rule(json!(["*"]), json!(["*"]), "Cluster"), &create));
-        assert!(!rule_matches(&rule(json!(["*"]), json!(["*"]), "*"), &status), "* leaves subresources out");
-        assert!(rule_matches(&rule(json!(["*"]), json!(["*/*"]), "*"), &status));
-        assert!(rule_matches(&rule(json!(["*"]), json!(["configmaps/status"]), "*"), &status));
-        assert!(!rule_matches(&rule(json!(["*"]), json!(["pods/status"]), "*"), &status));
+        assert!(m(&rule(json!(["CREATE"]), json!(["configmaps"]), "*"), &create));
+        assert!(!m(&rule(json!(["UPDATE"]), json!(["configmaps"]), "*"), &create));
+        assert!(m(&rule(json!(["*"]), json!(["*"]), "Namespaced"), &create));
+        assert!(!m(&rule(json!(["*"]), json!(["*"]), "Cluster"), &create));
+        assert!(!m(&rule(json!(["*"]), json!(["*"]), "*"), &status), "* leaves subresources out");
+        assert!(m(&rule(json!(["*"]), json!(["*/*"]), "*"), &status));
+        assert!(m(&rule(json!(["*"]), json!(["configmaps/status"]), "*"), &status));
+        assert!(!m(&rule(json!(["*"]), json!(["pods/status"]), "*"), &status));
     }
 
     #[test]

@@ -407,7 +407,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut g = self.lock();
         if dry_run {
-            let mut scratch = g.clone();
+            let mut scratch = g.scratch();
             drop(g);
             return apply(&mut scratch).map(|out| out.value);
         }

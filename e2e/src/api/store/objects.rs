@@ -15,19 +15,23 @@ use crate::api::util::meta_str;
 
 pub(super) type Key = (String, String);
 
-/// Everything the store holds. Cloned whole for a dry run.
-#[derive(Debug, Clone)]
+/// Everything the store holds.
+///
+/// A dry run (and admission runs one before every write it sends to webhooks) works on a
+/// [`scratch`](Objects::scratch) copy; buckets and the uid index are shared with it and
+/// copied only when written, so the copy costs a few pointers, not the whole store.
+#[derive(Debug)]
 pub struct Objects {
     pub(super) rv: u64,
     pub(super) registry: Registry,
     /// Shared: readers (lists, watches, the in-process controllers' sweeps) take a reference
     /// count, not a deep copy; a write replaces the whole object.
-    pub(super) buckets: HashMap<String, BTreeMap<Key, Arc<Value>>>,
+    pub(super) buckets: HashMap<String, Arc<BTreeMap<Key, Arc<Value>>>>,
     pub(super) history: VecDeque<Arc<Change>>,
     pub(super) history_limit: usize,
     /// The history holds every change with rv > compacted.
     pub(super) compacted: u64,
-    uids: HashMap<String, (String, String, String)>,
+    uids: Arc<HashMap<String, (String, String, String)>>,
     /// The cluster's address block, whose upper node half holds Service ClusterIPs (0: none
     /// leased, e.g. a bare store in unit tests).
     pub service_block: u8,
@@ -42,8 +46,23 @@ impl Objects {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 1,
-            uids: HashMap::new(),
+            uids: Arc::default(),
             service_block: 0,
+        }
+    }
+
+    /// A copy to run a dry-run write on: the same objects, no history (nothing it records is
+    /// kept).
+    pub(super) fn scratch(&self) -> Objects {
+        Objects {
+            rv: self.rv,
+            registry: self.registry.clone(),
+            buckets: self.buckets.clone(),
+            history: VecDeque::new(),
+            history_limit: self.history_limit,
+            compacted: self.compacted,
+            uids: self.uids.clone(),
+            service_block: self.service_block,
         }
     }
 
@@ -63,11 +82,11 @@ impl Objects {
     }
 
     pub(super) fn index_uid(&mut self, uid: String, storage: &str, ns: &str, name: &str) {
-        self.uids.insert(uid, (storage.to_string(), ns.to_string(), name.to_string()));
+        Arc::make_mut(&mut self.uids).insert(uid, (storage.to_string(), ns.to_string(), name.to_string()));
     }
 
     pub(super) fn bucket(&mut self, storage: &str) -> &mut BTreeMap<Key, Arc<Value>> {
-        self.buckets.entry(storage.to_string()).or_default()
+        Arc::make_mut(self.buckets.entry(storage.to_string()).or_default())
     }
 
     pub(super) fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<&Arc<Value>, ApiError> {
@@ -131,7 +150,7 @@ impl Objects {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.bucket(&rt.storage).remove(&(ns.to_string(), name.to_string()));
-        self.uids.remove(meta_str(&obj, "uid"));
+        Arc::make_mut(&mut self.uids).remove(meta_str(&obj, "uid"));
         kinds::of(&rt.storage).removed(&obj, self);
         let obj = Arc::new(obj);
         let change = self.record(&rt.storage, ns, EventType::Deleted, obj.clone(), None);

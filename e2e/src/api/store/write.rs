@@ -374,7 +374,7 @@ impl Objects {
     pub(super) fn orphan_dependents(&mut self, uid: &str) -> Vec<Arc<Change>> {
         let mut targets = Vec::new();
         for (storage, bucket) in &self.buckets {
-            for (k, o) in bucket {
+            for (k, o) in bucket.iter() {
                 if o["metadata"]["ownerReferences"].as_array().is_some_and(|r| r.iter().any(|r| r["uid"] == uid)) {
                     targets.push((storage.clone(), k.clone()));
                 }
