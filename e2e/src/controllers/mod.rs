@@ -194,3 +194,26 @@ fn create_event(
     let created = store.create(&rt, ns, event, &opts(component))?;
     Ok(meta_str(&created, "name").to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_event_is_recorded_once_within_the_window() {
+        let store = Store::new(100);
+        let ns = store.rt("", "namespaces");
+        store.create(&ns, "", json!({"metadata": {"name": "default"}}), &WriteOptions::default()).unwrap();
+        let cm = store.rt("", "configmaps");
+        let about = store.create(&cm, "default", json!({"metadata": {"name": "a"}}), &WriteOptions::default()).unwrap();
+        for _ in 0..3 {
+            record_event(&store, &about, "Normal", "Waiting", "for a volume", "test");
+        }
+        record_event(&store, &about, "Normal", "Waiting", "for a node", "test");
+        let events = store.all(&store.rt("", "events"));
+        let mut messages: Vec<&str> = events.iter().map(|e| e["message"].as_str().unwrap_or_default()).collect();
+        messages.sort();
+        assert_eq!(messages, ["for a node", "for a volume"]);
+        assert!(events.iter().all(|e| e["count"] == 1 && e["involvedObject"]["uid"] == about["metadata"]["uid"]));
+    }
+}

@@ -545,6 +545,25 @@ mod tests {
     }
 
     #[test]
+    fn only_writes_some_webhook_has_a_rule_for_go_through_admission() {
+        let store = Store::new(10);
+        let cm = store.rt("", "configmaps");
+        let secrets = store.rt("", "secrets");
+        let vwc = store.rt(GROUP, "validatingwebhookconfigurations");
+        assert!(!active(&store, &cm, Sub::Main, &[Operation::Create]), "no webhooks at all");
+        let config = json!({"metadata": {"name": "v"}, "webhooks": [{"name": "cm.example.com", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "clientConfig": {"url": "https://127.0.0.1:1/"},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]}]});
+        store.create(&vwc, "", config, &WriteOptions::default()).unwrap();
+        assert!(active(&store, &cm, Sub::Main, &[Operation::Create]));
+        assert!(!active(&store, &cm, Sub::Main, &[Operation::Update]));
+        assert!(active(&store, &cm, Sub::Main, &[Operation::Update, Operation::Create]), "an apply may create");
+        assert!(!active(&store, &cm, Sub::Status, &[Operation::Create]));
+        assert!(!active(&store, &secrets, Sub::Main, &[Operation::Create]));
+        assert!(!active(&store, &vwc, Sub::Main, &[Operation::Create]), "never the configurations themselves");
+    }
+
+    #[test]
     fn selectors_pick_by_namespace_labels_and_by_the_new_or_old_objects_labels() {
         let (rt, user) = (cm_rt(), UserInfo::admin());
         let a = attrs(&rt, &user, Operation::Update, None);

@@ -539,6 +539,46 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_list_sees_only_that_namespace_and_shares_the_stored_objects() {
+        let (s, cm) = store_with_ns();
+        let ns = s.rt("", "namespaces");
+        for n in ["de", "default2"] {
+            s.create(&ns, "", json!({"metadata": {"name": n}}), &WriteOptions::default()).unwrap();
+        }
+        for (n, name) in [("de", "a"), ("default", "b"), ("default", "c"), ("default2", "d")] {
+            s.create(&cm, n, json!({"metadata": {"name": name}}), &WriteOptions::default()).unwrap();
+        }
+        let names = |q: &Query| -> Vec<String> {
+            s.list(&cm, q, None, None).unwrap().items.iter().map(|o| meta_str(o, "name").to_string()).collect()
+        };
+        let in_default = Query { namespace: Some("default".into()), ..Default::default() };
+        assert_eq!(names(&in_default), ["b", "c"]);
+        assert_eq!(names(&Query::default()), ["a", "b", "c", "d"]);
+        let started = s.watch(&cm, &in_default, None, false).unwrap();
+        let watched: Vec<&str> = started.initial.iter().map(|o| meta_str(o, "name")).collect();
+        assert_eq!(watched, ["b", "c"]);
+        // Readers get the stored object itself, not a copy.
+        let (one, two) = (s.all(&cm), s.all(&cm));
+        assert!(Arc::ptr_eq(&one[0], &two[0]));
+    }
+
+    #[test]
+    fn a_dry_run_answers_the_write_and_leaves_the_store_as_it_was() {
+        let (s, cm) = store_with_ns();
+        let rv = s.resource_version();
+        let dry = WriteOptions { dry_run: true, ..Default::default() };
+        let answered = s.create(&cm, "default", json!({"metadata": {"name": "a"}, "data": {"k": "v"}}), &dry).unwrap();
+        assert_eq!(answered["data"]["k"], "v");
+        assert_eq!(s.get(&cm, "default", "a").unwrap_err().code, 404);
+        assert_eq!(s.resource_version(), rv);
+        s.create(&cm, "default", json!({"metadata": {"name": "a"}, "data": {"k": "v"}}), &Default::default()).unwrap();
+        let patch = json!({"data": {"k": "w"}});
+        let answered = s.patch(&cm, "default", "a", PatchType::Merge, &patch, Sub::Main, &dry).unwrap();
+        assert_eq!(answered["data"]["k"], "w");
+        assert_eq!(s.get(&cm, "default", "a").unwrap()["data"]["k"], "v");
+    }
+
+    #[test]
     fn concurrent_writers_publish_changes_in_resource_version_order() {
         // A watcher drops anything not newer than what it last saw, so publication order
         // must be resourceVersion order even with writers racing on several threads.
