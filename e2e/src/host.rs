@@ -88,7 +88,7 @@ pub fn loop_attach(file: &Path) -> Result<PathBuf, HostError> {
 /// Detaches `dev` and waits (up to 5 s) until it is gone: on a device something still holds
 /// open (udev probing a new device, say) `losetup -d` only marks it to go at the last close.
 pub fn loop_detach(dev: &Path) -> Result<(), HostError> {
-    run(Command::new("losetup").arg("-d").arg(dev))?;
+    loop_release(dev)?;
     let name = dev.file_name().unwrap_or_default();
     let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -102,6 +102,11 @@ pub fn loop_detach(dev: &Path) -> Result<(), HostError> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// `losetup -d` without waiting: the device goes now, or at its last close.
+fn loop_release(dev: &Path) -> Result<(), HostError> {
+    run(Command::new("losetup").arg("-d").arg(dev)).map(drop)
 }
 
 /// Loop devices whose backing file lies under `dir`.
@@ -246,7 +251,7 @@ pub fn cleanup(dir: &Path, children: &Children) {
     // marked to detach on its last close, which the unmounts below bring.
     let loops = loops_under(dir);
     for l in &loops {
-        if let Err(e) = loop_detach(l) {
+        if let Err(e) = loop_release(l) {
             tracing::warn!(error = %e, "cleanup");
         }
     }
@@ -265,5 +270,8 @@ pub fn cleanup(dir: &Path, children: &Children) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while loops.iter().any(attached) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for l in loops.iter().filter(|l| attached(l)) {
+        tracing::warn!(device = %l.display(), "cleanup: the loop device is still attached 10 s later (held open)");
     }
 }
