@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use serde_json::json;
 
+use crate::api::registry::ResourceType;
 use crate::api::store::{PatchType, Store, Sub, WriteOptions};
 use crate::api::util::{meta_str, now};
 
@@ -129,7 +130,6 @@ const RECORDED_MAX: usize = 4096;
 /// Records a core/v1 Event about `about`, folding repeats into `count` as client-go's
 /// recorder does.
 pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str, message: &str, component: &str) {
-    let rt = store.rt("", "events");
     let ns = match meta_str(about, "namespace") {
         "" => "default",
         n => n,
@@ -148,6 +148,7 @@ pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str,
             None => None,
         }
     };
+    let rt = store.rt("", "events");
     let t = now();
     let written = match earlier.and_then(|(ns, name)| store.get(&rt, &ns, &name).ok()) {
         Some(e) => {
@@ -155,7 +156,7 @@ pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str,
             merge(store, ("", "events"), &e, Sub::Main, json!({"count": count, "lastTimestamp": t}), component)
                 .map(|_| meta_str(&e, "name").to_string())
         }
-        None => create_event(store, about, ns, ty, reason, message, component, &t),
+        None => create_event(store, &rt, about, ns, ty, reason, message, component, &t),
     };
     if let Ok(name) = written {
         let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,6 +172,7 @@ pub(crate) fn record_event(store: &Store, about: &Value, ty: &str, reason: &str,
 #[allow(clippy::too_many_arguments)]
 fn create_event(
     store: &Store,
+    rt: &ResourceType,
     about: &Value,
     ns: &str,
     ty: &str,
@@ -179,7 +181,6 @@ fn create_event(
     component: &str,
     t: &str,
 ) -> anyhow::Result<String> {
-    let rt = store.rt("", "events");
     let event = json!({
         "metadata": {"name": format!("{}.{:x}", meta_str(about, "name"), jiff::Timestamp::now().as_nanosecond()), "namespace": ns},
         "involvedObject": {
@@ -191,7 +192,7 @@ fn create_event(
         "reportingComponent": component, "reportingInstance": component,
         "firstTimestamp": t, "lastTimestamp": t, "count": 1,
     });
-    let created = store.create(&rt, ns, event, &opts(component))?;
+    let created = store.create(rt, ns, event, &opts(component))?;
     Ok(meta_str(&created, "name").to_string())
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::ApiState;
 use crate::api::error::ApiError;
 use crate::api::registry::ResourceType;
-use crate::api::store::{Change, EventType, Query, WatchStart, present_shared};
+use crate::api::store::{Change, EventType, Query, WatchStart, presenter};
 use crate::api::table::to_table;
 
 /// Turns a change into the event a watch with this query sees, if any.
@@ -204,7 +204,7 @@ impl Watcher {
     }
 
     fn encode(&self, kind: EventType, obj: &Arc<Value>) -> Bytes {
-        let o = present_shared(&self.rt, obj);
+        let o = presenter(&self.rt)(obj);
         if self.p.table {
             let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
             line(kind.as_str(), &to_table(&self.rt, &[o], &rv, None, &self.p.include))

@@ -218,6 +218,7 @@ impl Store {
             }
             None => None,
         };
+        let served = presenter(rt);
         let mut items = Vec::new();
         let mut last = None;
         let mut remaining = 0usize;
@@ -231,7 +232,7 @@ impl Store {
                     remaining += 1;
                     continue;
                 }
-                items.push(present_shared(rt, o));
+                items.push(served(o));
                 last = Some(k.clone());
             }
         }
@@ -259,7 +260,7 @@ impl Store {
         let g = self.lock();
         g.buckets
             .get(&rt.storage)
-            .map(|b| b.values().filter(|o| keep(o)).map(|o| present_shared(rt, o)).collect())
+            .map(|b| b.values().filter(|o| keep(o)).map(presenter(rt)).collect())
             .unwrap_or_default()
     }
 
@@ -277,7 +278,8 @@ impl Store {
                 continue;
             }
             let Some(rt) = g.registry.by_storage(storage) else { continue };
-            out.extend(bucket.values().map(|o| (rt.clone(), present_shared(rt, o))));
+            let served = presenter(rt);
+            out.extend(bucket.values().map(|o| (rt.clone(), served(o))));
         }
         out
     }
@@ -451,12 +453,16 @@ pub fn present(rt: &ResourceType, obj: &Value) -> Value {
     o
 }
 
-/// [`present`] for a shared object: the same object when its storage form is already the
-/// served form (the common case), so no copy is made.
-pub fn present_shared(rt: &ResourceType, obj: &Arc<Value>) -> Arc<Value> {
-    let served =
-        rt.group != "events.k8s.io" && obj["kind"] == rt.kind.as_str() && obj["apiVersion"] == rt.api_version();
-    if served { obj.clone() } else { Arc::new(present(rt, obj)) }
+/// [`present`] for shared objects of one type: the same object when its storage form is
+/// already the served form (the common case), so no copy is made. Built once per read, not
+/// per object: the served apiVersion is a fresh string.
+pub fn presenter(rt: &ResourceType) -> impl Fn(&Arc<Value>) -> Arc<Value> + '_ {
+    let api_version = rt.api_version();
+    let converted = rt.group == "events.k8s.io";
+    move |obj| {
+        let served = !converted && obj["kind"] == rt.kind.as_str() && obj["apiVersion"] == api_version.as_str();
+        if served { obj.clone() } else { Arc::new(present(rt, obj)) }
+    }
 }
 
 /// The objects of a bucket in one namespace (or all of them), found by the key's order

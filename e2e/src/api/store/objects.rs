@@ -1,5 +1,5 @@
 //! The core of the store: objects by bucket, the resourceVersion counter, the bounded history
-//! of changes that watches replay, and the uid index. Kind-specific behaviour is not here
+//! of changes that watches replay. Kind-specific behaviour is not here
 //! but in `api::kinds`; the verbs that use both are in `write.rs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -11,14 +11,13 @@ use super::{Change, EventType, Outcome, present};
 use crate::api::error::ApiError;
 use crate::api::kinds;
 use crate::api::registry::{Registry, ResourceType};
-use crate::api::util::meta_str;
 
 pub(super) type Key = (String, String);
 
 /// Everything the store holds.
 ///
 /// A dry run (and admission runs one before every write it sends to webhooks) works on a
-/// [`scratch`](Objects::scratch) copy; buckets and the uid index are shared with it and
+/// [`scratch`](Objects::scratch) copy; the buckets are shared with it and
 /// copied only when written, so the copy costs a few pointers, not the whole store.
 #[derive(Debug)]
 pub struct Objects {
@@ -31,7 +30,6 @@ pub struct Objects {
     pub(super) history_limit: usize,
     /// The history holds every change with rv > compacted.
     pub(super) compacted: u64,
-    uids: Arc<HashMap<String, (String, String, String)>>,
     /// The cluster's address block, whose upper node half holds Service ClusterIPs (0: none
     /// leased, e.g. a bare store in unit tests).
     pub service_block: u8,
@@ -46,7 +44,6 @@ impl Objects {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 1,
-            uids: Arc::default(),
             service_block: 0,
         }
     }
@@ -61,7 +58,6 @@ impl Objects {
             history: VecDeque::new(),
             history_limit: self.history_limit,
             compacted: self.compacted,
-            uids: self.uids.clone(),
             service_block: self.service_block,
         }
     }
@@ -79,10 +75,6 @@ impl Objects {
     /// Forgets every object of a bucket (a CRD's instances, once it is gone).
     pub fn drop_bucket(&mut self, storage: &str) {
         self.buckets.remove(storage);
-    }
-
-    pub(super) fn index_uid(&mut self, uid: String, storage: &str, ns: &str, name: &str) {
-        Arc::make_mut(&mut self.uids).insert(uid, (storage.to_string(), ns.to_string(), name.to_string()));
     }
 
     pub(super) fn bucket(&mut self, storage: &str) -> &mut BTreeMap<Key, Arc<Value>> {
@@ -150,7 +142,6 @@ impl Objects {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.bucket(&rt.storage).remove(&(ns.to_string(), name.to_string()));
-        Arc::make_mut(&mut self.uids).remove(meta_str(&obj, "uid"));
         kinds::of(&rt.storage).removed(&obj, self);
         let obj = Arc::new(obj);
         let change = self.record(&rt.storage, ns, EventType::Deleted, obj.clone(), None);

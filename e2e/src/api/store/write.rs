@@ -101,7 +101,6 @@ impl Objects {
         }
         obj["apiVersion"] = json!(self.storage_api_version(rt));
         obj["kind"] = json!(rt.kind);
-        self.index_uid(uid, &rt.storage, ns, &name);
         let obj = Arc::new(obj);
         self.bucket(&rt.storage).insert((ns.to_string(), name), obj.clone());
         let change = self.record(&rt.storage, ns, EventType::Added, obj.clone(), None);
