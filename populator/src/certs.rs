@@ -384,17 +384,18 @@ mod tests {
         assert!(client_verifier(&ca_cert).verify_client_cert(&server_only, &[], now).is_err());
     }
 
-    fn client_verifier(ca_pem: &str) -> std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier> {
+    /// The CA as the only trusted root.
+    fn roots(ca_pem: &str) -> std::sync::Arc<rustls::RootCertStore> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-        rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap()
+        std::sync::Arc::new(roots)
+    }
+
+    fn client_verifier(ca_pem: &str) -> std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem), provider).build().unwrap()
     }
 
     fn verifies_as(names: &[String], server_name: &str) {
@@ -406,14 +407,7 @@ mod tests {
         use rustls::client::danger::ServerCertVerifier;
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca_cert.as_bytes()).unwrap()).unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
+        let verifier = server_verifier(&ca_cert);
         let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         verifier
             .verify_server_cert(&leaf, &[], &ServerName::try_from(server_name).unwrap(), &[], UnixTime::now())
@@ -421,16 +415,8 @@ mod tests {
     }
 
     fn server_verifier(ca_pem: &str) -> std::sync::Arc<rustls::client::WebPkiServerVerifier> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-        rustls::client::WebPkiServerVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap()
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem), provider).build().unwrap()
     }
 
     fn pem_of(d: &BTreeMap<String, ByteString>, key: &str) -> String {
