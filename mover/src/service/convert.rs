@@ -43,6 +43,16 @@ pub struct ResolvedTarget {
     pub display: String,
 }
 
+/// The volume a request names, before it is checked or resolved.
+fn pod_volume(v: &pb::PodVolume) -> PodVolume {
+    PodVolume {
+        pod_uid: v.pod_uid.clone(),
+        volume_name: v.volume_name.clone(),
+        pv_name: v.pv_name.clone(),
+        block: v.mode == pb::VolumeMode::Block as i32,
+    }
+}
+
 /// How a target may be shown: its path, or `pod UID volume NAME`.
 fn describe(kind: &pb::target::Kind) -> String {
     match kind {
@@ -65,13 +75,7 @@ pub fn target(field: &str, target: Option<&pb::Target>, kubelet_root: &Path) -> 
             Ok(ResolvedTarget { path: PathBuf::from(&h.path), display: h.path.clone() })
         }
         Some(kind @ Kind::PodVolume(v)) => {
-            let volume = PodVolume {
-                pod_uid: v.pod_uid.clone(),
-                volume_name: v.volume_name.clone(),
-                pv_name: v.pv_name.clone(),
-                block: v.mode == pb::VolumeMode::Block as i32,
-            };
-            let path = volume.resolve(kubelet_root).map_err(|e| match e {
+            let path = pod_volume(v).resolve(kubelet_root).map_err(|e| match e {
                 ResolveError::NotFound { .. } => Status::not_found(e.to_string()),
                 _ => invalid(&format!("{field}.pod_volume"), e),
             })?;
@@ -137,12 +141,8 @@ fn log(log: Option<&pb::TaskLog>, kubelet_root: &Path) -> Result<Option<PathBuf>
         return Err(invalid("log.file_name", "must be a single path component"));
     }
     let Some(v) = &log.volume else { return Err(invalid("log.volume", "is required")) };
-    let volume = PodVolume {
-        pod_uid: v.pod_uid.clone(),
-        volume_name: v.volume_name.clone(),
-        pv_name: v.pv_name.clone(),
-        block: false,
-    };
+    // A log goes into a directory, whatever mode the request names.
+    let volume = PodVolume { block: false, ..pod_volume(v) };
     volume.validate().map_err(|e| invalid("log.volume", e))?;
     match volume.resolve(kubelet_root) {
         Ok(dir) => Ok(Some(dir.join(file))),
@@ -239,13 +239,7 @@ fn volume_source(v: &pb::VolumeSource, peers: &PeerClient) -> Result<PeerVolume,
             return Err(invalid("source.volume.volume.host_path.path", "must be an absolute path"));
         }
         Some(kind @ pb::target::Kind::PodVolume(p)) => {
-            let volume = PodVolume {
-                pod_uid: p.pod_uid.clone(),
-                volume_name: p.volume_name.clone(),
-                pv_name: p.pv_name.clone(),
-                block: p.mode == pb::VolumeMode::Block as i32,
-            };
-            volume.validate().map_err(|e| invalid("source.volume.volume.pod_volume", e))?;
+            pod_volume(p).validate().map_err(|e| invalid("source.volume.volume.pod_volume", e))?;
             kind
         }
         Some(kind) => kind,
