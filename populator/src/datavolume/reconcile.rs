@@ -147,16 +147,11 @@ async fn create_claim(
         },
     };
     let from = match &plan {
-        Plan::Clone { namespace, name } => {
-            Some(render::CloneFrom { kind: render::CloneKind::Pvc, namespace: namespace.clone(), name: name.clone() })
-        }
-        Plan::Restore { namespace, name } => Some(render::CloneFrom {
-            kind: render::CloneKind::Snapshot,
-            namespace: namespace.clone(),
-            name: name.clone(),
-        }),
+        Plan::Clone { namespace, name } => Some((render::CloneKind::Pvc, namespace, name)),
+        Plan::Restore { namespace, name } => Some((render::CloneKind::Snapshot, namespace, name)),
         _ => None,
-    };
+    }
+    .map(|(kind, namespace, name)| render::CloneFrom { kind, namespace: namespace.clone(), name: name.clone() });
     let origin = match &from {
         Some(from) => clone_origin(from, ctx).await?,
         None => None,
