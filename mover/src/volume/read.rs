@@ -11,7 +11,7 @@
 //!   swapped in while we read can never make us archive anything outside the volume.
 //!
 //! # Guarantees
-//! * Memory is bounded whatever the volume's size: two 4 MiB read-ahead buffers and one
+//! * Memory is bounded whatever the volume's size: four 4 MiB read buffers and one
 //!   pending extent of at most [`MAX_DATA_EXTENT`](super::MAX_DATA_EXTENT) bytes (for a
 //!   tree, plus one sorted listing per directory level).
 //! * Names inside a volume are its users' to choose: `disk.img` and the tree's entries are
@@ -205,8 +205,9 @@ impl VolumeReader {
 }
 
 /// Reads `[0, size)` of `file` into the cutter; with `holes`, skips what `SEEK_DATA` says
-/// is a hole. A thread of its own reads ahead into [`READ_BUFFERS`] buffers, so that the
-/// device works while the previous chunk is scanned and sent.
+/// is a hole. A planner thread walks the file and hands each chunk to one of [`READERS`]
+/// reader threads, so that the device has several reads in flight while the previous chunks
+/// are scanned and sent; the chunks reach the cutter in order.
 fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     path: &Path,
     file: &File,
@@ -218,17 +219,29 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = crossbeam_channel::bounded(READ_BUFFERS);
         let (empty_tx, empty_rx) = crossbeam_channel::bounded(READ_BUFFERS);
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<ReadJob>(READ_BUFFERS);
         for _ in 0..READ_BUFFERS {
             let mut buf = AlignedBuf::new(READ_CHUNK);
             buf.set_len(READ_CHUNK);
             let _ = empty_tx.send(buf);
         }
-        // It stops when either channel's other end is gone (dropped below on any return).
-        scope.spawn(move || read_ahead(path, file, size, mode, holes, &empty_rx, &full_tx));
+        for _ in 0..READERS {
+            let job_rx = job_rx.clone();
+            scope.spawn(move || {
+                for job in job_rx {
+                    job.run(path, file, mode);
+                }
+            });
+        }
+        drop(job_rx);
+        // The planner stops when either channel's other end is gone (dropped below on any
+        // return), and the readers once the planner is gone.
+        scope.spawn(move || plan_reads(file, size, holes, &empty_rx, &job_tx, &full_tx));
         for piece in &full_rx {
-            match piece? {
+            match piece {
                 Piece::Hole(len) => cutter.zero(len)?,
-                Piece::Data(buf, len) => {
+                Piece::Data(read) => {
+                    let (buf, len) = read.recv().map_err(|_| VolumeError::Closed)??;
                     cutter.data(&buf[..len])?;
                     let _ = empty_tx.send(buf);
                 }
@@ -238,23 +251,60 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     })
 }
 
-/// Read-ahead buffers of [`READ_CHUNK`] bytes per stream.
-const READ_BUFFERS: usize = 2;
+/// Reads in flight at once per stream: a device (a loop device over a file, a network
+/// disk) serves two concurrent 4 MiB reads in little more time than one.
+const READERS: usize = 2;
+/// Read buffers of [`READ_CHUNK`] bytes per stream: one per reader, and as many filled ones
+/// waiting to be sent.
+const READ_BUFFERS: usize = 2 * READERS;
 
-/// What the read-ahead thread found next.
+/// A filled buffer and how many of its bytes are the volume's, or why the read failed.
+type ReadResult = Result<(AlignedBuf, usize), VolumeError>;
+
+/// What comes next in the volume, in order.
 enum Piece {
     Hole(u64),
-    Data(AlignedBuf, usize),
+    /// A chunk being read; its buffer arrives on the channel.
+    Data(crossbeam_channel::Receiver<ReadResult>),
 }
 
-fn read_ahead(
-    path: &Path,
+/// One chunk for a reader thread: `n` bytes at `pos` into `buf`.
+struct ReadJob {
+    pos: u64,
+    n: usize,
+    buf: AlignedBuf,
+    done: crossbeam_channel::Sender<ReadResult>,
+}
+
+impl ReadJob {
+    fn run(self, path: &Path, file: &File, mode: IoMode) {
+        let ReadJob { pos, n, mut buf, done } = self;
+        // Direct reads need whole blocks; the last block of a device is whole.
+        let want = match mode {
+            IoMode::Direct { align } => n.next_multiple_of(align),
+            IoMode::Buffered => n,
+        };
+        let read = direct_io::read_exact_at(file, &mut buf[..want], pos).map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => VolumeError::Changed {
+                path: path.to_path_buf(),
+                what: format!("it ended before offset {}", pos + n as u64),
+            },
+            _ => VolumeError::Io { op: "read", path: path.to_path_buf(), source },
+        });
+        // The receiver is gone only when the stream stopped.
+        let _ = done.send(read.map(|()| (buf, n)));
+    }
+}
+
+/// Walks `[0, size)` in order: holes go straight to `full`, data chunks to the readers
+/// (with a free buffer each) and, as a place in the order, to `full`.
+fn plan_reads(
     file: &File,
     size: u64,
-    mode: IoMode,
     holes: bool,
     empty: &crossbeam_channel::Receiver<AlignedBuf>,
-    full: &crossbeam_channel::Sender<Result<Piece, VolumeError>>,
+    jobs: &crossbeam_channel::Sender<ReadJob>,
+    full: &crossbeam_channel::Sender<Piece>,
 ) {
     let mut pos = 0u64;
     while pos < size {
@@ -268,26 +318,15 @@ fn read_ahead(
         } else {
             (pos, size)
         };
-        if start > pos && full.send(Ok(Piece::Hole(start - pos))).is_err() {
+        if start > pos && full.send(Piece::Hole(start - pos)).is_err() {
             return;
         }
         pos = start.max(pos);
         while pos < end {
-            let Ok(mut buf) = empty.recv() else { return };
+            let Ok(buf) = empty.recv() else { return };
             let n = (end - pos).min(READ_CHUNK as u64) as usize;
-            // Direct reads need whole blocks; the last block of a device is whole.
-            let want = match mode {
-                IoMode::Direct { align } => n.next_multiple_of(align),
-                IoMode::Buffered => n,
-            };
-            let read = direct_io::read_exact_at(file, &mut buf[..want], pos).map_err(|source| match source.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    VolumeError::Changed { path: path.to_path_buf(), what: format!("it ended before offset {end}") }
-                }
-                _ => VolumeError::Io { op: "read", path: path.to_path_buf(), source },
-            });
-            let failed = read.is_err();
-            if full.send(read.map(|()| Piece::Data(buf, n))).is_err() || failed {
+            let (done, read) = crossbeam_channel::bounded(1);
+            if jobs.send(ReadJob { pos, n, buf, done }).is_err() || full.send(Piece::Data(read)).is_err() {
                 return;
             }
             pos += n as u64;
