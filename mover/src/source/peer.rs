@@ -13,7 +13,7 @@
 //! committed only once the stream's end arrived, cleaned up otherwise.
 //!
 //! Memory stays bounded whatever the volume's size: the HTTP/2 windows, [`QUEUE`] chunks
-//! in the channel, and the writer's batch.
+//! in the channel, and the copy engine's pooled buffers.
 //!
 //! The service's gRPC types appear here because this source *is* a gRPC client; the
 //! statuses it meets are those of the peer, turned into a [`PeerError`] at once.

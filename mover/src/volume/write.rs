@@ -24,8 +24,9 @@ use std::sync::atomic::AtomicBool;
 
 use super::{Chunk, Extent, Format, Header, StreamCheck, StreamError, VolumeError};
 use crate::archive;
-use crate::direct_io::AlignedBuf;
+use crate::copy::{self, CopyConfig, Counters, Job, JobSink, PooledBuf, ZERO_BLOCK};
 use crate::disk::{Destination, Disk, TargetOptions, TargetPlan};
+use crate::error::ImportError;
 
 /// What a finished write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +124,7 @@ fn write_raw(
 ) -> Result<Written, VolumeError> {
     plan.check_fits(header.size)?;
     let disk = plan.open(Some(header.size), true)?;
-    let copied = copy_extents(&disk, &mut check, &mut next);
+    let copied = copy_extents(&disk, header.size, &mut check, &mut next);
     if let Err(e) = copied {
         disk.abort();
         return Err(e);
@@ -138,81 +139,118 @@ fn write_raw(
     })
 }
 
+/// Writes the extents through the copy engine, as an import writes: several writes in flight
+/// (a device serves small scattered writes far better that way), in image order on files
+/// written directly.
 fn copy_extents(
     disk: &Disk,
+    size: u64,
     check: &mut StreamCheck,
     next: &mut dyn FnMut() -> Option<Chunk>,
 ) -> Result<(), VolumeError> {
-    let mut batch = Batch { buf: AlignedBuf::new(WRITE_BATCH), start: 0 };
+    let counters = Counters::default();
+    // Nothing cancels a write from outside: a stream that stops fails it.
+    let cancel = Arc::new(AtomicBool::new(false));
     let reads_zero = disk.unwritten_reads_zero();
-    while let Some(extent) = pull(check, next)? {
-        match extent {
-            Extent::Data { offset, data } => {
-                if !batch.extends(offset, data.len()) {
-                    batch.flush(disk)?;
-                    batch.start = offset;
+    copy::run(CopyConfig::default(), disk, None, &counters, cancel, |sink| {
+        let mut gather = Gather { sink, size, reads_zero, pending: None };
+        let fed = (|| {
+            while let Some(extent) = pull(check, next)? {
+                match extent {
+                    Extent::Data { offset, data } => gather.data(offset, &data)?,
+                    Extent::Zero { offset, len } => gather.zero(offset, len)?,
                 }
-                if data.len() > batch.buf.capacity() {
-                    // Larger than a batch (a client's own extent size): written on its own.
-                    let mut own = AlignedBuf::new(data.len());
-                    own.set_len(data.len());
-                    own.copy_from_slice(&data);
-                    disk.write(&own, offset)?;
-                    continue;
-                }
-                batch.push(&data);
             }
-            // A short gap between data on a block device: cheaper to write the zeros than
-            // to zero the range on its own.
-            Extent::Zero { offset, len } if !reads_zero && len < MIN_PUNCH && batch.extends(offset, len as usize) => {
-                batch.push_zeros(len as usize);
-            }
-            Extent::Zero { offset, len } => {
-                batch.flush(disk)?;
-                disk.zero(offset, len)?;
-            }
+            gather.flush()
+        })();
+        // A stream error is the producer's to report (the engine's workers stop when the
+        // sink goes); an engine error unwinds the producer and is reported by `run`.
+        match fed {
+            Err(VolumeError::Import(e)) if matches!(*e, ImportError::Cancelled) => Err(ImportError::Cancelled),
+            other => Ok(other),
         }
-    }
-    batch.flush(disk)
+    })?
 }
 
-/// Largest write: consecutive extents are gathered into one aligned buffer, so devices see
-/// large requests and direct I/O needs no bounce copies.
-const WRITE_BATCH: usize = 4 << 20;
 /// On targets that do not read zeros where nothing was written (block devices), zero
 /// extents shorter than this between data are written as zeros rather than zeroed one by one.
 const MIN_PUNCH: u64 = 64 << 10;
 
-/// Data waiting to be written at `start`.
-struct Batch {
-    buf: AlignedBuf,
-    start: u64,
+/// Gathers consecutive extents into the engine's jobs: data into pooled buffers (so devices
+/// see large writes), long zero extents as zero jobs.
+///
+/// The engine needs that no two jobs share a [`ZERO_BLOCK`]-aligned block: every job starts
+/// and ends on a block boundary (the image's end excepted). A zero extent's partial blocks
+/// are written as zeros with the data around them.
+struct Gather<'a, 's> {
+    sink: &'a JobSink<'s>,
+    /// The image's size: the one place a job may end off a block boundary.
+    size: u64,
+    reads_zero: bool,
+    /// Data waiting to be written, and where it starts (on a block boundary).
+    pending: Option<(u64, PooledBuf)>,
 }
 
-impl Batch {
-    /// Whether `len` bytes at `offset` continue the batch and fit in it.
-    fn extends(&self, offset: u64, len: usize) -> bool {
-        !self.buf.is_empty()
-            && self.start + self.buf.len() as u64 == offset
-            && self.buf.len() + len <= self.buf.capacity()
+impl Gather<'_, '_> {
+    fn data(&mut self, mut offset: u64, mut data: &[u8]) -> Result<(), VolumeError> {
+        while !data.is_empty() {
+            let n = self.append(offset, data.len(), |buf| buf.copy_from_slice(&data[..buf.len()]))?;
+            offset += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
     }
 
-    fn push(&mut self, data: &[u8]) {
-        let at = self.buf.len();
-        self.buf.set_len(at + data.len());
-        self.buf[at..].copy_from_slice(data);
+    fn zero(&mut self, mut offset: u64, mut len: u64) -> Result<(), VolumeError> {
+        let block = ZERO_BLOCK as u64;
+        if let Some((start, buf)) = &self.pending {
+            let room = (self.sink.chunk() - buf.len()) as u64;
+            let short = !self.reads_zero && len < MIN_PUNCH && len <= room;
+            // A short gap between data on a block device: cheaper to write the zeros than to
+            // zero the range on its own. Otherwise only up to the next block boundary.
+            let take = if short { len } else { len.min(offset.next_multiple_of(block) - offset) };
+            debug_assert_eq!(start + buf.len() as u64, offset);
+            self.append(offset, take as usize, |b| b.fill(0))?;
+            offset += take;
+            len -= take;
+            if len == 0 {
+                return Ok(());
+            }
+            self.flush()?;
+        }
+        let end = offset + len;
+        let whole_end = if end == self.size { end } else { end / block * block };
+        if whole_end > offset {
+            self.sink.submit(Job::Zero { offset, len: whole_end - offset })?;
+        }
+        // What is left of a block that data continues: zeros ahead of that data.
+        if end > whole_end.max(offset) {
+            let from = whole_end.max(offset);
+            self.append(from, (end - from) as usize, |b| b.fill(0))?;
+        }
+        Ok(())
     }
 
-    fn push_zeros(&mut self, len: usize) {
-        let at = self.buf.len();
-        self.buf.set_len(at + len);
-        self.buf[at..].fill(0);
+    /// Adds up to `len` bytes at `offset` (right after the pending ones) with `fill`; returns
+    /// how many fitted. A full buffer goes to the engine.
+    fn append(&mut self, offset: u64, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<usize, VolumeError> {
+        if self.pending.is_none() {
+            self.pending = Some((offset, self.sink.buffer()?));
+        }
+        let (_, buf) = self.pending.as_mut().expect("a pending buffer");
+        let at = buf.len();
+        let n = len.min(self.sink.chunk() - at);
+        buf.set_len(at + n);
+        fill(&mut buf[at..]);
+        if buf.len() == self.sink.chunk() {
+            self.flush()?;
+        }
+        Ok(n)
     }
 
-    fn flush(&mut self, disk: &Disk) -> Result<(), VolumeError> {
-        if !self.buf.is_empty() {
-            disk.write(&self.buf, self.start)?;
-            self.buf.set_len(0);
+    fn flush(&mut self) -> Result<(), VolumeError> {
+        if let Some((offset, buf)) = self.pending.take() {
+            self.sink.submit(Job::Data { offset, buf })?;
         }
         Ok(())
     }

@@ -371,6 +371,53 @@ async fn malformed_streams_are_invalid_arguments_and_leave_nothing() {
     }
 }
 
+/// A client may cut its stream anywhere: extents that start and end inside blocks, data
+/// longer than the writer's buffers, zeros shorter than a block. Written by several workers
+/// at once, every byte must still land where it belongs, on a device (direct I/O, old bytes
+/// to wipe) and in a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn extents_off_block_boundaries_land_byte_for_byte() {
+    let pair = mk_pair();
+    let mut to = client_plain(&pair.to.addr).await;
+    let size = 8 * MIB;
+    // (data?, length): tiles [0, size).
+    let mut layout: Vec<(bool, u64)> = vec![(true, 100), (false, 5000), (true, 3), (false, 200 << 10), (true, 3 * MIB)];
+    layout.extend([(false, 1), (true, 4095), (false, 4097)]);
+    for _ in 0..40 {
+        layout.extend([(true, 1000), (false, 96)]);
+    }
+    layout.push((true, 70 << 10));
+    let used: u64 = layout.iter().map(|(_, len)| len).sum();
+    layout.push((false, size - used - 7));
+    layout.push((true, 7));
+    let mut expected = vec![0u8; size as usize];
+    let mut msgs = vec![chunk(pb::volume_chunk::Chunk::Header(pb::VolumeHeader { format: 1, size }))];
+    let (mut offset, mut rng) = (0u64, Rng::new(9));
+    for (data, len) in layout {
+        let c = if data {
+            let bytes = &mut expected[offset as usize..][..len as usize];
+            rng.fill(bytes);
+            pb::volume_chunk::Chunk::Data(pb::DataExtent { offset, data: bytes.to_vec() })
+        } else {
+            pb::volume_chunk::Chunk::Zero(pb::ZeroExtent { offset, length: len })
+        };
+        msgs.push(chunk(c));
+        offset += len;
+    }
+    assert_eq!(offset, size);
+    msgs.push(chunk(pb::volume_chunk::Chunk::End(pb::VolumeEnd { length: size })));
+    let dev = LoopDev::new(pair.dir.path(), size, 6);
+    let file = pair.dir.path().join("out.raw");
+    for target in [&dev.path, &file] {
+        let stream: Vec<_> = std::iter::once(write_target(target)).chain(msgs.iter().cloned()).collect();
+        within("a write", to.write_volume(tokio_stream::iter(stream))).await.unwrap();
+        let got = std::fs::read(target).unwrap();
+        assert_eq!(got.len(), expected.len(), "{}", target.display());
+        let first = got.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(first, None, "{}: the first wrong byte", target.display());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_cannot_be_read_is_refused_before_streaming() {
     let pair = mk_pair();
