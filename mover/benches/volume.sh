@@ -81,8 +81,8 @@ now() { date +%s.%N; }
 # One copy: prints "wall data_bytes message_bytes lo_per_hop cpu_movers cpu_client".
 # (peer: the task's report has no byte counts: "-" for data and message bytes, the loopback
 # traffic is the one hop's.)
-run_copy() { # source target
-  local src=$1 dst=$2
+run_copy() { # source target [content type, for VIA=peer]
+  local src=$1 dst=$2 content=${3:-kubevirt}
   sync
   local ca cb lo0 tf report t0 t1
   ca=$(cpu_of "$PA"); cb=$(cpu_of "$PB"); lo0=$(lo_bytes)
@@ -94,7 +94,7 @@ run_copy() { # source target
   else
     # The task ends flushed (fsync) like an import; the relay's WriteVolume commits the same way.
     report=$(/usr/bin/time -o "$tf" -f "%U %S" "$MOVER" client --insecure-plaintext --address "$B" \
-      populate "volume://$A/$src" "$dst")
+      populate --content-type "$content" "volume://$A/$src" "$dst")
   fi
   t1=$(now)
   local lo1 ca1 cb1 cu cs
@@ -179,7 +179,7 @@ for c in $CASES; do
       for i in $(seq 100); do echo "setting $i" >"$src/etc/conf-$i"; done
       ln -s images/vm.raw "$src/current"
       size=$(stat -c %s "$src/images/vm.raw")
-      for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" >>"$rows"; done
+      for _ in $(seq "$RUNS"); do rm -rf "$dst"; mkdir -p "$dst"; run_copy "$src" "$dst" archive >>"$rows"; done
       cmp "$src/images/vm.raw" "$dst/images/vm.raw" || { echo "tree: the clone differs" >&2; exit 1; }
       diff -r --no-dereference "$src" "$dst" >/dev/null || { echo "tree: the trees differ" >&2; exit 1; }
       report_row tree "$size" "$(median <"$rows")" "$dst/images/vm.raw"
