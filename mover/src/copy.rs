@@ -2,8 +2,9 @@
 //! here", "this range is zero"), and a few worker threads carry them out — reading from a
 //! random-access source, inflating compressed clusters, skipping zero blocks, writing.
 //!
-//! Memory is fixed by [`CopyConfig`]: `buffers` pooled chunks for the producer plus two
-//! chunks per worker, whatever the image size.
+//! Memory is fixed by [`CopyConfig`]: `buffers` pooled chunks for the producer plus up to
+//! two chunks per worker (allocated by the first job that reads or decodes), whatever the
+//! image size.
 //!
 //! # Invariant for callers
 //! No two jobs may touch the same [`ZERO_BLOCK`]-aligned block, except that the image's
@@ -284,7 +285,9 @@ where
                     counters,
                     shared,
                     turns,
-                    input: AlignedBuf::new(cfg.chunk),
+                    // Grown by the first job that reads or decodes: a writer of data jobs
+                    // (a volume stream) never needs one.
+                    input: AlignedBuf::new(0),
                     output: None,
                     chunk: cfg.chunk,
                     inflate: None,
@@ -537,6 +540,10 @@ impl<'a> Worker<'a> {
             }
             Job::Copy { offset, host, len, zero_mask } => {
                 let stored = zero_mask.map_or(len, |m| m.stored_len(len));
+                // Room for the whole cluster: its unstored tail is zeroed in place.
+                if input.capacity() < len {
+                    *input = AlignedBuf::new(len.max(self.chunk));
+                }
                 self.read_source(input, host, stored)?;
                 if let Some(mask) = zero_mask {
                     input.set_len(len);
@@ -564,6 +571,9 @@ impl<'a> Worker<'a> {
                 let source = self.source.ok_or(FormatError::Internal("xz block job without a random-access source"))?;
                 let out = output.get_or_insert_with(|| self.fresh_output());
                 out.set_len(out.capacity());
+                if input.capacity() < self.chunk {
+                    *input = AlignedBuf::new(self.chunk);
+                }
                 input.set_len(input.capacity());
                 layout.decode(source, index, input, out, None, &mut |offset, data| self.commit(&[(offset, data)]))?;
                 self.counters.source_read.fetch_add(layout.blocks[index].total(), Ordering::Relaxed);

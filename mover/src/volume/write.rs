@@ -152,7 +152,7 @@ fn copy_extents(
     // Nothing cancels a write from outside: a stream that stops fails it.
     let cancel = Arc::new(AtomicBool::new(false));
     let reads_zero = disk.unwritten_reads_zero();
-    copy::run(CopyConfig::default(), disk, None, &counters, cancel, |sink| {
+    copy::run(WRITE_ENGINE, disk, None, &counters, cancel, |sink| {
         let mut gather = Gather { sink, size, reads_zero, pending: None };
         let fed = (|| {
             while let Some(extent) = pull(check, next)? {
@@ -171,6 +171,9 @@ fn copy_extents(
         }
     })?
 }
+
+/// Three writes in flight, one buffer filling: 8 MiB of buffers per stream.
+const WRITE_ENGINE: CopyConfig = CopyConfig { workers: 3, chunk: 2 << 20, buffers: 4 };
 
 /// On targets that do not read zeros where nothing was written (block devices), zero
 /// extents shorter than this between data are written as zeros rather than zeroed one by one.
