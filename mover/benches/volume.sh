@@ -20,7 +20,8 @@
 #   relay  a client relays A's ReadVolume into B's WriteVolume (`client copy-volume`: two
 #          hops), what other tools built on the two calls do.
 # Each case also times the copy floor in the same run: `cp --sparse=always` of the raw image
-# onto the same disk, then `sync`; `x_floor` is the clone's wall time over it.
+# onto the same disk, then `sync`; `x_floor` is the clone's wall time over it. `cold_s` and
+# `x_cold` are the same with the page cache dropped before each cp.
 #
 # Usage: mover/benches/volume.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images (needs disk.raw and disk.qcow2).
@@ -112,9 +113,13 @@ run_copy() { # source target [content type, for VIA=peer]
 }
 
 # The copy floor: `cp --sparse=always` of the raw image onto the same disk, then `sync`.
+# `floor cold` drops the page cache first, so that cp reads the image from the disk, as the
+# clone of a block volume (read with O_DIRECT) always does; plain `floor` reads it from the
+# cache the previous runs left.
 floor() {
   local out=$BENCH_OUT/floor.raw t0 t1
   rm -f "$out"; sync
+  if [ "${1:-}" = cold ]; then echo 3 >/proc/sys/vm/drop_caches; fi
   t0=$(now)
   cp --sparse=always "$IMAGES/disk.raw" "$out"; sync
   t1=$(now)
@@ -126,16 +131,18 @@ median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
 alloc() { if [ -f "$1" ]; then echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); else echo -; fi; }
 
 echo "via: $VIA"
-printf '%-7s %8s %8s %8s %10s %13s %13s %13s %9s %9s %14s\n' \
-  case wall_s floor_s x_floor virt_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
+printf '%-7s %8s %8s %8s %8s %8s %10s %13s %13s %13s %9s %9s %14s\n' \
+  case wall_s floor_s x_floor cold_s x_cold virt_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
 
 report_row() { # case virtual_size "median row" output
-  local wall data msg lo cm cc fl
+  local wall data msg lo cm cc fl fc
   read -r wall data msg lo cm cc <<<"$3"
   fl=$(for _ in $(seq "$RUNS"); do floor; done | median)
-  printf '%-7s %8.2f %8.2f %8.2f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" "$fl" \
-    "$(echo "$wall / $fl" | bc -l)" "$(echo "$2 / $wall / 1000000" | bc -l)" \
+  fc=$(for _ in $(seq "$RUNS"); do floor cold; done | median)
+  printf '%-7s %8.2f %8.2f %8.2f %8.2f %8.2f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" "$fl" \
+    "$(echo "$wall / $fl" | bc -l)" "$fc" "$(echo "$wall / $fc" | bc -l)" "$(echo "$2 / $wall / 1000000" | bc -l)" \
     "$data" "$msg" "$lo" "$cm" "$cc" "$(alloc "$4")"
+  echo "        each run: $(awk '{ printf "%.2f ", $1 }' "$rows")s"
 }
 
 rows=$BENCH_OUT/rows
