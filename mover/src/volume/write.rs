@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use super::{Chunk, Extent, Format, Header, StreamCheck, StreamError, VolumeError};
 use crate::archive;
 use crate::copy::{self, CopyConfig, Counters, Job, JobSink, PooledBuf, ZERO_BLOCK};
-use crate::disk::{Destination, Disk, TargetOptions, TargetPlan};
+use crate::disk::{Destination, Storage, TargetOptions, TargetPlan};
 use crate::error::ImportError;
 
 /// What a finished write did.
@@ -143,7 +143,7 @@ fn write_raw(
 /// (a device serves small scattered writes far better that way), in image order on files
 /// written directly.
 fn copy_extents(
-    disk: &Disk,
+    disk: &dyn Storage,
     size: u64,
     check: &mut StreamCheck,
     next: &mut dyn FnMut() -> Option<Chunk>,
@@ -153,7 +153,7 @@ fn copy_extents(
     let cancel = Arc::new(AtomicBool::new(false));
     let reads_zero = disk.unwritten_reads_zero();
     copy::run(WRITE_ENGINE, disk, None, &counters, cancel, |sink| {
-        let mut gather = Gather { sink, size, reads_zero, pending: None };
+        let mut gather = Gather { sink, size, reads_zero, pending: None, zeros: Vec::new() };
         let fed = (|| {
             while let Some(extent) = pull(check, next)? {
                 match extent {
@@ -161,7 +161,8 @@ fn copy_extents(
                     Extent::Zero { offset, len } => gather.zero(offset, len)?,
                 }
             }
-            gather.flush()
+            gather.flush()?;
+            gather.flush_zeros()
         })();
         // A stream error is the producer's to report (the engine's workers stop when the
         // sink goes); an engine error unwinds the producer and is reported by `run`.
@@ -192,7 +193,15 @@ struct Gather<'a, 's> {
     reads_zero: bool,
     /// Data waiting to be written, and where it starts (on a block boundary).
     pending: Option<(u64, PooledBuf)>,
+    /// Whole-block zero ranges not handed out yet (see [`DEFERRED_ZEROS`]).
+    zeros: Vec<(u64, u64)>,
 }
+
+/// Zero ranges are handed to the engine in batches of up to this many, after the data
+/// around them: zeroing a range of a loop device punches its backing file, which waits for
+/// every direct write in flight to that file and holds new ones back, so punches mixed
+/// with the writes would leave one write in flight at a time.
+const DEFERRED_ZEROS: usize = 4096;
 
 impl Gather<'_, '_> {
     fn data(&mut self, mut offset: u64, mut data: &[u8]) -> Result<(), VolumeError> {
@@ -224,7 +233,10 @@ impl Gather<'_, '_> {
         let end = offset + len;
         let whole_end = if end == self.size { end } else { end / block * block };
         if whole_end > offset {
-            self.sink.submit(Job::Zero { offset, len: whole_end - offset })?;
+            self.zeros.push((offset, whole_end - offset));
+            if self.zeros.len() == DEFERRED_ZEROS {
+                self.flush_zeros()?;
+            }
         }
         // What is left of a block that data continues: zeros ahead of that data.
         if end > whole_end.max(offset) {
@@ -254,6 +266,13 @@ impl Gather<'_, '_> {
     fn flush(&mut self) -> Result<(), VolumeError> {
         if let Some((offset, buf)) = self.pending.take() {
             self.sink.submit(Job::Data { offset, buf })?;
+        }
+        Ok(())
+    }
+
+    fn flush_zeros(&mut self) -> Result<(), VolumeError> {
+        for (offset, len) in self.zeros.drain(..) {
+            self.sink.submit(Job::Zero { offset, len })?;
         }
         Ok(())
     }
@@ -400,4 +419,46 @@ fn write_tar_file(
         path: path.to_path_buf(),
         size: check.position(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::mem::MemStorage;
+
+    /// More zero ranges than one deferred batch, on a device full of stale bytes: every one
+    /// of them is zeroed, and the data between them is written.
+    #[test]
+    fn zero_ranges_beyond_a_deferred_batch_are_all_zeroed() {
+        const DATA: u64 = ZERO_BLOCK as u64;
+        let (n, stride) = (DEFERRED_ZEROS as u64 + 100, DATA + MIN_PUNCH);
+        let size = n * stride;
+        let mem = MemStorage::new(size, 0).block_like();
+        let handle = mem.handle();
+        let stale = vec![0xee; ZERO_BLOCK];
+        for i in 0..n {
+            // Each zero range's first and last blocks hold old bytes.
+            mem.write(&stale, i * stride + DATA).unwrap();
+            mem.write(&stale, (i + 1) * stride - DATA).unwrap();
+        }
+        let header = Chunk::Header(Header { format: Format::Raw, size });
+        let mut check = StreamCheck::default();
+        check.check(&header).unwrap();
+        let mut chunks = (0..n).flat_map(|i| {
+            let at = i * stride;
+            [
+                Chunk::Extent(Extent::Data { offset: at, data: vec![7; DATA as usize] }),
+                Chunk::Extent(Extent::Zero { offset: at + DATA, len: MIN_PUNCH }),
+            ]
+        });
+        let mut ended = false;
+        let mut next =
+            || chunks.next().or_else(|| (!std::mem::replace(&mut ended, true)).then_some(Chunk::End { length: size }));
+        copy_extents(&mem, size, &mut check, &mut next).unwrap();
+        for i in 0..n {
+            let at = i * stride;
+            assert_eq!(handle.read(at, DATA), vec![7; DATA as usize], "data at {at}");
+            assert!(handle.read(at + DATA, MIN_PUNCH).iter().all(|&b| b == 0), "zero range at {}", at + DATA);
+        }
+    }
 }
