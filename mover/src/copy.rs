@@ -541,9 +541,7 @@ impl<'a> Worker<'a> {
             Job::Copy { offset, host, len, zero_mask } => {
                 let stored = zero_mask.map_or(len, |m| m.stored_len(len));
                 // Room for the whole cluster: its unstored tail is zeroed in place.
-                if input.capacity() < len {
-                    *input = AlignedBuf::new(len.max(self.chunk));
-                }
+                self.reserve(input, len);
                 self.read_source(input, host, stored)?;
                 if let Some(mask) = zero_mask {
                     input.set_len(len);
@@ -571,9 +569,7 @@ impl<'a> Worker<'a> {
                 let source = self.source.ok_or(FormatError::Internal("xz block job without a random-access source"))?;
                 let out = output.get_or_insert_with(|| self.fresh_output());
                 out.set_len(out.capacity());
-                if input.capacity() < self.chunk {
-                    *input = AlignedBuf::new(self.chunk);
-                }
+                self.reserve(input, self.chunk);
                 input.set_len(input.capacity());
                 layout.decode(source, index, input, out, None, &mut |offset, data| self.commit(&[(offset, data)]))?;
                 self.counters.source_read.fetch_add(layout.blocks[index].total(), Ordering::Relaxed);
@@ -601,11 +597,17 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn read_source(&self, buf: &mut AlignedBuf, host: u64, len: usize) -> Result<(), ImportError> {
-        let source = self.source.ok_or(FormatError::Internal("copy job without a random-access source"))?;
+    /// Makes `buf` hold at least `len` bytes (a whole chunk at least, so that it is
+    /// allocated once per worker rather than per job).
+    fn reserve(&self, buf: &mut AlignedBuf, len: usize) {
         if buf.capacity() < len {
             *buf = AlignedBuf::new(len.max(self.chunk));
         }
+    }
+
+    fn read_source(&self, buf: &mut AlignedBuf, host: u64, len: usize) -> Result<(), ImportError> {
+        let source = self.source.ok_or(FormatError::Internal("copy job without a random-access source"))?;
+        self.reserve(buf, len);
         buf.set_len(len);
         source.read_exact_at(buf, host)?;
         self.counters.source_read.fetch_add(len as u64, Ordering::Relaxed);
