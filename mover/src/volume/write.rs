@@ -230,8 +230,9 @@ impl Gather<'_, '_> {
             }
             self.flush()?;
         }
+        // Here `offset` is on a block boundary: every job before it ended on one.
         let end = offset + len;
-        let whole_end = if end == self.size { end } else { end / block * block };
+        let whole_end = if end == self.size { end } else { (end / block * block).max(offset) };
         if whole_end > offset {
             self.zeros.push((offset, whole_end - offset));
             if self.zeros.len() == DEFERRED_ZEROS {
@@ -239,9 +240,8 @@ impl Gather<'_, '_> {
             }
         }
         // What is left of a block that data continues: zeros ahead of that data.
-        if end > whole_end.max(offset) {
-            let from = whole_end.max(offset);
-            self.append(from, (end - from) as usize, |b| b.fill(0))?;
+        if end > whole_end {
+            self.append(whole_end, (end - whole_end) as usize, |b| b.fill(0))?;
         }
         Ok(())
     }
