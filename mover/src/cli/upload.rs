@@ -50,7 +50,7 @@ pub async fn upload(client: &mut MoverClient<Channel>, args: &UploadArgs) -> any
             }
             buf.truncate(n);
             sent += n as u64;
-            if tx.blocking_send(pb::UploadRequest { request: Some(Request::Data(buf)) }).is_err() {
+            if tx.blocking_send(pb::UploadRequest { request: Some(Request::Data(buf.into())) }).is_err() {
                 // The mover stopped listening; its answer says why.
                 return Ok(sent);
             }

@@ -685,7 +685,7 @@ mod tests {
         let mut first = registry.upload_turn(&id).await.unwrap();
         let (tx, feed, outcome) = attempt();
         first.submit(feed).await.unwrap();
-        tx.send(Chunk::Data(vec![7; 4096])).await.unwrap();
+        tx.send(Chunk::Data(vec![7; 4096].into())).await.unwrap();
         assert!(matches!(registry.upload_turn(&id).await, Err(UploadRefused::Busy(_))), "two feeding at once");
 
         // A retry that arrives before the cut did (the first still feeds) waits for it.

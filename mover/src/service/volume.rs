@@ -239,7 +239,7 @@ mod tests {
         let chunks = [
             Chunk::Header(Header { format: Format::Raw, size: 1 << 40 }),
             Chunk::Header(Header { format: Format::Tar, size: 0 }),
-            Chunk::Extent(Extent::Data { offset: 4096, data: vec![1, 2, 3] }),
+            Chunk::Extent(Extent::Data { offset: 4096, data: vec![1, 2, 3].into() }),
             Chunk::Extent(Extent::Zero { offset: 8192, len: u64::MAX }),
             Chunk::End { length: 1 << 40 },
         ];

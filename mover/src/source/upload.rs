@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Opened, SourceError};
@@ -24,7 +25,7 @@ pub const NAME: &str = "upload";
 /// What the Upload call hands the import.
 #[derive(Debug)]
 pub enum Chunk {
-    Data(Vec<u8>),
+    Data(Bytes),
     /// The uploader's end, with the length it says it sent.
     End {
         length: u64,
@@ -57,7 +58,7 @@ struct Feed {
     rx: mpsc::Receiver<Chunk>,
     content_length: Option<u64>,
     received: u64,
-    current: Vec<u8>,
+    current: Bytes,
     pos: usize,
     ended: bool,
     failed: Option<UploadError>,
@@ -132,7 +133,7 @@ impl fmt::Debug for UploadFeed {
 impl UploadFeed {
     /// Bytes from `rx`; `content_length` is what the uploader announced, if anything.
     pub fn new(rx: mpsc::Receiver<Chunk>, content_length: Option<u64>) -> UploadFeed {
-        let feed = Feed { rx, content_length, received: 0, current: Vec::new(), pos: 0, ended: false, failed: None };
+        let feed = Feed { rx, content_length, received: 0, current: Bytes::new(), pos: 0, ended: false, failed: None };
         UploadFeed(Arc::new(Mutex::new(Some(feed))))
     }
 
@@ -195,7 +196,7 @@ mod tests {
 
     #[test]
     fn bytes_end_cleanly_only_at_an_agreeing_end() {
-        let data = |b: &[u8]| Chunk::Data(b.to_vec());
+        let data = |b: &[u8]| Chunk::Data(b.to_vec().into());
         let ok = feed(vec![data(b"ab"), data(b""), data(b"cde"), Chunk::End { length: 5 }], Some(5));
         assert_eq!(read_all(ok).unwrap(), b"abcde");
         let no_end = feed(vec![data(b"ab")], None);
@@ -212,13 +213,14 @@ mod tests {
 
     #[test]
     fn the_end_check_drains_what_the_image_did_not_need() {
-        let mut opened = feed(vec![Chunk::Data(b"head".to_vec()), Chunk::Data(b"tail".to_vec())], None);
+        let mut opened =
+            feed(vec![Chunk::Data(Bytes::from_static(b"head")), Chunk::Data(Bytes::from_static(b"tail"))], None);
         let check = opened.take_end_check().unwrap();
         let mut head = [0u8; 4];
         opened.into_stream().unwrap().read_exact(&mut head).unwrap();
         assert!(matches!(check(), Err(SourceError::Upload(UploadError::Cut { received: 8, .. }))));
 
-        let mut opened = feed(vec![Chunk::Data(b"head".to_vec()), Chunk::End { length: 4 }], None);
+        let mut opened = feed(vec![Chunk::Data(Bytes::from_static(b"head")), Chunk::End { length: 4 }], None);
         let check = opened.take_end_check().unwrap();
         let mut head = [0u8; 2];
         opened.into_stream().unwrap().read_exact(&mut head).unwrap();

@@ -123,7 +123,7 @@ fn a_symlink_named_disk_img_is_never_followed() {
     let bytes: Vec<u8> = chunks
         .iter()
         .flat_map(|c| match c {
-            Chunk::Extent(Extent::Data { data, .. }) => data.clone(),
+            Chunk::Extent(Extent::Data { data, .. }) => data.to_vec(),
             Chunk::Extent(Extent::Zero { len, .. }) => vec![0; *len as usize],
             Chunk::Header(_) | Chunk::End { .. } => vec![],
         })
@@ -235,7 +235,7 @@ fn a_hostile_archive_is_refused_and_nothing_is_extracted() {
     let bytes = tar.into_inner().unwrap();
     let chunks = vec![
         Chunk::Header(Header { format: Format::Tar, size: 0 }),
-        Chunk::Extent(Extent::Data { offset: 0, data: bytes.clone() }),
+        Chunk::Extent(Extent::Data { offset: 0, data: bytes.clone().into() }),
         Chunk::End { length: bytes.len() as u64 },
     ];
     let dst = dir.path().join("dst");

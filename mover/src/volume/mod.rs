@@ -34,6 +34,8 @@ pub mod write;
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
+
 pub use read::{ReadStats, VolumeReader};
 pub use write::{Written, write_volume};
 
@@ -72,8 +74,15 @@ pub struct Header {
 /// A run of the stream: bytes, or a range that reads as zeros.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Extent {
-    Data { offset: u64, data: Vec<u8> },
-    Zero { offset: u64, len: u64 },
+    /// `Bytes`: a received extent is a view into the message it came in.
+    Data {
+        offset: u64,
+        data: Bytes,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Extent {
@@ -367,7 +376,7 @@ impl<E, F: FnMut(Extent) -> Result<(), E>> ExtentCutter<F> {
         }
         let data = std::mem::take(&mut self.data);
         let offset = self.pos - data.len() as u64;
-        (self.emit)(Extent::Data { offset, data })
+        (self.emit)(Extent::Data { offset, data: data.into() })
     }
 
     fn flush_zeros(&mut self) -> Result<(), E> {
@@ -448,7 +457,7 @@ mod tests {
     }
 
     fn data(offset: u64, len: usize) -> Chunk {
-        Chunk::Extent(Extent::Data { offset, data: vec![1; len] })
+        Chunk::Extent(Extent::Data { offset, data: vec![1; len].into() })
     }
 
     fn zero(offset: u64, len: u64) -> Chunk {

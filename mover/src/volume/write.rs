@@ -447,7 +447,7 @@ mod tests {
         let mut chunks = (0..n).flat_map(|i| {
             let at = i * stride;
             [
-                Chunk::Extent(Extent::Data { offset: at, data: vec![7; DATA as usize] }),
+                Chunk::Extent(Extent::Data { offset: at, data: vec![7; DATA as usize].into() }),
                 Chunk::Extent(Extent::Zero { offset: at + DATA, len: MIN_PUNCH }),
             ]
         });

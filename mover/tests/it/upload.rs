@@ -75,7 +75,9 @@ fn start_msg(id: &str, content_length: u64) -> pb::UploadRequest {
 }
 
 fn data_msgs(bytes: &[u8]) -> impl Iterator<Item = pb::UploadRequest> + '_ {
-    bytes.chunks(CHUNK).map(|c| pb::UploadRequest { request: Some(pb::upload_request::Request::Data(c.to_vec())) })
+    bytes
+        .chunks(CHUNK)
+        .map(|c| pb::UploadRequest { request: Some(pb::upload_request::Request::Data(c.to_vec().into())) })
 }
 
 fn end_msg(length: u64) -> pb::UploadRequest {

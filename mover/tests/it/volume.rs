@@ -319,7 +319,7 @@ async fn a_stream_that_stops_before_its_end_commits_nothing() {
     tx.send(write_target(&volume)).await.unwrap();
     let header = pb::VolumeHeader { format: pb::VolumeFormat::Raw as i32, size: 8 * MIB };
     tx.send(chunk(pb::volume_chunk::Chunk::Header(header))).await.unwrap();
-    tx.send(chunk(pb::volume_chunk::Chunk::Data(pb::DataExtent { offset: 0, data: vec![7; MIB as usize] })))
+    tx.send(chunk(pb::volume_chunk::Chunk::Data(pb::DataExtent { offset: 0, data: vec![7; MIB as usize].into() })))
         .await
         .unwrap();
     let call = tokio::spawn(async move { to.write_volume(ReceiverStream::new(rx)).await });
@@ -347,7 +347,7 @@ async fn malformed_streams_are_invalid_arguments_and_leave_nothing() {
     let out = pair.dir.path().join("out.raw");
     let header = |size| chunk(pb::volume_chunk::Chunk::Header(pb::VolumeHeader { format: 1, size }));
     let end = |length| chunk(pb::volume_chunk::Chunk::End(pb::VolumeEnd { length }));
-    let data = |offset, len| chunk(pb::volume_chunk::Chunk::Data(pb::DataExtent { offset, data: vec![1; len] }));
+    let data = |offset, len| chunk(pb::volume_chunk::Chunk::Data(pb::DataExtent { offset, data: vec![1; len].into() }));
     let zero = |offset, length| chunk(pb::volume_chunk::Chunk::Zero(pb::ZeroExtent { offset, length }));
     let cases: Vec<(Vec<pb::WriteVolumeRequest>, &str)> = vec![
         (vec![data(0, 10)], "must start with a header"),
@@ -397,7 +397,7 @@ async fn extents_off_block_boundaries_land_byte_for_byte() {
         let c = if data {
             let bytes = &mut expected[offset as usize..][..len as usize];
             rng.fill(bytes);
-            pb::volume_chunk::Chunk::Data(pb::DataExtent { offset, data: bytes.to_vec() })
+            pb::volume_chunk::Chunk::Data(pb::DataExtent { offset, data: bytes.to_vec().into() })
         } else {
             pb::volume_chunk::Chunk::Zero(pb::ZeroExtent { offset, length: len })
         };

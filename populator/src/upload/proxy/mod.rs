@@ -353,7 +353,7 @@ impl Sender {
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         let n = data.len() as u64;
-        self.tx.send(message(upload_request::Request::Data(data))).await.map_err(|_| PumpError::MoverGone)?;
+        self.tx.send(message(upload_request::Request::Data(data.into()))).await.map_err(|_| PumpError::MoverGone)?;
         self.sent += n;
         Ok(())
     }
