@@ -28,8 +28,8 @@
 //!   mover's `ReadVolume` feeding another's `WriteVolume` is a host-assisted clone.
 //! * [`import`] composes the above for one request; the CLI in `main.rs` is a thin shell.
 
-// `unsafe` lives in one module (O_DIRECT buffers, block-device ioctls), each block with a
-// SAFETY note; library code reports failures as errors, or states its invariant in `expect`.
+// `unsafe` lives in two modules (O_DIRECT buffers and block-device ioctls; allocator
+// tuning), each block with a SAFETY note; library code reports failures as errors, or states its invariant in `expect`.
 #![deny(unsafe_code, clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -46,6 +46,8 @@ pub mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[allow(unsafe_code)]
+pub mod heap;
 pub mod import;
 pub mod progress;
 pub mod service;

@@ -561,9 +561,13 @@ impl Registry {
         let rt = tokio::runtime::Handle::current();
         let cancel = task.cancel.clone();
         let progress_for_import = progress.clone();
-        let result = tokio::task::spawn_blocking(move || crate::import(&request, &rt, &progress_for_import, cancel))
-            .await
-            .unwrap_or_else(|e| Err(ImportError::InvalidRequest(format!("the import task failed: {e}"))));
+        let result = tokio::task::spawn_blocking(move || {
+            let result = crate::import(&request, &rt, &progress_for_import, cancel);
+            crate::heap::release_free();
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(ImportError::InvalidRequest(format!("the import task failed: {e}"))));
         done.notify_one();
         let _ = ticker.await;
         self.running.fetch_sub(1, Ordering::Relaxed);

@@ -66,6 +66,7 @@ pub fn serve_read(
                 let _ = tx.blocking_send(Err(status(&e)));
             }
         }
+        crate::heap::release_free();
     });
     Ok(rx)
 }
@@ -124,6 +125,7 @@ pub async fn write_stream(
             ),
             Err(e) => tracing::warn!(path = %path.display(), error = one_line(e), "volume write failed"),
         }
+        crate::heap::release_free();
         written
     });
     let pumped = async {
