@@ -7,6 +7,9 @@
 //! again message after message: on a 4 GiB block clone that was ~240 000 page faults in the
 //! writer and a sixth of its CPU. Fixed thresholds keep freed buffers for reuse; the memory
 //! is given back with [`release_free`] when a stream is over, so an idle mover stays small.
+//! One arena: a buffer is filled on one thread and freed on another, and every thread's own
+//! arena would keep its share of freed buffers (writer peak 56 MiB with one per thread, 44
+//! with one in all); small allocations stay per thread in glibc's thread cache.
 
 /// Buffers up to this size come from the heap, never from their own mapping (the largest
 /// the mover allocates per message is a few MiB).
@@ -16,11 +19,17 @@ const MMAP_THRESHOLD: libc::c_int = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 256 << 20;
 
-/// Sets the allocator's thresholds for streaming; call once, early in `main`.
+/// All threads allocate from one heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENAS: libc::c_int = 1;
+
+/// Sets the allocator's thresholds for streaming; call once, early in `main`, before
+/// threads start.
 pub fn tune_for_streaming() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; both values are in the documented range.
+    // SAFETY: mallopt only sets allocator parameters; the values are in the documented range.
     unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
