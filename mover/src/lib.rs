@@ -29,7 +29,8 @@
 //! * [`import`] composes the above for one request; the CLI in `main.rs` is a thin shell.
 
 // `unsafe` lives in two modules (O_DIRECT buffers and block-device ioctls; allocator
-// tuning), each block with a SAFETY note; library code reports failures as errors, or states its invariant in `expect`.
+// tuning), each block with a SAFETY note; library code reports failures as errors, or
+// states its invariant in `expect`.
 #![deny(unsafe_code, clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
