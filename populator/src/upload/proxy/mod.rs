@@ -36,6 +36,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::{Bytes, BytesMut};
 use cdi_proto::v1::{UploadEnd, UploadRequest, UploadStart, upload_request};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
@@ -51,6 +52,11 @@ use crate::webhook::tls::{self, CertStore, TlsListener};
 /// Bytes per gRPC data message: large enough to keep per-message overhead small, well
 /// under gRPC's 4 MiB default message limit.
 const CHUNK: usize = 256 * 1024;
+/// A body chunk at least this large is sent as its own message, without being copied
+/// (hyper hands out chunks of up to a few hundred KiB, views of its read buffer).
+const SEND_AS_IS: usize = 64 * 1024;
+/// The largest data message: a larger chunk is sent in pieces of this size.
+const MAX_MESSAGE: usize = 1024 * 1024;
 /// Data messages in flight between the HTTP body and the gRPC stream: the bound on what the
 /// proxy holds per upload (with CHUNK, 1 MiB).
 const CHANNEL_DEPTH: usize = 4;
@@ -330,30 +336,48 @@ fn content_length(headers: &HeaderMap) -> u64 {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Collects body chunks into CHUNK-sized data messages.
+/// Turns body chunks into data messages: large chunks as they are, small ones collected into
+/// messages of at most CHUNK bytes (a buffer that never grows, so never reallocates).
 struct Sender {
     tx: mpsc::Sender<UploadRequest>,
-    buf: Vec<u8>,
+    buf: BytesMut,
     sent: u64,
 }
 
 impl Sender {
     fn new(tx: mpsc::Sender<UploadRequest>) -> Sender {
-        Sender { tx, buf: Vec::with_capacity(CHUNK), sent: 0 }
+        Sender { tx, buf: BytesMut::new(), sent: 0 }
     }
 
-    async fn push(&mut self, bytes: &[u8]) -> Result<(), PumpError> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= CHUNK { self.flush().await } else { Ok(()) }
+    async fn push(&mut self, mut chunk: Bytes) -> Result<(), PumpError> {
+        if self.buf.len() + chunk.len() > CHUNK {
+            self.flush().await?;
+        }
+        if self.buf.is_empty() && chunk.len() >= SEND_AS_IS {
+            while chunk.len() > MAX_MESSAGE {
+                self.send(chunk.split_to(MAX_MESSAGE)).await?;
+            }
+            return self.send(chunk).await;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CHUNK);
+        }
+        self.buf.extend_from_slice(&chunk);
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), PumpError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        // A fresh buffer next time: the rest of this one is shared with the message.
+        let data = std::mem::take(&mut self.buf).freeze();
+        self.send(data).await
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<(), PumpError> {
         let n = data.len() as u64;
-        self.tx.send(message(upload_request::Request::Data(data.into()))).await.map_err(|_| PumpError::MoverGone)?;
+        self.tx.send(message(upload_request::Request::Data(data))).await.map_err(|_| PumpError::MoverGone)?;
         self.sent += n;
         Ok(())
     }
@@ -374,7 +398,7 @@ async fn pump_raw(body: Body, tx: mpsc::Sender<UploadRequest>) -> Result<u64, Pu
         let chunk = chunk.map_err(|e| {
             PumpError::Client(format!("the upload broke off after {} bytes: {e}", out.sent + out.buf.len() as u64))
         })?;
-        out.push(&chunk).await?;
+        out.push(chunk).await?;
     }
     out.finish().await
 }
@@ -394,7 +418,7 @@ async fn pump_form(body: Body, boundary: &str, tx: mpsc::Sender<UploadRequest>) 
             continue;
         }
         while let Some(chunk) = field.chunk().await.map_err(|e| broken(e, out.sent + out.buf.len() as u64))? {
-            out.push(&chunk).await?;
+            out.push(chunk).await?;
         }
         return out.finish().await;
     }

@@ -584,3 +584,37 @@ async fn the_upload_client_streams_a_file_and_asks_again_after_a_401() {
     let _ = std::fs::remove_file(&path);
     assert!(err.to_string().contains("403") && err.to_string().contains("not an upload target"), "{err}");
 }
+
+// ---- body chunks into data messages ----
+
+#[tokio::test]
+async fn body_chunks_become_messages_large_ones_as_they_are_small_ones_collected() {
+    let (tx, mut rx) = mpsc::channel(64);
+    let sizes = [100, 70_000, 10, 20, CHUNK - 10, 40_000, 3 * MAX_MESSAGE + 5, 1, 300_000, 7];
+    let mut body = Vec::new();
+    let mut out = Sender::new(tx);
+    for (i, n) in sizes.into_iter().enumerate() {
+        let chunk: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+        body.extend_from_slice(&chunk);
+        out.push(Bytes::from(chunk)).await.unwrap();
+    }
+    let sent = tokio::spawn(out.finish());
+    let (mut seen, mut messages) = (Vec::new(), Vec::new());
+    while let Some(msg) = rx.recv().await {
+        match msg.request {
+            Some(upload_request::Request::Data(d)) => {
+                seen.extend_from_slice(&d);
+                messages.push(d.len());
+            }
+            Some(upload_request::Request::End(end)) => assert_eq!(end.length, body.len() as u64),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+    assert_eq!(sent.await.unwrap().unwrap(), body.len() as u64);
+    assert!(seen == body, "the messages do not carry the body in order");
+    assert!(messages.iter().all(|&n| n > 0 && n <= MAX_MESSAGE), "message sizes {messages:?}");
+    // 100, 70 000, 10 and 20 collected (they fit in CHUNK); CHUNK - 10 does not fit: the
+    // collected ones go, then it as is; 40 000 collected; the large one in pieces; 1
+    // collected; 300 000 as is; 7 at the end.
+    assert_eq!(messages, [70_130, CHUNK - 10, 40_000, MAX_MESSAGE, MAX_MESSAGE, MAX_MESSAGE, 5, 1, 300_000, 7]);
+}
