@@ -58,7 +58,7 @@ const SEND_AS_IS: usize = 64 * 1024;
 /// The largest data message: a larger chunk is sent in pieces of this size.
 const MAX_MESSAGE: usize = 1024 * 1024;
 /// Data messages in flight between the HTTP body and the gRPC stream: the bound on what the
-/// proxy holds per upload (with CHUNK, 1 MiB).
+/// proxy holds per upload (about 1 MiB of CHUNK-sized messages, 4 MiB at most).
 const CHANNEL_DEPTH: usize = 4;
 /// What a 503 asks the client to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 5;
