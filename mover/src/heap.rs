@@ -5,7 +5,7 @@
 //! its adaptive threshold catches up, and gives the top of a heap back to the kernel as soon
 //! as more than twice that threshold is free, so the same memory is unmapped and faulted in
 //! again message after message: on a 4 GiB block clone that was ~240 000 page faults in the
-//! writer and a sixth of its CPU. Fixed thresholds keep freed buffers for reuse; the memory
+//! writer, about a tenth of the movers' CPU in a profile. Fixed thresholds keep freed buffers for reuse; the memory
 //! is given back with [`release_free`] when a stream is over, so an idle mover stays small.
 //! One arena: a buffer is filled on one thread and freed on another, and every thread's own
 //! arena would keep its share of freed buffers (writer peak 56 MiB with one per thread, 44
