@@ -11,7 +11,7 @@
 //!   swapped in while we read can never make us archive anything outside the volume.
 //!
 //! # Guarantees
-//! * Memory is bounded whatever the volume's size: four 4 MiB read buffers and one
+//! * Memory is bounded whatever the volume's size: six 4 MiB read buffers and one
 //!   pending extent of at most [`MAX_DATA_EXTENT`](super::MAX_DATA_EXTENT) bytes (for a
 //!   tree, plus one sorted listing per directory level).
 //! * Names inside a volume are its users' to choose: `disk.img` and the tree's entries are
@@ -251,12 +251,14 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     })
 }
 
-/// Reads in flight at once per stream: a device (a loop device over a file, a network
-/// disk) serves two concurrent 4 MiB reads in little more time than one.
-const READERS: usize = 2;
-/// Read buffers of [`READ_CHUNK`] bytes per stream: one per reader, and as many filled ones
+/// Reads in flight at once per stream. A clone's reads share the disks with the target's
+/// writes, and a network block device wants depth even more: with four reads (and six
+/// writes, see `volume::write`) a block→block clone on one virtual disk ran at the speed
+/// of `dd` reading the source while an import wrote the target.
+const READERS: usize = 4;
+/// Read buffers of [`READ_CHUNK`] bytes per stream: one per reader, and two filled ones
 /// waiting to be sent.
-const READ_BUFFERS: usize = 2 * READERS;
+const READ_BUFFERS: usize = READERS + 2;
 
 /// A filled buffer and how many of its bytes are the volume's, or why the read failed.
 type ReadResult = Result<(AlignedBuf, usize), VolumeError>;

@@ -173,8 +173,10 @@ fn copy_extents(
     })?
 }
 
-/// Three writes in flight, one buffer filling: 8 MiB of buffers per stream.
-const WRITE_ENGINE: CopyConfig = CopyConfig { workers: 3, chunk: 2 << 20, buffers: 4 };
+/// Six writes in flight, one buffer filling and one queued: 16 MiB of buffers per stream.
+/// Many of an image's extents are small (64 KiB), and a direct write is one request: depth
+/// is what keeps a device busy while the clone's reads compete for it.
+const WRITE_ENGINE: CopyConfig = CopyConfig { workers: 6, chunk: 2 << 20, buffers: 8 };
 
 /// On targets that do not read zeros where nothing was written (block devices), zero
 /// extents shorter than this between data are written as zeros rather than zeroed one by one.
