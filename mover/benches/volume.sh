@@ -21,7 +21,9 @@
 #          hops), what other tools built on the two calls do.
 # Each case also times the copy floor in the same run: `cp --sparse=always` of the raw image
 # onto the same disk, then `sync`; `x_floor` is the clone's wall time over it. `cold_s` and
-# `x_cold` are the same with the page cache dropped before each cp.
+# `x_cold` are the same with the page cache dropped before each cp. For `block`, `rw_s` and
+# `x_rw`: what the disk takes to read the source device (`dd iflag=direct`) while the cp
+# writes, both at once as in a clone; the other cases have `-` there.
 #
 # Usage: mover/benches/volume.sh [IMAGES_DIR]
 #   IMAGES_DIR defaults to $BENCH_IMAGES or ./bench-images (needs disk.raw and disk.qcow2).
@@ -127,21 +129,42 @@ floor() {
   echo "$t1 - $t0" | bc -l
 }
 
+# The read-and-write floor of a block clone: the source device read with `O_DIRECT` while
+# the cached raw image is copied and synced, timed until both are done.
+floor_rw() {
+  local out=$BENCH_OUT/floor.raw t0 t1 reader
+  rm -f "$out"; cat "$IMAGES/disk.raw" >/dev/null; sync
+  t0=$(now)
+  dd if="$1" of=/dev/null bs=4M iflag=direct status=none &
+  reader=$!
+  cp --sparse=always "$IMAGES/disk.raw" "$out"; sync
+  wait "$reader"
+  t1=$(now)
+  rm -f "$out"
+  echo "$t1 - $t0" | bc -l
+}
+
 median() { sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"; }
 alloc() { if [ -f "$1" ]; then echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); else echo -; fi; }
 
 echo "via: $VIA"
-printf '%-7s %8s %8s %8s %8s %8s %10s %13s %13s %13s %9s %9s %14s\n' \
-  case wall_s floor_s x_floor cold_s x_cold virt_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s cpu_cli_s alloc_bytes
+printf '%-7s %8s %8s %8s %8s %8s %8s %8s %10s %13s %13s %13s %9s %9s %14s\n' \
+  case wall_s floor_s x_floor cold_s x_cold rw_s x_rw virt_MB/s data_bytes message_bytes lo_per_hop cpu_mov_s \
+  cpu_cli_s alloc_bytes
 
-report_row() { # case virtual_size "median row" output
-  local wall data msg lo cm cc fl fc
+report_row() { # case virtual_size "median row" output [source device, for the rw floor]
+  local wall data msg lo cm cc fl fc rw=- xrw=-
   read -r wall data msg lo cm cc <<<"$3"
   fl=$(for _ in $(seq "$RUNS"); do floor; done | median)
   fc=$(for _ in $(seq "$RUNS"); do floor cold; done | median)
-  printf '%-7s %8.2f %8.2f %8.2f %8.2f %8.2f %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" "$fl" \
-    "$(echo "$wall / $fl" | bc -l)" "$fc" "$(echo "$wall / $fc" | bc -l)" "$(echo "$2 / $wall / 1000000" | bc -l)" \
-    "$data" "$msg" "$lo" "$cm" "$cc" "$(alloc "$4")"
+  if [ -n "${5:-}" ]; then
+    rw=$(for _ in $(seq "$RUNS"); do floor_rw "$5"; done | median)
+    xrw=$(printf '%.2f' "$(echo "$wall / $rw" | bc -l)")
+    rw=$(printf '%.2f' "$rw")
+  fi
+  printf '%-7s %8.2f %8.2f %8.2f %8.2f %8.2f %8s %8s %10.0f %13s %13s %13s %9.2f %9.2f %14s\n' "$1" "$wall" "$fl" \
+    "$(echo "$wall / $fl" | bc -l)" "$fc" "$(echo "$wall / $fc" | bc -l)" "$rw" "$xrw" \
+    "$(echo "$2 / $wall / 1000000" | bc -l)" "$data" "$msg" "$lo" "$cm" "$cc" "$(alloc "$4")"
   echo "        each run: $(awk '{ printf "%.2f ", $1 }' "$rows")s"
 }
 
@@ -167,7 +190,7 @@ for c in $CASES; do
         qemu-img compare -q -f qcow2 -F raw "$IMAGES/disk.qcow2" "$dstdev" || { echo "block: the clone differs" >&2; exit 1; }
         losetup -d "$dstdev"
       done
-      report_row block "$size" "$(median <"$rows")" "$BENCH_OUT/dst-loop.img"
+      report_row block "$size" "$(median <"$rows")" "$BENCH_OUT/dst-loop.img" "$srcdev"
       ;;
     volume)
       src=$BENCH_OUT/src-volume dst=$BENCH_OUT/dst-volume
