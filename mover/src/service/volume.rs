@@ -8,7 +8,7 @@
 //! Memory per stream is bounded by configuration, whatever the volume's size: the HTTP/2
 //! receive window (4 MiB, `server.rs`), [`QUEUE`] chunks in the channel (1 MiB each from a
 //! mover, at most gRPC's 4 MiB message limit from another client), and the reader's
-//! read buffers (6 × 4 MiB) or the copy engine's pooled buffers (8 × 2 MiB).
+//! read buffers (6 × 4 MiB) or the copy engine's pooled buffers (7 × 2 MiB).
 
 use std::path::PathBuf;
 use std::time::Instant;
