@@ -26,6 +26,7 @@ pub const NAMESPACE: &str = "cdi-rs";
 pub const MOVER_IMAGE: &str = "cdi-rs/mover";
 const POPULATOR: &str = "cdi-populator";
 const POPULATOR_CONTAINER: &str = "populator";
+const UPLOAD_PROXY: &str = "cdi-uploadproxy";
 const MOVER: &str = "cdi-mover";
 /// Where the project's manifests are in this source tree.
 pub const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
@@ -346,27 +347,30 @@ fn relative(to: &Path, from: &Path) -> PathBuf {
     out
 }
 
-/// Waits until the populator Deployment is Available with every replica updated and the mover
-/// DaemonSet has an available, updated pod on each of `nodes` nodes (what `kubectl rollout
-/// status` checks).
+/// Waits until the populator and upload proxy Deployments are Available with every replica
+/// updated and the mover DaemonSet has an available, updated pod on each of `nodes` nodes
+/// (what `kubectl rollout status` checks). The upload proxy counts: a client that finds the
+/// published upload URL would otherwise meet a Service with no ready endpoint.
 pub async fn wait_for_rollout(client: &kube::Client, nodes: usize) -> anyhow::Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let available = await_condition(deployments, POPULATOR, |d: Option<&Deployment>| {
-        d.is_some_and(|d| {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let Some(s) = d.status.as_ref() else { return false };
-            let generation_seen = s.observed_generation >= d.metadata.generation;
-            let available = s.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True");
-            generation_seen
-                && available
-                && s.updated_replicas == Some(want)
-                && s.available_replicas == Some(want)
-                && s.replicas == Some(want)
-        })
-    });
-    tokio::time::timeout(WAIT, available)
-        .await
-        .map_err(|_| anyhow::anyhow!("the {POPULATOR} Deployment was not available within {WAIT:?}"))??;
+    for name in [POPULATOR, UPLOAD_PROXY] {
+        let available = await_condition(deployments.clone(), name, |d: Option<&Deployment>| {
+            d.is_some_and(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let Some(s) = d.status.as_ref() else { return false };
+                let generation_seen = s.observed_generation >= d.metadata.generation;
+                let available = s.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True");
+                generation_seen
+                    && available
+                    && s.updated_replicas == Some(want)
+                    && s.available_replicas == Some(want)
+                    && s.replicas == Some(want)
+            })
+        });
+        tokio::time::timeout(WAIT, available)
+            .await
+            .map_err(|_| anyhow::anyhow!("the {name} Deployment was not available within {WAIT:?}"))??;
+    }
     let sets: Api<DaemonSet> = Api::namespaced(client.clone(), NAMESPACE);
     let rolled_out = await_condition(sets, MOVER, move |d: Option<&DaemonSet>| {
         d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
