@@ -117,28 +117,23 @@ run_copy() { # source target [content type, for VIA=peer]
 # The copy floor: `cp --sparse=always` of the raw image onto the same disk, then `sync`.
 # `floor cold` drops the page cache first, so that cp reads the image from the disk, as the
 # clone of a block volume (read with O_DIRECT) always does; plain `floor` reads it from the
-# cache the previous runs left.
+# cache the previous runs left. `floor rw DEVICE`, the read-and-write floor of a block
+# clone: DEVICE read with O_DIRECT while the cached image is copied, timed until both end.
 floor() {
-  local out=$BENCH_OUT/floor.raw t0 t1
-  rm -f "$out"; sync
-  if [ "${1:-}" = cold ]; then echo 3 >/proc/sys/vm/drop_caches; fi
-  t0=$(now)
-  cp --sparse=always "$IMAGES/disk.raw" "$out"; sync
-  t1=$(now)
+  local out=$BENCH_OUT/floor.raw t0 t1 reader=
   rm -f "$out"
-  echo "$t1 - $t0" | bc -l
-}
-
-# The read-and-write floor of a block clone: the source device read with `O_DIRECT` while
-# the cached raw image is copied and synced, timed until both are done.
-floor_rw() {
-  local out=$BENCH_OUT/floor.raw t0 t1 reader
-  rm -f "$out"; cat "$IMAGES/disk.raw" >/dev/null; sync
+  case ${1:-} in
+    cold) sync; echo 3 >/proc/sys/vm/drop_caches ;;
+    rw) cat "$IMAGES/disk.raw" >/dev/null; sync ;;
+    *) sync ;;
+  esac
   t0=$(now)
-  dd if="$1" of=/dev/null bs=4M iflag=direct status=none &
-  reader=$!
+  if [ "${1:-}" = rw ]; then
+    dd if="$2" of=/dev/null bs=4M iflag=direct status=none &
+    reader=$!
+  fi
   cp --sparse=always "$IMAGES/disk.raw" "$out"; sync
-  wait "$reader"
+  if [ -n "$reader" ]; then wait "$reader"; fi
   t1=$(now)
   rm -f "$out"
   echo "$t1 - $t0" | bc -l
@@ -158,7 +153,7 @@ report_row() { # case virtual_size "median row" output [source device, for the r
   fl=$(for _ in $(seq "$RUNS"); do floor; done | median)
   fc=$(for _ in $(seq "$RUNS"); do floor cold; done | median)
   if [ -n "${5:-}" ]; then
-    rw=$(for _ in $(seq "$RUNS"); do floor_rw "$5"; done | median)
+    rw=$(for _ in $(seq "$RUNS"); do floor rw "$5"; done | median)
     xrw=$(printf '%.2f' "$(echo "$wall / $rw" | bc -l)")
     rw=$(printf '%.2f' "$rw")
   fi
