@@ -2,13 +2,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cdi_proto::v1::mover_server::MoverServer;
 use futures_util::StreamExt;
+use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::MoverService;
 use super::metrics::{self, Metrics};
@@ -23,6 +27,9 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection reads from its socket at once. rustls asks for 4 KiB at a time: unbuffered,
+/// a 1 GiB upload costs a quarter of a million read calls.
+const READ_BUFFER: usize = 128 << 10;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -139,7 +146,46 @@ fn no_delay(tcp: &TcpStream) {
     }
 }
 
-type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+type TlsConn = tokio_rustls::server::TlsStream<BufferedTcp>;
+
+/// A TCP connection read through a [`READ_BUFFER`]; its own type so that tonic can ask it for
+/// the peer's address.
+struct BufferedTcp(tokio::io::BufReader<TcpStream>);
+
+impl tokio::io::AsyncRead for BufferedTcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BufferedTcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl Connected for BufferedTcp {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().connect_info()
+    }
+}
 
 /// Accepts TCP connections and completes their TLS handshakes (each with the configuration
 /// current at accept time), handing established connections to the server.
@@ -163,6 +209,7 @@ fn tls_incoming(
                 () = &mut stop => return,
             };
             no_delay(&tcp);
+            let tcp = BufferedTcp(tokio::io::BufReader::with_capacity(READ_BUFFER, tcp));
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -28,7 +28,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
@@ -133,7 +132,7 @@ pub struct Peer {
 
 impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        let tls: &TlsStream<TcpStream> = stream.io();
+        let tls: &TlsStream<crate::webhook::tls::Buffered> = stream.io();
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         Peer { has_cert: leaf.is_some(), cert_cn: leaf.and_then(|c| super::api_auth::subject_common_name(c)) }
     }

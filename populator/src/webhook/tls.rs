@@ -9,6 +9,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -20,6 +21,12 @@ use crate::certs::ServingCert;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken but not yet taken by the server.
 const BACKLOG: usize = 64;
+/// What a connection reads from its socket at once. rustls asks for 4 KiB at a time: unbuffered,
+/// a 1 GiB upload through the proxy costs a quarter of a million read calls.
+const READ_BUFFER: usize = 128 << 10;
+
+/// An accepted connection, read through a [`READ_BUFFER`].
+pub type Buffered = BufReader<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -81,7 +88,7 @@ pub fn server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, rust
 /// handshake in a task of its own, so a slow or silent client delays no one else.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Buffered>, SocketAddr)>,
     local: SocketAddr,
     acceptor: tokio::task::JoinHandle<()>,
 }
@@ -102,7 +109,7 @@ impl Drop for TlsListener {
     }
 }
 
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>) {
+async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(TlsStream<Buffered>, SocketAddr)>) {
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
@@ -115,6 +122,7 @@ async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(
         };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
+            let stream = BufReader::with_capacity(READ_BUFFER, stream);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
@@ -127,7 +135,7 @@ async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Buffered>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
