@@ -9,12 +9,16 @@
 //! | [`backoff`] | capped doubling retry delays |
 //! | [`human_bytes`] | sizes for people: `2.0 GiB` |
 //! | [`utc`] | UTC calendar time from the system clock |
+//! | `heap` | glibc's allocator tuned for streaming (the `heap` feature) |
 //! | `http` | `/metrics` and `/healthz` (the `http` feature) |
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backoff;
 pub mod checksum;
+#[cfg(feature = "heap")]
+#[allow(unsafe_code)] // mallopt and malloc_trim
+pub mod heap;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod utc;

@@ -48,7 +48,6 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 #[allow(unsafe_code)]
-pub mod heap;
 pub mod import;
 pub mod progress;
 pub mod service;

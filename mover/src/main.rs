@@ -18,7 +18,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
-    cdi_mover::heap::tune_for_streaming();
+    cdi_common::heap::tune_for_streaming();
     cdi_mover::tls::install_crypto_provider();
     std::process::exit(cli::run(cli));
 }

@@ -14,7 +14,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds(args) => print_crds(&args),
         Command::Run(args) => serve(cdi_populator::app::run(args)),
-        Command::UploadProxy(args) => serve(cdi_populator::upload::proxy::run(args)),
+        Command::UploadProxy(args) => {
+            // Every upload passes through it in buffers of a few hundred KiB.
+            cdi_common::heap::tune_for_streaming();
+            serve(cdi_populator::upload::proxy::run(args))
+        }
     }
 }
 

@@ -563,7 +563,7 @@ impl Registry {
         let progress_for_import = progress.clone();
         let result = tokio::task::spawn_blocking(move || {
             let result = crate::import(&request, &rt, &progress_for_import, cancel);
-            crate::heap::release_free();
+            cdi_common::heap::release_free();
             result
         })
         .await

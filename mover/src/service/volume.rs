@@ -66,7 +66,7 @@ pub fn serve_read(
                 let _ = tx.blocking_send(Err(status(&e)));
             }
         }
-        crate::heap::release_free();
+        cdi_common::heap::release_free();
     });
     Ok(rx)
 }
@@ -125,7 +125,7 @@ pub async fn write_stream(
             ),
             Err(e) => tracing::warn!(path = %path.display(), error = one_line(e), "volume write failed"),
         }
-        crate::heap::release_free();
+        cdi_common::heap::release_free();
         written
     });
     let pumped = async {

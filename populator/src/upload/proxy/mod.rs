@@ -158,6 +158,8 @@ async fn upload<C: Cluster>(State(proxy): State<Arc<Proxy<C>>>, form: bool, requ
     let started = Instant::now();
     let path = request.uri().path().to_string();
     let (claim, outcome) = proxy.upload(form, request).await;
+    // The upload's buffers, kept for reuse while it ran (see `cdi_common::heap`), go back.
+    cdi_common::heap::release_free();
     let (status, bytes, error) = match &outcome {
         Ok(bytes) => (StatusCode::OK, *bytes, None),
         Err(reply) => (reply.status, 0, Some(reply.message.as_str())),
