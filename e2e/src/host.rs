@@ -82,7 +82,7 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), HostError> {
 
 /// Attaches a loop device to `file` and returns its path (`/dev/loopN`).
 pub fn loop_attach(file: &Path) -> Result<PathBuf, HostError> {
-    run(Command::new("losetup").arg("-f").arg("--show").arg(file)).map(PathBuf::from)
+    run(Command::new("losetup").args(["-f", "--show", "--direct-io=on"]).arg(file)).map(PathBuf::from)
 }
 
 /// Detaches `dev` and waits (up to 5 s) until it is gone: on a device something still holds
