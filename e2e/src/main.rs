@@ -55,6 +55,11 @@ enum BenchCommand {
         /// Measured runs (after one warm-up).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Post straight to the upload proxy's endpoint, not to its NodePort: leaves out the
+        /// embedded cluster's userspace forwarder (a real cluster's kube-proxy rewrites
+        /// packets in the kernel instead).
+        #[arg(long)]
+        direct: bool,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -128,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bound { image, runs, dir }) => {
             return cdi_e2e::bench::bound(cdi_e2e::bench::BoundArgs { image, runs, dir }).await;
         }
-        Command::Bench(BenchCommand::Upload { image, runs, dir }) => {
-            return cdi_e2e::bench::upload(cdi_e2e::bench::UploadArgs { image, runs, dir }).await;
+        Command::Bench(BenchCommand::Upload { image, runs, direct, dir }) => {
+            return cdi_e2e::bench::upload(cdi_e2e::bench::UploadArgs { image, runs, direct, dir }).await;
         }
         Command::Bench(BenchCommand::Scale { count, kind, throttle_mib, dir }) => {
             let kind = match kind {

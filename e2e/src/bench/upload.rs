@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
@@ -25,6 +25,8 @@ use crate::workload::{human, interruptible, secs};
 pub struct UploadArgs {
     pub image: std::path::PathBuf,
     pub runs: usize,
+    /// To the proxy's endpoint, not through the NodePort.
+    pub direct: bool,
     pub dir: Option<std::path::PathBuf>,
 }
 
@@ -34,10 +36,10 @@ const VS_CDI_TARGET: f64 = 0.5;
 const RSS_TARGET_MIB: u64 = 64;
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
-    let (dir, _temp) = workdir(args.dir)?;
+    let (dir, _temp) = workdir(args.dir.clone())?;
     let size = virtual_size(&args.image)?;
     let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
-    let outcome = interruptible(runs(&system, &dir, &args.image, size, args.runs.max(1))).await;
+    let outcome = interruptible(runs(&system, &dir, &args, size)).await;
     system.shutdown().await;
     outcome
 }
@@ -49,13 +51,16 @@ enum Way {
     Cdi,
 }
 
-async fn runs(system: &System, dir: &Path, image: &Path, size: u64, runs: usize) -> anyhow::Result<()> {
+async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyhow::Result<()> {
+    let (image, runs) = (args.image.as_path(), args.runs.max(1));
     let nginx = Nginx::start(dir, image)?;
     let url = format!("http://127.0.0.1:{}/{}", nginx.port, file_name(image));
-    let proxy = proxy_url(&system.client).await?;
+    let published = proxy_url(&system.client).await?;
+    let proxy = if args.direct { endpoint_url(&system.client).await? } else { published };
     let request = format!("{}Mi", size.div_ceil(1 << 20) + 64);
+    let via = if args.direct { "its endpoint, not the NodePort" } else { "the published NodePort" };
     println!(
-        "image {} ({} virtual, {} file), proxy {proxy}",
+        "image {} ({} virtual, {} file), proxy {proxy} ({via})",
         image.display(),
         human(size),
         human(image.metadata()?.len())
@@ -132,6 +137,21 @@ async fn proxy_url(client: &kube::Client) -> anyhow::Result<String> {
         .context("CDIConfig never published uploadProxyURL")??;
     let url = api.get("config").await?.status.and_then(|s| s.upload_proxy_url).unwrap_or_default();
     Ok(if url.contains("://") { url } else { format!("https://{url}") })
+}
+
+/// The upload proxy's first ready endpoint (`https://ip:port`), as its EndpointSlice lists it.
+async fn endpoint_url(client: &kube::Client) -> anyhow::Result<String> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "cdi-rs");
+    let listed = slices.list(&ListParams::default().labels("kubernetes.io/service-name=cdi-uploadproxy")).await?;
+    for slice in listed {
+        let port = slice.ports.iter().flatten().find_map(|p| p.port);
+        let ready = slice.endpoints.iter().find(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+        if let (Some(port), Some(address)) = (port, ready.and_then(|e| e.addresses.first())) {
+            return Ok(format!("https://{address}:{port}"));
+        }
+    }
+    bail!("the cdi-uploadproxy Service has no ready endpoint")
 }
 
 /// CPU seconds one upload cost each process on its path, and how busy the whole machine was
