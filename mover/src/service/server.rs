@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cdi_common::TLS_READ_BUFFER;
 use cdi_proto::v1::mover_server::MoverServer;
 use futures_util::StreamExt;
 use tokio::io::ReadBuf;
@@ -27,9 +28,6 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// What a connection reads from its socket at once. rustls asks for 4 KiB at a time: unbuffered,
-/// a 1 GiB upload costs a quarter of a million read calls.
-const READ_BUFFER: usize = 128 << 10;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -148,7 +146,7 @@ fn no_delay(tcp: &TcpStream) {
 
 type TlsConn = tokio_rustls::server::TlsStream<BufferedTcp>;
 
-/// A TCP connection read through a [`READ_BUFFER`]; its own type so that tonic can ask it for
+/// A TCP connection read through a [`TLS_READ_BUFFER`]; its own type so that tonic can ask it for
 /// the peer's address.
 struct BufferedTcp(tokio::io::BufReader<TcpStream>);
 
@@ -209,7 +207,7 @@ fn tls_incoming(
                 () = &mut stop => return,
             };
             no_delay(&tcp);
-            let tcp = BufferedTcp(tokio::io::BufReader::with_capacity(READ_BUFFER, tcp));
+            let tcp = BufferedTcp(tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp));
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cdi_common::TLS_READ_BUFFER;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -21,11 +22,8 @@ use crate::certs::ServingCert;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken but not yet taken by the server.
 const BACKLOG: usize = 64;
-/// What a connection reads from its socket at once. rustls asks for 4 KiB at a time: unbuffered,
-/// a 1 GiB upload through the proxy costs a quarter of a million read calls.
-const READ_BUFFER: usize = 128 << 10;
 
-/// An accepted connection, read through a [`READ_BUFFER`].
+/// An accepted connection, read through a [`TLS_READ_BUFFER`].
 pub type Buffered = BufReader<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +120,7 @@ async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(
         };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            let stream = BufReader::with_capacity(READ_BUFFER, stream);
+            let stream = BufReader::with_capacity(TLS_READ_BUFFER, stream);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
