@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use kube::runtime::wait::await_condition;
 
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
@@ -55,8 +55,7 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
     let (image, runs) = (args.image.as_path(), args.runs.max(1));
     let nginx = Nginx::start(dir, image)?;
     let url = format!("http://127.0.0.1:{}/{}", nginx.port, file_name(image));
-    let published = proxy_url(&system.client).await?;
-    let proxy = if args.direct { endpoint_url(&system.client).await? } else { published };
+    let proxy = if args.direct { endpoint_url(&system.client).await? } else { proxy_url(&system.client).await? };
     let request = format!("{}Mi", size.div_ceil(1 << 20) + 64);
     let via = if args.direct { "its endpoint, not the NodePort" } else { "the published NodePort" };
     println!(
@@ -115,6 +114,7 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         cost.busy * 100.0,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
+    println!("from the proxy's answer to the DataVolume's Succeeded: {:.2}s", cost.settle);
     let (p, m) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
     println!(
         "peak RSS: upload proxy {p} MiB, node mover {m} MiB (target <= {RSS_TARGET_MIB} MiB each: {})",
@@ -139,35 +139,53 @@ async fn proxy_url(client: &kube::Client) -> anyhow::Result<String> {
     Ok(if url.contains("://") { url } else { format!("https://{url}") })
 }
 
-/// The upload proxy's first ready endpoint (`https://ip:port`), as its EndpointSlice lists it.
+/// The upload proxy's first ready endpoint (`https://ip:port`), as its EndpointSlice lists it,
+/// waiting for one to become ready.
 async fn endpoint_url(client: &kube::Client) -> anyhow::Result<String> {
+    use futures_util::StreamExt as _;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::runtime::{WatchStreamExt as _, watcher};
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "cdi-rs");
-    let listed = slices.list(&ListParams::default().labels("kubernetes.io/service-name=cdi-uploadproxy")).await?;
-    for slice in listed {
-        let port = slice.ports.iter().flatten().find_map(|p| p.port);
-        let ready = slice.endpoints.iter().find(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
-        if let (Some(port), Some(address)) = (port, ready.and_then(|e| e.addresses.first())) {
-            return Ok(format!("https://{address}:{port}"));
+    let config = watcher::Config::default().labels("kubernetes.io/service-name=cdi-uploadproxy");
+    let mut slices = std::pin::pin!(watcher::watcher(slices, config).default_backoff().applied_objects());
+    let ready = async {
+        while let Some(slice) = slices.next().await {
+            let slice = slice?;
+            let port = slice.ports.iter().flatten().find_map(|p| p.port);
+            let ready = slice.endpoints.iter().find(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+            if let (Some(port), Some(address)) = (port, ready.and_then(|e| e.addresses.first())) {
+                return Ok(format!("https://{address}:{port}"));
+            }
         }
-    }
-    bail!("the cdi-uploadproxy Service has no ready endpoint")
+        bail!("the watch on cdi-uploadproxy's EndpointSlices ended")
+    };
+    tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .context("the cdi-uploadproxy Service got no ready endpoint within a minute")?
 }
 
-/// CPU seconds one upload cost each process on its path, and how busy the whole machine was
-/// meanwhile (kernel threads writing back the volume included).
+/// CPU seconds one upload cost each process on its path, how busy the whole machine was
+/// meanwhile (kernel threads writing back the volume included), and how long the DataVolume
+/// took to report Succeeded once the proxy had answered the POST.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cost {
     client: f64,
     proxy: f64,
     mover: f64,
     busy: f64,
+    settle: f64,
 }
 
 impl Cost {
     fn median(costs: &[Cost]) -> Cost {
         let mid = |f: fn(&Cost) -> f64| median(costs.iter().map(f).collect());
-        Cost { client: mid(|c| c.client), proxy: mid(|c| c.proxy), mover: mid(|c| c.mover), busy: mid(|c| c.busy) }
+        Cost {
+            client: mid(|c| c.client),
+            proxy: mid(|c| c.proxy),
+            mover: mid(|c| c.mover),
+            busy: mid(|c| c.busy),
+            settle: mid(|c| c.settle),
+        }
     }
 }
 
@@ -191,6 +209,7 @@ impl CpuClocks {
             proxy: now.roles.proxy - self.roles.proxy,
             mover: now.roles.mover - self.roles.mover,
             busy: busy as f64 / all.max(1) as f64,
+            settle: 0.0,
         }
     }
 }
@@ -250,12 +269,13 @@ async fn upload_once(
     if !status.success() {
         bail!("curl upload of {} to {proxy} failed ({status})", image.display());
     }
+    let answered = started.elapsed();
     let done = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
         d.and_then(|d| d.status.as_ref()?.phase.clone()) == Some(DataVolumePhase::Succeeded)
     });
     tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
     let took = started.elapsed();
-    let cost = clocks.since();
+    let cost = Cost { settle: (took - answered).as_secs_f64(), ..clocks.since() };
     peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
