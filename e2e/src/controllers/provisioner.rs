@@ -12,7 +12,8 @@
 //! - claims whose data source is a VolumeSnapshot of this driver (restore) or a Bound PVC of
 //!   the same class and namespace (CSI clone) get a copy of its backing file: the same
 //!   bytes, grown to a larger request (Block: a longer device; Filesystem: `resize2fs`);
-//!   smaller requests and a change of volume mode are refused with an event;
+//!   smaller requests, a change of volume mode and (WaitForFirstConsumer) a clone for a node
+//!   other than its source's are refused with an event;
 //! - a Released PV with reclaim policy `Delete` has its backing store removed and is
 //!   deleted; `Retain` keeps both.
 
@@ -122,6 +123,17 @@ impl Provisioner {
                     n.to_string()
                 }
             };
+            // A local volume is cloned where it lives: a consumer scheduled elsewhere gets a
+            // refusal, as from a driver that cannot clone across nodes, zones or pools.
+            if let Some(from) = source.as_ref().and_then(|s| s.node.as_deref())
+                && wffc
+                && from != node
+            {
+                let message =
+                    format!("cannot clone across nodes: the source volume is on {from} and the claim is for {node}");
+                record_event(store, claim, "Warning", "ProvisioningFailed", &message, NAME);
+                continue;
+            }
             self.provision(claim, class, &pv_name, &node, source).await?;
         }
 
@@ -246,7 +258,7 @@ impl Provisioner {
         let block = str_at(claim, "spec.volumeMode") == "Block";
         let mode = |b: bool| if b { "Block" } else { "Filesystem" };
         let requested = quantity_bytes(str_at(claim, "spec.resources.requests.storage")).unwrap_or(0);
-        let (file, src_block, size) = if ds["kind"] == "VolumeSnapshot" {
+        let (file, src_block, size, node) = if ds["kind"] == "VolumeSnapshot" {
             let vs_rt = store.registry().preferred(snapshotter::GROUP, "volumesnapshots").cloned();
             let vs = vs_rt.and_then(|rt| store.get(&rt, ns, src_name).ok());
             let Some(vs) = vs else { return Err(format!("VolumeSnapshot {ns}/{src_name} not found")) };
@@ -265,7 +277,7 @@ impl Provisioner {
             let file = snapshotter::snapshot_file(&self.snapshots_dir, str_at(&content, "status.snapshotHandle"))
                 .ok_or_else(|| format!("VolumeSnapshotContent {content_name} has no usable snapshotHandle"))?;
             let src_block = str_at(&content, "spec.sourceVolumeMode") == "Block";
-            (file, src_block, content["status"]["restoreSize"].as_u64().unwrap_or(0))
+            (file, src_block, content["status"]["restoreSize"].as_u64().unwrap_or(0), None)
         } else {
             let Ok(src) = store.get(&store.rt("", "persistentvolumeclaims"), ns, src_name) else {
                 return Err(format!("source PVC {ns}/{src_name} not found"));
@@ -289,7 +301,8 @@ impl Provisioner {
                 ));
             };
             let src_block = str_at(pv, "spec.volumeMode") == "Block";
-            (PathBuf::from(file), src_block, quantity_bytes(str_at(pv, "spec.capacity.storage")).unwrap_or(0))
+            let node = pv["spec"]["csi"]["volumeAttributes"][ATTR_NODE].as_str().map(str::to_string);
+            (PathBuf::from(file), src_block, quantity_bytes(str_at(pv, "spec.capacity.storage")).unwrap_or(0), node)
         };
         if src_block != block {
             return Err(format!(
@@ -303,7 +316,7 @@ impl Provisioner {
                 "requested volume size {requested} is less than the size {size} of the data source {src_name}"
             ));
         }
-        Ok(Source { file, size })
+        Ok(Source { file, size, node })
     }
 
     async fn destroy(&self, pv: &Value) -> anyhow::Result<()> {
@@ -319,6 +332,8 @@ impl Provisioner {
 struct Source {
     file: PathBuf,
     size: u64,
+    /// The node a cloned volume lives on (`None`: a snapshot, which any node can restore).
+    node: Option<String>,
 }
 
 fn claim_ref_is(pv: &Value, claim: &Value) -> bool {
