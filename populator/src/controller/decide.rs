@@ -247,6 +247,8 @@ pub struct Prime {
     /// The PV it is bound to.
     pub volume_name: Option<String>,
     pub phase: Option<ClaimPhase>,
+    /// A smart clone's prime: the storage driver fills it from a claim or a snapshot.
+    pub smart: bool,
 }
 
 impl From<&PersistentVolumeClaim> for Prime {
@@ -255,6 +257,7 @@ impl From<&PersistentVolumeClaim> for Prime {
             uid: pvc.uid().unwrap_or_default(),
             volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
             phase: claim_phase(pvc),
+            smart: pvc.spec.as_ref().is_some_and(|s| s.data_source_ref.is_some()),
         }
     }
 }
@@ -366,6 +369,8 @@ pub enum Fact {
     CloneStrategy,
     /// The VolumeSnapshot of a snapshot clone.
     CloneSnapshot,
+    /// Why the storage driver refused to provision a smart clone's prime, if it did.
+    PrimeRefusal,
 }
 
 /// What one reconcile has seen so far.
@@ -383,6 +388,8 @@ pub struct Snapshot {
     pub source_holder: Lazy<Option<Holder>>,
     pub strategy: Lazy<Choice>,
     pub clone_snapshot: Lazy<SnapshotState>,
+    /// The driver's latest `ProvisioningFailed` message about a smart clone's prime.
+    pub prime_refusal: Lazy<Option<String>>,
 }
 
 /// Where a snapshot clone's VolumeSnapshot stands.
@@ -409,6 +416,7 @@ impl Snapshot {
             source_holder: Lazy::Unread,
             strategy: Lazy::Unread,
             clone_snapshot: Lazy::Unread,
+            prime_refusal: Lazy::Unread,
         }
     }
 }
@@ -607,7 +615,7 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     }
     // A snapshot is restored by the driver, whose checks decide (and report) what it can.
     if let ImportSource::Clone(CloneSource::Snapshot { name }) = &plan.source {
-        return smart_prime(s, kinds::VOLUME_SNAPSHOT, name);
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, None);
     }
     // A clone's source must be there and free before anything is provisioned for it.
     let source = match &plan.source {
@@ -642,6 +650,10 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         }
     }
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else { return Ok(Step::CreatePrime) };
+    // The prime of a smart clone the driver refused: gone before the copy's is made.
+    if prime.smart {
+        return Ok(Step::DeletePrime);
+    }
     let Some(holder) = s.holder.get().ok_or(Fact::Holder)? else {
         return Ok(Step::CreateHolder { node: t.selected_node.clone() });
     };
@@ -716,22 +728,40 @@ fn smart_clone(s: &Snapshot, strategy: Strategy, claim: &str) -> Result<Step, Fa
             }
             SnapshotState::Ready => {}
         }
-        return smart_prime(s, kinds::VOLUME_SNAPSHOT, &super::build::clone_snapshot_name(&s.target.uid));
+        let snapshot = super::build::clone_snapshot_name(&s.target.uid);
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, &snapshot, Some(strategy));
     }
-    smart_prime(s, kinds::PERSISTENT_VOLUME_CLAIM, claim)
+    smart_prime(s, kinds::PERSISTENT_VOLUME_CLAIM, claim, Some(strategy))
 }
 
-/// The prime the driver fills from `kind` `name`; once bound, the clone is made.
-fn smart_prime(s: &Snapshot, kind: &'static str, name: &str) -> Result<Step, Fact> {
+/// The prime the driver fills from `kind` `name`; once bound, the clone is made. `strategy`:
+/// the smart way a claim is being cloned, which a copy can replace when the driver refuses
+/// the prime (another pool, zone or node than the source's, a clone depth limit, ...);
+/// `None` for a snapshot source, which nothing but the driver can restore.
+fn smart_prime(s: &Snapshot, kind: &'static str, name: &str, strategy: Option<Strategy>) -> Result<Step, Fact> {
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else {
         return Ok(Step::CreateSmartPrime { kind, name: name.to_string() });
     };
-    Ok(if prime.phase == Some(ClaimPhase::Bound) {
-        Step::SmartCloneDone
-    } else {
-        Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running) }
-    })
+    if prime.phase == Some(ClaimPhase::Bound) {
+        return Ok(Step::SmartCloneDone);
+    }
+    if let Some(strategy) = strategy
+        && let Some(why) = s.prime_refusal.get().ok_or(Fact::PrimeRefusal)?
+    {
+        let (reason, what) = match strategy {
+            Strategy::Snapshot => (SNAPSHOT_RESTORE_FAILED, "the restore of the source's snapshot"),
+            _ => (CSI_CLONE_FAILED, "the CSI clone of the source"),
+        };
+        let fallback = Some((reason, format!("the storage driver cannot provision {what}: {why}")));
+        return Ok(Step::ChooseStrategy(Choice { strategy: Strategy::Copy, fallback }));
+    }
+    Ok(Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running) })
 }
+
+/// `cloneFallbackReason`s of a smart clone the driver accepted but then refused to provision
+/// (CDI has none: its clone waits for the driver for ever).
+const CSI_CLONE_FAILED: &str = "CSICloneFailed";
+const SNAPSHOT_RESTORE_FAILED: &str = "SnapshotRestoreFailed";
 
 /// An upload task that ended (and was acted on) is started again under the same id.
 fn upload_again(t: &Target) -> bool {

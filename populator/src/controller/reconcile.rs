@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdi_proto::v1 as pb;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -310,6 +310,18 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             seen.pv = Lazy::Read(pv.as_ref().map(Pv::from));
         }
         Fact::Task => seen.task = Lazy::Read(ctx.followers.view(&uid)),
+        Fact::PrimeRefusal => {
+            // decide asks only about a prime it has seen.
+            let prime = seen.prime.get().and_then(Option::as_ref).map(|p| p.uid.clone()).unwrap_or_default();
+            let refusals =
+                ListParams::default().fields(&format!("involvedObject.uid={prime},reason=ProvisioningFailed"));
+            let events = Api::<Event>::namespaced(ctx.client.clone(), &namespace)
+                .list(&refusals)
+                .await
+                .map_err(|e| Error::kube("list the prime's events", &build::prime_name(&uid), e))?;
+            let latest = events.items.into_iter().max_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
+            seen.prime_refusal = Lazy::Read(latest.map(|e| e.message.unwrap_or_default()));
+        }
     }
     Ok(())
 }

@@ -33,6 +33,16 @@ async fn data_of(env: &Env, namespace: &str, name: &str) -> PathBuf {
     if pv.spec.unwrap().volume_mode.as_deref() == Some("Block") { backing } else { backing.join("disk.img") }
 }
 
+/// The node a bound claim's local volume lives on (its PV's node affinity).
+async fn node_of(env: &Env, namespace: &str, name: &str) -> String {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace).get(name).await.unwrap();
+    let pv_name = pvc.spec.and_then(|s| s.volume_name).expect("a bound PVC");
+    let pv = Api::<PersistentVolume>::all(env.client()).get(&pv_name).await.unwrap();
+    let terms = pv.spec.and_then(|s| s.node_affinity?.required).map(|r| r.node_selector_terms).unwrap_or_default();
+    let values = terms.first().and_then(|t| t.match_expressions.as_ref()?.first()?.values.clone()).unwrap_or_default();
+    values.into_iter().next().expect("a local PV names its node")
+}
+
 fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
     assert!(out.status.success(), "sha256sum {}", path.display());
@@ -331,6 +341,38 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     wait_phase(&env, "default", "from-snapshot", DataVolumePhase::Succeeded).await;
     qemu_same(&env.raw, &data_of(&env, "default", "from-snapshot").await, None);
     env.kubectl(&["delete", "volumesnapshot", "golden-snap", "--wait=true"], None).await;
+
+    // A local driver clones a volume only on the node it lives on: a CSI clone for a consumer
+    // scheduled to the other node is refused at provisioning, after the strategy was chosen,
+    // and copied instead.
+    let consumer = |name: &str, node: &str, claim: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                     "containers": [{"name": "vm", "image": "busybox",
+                                     "volumeDevices": [{"name": "disk", "devicePath": "/dev/vda"}]}],
+                     "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": claim}}]},
+        })
+        .to_string()
+    };
+    let from_http = json!({"http": {"url": env.server.url("disk.qcow2")}});
+    env.apply(&data_volume("default", "golden-local", from_http, block("local"))).await;
+    env.apply(&consumer("first-user", "node-1", "golden-local")).await;
+    wait_phase(&env, "default", "golden-local", DataVolumePhase::Succeeded).await;
+    // Released, so that it may be cloned.
+    env.kubectl(&["delete", "pod", "first-user", "--wait=true"], None).await;
+    let source_node = node_of(&env, "default", "golden-local").await;
+    let other_node = if source_node == "node-1" { "node-2" } else { "node-1" };
+    profile_strategy(&env, "local", "csi-clone").await;
+    env.apply(&data_volume("default", "across-nodes", json!({"pvc": {"name": "golden-local"}}), block("local"))).await;
+    env.apply(&consumer("vm-elsewhere", other_node, "across-nodes")).await;
+    wait_phase(&env, "default", "across-nodes", DataVolumePhase::Succeeded).await;
+    let (way, fallback) = clone_type(&env, "default", "across-nodes").await;
+    assert_eq!((way.as_str(), fallback.as_deref()), ("copy", Some("CSICloneFailed")));
+    qemu_same(&env.raw, &data_of(&env, "default", "across-nodes").await, None);
+    let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "across-nodes").await;
+    assert!(reasons.contains(&"CSICloneFailed".to_string()), "{reasons:?}");
+    assert_eq!(node_of(&env, "default", "across-nodes").await, other_node, "the copy is where its consumer runs");
 
     assert_eq!(sha256(&golden), before, "the clone source was written");
     // No temporary snapshot is left behind.

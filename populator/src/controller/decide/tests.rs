@@ -106,6 +106,8 @@ struct World {
     source_holder: Option<Pod>,
     strategy: Choice,
     clone_snapshot: SnapshotState,
+    /// The storage driver's ProvisioningFailed message about the prime.
+    prime_refusal: Option<String>,
 }
 
 impl World {
@@ -130,6 +132,7 @@ impl World {
             source_holder: None,
             strategy: Choice { strategy: Strategy::Copy, fallback: None },
             clone_snapshot: SnapshotState::Missing,
+            prime_refusal: None,
         }
     }
 
@@ -174,6 +177,7 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
             Step::CreateSourceHolder { .. } => s.source_holder = Lazy::Read(Some(Holder::from(&holder(None, None)))),
             Step::Read(Fact::CloneStrategy) => s.strategy = Lazy::Read(world.strategy.clone()),
             Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot.clone()),
+            Step::Read(Fact::PrimeRefusal) => s.prime_refusal = Lazy::Read(world.prime_refusal.clone()),
             // Recorded on the claim, and the reconcile goes on with it.
             Step::ChooseStrategy(choice) => s.target.clone_type = Some(choice.strategy.clone()),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
@@ -327,6 +331,66 @@ fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
     let (trace, step) = drive(target, World { prime: Some(prime("Bound")), ..World::fresh() });
     assert_eq!(step, Step::SmartCloneDone);
     assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::Holder | Fact::SourceHolder))), "no pods: {trace:?}");
+}
+
+/// The prime of a smart clone, as the driver has it: filled from the claim `golden`.
+fn smart_prime(phase: &str) -> PersistentVolumeClaim {
+    let mut prime = prime(phase);
+    prime.spec.get_or_insert_default().data_source_ref = Some(k8s_openapi::api::core::v1::TypedObjectReference {
+        kind: "PersistentVolumeClaim".into(),
+        name: "golden".into(),
+        ..Default::default()
+    });
+    prime
+}
+
+#[test]
+fn a_smart_clone_the_driver_refuses_to_provision_is_copied_instead() {
+    let refused = |strategy: &str| {
+        let world = World {
+            prime: Some(smart_prime("Pending")),
+            prime_refusal: Some("cannot clone across nodes".into()),
+            clone_snapshot: SnapshotState::Ready,
+            ..World::fresh()
+        };
+        drive(clone_target(json!({ann::CLONE_TYPE: strategy})), world)
+    };
+    let fallback = |trace: &[Step]| {
+        trace.iter().find_map(|s| match s {
+            Step::ChooseStrategy(Choice { strategy: Strategy::Copy, fallback: Some((reason, why)) }) => {
+                Some((reason.to_string(), why.clone()))
+            }
+            _ => None,
+        })
+    };
+    // The copy is recorded, then the refused prime goes before the copy's is made.
+    let (trace, step) = refused("csi-clone");
+    let (reason, why) = fallback(&trace).expect("a fallback to a copy");
+    assert_eq!(reason, "CSICloneFailed");
+    assert!(why.ends_with("cannot clone across nodes"), "{why}");
+    assert_eq!(step, Step::DeletePrime);
+    let (trace, step) = refused("snapshot");
+    assert_eq!(fallback(&trace).map(|f| f.0).as_deref(), Some("SnapshotRestoreFailed"));
+    assert_eq!(step, Step::DeletePrime);
+    // Not refused (yet): the driver is waited for, its events read each time.
+    let pending = World { prime: Some(smart_prime("Pending")), clone_snapshot: SnapshotState::Ready, ..World::fresh() };
+    let (trace, step) = drive(clone_target(json!({ann::CLONE_TYPE: "snapshot"})), pending);
+    assert_eq!(step, Step::WaitForSmartPrime { announce: true });
+    assert!(trace.contains(&Step::Read(Fact::PrimeRefusal)), "{trace:?}");
+}
+
+#[test]
+fn a_refused_restore_of_a_snapshot_source_waits_for_the_driver() {
+    let world = World {
+        clone: Some(clone_source("VolumeSnapshot")),
+        prime: Some(smart_prime("Pending")),
+        prime_refusal: Some("no such snapshot handle".into()),
+        ..World::fresh()
+    };
+    // Nothing else can restore a snapshot: no copy, and the refusal is not even read.
+    let (trace, step) = drive(clone_target(json!({})), world);
+    assert_eq!(step, Step::WaitForSmartPrime { announce: true });
+    assert!(!trace.contains(&Step::Read(Fact::PrimeRefusal)), "{trace:?}");
 }
 
 #[test]
@@ -796,7 +860,7 @@ fn only_claims_naming_a_cdi_source_kind_are_targets() {
 fn children_are_read_into_typed_facts() {
     assert_eq!(
         Prime::from(&prime("Lost")),
-        Prime { uid: PRIME_UID.into(), volume_name: Some("pv-1".into()), phase: Some(ClaimPhase::Lost) }
+        Prime { uid: PRIME_UID.into(), volume_name: Some("pv-1".into()), phase: Some(ClaimPhase::Lost), smart: false }
     );
     assert_eq!(
         Holder::from(&holder(Some("Running"), Some("node-1"))),
