@@ -96,7 +96,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(BACKLOG);
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let acceptor = tokio::spawn(accept_loop(tcp, acceptor, tx));
+        let acceptor = tokio::spawn(accept_loop(tcp, local, acceptor, tx));
         Ok(TlsListener { ready, local, acceptor })
     }
 }
@@ -107,13 +107,20 @@ impl Drop for TlsListener {
     }
 }
 
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(TlsStream<Buffered>, SocketAddr)>) {
+/// Logs name the listening address, not a server: the webhook, the upload API and the upload
+/// proxy all accept through here.
+async fn accept_loop(
+    tcp: TcpListener,
+    local: SocketAddr,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<Buffered>, SocketAddr)>,
+) {
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
-                tracing::warn!(error = %e, "webhook: accepting a connection");
+                tracing::warn!(%local, error = %e, "accepting a TLS connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -125,8 +132,8 @@ async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "webhook: TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "webhook: TLS handshake timed out"),
+                Ok(Err(e)) => tracing::debug!(%local, %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%local, %peer, "TLS handshake timed out"),
             }
         });
     }
