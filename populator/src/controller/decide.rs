@@ -538,9 +538,11 @@ pub enum Step {
         kind: &'static str,
         name: String,
     },
-    /// Until the driver binds the prime; `announce` that the clone runs.
+    /// Until the driver binds the prime; `announce` that the clone runs. `refused`: what the
+    /// driver said when it refused the prime, for a restore nothing else can make.
     WaitForSmartPrime {
         announce: bool,
+        refused: Option<String>,
     },
     /// The driver made the prime: record success.
     SmartCloneDone,
@@ -745,8 +747,9 @@ fn smart_prime(s: &Snapshot, kind: &'static str, name: &str, strategy: Option<St
     if prime.phase == Some(ClaimPhase::Bound) {
         return Ok(Step::SmartCloneDone);
     }
+    let refused = s.prime_refusal.get().ok_or(Fact::PrimeRefusal)?;
     if let Some(strategy) = strategy
-        && let Some(why) = s.prime_refusal.get().ok_or(Fact::PrimeRefusal)?
+        && let Some(why) = refused
     {
         let (reason, what) = match strategy {
             Strategy::Snapshot => (SNAPSHOT_RESTORE_FAILED, "the restore of the source's snapshot"),
@@ -755,7 +758,7 @@ fn smart_prime(s: &Snapshot, kind: &'static str, name: &str, strategy: Option<St
         let fallback = Some((reason, format!("the storage driver cannot provision {what}: {why}")));
         return Ok(Step::ChooseStrategy(Choice { strategy: Strategy::Copy, fallback }));
     }
-    Ok(Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running) })
+    Ok(Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running), refused: refused.clone() })
 }
 
 /// `cloneFallbackReason`s of a smart clone the driver accepted but then refused to provision

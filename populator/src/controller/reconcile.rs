@@ -147,7 +147,12 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             seen.prime = Lazy::Read(Some(create_prime_from(pvc, build::smart_prime_pvc(pvc, kind, &name), ctx).await?));
             return Ok(None);
         }
-        Step::WaitForSmartPrime { announce } => {
+        Step::WaitForSmartPrime { announce, refused } => {
+            if let Some(why) = refused {
+                let note =
+                    format!("the storage driver cannot restore the snapshot into this claim: {why}; waiting for it");
+                ctx.event(&ObjectRef::from_obj(pvc), EventReason::ProvisioningFailed, &note).await;
+            }
             if announce {
                 let way = seen.target.clone_type.as_ref().map_or("clone", Strategy::as_str);
                 let note = format!("Clone scheduled ({way}): the storage driver fills the volume");

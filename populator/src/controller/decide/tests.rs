@@ -327,7 +327,7 @@ fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
     let fresh = decide_in(target.clone(), World { prime: None, ..World::fresh() });
     assert_eq!(fresh, Step::CreateSmartPrime { kind: "PersistentVolumeClaim", name: "golden".into() });
     let pending = World { prime: Some(prime("Pending")), ..World::fresh() };
-    assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true });
+    assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true, refused: None });
     let (trace, step) = drive(target, World { prime: Some(prime("Bound")), ..World::fresh() });
     assert_eq!(step, Step::SmartCloneDone);
     assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::Holder | Fact::SourceHolder))), "no pods: {trace:?}");
@@ -375,7 +375,7 @@ fn a_smart_clone_the_driver_refuses_to_provision_is_copied_instead() {
     // Not refused (yet): the driver is waited for, its events read each time.
     let pending = World { prime: Some(smart_prime("Pending")), clone_snapshot: SnapshotState::Ready, ..World::fresh() };
     let (trace, step) = drive(clone_target(json!({ann::CLONE_TYPE: "snapshot"})), pending);
-    assert_eq!(step, Step::WaitForSmartPrime { announce: true });
+    assert_eq!(step, Step::WaitForSmartPrime { announce: true, refused: None });
     assert!(trace.contains(&Step::Read(Fact::PrimeRefusal)), "{trace:?}");
 }
 
@@ -387,10 +387,10 @@ fn a_refused_restore_of_a_snapshot_source_waits_for_the_driver() {
         prime_refusal: Some("no such snapshot handle".into()),
         ..World::fresh()
     };
-    // Nothing else can restore a snapshot: no copy, and the refusal is not even read.
+    // Nothing else can restore a snapshot: no copy; the driver's word is passed on.
     let (trace, step) = drive(clone_target(json!({})), world);
-    assert_eq!(step, Step::WaitForSmartPrime { announce: true });
-    assert!(!trace.contains(&Step::Read(Fact::PrimeRefusal)), "{trace:?}");
+    assert_eq!(step, Step::WaitForSmartPrime { announce: true, refused: Some("no such snapshot handle".into()) });
+    assert!(!trace.iter().any(|s| matches!(s, Step::ChooseStrategy(_))), "{trace:?}");
 }
 
 #[test]
