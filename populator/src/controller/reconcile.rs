@@ -316,8 +316,13 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         }
         Fact::Task => seen.task = Lazy::Read(ctx.followers.view(&uid)),
         Fact::PrimeRefusal => {
-            // decide asks only about a prime it has seen.
+            // decide asks only about a prime it has seen; one without a uid has no events, and
+            // an empty uid in the selector would match events about nothing.
             let prime = seen.prime.get().and_then(Option::as_ref).map(|p| p.uid.clone()).unwrap_or_default();
+            if prime.is_empty() {
+                seen.prime_refusal = Lazy::Read(None);
+                return Ok(());
+            }
             let refusals =
                 ListParams::default().fields(&format!("involvedObject.uid={prime},reason=ProvisioningFailed"));
             let events = Api::<Event>::namespaced(ctx.client.clone(), &namespace)
