@@ -196,9 +196,11 @@ body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "py"
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "py"}},
                  "template": {"metadata": {"labels": {"app": "py"}},
                               "spec": {"containers": [{"name": "c", "image": "registry.example/py:1"}]}}}}
-apps.create_namespaced_deployment("default", body)
+created = apps.create_namespaced_deployment("default", body)
 seen = []
-for event in watch.Watch().stream(apps.list_namespaced_deployment, "default", field_selector="metadata.name=py", timeout_seconds=60):
+# From the creation on: a rollout finished before the watch started is still seen step by step.
+for event in watch.Watch().stream(apps.list_namespaced_deployment, "default", field_selector="metadata.name=py",
+                                  resource_version=created.metadata.resource_version, timeout_seconds=60):
     s = event["object"].status
     seen.append((event["type"], s.available_replicas))
     if s.updated_replicas == 2 and s.available_replicas == 2 and s.observed_generation == event["object"].metadata.generation:
