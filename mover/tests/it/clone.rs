@@ -363,6 +363,6 @@ async fn a_mover_certificate_without_client_auth_is_refused_by_the_peer() {
     let failed = run(&mut client, clone_request("no-client-auth", &nodes.from.addr, &src, &dst)).await.unwrap_err();
     assert!(failed.message.contains("refused this mover's client certificate"), "{failed:?}");
     assert!(failed.message.contains("clientAuth"), "the message says what to fix: {failed:?}");
-    assert!(nodes.from.log().contains("TLS handshake refused"), "{}", nodes.from.log());
+    assert!(nodes.from.await_log("TLS handshake refused").await, "{}", nodes.from.log());
     assert_eq!(listing(&dst), Vec::<String>::new());
 }

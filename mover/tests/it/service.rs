@@ -98,6 +98,19 @@ impl Serve {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits (10 s at most) until the log holds `text`: the server logs what it saw on its own
+    /// time, which can be after the client has already seen the outcome.
+    pub(crate) async fn await_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// SIGKILL, as a node or a crashing mover goes away: no drain, no goodbye.
     pub(crate) fn kill(&mut self) {
         self.child.kill().unwrap();
@@ -287,7 +300,7 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
     if let Ok(channel) = plain {
         assert!(MoverClient::new(channel).capabilities(pb::CapabilitiesRequest {}).await.is_err());
     }
-    assert!(serve.log().contains("TLS handshake refused"), "refusals are logged: {}", serve.log());
+    assert!(serve.await_log("TLS handshake refused").await, "refusals are logged: {}", serve.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
