@@ -53,8 +53,14 @@ pub fn volume_snapshot_resource() -> kube::api::ApiResource {
     ))
 }
 
-/// A VolumeSnapshot of `claim`, taken with `class` for the clone `target`, owned by it.
-pub fn clone_snapshot(target: &PersistentVolumeClaim, claim: &str, class: Option<&str>) -> kube::api::DynamicObject {
+/// A VolumeSnapshot of `claim` (in `namespace`, the source's), taken with `class` for the
+/// clone `target`.
+pub fn clone_snapshot(
+    target: &PersistentVolumeClaim,
+    namespace: &str,
+    claim: &str,
+    class: Option<&str>,
+) -> kube::api::DynamicObject {
     let mut snapshot = kube::api::DynamicObject::new(
         &clone_snapshot_name(&target.uid().unwrap_or_default()),
         &volume_snapshot_resource(),
@@ -62,16 +68,25 @@ pub fn clone_snapshot(target: &PersistentVolumeClaim, claim: &str, class: Option
     .data(serde_json::json!({
         "spec": {"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": class},
     }));
-    snapshot.metadata.namespace = target.namespace();
+    snapshot.metadata.namespace = Some(namespace.to_string());
     snapshot.metadata.labels = Some(labels(label::SNAPSHOT, target));
-    snapshot.metadata.owner_references = Some(vec![owned_by(target)]);
+    tie(&mut snapshot.metadata, target);
     snapshot
 }
 
 /// The prime of a smart clone: the driver fills it from `kind` `name` (a claim, a
-/// VolumeSnapshot) in the target's namespace.
-pub fn smart_prime_pvc(target: &PersistentVolumeClaim, kind: &str, name: &str) -> PersistentVolumeClaim {
+/// VolumeSnapshot) in `namespace`, the source's: a driver clones and restores only within
+/// one namespace, so a clone across namespaces is made there and its volume handed over.
+pub fn smart_prime_pvc(
+    target: &PersistentVolumeClaim,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> PersistentVolumeClaim {
     let mut prime = prime_pvc(target);
+    prime.metadata.namespace = Some(namespace.to_string());
+    prime.metadata.owner_references = None;
+    tie(&mut prime.metadata, target);
     let group = (kind == crate::api::names::kinds::VOLUME_SNAPSHOT).then(|| "snapshot.storage.k8s.io".to_string());
     let spec = prime.spec.get_or_insert_default();
     spec.data_source = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
@@ -94,6 +109,18 @@ pub const SOURCE_VOLUME: &str = "source";
 
 pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
     pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
+/// Ties `child` (its namespace set) to the clone `target`: annotated with it
+/// ([`ann::CLONE_TARGET`], which the controller's watches map back), and owned by it within
+/// one namespace; across namespaces, where no owner reference reaches, the populator
+/// deletes it itself.
+fn tie(child: &mut ObjectMeta, target: &PersistentVolumeClaim) {
+    let target_ref = format!("{}/{}", target.namespace().unwrap_or_default(), target.name_any());
+    child.annotations.get_or_insert_default().insert(ann::CLONE_TARGET.to_string(), target_ref);
+    if child.namespace == target.namespace() {
+        child.owner_references = Some(vec![owned_by(target)]);
+    }
 }
 
 /// The owner reference that ties what we create to the target PVC (garbage-collected with
@@ -207,10 +234,7 @@ pub fn holder_pod(target: &PersistentVolumeClaim, claim: &str, node: Option<&str
 }
 
 /// The pod that keeps a clone's source claim `claim` (in `namespace`) attached, read-only,
-/// while its node's mover streams it to the target's. It is owned by the target when both
-/// live in one namespace; across namespaces (no owner reference can cross them) the
-/// populator deletes it itself, and its labels and [`ann::CLONE_TARGET`] lead back to the
-/// target.
+/// while its node's mover streams it to the target's; tied to the target as [`tie`] says.
 pub fn source_holder_pod(
     target: &PersistentVolumeClaim,
     namespace: &str,
@@ -234,17 +258,15 @@ pub fn source_holder_pod(
             .then(|| vec![VolumeDevice { name: SOURCE_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
         ..Default::default()
     };
-    let same_namespace = target.namespace().as_deref() == Some(namespace);
-    let target_ref = format!("{}/{}", target.namespace().unwrap_or_default(), target.name_any());
+    let mut metadata = ObjectMeta {
+        name: Some(source_holder_name(&target.uid().unwrap_or_default())),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(label::SOURCE_HOLDER, target)),
+        ..Default::default()
+    };
+    tie(&mut metadata, target);
     Pod {
-        metadata: ObjectMeta {
-            name: Some(source_holder_name(&target.uid().unwrap_or_default())),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels(label::SOURCE_HOLDER, target)),
-            annotations: Some(BTreeMap::from([(ann::CLONE_TARGET.to_string(), target_ref)])),
-            owner_references: same_namespace.then(|| vec![owned_by(target)]),
-            ..Default::default()
-        },
+        metadata,
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(vec![Volume {
@@ -348,6 +370,22 @@ mod tests {
         assert!(other.metadata.owner_references.is_none(), "owner references cannot cross namespaces");
         let c = &other.spec.unwrap().containers[0];
         assert!(c.volume_devices.is_some() && c.volume_mounts.is_none());
+    }
+
+    #[test]
+    fn a_smart_clone_across_namespaces_is_made_in_the_source_namespace_and_annotated_with_its_target() {
+        let prime = smart_prime_pvc(&target(true), "golden-images", "PersistentVolumeClaim", "golden");
+        assert_eq!(prime.metadata.namespace.as_deref(), Some("golden-images"));
+        assert!(prime.metadata.owner_references.is_none(), "owner references cannot cross namespaces");
+        let annotations = prime.metadata.annotations.unwrap();
+        assert_eq!(annotations[ann::CLONE_TARGET], "vms/disk");
+        assert_eq!(annotations[ann::SELECTED_NODE], "node-2", "provisioned where the target's consumer runs");
+        assert_eq!(prime.spec.unwrap().data_source.unwrap().name, "golden");
+        let snapshot = clone_snapshot(&target(true), "golden-images", "golden", Some("snaps"));
+        assert_eq!(snapshot.metadata.namespace.as_deref(), Some("golden-images"));
+        assert!(snapshot.metadata.owner_references.is_none());
+        let within = smart_prime_pvc(&target(true), "vms", "VolumeSnapshot", "cdi-tmp-u-1");
+        assert_eq!(within.metadata.owner_references.unwrap()[0].uid, "u-1");
     }
 
     #[test]

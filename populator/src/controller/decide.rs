@@ -244,6 +244,8 @@ impl SourceKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prime {
     pub uid: String,
+    /// The target's, or for a smart clone the source's (where the driver can make it).
+    pub namespace: String,
     /// The PV it is bound to.
     pub volume_name: Option<String>,
     pub phase: Option<ClaimPhase>,
@@ -255,6 +257,7 @@ impl From<&PersistentVolumeClaim> for Prime {
     fn from(pvc: &PersistentVolumeClaim) -> Self {
         Prime {
             uid: pvc.uid().unwrap_or_default(),
+            namespace: pvc.namespace().unwrap_or_default(),
             volume_name: pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
             phase: claim_phase(pvc),
             smart: pvc.spec.as_ref().is_some_and(|s| s.data_source_ref.is_some()),

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -203,9 +204,12 @@ pub async fn run(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(&format!("{}={}", label::NAME, label::HOLDER)),
         )
-        .owns(
+        // A smart clone's prime may live in the source's namespace: its annotation names the
+        // target there, its owner reference everywhere else.
+        .watches(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default().labels(&format!("{}={}", label::NAME, label::PRIME)),
+            |prime| clone_target(&prime.metadata).or_else(|| owning_claim(&prime.metadata)),
         )
         .watches(Api::<VolumeImportSource>::all(client.clone()), watcher::Config::default(), move |source| {
             naming(&store, kinds::VOLUME_IMPORT_SOURCE, &source.metadata)
@@ -221,7 +225,7 @@ pub async fn run(
         .watches(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().labels(&format!("{}={}", label::NAME, label::SOURCE_HOLDER)),
-            |pod| clone_target(&pod),
+            |pod| clone_target(&pod.metadata),
         )
         .reconcile_on(tokio_stream_wrapper(triggered))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -248,9 +252,16 @@ fn naming(
 }
 
 /// The target claim a clone's source holder serves.
-fn clone_target(pod: &Pod) -> Option<ObjectRef<PersistentVolumeClaim>> {
-    let (namespace, name) = pod.metadata.annotations.as_ref()?.get(vocab::ann::CLONE_TARGET)?.split_once('/')?;
+fn clone_target(meta: &ObjectMeta) -> Option<ObjectRef<PersistentVolumeClaim>> {
+    let (namespace, name) = meta.annotations.as_ref()?.get(vocab::ann::CLONE_TARGET)?.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The claim that controls an object of its namespace.
+fn owning_claim(meta: &ObjectMeta) -> Option<ObjectRef<PersistentVolumeClaim>> {
+    let owner = meta.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+    let namespace = meta.namespace.as_deref()?;
+    (owner.kind == "PersistentVolumeClaim").then(|| ObjectRef::new(&owner.name).within(namespace))
 }
 
 fn tokio_stream_wrapper<T: Send + 'static>(

@@ -133,9 +133,10 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         }
         Step::CreateSnapshot { claim } => {
             let class = ctx.defaults.clone_profile(&seen.target.class).1;
-            let snapshot = build::clone_snapshot(pvc, &claim, class.as_deref());
+            let namespace = &seen.target.source_namespace;
+            let snapshot = build::clone_snapshot(pvc, namespace, &claim, class.as_deref());
             let name = build::clone_snapshot_name(&seen.target.uid);
-            match snapshots(ctx, &seen.target.namespace).create(&PostParams::default(), &snapshot).await {
+            match snapshots(ctx, namespace).create(&PostParams::default(), &snapshot).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(Error::kube("create VolumeSnapshot", &name, e)),
@@ -144,7 +145,8 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         }
         Step::WaitForSnapshot => Action::requeue(SHORT),
         Step::CreateSmartPrime { kind, name } => {
-            seen.prime = Lazy::Read(Some(create_prime_from(pvc, build::smart_prime_pvc(pvc, kind, &name), ctx).await?));
+            let prime = build::smart_prime_pvc(pvc, &seen.target.source_namespace, kind, &name);
+            seen.prime = Lazy::Read(Some(create_prime_from(pvc, prime, ctx).await?));
             return Ok(None);
         }
         Step::WaitForSmartPrime { announce, refused } => {
@@ -249,7 +251,6 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
             let inputs = strategy::Inputs {
                 profile_strategy,
-                same_namespace: seen.target.source_namespace == seen.target.namespace,
                 source_class: class.clone(),
                 target_class: seen.target.class.clone(),
                 source_provisioner: source_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
@@ -265,7 +266,7 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         }
         Fact::CloneSnapshot => {
             let name = build::clone_snapshot_name(&uid);
-            let found = snapshots(ctx, &namespace)
+            let found = snapshots(ctx, &seen.target.source_namespace)
                 .get_opt(&name)
                 .await
                 .map_err(|e| Error::kube("read VolumeSnapshot", &name, e))?;
@@ -299,8 +300,16 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         }
         Fact::Prime => {
             let name = build::prime_name(&uid);
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-            let prime = api.get_opt(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e))?;
+            let read = |namespace: &str| {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+                let name = name.clone();
+                async move { api.get_opt(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e)) }
+            };
+            let mut prime = read(&namespace).await?;
+            // A smart clone across namespaces makes its prime in the source's.
+            if prime.is_none() && seen.target.source_namespace != namespace {
+                prime = read(&seen.target.source_namespace).await?;
+            }
             seen.prime = Lazy::Read(prime.as_ref().map(Prime::from));
         }
         Fact::Holder => {
@@ -318,14 +327,16 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         Fact::PrimeRefusal => {
             // decide asks only about a prime it has seen; one without a uid has no events, and
             // an empty uid in the selector would match events about nothing.
-            let prime = seen.prime.get().and_then(Option::as_ref).map(|p| p.uid.clone()).unwrap_or_default();
+            let (prime, prime_namespace) =
+                seen.prime.get().and_then(Option::as_ref).map(|p| (p.uid.clone(), p.namespace.clone())).unzip();
+            let prime = prime.unwrap_or_default();
             if prime.is_empty() {
                 seen.prime_refusal = Lazy::Read(None);
                 return Ok(());
             }
             let refusals =
                 ListParams::default().fields(&format!("involvedObject.uid={prime},reason=ProvisioningFailed"));
-            let events = Api::<Event>::namespaced(ctx.client.clone(), &namespace)
+            let events = Api::<Event>::namespaced(ctx.client.clone(), &prime_namespace.unwrap_or(namespace))
                 .list(&refusals)
                 .await
                 .map_err(|e| Error::kube("list the prime's events", &build::prime_name(&uid), e))?;
@@ -416,7 +427,7 @@ async fn create_prime_from(
     prime: PersistentVolumeClaim,
     ctx: &Ctx,
 ) -> Result<Prime, Error> {
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &prime.namespace().unwrap_or_default());
     let name = build::prime_name(&pvc.uid().unwrap_or_default());
     let prime = match api.create(&PostParams::default(), &prime).await {
         Ok(p) => p,
@@ -898,9 +909,26 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
         }
         Child::Prime => {
             let name = build::prime_name(&uid);
-            let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
-            let result = api.delete(&name, &params).await;
-            (name, result.map(|_| ()))
+            let mut namespaces = vec![namespace.clone()];
+            // A smart clone across namespaces made it in the source's.
+            if let Some(t) =
+                Target::from_pvc(pvc).filter(|t| t.kind == SourceKind::Clone && t.source_namespace != namespace)
+            {
+                namespaces.push(t.source_namespace);
+            }
+            let mut result = Ok(());
+            for namespace in namespaces {
+                let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace);
+                match api.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            (name, result)
         }
         Child::SourceHolder => {
             // Only a clone has one; its namespace is where its source lives.
@@ -910,12 +938,11 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
             (name.clone(), api.delete(&name, &params).await.map(|_| ()))
         }
         Child::Snapshot => {
-            // Any clone may have one: a snapshot clone, or one that fell back from it.
-            if Target::from_pvc(pvc).is_none_or(|t| t.kind != SourceKind::Clone) {
-                return Ok(());
-            }
+            // Any clone may have one, in its source's namespace: a snapshot clone, or one that
+            // fell back from it.
+            let Some(target) = Target::from_pvc(pvc).filter(|t| t.kind == SourceKind::Clone) else { return Ok(()) };
             let name = build::clone_snapshot_name(&uid);
-            (name.clone(), snapshots(ctx, &namespace).delete(&name, &params).await.map(|_| ()))
+            (name.clone(), snapshots(ctx, &target.source_namespace).delete(&name, &params).await.map(|_| ()))
         }
     };
     match result {

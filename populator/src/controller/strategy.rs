@@ -45,7 +45,6 @@ impl Strategy {
 pub struct Inputs {
     /// The target class's StorageProfile `status.cloneStrategy`; `None`: CDI's default.
     pub profile_strategy: Option<String>,
-    pub same_namespace: bool,
     pub source_class: String,
     pub target_class: String,
     /// The provisioners of the two classes (empty when a class is unknown).
@@ -69,9 +68,9 @@ pub struct Choice {
     pub fallback: Option<(&'static str, String)>,
 }
 
-/// CDI's choice, with one addition: a smart clone across namespaces falls back too (the
-/// driver can only clone or restore within one; CDI moves the volume through a temporary
-/// claim, cdi-rs copies it).
+/// CDI's choice. A smart clone across namespaces is made in the source's namespace (the
+/// driver clones and restores within one) and its volume handed over to the target, as CDI
+/// does: the namespaces do not enter the choice.
 pub fn choose(i: &Inputs) -> Choice {
     let asked = i.profile_strategy.as_deref().unwrap_or(clone_strategy::SNAPSHOT);
     let copy = |reason: &'static str, why: String| Choice { strategy: Strategy::Copy, fallback: Some((reason, why)) };
@@ -87,10 +86,6 @@ pub fn choose(i: &Inputs) -> Choice {
         },
         _ => return Choice { strategy: Strategy::Copy, fallback: None },
     };
-    let name = smart.as_str();
-    if !i.same_namespace {
-        return copy("CrossNamespace", format!("a {name} cannot cross namespaces"));
-    }
     if i.source_provisioner.is_empty() || i.source_provisioner != i.target_provisioner {
         let why = format!(
             "source provisioner {:?} and target provisioner {:?} differ",
@@ -125,7 +120,6 @@ mod tests {
     fn inputs(strategy: Option<&str>) -> Inputs {
         Inputs {
             profile_strategy: strategy.map(str::to_string),
-            same_namespace: true,
             source_class: "fast".into(),
             target_class: "fast".into(),
             source_provisioner: "csi.example.com".into(),
@@ -157,7 +151,6 @@ mod tests {
         assert_eq!(reason(Inputs { target_class: "slow".into(), ..csi() }), Some("IncompatibleStorageClasses"));
         assert_eq!(reason(Inputs { target_provisioner: "other".into(), ..csi() }), Some("IncompatibleProvisioners"));
         assert_eq!(reason(Inputs { target_block: false, ..csi() }), Some("IncompatibleVolumeModes"));
-        assert_eq!(reason(Inputs { same_namespace: false, ..csi() }), Some("CrossNamespace"));
         assert_eq!(reason(Inputs { target_size: 2 << 30, ..csi() }), Some("NoVolumeExpansion"));
         assert_eq!(reason(Inputs { target_size: 2 << 30, allow_expansion: true, ..csi() }), None);
         // A snapshot may be restored into another class of the same driver.

@@ -1,5 +1,5 @@
-//! Host-assisted clones end to end: a golden DataVolume imported in one namespace and
-//! copied into another (Filesystem→Filesystem with the size left out, Filesystem→Block,
+//! Clones end to end. Host-assisted (the profile asks for `copy`): a golden DataVolume
+//! imported in one namespace and copied into another (Filesystem→Filesystem with the size left out, Filesystem→Block,
 //! Block→Filesystem), a bare PVC naming a VolumeCloneSource in the golden namespace, and a
 //! bare PVC that tries to reach across namespaces by annotation alone (refused). Every copy is
 //! checked against the image with qemu-img; the golden volumes are checked untouched.
@@ -72,6 +72,8 @@ fn data_volume(namespace: &str, name: &str, source: serde_json::Value, storage: 
 #[tokio::test(flavor = "multi_thread")]
 async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_untouched() {
     let env = Env::start(16).await;
+    // The host-assisted copy, whatever the driver could do (the smart ways are the next test's).
+    profile_strategy(&env, "local-immediate", "copy").await;
     env.kubectl(&["create", "namespace", GOLDEN_NS], None).await;
     let url = env.server.url("disk.qcow2");
     let http = json!({"http": {"url": url}});
@@ -270,6 +272,23 @@ async fn copied_instead(env: &Env, name: &str, reason: &str) {
     assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
 }
 
+/// Waits for DataVolume `vms/name`, cloned from the default namespace, to succeed, then checks
+/// that the driver made it `way` (no copy) and that its prime, made in the source's namespace,
+/// is gone.
+async fn made_elsewhere(env: &Env, name: &str, way: &str) {
+    wait_phase(env, "vms", name, DataVolumePhase::Succeeded).await;
+    assert_eq!(clone_type(env, "vms", name).await, (way.to_string(), None));
+    qemu_same(&env.raw, &data_of(env, "vms", name).await, None);
+    let reasons = event_reasons(env, "vms", "PersistentVolumeClaim", name).await;
+    assert!(reasons.iter().any(|r| r == "CloneStrategy"), "{reasons:?}");
+    let target = Api::<PersistentVolumeClaim>::namespaced(env.client(), "vms").get(name).await.unwrap();
+    let uid = target.uid().unwrap();
+    let primes = Api::<PersistentVolumeClaim>::namespaced(env.client(), "default");
+    let prime = format!("prime-{uid}");
+    let gone = await_condition(primes, &prime, |p: Option<&PersistentVolumeClaim>| p.is_none());
+    crate::common::within(&format!("prime {prime} to go from the source's namespace"), gone).await.unwrap();
+}
+
 /// Sets the clone strategy of `class`'s StorageProfile and waits until its status says so.
 async fn profile_strategy(env: &Env, class: &str, strategy: &str) {
     let patch = format!("{{\"spec\":{{\"cloneStrategy\":\"{strategy}\"}}}}");
@@ -307,6 +326,13 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     assert_eq!(clone_type(&env, "default", "by-snapshot").await, ("snapshot".into(), None));
     qemu_same(&env.raw, &data_of(&env, "default", "by-snapshot").await, None);
 
+    // Into another namespace: the driver snapshots and restores in the source's namespace,
+    // and the restored volume is handed over to the target.
+    env.kubectl(&["create", "namespace", "vms"], None).await;
+    let from_default = json!({"pvc": {"namespace": "default", "name": "golden"}});
+    env.apply(&data_volume("vms", "snapshot-elsewhere", from_default.clone(), block("local-immediate"))).await;
+    made_elsewhere(&env, "snapshot-elsewhere", "snapshot").await;
+
     // The profile asks for the driver's own clone.
     profile_strategy(&env, "local-immediate", "csi-clone").await;
     env.apply(&data_volume("default", "by-csi-clone", from_golden.clone(), block("local-immediate"))).await;
@@ -315,6 +341,8 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     qemu_same(&env.raw, &data_of(&env, "default", "by-csi-clone").await, None);
     let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "by-csi-clone").await;
     assert!(reasons.contains(&"CloneStrategy".to_string()), "{reasons:?}");
+    env.apply(&data_volume("vms", "csi-clone-elsewhere", from_default, block("local-immediate"))).await;
+    made_elsewhere(&env, "csi-clone-elsewhere", "csi-clone").await;
 
     // A CSI clone forced into another class of the same driver: the driver cannot, the
     // clone is copied instead, with a warning saying why.
@@ -394,7 +422,7 @@ async fn a_target_mover_killed_mid_clone_is_retried_and_the_copy_ends_identical_
     let golden = data_of(&env, "default", "golden").await;
     let before = sha256(&golden);
 
-    // Into another namespace: a host-assisted copy whatever the profile says.
+    // Into another namespace and volume mode: a host-assisted copy whatever the profile says.
     env.kubectl(&["create", "namespace", "copies"], None).await;
     let storage = json!({"storageClassName": "local-immediate", "volumeMode": "Block"});
     env.apply(&data_volume("copies", "copy", json!({"pvc": {"namespace": "default", "name": "golden"}}), storage))

@@ -860,7 +860,13 @@ fn only_claims_naming_a_cdi_source_kind_are_targets() {
 fn children_are_read_into_typed_facts() {
     assert_eq!(
         Prime::from(&prime("Lost")),
-        Prime { uid: PRIME_UID.into(), volume_name: Some("pv-1".into()), phase: Some(ClaimPhase::Lost), smart: false }
+        Prime {
+            uid: PRIME_UID.into(),
+            namespace: "vms".into(),
+            volume_name: Some("pv-1".into()),
+            phase: Some(ClaimPhase::Lost),
+            smart: false
+        }
     );
     assert_eq!(
         Holder::from(&holder(Some("Running"), Some("node-1"))),
