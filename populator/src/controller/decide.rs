@@ -374,6 +374,10 @@ pub enum Fact {
     CloneSnapshot,
     /// Why the storage driver refused to provision a smart clone's prime, if it did.
     PrimeRefusal,
+    /// Whether the target may restore VolumeSnapshot `name` of another namespace.
+    SnapshotGrant {
+        name: String,
+    },
 }
 
 /// What one reconcile has seen so far.
@@ -393,6 +397,8 @@ pub struct Snapshot {
     pub clone_snapshot: Lazy<SnapshotState>,
     /// The driver's latest `ProvisioningFailed` message about a smart clone's prime.
     pub prime_refusal: Lazy<Option<String>>,
+    /// Why a restore of another namespace's snapshot is refused (`None`: allowed).
+    pub snapshot_refusal: Lazy<Option<String>>,
 }
 
 /// Where a snapshot clone's VolumeSnapshot stands.
@@ -420,6 +426,7 @@ impl Snapshot {
             strategy: Lazy::Unread,
             clone_snapshot: Lazy::Unread,
             prime_refusal: Lazy::Unread,
+            snapshot_refusal: Lazy::Unread,
         }
     }
 }
@@ -586,11 +593,6 @@ fn next(s: &Snapshot) -> Result<Step, Fact> {
     if let ImportSource::Unsupported(name) = &plan.source {
         return Ok(unsupported(t, &format!("import source type {name}")));
     }
-    if let ImportSource::Clone(CloneSource::Snapshot { .. }) = &plan.source
-        && t.source_namespace != t.namespace
-    {
-        return Ok(unsupported(t, "restoring a VolumeSnapshot of another namespace"));
-    }
     if t.failed_generation.as_deref() == Some(generation.to_string().as_str()) {
         return Ok(Step::WaitForSourceChange);
     }
@@ -620,6 +622,12 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     }
     // A snapshot is restored by the driver, whose checks decide (and report) what it can.
     if let ImportSource::Clone(CloneSource::Snapshot { name }) = &plan.source {
+        // Restored in the snapshot's namespace, as a claim clone across namespaces is.
+        if t.source_namespace != t.namespace
+            && let Some(why) = s.snapshot_refusal.get().ok_or_else(|| Fact::SnapshotGrant { name: name.clone() })?
+        {
+            return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
+        }
         return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, None);
     }
     // A clone's source must be there and free before anything is provisioned for it.

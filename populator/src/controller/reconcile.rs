@@ -227,6 +227,10 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             let source = api.get_opt(name).await.map_err(|e| Error::kube("read VolumeCloneSource", name, e))?;
             seen.source = Lazy::Read(Source::from_clone(source.as_ref()));
         }
+        Fact::SnapshotGrant { name } => {
+            let refusal = cross_namespace_refusal(pvc, &seen.target, Origin::Snapshot, &name, ctx).await?;
+            seen.snapshot_refusal = Lazy::Read(refusal);
+        }
         Fact::CloneSource { name } => {
             seen.clone_source = Lazy::Read(clone_volume(pvc, &seen.target, &name, ctx).await?)
         }
@@ -468,12 +472,8 @@ async fn create_pod(ctx: &Ctx, pod: Pod, what: &'static str) -> Result<Holder, E
 /// claim of their own.
 async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVolume, Error> {
     let ns = &t.source_namespace;
-    if *ns != t.namespace && !authorised_by_datavolume(pvc, ns, name, ctx).await? {
-        return Ok(CloneVolume::Refused(format!(
-            "a clone from another namespace ({ns}/{name}) must be asked for by a DataVolume (whose creator the \
-             admission webhook authorises); claim {}/{} names it itself",
-            t.namespace, t.name
-        )));
+    if let Some(why) = cross_namespace_refusal(pvc, t, Origin::Claim, name, ctx).await? {
+        return Ok(CloneVolume::Refused(why));
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(source) = claims.get_opt(name).await.map_err(|e| Error::kube("read source PVC", name, e))? else {
@@ -535,8 +535,36 @@ async fn record_strategy(pvc: &PersistentVolumeClaim, choice: &Choice, ctx: &Ctx
 /// `source.pvc`, or by a `sourceRef` whose DataSource lives in that same namespace (one in
 /// another namespace could be pointed elsewhere after the webhook judged the DataVolume, by
 /// whoever may write it).
+/// What a clone copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Claim,
+    Snapshot,
+}
+
+/// Why `t` may not clone `name` (of `origin`) from its source namespace, if that is another
+/// namespace and no DataVolume asks for it.
+async fn cross_namespace_refusal(
+    pvc: &PersistentVolumeClaim,
+    t: &Target,
+    origin: Origin,
+    name: &str,
+    ctx: &Ctx,
+) -> Result<Option<String>, Error> {
+    let ns = &t.source_namespace;
+    if *ns == t.namespace || authorised_by_datavolume(pvc, origin, ns, name, ctx).await? {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "a clone from another namespace ({ns}/{name}) must be asked for by a DataVolume (whose creator the \
+         admission webhook authorises); claim {}/{} names it itself",
+        t.namespace, t.name
+    )))
+}
+
 async fn authorised_by_datavolume(
     pvc: &PersistentVolumeClaim,
+    origin: Origin,
     namespace: &str,
     name: &str,
     ctx: &Ctx,
@@ -551,7 +579,10 @@ async fn authorised_by_datavolume(
     let Some(dv) = dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())) else { return Ok(false) };
     let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| dv_namespace.clone());
     if let Some(p) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
-        return Ok(or_own(&p.namespace) == namespace && p.name == name);
+        return Ok(origin == Origin::Claim && or_own(&p.namespace) == namespace && p.name == name);
+    }
+    if let Some(s) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
+        return Ok(origin == Origin::Snapshot && or_own(&s.namespace) == namespace && s.name == name);
     }
     let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(false) };
     let ds_namespace = or_own(&r.namespace);
@@ -561,7 +592,11 @@ async fn authorised_by_datavolume(
     let client = ctx.client.clone();
     let Some(ds) = crate::datasource::get(&client, ds_namespace, r.name.clone()).await else { return Ok(false) };
     let resolved = crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await;
-    Ok(resolved == Ok(crate::datasource::Resolved::Pvc { namespace: namespace.to_string(), name: name.to_string() }))
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    Ok(match origin {
+        Origin::Claim => resolved == Ok(crate::datasource::Resolved::Pvc { namespace, name }),
+        Origin::Snapshot => resolved == Ok(crate::datasource::Resolved::Snapshot { namespace, name }),
+    })
 }
 
 /// Starts following (and the mover starts or re-attaches to) the task.

@@ -273,14 +273,16 @@ async fn copied_instead(env: &Env, name: &str, reason: &str) {
 }
 
 /// Waits for DataVolume `vms/name`, cloned from the default namespace, to succeed, then checks
-/// that the driver made it `way` (no copy) and that its prime, made in the source's namespace,
-/// is gone.
-async fn made_elsewhere(env: &Env, name: &str, way: &str) {
+/// that the driver made it `way` (no copy; `None`: a snapshot source, restored with no
+/// choice) and that its prime, made in the source's namespace, is gone.
+async fn made_elsewhere(env: &Env, name: &str, way: Option<&str>) {
     wait_phase(env, "vms", name, DataVolumePhase::Succeeded).await;
-    assert_eq!(clone_type(env, "vms", name).await, (way.to_string(), None));
     qemu_same(&env.raw, &data_of(env, "vms", name).await, None);
-    let reasons = event_reasons(env, "vms", "PersistentVolumeClaim", name).await;
-    assert!(reasons.iter().any(|r| r == "CloneStrategy"), "{reasons:?}");
+    if let Some(way) = way {
+        assert_eq!(clone_type(env, "vms", name).await, (way.to_string(), None));
+        let reasons = event_reasons(env, "vms", "PersistentVolumeClaim", name).await;
+        assert!(reasons.iter().any(|r| r == "CloneStrategy"), "{reasons:?}");
+    }
     let target = Api::<PersistentVolumeClaim>::namespaced(env.client(), "vms").get(name).await.unwrap();
     let uid = target.uid().unwrap();
     let primes = Api::<PersistentVolumeClaim>::namespaced(env.client(), "default");
@@ -331,7 +333,7 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     env.kubectl(&["create", "namespace", "vms"], None).await;
     let from_default = json!({"pvc": {"namespace": "default", "name": "golden"}});
     env.apply(&data_volume("vms", "snapshot-elsewhere", from_default.clone(), block("local-immediate"))).await;
-    made_elsewhere(&env, "snapshot-elsewhere", "snapshot").await;
+    made_elsewhere(&env, "snapshot-elsewhere", Some("snapshot")).await;
 
     // The profile asks for the driver's own clone.
     profile_strategy(&env, "local-immediate", "csi-clone").await;
@@ -342,7 +344,7 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     let reasons = event_reasons(&env, "default", "PersistentVolumeClaim", "by-csi-clone").await;
     assert!(reasons.contains(&"CloneStrategy".to_string()), "{reasons:?}");
     env.apply(&data_volume("vms", "csi-clone-elsewhere", from_default, block("local-immediate"))).await;
-    made_elsewhere(&env, "csi-clone-elsewhere", "csi-clone").await;
+    made_elsewhere(&env, "csi-clone-elsewhere", Some("csi-clone")).await;
 
     // A CSI clone forced into another class of the same driver: the driver cannot, the
     // clone is copied instead, with a warning saying why.
@@ -374,6 +376,15 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     .await;
     wait_phase(&env, "default", "from-snapshot", DataVolumePhase::Succeeded).await;
     qemu_same(&env.raw, &data_of(&env, "default", "from-snapshot").await, None);
+    // The same snapshot, restored into another namespace.
+    env.apply(&data_volume(
+        "vms",
+        "snapshot-restored-elsewhere",
+        json!({"snapshot": {"namespace": "default", "name": "golden-snap"}}),
+        json!({"storageClassName": "local-immediate", "volumeMode": "Block"}),
+    ))
+    .await;
+    made_elsewhere(&env, "snapshot-restored-elsewhere", None).await;
     env.kubectl(&["delete", "volumesnapshot", "golden-snap", "--wait=true"], None).await;
 
     // A local driver clones a volume only on the node it lives on: a CSI clone for a consumer

@@ -108,6 +108,7 @@ struct World {
     clone_snapshot: SnapshotState,
     /// The storage driver's ProvisioningFailed message about the prime.
     prime_refusal: Option<String>,
+    snapshot_refusal: Option<String>,
 }
 
 impl World {
@@ -133,6 +134,7 @@ impl World {
             strategy: Choice { strategy: Strategy::Copy, fallback: None },
             clone_snapshot: SnapshotState::Missing,
             prime_refusal: None,
+            snapshot_refusal: None,
         }
     }
 
@@ -178,6 +180,10 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
             Step::Read(Fact::CloneStrategy) => s.strategy = Lazy::Read(world.strategy.clone()),
             Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot.clone()),
             Step::Read(Fact::PrimeRefusal) => s.prime_refusal = Lazy::Read(world.prime_refusal.clone()),
+            Step::Read(Fact::SnapshotGrant { name }) => {
+                assert_eq!(name, "golden");
+                s.snapshot_refusal = Lazy::Read(world.snapshot_refusal.clone());
+            }
             // Recorded on the claim, and the reconcile goes on with it.
             Step::ChooseStrategy(choice) => s.target.clone_type = Some(choice.strategy.clone()),
             Step::Read(Fact::StorageClass) => s.storage_class = Lazy::Read(world.class.as_ref().map(Into::into)),
@@ -424,27 +430,34 @@ fn after_a_clone_its_source_is_released_after_the_target_holder() {
 }
 
 #[test]
-fn a_snapshot_source_is_restored_by_the_driver_within_its_namespace() {
+fn a_snapshot_source_is_restored_by_the_driver_in_its_own_namespace_when_the_target_may() {
     let world = || World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
     let (trace, step) = drive(clone_target(json!({})), world());
     assert_eq!(step, Step::CreateSmartPrime { kind: "VolumeSnapshot", name: "golden".into() });
-    assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::CloneSource { .. }))), "{trace:?}");
-    let across = clone_target(json!({cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "elsewhere"}));
+    assert!(
+        !trace.iter().any(|s| matches!(s, Step::Read(Fact::CloneSource { .. } | Fact::SnapshotGrant { .. }))),
+        "{trace:?}"
+    );
+    // Another namespace's: only when a DataVolume asks for it.
+    let across = || clone_target(json!({cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "elsewhere"}));
+    let (trace, step) = drive(across(), world());
+    assert!(trace.contains(&Step::Read(Fact::SnapshotGrant { name: "golden".into() })), "{trace:?}");
+    assert_eq!(step, Step::CreateSmartPrime { kind: "VolumeSnapshot", name: "golden".into() });
+    let refused = World { snapshot_refusal: Some("not asked for by a DataVolume".into()), ..world() };
+    let Step::FailTerminally(failure) = decide_in(across(), refused) else { panic!() };
     assert_eq!(
-        decide_in(across, world()),
-        Step::Unsupported {
-            message: "restoring a VolumeSnapshot of another namespace is not supported by this populator yet".into(),
-            announce: true
-        }
+        (failure.reason, failure.message.as_str()),
+        (FailureReason::InvalidRequest, "not asked for by a DataVolume")
     );
 }
 
 #[test]
 fn an_unsupported_claim_is_reported_only_once() {
-    let target = clone_target(
-        json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION, cdi_ann::reserved::DATA_SOURCE_NAMESPACE: "x"}),
-    );
-    let world = World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
+    let target = target(json!({ann::RUNNING_REASON: UNSUPPORTED_CONDITION}));
+    let world = World {
+        source: Some(source(GENERATION, json!({"source": {"vddk": {"url": "https://vcenter/sdk"}}}))),
+        ..World::fresh()
+    };
     assert!(matches!(decide_in(target, world), Step::Unsupported { announce: false, .. }));
 }
 
