@@ -261,14 +261,14 @@ async fn clone_type(env: &Env, namespace: &str, name: &str) -> (String, Option<S
     )
 }
 
-/// Waits for DataVolume `default/name` to succeed, then checks that it was copied host-assisted
-/// for `reason` (annotation and event) and holds the image.
-async fn copied_instead(env: &Env, name: &str, reason: &str) {
-    wait_phase(env, "default", name, DataVolumePhase::Succeeded).await;
-    let (way, fallback) = clone_type(env, "default", name).await;
+/// Waits for DataVolume `namespace/name` to succeed, then checks that it was copied
+/// host-assisted for `reason` (annotation and event) and holds the image.
+async fn copied_instead(env: &Env, namespace: &str, name: &str, reason: &str) {
+    wait_phase(env, namespace, name, DataVolumePhase::Succeeded).await;
+    let (way, fallback) = clone_type(env, namespace, name).await;
     assert_eq!((way.as_str(), fallback.as_deref()), ("copy", Some(reason)));
-    qemu_same(&env.raw, &data_of(env, "default", name).await, None);
-    let reasons = event_reasons(env, "default", "PersistentVolumeClaim", name).await;
+    qemu_same(&env.raw, &data_of(env, namespace, name).await, None);
+    let reasons = event_reasons(env, namespace, "PersistentVolumeClaim", name).await;
     assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
 }
 
@@ -283,12 +283,16 @@ async fn made_elsewhere(env: &Env, name: &str, way: Option<&str>) {
         let reasons = event_reasons(env, "vms", "PersistentVolumeClaim", name).await;
         assert!(reasons.iter().any(|r| r == "CloneStrategy"), "{reasons:?}");
     }
-    let target = Api::<PersistentVolumeClaim>::namespaced(env.client(), "vms").get(name).await.unwrap();
-    let uid = target.uid().unwrap();
-    let primes = Api::<PersistentVolumeClaim>::namespaced(env.client(), "default");
-    let prime = format!("prime-{uid}");
+    prime_gone(env, "default", "vms", name).await;
+}
+
+/// Waits until no prime of claim `target_namespace/name` is left in `namespace`.
+async fn prime_gone(env: &Env, namespace: &str, target_namespace: &str, name: &str) {
+    let target = Api::<PersistentVolumeClaim>::namespaced(env.client(), target_namespace).get(name).await.unwrap();
+    let prime = format!("prime-{}", target.uid().unwrap());
+    let primes = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace);
     let gone = await_condition(primes, &prime, |p: Option<&PersistentVolumeClaim>| p.is_none());
-    crate::common::within(&format!("prime {prime} to go from the source's namespace"), gone).await.unwrap();
+    crate::common::within(&format!("prime {namespace}/{prime} to go"), gone).await.unwrap();
 }
 
 /// Sets the clone strategy of `class`'s StorageProfile and waits until its status says so.
@@ -358,7 +362,7 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     crate::common::within("the new class's StorageProfile", made).await.unwrap();
     profile_strategy(&env, "other-immediate", "csi-clone").await;
     env.apply(&data_volume("default", "across-classes", from_golden, block("other-immediate"))).await;
-    copied_instead(&env, "across-classes", "IncompatibleStorageClasses").await;
+    copied_instead(&env, "default", "across-classes", "IncompatibleStorageClasses").await;
 
     // A DataVolume restoring a VolumeSnapshot of the golden volume, its size left to the
     // snapshot's.
@@ -389,10 +393,12 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
 
     // A local driver clones a volume only on the node it lives on: a CSI clone for a consumer
     // scheduled to the other node is refused at provisioning, after the strategy was chosen,
-    // and copied instead.
+    // and copied instead. Into another namespace: the refused prime is removed from the
+    // source's.
     let consumer = |name: &str, node: &str, claim: &str| {
+        let namespace = if claim == "golden-local" { "default" } else { "vms" };
         json!({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
             "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
                      "containers": [{"name": "vm", "image": "busybox",
                                      "volumeDevices": [{"name": "disk", "devicePath": "/dev/vda"}]}],
@@ -409,10 +415,14 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     let source_node = node_of(&env, "default", "golden-local").await;
     let other_node = if source_node == "node-1" { "node-2" } else { "node-1" };
     profile_strategy(&env, "local", "csi-clone").await;
-    env.apply(&data_volume("default", "across-nodes", json!({"pvc": {"name": "golden-local"}}), block("local"))).await;
+    let from_local = json!({"pvc": {"namespace": "default", "name": "golden-local"}});
+    env.apply(&data_volume("vms", "across-nodes", from_local, block("local"))).await;
     env.apply(&consumer("vm-elsewhere", other_node, "across-nodes")).await;
-    copied_instead(&env, "across-nodes", "CSICloneFailed").await;
-    assert_eq!(node_of(&env, "default", "across-nodes").await, other_node, "the copy is where its consumer runs");
+    copied_instead(&env, "vms", "across-nodes", "CSICloneFailed").await;
+    assert_eq!(node_of(&env, "vms", "across-nodes").await, other_node, "the copy is where its consumer runs");
+    for namespace in ["default", "vms"] {
+        prime_gone(&env, namespace, "vms", "across-nodes").await;
+    }
 
     assert_eq!(sha256(&golden), before, "the clone source was written");
     // No temporary snapshot is left behind.
