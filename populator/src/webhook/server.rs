@@ -87,9 +87,10 @@ async fn admit_datavolume(ctx: &Ctx, request: &Request) -> Verdict {
     };
     datavolume::validate(&dv, old.as_ref(), existing.as_ref())?;
     if request.operation == Operation::Create
-        && let Some(source) = clone_source_namespace(ctx, &dv, request.namespace.as_deref().unwrap_or_default()).await?
+        && let Some((source, origin)) =
+            clone_source_namespace(ctx, &dv, request.namespace.as_deref().unwrap_or_default()).await?
     {
-        authorize_clone(ctx, request, &source).await?;
+        authorize_clone(ctx, request, &source, origin).await?;
         clone_not_smaller(ctx, &dv, &source).await?;
     }
     Ok(())
@@ -125,19 +126,26 @@ async fn clone_not_smaller(ctx: &Ctx, dv: &crate::api::DataVolume, namespace: &s
     }
 }
 
-/// The namespace a clone DataVolume copies from (its own when the source names none); for a
-/// `sourceRef`, the namespace of the claim its DataSource names, which must resolve now.
+/// What a clone copies: a claim or a VolumeSnapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Claim,
+    Snapshot,
+}
+
+/// The namespace a clone DataVolume copies from (its own when the source names none), and
+/// what it copies; for a `sourceRef`, what its DataSource names, which must resolve now.
 async fn clone_source_namespace(
     ctx: &Ctx,
     dv: &crate::api::DataVolume,
     namespace: &str,
-) -> Result<Option<String>, Denial> {
+) -> Result<Option<(String, Origin)>, Denial> {
     let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| namespace.to_string());
     if let Some(pvc) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
-        return Ok(Some(or_own(&pvc.namespace)));
+        return Ok(Some((or_own(&pvc.namespace), Origin::Claim)));
     }
     if let Some(snapshot) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
-        return Ok(Some(or_own(&snapshot.namespace)));
+        return Ok(Some((or_own(&snapshot.namespace), Origin::Snapshot)));
     }
     let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(None) };
     let ds_namespace = or_own(&r.namespace);
@@ -146,18 +154,17 @@ async fn clone_source_namespace(
         return Err(Denial::new(format!("DataSource {ds_namespace}/{} not found", r.name), "spec.sourceRef"));
     };
     match crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await {
-        Ok(
-            crate::datasource::Resolved::Pvc { namespace, .. }
-            | crate::datasource::Resolved::Snapshot { namespace, .. },
-        ) => Ok(Some(namespace)),
+        Ok(crate::datasource::Resolved::Pvc { namespace, .. }) => Ok(Some((namespace, Origin::Claim))),
+        Ok(crate::datasource::Resolved::Snapshot { namespace, .. }) => Ok(Some((namespace, Origin::Snapshot))),
         Err(why) => Err(Denial::new(format!("DataSource {ds_namespace}/{}: {why}", r.name), "spec.sourceRef")),
     }
 }
 
 /// CDI's rule: whoever creates a clone DataVolume must be allowed to `create` the
-/// `datavolumes/source` subresource (group cdi.kubevirt.io) in the source's namespace, or to
-/// `create` pods there; asked of the API server with SubjectAccessReviews as that user.
-async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str) -> Verdict {
+/// `datavolumes/source` subresource (group cdi.kubevirt.io) in the source's namespace, or
+/// else to `create` pods there (for a snapshot, pods and claims: restoring one makes a
+/// claim); asked of the API server with SubjectAccessReviews as that user.
+async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str, origin: Origin) -> Verdict {
     use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
     let user = &request.user_info;
     let allowed = |group: &str, resource: &str, subresource: Option<&str>| {
@@ -190,15 +197,21 @@ async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str) -> Verdi
             Ok::<bool, Denial>(answer.status.is_some_and(|s| s.allowed))
         }
     };
-    if allowed(crate::api::names::api::GROUP, "datavolumes", Some("source")).await? || allowed("", "pods", None).await?
+    if allowed(crate::api::names::api::GROUP, "datavolumes", Some("source")).await?
+        || (allowed("", "pods", None).await?
+            && (origin == Origin::Claim || allowed("", "persistentvolumeclaims", None).await?))
     {
         return Ok(());
     }
+    let field = match origin {
+        Origin::Claim => "spec.source.pvc",
+        Origin::Snapshot => "spec.source.snapshot",
+    };
     Err(Denial::new(
         format!(
             "User {} has insufficient permissions in clone source namespace {namespace}",
             user.username.as_deref().unwrap_or("(unknown)")
         ),
-        "spec.source.pvc",
+        field,
     ))
 }

@@ -389,6 +389,36 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     ))
     .await;
     made_elsewhere(&env, "snapshot-restored-elsewhere", None).await;
+    // CDI's rule for restoring another namespace's snapshot without `datavolumes/source`:
+    // creating pods there is not enough (it is for a claim), creating claims too is.
+    let user = "system:serviceaccount:vms:restorer";
+    env.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: restorer, namespace: vms}\n---\napiVersion: \
+         rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: restorer-edit, namespace: vms}\nsubjects: \
+         [{kind: ServiceAccount, name: restorer, namespace: vms}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, \
+         kind: ClusterRole, name: cdi.kubevirt.io:edit}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: \
+         Role\nmetadata: {name: pod-maker, namespace: default}\nrules:\n- apiGroups: ['']\n  resources: [pods]\n  \
+         verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: \
+         restorer-pods, namespace: default}\nsubjects: [{kind: ServiceAccount, name: restorer, namespace: \
+         vms}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-maker}\n",
+    )
+    .await;
+    let restore = data_volume(
+        "vms",
+        "restored-by-tenant",
+        json!({"snapshot": {"namespace": "default", "name": "golden-snap"}}),
+        json!({"storageClassName": "local-immediate", "volumeMode": "Block"}),
+    );
+    let refused = kubectl_as(&env, Some(user), &restore).await;
+    assert!(
+        !refused.0 && refused.1.contains("insufficient permissions in clone source namespace default"),
+        "{refused:?}"
+    );
+    env.kubectl(&["patch", "role", "pod-maker", "--type", "json", "-p",
+        r#"[{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create"]}}]"#], None).await;
+    let granted = kubectl_as(&env, Some(user), &restore).await;
+    assert!(granted.0, "{granted:?}");
+    made_elsewhere(&env, "restored-by-tenant", None).await;
     env.kubectl(&["delete", "volumesnapshot", "golden-snap", "--wait=true"], None).await;
 
     // A local driver clones a volume only on the node it lives on: a CSI clone for a consumer
