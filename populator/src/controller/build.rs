@@ -44,6 +44,20 @@ pub fn clone_snapshot_name(target_uid: &str) -> String {
     format!("cdi-tmp-{target_uid}")
 }
 
+/// The VolumeSnapshotContent kind, for untyped access.
+pub fn volume_snapshot_content_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotContent",
+    ))
+}
+
+/// The claim a snapshot source is restored into to be copied from (CDI's name).
+pub fn restored_source_name(target_uid: &str) -> String {
+    format!("tmp-source-pvc-{target_uid}")
+}
+
 /// The VolumeSnapshot kind, for untyped access (k8s-openapi has no snapshot types).
 pub fn volume_snapshot_resource() -> kube::api::ApiResource {
     kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
@@ -102,6 +116,55 @@ pub fn smart_prime_pvc(
         namespace: None,
     });
     prime
+}
+
+/// A claim of `class` (one of the snapshot's driver) in `namespace` (the snapshot's),
+/// restored from VolumeSnapshot `snapshot` with its mode and `size`, for the clone `target`
+/// to copy from.
+pub fn restored_source_pvc(
+    target: &PersistentVolumeClaim,
+    namespace: &str,
+    snapshot: &str,
+    class: &str,
+    block: bool,
+    size: u64,
+) -> PersistentVolumeClaim {
+    let mut metadata = ObjectMeta {
+        name: Some(restored_source_name(&target.uid().unwrap_or_default())),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(label::RESTORED_SOURCE, target)),
+        ..Default::default()
+    };
+    tie(&mut metadata, target);
+    let from = k8s_openapi::api::core::v1::TypedObjectReference {
+        api_group: Some("snapshot.storage.k8s.io".into()),
+        kind: crate::api::names::kinds::VOLUME_SNAPSHOT.into(),
+        name: snapshot.to_string(),
+        namespace: None,
+    };
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some(class.to_string()),
+            volume_mode: Some(if block { "Block" } else { "Filesystem" }.into()),
+            resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.to_string()),
+                )])),
+                ..Default::default()
+            }),
+            data_source: Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                api_group: from.api_group.clone(),
+                kind: from.kind.clone(),
+                name: from.name.clone(),
+            }),
+            data_source_ref: Some(from),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// The volume's name inside a clone's source holder.

@@ -321,6 +321,22 @@ pub enum CloneVolume {
     },
 }
 
+/// A DataVolume's `snapshot` source, as far as the flow cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSnapshot {
+    Missing,
+    /// Not ready to use yet, or its content not bound.
+    NotReady,
+    Ready {
+        /// The driver that took it.
+        driver: String,
+        /// The snapshotted volume's mode, when the snapshot says.
+        block: Option<bool>,
+        /// Bytes a restore needs.
+        size: u64,
+    },
+}
+
 /// Where the source of a host-assisted clone is read: its holder pod, on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -378,6 +394,13 @@ pub enum Fact {
     SnapshotGrant {
         name: String,
     },
+    /// A DataVolume's `snapshot` source.
+    SourceSnapshot {
+        name: String,
+    },
+    /// The temporary claim a snapshot that cannot be restored into the target is restored
+    /// into, to be copied from.
+    RestoredSource,
 }
 
 /// What one reconcile has seen so far.
@@ -399,6 +422,7 @@ pub struct Snapshot {
     pub prime_refusal: Lazy<Option<String>>,
     /// Why a restore of another namespace's snapshot is refused (`None`: allowed).
     pub snapshot_refusal: Lazy<Option<String>>,
+    pub source_snapshot: Lazy<SourceSnapshot>,
 }
 
 /// Where a snapshot clone's VolumeSnapshot stands.
@@ -427,6 +451,7 @@ impl Snapshot {
             clone_snapshot: Lazy::Unread,
             prime_refusal: Lazy::Unread,
             snapshot_refusal: Lazy::Unread,
+            source_snapshot: Lazy::Unread,
         }
     }
 }
@@ -548,11 +573,17 @@ pub enum Step {
         kind: &'static str,
         name: String,
     },
-    /// Until the driver binds the prime; `announce` that the clone runs. `refused`: what the
-    /// driver said when it refused the prime, for a restore nothing else can make.
+    /// Until the driver binds the prime; `announce` that the clone runs.
     WaitForSmartPrime {
         announce: bool,
-        refused: Option<String>,
+    },
+    /// Restore `snapshot`, which the target cannot be restored from, into a temporary claim
+    /// of its own driver, mode and size, to copy from.
+    CreateRestoredSource {
+        snapshot: String,
+        block: bool,
+        size: u64,
+        driver: String,
     },
     /// The driver made the prime: record success.
     SmartCloneDone,
@@ -620,7 +651,9 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         }
         Some(_) => {}
     }
-    // A snapshot is restored by the driver, whose checks decide (and report) what it can.
+    // A snapshot is restored by its driver into the target when CDI's checks say it can;
+    // otherwise into a temporary claim that is then copied, below.
+    let mut restored_block = false;
     if let ImportSource::Clone(CloneSource::Snapshot { name }) = &plan.source {
         // Restored in the snapshot's namespace, as a claim clone across namespaces is.
         if t.source_namespace != t.namespace
@@ -628,7 +661,30 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         {
             return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
         }
-        return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, None);
+        let (block, size, driver) =
+            match s.source_snapshot.get().ok_or_else(|| Fact::SourceSnapshot { name: name.clone() })? {
+                SourceSnapshot::Missing => {
+                    let why = format!("VolumeSnapshot {}/{name} not found", t.source_namespace);
+                    return Ok(Step::WaitForCloneSource { why });
+                }
+                SourceSnapshot::NotReady => {
+                    let why = format!("VolumeSnapshot {}/{name} is not ready to use yet", t.source_namespace);
+                    return Ok(Step::WaitForCloneSource { why });
+                }
+                SourceSnapshot::Ready { block, size, driver } => (block.unwrap_or(false), *size, driver),
+            };
+        let strategy = match &t.clone_type {
+            Some(strategy) => strategy.clone(),
+            None => return Ok(Step::ChooseStrategy(s.strategy.get().ok_or(Fact::CloneStrategy)?.clone())),
+        };
+        if strategy != Strategy::Copy {
+            return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, Strategy::Snapshot);
+        }
+        if s.clone_source.get().ok_or(Fact::RestoredSource)? == &CloneVolume::Missing {
+            let snapshot = name.clone();
+            return Ok(Step::CreateRestoredSource { snapshot, block, size, driver: driver.clone() });
+        }
+        restored_block = block;
     }
     // A clone's source must be there and free before anything is provisioned for it.
     let source = match &plan.source {
@@ -651,9 +707,25 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                 CloneVolume::Ready { block, pv_name, .. } => Some((name.clone(), *block, pv_name.clone())),
             }
         }
+        ImportSource::Clone(CloneSource::Snapshot { .. }) => {
+            let claim = super::build::restored_source_name(&t.uid);
+            match s.clone_source.get().ok_or(Fact::RestoredSource)? {
+                CloneVolume::Ready { block, pv_name, .. } => Some((claim, *block, pv_name.clone())),
+                // Bound once restored, or (WaitForFirstConsumer) once its holder is scheduled.
+                _ => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
+                    None => return Ok(Step::CreateSourceHolder { claim, block: restored_block }),
+                    Some(_) => {
+                        let why = format!("restoring the snapshot into {}/{claim} to copy it", t.source_namespace);
+                        return Ok(Step::WaitForCloneSource { why });
+                    }
+                },
+            }
+        }
         _ => None,
     };
-    if let Some((claim, ..)) = &source {
+    if let Some((claim, ..)) = &source
+        && matches!(plan.source, ImportSource::Clone(CloneSource::Pvc { .. }))
+    {
         let strategy = match &t.clone_type {
             Some(strategy) => strategy.clone(),
             None => return Ok(Step::ChooseStrategy(s.strategy.get().ok_or(Fact::CloneStrategy)?.clone())),
@@ -742,34 +814,30 @@ fn smart_clone(s: &Snapshot, strategy: Strategy, claim: &str) -> Result<Step, Fa
             SnapshotState::Ready => {}
         }
         let snapshot = super::build::clone_snapshot_name(&s.target.uid);
-        return smart_prime(s, kinds::VOLUME_SNAPSHOT, &snapshot, Some(strategy));
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, &snapshot, strategy);
     }
-    smart_prime(s, kinds::PERSISTENT_VOLUME_CLAIM, claim, Some(strategy))
+    smart_prime(s, kinds::PERSISTENT_VOLUME_CLAIM, claim, strategy)
 }
 
 /// The prime the driver fills from `kind` `name`; once bound, the clone is made. `strategy`:
-/// the smart way a claim is being cloned, which a copy can replace when the driver refuses
-/// the prime (another pool, zone or node than the source's, a clone depth limit, ...);
-/// `None` for a snapshot source, which nothing but the driver can restore.
-fn smart_prime(s: &Snapshot, kind: &'static str, name: &str, strategy: Option<Strategy>) -> Result<Step, Fact> {
+/// the smart way it is being made, which a copy replaces when the driver refuses the prime
+/// (another pool, zone or node than the source's, a clone depth limit, ...).
+fn smart_prime(s: &Snapshot, kind: &'static str, name: &str, strategy: Strategy) -> Result<Step, Fact> {
     let Some(prime) = s.prime.get().ok_or(Fact::Prime)? else {
         return Ok(Step::CreateSmartPrime { kind, name: name.to_string() });
     };
     if prime.phase == Some(ClaimPhase::Bound) {
         return Ok(Step::SmartCloneDone);
     }
-    let refused = s.prime_refusal.get().ok_or(Fact::PrimeRefusal)?;
-    if let Some(strategy) = strategy
-        && let Some(why) = refused
-    {
+    if let Some(why) = s.prime_refusal.get().ok_or(Fact::PrimeRefusal)? {
         let (reason, what) = match strategy {
-            Strategy::Snapshot => (SNAPSHOT_RESTORE_FAILED, "the restore of the source's snapshot"),
+            Strategy::Snapshot => (SNAPSHOT_RESTORE_FAILED, "the restore of the snapshot"),
             _ => (CSI_CLONE_FAILED, "the CSI clone of the source"),
         };
         let fallback = Some((reason, format!("the storage driver cannot provision {what}: {why}")));
         return Ok(Step::ChooseStrategy(Choice { strategy: Strategy::Copy, fallback }));
     }
-    Ok(Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running), refused: refused.clone() })
+    Ok(Step::WaitForSmartPrime { announce: s.target.phase != Some(PodPhase::Running) })
 }
 
 /// `cloneFallbackReason`s of a smart clone the driver accepted but then refused to provision

@@ -21,8 +21,8 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::build;
 use super::decide::{
-    CloneVolume, Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, SnapshotState, Source, SourceKind, Step,
-    Target, Task, Terminal, decide, unfollowed_task,
+    CloneVolume, Ended, Fact, Holder, Lazy, PodPhase, Prime, Pv, Snapshot, SnapshotState, Source, SourceKind,
+    SourceSnapshot, Step, Target, Task, Terminal, decide, unfollowed_task,
 };
 use super::failure::FailureReason;
 use super::source;
@@ -149,12 +149,10 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             seen.prime = Lazy::Read(Some(create_prime_from(pvc, prime, ctx).await?));
             return Ok(None);
         }
-        Step::WaitForSmartPrime { announce, refused } => {
-            if let Some(why) = refused {
-                let note =
-                    format!("the storage driver cannot restore the snapshot into this claim: {why}; waiting for it");
-                ctx.event(&ObjectRef::from_obj(pvc), EventReason::ProvisioningFailed, &note).await;
-            }
+        Step::CreateRestoredSource { snapshot, block, size, driver } => {
+            return create_restored_source(pvc, seen, &snapshot, block, size, &driver, ctx).await;
+        }
+        Step::WaitForSmartPrime { announce } => {
             if announce {
                 let way = seen.target.clone_type.as_ref().map_or("clone", Strategy::as_str);
                 let note = format!("Clone scheduled ({way}): the storage driver fills the volume");
@@ -234,24 +232,38 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         Fact::CloneSource { name } => {
             seen.clone_source = Lazy::Read(clone_volume(pvc, &seen.target, &name, ctx).await?)
         }
+        Fact::RestoredSource => {
+            let name = build::restored_source_name(&uid);
+            seen.clone_source = Lazy::Read(read_clone_volume(&seen.target, &name, ctx).await?)
+        }
+        Fact::SourceSnapshot { name } => {
+            seen.source_snapshot = Lazy::Read(source_snapshot(ctx, &seen.target.source_namespace, &name).await?)
+        }
+        Fact::CloneStrategy if matches!(seen.source_snapshot, Lazy::Read(SourceSnapshot::Ready { .. })) => {
+            let Some(SourceSnapshot::Ready { driver, block, size }) = seen.source_snapshot.get() else {
+                unreachable!()
+            };
+            let class = read_class(ctx, &seen.target.class).await?;
+            let inputs = strategy::RestoreInputs {
+                driver: driver.clone(),
+                target_provisioner: class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
+                target_class: seen.target.class.clone(),
+                source_block: *block,
+                target_block: build::is_block(pvc),
+                restore_size: *size,
+                target_size: build::requested_bytes(pvc).unwrap_or(0),
+                allow_expansion: class.as_ref().and_then(|c| c.allow_volume_expansion).unwrap_or(false),
+            };
+            seen.strategy = Lazy::Read(strategy::choose_restore(&inputs));
+        }
         Fact::CloneStrategy => {
             let Some(CloneVolume::Ready { block, class, size, .. }) = seen.clone_source.get() else {
                 // decide asks only once the source is ready: choose the copy, which needs nothing.
                 seen.strategy = Lazy::Read(Choice { strategy: Strategy::Copy, fallback: None });
                 return Ok(());
             };
-            let classes: Api<StorageClass> = Api::all(ctx.client.clone());
-            let read = |name: String| {
-                let classes = classes.clone();
-                async move {
-                    if name.is_empty() {
-                        return Ok(None);
-                    }
-                    classes.get_opt(&name).await.map_err(|e| Error::kube("read StorageClass", &name, e))
-                }
-            };
-            let source_class = read(class.clone()).await?;
-            let target_class = read(seen.target.class.clone()).await?;
+            let source_class = read_class(ctx, class).await?;
+            let target_class = read_class(ctx, &seen.target.class).await?;
             let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
             let inputs = strategy::Inputs {
                 profile_strategy,
@@ -471,10 +483,15 @@ async fn create_pod(ctx: &Ctx, pod: Pod, what: &'static str) -> Result<Holder, E
 /// admission webhook, and its spec cannot change. Anyone can write the annotation on a
 /// claim of their own.
 async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVolume, Error> {
-    let ns = &t.source_namespace;
     if let Some(why) = cross_namespace_refusal(pvc, t, Origin::Claim, name, ctx).await? {
         return Ok(CloneVolume::Refused(why));
     }
+    read_clone_volume(t, name, ctx).await
+}
+
+/// Claim `name` of `t`'s source namespace, as a clone source.
+async fn read_clone_volume(t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVolume, Error> {
+    let ns = &t.source_namespace;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let Some(source) = claims.get_opt(name).await.map_err(|e| Error::kube("read source PVC", name, e))? else {
         return Ok(CloneVolume::Missing);
@@ -509,6 +526,84 @@ async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: 
         class: source.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default(),
         size: build::requested_bytes(&source).unwrap_or(0),
     })
+}
+
+/// StorageClass `name`; `None` when it does not exist (or no name is given).
+async fn read_class(ctx: &Ctx, name: &str) -> Result<Option<StorageClass>, Error> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    classes.get_opt(name).await.map_err(|e| Error::kube("read StorageClass", name, e))
+}
+
+/// VolumeSnapshot `namespace/name`, a DataVolume's source: its driver, mode and restore size
+/// (from its bound VolumeSnapshotContent) once it is ready to use.
+async fn source_snapshot(ctx: &Ctx, namespace: &str, name: &str) -> Result<SourceSnapshot, Error> {
+    let Some(snapshot) =
+        snapshots(ctx, namespace).get_opt(name).await.map_err(|e| Error::kube("read VolumeSnapshot", name, e))?
+    else {
+        return Ok(SourceSnapshot::Missing);
+    };
+    let status = &snapshot.data["status"];
+    let content = status["boundVolumeSnapshotContentName"].as_str().unwrap_or_default();
+    if status["readyToUse"] != serde_json::Value::Bool(true) || content.is_empty() {
+        return Ok(SourceSnapshot::NotReady);
+    }
+    let contents: Api<kube::api::DynamicObject> =
+        Api::all_with(ctx.client.clone(), &build::volume_snapshot_content_resource());
+    let Some(content) =
+        contents.get_opt(content).await.map_err(|e| Error::kube("read VolumeSnapshotContent", content, e))?
+    else {
+        return Ok(SourceSnapshot::NotReady);
+    };
+    let quantity = |v: &serde_json::Value| v.as_u64().or_else(|| crate::api::quantity::parse_bytes(v.as_str()?).ok());
+    let size = quantity(&status["restoreSize"]).or_else(|| quantity(&content.data["status"]["restoreSize"]));
+    Ok(SourceSnapshot::Ready {
+        driver: content.data["spec"]["driver"].as_str().unwrap_or_default().to_string(),
+        block: content.data["spec"]["sourceVolumeMode"].as_str().map(|m| m == "Block"),
+        size: size.unwrap_or(0),
+    })
+}
+
+/// Restores `snapshot` into the temporary claim a copy reads, with a class of its driver:
+/// the target's if it is one, else the driver's default class, else its first by name.
+async fn create_restored_source(
+    pvc: &PersistentVolumeClaim,
+    seen: &Snapshot,
+    snapshot: &str,
+    block: bool,
+    size: u64,
+    driver: &str,
+    ctx: &Ctx,
+) -> Result<Option<Action>, Error> {
+    let t = &seen.target;
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut of_driver: Vec<StorageClass> =
+        classes.list(&Default::default()).await.map_err(|e| Error::kube("list", "StorageClasses", e))?.items;
+    of_driver.retain(|c| c.provisioner == driver);
+    of_driver.sort_by_key(|c| {
+        let default =
+            c.annotations().get("storageclass.kubernetes.io/is-default-class").map(String::as_str) == Some("true");
+        (c.name_any() != t.class, !default, c.name_any())
+    });
+    let Some(class) = of_driver.first() else {
+        let note = format!(
+            "no StorageClass of driver {driver:?} to restore VolumeSnapshot {}/{snapshot} into for a copy; waiting for one",
+            t.source_namespace
+        );
+        ctx.event(&ObjectRef::from_obj(pvc), EventReason::CloneSourceMissing, &note).await;
+        return Ok(Some(Action::requeue(POLL)));
+    };
+    let claim = build::restored_source_pvc(pvc, &t.source_namespace, snapshot, &class.name_any(), block, size);
+    let name = claim.name_any();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &t.source_namespace);
+    match api.create(&PostParams::default(), &claim).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(Error::kube("create the claim to restore the snapshot into", &name, e)),
+    }
+    Ok(Some(Action::requeue(SHORT)))
 }
 
 /// VolumeSnapshots of `namespace`, read and written untyped (no snapshot client types).
@@ -922,12 +1017,15 @@ enum Child {
     SourceHolder,
     /// A snapshot clone's VolumeSnapshot.
     Snapshot,
+    /// The claim a snapshot source was restored into to be copied, in the source's namespace.
+    RestoredSource,
 }
 
 async fn delete_children(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
     delete(ctx, Child::Holder, pvc).await?;
     delete(ctx, Child::SourceHolder, pvc).await?;
     delete(ctx, Child::Snapshot, pvc).await?;
+    delete(ctx, Child::RestoredSource, pvc).await?;
     delete(ctx, Child::Prime, pvc).await
 }
 
@@ -978,6 +1076,12 @@ async fn delete(ctx: &Ctx, child: Child, pvc: &PersistentVolumeClaim) -> Result<
             let Some(target) = Target::from_pvc(pvc).filter(|t| t.kind == SourceKind::Clone) else { return Ok(()) };
             let name = build::clone_snapshot_name(&uid);
             (name.clone(), snapshots(ctx, &target.source_namespace).delete(&name, &params).await.map(|_| ()))
+        }
+        Child::RestoredSource => {
+            let Some(target) = Target::from_pvc(pvc).filter(|t| t.kind == SourceKind::Clone) else { return Ok(()) };
+            let name = build::restored_source_name(&uid);
+            let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &target.source_namespace);
+            (name.clone(), api.delete(&name, &params).await.map(|_| ()))
         }
     };
     match result {

@@ -113,6 +113,48 @@ pub fn choose(i: &Inputs) -> Choice {
     Choice { strategy: smart, fallback: None }
 }
 
+/// What a restore of a DataVolume's `snapshot` source looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreInputs {
+    /// The driver that took the snapshot (its VolumeSnapshotContent's).
+    pub driver: String,
+    pub target_provisioner: String,
+    pub target_class: String,
+    /// The snapshotted volume's mode, when the snapshot says.
+    pub source_block: Option<bool>,
+    pub target_block: bool,
+    pub restore_size: u64,
+    pub target_size: u64,
+    pub allow_expansion: bool,
+}
+
+/// CDI's checks before a snapshot is restored into the target. What fails them is restored
+/// into a temporary claim of the snapshot's own driver, in its namespace, and copied from
+/// there (host-assisted), with CDI's fallback reason.
+pub fn choose_restore(i: &RestoreInputs) -> Choice {
+    let copy = |reason: &'static str, why: String| Choice { strategy: Strategy::Copy, fallback: Some((reason, why)) };
+    if i.driver.is_empty() || i.driver != i.target_provisioner {
+        let why = format!(
+            "the snapshot was taken by driver {:?} and storage class {:?} provisions with {:?}",
+            i.driver, i.target_class, i.target_provisioner
+        );
+        return copy("NoProvisionerMatch", why);
+    }
+    if i.source_block.is_some_and(|block| block != i.target_block) {
+        return copy("IncompatibleVolumeModes", "the snapshot's volume mode and the target's differ".into());
+    }
+    if i.target_size < i.restore_size {
+        return copy("IncompatibleSize", "the target is smaller than the snapshot's restore size".into());
+    }
+    if i.target_size > i.restore_size && !i.allow_expansion {
+        return copy(
+            "NoVolumeExpansion",
+            format!("storage class {:?} does not allow volume expansion", i.target_class),
+        );
+    }
+    Choice { strategy: Strategy::Snapshot, fallback: None }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +197,31 @@ mod tests {
         assert_eq!(reason(Inputs { target_size: 2 << 30, allow_expansion: true, ..csi() }), None);
         // A snapshot may be restored into another class of the same driver.
         assert_eq!(reason(Inputs { target_class: "slow".into(), ..inputs(Some("snapshot")) }), None);
+    }
+
+    #[test]
+    fn a_snapshot_the_target_cannot_restore_is_copied_with_cdis_reason() {
+        let fits = RestoreInputs {
+            driver: "csi.example.com".into(),
+            target_provisioner: "csi.example.com".into(),
+            target_class: "fast".into(),
+            source_block: Some(false),
+            target_block: false,
+            restore_size: 1 << 30,
+            target_size: 1 << 30,
+            allow_expansion: false,
+        };
+        assert_eq!(choose_restore(&fits), Choice { strategy: Strategy::Snapshot, fallback: None });
+        let reason = |i: RestoreInputs| choose_restore(&i).fallback.map(|f| f.0);
+        assert_eq!(
+            reason(RestoreInputs { target_provisioner: "other".into(), ..fits.clone() }),
+            Some("NoProvisionerMatch")
+        );
+        assert_eq!(reason(RestoreInputs { target_block: true, ..fits.clone() }), Some("IncompatibleVolumeModes"));
+        // A snapshot that does not say its mode is left to the driver.
+        assert_eq!(reason(RestoreInputs { source_block: None, target_block: true, ..fits.clone() }), None);
+        assert_eq!(reason(RestoreInputs { target_size: 1 << 20, ..fits.clone() }), Some("IncompatibleSize"));
+        assert_eq!(reason(RestoreInputs { target_size: 2 << 30, ..fits.clone() }), Some("NoVolumeExpansion"));
+        assert_eq!(reason(RestoreInputs { target_size: 2 << 30, allow_expansion: true, ..fits }), None);
     }
 }

@@ -35,6 +35,8 @@ pub mod label {
     pub const SOURCE_HOLDER: &str = "cdi-populator-clone-source";
     /// The VolumeSnapshot of a snapshot clone.
     pub const SNAPSHOT: &str = "cdi-populator-clone-snapshot";
+    /// The temporary claim a snapshot is restored into to be copied from.
+    pub const RESTORED_SOURCE: &str = "cdi-populator-restored-source";
     /// The target PVC's UID, on the prime PVC and the holder pod.
     pub const FOR: &str = "cdi.kubevirt.io/populator-for";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";

@@ -283,16 +283,17 @@ async fn made_elsewhere(env: &Env, name: &str, way: Option<&str>) {
         let reasons = event_reasons(env, "vms", "PersistentVolumeClaim", name).await;
         assert!(reasons.iter().any(|r| r == "CloneStrategy"), "{reasons:?}");
     }
-    prime_gone(env, "default", "vms", name).await;
+    child_gone(env, "default", "prime", "vms", name).await;
 }
 
-/// Waits until no prime of claim `target_namespace/name` is left in `namespace`.
-async fn prime_gone(env: &Env, namespace: &str, target_namespace: &str, name: &str) {
+/// Waits until claim `<kind>-<uid>` of claim `target_namespace/name` (its prime, its
+/// restored source) is gone from `namespace`.
+async fn child_gone(env: &Env, namespace: &str, kind: &str, target_namespace: &str, name: &str) {
     let target = Api::<PersistentVolumeClaim>::namespaced(env.client(), target_namespace).get(name).await.unwrap();
-    let prime = format!("prime-{}", target.uid().unwrap());
-    let primes = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace);
-    let gone = await_condition(primes, &prime, |p: Option<&PersistentVolumeClaim>| p.is_none());
-    crate::common::within(&format!("prime {namespace}/{prime} to go"), gone).await.unwrap();
+    let child = format!("{kind}-{}", target.uid().unwrap());
+    let claims = Api::<PersistentVolumeClaim>::namespaced(env.client(), namespace);
+    let gone = await_condition(claims, &child, |p: Option<&PersistentVolumeClaim>| p.is_none());
+    crate::common::within(&format!("claim {namespace}/{child} to go"), gone).await.unwrap();
 }
 
 /// Sets the clone strategy of `class`'s StorageProfile and waits until its status says so.
@@ -419,6 +420,14 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     let granted = kubectl_as(&env, Some(user), &restore).await;
     assert!(granted.0, "{granted:?}");
     made_elsewhere(&env, "restored-by-tenant", None).await;
+    // Into a Filesystem claim: the driver cannot change a volume's mode, so the snapshot is
+    // restored aside, in its own mode and namespace, and copied from there.
+    let into_fs = json!({"storageClassName": "local-immediate", "volumeMode": "Filesystem",
+                         "resources": {"requests": {"storage": "128Mi"}}});
+    let from_snapshot = json!({"snapshot": {"namespace": "default", "name": "golden-snap"}});
+    env.apply(&data_volume("vms", "snapshot-into-fs", from_snapshot, into_fs)).await;
+    copied_instead(&env, "vms", "snapshot-into-fs", "IncompatibleVolumeModes").await;
+    child_gone(&env, "default", "tmp-source-pvc", "vms", "snapshot-into-fs").await;
     env.kubectl(&["delete", "volumesnapshot", "golden-snap", "--wait=true"], None).await;
 
     // A local driver clones a volume only on the node it lives on: a CSI clone for a consumer
@@ -451,7 +460,7 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     copied_instead(&env, "vms", "across-nodes", "CSICloneFailed").await;
     assert_eq!(node_of(&env, "vms", "across-nodes").await, other_node, "the copy is where its consumer runs");
     for namespace in ["default", "vms"] {
-        prime_gone(&env, namespace, "vms", "across-nodes").await;
+        child_gone(&env, namespace, "prime", "vms", "across-nodes").await;
     }
 
     assert_eq!(sha256(&golden), before, "the clone source was written");

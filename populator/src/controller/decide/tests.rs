@@ -109,6 +109,10 @@ struct World {
     /// The storage driver's ProvisioningFailed message about the prime.
     prime_refusal: Option<String>,
     snapshot_refusal: Option<String>,
+    /// A DataVolume's `snapshot` source.
+    source_snapshot: SourceSnapshot,
+    /// The claim a snapshot source is restored into to be copied.
+    restored: CloneVolume,
 }
 
 impl World {
@@ -135,6 +139,8 @@ impl World {
             clone_snapshot: SnapshotState::Missing,
             prime_refusal: None,
             snapshot_refusal: None,
+            source_snapshot: SourceSnapshot::Ready { driver: "local.csi".into(), block: Some(true), size: 1 << 30 },
+            restored: CloneVolume::Missing,
         }
     }
 
@@ -180,6 +186,11 @@ fn drive(target: Target, world: World) -> (Vec<Step>, Step) {
             Step::Read(Fact::CloneStrategy) => s.strategy = Lazy::Read(world.strategy.clone()),
             Step::Read(Fact::CloneSnapshot) => s.clone_snapshot = Lazy::Read(world.clone_snapshot.clone()),
             Step::Read(Fact::PrimeRefusal) => s.prime_refusal = Lazy::Read(world.prime_refusal.clone()),
+            Step::Read(Fact::SourceSnapshot { name }) => {
+                assert_eq!(name, "golden");
+                s.source_snapshot = Lazy::Read(world.source_snapshot.clone());
+            }
+            Step::Read(Fact::RestoredSource) => s.clone_source = Lazy::Read(world.restored.clone()),
             Step::Read(Fact::SnapshotGrant { name }) => {
                 assert_eq!(name, "golden");
                 s.snapshot_refusal = Lazy::Read(world.snapshot_refusal.clone());
@@ -333,7 +344,7 @@ fn a_csi_clone_is_a_prime_the_driver_fills_from_the_source_claim() {
     let fresh = decide_in(target.clone(), World { prime: None, ..World::fresh() });
     assert_eq!(fresh, Step::CreateSmartPrime { kind: "PersistentVolumeClaim", name: "golden".into() });
     let pending = World { prime: Some(prime("Pending")), ..World::fresh() };
-    assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true, refused: None });
+    assert_eq!(decide_in(target.clone(), pending), Step::WaitForSmartPrime { announce: true });
     let (trace, step) = drive(target, World { prime: Some(prime("Bound")), ..World::fresh() });
     assert_eq!(step, Step::SmartCloneDone);
     assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::Holder | Fact::SourceHolder))), "no pods: {trace:?}");
@@ -381,22 +392,71 @@ fn a_smart_clone_the_driver_refuses_to_provision_is_copied_instead() {
     // Not refused (yet): the driver is waited for, its events read each time.
     let pending = World { prime: Some(smart_prime("Pending")), clone_snapshot: SnapshotState::Ready, ..World::fresh() };
     let (trace, step) = drive(clone_target(json!({ann::CLONE_TYPE: "snapshot"})), pending);
-    assert_eq!(step, Step::WaitForSmartPrime { announce: true, refused: None });
+    assert_eq!(step, Step::WaitForSmartPrime { announce: true });
     assert!(trace.contains(&Step::Read(Fact::PrimeRefusal)), "{trace:?}");
 }
 
+/// A DataVolume's `snapshot` source, with `strategy` chosen for it.
+fn snapshot_world(strategy: Choice) -> World {
+    World { clone: Some(clone_source("VolumeSnapshot")), strategy, ..World::fresh() }
+}
+
+fn restore() -> Choice {
+    Choice { strategy: Strategy::Snapshot, fallback: None }
+}
+
 #[test]
-fn a_refused_restore_of_a_snapshot_source_waits_for_the_driver() {
-    let world = World {
-        clone: Some(clone_source("VolumeSnapshot")),
+fn a_snapshot_source_the_target_cannot_be_restored_from_is_restored_aside_and_copied() {
+    let modes = Choice { strategy: Strategy::Copy, fallback: Some(("IncompatibleVolumeModes", "modes".into())) };
+    let (trace, step) = drive(clone_target(json!({})), snapshot_world(modes.clone()));
+    assert!(trace.contains(&Step::ChooseStrategy(modes.clone())), "{trace:?}");
+    let restored = Step::CreateRestoredSource {
+        snapshot: "golden".into(),
+        block: true,
+        size: 1 << 30,
+        driver: "local.csi".into(),
+    };
+    assert_eq!(step, restored);
+    // The copy reads the restored claim as it would a source claim; its holder binds it.
+    let copy = || clone_target(json!({ann::CLONE_TYPE: "copy"}));
+    let tmp = "tmp-source-pvc-t-uid".to_string();
+    let unbound = World { restored: CloneVolume::NotBound, ..snapshot_world(modes.clone()) };
+    let (trace, step) = drive(copy(), unbound);
+    assert!(trace.contains(&Step::CreateSourceHolder { claim: tmp.clone(), block: true }), "{trace:?}");
+    assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::CloneSource { .. }))), "{trace:?}");
+    assert!(matches!(step, Step::WaitForCloneSource { .. }), "{step:?}");
+    let ready = World {
+        restored: CloneVolume::Ready {
+            in_use_by: None,
+            block: true,
+            pv_name: "pv-tmp".into(),
+            class: "local".into(),
+            size: 1 << 30,
+        },
+        source_holder: Some(source_holder(Some("Running"), Some("node-2"))),
+        ..World { clone: Some(clone_source("VolumeSnapshot")), ..World::holding() }
+    };
+    let Step::StartTask { task, .. } = decide_in(copy(), ready) else { panic!("expected a start") };
+    let peer = task.peer.expect("a copy from the restored claim");
+    assert_eq!((peer.claim, peer.pv_name, peer.node), (tmp, "pv-tmp".into(), "node-2".into()));
+}
+
+#[test]
+fn a_snapshot_source_waits_until_it_is_ready_and_a_refused_restore_is_copied() {
+    let not_ready = World { source_snapshot: SourceSnapshot::NotReady, ..snapshot_world(restore()) };
+    assert!(matches!(decide_in(clone_target(json!({})), not_ready), Step::WaitForCloneSource { .. }));
+    let missing = World { source_snapshot: SourceSnapshot::Missing, ..snapshot_world(restore()) };
+    assert!(matches!(decide_in(clone_target(json!({})), missing), Step::WaitForCloneSource { .. }));
+    // The driver takes the restore into the target, then refuses it: restored aside instead.
+    let refused = World {
         prime: Some(smart_prime("Pending")),
         prime_refusal: Some("no such snapshot handle".into()),
-        ..World::fresh()
+        ..snapshot_world(restore())
     };
-    // Nothing else can restore a snapshot: no copy; the driver's word is passed on.
-    let (trace, step) = drive(clone_target(json!({})), world);
-    assert_eq!(step, Step::WaitForSmartPrime { announce: true, refused: Some("no such snapshot handle".into()) });
-    assert!(!trace.iter().any(|s| matches!(s, Step::ChooseStrategy(_))), "{trace:?}");
+    let (trace, step) = drive(clone_target(json!({})), refused);
+    let fell_back = |s: &Step| matches!(s, Step::ChooseStrategy(c) if c.fallback.as_ref().is_some_and(|f| f.0 == "SnapshotRestoreFailed"));
+    assert!(trace.iter().any(fell_back), "{trace:?}");
+    assert!(matches!(step, Step::CreateRestoredSource { .. }), "{step:?}");
 }
 
 #[test]
@@ -431,7 +491,7 @@ fn after_a_clone_its_source_is_released_after_the_target_holder() {
 
 #[test]
 fn a_snapshot_source_is_restored_by_the_driver_in_its_own_namespace_when_the_target_may() {
-    let world = || World { clone: Some(clone_source("VolumeSnapshot")), ..World::fresh() };
+    let world = || snapshot_world(restore());
     let (trace, step) = drive(clone_target(json!({})), world());
     assert_eq!(step, Step::CreateSmartPrime { kind: "VolumeSnapshot", name: "golden".into() });
     assert!(
