@@ -104,7 +104,8 @@ async fn situation(dv: &DataVolume, ctx: &Ctx) -> Result<Situation, Error> {
             }
         },
     };
-    let claim = Claim::from_pvc(&pvc, &name);
+    let mut claim = Claim::from_pvc(&pvc, &name);
+    claim.restore = dv.spec.source.as_ref().is_some_and(|s| s.snapshot.is_some());
     let wffc = might_wait_for_consumer(&claim) && wait_for_first_consumer(&pvc, ctx).await?;
     Ok(Situation::Claim { claim, wffc })
 }

@@ -48,6 +48,8 @@ pub struct Claim {
     pub clone: bool,
     /// A clone's strategy (`cloneType`), once chosen.
     pub clone_type: Option<String>,
+    /// The clone restores a `snapshot` source (known from the DataVolume, not the claim).
+    pub restore: bool,
 }
 
 impl Claim {
@@ -86,6 +88,7 @@ impl Claim {
                 .and_then(|s| s.data_source_ref.as_ref())
                 .is_some_and(|r| r.kind == crate::api::names::kinds::VOLUME_CLONE_SOURCE),
             clone_type: annotation(ann::reserved::CLONE_TYPE).map(str::to_string),
+            restore: false,
         }
     }
 }
@@ -266,6 +269,11 @@ const SNAPSHOT_CLONE: Words = Words {
     ..CLONE
 };
 
+const RESTORE: Words = Words {
+    filling: (DataVolumePhase::CloneFromSnapshotSourceInProgress, DvEvent::CloneInProgress, "in progress"),
+    ..CLONE
+};
+
 fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
     use ConditionStatus::False;
     let words = if claim.upload {
@@ -274,6 +282,7 @@ fn observe_claim(name: &str, claim: &Claim, wffc: bool) -> Observed {
         // CDI names the smart strategies' progress phases after them.
         match claim.clone_type.as_deref() {
             Some(clone_strategy::CSI_CLONE) => &CSI_CLONE,
+            Some(clone_strategy::SNAPSHOT) if claim.restore => &RESTORE,
             Some(clone_strategy::SNAPSHOT) => &SNAPSHOT_CLONE,
             _ => &CLONE,
         }
@@ -364,7 +373,8 @@ fn finish(
         | DataVolumePhase::UploadReady
         | DataVolumePhase::CloneInProgress
         | DataVolumePhase::CsiCloneInProgress
-        | DataVolumePhase::SnapshotForSmartCloneInProgress => {
+        | DataVolumePhase::SnapshotForSmartCloneInProgress
+        | DataVolumePhase::CloneFromSnapshotSourceInProgress => {
             Condition::new(conditions::READY, ConditionStatus::False, cdi::TRANSFER_RUNNING, "")
         }
         _ => Condition::new(conditions::READY, ConditionStatus::False, &running.reason, running.message.clone()),

@@ -325,3 +325,30 @@ fn a_golden_upload_target_is_an_upload_and_an_import_claim_is_not() {
     assert!(Claim::from_pvc(&golden, "disk").upload);
     assert!(!Claim::from_pvc(&pvc("Bound", json!({})), "disk").upload);
 }
+
+#[test]
+fn a_clone_in_progress_is_named_after_its_strategy_as_cdi_names_it() {
+    let running = |clone_type: &str, restore: bool| {
+        let mut claim = pvc(
+            "Pending",
+            json!({"cdi.kubevirt.io/storage.pod.phase": "Running", "cdi.kubevirt.io/cloneType": clone_type,
+                   "cdi.kubevirt.io/storage.condition.running": "true"}),
+        );
+        claim.spec.as_mut().unwrap().data_source_ref = Some(k8s_openapi::api::core::v1::TypedObjectReference {
+            api_group: Some("cdi.kubevirt.io".into()),
+            kind: "VolumeCloneSource".into(),
+            name: "src".into(),
+            namespace: None,
+        });
+        let claim = Claim { restore, ..Claim::from_pvc(&claim, "disk") };
+        let o = observe("disk", &Situation::Claim { claim, wffc: false });
+        assert_eq!(condition(&o, "Ready").reason, "TransferRunning", "{clone_type}");
+        o.phase
+    };
+    assert_eq!(running("copy", false), DataVolumePhase::CloneInProgress);
+    assert_eq!(running("csi-clone", false), DataVolumePhase::CsiCloneInProgress);
+    assert_eq!(running("snapshot", false), DataVolumePhase::SnapshotForSmartCloneInProgress);
+    assert_eq!(running("snapshot", true), DataVolumePhase::CloneFromSnapshotSourceInProgress);
+    // A snapshot source copied host-assisted is a plain clone in progress.
+    assert_eq!(running("copy", true), DataVolumePhase::CloneInProgress);
+}
