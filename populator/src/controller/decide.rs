@@ -651,41 +651,6 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         }
         Some(_) => {}
     }
-    // A snapshot is restored by its driver into the target when CDI's checks say it can;
-    // otherwise into a temporary claim that is then copied, below.
-    let mut restored_block = false;
-    if let ImportSource::Clone(CloneSource::Snapshot { name }) = &plan.source {
-        // Restored in the snapshot's namespace, as a claim clone across namespaces is.
-        if t.source_namespace != t.namespace
-            && let Some(why) = s.snapshot_refusal.get().ok_or_else(|| Fact::SnapshotGrant { name: name.clone() })?
-        {
-            return Ok(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
-        }
-        let (block, size, driver) =
-            match s.source_snapshot.get().ok_or_else(|| Fact::SourceSnapshot { name: name.clone() })? {
-                SourceSnapshot::Missing => {
-                    let why = format!("VolumeSnapshot {}/{name} not found", t.source_namespace);
-                    return Ok(Step::WaitForCloneSource { why });
-                }
-                SourceSnapshot::NotReady => {
-                    let why = format!("VolumeSnapshot {}/{name} is not ready to use yet", t.source_namespace);
-                    return Ok(Step::WaitForCloneSource { why });
-                }
-                SourceSnapshot::Ready { block, size, driver } => (block.unwrap_or(false), *size, driver),
-            };
-        let strategy = match &t.clone_type {
-            Some(strategy) => strategy.clone(),
-            None => return Ok(Step::ChooseStrategy(s.strategy.get().ok_or(Fact::CloneStrategy)?.clone())),
-        };
-        if strategy != Strategy::Copy {
-            return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, Strategy::Snapshot);
-        }
-        if s.clone_source.get().ok_or(Fact::RestoredSource)? == &CloneVolume::Missing {
-            let snapshot = name.clone();
-            return Ok(Step::CreateRestoredSource { snapshot, block, size, driver: driver.clone() });
-        }
-        restored_block = block;
-    }
     // A clone's source must be there and free before anything is provisioned for it.
     let source = match &plan.source {
         ImportSource::Clone(CloneSource::Pvc { name }) => {
@@ -707,20 +672,10 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                 CloneVolume::Ready { block, pv_name, .. } => Some((name.clone(), *block, pv_name.clone())),
             }
         }
-        ImportSource::Clone(CloneSource::Snapshot { .. }) => {
-            let claim = super::build::restored_source_name(&t.uid);
-            match s.clone_source.get().ok_or(Fact::RestoredSource)? {
-                CloneVolume::Ready { block, pv_name, .. } => Some((claim, *block, pv_name.clone())),
-                // Bound once restored, or (WaitForFirstConsumer) once its holder is scheduled.
-                _ => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
-                    None => return Ok(Step::CreateSourceHolder { claim, block: restored_block }),
-                    Some(_) => {
-                        let why = format!("restoring the snapshot into {}/{claim} to copy it", t.source_namespace);
-                        return Ok(Step::WaitForCloneSource { why });
-                    }
-                },
-            }
-        }
+        ImportSource::Clone(CloneSource::Snapshot { name }) => match restore(s, generation, name)? {
+            Restore::Step(step) => return Ok(step),
+            Restore::CopyFrom(source) => Some(source),
+        },
         _ => None,
     };
     if let Some((claim, ..)) = &source
@@ -797,6 +752,62 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
             announce: t.phase != Some(PodPhase::Running),
         },
     })
+}
+
+/// Where a DataVolume's `snapshot` source stands.
+enum Restore {
+    /// Restored by the driver into the target, or not ready to copy yet.
+    Step(Step),
+    /// Restored aside, to be copied: the claim, its mode and its PV.
+    CopyFrom((String, bool, String)),
+}
+
+/// A DataVolume's `snapshot` source is restored by its driver into the target when CDI's
+/// checks say it can; otherwise (or when the driver refuses that) into a temporary claim of
+/// the snapshot's own driver, mode and size, which is then copied like a source claim.
+fn restore(s: &Snapshot, generation: i64, name: &str) -> Result<Restore, Fact> {
+    let t = &s.target;
+    let step = |step| Ok(Restore::Step(step));
+    // Restored in the snapshot's namespace, as a claim clone across namespaces is.
+    if t.source_namespace != t.namespace
+        && let Some(why) = s.snapshot_refusal.get().ok_or_else(|| Fact::SnapshotGrant { name: name.into() })?
+    {
+        return step(Step::FailTerminally(terminal(t, generation, FailureReason::InvalidRequest, why)));
+    }
+    let (block, size, driver) =
+        match s.source_snapshot.get().ok_or_else(|| Fact::SourceSnapshot { name: name.into() })? {
+            SourceSnapshot::Missing => {
+                return step(Step::WaitForCloneSource {
+                    why: format!("VolumeSnapshot {}/{name} not found", t.source_namespace),
+                });
+            }
+            SourceSnapshot::NotReady => {
+                let why = format!("VolumeSnapshot {}/{name} is not ready to use yet", t.source_namespace);
+                return step(Step::WaitForCloneSource { why });
+            }
+            SourceSnapshot::Ready { block, size, driver } => (block.unwrap_or(false), *size, driver),
+        };
+    let strategy = match &t.clone_type {
+        Some(strategy) => strategy.clone(),
+        None => return step(Step::ChooseStrategy(s.strategy.get().ok_or(Fact::CloneStrategy)?.clone())),
+    };
+    if strategy != Strategy::Copy {
+        return smart_prime(s, kinds::VOLUME_SNAPSHOT, name, Strategy::Snapshot).map(Restore::Step);
+    }
+    let claim = super::build::restored_source_name(&t.uid);
+    match s.clone_source.get().ok_or(Fact::RestoredSource)? {
+        CloneVolume::Missing => {
+            step(Step::CreateRestoredSource { snapshot: name.into(), block, size, driver: driver.clone() })
+        }
+        CloneVolume::Ready { block, pv_name, .. } => Ok(Restore::CopyFrom((claim, *block, pv_name.clone()))),
+        // Bound once restored, or (WaitForFirstConsumer) once its holder is scheduled.
+        _ => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
+            None => step(Step::CreateSourceHolder { claim, block }),
+            Some(_) => step(Step::WaitForCloneSource {
+                why: format!("restoring the snapshot into {}/{claim} to copy it", t.source_namespace),
+            }),
+        },
+    }
 }
 
 /// A clone the storage driver makes: (a snapshot, then) a prime whose data source is the
