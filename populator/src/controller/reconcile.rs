@@ -239,47 +239,7 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
         Fact::SourceSnapshot { name } => {
             seen.source_snapshot = Lazy::Read(source_snapshot(ctx, &seen.target.source_namespace, &name).await?)
         }
-        Fact::CloneStrategy if matches!(seen.source_snapshot, Lazy::Read(SourceSnapshot::Ready { .. })) => {
-            let Some(SourceSnapshot::Ready { driver, block, size }) = seen.source_snapshot.get() else {
-                unreachable!()
-            };
-            let class = read_class(ctx, &seen.target.class).await?;
-            let inputs = strategy::RestoreInputs {
-                driver: driver.clone(),
-                target_provisioner: class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
-                target_class: seen.target.class.clone(),
-                source_block: *block,
-                target_block: build::is_block(pvc),
-                restore_size: *size,
-                target_size: build::requested_bytes(pvc).unwrap_or(0),
-                allow_expansion: class.as_ref().and_then(|c| c.allow_volume_expansion).unwrap_or(false),
-            };
-            seen.strategy = Lazy::Read(strategy::choose_restore(&inputs));
-        }
-        Fact::CloneStrategy => {
-            let Some(CloneVolume::Ready { block, class, size, .. }) = seen.clone_source.get() else {
-                // decide asks only once the source is ready: choose the copy, which needs nothing.
-                seen.strategy = Lazy::Read(Choice { strategy: Strategy::Copy, fallback: None });
-                return Ok(());
-            };
-            let source_class = read_class(ctx, class).await?;
-            let target_class = read_class(ctx, &seen.target.class).await?;
-            let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
-            let inputs = strategy::Inputs {
-                profile_strategy,
-                source_class: class.clone(),
-                target_class: seen.target.class.clone(),
-                source_provisioner: source_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
-                target_provisioner: target_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
-                source_block: *block,
-                target_block: build::is_block(pvc),
-                source_size: *size,
-                target_size: build::requested_bytes(pvc).unwrap_or(0),
-                allow_expansion: target_class.as_ref().and_then(|c| c.allow_volume_expansion).unwrap_or(false),
-                snapshot_class,
-            };
-            seen.strategy = Lazy::Read(strategy::choose(&inputs));
-        }
+        Fact::CloneStrategy => seen.strategy = Lazy::Read(clone_strategy(seen, pvc, ctx).await?),
         Fact::CloneSnapshot => {
             let name = build::clone_snapshot_name(&uid);
             let found = snapshots(ctx, &seen.target.source_namespace)
@@ -528,6 +488,47 @@ async fn read_clone_volume(t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVol
     })
 }
 
+/// How the clone is made, by CDI's rules: for a snapshot source, whether the target can be
+/// restored from it; for a source claim, what the target's StorageProfile asks and the
+/// driver can do.
+async fn clone_strategy(seen: &Snapshot, pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Choice, Error> {
+    let target_class = read_class(ctx, &seen.target.class).await?;
+    let target_provisioner = target_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default();
+    let allow_expansion = target_class.as_ref().and_then(|c| c.allow_volume_expansion).unwrap_or(false);
+    let (target_block, target_size) = (build::is_block(pvc), build::requested_bytes(pvc).unwrap_or(0));
+    if let Some(SourceSnapshot::Ready { driver, block, size }) = seen.source_snapshot.get() {
+        return Ok(strategy::choose_restore(&strategy::RestoreInputs {
+            driver: driver.clone(),
+            target_provisioner,
+            target_class: seen.target.class.clone(),
+            source_block: *block,
+            target_block,
+            restore_size: *size,
+            target_size,
+            allow_expansion,
+        }));
+    }
+    let Some(CloneVolume::Ready { block, class, size, .. }) = seen.clone_source.get() else {
+        // decide asks only once the source is ready: choose the copy, which needs nothing.
+        return Ok(Choice { strategy: Strategy::Copy, fallback: None });
+    };
+    let source_class = read_class(ctx, class).await?;
+    let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
+    Ok(strategy::choose(&strategy::Inputs {
+        profile_strategy,
+        source_class: class.clone(),
+        target_class: seen.target.class.clone(),
+        source_provisioner: source_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),
+        target_provisioner,
+        source_block: *block,
+        target_block,
+        source_size: *size,
+        target_size,
+        allow_expansion,
+        snapshot_class,
+    }))
+}
+
 /// StorageClass `name`; `None` when it does not exist (or no name is given).
 async fn read_class(ctx: &Ctx, name: &str) -> Result<Option<StorageClass>, Error> {
     if name.is_empty() {
@@ -595,6 +596,8 @@ async fn create_restored_source(
         ctx.event(&ObjectRef::from_obj(pvc), EventReason::CloneSourceMissing, &note).await;
         return Ok(Some(Action::requeue(POLL)));
     };
+    // A snapshot that does not say its restore size is restored at the target's.
+    let size = if size > 0 { size } else { build::requested_bytes(pvc).unwrap_or(0) };
     let claim = build::restored_source_pvc(pvc, &t.source_namespace, snapshot, &class.name_any(), block, size);
     let name = claim.name_any();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &t.source_namespace);
