@@ -44,6 +44,15 @@ pub async fn ensure_one(client: &kube::Client) {
     }
 }
 
+/// The clone strategy the CDI object in effect sets for every class
+/// (`spec.cloneStrategyOverride`), if it sets one.
+pub async fn clone_strategy_override(client: &kube::Client) -> Result<Option<String>, kube::Error> {
+    let all: Vec<Arc<CDI>> =
+        Api::<CDI>::all(client.clone()).list(&ListParams::default()).await?.items.into_iter().map(Arc::new).collect();
+    let in_effect = all.iter().find(|c| is_first(c, &all));
+    Ok(in_effect.and_then(|c| c.spec.clone_strategy_override.clone()).filter(|s| !s.is_empty()))
+}
+
 /// Whether a CDI object is the one in effect: the oldest, the name breaking ties.
 fn is_first(cdi: &CDI, all: &[Arc<CDI>]) -> bool {
     let key = |c: &CDI| (c.metadata.creation_timestamp.clone().map(|t| t.0), c.name_any());

@@ -514,8 +514,12 @@ async fn clone_strategy(seen: &Snapshot, pvc: &PersistentVolumeClaim, ctx: &Ctx)
     };
     let source_class = read_class(ctx, class).await?;
     let (profile_strategy, snapshot_class) = ctx.defaults.clone_profile(&seen.target.class);
+    // CDI's order: the CDI object's override, then the profile, then CDI's default.
+    let overridden = crate::config::cdi::clone_strategy_override(&ctx.client)
+        .await
+        .map_err(|e| Error::kube("read the CDI object's", "cloneStrategyOverride", e))?;
     Ok(strategy::choose(&strategy::Inputs {
-        profile_strategy,
+        profile_strategy: overridden.or(profile_strategy),
         source_class: class.clone(),
         target_class: seen.target.class.clone(),
         source_provisioner: source_class.as_ref().map(|c| c.provisioner.clone()).unwrap_or_default(),

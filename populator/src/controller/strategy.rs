@@ -1,7 +1,7 @@
 //! How a clone is made: CDI's strategy choice, as a pure function of what the cluster says.
 //!
-//! The strategy asked for is the target class's StorageProfile `cloneStrategy` (CDI's
-//! default: `snapshot`). A smart strategy (`csi-clone`, `snapshot`) needs what the storage
+//! The strategy asked for is the CDI object's `cloneStrategyOverride`, else the target
+//! class's StorageProfile `cloneStrategy` (CDI's default: `snapshot`). A smart strategy (`csi-clone`, `snapshot`) needs what the storage
 //! driver can do; where it cannot, the clone falls back to a host-assisted copy with CDI's
 //! fallback reason, rather than failing (a frequent complaint about CDI). Each way is
 //! checked before anything is created, so a fallback never leaves half a smart clone.
@@ -43,7 +43,8 @@ impl Strategy {
 /// What the choice looks at, read by the reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inputs {
-    /// The target class's StorageProfile `status.cloneStrategy`; `None`: CDI's default.
+    /// The CDI object's `cloneStrategyOverride`, else the target class's StorageProfile
+    /// `status.cloneStrategy`; `None`: CDI's default.
     pub profile_strategy: Option<String>,
     pub source_class: String,
     pub target_class: String,

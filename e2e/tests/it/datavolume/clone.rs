@@ -362,7 +362,7 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     let made = await_condition(profiles, "other-immediate", |p: Option<&StorageProfile>| p.is_some());
     crate::common::within("the new class's StorageProfile", made).await.unwrap();
     profile_strategy(&env, "other-immediate", "csi-clone").await;
-    env.apply(&data_volume("default", "across-classes", from_golden, block("other-immediate"))).await;
+    env.apply(&data_volume("default", "across-classes", from_golden.clone(), block("other-immediate"))).await;
     copied_instead(&env, "default", "across-classes", "IncompatibleStorageClasses").await;
 
     // A DataVolume restoring a VolumeSnapshot of the golden volume, its size left to the
@@ -462,6 +462,17 @@ async fn clone_strategies_follow_the_storage_profile_and_fall_back_to_a_copy_whe
     for namespace in ["default", "vms"] {
         child_gone(&env, namespace, "prime", "vms", "across-nodes").await;
     }
+
+    // The CDI object's override wins over every profile (local-immediate's says csi-clone).
+    env.kubectl(
+        &["patch", "cdi", "cdi", "--type", "merge", "-p", r#"{"spec":{"cloneStrategyOverride":"copy"}}"#],
+        None,
+    )
+    .await;
+    env.apply(&data_volume("default", "by-override", from_golden.clone(), block("local-immediate"))).await;
+    wait_phase(&env, "default", "by-override", DataVolumePhase::Succeeded).await;
+    assert_eq!(clone_type(&env, "default", "by-override").await, ("copy".into(), None));
+    qemu_same(&env.raw, &data_of(&env, "default", "by-override").await, None);
 
     assert_eq!(sha256(&golden), before, "the clone source was written");
     // No temporary snapshot is left behind.
