@@ -82,9 +82,8 @@ pub fn clone_snapshot(
     .data(serde_json::json!({
         "spec": {"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": class},
     }));
-    snapshot.metadata.namespace = Some(namespace.to_string());
-    snapshot.metadata.labels = Some(labels(label::SNAPSHOT, target));
-    tie(&mut snapshot.metadata, target);
+    snapshot.metadata =
+        child_meta(clone_snapshot_name(&target.uid().unwrap_or_default()), namespace, label::SNAPSHOT, target);
     snapshot
 }
 
@@ -129,13 +128,8 @@ pub fn restored_source_pvc(
     block: bool,
     size: u64,
 ) -> PersistentVolumeClaim {
-    let mut metadata = ObjectMeta {
-        name: Some(restored_source_name(&target.uid().unwrap_or_default())),
-        namespace: Some(namespace.to_string()),
-        labels: Some(labels(label::RESTORED_SOURCE, target)),
-        ..Default::default()
-    };
-    tie(&mut metadata, target);
+    let metadata =
+        child_meta(restored_source_name(&target.uid().unwrap_or_default()), namespace, label::RESTORED_SOURCE, target);
     let from = k8s_openapi::api::core::v1::TypedObjectReference {
         api_group: Some("snapshot.storage.k8s.io".into()),
         kind: crate::api::names::kinds::VOLUME_SNAPSHOT.into(),
@@ -172,6 +166,18 @@ pub const SOURCE_VOLUME: &str = "source";
 
 pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
     pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
+/// What a clone's child `name` of `role` in `namespace` carries: its labels, tied to `target`.
+fn child_meta(name: String, namespace: &str, role: &str, target: &PersistentVolumeClaim) -> ObjectMeta {
+    let mut metadata = ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(role, target)),
+        ..Default::default()
+    };
+    tie(&mut metadata, target);
+    metadata
 }
 
 /// Ties `child` (its namespace set) to the clone `target`: annotated with it
@@ -321,13 +327,8 @@ pub fn source_holder_pod(
             .then(|| vec![VolumeDevice { name: SOURCE_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
         ..Default::default()
     };
-    let mut metadata = ObjectMeta {
-        name: Some(source_holder_name(&target.uid().unwrap_or_default())),
-        namespace: Some(namespace.to_string()),
-        labels: Some(labels(label::SOURCE_HOLDER, target)),
-        ..Default::default()
-    };
-    tie(&mut metadata, target);
+    let metadata =
+        child_meta(source_holder_name(&target.uid().unwrap_or_default()), namespace, label::SOURCE_HOLDER, target);
     Pod {
         metadata,
         spec: Some(PodSpec {

@@ -101,17 +101,26 @@ pub fn choose(i: &Inputs) -> Choice {
     if i.source_block != i.target_block {
         return copy("IncompatibleVolumeModes", "source and target volume modes differ".into());
     }
-    if i.target_size < i.source_size {
-        // The webhook refuses smaller targets for DataVolumes; a bare claim can still ask.
-        return copy("IncompatibleSize", "the target is smaller than the source".into());
-    }
-    if i.target_size > i.source_size && !i.allow_expansion {
-        return copy(
-            "NoVolumeExpansion",
-            format!("storage class {:?} does not allow volume expansion", i.target_class),
-        );
+    // The webhook refuses smaller targets for DataVolumes; a bare claim can still ask.
+    if let Some((reason, why)) = misfit(i.source_size, i.target_size, i.allow_expansion, &i.target_class) {
+        return copy(reason, why);
     }
     Choice { strategy: smart, fallback: None }
+}
+
+/// Why a volume of `source` bytes cannot become the target's of `target` bytes, if it
+/// cannot: no shrinking, and growing only where the target's class allows expansion.
+fn misfit(source: u64, target: u64, allow_expansion: bool, target_class: &str) -> Option<(&'static str, String)> {
+    if target < source {
+        return Some((
+            "IncompatibleSize",
+            format!("the target ({target} bytes) is smaller than the source ({source})"),
+        ));
+    }
+    if target > source && !allow_expansion {
+        return Some(("NoVolumeExpansion", format!("storage class {target_class:?} does not allow volume expansion")));
+    }
+    None
 }
 
 /// What a restore of a DataVolume's `snapshot` source looks at.
@@ -144,14 +153,8 @@ pub fn choose_restore(i: &RestoreInputs) -> Choice {
     if i.source_block.is_some_and(|block| block != i.target_block) {
         return copy("IncompatibleVolumeModes", "the snapshot's volume mode and the target's differ".into());
     }
-    if i.target_size < i.restore_size {
-        return copy("IncompatibleSize", "the target is smaller than the snapshot's restore size".into());
-    }
-    if i.target_size > i.restore_size && !i.allow_expansion {
-        return copy(
-            "NoVolumeExpansion",
-            format!("storage class {:?} does not allow volume expansion", i.target_class),
-        );
+    if let Some((reason, why)) = misfit(i.restore_size, i.target_size, i.allow_expansion, &i.target_class) {
+        return copy(reason, why);
     }
     Choice { strategy: Strategy::Snapshot, fallback: None }
 }
