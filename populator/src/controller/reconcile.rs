@@ -654,48 +654,66 @@ async fn cross_namespace_refusal(
     ctx: &Ctx,
 ) -> Result<Option<String>, Error> {
     let ns = &t.source_namespace;
-    if *ns == t.namespace || authorised_by_datavolume(pvc, origin, ns, name, ctx).await? {
+    if *ns == t.namespace {
         return Ok(None);
     }
-    Ok(Some(format!(
-        "a clone from another namespace ({ns}/{name}) must be asked for by a DataVolume (whose creator the \
-         admission webhook authorises); claim {}/{} names it itself",
-        t.namespace, t.name
-    )))
+    Ok(match asked_by_datavolume(pvc, origin, ns, name, ctx).await? {
+        Asked::Yes => None,
+        Asked::No => Some(format!(
+            "a clone from another namespace ({ns}/{name}) must be asked for by a DataVolume (whose creator the \
+             admission webhook authorises); claim {}/{} names it itself",
+            t.namespace, t.name
+        )),
+        Asked::ThroughDataSourceElsewhere(data_source) => Some(format!(
+            "DataSource {data_source} names {ns}/{name}, in another namespace than its own: a clone across \
+             namespaces is made only from a DataSource beside its source (its namespace's owners decide what it \
+             names); create one in {ns}, or name the source in spec.source"
+        )),
+    })
 }
 
-async fn authorised_by_datavolume(
+/// Whether a DataVolume asks for a clone of a source in another namespace.
+enum Asked {
+    Yes,
+    No,
+    /// Through a DataSource (`namespace/name`) that lives elsewhere than the source, which its
+    /// owners could point at another source after the webhook judged the DataVolume.
+    ThroughDataSourceElsewhere(String),
+}
+
+async fn asked_by_datavolume(
     pvc: &PersistentVolumeClaim,
     origin: Origin,
     namespace: &str,
     name: &str,
     ctx: &Ctx,
-) -> Result<bool, Error> {
+) -> Result<Asked, Error> {
+    let asked = |yes: bool| Ok(if yes { Asked::Yes } else { Asked::No });
     let Some(owner) = pvc.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "DataVolume")
     else {
-        return Ok(false);
+        return asked(false);
     };
     let dv_namespace = pvc.namespace().unwrap_or_default();
     let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &dv_namespace);
     let dv = api.get_opt(&owner.name).await.map_err(|e| Error::kube("read DataVolume", &owner.name, e))?;
-    let Some(dv) = dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())) else { return Ok(false) };
+    let Some(dv) = dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())) else { return asked(false) };
     let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| dv_namespace.clone());
     if let Some(p) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
-        return Ok(origin == Origin::Claim && or_own(&p.namespace) == namespace && p.name == name);
+        return asked(origin == Origin::Claim && or_own(&p.namespace) == namespace && p.name == name);
     }
     if let Some(s) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
-        return Ok(origin == Origin::Snapshot && or_own(&s.namespace) == namespace && s.name == name);
+        return asked(origin == Origin::Snapshot && or_own(&s.namespace) == namespace && s.name == name);
     }
-    let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(false) };
+    let Some(r) = dv.spec.source_ref.as_ref() else { return asked(false) };
     let ds_namespace = or_own(&r.namespace);
     if ds_namespace != namespace {
-        return Ok(false);
+        return Ok(Asked::ThroughDataSourceElsewhere(format!("{ds_namespace}/{}", r.name)));
     }
     let client = ctx.client.clone();
-    let Some(ds) = crate::datasource::get(&client, ds_namespace, r.name.clone()).await else { return Ok(false) };
+    let Some(ds) = crate::datasource::get(&client, ds_namespace, r.name.clone()).await else { return asked(false) };
     let resolved = crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await;
     let (namespace, name) = (namespace.to_string(), name.to_string());
-    Ok(match origin {
+    asked(match origin {
         Origin::Claim => resolved == Ok(crate::datasource::Resolved::Pvc { namespace, name }),
         Origin::Snapshot => resolved == Ok(crate::datasource::Resolved::Snapshot { namespace, name }),
     })

@@ -176,16 +176,19 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
          80Mi}}}}\n  dataSourceRef: {{apiGroup: cdi.kubevirt.io, kind: VolumeCloneSource, name: sneaky}}\n"
     ))
     .await;
-    let claims = Api::<PersistentVolumeClaim>::default_namespaced(env.client());
-    let failed = await_condition(claims, "sneaky", |p: Option<&PersistentVolumeClaim>| {
-        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned())
-            == Some("Failed".into())
-    });
-    crate::common::within("the sneaky clone to fail", failed).await.unwrap();
-    let sneaky = env.pvc("sneaky").await;
-    let message = &sneaky.metadata.annotations.as_ref().unwrap()["cdi.kubevirt.io/storage.condition.running.message"];
+    let message = refused_claim(&env, "sneaky").await;
     assert!(message.contains("must be asked for by a DataVolume"), "{message}");
-    assert!(event_reasons(&env, "default", "PersistentVolumeClaim", "sneaky").await.contains(&"CloneFailed".into()));
+    // Nor through a DataSource of a third namespace, whose owners could point it elsewhere
+    // after the webhook judged the DataVolume.
+    env.apply(&format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {{name: elsewhere}}\nspec:\n  source:\n    \
+         pvc: {{namespace: {GOLDEN_NS}, name: golden}}\n---\napiVersion: cdi.kubevirt.io/v1beta1\nkind: \
+         DataVolume\nmetadata: {{name: far-ref}}\nspec:\n  sourceRef: {{kind: DataSource, name: elsewhere}}\n  \
+         storage: {{storageClassName: local-immediate}}\n"
+    ))
+    .await;
+    let message = refused_claim(&env, "far-ref").await;
+    assert!(message.contains("DataSource default/elsewhere names golden-images/golden"), "{message}");
 
     // A claim written out (spec.pvc) smaller than its source is refused at create.
     let small = serde_json::to_string(&json!({
@@ -227,6 +230,24 @@ async fn golden_volumes_are_cloned_across_namespaces_and_volume_modes_and_stay_u
     wait_phase(&env, "tenant", "tenant-copy", DataVolumePhase::Succeeded).await;
     qemu_same(&env.raw, &data_of(&env, "tenant", "tenant-copy").await, None);
     env.stop().await;
+}
+
+/// Waits for claim `default/name` to fail, with a `CloneFailed` event; returns why.
+async fn refused_claim(env: &Env, name: &str) -> String {
+    let claims = Api::<PersistentVolumeClaim>::default_namespaced(env.client());
+    let failed = await_condition(claims, name, |p: Option<&PersistentVolumeClaim>| {
+        p.and_then(|p| p.metadata.annotations.as_ref()?.get("cdi.kubevirt.io/storage.pod.phase").cloned())
+            == Some("Failed".into())
+    });
+    crate::common::within(&format!("clone {name} to fail"), failed).await.unwrap();
+    assert!(event_reasons(env, "default", "PersistentVolumeClaim", name).await.contains(&"CloneFailed".into()));
+    let claim = env.pvc(name).await;
+    claim
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .remove("cdi.kubevirt.io/storage.condition.running.message")
+        .unwrap_or_default()
 }
 
 /// `kubectl apply` of `manifest` as `user` (`None`: the cluster admin): whether it
