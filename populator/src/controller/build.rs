@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeDevice, VolumeMount,
+    Affinity, Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinity, PodAffinityTerm, PodSpec, Volume, VolumeDevice, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
 use super::vocab::{ann, label};
@@ -304,11 +304,16 @@ pub fn holder_pod(target: &PersistentVolumeClaim, claim: &str, node: Option<&str
 
 /// The pod that keeps a clone's source claim `claim` (in `namespace`) attached, read-only,
 /// while its node's mover streams it to the target's; tied to the target as [`tie`] says.
+///
+/// `co_locate`: the source's UID, when every pod holding it must share one node (a
+/// ReadWriteOnce volume attaches to one node at a time): the pod is labelled with it and
+/// requires the node of any other pod so labelled, as CDI places its clone source pods.
 pub fn source_holder_pod(
     target: &PersistentVolumeClaim,
     namespace: &str,
     claim: &str,
     block: bool,
+    co_locate: Option<&str>,
     image: &str,
 ) -> Pod {
     let container = Container {
@@ -327,8 +332,26 @@ pub fn source_holder_pod(
             .then(|| vec![VolumeDevice { name: SOURCE_VOLUME.into(), device_path: HOLDER_DEVICE.into() }]),
         ..Default::default()
     };
-    let metadata =
+    let mut metadata =
         child_meta(source_holder_name(&target.uid().unwrap_or_default()), namespace, label::SOURCE_HOLDER, target);
+    let affinity = co_locate.map(|uid| {
+        let labels = metadata.labels.get_or_insert_default();
+        labels.insert(label::CLONE_SOURCE.to_string(), uid.to_string());
+        Affinity {
+            pod_affinity: Some(PodAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(label::CLONE_SOURCE.to_string(), uid.to_string())])),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    });
     Pod {
         metadata,
         spec: Some(PodSpec {
@@ -343,6 +366,7 @@ pub fn source_holder_pod(
             }]),
             restart_policy: Some("Always".into()),
             termination_grace_period_seconds: Some(5),
+            affinity,
             ..Default::default()
         }),
         status: None,
@@ -421,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_clone_source_holder_maps_its_claim_read_only_and_is_owned_only_within_one_namespace() {
-        let fs = source_holder_pod(&target(false), "vms", "golden", false, "cdi-rs/mover");
+        let fs = source_holder_pod(&target(false), "vms", "golden", false, None, "cdi-rs/mover");
         assert_eq!(fs.metadata.name.as_deref(), Some("u-1-source-pod"));
         assert_eq!(fs.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
         assert_eq!(fs.metadata.annotations.as_ref().unwrap()[ann::CLONE_TARGET], "vms/disk");
@@ -429,11 +453,23 @@ mod tests {
         let claim = spec.volumes.as_ref().unwrap()[0].persistent_volume_claim.clone().unwrap();
         assert_eq!((claim.claim_name.as_str(), claim.read_only), ("golden", Some(true)));
         assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap()[0].read_only, Some(true));
-        let other = source_holder_pod(&target(false), "golden-images", "golden", true, "cdi-rs/mover");
+        assert!(spec.affinity.is_none(), "a shared source has no node to share");
+        let other = source_holder_pod(&target(false), "golden-images", "golden", true, None, "cdi-rs/mover");
         assert_eq!(other.metadata.namespace.as_deref(), Some("golden-images"));
         assert!(other.metadata.owner_references.is_none(), "owner references cannot cross namespaces");
         let c = &other.spec.unwrap().containers[0];
         assert!(c.volume_devices.is_some() && c.volume_mounts.is_none());
+    }
+
+    #[test]
+    fn the_holders_of_a_read_write_once_source_share_its_node() {
+        let pod = source_holder_pod(&target(true), "vms", "golden", true, Some("src-uid"), "cdi-rs/mover");
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[label::CLONE_SOURCE], "src-uid");
+        let affinity = pod.spec.unwrap().affinity.unwrap().pod_affinity.unwrap();
+        let term = &affinity.required_during_scheduling_ignored_during_execution.unwrap()[0];
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        let wanted = term.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(wanted[label::CLONE_SOURCE], "src-uid", "the first holder matches its own term");
     }
 
     #[test]

@@ -318,7 +318,31 @@ pub enum CloneVolume {
         class: String,
         /// Bytes it requests.
         size: u64,
+        /// Its UID when it is ReadWriteOnce: every pod that holds it for a clone must run
+        /// on one node, or all but the first would wait for the volume to detach.
+        co_locate: Option<String>,
     },
+}
+
+/// The claim a host-assisted clone reads (the source, or a snapshot restored aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    pub claim: String,
+    pub block: bool,
+    pub pv_name: String,
+    /// See [`CloneVolume::Ready`].
+    pub co_locate: Option<String>,
+}
+
+impl CopySource {
+    fn of(claim: String, ready: &CloneVolume) -> Option<CopySource> {
+        match ready {
+            CloneVolume::Ready { block, pv_name, co_locate, .. } => {
+                Some(CopySource { claim, block: *block, pv_name: pv_name.clone(), co_locate: co_locate.clone() })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A DataVolume's `snapshot` source, as far as the flow cares.
@@ -540,10 +564,12 @@ pub enum Step {
     CloneSourceInUse {
         pod: String,
     },
-    /// The pod that holds a clone's source claim on its node.
+    /// The pod that holds a clone's source claim on its node; `co_locate`: on the node of
+    /// the other pods labelled with that source UID.
     CreateSourceHolder {
         claim: String,
         block: bool,
+        co_locate: Option<String>,
     },
     /// Until the holder runs on a node, the volume is not there to fill.
     WaitForHolder,
@@ -669,7 +695,7 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
                 CloneVolume::Ready { in_use_by: Some(pod), .. } if t.phase != Some(PodPhase::Running) => {
                     return Ok(Step::CloneSourceInUse { pod: pod.clone() });
                 }
-                CloneVolume::Ready { block, pv_name, .. } => Some((name.clone(), *block, pv_name.clone())),
+                ready => CopySource::of(name.clone(), ready),
             }
         }
         ImportSource::Clone(CloneSource::Snapshot { name }) => match restore(s, generation, name)? {
@@ -678,7 +704,7 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
         },
         _ => None,
     };
-    if let Some((claim, ..)) = &source
+    if let Some(CopySource { claim, .. }) = &source
         && matches!(plan.source, ImportSource::Clone(CloneSource::Pvc { .. }))
     {
         let strategy = match &t.clone_type {
@@ -700,10 +726,12 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
     // Both holders start at once; the task waits for both.
     let source = match source {
         None => None,
-        Some((claim, block, pv_name)) => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
-            None => return Ok(Step::CreateSourceHolder { claim, block }),
-            Some(source_holder) => Some((source_holder, claim, block, pv_name)),
-        },
+        Some(CopySource { claim, block, pv_name, co_locate }) => {
+            match s.source_holder.get().ok_or(Fact::SourceHolder)? {
+                None => return Ok(Step::CreateSourceHolder { claim, block, co_locate }),
+                Some(source_holder) => Some((source_holder, claim, block, pv_name)),
+            }
+        }
     };
     let (Some(node), Some(PodPhase::Running), false) = (&holder.node, holder.phase, holder.deleting) else {
         return Ok(Step::WaitForHolder);
@@ -758,8 +786,8 @@ fn populate(s: &Snapshot, generation: i64, plan: &ImportPlan) -> Result<Step, Fa
 enum Restore {
     /// Restored by the driver into the target, or not ready to copy yet.
     Step(Step),
-    /// Restored aside, to be copied: the claim, its mode and its PV.
-    CopyFrom((String, bool, String)),
+    /// Restored aside, to be copied.
+    CopyFrom(CopySource),
 }
 
 /// A DataVolume's `snapshot` source is restored by its driver into the target when CDI's
@@ -799,10 +827,13 @@ fn restore(s: &Snapshot, generation: i64, name: &str) -> Result<Restore, Fact> {
         CloneVolume::Missing => {
             step(Step::CreateRestoredSource { snapshot: name.into(), block, size, driver: driver.clone() })
         }
-        CloneVolume::Ready { block, pv_name, .. } => Ok(Restore::CopyFrom((claim, *block, pv_name.clone()))),
+        // Only this clone holds its own restored claim: nothing to co-locate with.
+        CloneVolume::Ready { block, pv_name, .. } => {
+            Ok(Restore::CopyFrom(CopySource { claim, block: *block, pv_name: pv_name.clone(), co_locate: None }))
+        }
         // Bound once restored, or (WaitForFirstConsumer) once its holder is scheduled.
         _ => match s.source_holder.get().ok_or(Fact::SourceHolder)? {
-            None => step(Step::CreateSourceHolder { claim, block }),
+            None => step(Step::CreateSourceHolder { claim, block, co_locate: None }),
             Some(_) => step(Step::WaitForCloneSource {
                 why: format!("restoring the snapshot into {}/{claim} to copy it", t.source_namespace),
             }),

@@ -102,9 +102,10 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             seen.holder = Lazy::Read(Some(create_holder(pvc, node.as_deref(), ctx).await?));
             return Ok(None);
         }
-        Step::CreateSourceHolder { claim, block } => {
+        Step::CreateSourceHolder { claim, block, co_locate } => {
+            let namespace = &seen.target.source_namespace;
             let pod =
-                build::source_holder_pod(pvc, &seen.target.source_namespace, &claim, block, &ctx.cfg.holder_image);
+                build::source_holder_pod(pvc, namespace, &claim, block, co_locate.as_deref(), &ctx.cfg.holder_image);
             seen.source_holder = Lazy::Read(Some(create_pod(ctx, pod, "clone source pod").await?));
             return Ok(None);
         }
@@ -479,7 +480,10 @@ async fn read_clone_volume(t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVol
         });
         mounts && !ours && !done
     });
+    let modes = source.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default();
+    let rwo_only = modes.iter().any(|m| m == "ReadWriteOnce") && !modes.iter().any(|m| m.contains("Many"));
     Ok(CloneVolume::Ready {
+        co_locate: rwo_only.then(|| source.uid()).flatten(),
         in_use_by: user.map(ResourceExt::name_any),
         block: build::is_block(&source),
         pv_name,

@@ -35,6 +35,9 @@ pub mod label {
     pub const SOURCE_HOLDER: &str = "cdi-populator-clone-source";
     /// The VolumeSnapshot of a snapshot clone.
     pub const SNAPSHOT: &str = "cdi-populator-clone-snapshot";
+    /// On a clone source holder: the UID of the ReadWriteOnce claim it holds, which all its
+    /// holders share a node for.
+    pub const CLONE_SOURCE: &str = "cdi.kubevirt.io/clone-source";
     /// The temporary claim a snapshot is restored into to be copied from.
     pub const RESTORED_SOURCE: &str = "cdi-populator-restored-source";
     /// The target PVC's UID, on the prime PVC and the holder pod.

@@ -133,6 +133,7 @@ impl World {
                 pv_name: "pv-src".into(),
                 class: "local".into(),
                 size: 1 << 30,
+                co_locate: Some("src-uid".into()),
             },
             source_holder: None,
             strategy: Choice { strategy: Strategy::Copy, fallback: None },
@@ -278,6 +279,7 @@ fn a_clone_waits_for_its_source_claim_before_provisioning_anything() {
             pv_name: "pv-src".into(),
             class: "local".into(),
             size: 1 << 30,
+            co_locate: None,
         },
         ..World::holding()
     };
@@ -304,7 +306,14 @@ fn a_clone_holds_both_volumes_then_starts_a_task_that_reads_the_source_on_its_no
     assert_eq!(target.source_namespace, "golden-images");
     let (trace, step) = drive(target.clone(), World::fresh());
     assert!(trace.contains(&Step::CreatePrime) && trace.contains(&Step::CreateHolder { node: None }), "{trace:?}");
-    assert!(trace.contains(&Step::CreateSourceHolder { claim: "golden".into(), block: true }), "{trace:?}");
+    assert!(
+        trace.contains(&Step::CreateSourceHolder {
+            claim: "golden".into(),
+            block: true,
+            co_locate: Some("src-uid".into())
+        }),
+        "{trace:?}"
+    );
     assert_eq!(step, Step::WaitForHolder);
     let pending_source = World { source_holder: Some(source_holder(Some("Pending"), None)), ..World::holding() };
     assert_eq!(decide_in(target.clone(), pending_source), Step::WaitForHolder);
@@ -422,7 +431,10 @@ fn a_snapshot_source_the_target_cannot_be_restored_from_is_restored_aside_and_co
     let tmp = "tmp-source-pvc-t-uid".to_string();
     let unbound = World { restored: CloneVolume::NotBound, ..snapshot_world(modes.clone()) };
     let (trace, step) = drive(copy(), unbound);
-    assert!(trace.contains(&Step::CreateSourceHolder { claim: tmp.clone(), block: true }), "{trace:?}");
+    assert!(
+        trace.contains(&Step::CreateSourceHolder { claim: tmp.clone(), block: true, co_locate: None }),
+        "{trace:?}"
+    );
     assert!(!trace.iter().any(|s| matches!(s, Step::Read(Fact::CloneSource { .. }))), "{trace:?}");
     assert!(matches!(step, Step::WaitForCloneSource { .. }), "{step:?}");
     let ready = World {
@@ -432,6 +444,7 @@ fn a_snapshot_source_the_target_cannot_be_restored_from_is_restored_aside_and_co
             pv_name: "pv-tmp".into(),
             class: "local".into(),
             size: 1 << 30,
+            co_locate: Some("tmp-uid".into()),
         },
         source_holder: Some(source_holder(Some("Running"), Some("node-2"))),
         ..World { clone: Some(clone_source("VolumeSnapshot")), ..World::holding() }
@@ -474,7 +487,14 @@ fn a_snapshot_clone_restores_a_snapshot_once_it_is_ready() {
     let fell_back =
         |s: &Step| matches!(s, Step::ChooseStrategy(c) if c.fallback.as_ref().is_some_and(|f| f.0 == "SnapshotFailed"));
     assert!(trace.iter().any(fell_back), "{trace:?}");
-    assert!(trace.contains(&Step::CreateSourceHolder { claim: "golden".into(), block: true }), "{trace:?}");
+    assert!(
+        trace.contains(&Step::CreateSourceHolder {
+            claim: "golden".into(),
+            block: true,
+            co_locate: Some("src-uid".into())
+        }),
+        "{trace:?}"
+    );
     assert_eq!(step, Step::WaitForHolder);
 }
 
