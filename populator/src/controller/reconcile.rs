@@ -284,7 +284,8 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             };
             let mut prime = read(&namespace).await?;
             // A smart clone across namespaces makes its prime in the source's.
-            if prime.is_none() && seen.target.source_namespace != namespace {
+            let t = &seen.target;
+            if prime.is_none() && t.kind == SourceKind::Clone && t.source_namespace != namespace {
                 prime = read(&seen.target.source_namespace).await?;
             }
             seen.prime = Lazy::Read(prime.as_ref().map(Prime::from));
