@@ -81,12 +81,10 @@ pub enum EventReason {
     CloneStrategy,
     /// A smart clone the driver cannot make is copied instead; CDI's reason.
     CloneFallback(&'static str),
-    /// The driver refuses to restore a snapshot source into the claim: it is waited for.
-    ProvisioningFailed,
 }
 
 impl EventReason {
-    pub const ALL: [EventReason; 20] = [
+    pub const ALL: [EventReason; 19] = [
         EventReason::PrimeCreated,
         EventReason::ImportScheduled,
         EventReason::ImportInProgress,
@@ -106,7 +104,6 @@ impl EventReason {
         EventReason::CloneSourceMissing,
         EventReason::CloneStrategy,
         EventReason::CloneFallback("IncompatibleVolumeModes"),
-        EventReason::ProvisioningFailed,
     ];
 
     /// The event's `reason`.
@@ -133,7 +130,6 @@ impl EventReason {
             EventReason::CloneStrategy => "CloneStrategy",
             EventReason::CloneFallback(reason) => reason,
             // What the driver said of the prime, said of the claim it stands for.
-            EventReason::ProvisioningFailed => "ProvisioningFailed",
         }
     }
 
@@ -145,7 +141,6 @@ impl EventReason {
             | EventReason::CloneFailed
             | EventReason::UnsupportedSource
             | EventReason::MoverUnavailable
-            | EventReason::ProvisioningFailed
             // CDI warns: the storage cannot do what its profile says.
             | EventReason::CloneFallback(_) => true,
             EventReason::PrimeCreated
