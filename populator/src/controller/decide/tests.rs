@@ -298,6 +298,11 @@ fn a_clone_refused_across_namespaces_fails_terminally() {
     assert_eq!((failure.reason, failure.generation), (FailureReason::InvalidRequest, GENERATION));
 }
 
+/// The step that holds the source claim `golden` (ReadWriteOnce: its holders share a node).
+fn hold_golden() -> Step {
+    Step::CreateSourceHolder { claim: "golden".into(), block: true, co_locate: Some("src-uid".into()) }
+}
+
 #[test]
 fn a_clone_holds_both_volumes_then_starts_a_task_that_reads_the_source_on_its_node() {
     let target = clone_target(json!({
@@ -306,14 +311,7 @@ fn a_clone_holds_both_volumes_then_starts_a_task_that_reads_the_source_on_its_no
     assert_eq!(target.source_namespace, "golden-images");
     let (trace, step) = drive(target.clone(), World::fresh());
     assert!(trace.contains(&Step::CreatePrime) && trace.contains(&Step::CreateHolder { node: None }), "{trace:?}");
-    assert!(
-        trace.contains(&Step::CreateSourceHolder {
-            claim: "golden".into(),
-            block: true,
-            co_locate: Some("src-uid".into())
-        }),
-        "{trace:?}"
-    );
+    assert!(trace.contains(&hold_golden()), "{trace:?}");
     assert_eq!(step, Step::WaitForHolder);
     let pending_source = World { source_holder: Some(source_holder(Some("Pending"), None)), ..World::holding() };
     assert_eq!(decide_in(target.clone(), pending_source), Step::WaitForHolder);
@@ -487,14 +485,7 @@ fn a_snapshot_clone_restores_a_snapshot_once_it_is_ready() {
     let fell_back =
         |s: &Step| matches!(s, Step::ChooseStrategy(c) if c.fallback.as_ref().is_some_and(|f| f.0 == "SnapshotFailed"));
     assert!(trace.iter().any(fell_back), "{trace:?}");
-    assert!(
-        trace.contains(&Step::CreateSourceHolder {
-            claim: "golden".into(),
-            block: true,
-            co_locate: Some("src-uid".into())
-        }),
-        "{trace:?}"
-    );
+    assert!(trace.contains(&hold_golden()), "{trace:?}");
     assert_eq!(step, Step::WaitForHolder);
 }
 
