@@ -30,6 +30,7 @@ use super::strategy::{self, Choice, Strategy};
 use super::vocab::{EventReason, FINALIZER, UNSUPPORTED_CONDITION, ann, cdi_ann, condition};
 use super::{Ctx, Error};
 use crate::api::{DataVolume, VolumeCloneSource, VolumeImportSource, VolumeUploadSource};
+use crate::datavolume::render::CloneKind;
 use crate::metrics::Finished;
 
 /// How often to look again while waiting on something no watch reports.
@@ -227,7 +228,7 @@ async fn observe(fact: Fact, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, c
             seen.source = Lazy::Read(Source::from_clone(source.as_ref()));
         }
         Fact::SnapshotGrant { name } => {
-            let refusal = cross_namespace_refusal(pvc, &seen.target, Origin::Snapshot, &name, ctx).await?;
+            let refusal = cross_namespace_refusal(pvc, &seen.target, CloneKind::Snapshot, &name, ctx).await?;
             seen.snapshot_refusal = Lazy::Read(refusal);
         }
         Fact::CloneSource { name } => {
@@ -445,7 +446,7 @@ async fn create_pod(ctx: &Ctx, pod: Pod, what: &'static str) -> Result<Holder, E
 /// admission webhook, and its spec cannot change. Anyone can write the annotation on a
 /// claim of their own.
 async fn clone_volume(pvc: &PersistentVolumeClaim, t: &Target, name: &str, ctx: &Ctx) -> Result<CloneVolume, Error> {
-    if let Some(why) = cross_namespace_refusal(pvc, t, Origin::Claim, name, ctx).await? {
+    if let Some(why) = cross_namespace_refusal(pvc, t, CloneKind::Pvc, name, ctx).await? {
         return Ok(CloneVolume::Refused(why));
     }
     read_clone_volume(t, name, ctx).await
@@ -642,19 +643,12 @@ async fn record_strategy(pvc: &PersistentVolumeClaim, choice: &Choice, ctx: &Ctx
 /// `source.pvc`, or by a `sourceRef` whose DataSource lives in that same namespace (one in
 /// another namespace could be pointed elsewhere after the webhook judged the DataVolume, by
 /// whoever may write it).
-/// What a clone copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Claim,
-    Snapshot,
-}
-
 /// Why `t` may not clone `name` (of `origin`) from its source namespace, if that is another
 /// namespace and no DataVolume asks for it.
 async fn cross_namespace_refusal(
     pvc: &PersistentVolumeClaim,
     t: &Target,
-    origin: Origin,
+    origin: CloneKind,
     name: &str,
     ctx: &Ctx,
 ) -> Result<Option<String>, Error> {
@@ -688,7 +682,7 @@ enum Asked {
 
 async fn asked_by_datavolume(
     pvc: &PersistentVolumeClaim,
-    origin: Origin,
+    origin: CloneKind,
     namespace: &str,
     name: &str,
     ctx: &Ctx,
@@ -704,10 +698,10 @@ async fn asked_by_datavolume(
     let Some(dv) = dv.filter(|dv| dv.uid().as_deref() == Some(owner.uid.as_str())) else { return asked(false) };
     let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| dv_namespace.clone());
     if let Some(p) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
-        return asked(origin == Origin::Claim && or_own(&p.namespace) == namespace && p.name == name);
+        return asked(origin == CloneKind::Pvc && or_own(&p.namespace) == namespace && p.name == name);
     }
     if let Some(s) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
-        return asked(origin == Origin::Snapshot && or_own(&s.namespace) == namespace && s.name == name);
+        return asked(origin == CloneKind::Snapshot && or_own(&s.namespace) == namespace && s.name == name);
     }
     let Some(r) = dv.spec.source_ref.as_ref() else { return asked(false) };
     let ds_namespace = or_own(&r.namespace);
@@ -719,8 +713,8 @@ async fn asked_by_datavolume(
     let resolved = crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await;
     let (namespace, name) = (namespace.to_string(), name.to_string());
     asked(match origin {
-        Origin::Claim => resolved == Ok(crate::datasource::Resolved::Pvc { namespace, name }),
-        Origin::Snapshot => resolved == Ok(crate::datasource::Resolved::Snapshot { namespace, name }),
+        CloneKind::Pvc => resolved == Ok(crate::datasource::Resolved::Pvc { namespace, name }),
+        CloneKind::Snapshot => resolved == Ok(crate::datasource::Resolved::Snapshot { namespace, name }),
     })
 }
 

@@ -14,6 +14,7 @@ use kube::core::admission::{AdmissionResponse, Operation};
 use super::datavolume;
 use super::review::{self, Denial, Request, Verdict};
 use crate::api::names::webhooks::DATAVOLUME_VALIDATE_PATH;
+use crate::datavolume::render::CloneKind;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -126,26 +127,19 @@ async fn clone_not_smaller(ctx: &Ctx, dv: &crate::api::DataVolume, namespace: &s
     }
 }
 
-/// What a clone copies: a claim or a VolumeSnapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Claim,
-    Snapshot,
-}
-
 /// The namespace a clone DataVolume copies from (its own when the source names none), and
 /// what it copies; for a `sourceRef`, what its DataSource names, which must resolve now.
 async fn clone_source_namespace(
     ctx: &Ctx,
     dv: &crate::api::DataVolume,
     namespace: &str,
-) -> Result<Option<(String, Origin)>, Denial> {
+) -> Result<Option<(String, CloneKind)>, Denial> {
     let or_own = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| namespace.to_string());
     if let Some(pvc) = dv.spec.source.as_ref().and_then(|s| s.pvc.as_ref()) {
-        return Ok(Some((or_own(&pvc.namespace), Origin::Claim)));
+        return Ok(Some((or_own(&pvc.namespace), CloneKind::Pvc)));
     }
     if let Some(snapshot) = dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()) {
-        return Ok(Some((or_own(&snapshot.namespace), Origin::Snapshot)));
+        return Ok(Some((or_own(&snapshot.namespace), CloneKind::Snapshot)));
     }
     let Some(r) = dv.spec.source_ref.as_ref() else { return Ok(None) };
     let ds_namespace = or_own(&r.namespace);
@@ -154,8 +148,8 @@ async fn clone_source_namespace(
         return Err(Denial::new(format!("DataSource {ds_namespace}/{} not found", r.name), "spec.sourceRef"));
     };
     match crate::datasource::resolve(&ds, |ns, n| crate::datasource::get(&client, ns, n)).await {
-        Ok(crate::datasource::Resolved::Pvc { namespace, .. }) => Ok(Some((namespace, Origin::Claim))),
-        Ok(crate::datasource::Resolved::Snapshot { namespace, .. }) => Ok(Some((namespace, Origin::Snapshot))),
+        Ok(crate::datasource::Resolved::Pvc { namespace, .. }) => Ok(Some((namespace, CloneKind::Pvc))),
+        Ok(crate::datasource::Resolved::Snapshot { namespace, .. }) => Ok(Some((namespace, CloneKind::Snapshot))),
         Err(why) => Err(Denial::new(format!("DataSource {ds_namespace}/{}: {why}", r.name), "spec.sourceRef")),
     }
 }
@@ -164,7 +158,7 @@ async fn clone_source_namespace(
 /// `datavolumes/source` subresource (group cdi.kubevirt.io) in the source's namespace, or
 /// else to `create` pods there (for a snapshot, pods and claims: restoring one makes a
 /// claim); asked of the API server with SubjectAccessReviews as that user.
-async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str, origin: Origin) -> Verdict {
+async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str, origin: CloneKind) -> Verdict {
     use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
     let user = &request.user_info;
     let allowed = |group: &str, resource: &str, subresource: Option<&str>| {
@@ -199,13 +193,13 @@ async fn authorize_clone(ctx: &Ctx, request: &Request, namespace: &str, origin: 
     };
     if allowed(crate::api::names::api::GROUP, "datavolumes", Some("source")).await?
         || (allowed("", "pods", None).await?
-            && (origin == Origin::Claim || allowed("", "persistentvolumeclaims", None).await?))
+            && (origin == CloneKind::Pvc || allowed("", "persistentvolumeclaims", None).await?))
     {
         return Ok(());
     }
     let field = match origin {
-        Origin::Claim => "spec.source.pvc",
-        Origin::Snapshot => "spec.source.snapshot",
+        CloneKind::Pvc => "spec.source.pvc",
+        CloneKind::Snapshot => "spec.source.snapshot",
     };
     Err(Denial::new(
         format!(
