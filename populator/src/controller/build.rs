@@ -75,15 +75,11 @@ pub fn clone_snapshot(
     claim: &str,
     class: Option<&str>,
 ) -> kube::api::DynamicObject {
-    let mut snapshot = kube::api::DynamicObject::new(
-        &clone_snapshot_name(&target.uid().unwrap_or_default()),
-        &volume_snapshot_resource(),
-    )
-    .data(serde_json::json!({
+    let name = clone_snapshot_name(&target.uid().unwrap_or_default());
+    let mut snapshot = kube::api::DynamicObject::new(&name, &volume_snapshot_resource()).data(serde_json::json!({
         "spec": {"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": class},
     }));
-    snapshot.metadata =
-        child_meta(clone_snapshot_name(&target.uid().unwrap_or_default()), namespace, label::SNAPSHOT, target);
+    snapshot.metadata = child_meta(name, namespace, label::SNAPSHOT, target);
     snapshot
 }
 

@@ -137,12 +137,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
             let class = ctx.defaults.clone_profile(&seen.target.class).1;
             let namespace = &seen.target.source_namespace;
             let snapshot = build::clone_snapshot(pvc, namespace, &claim, class.as_deref());
-            let name = build::clone_snapshot_name(&seen.target.uid);
-            match snapshots(ctx, namespace).create(&PostParams::default(), &snapshot).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(Error::kube("create VolumeSnapshot", &name, e)),
-            }
+            create_or_take(&snapshots(ctx, namespace), &snapshot, "create VolumeSnapshot").await?;
             Action::requeue(SHORT)
         }
         Step::WaitForSnapshot => Action::requeue(SHORT),
@@ -407,14 +402,8 @@ async fn create_prime_from(
     ctx: &Ctx,
 ) -> Result<Prime, Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &prime.namespace().unwrap_or_default());
-    let name = build::prime_name(&pvc.uid().unwrap_or_default());
-    let prime = match api.create(&PostParams::default(), &prime).await {
-        Ok(p) => p,
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            api.get(&name).await.map_err(|e| Error::kube("read prime PVC", &name, e))?
-        }
-        Err(e) => return Err(Error::kube("create prime PVC", &name, e)),
-    };
+    let name = prime.name_any();
+    let prime = create_or_take(&api, &prime, "create prime PVC").await?;
     ctx.event(&ObjectRef::from_obj(pvc), EventReason::PrimeCreated, &format!("created PVC prime {name}")).await;
     annotate(ctx, pvc, &[(ann::PVC_PRIME, Some(name))]).await?;
     Ok(Prime::from(&prime))
@@ -430,13 +419,21 @@ async fn create_holder(pvc: &PersistentVolumeClaim, node: Option<&str>, ctx: &Ct
 /// it in errors.
 async fn create_pod(ctx: &Ctx, pod: Pod, what: &'static str) -> Result<Holder, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    let name = pod.name_any();
-    let pod = match api.create(&PostParams::default(), &pod).await {
-        Ok(p) => p,
-        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await.map_err(|e| Error::kube(what, &name, e))?,
-        Err(e) => return Err(Error::kube(what, &name, e)),
-    };
-    Ok(Holder::from(&pod))
+    Ok(Holder::from(&create_or_take(&api, &pod, what).await?))
+}
+
+/// Creates `object` (or takes the one of its name a racing reconcile created); `what` names
+/// the step in errors.
+async fn create_or_take<K>(api: &Api<K>, object: &K, what: &'static str) -> Result<K, Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    match api.create(&PostParams::default(), object).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await.map_err(|e| Error::kube(what, &name, e)),
+        Err(e) => Err(Error::kube(what, &name, e)),
+    }
 }
 
 /// The claim a clone copies, and whether this target may copy it and now.
@@ -609,13 +606,8 @@ async fn create_restored_source(
     // A snapshot that does not say its restore size is restored at the target's.
     let size = if size > 0 { size } else { build::requested_bytes(pvc).unwrap_or(0) };
     let claim = build::restored_source_pvc(pvc, &t.source_namespace, snapshot, &class.name_any(), block, size);
-    let name = claim.name_any();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &t.source_namespace);
-    match api.create(&PostParams::default(), &claim).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(Error::kube("create the claim to restore the snapshot into", &name, e)),
-    }
+    create_or_take(&api, &claim, "create the claim to restore the snapshot into").await?;
     Ok(Some(Action::requeue(SHORT)))
 }
 
