@@ -26,8 +26,9 @@ use crate::host;
 use crate::system::{System, SystemConfig};
 use crate::workload::{self, ImageServer, Mode, human, secs};
 
+mod nginx;
 mod upload;
-pub use upload::{UploadArgs, upload};
+pub use upload::{UploadArgs, UploadClient, upload};
 
 const NAMESPACE: &str = "default";
 const POPULATOR: &str = "cdi-populator-1";

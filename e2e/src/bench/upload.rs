@@ -1,8 +1,10 @@
 //! `cdi-e2e bench upload`: the reference image uploaded through the upload proxy into a
 //! Block DataVolume, against `cdi-mover import` of the same file from nginx on loopback
-//! (same bytes, one hop fewer) and against CDI's way (the upload written to a scratch
-//! file, then `qemu-img convert` into the device), in alternating runs. Reports the upload
-//! proxy's and the node mover's peak resident memory over the runs.
+//! (same bytes, one hop fewer) and against CDI's way (the upload through a TLS proxy to a
+//! server writing a scratch file, then `qemu-img convert` into the device), in alternating
+//! runs. CDI's way without its upload (a local `cp` to the scratch file, then the convert) is
+//! timed too, as a lower bound of it. Reports the upload proxy's and the node mover's peak
+//! resident memory over the runs.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -14,6 +16,7 @@ use kube::runtime::wait::await_condition;
 
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 
+use super::nginx::{FileServer, ScratchUpload};
 use super::{NAMESPACE, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
@@ -27,7 +30,15 @@ pub struct UploadArgs {
     pub runs: usize,
     /// To the proxy's endpoint, not through the NodePort.
     pub direct: bool,
+    pub client: UploadClient,
     pub dir: Option<std::path::PathBuf>,
+}
+
+/// What sends the upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UploadClient {
+    Curl,
+    CdiUpload,
 }
 
 /// Targets of the issue this measures.
@@ -49,12 +60,15 @@ enum Way {
     Upload,
     Http,
     Cdi,
+    /// CDI's way with a local copy in place of its upload.
+    CdiLocal,
 }
 
 async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyhow::Result<()> {
     let (image, runs) = (args.image.as_path(), args.runs.max(1));
-    let nginx = Nginx::start(dir, image)?;
+    let nginx = FileServer::start(dir, image)?;
     let url = format!("http://127.0.0.1:{}/{}", nginx.port, file_name(image));
+    let scratch = ScratchUpload::start(dir)?;
     let proxy = if args.direct { endpoint_url(&system.client).await? } else { proxy_url(&system.client).await? };
     let request = format!("{}Mi", size.div_ceil(1 << 20) + 64);
     let via = if args.direct { "its endpoint, not the NodePort" } else { "the published NodePort" };
@@ -65,58 +79,81 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         human(image.metadata()?.len())
     );
     println!(
-        "{:>4}  {:>12}  {:>12}  {:>12}  {:>9}  {:>9}",
-        "run", "upload", "HTTP import", "CDI's way", "up/http", "up/cdi"
+        "{:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>9}  {:>9}  {:>9}",
+        "run", "upload", "HTTP import", "CDI's way", "cp+convert", "up/http", "up/cdi", "up/cp"
     );
-    let (mut ups, mut https, mut cdis) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ups, mut https, mut cdis, mut locals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peaks = Peaks::default();
     let (mut costs, mut settles) = (Vec::new(), Vec::new());
     for run in 0..=runs {
-        let mut order = [Way::Upload, Way::Http, Way::Cdi];
-        order.rotate_left(run % 3);
-        let (mut u, mut h, mut c) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut order = [Way::Upload, Way::Http, Way::Cdi, Way::CdiLocal];
+        order.rotate_left(run % 4);
+        let (mut u, mut h, mut c, mut l) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         for way in order {
             sync();
             match way {
                 Way::Upload => {
                     let (settle, cost);
                     (u, settle, cost) =
-                        upload_once(system, &proxy, image, &format!("up-{run}"), &request, &mut peaks).await?;
+                        upload_once(system, args.client, &proxy, image, &format!("up-{run}"), &request, &mut peaks)
+                            .await?;
                     if run > 0 {
                         costs.push(cost);
                         settles.push(settle);
                     }
                 }
                 Way::Http => h = import_alone(&system.config.mover_binary, dir, &url, size).await?,
-                Way::Cdi => c = cdi_way(dir, image, size).await?,
+                Way::Cdi => c = cdi_way(dir, Scratch::Uploaded(&scratch), image, size).await?,
+                Way::CdiLocal => l = cdi_way(dir, Scratch::Copied, image, size).await?,
             }
         }
         let label = if run == 0 { "warm".to_string() } else { run.to_string() };
-        let (rh, rc) = (u.as_secs_f64() / h.as_secs_f64(), u.as_secs_f64() / c.as_secs_f64());
-        println!("{label:>4}  {:>12}  {:>12}  {:>12}  {rh:>9.3}  {rc:>9.3}", secs(u), secs(h), secs(c));
+        let ratio = |base: Duration| u.as_secs_f64() / base.as_secs_f64();
+        println!(
+            "{label:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>9.3}  {:>9.3}  {:>9.3}",
+            secs(u),
+            secs(h),
+            secs(c),
+            secs(l),
+            ratio(h),
+            ratio(c),
+            ratio(l)
+        );
         if run > 0 {
             ups.push(u);
             https.push(h);
             cdis.push(c);
+            locals.push(l);
         }
     }
-    let (u, h, c) = (median(ups), median(https), median(cdis));
-    let (rh, rc) = (u.as_secs_f64() / h.as_secs_f64(), u.as_secs_f64() / c.as_secs_f64());
+    let (u, h, c, l) = (median(ups), median(https), median(cdis), median(locals));
+    let ratio = |base: Duration| u.as_secs_f64() / base.as_secs_f64();
+    let (rh, rc) = (ratio(h), ratio(c));
     let met = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!("median of {runs}: upload {}, HTTP import {}, CDI's way {}", secs(u), secs(h), secs(c));
+    println!(
+        "median of {runs}: upload {}, HTTP import {}, CDI's way {}, cp+convert {}",
+        secs(u),
+        secs(h),
+        secs(c),
+        secs(l)
+    );
     println!("upload / HTTP import: {rh:.3}x (target <= {VS_HTTP_TARGET}: {})", met(rh <= VS_HTTP_TARGET));
     println!("upload / CDI's way:   {rc:.3}x (target <= {VS_CDI_TARGET}: {})", met(rc <= VS_CDI_TARGET));
+    println!("upload / cp+convert:  {:.3}x (CDI's way without its upload; a lower bound of it)", ratio(l));
     println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
     let cost = Cost::median(&costs);
     println!(
-        "CPU per upload: client (curl) {:.2}s, upload proxy {:.2}s, node mover {:.2}s; the machine was {:.0}% busy on {} cores",
+        "CPU per upload: client ({:?}) {:.2}s, upload proxy {:.2}s, node mover {:.2}s; the machine was {:.0}% busy on {} cores",
+        args.client,
         cost.client,
         cost.proxy,
         cost.mover,
         cost.busy * 100.0,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    println!("from the proxy's answer to the DataVolume's Succeeded: {}", secs(median(settles)));
+    if args.client == UploadClient::Curl {
+        println!("from the proxy's answer to the DataVolume's Succeeded: {}", secs(median(settles)));
+    }
     let (p, m) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
     println!(
         "peak RSS: upload proxy {p} MiB, node mover {m} MiB (target <= {RSS_TARGET_MIB} MiB each: {})",
@@ -215,11 +252,12 @@ fn children_cpu_seconds() -> f64 {
         .map_or(0.0, |u| (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6)
 }
 
-/// An upload DataVolume until UploadReady, a token, `curl -T` of the image to the proxy,
-/// until Succeeded; then the DataVolume is deleted. Timed from the POST to Succeeded, and from
-/// the proxy's answer to Succeeded (the control plane's share).
+/// An upload DataVolume until UploadReady; the client uploads the image to the proxy; until
+/// Succeeded; then the DataVolume is deleted. Timed from the client's start (curl: after the
+/// token) to Succeeded, and from the proxy's answer to Succeeded (the control plane's share).
 async fn upload_once(
     system: &System,
+    with: UploadClient,
     proxy: &str,
     image: &Path,
     name: &str,
@@ -240,41 +278,62 @@ async fn upload_once(
     tokio::time::timeout(Duration::from_secs(120), ready)
         .await
         .with_context(|| format!("{name} never UploadReady"))??;
-    let token = token(client, name).await?;
-    let clocks = CpuClocks::now();
-    let started = Instant::now();
-    let mut curl = tokio::process::Command::new("curl")
-        .args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-T"])
-        .arg(image)
-        .args(["-H", "Content-Type: application/octet-stream", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("{proxy}/v1beta1/upload"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running curl")?;
-    // Sample memory while the bytes flow.
-    let status = loop {
-        tokio::select! {
-            s = curl.wait() => break s?,
-            () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(None),
+    let mut command = match with {
+        UploadClient::Curl => {
+            let token = token(client, name).await?;
+            let mut curl = tokio::process::Command::new("curl");
+            curl.args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-T"])
+                .arg(image)
+                .args(["-H", "Content-Type: application/octet-stream", "-H"])
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(format!("{proxy}/v1beta1/upload"));
+            curl
+        }
+        UploadClient::CdiUpload => {
+            let mut ours = tokio::process::Command::new(crate::system::binaries_dir()?.join("cdi-upload"));
+            ours.args(["dv", name, "--no-create", "--insecure", "-n", NAMESPACE, "--uploadproxy-url", proxy])
+                .arg("--image-path")
+                .arg(image)
+                .env("KUBECONFIG", system.cluster.kubeconfig_path())
+                .stderr(Stdio::null());
+            ours
         }
     };
-    if !status.success() {
-        bail!("curl upload of {} to {proxy} failed ({status})", image.display());
-    }
-    let answered = started.elapsed();
-    let done = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
+    let clocks = CpuClocks::now();
+    let started = Instant::now();
+    let mut child =
+        command.stdin(Stdio::null()).kill_on_drop(true).spawn().with_context(|| format!("running {with:?}"))?;
+    // cdi-upload checks for completion itself, on an interval: the time is taken when the
+    // DataVolume turns Succeeded, not when the client exits.
+    let succeeded = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
         d.and_then(|d| d.status.as_ref()?.phase.clone()) == Some(DataVolumePhase::Succeeded)
     });
-    tokio::time::timeout(Duration::from_secs(120), done).await.with_context(|| format!("{name} never Succeeded"))??;
-    let took = started.elapsed();
+    let mut succeeded = std::pin::pin!(tokio::time::timeout(Duration::from_secs(300), succeeded));
+    let (mut answered, mut took) = (None, None);
+    while answered.is_none() || took.is_none() {
+        tokio::select! {
+            status = child.wait(), if answered.is_none() => {
+                let status = status?;
+                if !status.success() {
+                    bail!("{with:?} upload of {} to {proxy} failed ({status})", image.display());
+                }
+                answered = Some(started.elapsed());
+            }
+            done = &mut succeeded, if took.is_none() => {
+                done.with_context(|| format!("{name} never Succeeded"))??;
+                took = Some(started.elapsed());
+            }
+            // Sample memory while the bytes flow.
+            () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(None),
+        }
+    }
+    let (answered, took) = (answered.unwrap_or_default(), took.unwrap_or_default());
     let cost = clocks.since();
     peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
     tokio::time::timeout(Duration::from_secs(120), gone).await.ok();
-    Ok((took, took - answered, cost))
+    Ok((took, took.saturating_sub(answered), cost))
 }
 
 async fn token(client: &kube::Client, pvc: &str) -> anyhow::Result<String> {
@@ -289,14 +348,37 @@ async fn token(client: &kube::Client, pvc: &str) -> anyhow::Result<String> {
     made.data["status"]["token"].as_str().map(str::to_string).context("UploadTokenRequest answered without a token")
 }
 
-/// CDI's upload: the body to a scratch file, then `qemu-img convert` into the device.
-async fn cdi_way(dir: &Path, image: &Path, size: u64) -> anyhow::Result<Duration> {
+/// How CDI's way gets the image into its scratch file.
+enum Scratch<'a> {
+    /// `curl -T` through the stand-ins for CDI's upload proxy and upload server.
+    Uploaded(&'a ScratchUpload),
+    /// `cp`: no network at all, so a lower bound of CDI's way.
+    Copied,
+}
+
+/// CDI's upload of an image qemu-img must convert: the body to a scratch file, then
+/// `qemu-img convert` of it into the device (and `sync`, as the mover's fsync).
+async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyhow::Result<Duration> {
     let backing = dir.join("cdi-way.img");
     host::sparse_file(&backing, size)?;
     let device = host::loop_attach(&backing)?;
-    let scratch = dir.join("scratch.upload");
+    let name = "scratch.upload";
+    let (mut fill, scratch) = match how {
+        Scratch::Uploaded(server) => {
+            let mut curl = tokio::process::Command::new("curl");
+            curl.args(["-sS", "-k", "--fail-with-body", "-o", "/dev/null", "-T"])
+                .arg(image)
+                .arg(format!("{}{name}", server.url));
+            (curl, server.scratch.join(name))
+        }
+        Scratch::Copied => {
+            let mut cp = tokio::process::Command::new("cp");
+            cp.arg(image).arg(dir.join(name));
+            (cp, dir.join(name))
+        }
+    };
     let started = Instant::now();
-    let copied = tokio::process::Command::new("cp").arg(image).arg(&scratch).status().await?;
+    let filled = fill.stdin(Stdio::null()).status().await?;
     let converted = tokio::process::Command::new("qemu-img")
         .args(["convert", "-t", "none", "-n", "-W", "-O", "raw"])
         .arg(&scratch)
@@ -307,58 +389,12 @@ async fn cdi_way(dir: &Path, image: &Path, size: u64) -> anyhow::Result<Duration
     let took = started.elapsed();
     host::loop_detach(&device)?;
     std::fs::remove_file(&backing)?;
-    std::fs::remove_file(&scratch)?;
-    if !copied.success() || !converted.success() {
-        bail!("CDI's way (cp + qemu-img convert) failed");
+    let _ = std::fs::remove_file(&scratch);
+    if !filled.success() {
+        bail!("CDI's way: filling the scratch file {} failed ({filled})", scratch.display());
+    }
+    if !converted.success() {
+        bail!("CDI's way: qemu-img convert of {} failed ({converted})", scratch.display());
     }
     Ok(took)
-}
-
-/// nginx serving one file on a free loopback port (installed with apt when missing).
-struct Nginx {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Nginx {
-    fn start(dir: &Path, image: &Path) -> anyhow::Result<Nginx> {
-        if std::process::Command::new("nginx").arg("-v").output().is_err() {
-            let st = std::process::Command::new("sh")
-                .args(["-c", "apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null"])
-                .status()?;
-            if !st.success() {
-                bail!("cannot install nginx");
-            }
-        }
-        let root = dir.join("nginx");
-        std::fs::create_dir_all(root.join("www"))?;
-        let link = root.join("www").join(file_name(image));
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(image.canonicalize()?, &link)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = root.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off; master_process off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;\n\
-                 events {{}}\nhttp {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}/www; }} }}\n",
-                root = root.display()
-            ),
-        )?;
-        let child = std::process::Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(&root).spawn()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Nginx { port, child });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("nginx did not listen on 127.0.0.1:{port}")
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
