@@ -12,6 +12,7 @@
 //! | [`TLS_READ_BUFFER`] | how much a TLS server reads from its socket at once |
 //! | `heap` | glibc's allocator tuned for streaming (the `heap` feature) |
 //! | `http` | `/metrics` and `/healthz` (the `http` feature) |
+//! | `mtls` | mutual-TLS connections to movers for tonic (the `mtls` feature) |
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -22,6 +23,8 @@ pub mod checksum;
 pub mod heap;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 pub mod utc;
 
 /// What a TLS server reads from its socket at once. rustls asks for 4 KiB at a time: unbuffered,

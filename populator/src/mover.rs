@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cdi_common::mtls;
 use cdi_proto::v1::mover_client::MoverClient;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::certs::{ClientIdentity, MOVER_SERVER_NAME};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct MoverConfig {
@@ -35,6 +37,8 @@ pub enum MoverError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("cannot use the client certificate for movers: {0}")]
+    Identity(String),
 }
 
 /// Finds and connects to movers.
@@ -90,19 +94,21 @@ impl Movers {
             return Ok(c.clone());
         }
         let connect = |source| MoverError::Connect { address: address.to_string(), source };
-        let scheme = if self.identity.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        // The scheme only names the :scheme of requests: TLS, when used, is the connector's.
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(connect)?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(Some(Duration::from_secs(30)));
-        if let Some(id) = &self.identity {
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&id.ca))
-                .identity(Identity::from_pem(&id.cert, &id.key))
-                .domain_name(MOVER_SERVER_NAME);
-            endpoint = endpoint.tls_config(tls).map_err(connect)?;
-        }
-        let channel = endpoint.connect_lazy();
+            .tcp_keepalive(Some(KEEPALIVE));
+        let channel = match &self.identity {
+            Some(id) => {
+                let config = mtls::client_config(&id.cert, &id.key, &id.ca).map_err(MoverError::Identity)?;
+                let connector = mtls::Connector::new(config, MOVER_SERVER_NAME, CONNECT_TIMEOUT)
+                    .map_err(MoverError::Identity)?
+                    .keepalive(KEEPALIVE);
+                endpoint.connect_with_connector_lazy(connector)
+            }
+            None => endpoint.connect_lazy(),
+        };
         self.channels.lock().expect("channels lock").insert(address.to_string(), channel.clone());
         Ok(channel)
     }

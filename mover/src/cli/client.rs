@@ -157,7 +157,7 @@ pub async fn connect_to(args: &ClientArgs, address: &str) -> anyhow::Result<Move
         }
         _ => None,
     };
-    let endpoint = peer::endpoint(address, tls, &args.tls_server_name).map_err(anyhow::Error::msg)?;
+    let endpoint = peer::PeerEndpoint::new(address, tls, &args.tls_server_name).map_err(anyhow::Error::msg)?;
     let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the mover at {address}"))?;
     // Volume streams carry chunks of a few MiB.
     Ok(peer::client(channel))

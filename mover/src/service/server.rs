@@ -212,7 +212,9 @@ fn tls_incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(conn)) => {
+                    Ok(Ok(mut conn)) => {
+                        // A whole ReadVolume chunk per write, not 64 KiB (rustls's default).
+                        conn.get_mut().1.set_buffer_limit(Some(cdi_common::mtls::WRITE_BUFFER));
                         let _ = tx.send(Ok(conn)).await;
                     }
                     // Refused clients (no certificate, wrong CA) end here.

@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cdi_common::mtls;
 use cdi_proto::v1 as pb;
 use cdi_proto::v1::mover_client::MoverClient;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::disk::TargetError;
 use crate::error::{ImportError, Reason, one_line};
@@ -250,27 +251,43 @@ fn tls_verdict(e: &(dyn std::error::Error + 'static)) -> Option<Verdict> {
 /// A client identity as PEM: certificate (chain), key, and the CA that signs the peers'.
 pub type Pems = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// An endpoint for the mover at `address` with the volume streams' flow control; TLS with
-/// `tls` (certificate, key, CA, as PEM) checked against `server_name`, plain HTTP/2 without.
-///
-/// # Errors
-/// A malformed address or an identity rustls cannot use, as text.
-pub fn endpoint(address: &str, tls: Option<Pems>, server_name: &str) -> Result<Endpoint, String> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-        .map_err(|e| format!("invalid mover address {address:?}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME);
-    if let Some((cert, key, ca)) = tls {
-        let config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key))
-            .domain_name(server_name);
-        endpoint = endpoint.tls_config(config).map_err(|e| format!("invalid TLS setup: {}", one_line(&e)))?;
+/// The mover at `address`, with the volume streams' flow control; TLS with `tls`
+/// (certificate, key, CA, as PEM) checked against `server_name`, plain HTTP/2 without.
+#[derive(Debug, Clone)]
+pub struct PeerEndpoint {
+    endpoint: Endpoint,
+    tls: Option<mtls::Connector>,
+}
+
+impl PeerEndpoint {
+    /// # Errors
+    /// A malformed address or an identity rustls cannot use, as text.
+    pub fn new(address: &str, tls: Option<Pems>, server_name: &str) -> Result<PeerEndpoint, String> {
+        // The scheme only names the :scheme of requests: TLS, when used, is the connector's.
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("invalid mover address {address:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME);
+        let tls = match tls {
+            Some((cert, key, ca)) => {
+                let config = mtls::client_config(&cert, &key, &ca).map_err(|e| format!("invalid TLS setup: {e}"))?;
+                Some(mtls::Connector::new(config, server_name, CONNECT_TIMEOUT)?)
+            }
+            None => None,
+        };
+        Ok(PeerEndpoint { endpoint, tls })
     }
-    Ok(endpoint)
+
+    /// # Errors
+    /// The connection or its TLS handshake failed.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(connector) => self.endpoint.connect_with_connector(connector.clone()).await,
+            None => self.endpoint.connect().await,
+        }
+    }
 }
 
 /// A client of the volume streams (messages up to [`MAX_MESSAGE`]).
@@ -291,7 +308,7 @@ async fn open(peer: &PeerVolume, names: &Names) -> Result<tonic::Streaming<pb::V
             Some((read(&files.cert)?, read(&files.key)?, read(&files.ca)?))
         }
     };
-    let endpoint = endpoint(address, tls.clone(), &peer.server_name)
+    let endpoint = PeerEndpoint::new(address, tls.clone(), &peer.server_name)
         .map_err(|why| PeerError::Identity { address: address.clone(), why })?;
     let channel = endpoint.connect().await.map_err(|e| {
         names.tls(&e).unwrap_or_else(|| PeerError::Unreachable { address: address.clone(), why: one_line(&e) })
@@ -320,29 +337,13 @@ const DIAGNOSE_WAIT: Duration = Duration::from_secs(3);
 /// may only learn that the connection closed. One more handshake of our own, read until the
 /// peer speaks (an accepted client gets HTTP/2 settings at once), finds out.
 async fn diagnose(pems: &Pems, names: &Names) -> Option<PeerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::AsyncReadExt;
     let (cert, key, ca) = pems;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca) {
-        roots.add(c.ok()?).ok()?;
-    }
-    let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().ok()?;
-    let key = PrivateKeyDer::from_pem_slice(key).ok()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .ok()?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = ServerName::try_from(names.server_name.clone()).ok()?;
-    let probe = async {
-        let tcp = tokio::net::TcpStream::connect(&names.address).await?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
-        tls.read(&mut [0u8; 1]).await
-    };
+    let config = mtls::client_config(cert, key, ca).ok()?;
+    let (host, port) = names.address.rsplit_once(':')?;
+    let (host, port) = (host.trim_start_matches('[').trim_end_matches(']'), port.parse().ok()?);
+    let connector = mtls::Connector::new(config, &names.server_name, CONNECT_TIMEOUT).ok()?;
+    let probe = async { connector.connect(host, port).await?.read(&mut [0u8; 1]).await };
     match tokio::time::timeout(CONNECT_TIMEOUT + DIAGNOSE_WAIT, probe).await {
         Ok(Err(e)) => names.tls(&e),
         // It spoke, or kept quiet: it has nothing against this mover's certificate.
