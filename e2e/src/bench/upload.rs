@@ -232,11 +232,13 @@ impl CpuClocks {
         CpuClocks { children: children_cpu_seconds(), roles: RoleSeconds::now(), machine: procs::machine_ticks() }
     }
 
-    fn since(&self) -> Cost {
-        let now = CpuClocks::now();
+    /// From these clocks to `done` (taken when the DataVolume succeeded); the client's from
+    /// these to now, as a child's CPU time is known only once it is reaped.
+    fn until(&self, done: &CpuClocks) -> Cost {
+        let now = done;
         let (busy, all) = (now.machine.0 - self.machine.0, now.machine.1 - self.machine.1);
         Cost {
-            client: now.children - self.children,
+            client: children_cpu_seconds() - self.children,
             proxy: now.roles.proxy - self.roles.proxy,
             mover: now.roles.mover - self.roles.mover,
             busy: busy as f64 / all.max(1) as f64,
@@ -309,7 +311,7 @@ async fn upload_once(
         d.and_then(|d| d.status.as_ref()?.phase.clone()) == Some(DataVolumePhase::Succeeded)
     });
     let mut succeeded = std::pin::pin!(tokio::time::timeout(Duration::from_secs(300), succeeded));
-    let (mut answered, mut took) = (None, None);
+    let (mut answered, mut took, mut done_clocks) = (None, None, None);
     while answered.is_none() || took.is_none() {
         tokio::select! {
             status = child.wait(), if answered.is_none() => {
@@ -322,13 +324,14 @@ async fn upload_once(
             done = &mut succeeded, if took.is_none() => {
                 done.with_context(|| format!("{name} never Succeeded"))??;
                 took = Some(started.elapsed());
+                done_clocks = Some(CpuClocks::now());
             }
             // Sample memory while the bytes flow.
             () = tokio::time::sleep(Duration::from_millis(200)) => peaks.sample(None),
         }
     }
     let (answered, took) = (answered.unwrap_or_default(), took.unwrap_or_default());
-    let cost = clocks.since();
+    let cost = clocks.until(&done_clocks.unwrap_or_else(CpuClocks::now));
     peaks.sample(None);
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
