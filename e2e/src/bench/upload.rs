@@ -235,12 +235,11 @@ impl CpuClocks {
     /// From these clocks to `done` (taken when the DataVolume succeeded); the client's from
     /// these to now, as a child's CPU time is known only once it is reaped.
     fn until(&self, done: &CpuClocks) -> Cost {
-        let now = done;
-        let (busy, all) = (now.machine.0 - self.machine.0, now.machine.1 - self.machine.1);
+        let (busy, all) = (done.machine.0 - self.machine.0, done.machine.1 - self.machine.1);
         Cost {
             client: children_cpu_seconds() - self.children,
-            proxy: now.roles.proxy - self.roles.proxy,
-            mover: now.roles.mover - self.roles.mover,
+            proxy: done.roles.proxy - self.roles.proxy,
+            mover: done.roles.mover - self.roles.mover,
             busy: busy as f64 / all.max(1) as f64,
         }
     }
