@@ -77,12 +77,17 @@ impl Connector {
         self
     }
 
-    /// TCP connection and TLS handshake, within the timeout.
+    /// TCP connection to `address` (`host:port`, `[v6]:port`) and TLS handshake, within the
+    /// timeout.
     ///
     /// # Errors
-    /// The connection or the handshake failed (a rustls error inside the `io::Error` for a
-    /// refused certificate), or took longer than the timeout.
-    pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<tokio_rustls::client::TlsStream<Buffered>> {
+    /// No port in the address, the connection or the handshake failed (a rustls error inside
+    /// the `io::Error` for a refused certificate), or took longer than the timeout.
+    pub async fn connect(&self, address: &str) -> std::io::Result<tokio_rustls::client::TlsStream<Buffered>> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no host and port in {address:?}"));
+        let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| bad())?;
         let connecting = async {
             let tcp = TcpStream::connect((host, port)).await?;
             // Small messages (window updates, the answer) must not wait for delayed ACKs.
@@ -117,10 +122,8 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no host and port in {uri}"));
-            let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().ok_or_else(bad)?;
-            Ok(TokioIo::new(this.connect(host, port).await?))
+            let address = uri.authority().map(http::uri::Authority::as_str).unwrap_or_default();
+            Ok(TokioIo::new(this.connect(address).await?))
         })
     }
 }

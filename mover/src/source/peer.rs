@@ -288,6 +288,11 @@ impl PeerEndpoint {
             None => self.endpoint.connect().await,
         }
     }
+
+    /// How TLS connections are made, when they are.
+    pub fn tls(&self) -> Option<&mtls::Connector> {
+        self.tls.as_ref()
+    }
 }
 
 /// A client of the volume streams (messages up to [`MAX_MESSAGE`]).
@@ -308,7 +313,7 @@ async fn open(peer: &PeerVolume, names: &Names) -> Result<tonic::Streaming<pb::V
             Some((read(&files.cert)?, read(&files.key)?, read(&files.ca)?))
         }
     };
-    let endpoint = PeerEndpoint::new(address, tls.clone(), &peer.server_name)
+    let endpoint = PeerEndpoint::new(address, tls, &peer.server_name)
         .map_err(|why| PeerError::Identity { address: address.clone(), why })?;
     let channel = endpoint.connect().await.map_err(|e| {
         names.tls(&e).unwrap_or_else(|| PeerError::Unreachable { address: address.clone(), why: one_line(&e) })
@@ -317,11 +322,11 @@ async fn open(peer: &PeerVolume, names: &Names) -> Result<tonic::Streaming<pb::V
         pb::ReadVolumeRequest { target: Some(peer.volume.clone()), format: format_to_pb(names.format) as i32 };
     match client(channel).read_volume(request).await {
         Ok(response) => Ok(response.into_inner()),
-        Err(s) => match &tls {
+        Err(s) => match endpoint.tls() {
             // Not an answer of the peer's (those have no source): the connection failed
             // under the call, maybe for the peer's verdict on this mover's certificate.
-            Some(pems) if names.tls(&s).is_none() && std::error::Error::source(&s).is_some() => {
-                Err(diagnose(pems, names).await.unwrap_or_else(|| names.status(&s, None)))
+            Some(connector) if names.tls(&s).is_none() && std::error::Error::source(&s).is_some() => {
+                Err(diagnose(connector, names).await.unwrap_or_else(|| names.status(&s, None)))
             }
             _ => Err(names.status(&s, None)),
         },
@@ -336,14 +341,9 @@ const DIAGNOSE_WAIT: Duration = Duration::from_secs(3);
 /// the handshake done: its refusal (an alert) reaches hyper's connection task, and the call
 /// may only learn that the connection closed. One more handshake of our own, read until the
 /// peer speaks (an accepted client gets HTTP/2 settings at once), finds out.
-async fn diagnose(pems: &Pems, names: &Names) -> Option<PeerError> {
+async fn diagnose(connector: &mtls::Connector, names: &Names) -> Option<PeerError> {
     use tokio::io::AsyncReadExt;
-    let (cert, key, ca) = pems;
-    let config = mtls::client_config(cert, key, ca).ok()?;
-    let (host, port) = names.address.rsplit_once(':')?;
-    let (host, port) = (host.trim_start_matches('[').trim_end_matches(']'), port.parse().ok()?);
-    let connector = mtls::Connector::new(config, &names.server_name, CONNECT_TIMEOUT).ok()?;
-    let probe = async { connector.connect(host, port).await?.read(&mut [0u8; 1]).await };
+    let probe = async { connector.connect(&names.address).await?.read(&mut [0u8; 1]).await };
     match tokio::time::timeout(CONNECT_TIMEOUT + DIAGNOSE_WAIT, probe).await {
         Ok(Err(e)) => names.tls(&e),
         // It spoke, or kept quiet: it has nothing against this mover's certificate.
