@@ -7,6 +7,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::ptr::NonNull;
@@ -171,6 +172,69 @@ fn direct_alignment(file: &File) -> io::Result<usize> {
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blksszget, libc::BLKSSZGET, libc::c_int);
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+/// The kernel's `struct loop_info64` (`linux/loop.h`), as `LOOP_GET_STATUS64` fills it.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// What a loop device reads from: its backing file, opened read-only, and where in that
+/// file the device's first byte is. The file's holes are the device's holes.
+#[derive(Debug)]
+pub struct LoopBacking {
+    pub file: File,
+    pub offset: u64,
+}
+
+/// The backing file of `dev` when it is a loop device whose backing file is reachable
+/// here and is the very file the kernel reads (same filesystem and inode, checked after
+/// opening, so a file renamed or replaced since the device was set up is never taken for
+/// it). `None` for any other block device, or when that cannot be established: the
+/// caller then reads the whole device, which is always correct.
+pub fn loop_backing(dev: &File) -> Option<LoopBacking> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = dev.metadata().ok()?.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    // Only loop devices have this attribute; it holds the full path (`lo_file_name` is
+    // cut at 64 bytes), with " (deleted)" appended once the file is unlinked.
+    let name = std::fs::read(format!("/sys/dev/block/{major}:{minor}/loop/backing_file")).ok()?;
+    let name = name.strip_suffix(b"\n").unwrap_or(&name);
+    let path = Path::new(std::ffi::OsStr::from_bytes(name));
+    // SAFETY: all-zero bytes are a valid `LoopInfo64` (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open block device and `info` is a valid out-parameter of the size
+    // the kernel writes.
+    unsafe { loop_get_status64(dev.as_raw_fd(), &mut info) }.ok()?;
+    if info.lo_encrypt_type != 0 {
+        return None;
+    }
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    // `lo_device` is the kernel's 32-bit device encoding (major in bits 8-19, minor in
+    // bits 0-7 and 20-31).
+    let (lo_major, lo_minor) =
+        ((info.lo_device >> 8) & 0xfff, (info.lo_device & 0xff) | ((info.lo_device >> 12) & 0xfff00));
+    let same = meta.is_file()
+        && meta.ino() == info.lo_inode
+        && u64::from(libc::major(meta.dev())) == lo_major
+        && u64::from(libc::minor(meta.dev())) == lo_minor;
+    same.then_some(LoopBacking { file, offset: info.lo_offset })
+}
 
 /// Size and geometry of a block device.
 #[derive(Debug, Clone, Copy)]

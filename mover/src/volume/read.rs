@@ -1,7 +1,9 @@
 //! Reading a volume as a stream of extents.
 //!
 //! * A block device is read in 4 MiB chunks (`O_DIRECT` where possible, so a large volume
-//!   does not wash out the node's page cache); zero blocks become zero extents.
+//!   does not wash out the node's page cache); zero blocks become zero extents. A device
+//!   has no map of its holes, except a loop device: its backing file's holes are its own,
+//!   so those are skipped unread, as in a file.
 //! * A regular file or `disk.img` is read region by region with `SEEK_DATA`/`SEEK_HOLE`:
 //!   holes are never read, and zero blocks inside data become zero extents too.
 //! * A directory streams as a tar archive of its tree, built by `tar::Builder` into an
@@ -50,6 +52,36 @@ pub struct ReadStats {
     pub length: u64,
 }
 
+/// Where a raw source's holes are known from, so they need not be read.
+#[derive(Debug)]
+enum Holes {
+    /// Nowhere: everything is read, and zero blocks found as they pass.
+    Unknown,
+    /// The file's own `SEEK_DATA`.
+    OwnMap,
+    /// A loop device's backing file: the device's byte `x` is the file's `x + offset`.
+    Backing(direct_io::LoopBacking),
+}
+
+impl Holes {
+    /// The next data region `[start, end)` at or after `pos` of `file`, clipped to `size`;
+    /// `(size, size)` past the last one.
+    fn next_data(&self, file: &File, pos: u64, size: u64) -> (u64, u64) {
+        let found = match self {
+            Holes::Unknown => return (pos, size),
+            Holes::OwnMap => direct_io::next_data(file, pos),
+            Holes::Backing(b) => direct_io::next_data(&b.file, pos + b.offset)
+                .map(|r| r.map(|(start, end)| (start - b.offset, end - b.offset))),
+        };
+        match found {
+            Ok(Some((start, end))) => (start.min(size), end.min(size)),
+            Ok(None) => (size, size),
+            // Cannot tell where the holes are: read everything.
+            Err(_) => (pos, size),
+        }
+    }
+}
+
 /// A volume opened for streaming, not read yet.
 #[derive(Debug)]
 pub struct VolumeReader {
@@ -60,7 +92,7 @@ pub struct VolumeReader {
 #[derive(Debug)]
 enum Source {
     /// A block device, `disk.img` or file, sent as it is.
-    Raw { file: File, size: u64, mode: IoMode, holes: bool },
+    Raw { file: File, size: u64, mode: IoMode, holes: Holes },
     /// A directory, sent as a tar of its tree.
     Tree { dir: OwnedFd },
     /// A file that already holds a tar archive, sent as it is (the CLI's `write-volume`).
@@ -96,7 +128,13 @@ impl VolumeReader {
                 }
                 _ => (file, mode),
             };
-            Source::Raw { file, size, mode, holes: false }
+            // The device's own writes still in its page cache reach the backing file first,
+            // so the file's map covers them.
+            let holes = match direct_io::loop_backing(&file) {
+                Some(backing) if file.sync_all().is_ok() => Holes::Backing(backing),
+                _ => Holes::Unknown,
+            };
+            Source::Raw { file, size, mode, holes }
         } else if meta.is_dir() {
             let image = path.join(DISK_IMAGE);
             // A symlink named disk.img is not a disk image: following it could read anything
@@ -140,7 +178,7 @@ impl VolumeReader {
             });
         }
         let size = meta.len();
-        Ok(VolumeReader { path: path.to_path_buf(), source: Source::Raw { file, size, mode, holes: true } })
+        Ok(VolumeReader { path: path.to_path_buf(), source: Source::Raw { file, size, mode, holes: Holes::OwnMap } })
     }
 
     /// Opens a regular file holding a tar archive, to stream its bytes as a TAR stream.
@@ -190,11 +228,11 @@ impl VolumeReader {
         let path = self.path;
         let length = match self.source {
             Source::Raw { file, size, mode, holes } => {
-                read_raw(&path, &file, size, mode, holes, &mut cutter)?;
+                read_raw(&path, &file, size, mode, &holes, &mut cutter)?;
                 cutter.finish()?
             }
             Source::TarFile { file, size } => {
-                read_raw(&path, &file, size, IoMode::Buffered, true, &mut cutter)?;
+                read_raw(&path, &file, size, IoMode::Buffered, &Holes::OwnMap, &mut cutter)?;
                 cutter.finish()?
             }
             Source::Tree { dir } => read_tree(&path, dir, cutter)?,
@@ -204,8 +242,7 @@ impl VolumeReader {
     }
 }
 
-/// Reads `[0, size)` of `file` into the cutter; with `holes`, skips what `SEEK_DATA` says
-/// is a hole. A planner thread walks the file and hands each chunk to one of [`READERS`]
+/// Reads `[0, size)` of `file` into the cutter, skipping what `holes` says is a hole. A planner thread walks the file and hands each chunk to one of [`READERS`]
 /// reader threads, so that the device has several reads in flight while the previous chunks
 /// are scanned and sent; the chunks reach the cutter in order.
 fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
@@ -213,7 +250,7 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     file: &File,
     size: u64,
     mode: IoMode,
-    holes: bool,
+    holes: &Holes,
     cutter: &mut ExtentCutter<F>,
 ) -> Result<(), VolumeError> {
     std::thread::scope(|scope| {
@@ -236,7 +273,7 @@ fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
         drop(job_rx);
         // The planner stops when either channel's other end is gone (dropped below on any
         // return), and the readers once the planner is gone.
-        scope.spawn(move || plan_reads(file, size, holes, &empty_rx, &job_tx, &full_tx));
+        scope.spawn(move || plan_reads(file, size, mode, holes, &empty_rx, &job_tx, &full_tx));
         for piece in &full_rx {
             match piece {
                 Piece::Hole(len) => cutter.zero(len)?,
@@ -304,23 +341,23 @@ impl ReadJob {
 fn plan_reads(
     file: &File,
     size: u64,
-    holes: bool,
+    mode: IoMode,
+    holes: &Holes,
     empty: &crossbeam_channel::Receiver<AlignedBuf>,
     jobs: &crossbeam_channel::Sender<ReadJob>,
     full: &crossbeam_channel::Sender<Piece>,
 ) {
+    // A backing file's regions need not fall on the device's blocks (a loop offset of
+    // 512 bytes on a 4 KiB filesystem): widen them to whole blocks for direct reads. `pos`
+    // stays on a block boundary, so the widened start is never behind it.
+    let align = match mode {
+        IoMode::Direct { align } => align as u64,
+        IoMode::Buffered => 1,
+    };
     let mut pos = 0u64;
     while pos < size {
-        let (start, end) = if holes {
-            match direct_io::next_data(file, pos) {
-                Ok(Some((start, end))) => (start.min(size), end.min(size)),
-                Ok(None) => (size, size),
-                // Cannot tell where the holes are: read everything.
-                Err(_) => (pos, size),
-            }
-        } else {
-            (pos, size)
-        };
+        let (start, end) = holes.next_data(file, pos, size);
+        let (start, end) = (start - start % align, end.next_multiple_of(align).min(size));
         if start > pos && full.send(Piece::Hole(start - pos)).is_err() {
             return;
         }

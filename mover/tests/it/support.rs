@@ -229,7 +229,12 @@ impl LoopDev {
             left -= n as u64;
         }
         f.sync_all().unwrap();
-        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+        LoopDev::over(backing, &[])
+    }
+
+    /// A loop device over an existing `backing` file, with `losetup` options (`--offset`).
+    pub fn over(backing: PathBuf, options: &[&str]) -> LoopDev {
+        let out = run(Command::new("losetup").args(["-f", "--show"]).args(options).arg(&backing));
         let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         LoopDev { path, _backing: backing }
     }

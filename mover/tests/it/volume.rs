@@ -212,6 +212,57 @@ async fn block_to_filesystem_lands_in_a_sparse_disk_img() {
     assert_eq!(left, ["disk.img"], "nothing else is left in the volume");
 }
 
+/// Bytes read from block device `dev` since boot, as its queue counts them.
+fn bytes_read(dev: &Path) -> u64 {
+    let name = dev.file_name().unwrap().to_str().unwrap();
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+    let sectors: u64 = stat.split_whitespace().nth(2).unwrap().parse().unwrap();
+    sectors * 512
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_device_is_read_only_where_its_backing_file_holds_data() {
+    let pair = mk_pair();
+    let size = 64 * MIB;
+    let image = pair.dir.path().join("image.raw");
+    make_raw(&image, size, 73);
+    // The backing file: 1 MiB of someone else's bytes, then the image with its zero blocks
+    // left as holes; the device starts at the image (`losetup --offset`).
+    let backing = pair.dir.path().join("backing.img");
+    let mut head = vec![0u8; MIB as usize];
+    Rng::new(74).fill(&mut head);
+    std::fs::write(&backing, &head).unwrap();
+    let dd = format!("of={}", s(&backing));
+    run(Command::new("dd").args([&format!("if={}", s(&image)), &dd, "bs=4k", "seek=256", "conv=sparse,notrunc"]));
+    let dev = LoopDev::over(backing, &["--offset", "1048576", "--sizelimit", &size.to_string()]);
+    // A write through the device into one of the backing file's holes, still in the
+    // device's page cache when the read starts (the writer keeps it open: the last close
+    // would flush it): it must be in the clone all the same.
+    let hole = (0..size / 4096).map(|b| b * 4096).find(|&at| peek(&image, at, 4096).iter().all(|&b| b == 0)).unwrap();
+    let fresh = b"written through the device a moment ago";
+    let writer = std::fs::OpenOptions::new().write(true).open(&dev.path).unwrap();
+    writer.write_all_at(fresh, hole + 100).unwrap();
+    poke(&image, hole + 100, fresh);
+
+    let volume = pair.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let (mut from, mut to) = (client_plain(&pair.from.addr).await, client_plain(&pair.to.addr).await);
+    let before = bytes_read(&dev.path);
+    let (wire, _) = within(
+        "loop device to filesystem copy",
+        copy(&mut from, read_request(&dev.path, pb::VolumeFormat::Raw), &mut to, write_target(&volume)),
+    )
+    .await
+    .unwrap();
+    let read = bytes_read(&dev.path) - before;
+    drop(writer);
+    assert_same_prefix(&image, "raw", &volume.join("disk.img"), size);
+    let data = nonzero_bytes(&image, size);
+    assert_eq!(wire.data_bytes, data);
+    assert!(data < size * 3 / 4, "the fixture should have holes to skip ({data} of {size})");
+    assert!(read <= data + MIB, "{read} bytes of the device were read for {data} bytes of data: its holes were read");
+}
+
 /// A tree like a filesystem volume's: nested directories, a large sparse file with data,
 /// zeros written as data and holes, small files with their own modes, an empty file, a
 /// symlink, and a FIFO (which is not streamed).
