@@ -175,7 +175,7 @@ impl Cluster {
             async move { p.sweep().await }
         })));
         // kube-proxy: Services on their ClusterIPs and node ports.
-        let px = Arc::new(proxy::Proxy::default());
+        let px = Arc::new(proxy::Proxy::new(addresses.index()));
         let s = store.clone();
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "proxy", move || {
             let (px, s) = (px.clone(), s.clone());

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod kubelet;
+pub mod nat;
 pub mod provisioner;
 pub mod proxy;
 pub mod replicaset;
