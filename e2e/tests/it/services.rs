@@ -46,6 +46,8 @@ async fn http_get(addr: &str) -> String {
 
 #[tokio::test]
 async fn services_reach_ready_pods_by_cluster_ip_name_and_node_port() {
+    // Node IPs and ClusterIPs are rewritten in the kernel, as kube-proxy does, with nftables.
+    crate::peers::ensure_tool("nft", "nftables");
     let bin = tempfile::tempdir().unwrap();
     // Serves its emptyDir over HTTP on the pod's address; ready while /ready exists.
     let web = script(
@@ -157,12 +159,20 @@ spec:
     let node_ip = node["status"]["addresses"][0]["address"].as_str().unwrap().to_string();
     let got = within("the node port on a node IP", http_get(&format!("{node_ip}:{node_port}"))).await;
     assert!(got.starts_with("HTTP/1.0 200") && got.contains("hello from web-1"), "{node_ip}: {got}");
+    // That one through the kernel's rewriting (127.0.0.1, shared by every cluster on the
+    // host, through this process's relay, reached above).
+    let table = format!("cdi_e2e_block_{}", tc.cluster().addresses().index());
+    let nft_table = || std::process::Command::new("nft").args(["list", "table", "ip", &table]).output().unwrap();
+    let rules = String::from_utf8(nft_table().stdout).unwrap();
+    assert!(rules.contains(&format!("ip daddr {node_ip} tcp dport {node_port} dnat to ")), "{rules}");
+    assert!(rules.contains(&format!("ip daddr {cluster_ip} tcp dport 80 dnat to ")), "{rules}");
 
     // A deleted Service stops listening and its slices go with it.
     tc.kubectl(&["delete", "svc", "web-np"]).await;
     tc.kubectl(&["wait", "--for=delete", "endpointslices", "-l", "kubernetes.io/service-name=web-np", "--timeout=30s"])
         .await;
     tc.shutdown_and_check_leaks().await;
+    assert!(!nft_table().status.success(), "the cluster's table outlived it");
 }
 
 #[tokio::test]
