@@ -77,6 +77,8 @@ pub struct Cluster {
     faults: Arc<Faults>,
     /// The CA, the serving certificate and the keys of tokens.
     authority: Arc<Authority>,
+    /// Whether Services are routed by the kernel (nftables) rather than relayed.
+    services_in_kernel: bool,
     stopped: bool,
 }
 
@@ -176,6 +178,7 @@ impl Cluster {
         })));
         // kube-proxy: Services on their ClusterIPs and node ports.
         let px = Arc::new(proxy::Proxy::new(addresses.index()));
+        let services_in_kernel = px.in_kernel();
         let s = store.clone();
         tasks.push(tokio::spawn(controllers::run_loop(store.clone(), stop_rx.clone(), "proxy", move || {
             let (px, s) = (px.clone(), s.clone());
@@ -223,6 +226,7 @@ impl Cluster {
             addresses,
             faults,
             authority,
+            services_in_kernel,
             stopped: false,
         };
         cluster.write_kubeconfig()?;
@@ -244,6 +248,12 @@ impl Cluster {
     /// The loopback addresses this cluster's nodes and pods use.
     pub fn addresses(&self) -> &AddressBlock {
         &self.addresses
+    }
+
+    /// Whether Services are routed by the kernel (nftables), as kube-proxy does, rather than
+    /// relayed by this process (where nftables cannot be used).
+    pub fn services_in_kernel(&self) -> bool {
+        self.services_in_kernel
     }
 
     /// The node names, `node-1` … `node-N`.

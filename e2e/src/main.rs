@@ -55,9 +55,9 @@ enum BenchCommand {
         /// Measured runs (after one warm-up).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Post straight to the upload proxy's endpoint, not to its NodePort: leaves out the
-        /// embedded cluster's userspace forwarder (a real cluster's kube-proxy rewrites
-        /// packets in the kernel instead).
+        /// Post straight to the upload proxy's endpoint, not to its NodePort (which the
+        /// embedded cluster routes in the kernel as kube-proxy does where nftables works,
+        /// and relays in userspace, one more hop, where it does not).
         #[arg(long)]
         direct: bool,
         /// The uploading client: `curl` (what CDI's way is timed with too), or this project's

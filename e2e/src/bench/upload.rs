@@ -71,7 +71,11 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
     let scratch = ScratchUpload::start(dir)?;
     let proxy = if args.direct { endpoint_url(&system.client).await? } else { proxy_url(&system.client).await? };
     let request = format!("{}Mi", size.div_ceil(1 << 20) + 64);
-    let via = if args.direct { "its endpoint, not the NodePort" } else { "the published NodePort" };
+    let via = match (args.direct, system.cluster.services_in_kernel()) {
+        (true, _) => "its endpoint, not the NodePort",
+        (false, true) => "the published NodePort, routed by the kernel",
+        (false, false) => "the published NodePort, relayed in userspace: nftables is not usable here",
+    };
     println!(
         "image {} ({} virtual, {} file), proxy {proxy} ({via})",
         image.display(),

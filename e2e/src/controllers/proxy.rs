@@ -58,6 +58,11 @@ impl Proxy {
         Proxy { listeners: Mutex::default(), nat: NatTable::create(block).map(Mutex::new) }
     }
 
+    /// Whether node IPs and ClusterIPs are routed by the kernel.
+    pub fn in_kernel(&self) -> bool {
+        self.nat.is_some()
+    }
+
     pub async fn sweep(&self, store: &Store) -> anyhow::Result<()> {
         let services = store.list(&store.rt("", "services"), &Query::default(), None, None)?.items;
         let slices = store.list(&store.rt("discovery.k8s.io", "endpointslices"), &Query::default(), None, None)?.items;
