@@ -14,30 +14,46 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Where each Service address sends new connections: the backends, round robin; none
 /// means refused, as kube-proxy answers with a reset.
 pub type Routes = BTreeMap<SocketAddr, Vec<SocketAddr>>;
 
+/// The cluster's table, kept up to date by a thread of its own: a sweep hands it the routes
+/// it wants and goes on at once (running `nft` takes milliseconds, and the sweeps' loop
+/// rests in proportion to how long a sweep took).
 #[derive(Debug)]
 pub struct NatTable {
-    name: String,
-    /// What the kernel has now, so an unchanged sweep costs nothing.
-    applied: Option<Routes>,
+    shared: Arc<(Mutex<State>, Condvar)>,
+    applier: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    wanted: Routes,
+    /// What the kernel has now.
+    applied: Routes,
+    closed: bool,
 }
 
 impl NatTable {
     /// Creates the cluster's (empty) table; `None` where nftables cannot be used here (no
     /// `nft`, not root, no nf_tables in the kernel): the caller relays in userspace.
     pub fn create(block: u8) -> Option<NatTable> {
-        let mut table = NatTable { name: format!("cdi_e2e_block_{block}"), applied: None };
-        match table.apply(&Routes::new()) {
-            Ok(()) => Some(table),
-            Err(e) => {
-                tracing::info!(error = %e, "no in-kernel Service forwarding (nftables); relaying in userspace");
-                None
-            }
+        let name = format!("cdi_e2e_block_{block}");
+        if let Err(e) = nft(&ruleset(&name, &Routes::new())) {
+            tracing::info!(error = %e, "no in-kernel Service forwarding (nftables); relaying in userspace");
+            return None;
         }
+        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let state = shared.clone();
+        let applier = std::thread::Builder::new()
+            .name("service-nat".into())
+            .spawn(move || keep_applied(&name, &state))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the Service forwarding thread"))
+            .ok()?;
+        Some(NatTable { shared, applier: Some(applier) })
     }
 
     /// Whether `addr` is one this table rewrites.
@@ -45,24 +61,53 @@ impl NatTable {
         addr.is_ipv4() && addr.ip() != IpAddr::from([127, 0, 0, 1])
     }
 
-    /// Makes the kernel route exactly `routes` (replacing what it had).
-    ///
-    /// # Errors
-    /// When `nft` refuses the ruleset; what it had stays in force.
-    pub fn apply(&mut self, routes: &Routes) -> anyhow::Result<()> {
-        if self.applied.as_ref() == Some(routes) {
-            return Ok(());
+    /// Asks for exactly `routes` (replacing what the kernel had); applied in the background.
+    pub fn apply(&self, routes: Routes) {
+        let (lock, wake) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if state.wanted != routes {
+            state.wanted = routes;
+            wake.notify_one();
         }
-        nft(&ruleset(&self.name, routes))?;
-        self.applied = Some(routes.clone());
-        Ok(())
+    }
+}
+
+/// Applies the latest wanted routes until closed, then deletes the table.
+fn keep_applied(name: &str, shared: &(Mutex<State>, Condvar)) {
+    let (lock, wake) = shared;
+    loop {
+        let routes = {
+            let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !state.closed && state.wanted == state.applied {
+                state = wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.closed {
+                break;
+            }
+            state.wanted.clone()
+        };
+        match nft(&ruleset(name, &routes)) {
+            Ok(()) => lock.lock().unwrap_or_else(|e| e.into_inner()).applied = routes,
+            Err(e) => {
+                // What the kernel had stays in force; tried again shortly.
+                tracing::warn!(table = name, error = %e, "could not update the Service forwarding table");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    if let Err(e) = nft(&format!("delete table ip {name}\n")) {
+        tracing::warn!(table = name, error = %e, "could not remove the Service forwarding table");
     }
 }
 
 impl Drop for NatTable {
+    /// Returns once the table is gone (after an update in flight, if any).
     fn drop(&mut self) {
-        if let Err(e) = nft(&format!("delete table ip {}\n", self.name)) {
-            tracing::warn!(table = %self.name, error = %e, "could not remove the Service forwarding table");
+        let (lock, wake) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        wake.notify_one();
+        if let Some(applier) = self.applier.take() {
+            let _ = applier.join();
         }
     }
 }

@@ -41,7 +41,7 @@ impl Drop for Listener {
 pub struct Proxy {
     listeners: Mutex<HashMap<SocketAddr, Listener>>,
     /// The cluster's in-kernel forwarding, when nftables can be used.
-    nat: Option<Mutex<NatTable>>,
+    nat: Option<NatTable>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// The proxy of the cluster holding loopback block `block`.
     pub fn new(block: u8) -> Proxy {
-        Proxy { listeners: Mutex::default(), nat: NatTable::create(block).map(Mutex::new) }
+        Proxy { listeners: Mutex::default(), nat: NatTable::create(block) }
     }
 
     /// Whether node IPs and ClusterIPs are routed by the kernel.
@@ -107,7 +107,7 @@ impl Proxy {
         }
         if let Some(nat) = &self.nat {
             let routes: Routes = wanted.extract_if(|addr, _| NatTable::handles(addr)).collect();
-            nat.lock().unwrap_or_else(|e| e.into_inner()).apply(&routes)?;
+            nat.apply(routes);
         }
         let mut to_bind = Vec::new();
         {
