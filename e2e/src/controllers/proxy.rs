@@ -6,8 +6,9 @@
 //! Where nftables works (root, `nft` installed), the kernel rewrites the connections'
 //! destination as kube-proxy does ([`super::nat`]); otherwise, and always for
 //! `127.0.0.1:nodePort`, this process listens itself and relays each connection to its
-//! backend. Backends follow the slices; a Service that goes away closes its listeners
-//! (connections in flight with them).
+//! backend. Backends follow the slices. A Service that goes away closes its listeners
+//! (the connections they relay with them); connections the kernel rewrote live on, as
+//! with kube-proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
