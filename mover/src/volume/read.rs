@@ -242,9 +242,10 @@ impl VolumeReader {
     }
 }
 
-/// Reads `[0, size)` of `file` into the cutter, skipping what `holes` says is a hole. A planner thread walks the file and hands each chunk to one of [`READERS`]
-/// reader threads, so that the device has several reads in flight while the previous chunks
-/// are scanned and sent; the chunks reach the cutter in order.
+/// Reads `[0, size)` of `file` into the cutter, skipping what `holes` says is a hole. A
+/// planner thread walks the file and hands each chunk to one of [`READERS`] reader threads,
+/// so that the device has several reads in flight while the previous chunks are scanned and
+/// sent; the chunks reach the cutter in order.
 fn read_raw<F: FnMut(super::Extent) -> Result<(), VolumeError>>(
     path: &Path,
     file: &File,
