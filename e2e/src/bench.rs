@@ -28,7 +28,7 @@ use crate::workload::{self, ImageServer, Mode, human, secs};
 
 mod nginx;
 mod upload;
-pub use upload::{UploadArgs, UploadClient, upload};
+pub use upload::{UploadArgs, upload};
 
 const NAMESPACE: &str = "default";
 const POPULATOR: &str = "cdi-populator-1";

@@ -60,10 +60,6 @@ enum BenchCommand {
         /// and relays in userspace, one more hop, where it does not).
         #[arg(long)]
         direct: bool,
-        /// The uploading client: `curl` (what CDI's way is timed with too), or this project's
-        /// `cdi-upload` (which asks for its own token, as a user's run of it does).
-        #[arg(long, value_enum, default_value_t = cdi_e2e::bench::UploadClient::Curl)]
-        client: cdi_e2e::bench::UploadClient,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -137,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bound { image, runs, dir }) => {
             return cdi_e2e::bench::bound(cdi_e2e::bench::BoundArgs { image, runs, dir }).await;
         }
-        Command::Bench(BenchCommand::Upload { image, runs, direct, client, dir }) => {
-            return cdi_e2e::bench::upload(cdi_e2e::bench::UploadArgs { image, runs, direct, client, dir }).await;
+        Command::Bench(BenchCommand::Upload { image, runs, direct, dir }) => {
+            return cdi_e2e::bench::upload(cdi_e2e::bench::UploadArgs { image, runs, direct, dir }).await;
         }
         Command::Bench(BenchCommand::Scale { count, kind, throttle_mib, dir }) => {
             let kind = match kind {

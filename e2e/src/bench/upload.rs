@@ -1,10 +1,10 @@
 //! `cdi-e2e bench upload`: the reference image uploaded through the upload proxy into a
-//! Block DataVolume, against `cdi-mover import` of the same file from nginx on loopback
-//! (same bytes, one hop fewer) and against CDI's way (the upload through a TLS proxy to a
-//! server writing a scratch file, then `qemu-img convert` into the device), in alternating
-//! runs. CDI's way without its upload (a local `cp` to the scratch file, then the convert) is
-//! timed too, as a lower bound of it. Reports the upload proxy's and the node mover's peak
-//! resident memory over the runs.
+//! Block DataVolume, by this project's `cdi-upload` and by curl, against `cdi-mover import`
+//! of the same file from nginx on loopback (same bytes, one hop fewer) and against CDI's way
+//! (curl's upload through a TLS proxy to a server writing a scratch file, then `qemu-img
+//! convert` into the device), in alternating runs. CDI's way without its upload (a local `cp`
+//! to the scratch file, then the convert) is timed too, as a lower bound of it. Reports the
+//! upload proxy's and the node mover's peak resident memory over the runs.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -30,15 +30,17 @@ pub struct UploadArgs {
     pub runs: usize,
     /// To the proxy's endpoint, not through the NodePort.
     pub direct: bool,
-    pub client: UploadClient,
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// What sends the upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UploadClient {
-    Curl,
+/// What sends the upload. Every run times both: on loopback the client shares the machine's
+/// cores with the proxy and the mover, so what its own TLS costs shows in the upload's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadClient {
+    /// This project's `cdi-upload`, which asks for its own token as a user's run of it does.
     CdiUpload,
+    /// `curl`, with a token asked for beforehand; CDI's way is timed with it too.
+    Curl,
 }
 
 /// Targets of the issue this measures.
@@ -57,11 +59,20 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Clone, Copy)]
 enum Way {
-    Upload,
+    Upload(UploadClient),
     Http,
     Cdi,
     /// CDI's way with a local copy in place of its upload.
     CdiLocal,
+}
+
+/// One client's uploads over the measured runs.
+#[derive(Default)]
+struct Uploads {
+    times: Vec<Duration>,
+    costs: Vec<Cost>,
+    /// From the proxy's answer to Succeeded (curl only: cdi-upload polls for it itself).
+    settles: Vec<Duration>,
 }
 
 async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyhow::Result<()> {
@@ -83,27 +94,40 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         human(image.metadata()?.len())
     );
     println!(
-        "{:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>9}  {:>9}  {:>9}",
-        "run", "upload", "HTTP import", "CDI's way", "cp+convert", "up/http", "up/cdi", "up/cp"
+        "{:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "run",
+        "cdi-upload",
+        "curl",
+        "HTTP import",
+        "CDI's way",
+        "cp+convert",
+        "ours/http",
+        "curl/http",
+        "ours/cdi",
+        "curl/cdi"
     );
-    let (mut ups, mut https, mut cdis, mut locals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut curl) = (Uploads::default(), Uploads::default());
+    let (mut https, mut cdis, mut locals) = (Vec::new(), Vec::new(), Vec::new());
     let mut peaks = Peaks::default();
-    let (mut costs, mut settles) = (Vec::new(), Vec::new());
     for run in 0..=runs {
-        let mut order = [Way::Upload, Way::Http, Way::Cdi, Way::CdiLocal];
-        order.rotate_left(run % 4);
-        let (mut u, mut h, mut c, mut l) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut order =
+            [Way::Upload(UploadClient::CdiUpload), Way::Upload(UploadClient::Curl), Way::Http, Way::Cdi, Way::CdiLocal];
+        let ways = order.len();
+        order.rotate_left(run % ways);
+        let (mut o, mut u, mut h, mut c, mut l) = Default::default();
         for way in order {
             sync();
             match way {
-                Way::Upload => {
-                    let (settle, cost);
-                    (u, settle, cost) =
-                        upload_once(system, args.client, &proxy, image, &format!("up-{run}"), &request, &mut peaks)
-                            .await?;
+                Way::Upload(with) => {
+                    let name = format!("up-{run}-{}", if with == UploadClient::Curl { "curl" } else { "ours" });
+                    let (took, settle, cost) =
+                        upload_once(system, with, &proxy, image, &name, &request, &mut peaks).await?;
+                    let (time, into) =
+                        if with == UploadClient::Curl { (&mut u, &mut curl) } else { (&mut o, &mut ours) };
+                    *time = took;
                     if run > 0 {
-                        costs.push(cost);
-                        settles.push(settle);
+                        into.costs.push(cost);
+                        into.settles.push(settle);
                     }
                 }
                 Way::Http => h = import_alone(&system.config.mover_binary, dir, &url, size).await?,
@@ -112,58 +136,77 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
             }
         }
         let label = if run == 0 { "warm".to_string() } else { run.to_string() };
-        let ratio = |base: Duration| u.as_secs_f64() / base.as_secs_f64();
+        let ratio = |up: Duration, base: Duration| up.as_secs_f64() / base.as_secs_f64();
         println!(
-            "{label:>4}  {:>12}  {:>12}  {:>12}  {:>12}  {:>9.3}  {:>9.3}  {:>9.3}",
+            "{label:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>9.3}  {:>9.3}  {:>9.3}  {:>9.3}",
+            secs(o),
             secs(u),
             secs(h),
             secs(c),
             secs(l),
-            ratio(h),
-            ratio(c),
-            ratio(l)
+            ratio(o, h),
+            ratio(u, h),
+            ratio(o, c),
+            ratio(u, c)
         );
         if run > 0 {
-            ups.push(u);
+            ours.times.push(o);
+            curl.times.push(u);
             https.push(h);
             cdis.push(c);
             locals.push(l);
         }
     }
-    let (u, h, c, l) = (median(ups), median(https), median(cdis), median(locals));
-    let ratio = |base: Duration| u.as_secs_f64() / base.as_secs_f64();
-    let (rh, rc) = (ratio(h), ratio(c));
-    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    let (h, c, l) = (median(https), median(cdis), median(locals));
     println!(
-        "median of {runs}: upload {}, HTTP import {}, CDI's way {}, cp+convert {}",
-        secs(u),
+        "median of {runs}: upload with cdi-upload {}, with curl {}, HTTP import {}, CDI's way {}, cp+convert {}",
+        secs(median(ours.times.clone())),
+        secs(median(curl.times.clone())),
         secs(h),
         secs(c),
         secs(l)
     );
-    println!("upload / HTTP import: {rh:.3}x (target <= {VS_HTTP_TARGET}: {})", met(rh <= VS_HTTP_TARGET));
-    println!("upload / CDI's way:   {rc:.3}x (target <= {VS_CDI_TARGET}: {})", met(rc <= VS_CDI_TARGET));
-    println!("upload / cp+convert:  {:.3}x (CDI's way without its upload; a lower bound of it)", ratio(l));
-    println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
-    let cost = Cost::median(&costs);
-    println!(
-        "CPU per upload: client ({:?}) {:.2}s, upload proxy {:.2}s, node mover {:.2}s; the machine was {:.0}% busy on {} cores",
-        args.client,
-        cost.client,
-        cost.proxy,
-        cost.mover,
-        cost.busy * 100.0,
-        std::thread::available_parallelism().map_or(1, usize::from)
-    );
-    if args.client == UploadClient::Curl {
-        println!("from the proxy's answer to the DataVolume's Succeeded: {}", secs(median(settles)));
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    for (with, uploads) in [(UploadClient::CdiUpload, &ours), (UploadClient::Curl, &curl)] {
+        let u = median(uploads.times.clone());
+        let ratio = |base: Duration| u.as_secs_f64() / base.as_secs_f64();
+        let (rh, rc) = (ratio(h), ratio(c));
+        println!("{}:", with.name());
+        println!("  upload / HTTP import: {rh:.3}x (target <= {VS_HTTP_TARGET}: {})", met(rh <= VS_HTTP_TARGET));
+        println!("  upload / CDI's way:   {rc:.3}x (target <= {VS_CDI_TARGET}: {})", met(rc <= VS_CDI_TARGET));
+        println!("  upload / cp+convert:  {:.3}x (CDI's way without its upload; a lower bound of it)", ratio(l));
+        let cost = Cost::median(&uploads.costs);
+        println!(
+            "  CPU per upload: the client {:.2}s, upload proxy {:.2}s, node mover {:.2}s; the machine was {:.0}% busy on {} cores",
+            cost.client,
+            cost.proxy,
+            cost.mover,
+            cost.busy * 100.0,
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+        if with == UploadClient::Curl {
+            println!(
+                "  from the proxy's answer to the DataVolume's Succeeded: {}",
+                secs(median(uploads.settles.clone()))
+            );
+        }
     }
+    println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
     let (p, m) = (peaks.proxy_kib >> 10, peaks.mover_kib >> 10);
     println!(
         "peak RSS: upload proxy {p} MiB, node mover {m} MiB (target <= {RSS_TARGET_MIB} MiB each: {})",
         met(p <= RSS_TARGET_MIB && m <= RSS_TARGET_MIB)
     );
     Ok(())
+}
+
+impl UploadClient {
+    fn name(self) -> &'static str {
+        match self {
+            UploadClient::CdiUpload => "cdi-upload",
+            UploadClient::Curl => "curl",
+        }
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -307,7 +350,7 @@ async fn upload_once(
     let clocks = CpuClocks::now();
     let started = Instant::now();
     let mut child =
-        command.stdin(Stdio::null()).kill_on_drop(true).spawn().with_context(|| format!("running {with:?}"))?;
+        command.stdin(Stdio::null()).kill_on_drop(true).spawn().with_context(|| format!("running {}", with.name()))?;
     // cdi-upload checks for completion itself, on an interval: the time is taken when the
     // DataVolume turns Succeeded, not when the client exits.
     let succeeded = await_condition(dvs.clone(), name, |d: Option<&DataVolume>| {
@@ -320,7 +363,7 @@ async fn upload_once(
             status = child.wait(), if answered.is_none() => {
                 let status = status?;
                 if !status.success() {
-                    bail!("{with:?} upload of {} to {proxy} failed ({status})", image.display());
+                    bail!("{} upload of {} to {proxy} failed ({status})", with.name(), image.display());
                 }
                 answered = Some(started.elapsed());
             }
