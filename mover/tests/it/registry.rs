@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::http::cutter;
 use crate::peers_registry::{ImageSpec, LayerCompression, LayerSpec, Registry, pack_oci_archive, write_layout};
 use crate::support::*;
 
@@ -298,6 +300,29 @@ fn oci_archives_import_in_place() {
     );
     assert!(line.contains("oci-archive://"), "{line}");
     assert_refused(&import("oci-archive:///nonexistent/x.tar", &out, &[]), &["/nonexistent/x.tar"]);
+}
+
+#[test]
+fn a_layer_download_cut_midway_resumes_from_the_last_good_byte() {
+    let f = fixture();
+    let (raw, _) = f.disks("cut", 13);
+    // Uncompressed, so the layer's bytes are the disk's plus its tar header.
+    let layer =
+        LayerSpec { files: vec![("disk/disk.img".into(), Some(raw.clone()))], compression: LayerCompression::None };
+    let pushed = f.registry.push_image(f.dir.path(), "vm/cut:1", &[ImageSpec::new("amd64", vec![layer])]);
+    // Three connections are cut once each has carried 5 MiB: the layer's, then each resumed one.
+    let cut = cutter(f.registry.port, 3, 5 * MIB);
+    let url = pushed.url.replace(&f.registry.host(), &format!("127.0.0.1:{}", cut.port));
+    let out = f.p("cut.raw");
+    let res = f.import(&url, &out, &[]);
+    assert_ok(&res);
+    assert_same(&raw, "raw", &out);
+    assert_eq!(cut.cuts_left.load(Ordering::SeqCst), 0, "the relay cut nothing: the test proves nothing");
+    let relayed = cut.relayed.load(Ordering::SeqCst);
+    // Starting the layer (or the import) over would send at least 5 MiB more per cut.
+    assert!(relayed < SIZE + MIB, "relayed {relayed} bytes for a {SIZE}-byte layer: the download restarted");
+    let log = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(log.matches("layer download interrupted; resuming").count(), 3, "{log}");
 }
 
 #[test]

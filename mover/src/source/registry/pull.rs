@@ -3,8 +3,9 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -13,6 +14,8 @@ use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::runtime::Handle;
+
+use cdi_common::backoff::Backoff;
 
 use super::error::RegistryError;
 use super::layers::{BlobStore, Layer};
@@ -145,59 +148,105 @@ impl RegistryStore {
 
 impl BlobStore for RegistryStore {
     fn open(&self, layer: &Layer) -> Result<Box<dyn Read + Send>, SourceError> {
-        let desc = OciDescriptor {
-            media_type: layer.media_type.clone(),
-            digest: layer.digest.clone(),
-            size: layer.size as i64,
-            ..OciDescriptor::default()
+        let blob = Blob {
+            client: self.client.clone(),
+            reference: self.reference.clone(),
+            desc: OciDescriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size as i64,
+                ..OciDescriptor::default()
+            },
         };
-        // The walk verifies every layer's size and digest, hashing beside the decompression;
-        // oci-client would hash the same bytes again on the walk's own thread. It skips its
-        // check for a ranged answer, so ask for the whole blob as a range. A registry that
-        // ignores ranges answers in full, and both checks run: slower, never less safe.
-        let sized = if layer.size > 0 {
-            match self
-                .rt
-                .block_on(self.client.pull_blob_stream_partial(&self.reference, &desc, 0, None))
-                .map_err(|e| map_error(&self.image, "layer", e))?
-            {
-                BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
-            }
-        } else {
-            self.rt
-                .block_on(self.client.pull_blob_stream(&self.reference, &desc))
-                .map_err(|e| map_error(&self.image, "layer", e))?
-        };
+        let (stream, skip) = self.rt.block_on(blob.from(0)).map_err(|e| map_error(&self.image, "layer", e))?;
         Ok(Box::new(BlobReader {
-            stream: sized.stream,
+            blob,
+            stream,
+            skip,
             current: Bytes::new(),
+            pos: 0,
+            resumes: 0,
             rt: self.rt.clone(),
             image: self.image.clone(),
-            digest: layer.digest.clone(),
         }))
     }
 }
 
-/// The synchronous end of a blob download running on the runtime.
+type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
+
+/// One layer's blob, as the registry is asked for it again after a dropped connection.
+struct Blob {
+    client: Client,
+    reference: Reference,
+    desc: OciDescriptor,
+}
+
+impl Blob {
+    /// The blob from byte `offset` on, and how many leading bytes of that stream to drop: all
+    /// of `offset` when the registry ignored the range and answered from the start.
+    async fn from(&self, offset: u64) -> Result<(ByteStream, u64), OciDistributionError> {
+        if self.desc.size <= 0 {
+            // No size to check a range against: the whole blob, which oci-client verifies.
+            let sized = self.client.pull_blob_stream(&self.reference, &self.desc).await?;
+            return Ok((sized.stream, offset));
+        }
+        // The walk verifies every layer's size and digest, hashing beside the decompression;
+        // oci-client would hash the same bytes again on the walk's own thread. It skips its
+        // check for a ranged answer, so even the first request asks for a range. A registry
+        // that ignores ranges answers in full, and both checks run: slower, never less safe.
+        Ok(match self.client.pull_blob_stream_partial(&self.reference, &self.desc, offset, None).await? {
+            BlobResponse::Partial(s) => (s.stream, 0),
+            BlobResponse::Full(s) => (s.stream, offset),
+        })
+    }
+}
+
+/// Between resumptions of a dropped layer download: 200 ms, doubling, at most 8 s.
+const RESUME: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(8));
+/// Drops in a row, with no byte received in between, before a layer download fails.
+const MAX_RESUMES: u32 = 5;
+
+/// The synchronous end of a blob download running on the runtime. A dropped connection (or a
+/// stall past the client's read timeout) resumes from the last byte handed out, so a large
+/// containerDisk layer is not fetched again from its start; the walk's digest check still
+/// covers every byte.
 struct BlobReader {
-    stream: BoxStream<'static, Result<Bytes, io::Error>>,
+    blob: Blob,
+    stream: ByteStream,
+    /// Leading bytes of `stream` already handed out before it was asked for.
+    skip: u64,
     current: Bytes,
+    /// Bytes handed out so far.
+    pos: u64,
+    /// Resumptions since the last byte arrived.
+    resumes: u32,
     rt: Handle,
     image: String,
-    digest: String,
 }
 
 impl Read for BlobReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rt.block_on(self.stream.next()) {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(self.stream_error(e)),
+                Some(Ok(mut b)) => {
+                    let dropped = b.len().min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                    b.advance(dropped);
+                    self.skip -= dropped as u64;
+                    if !b.is_empty() {
+                        self.resumes = 0;
+                    }
+                    self.current = b;
+                }
+                Some(Err(e)) if digest_error(&e).is_some() => return Err(self.stream_error(e)),
+                // A connection closed before the answer's own length is an error here; a whole
+                // answer shorter than the manifest's size is the walk's to report, not a drop.
+                Some(Err(e)) => self.resume(e)?,
                 None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.pos += n as u64;
         Ok(n)
     }
 }
@@ -207,21 +256,58 @@ impl BlobReader {
     /// stream is the network's.
     fn stream_error(&self, e: io::Error) -> io::Error {
         use oci_client::errors::DigestError;
-        let digest_error = e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>());
-        let err = if let Some(d) = digest_error {
+        let digest = &self.blob.desc.digest;
+        let err = if let Some(d) = digest_error(&e) {
             let actual = match d {
                 DigestError::VerificationError { actual, .. } => format!("digest {actual}"),
                 other => other.to_string(),
             };
-            RegistryError::LayerMismatch { image: self.image.clone(), digest: self.digest.clone(), actual }
+            RegistryError::LayerMismatch { image: self.image.clone(), digest: digest.clone(), actual }
         } else {
-            RegistryError::Network {
-                image: self.image.clone(),
-                detail: format!("downloading layer {}: {e}", self.digest),
-            }
+            RegistryError::Network { image: self.image.clone(), detail: format!("downloading layer {digest}: {e}") }
         };
         SourceError::from(err).into_io()
     }
+
+    /// Asks for the rest of the blob after `e` broke its stream, backing off between tries;
+    /// gives up with `e` (or the registry's terminal answer) once the budget is spent.
+    fn resume(&mut self, e: io::Error) -> io::Result<()> {
+        let mut why = e;
+        loop {
+            self.resumes += 1;
+            if self.resumes > MAX_RESUMES {
+                return Err(self.stream_error(why));
+            }
+            tracing::warn!(
+                image = %self.image,
+                layer = %self.blob.desc.digest,
+                offset = self.pos,
+                attempt = self.resumes,
+                error = %why,
+                "layer download interrupted; resuming"
+            );
+            let (blob, offset, delay) = (&self.blob, self.pos, RESUME.delay(self.resumes));
+            let again = self.rt.block_on(async move {
+                tokio::time::sleep(delay).await;
+                blob.from(offset).await
+            });
+            match again {
+                Ok((stream, skip)) => {
+                    (self.stream, self.skip) = (stream, skip);
+                    return Ok(());
+                }
+                Err(e) => match map_error(&self.image, "layer", e) {
+                    e if e.is_retryable() => why = e.into_io(),
+                    terminal => return Err(terminal.into_io()),
+                },
+            }
+        }
+    }
+}
+
+/// The digest verdict oci-client may put in a stream's error.
+fn digest_error(e: &io::Error) -> Option<&oci_client::errors::DigestError> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
 }
 
 /// Classifies the client's errors: terminal (credentials, not found, bad content) or not.
@@ -277,4 +363,35 @@ fn map_error(image: &str, what: &'static str, e: OciDistributionError) -> Source
         other => RegistryError::Invalid { image, detail: other.to_string() },
     };
     err.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry that ignores the range of a resumed request answers from the blob's start;
+    /// what was handed out before the drop is dropped from that answer, across its chunks.
+    #[test]
+    fn an_answer_from_the_start_skips_what_was_already_handed_out() {
+        crate::tls::install_crypto_provider();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let chunks = ["abc", "defg", "hi"].map(|c| Ok(Bytes::from_static(c.as_bytes())));
+        let mut reader = BlobReader {
+            blob: Blob {
+                client: Client::new(ClientConfig::default()),
+                reference: "registry.example/vm/disk:1".parse().unwrap(),
+                desc: OciDescriptor::default(),
+            },
+            stream: futures_util::stream::iter(chunks).boxed(),
+            skip: 5,
+            current: Bytes::new(),
+            pos: 5,
+            resumes: 0,
+            rt: rt.handle().clone(),
+            image: "docker://registry.example/vm/disk:1".into(),
+        };
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!((rest.as_slice(), reader.pos), (&b"fghi"[..], 9));
+    }
 }
