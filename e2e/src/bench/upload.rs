@@ -114,16 +114,16 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
             [Way::Upload(UploadClient::CdiUpload), Way::Upload(UploadClient::Curl), Way::Http, Way::Cdi, Way::CdiLocal];
         let ways = order.len();
         order.rotate_left(run % ways);
-        let (mut o, mut u, mut h, mut c, mut l) = Default::default();
+        let (mut by_ours, mut by_curl, mut h, mut c, mut l) = Default::default();
         for way in order {
             sync();
             match way {
                 Way::Upload(with) => {
-                    let name = format!("up-{run}-{}", if with == UploadClient::Curl { "curl" } else { "ours" });
+                    let name = format!("up-{run}-{}", with.name());
                     let (took, settle, cost) =
                         upload_once(system, with, &proxy, image, &name, &request, &mut peaks).await?;
                     let (time, into) =
-                        if with == UploadClient::Curl { (&mut u, &mut curl) } else { (&mut o, &mut ours) };
+                        if with == UploadClient::Curl { (&mut by_curl, &mut curl) } else { (&mut by_ours, &mut ours) };
                     *time = took;
                     if run > 0 {
                         into.costs.push(cost);
@@ -139,19 +139,19 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         let ratio = |up: Duration, base: Duration| up.as_secs_f64() / base.as_secs_f64();
         println!(
             "{label:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>9.3}  {:>9.3}  {:>9.3}  {:>9.3}",
-            secs(o),
-            secs(u),
+            secs(by_ours),
+            secs(by_curl),
             secs(h),
             secs(c),
             secs(l),
-            ratio(o, h),
-            ratio(u, h),
-            ratio(o, c),
-            ratio(u, c)
+            ratio(by_ours, h),
+            ratio(by_curl, h),
+            ratio(by_ours, c),
+            ratio(by_curl, c)
         );
         if run > 0 {
-            ours.times.push(o);
-            curl.times.push(u);
+            ours.times.push(by_ours);
+            curl.times.push(by_curl);
             https.push(h);
             cdis.push(c);
             locals.push(l);
