@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Volume and upload data as `Bytes`: a received message's data is then a view into the
     // buffer it arrived in, not a copy of it.
     tonic_prost_build::configure()
-        .skip_debug(["cdi.mover.v1.BasicAuth", "cdi.mover.v1.Header"])
+        .skip_debug(["cdi.mover.v1.BasicAuth", "cdi.mover.v1.Header", "cdi.mover.v1.ImportProxy"])
         .bytes(".cdi.mover.v1.DataExtent.data")
         .bytes(".cdi.mover.v1.UploadRequest.data")
         .compile_fds(descriptors)?;

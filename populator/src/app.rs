@@ -87,6 +87,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         progress_interval: Duration::from_millis(args.progress_interval_ms.max(1000)),
         retry_base: Duration::from_secs(args.retry_base.max(1)),
         retry_cap: Duration::from_secs(args.retry_cap.max(args.retry_base)),
+        namespace: args.namespace.clone(),
     };
     let (defaults, fill_defaults) = Defaults::new(client.clone(), args.filesystem_overhead);
     let default_overhead = crate::config::cdiconfig::default_overhead(args.filesystem_overhead);

@@ -27,6 +27,19 @@ pub mod v1 {
             f.debug_struct("Header").field("name", &self.name).field("value", &"<redacted>").finish()
         }
     }
+
+    /// Proxy URLs may carry a user and password: only whether each is set is shown.
+    impl std::fmt::Debug for ImportProxy {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let set = |url: &str| if url.is_empty() { "" } else { "<redacted>" };
+            f.debug_struct("ImportProxy")
+                .field("http_proxy", &set(&self.http_proxy))
+                .field("https_proxy", &set(&self.https_proxy))
+                .field("no_proxy", &self.no_proxy)
+                .field("ca_pem", &self.ca_pem.len())
+                .finish()
+        }
+    }
 }
 
 /// The `.proto` source, for tools that generate their own clients.
@@ -47,10 +60,14 @@ mod tests {
                     ..Default::default()
                 })),
             }),
+            import_proxy: Some(v1::ImportProxy {
+                http_proxy: "http://proxyuser:px-s3cret@proxy.example:3128".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let shown = format!("{request:?} {request:#?}");
-        for secret in ["alice-7q", "pw-hunter2", "tok-93kd"] {
+        for secret in ["alice-7q", "pw-hunter2", "tok-93kd", "px-s3cret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("X-Token") && shown.contains("images.example"), "{shown}");

@@ -80,6 +80,16 @@ pub struct PopulateArgs {
     /// the movers' shared name).
     #[arg(long, value_name = "NAME")]
     pub volume_server_name: Option<String>,
+    /// The mover's proxy for http:// sources (the request's import_proxy, as the populator
+    /// sends CDIConfig's importProxy); with none of the three, the mover's environment's.
+    #[arg(long, value_name = "URL")]
+    pub import_http_proxy: Option<String>,
+    /// The mover's proxy for https:// sources.
+    #[arg(long, value_name = "URL")]
+    pub import_https_proxy: Option<String>,
+    /// Hosts, domains and CIDRs the mover reaches directly (comma-separated).
+    #[arg(long, value_name = "LIST")]
+    pub import_no_proxy: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressArg,
 }
@@ -237,6 +247,17 @@ fn request(p: &PopulateArgs) -> anyhow::Result<pb::PopulateRequest> {
         filesystem_overhead: Some(options.filesystem_overhead),
         checksum: t.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default(),
         log: None,
+        import_proxy: import_proxy(p),
+    })
+}
+
+fn import_proxy(p: &PopulateArgs) -> Option<pb::ImportProxy> {
+    let given = [&p.import_http_proxy, &p.import_https_proxy, &p.import_no_proxy];
+    given.iter().any(|v| v.is_some()).then(|| pb::ImportProxy {
+        http_proxy: p.import_http_proxy.clone().unwrap_or_default(),
+        https_proxy: p.import_https_proxy.clone().unwrap_or_default(),
+        no_proxy: p.import_no_proxy.clone().unwrap_or_default(),
+        ca_pem: Vec::new(),
     })
 }
 

@@ -151,7 +151,8 @@ impl TransferArgs {
     pub fn registry_options(&self) -> anyhow::Result<RegistryOptions> {
         let credentials = self.creds_file.as_deref().map(read_registry_credentials).transpose()?;
         let platform = self.platform.as_deref().map(str::parse::<Platform>).transpose()?;
-        Ok(RegistryOptions { credentials, ca: self.ca()?, insecure: self.insecure_registry, platform })
+        // The CLI's proxies are its environment's (HTTP_PROXY, HTTPS_PROXY, NO_PROXY).
+        Ok(RegistryOptions { credentials, ca: self.ca()?, insecure: self.insecure_registry, platform, proxy: None })
     }
 
     fn ca(&self) -> anyhow::Result<Option<CaBundle>> {

@@ -15,8 +15,8 @@ use crate::error::Reason;
 use crate::import::{ContentType, ImportRequest, ImportResult};
 use crate::progress::Phase;
 use crate::source::{
-    CaBundle, Credentials, GcsOptions, HttpOptions, PeerClient, PeerVolume, Platform, RegistryOptions, S3Keys,
-    SourceOptions, SourceSpec, gcs, peer,
+    CaBundle, Credentials, GcsOptions, HttpOptions, PeerClient, PeerVolume, Platform, ProxySettings, RegistryOptions,
+    S3Keys, SourceOptions, SourceSpec, gcs, peer,
 };
 
 /// Longest task id accepted (a DNS subdomain's length, as Kubernetes names).
@@ -93,7 +93,12 @@ fn overhead(field: &str, value: Option<f64>) -> Result<f64, Status> {
 /// reaches its mover.
 pub fn populate(req: &pb::PopulateRequest, kubelet_root: &Path, peers: &PeerClient) -> Result<TaskSpec, Status> {
     let id = task_id(&req.task_id)?;
-    let (source, source_options) = source(req.source.as_ref(), peers)?;
+    let (source, mut source_options) = source(req.source.as_ref(), peers)?;
+    if let Some(p) = &req.import_proxy {
+        let proxy = import_proxy(p)?;
+        source_options.http.proxy = Some(proxy.clone());
+        source_options.registry.proxy = Some(proxy);
+    }
     let target = target("target", req.target.as_ref(), kubelet_root)?;
     let content_type = match pb::ContentType::try_from(req.content_type) {
         Ok(pb::ContentType::Unspecified | pb::ContentType::Kubevirt) => ContentType::Kubevirt,
@@ -275,9 +280,35 @@ fn registry(r: &pb::RegistrySource) -> Result<(SourceSpec, SourceOptions), Statu
     } else {
         Some(r.architecture.parse::<Platform>().map_err(|e| invalid("source.registry.architecture", e))?)
     };
-    let registry =
-        RegistryOptions { credentials, ca: ca("source.registry.ca_pem", &r.ca_pem), insecure: r.insecure, platform };
+    let registry = RegistryOptions {
+        credentials,
+        ca: ca("source.registry.ca_pem", &r.ca_pem),
+        insecure: r.insecure,
+        platform,
+        proxy: None,
+    };
     Ok((spec, SourceOptions { registry, ..SourceOptions::default() }))
+}
+
+/// The request's proxies, each URL checked here so that a typo fails the call, not the task.
+fn import_proxy(p: &pb::ImportProxy) -> Result<ProxySettings, Status> {
+    let url = |field: &str, value: &str| -> Result<Option<String>, Status> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match reqwest::Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(Some(value.to_string())),
+            // Never echo the value: it may carry a password.
+            _ => Err(invalid(field, "must be an http:// or https:// URL with a host")),
+        }
+    };
+    Ok(ProxySettings {
+        http: url("import_proxy.http_proxy", &p.http_proxy)?,
+        https: url("import_proxy.https_proxy", &p.https_proxy)?,
+        no_proxy: Some(p.no_proxy.trim().to_string()).filter(|n| !n.is_empty()),
+        ca: ca("import_proxy.ca_pem", &p.ca_pem),
+    })
 }
 
 /// Extra CA certificates from a request field, if any.

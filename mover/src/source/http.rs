@@ -68,6 +68,41 @@ pub struct HttpOptions {
     pub credentials: Option<Credentials>,
     pub connections: usize,
     pub chunk_size: usize,
+    /// Forward proxies instead of the process's `HTTP(S)_PROXY` environment.
+    pub proxy: Option<ProxySettings>,
+}
+
+/// Forward proxies chosen for one import (CDIConfig's importProxy).
+#[derive(Clone, Default)]
+pub struct ProxySettings {
+    /// For http:// URLs; may carry user info, so never printed whole.
+    pub http: Option<String>,
+    /// For https:// URLs (CONNECT).
+    pub https: Option<String>,
+    /// Comma-separated hosts, domains, IPs and CIDRs reached directly.
+    pub no_proxy: Option<String>,
+    /// Extra CA certificates for the proxy (or a TLS-inspecting one).
+    pub ca: Option<CaBundle>,
+}
+
+impl fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |url: &Option<String>| url.as_deref().map(redact_proxy);
+        f.debug_struct("ProxySettings")
+            .field("http", &shown(&self.http))
+            .field("https", &shown(&self.https))
+            .field("no_proxy", &self.no_proxy)
+            .field("ca", &self.ca.as_ref().map(|c| &c.origin))
+            .finish()
+    }
+}
+
+/// A proxy URL as it may be shown: scheme, host and port, without user info.
+pub fn redact_proxy(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => redact(&u),
+        Err(_) => "(an unparsable proxy URL)".into(),
+    }
 }
 
 impl Default for HttpOptions {
@@ -79,6 +114,7 @@ impl Default for HttpOptions {
             credentials: None,
             connections: DEFAULT_CONNECTIONS,
             chunk_size: DEFAULT_CHUNK,
+            proxy: None,
         }
     }
 }
@@ -512,17 +548,47 @@ pub(crate) fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, Source
         .read_timeout(IDLE_TIMEOUT)
         .tcp_nodelay(true);
     if let Some(ca) = &opts.ca {
-        let bad = |reason: String| SourceError::CaFile { origin: ca.origin.clone(), reason };
-        let certs = reqwest::Certificate::from_pem_bundle(&ca.pem).map_err(|e| bad(e.without_url().to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no PEM certificate found".into()));
-        }
-        builder = builder.tls_certs_merge(certs);
+        builder = trusting(builder, ca)?;
     }
     if opts.insecure_skip_verify {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
+    if let Some(proxy) = &opts.proxy {
+        builder = with_proxy(builder, proxy)?;
+    }
     builder.build().map_err(|e| SourceError::InvalidOption(format!("HTTP client setup: {}", e.without_url())))
+}
+
+/// Routes the client through `proxy` (and only it: the environment's proxies no longer apply).
+fn with_proxy(
+    mut builder: reqwest::ClientBuilder,
+    proxy: &ProxySettings,
+) -> Result<reqwest::ClientBuilder, SourceError> {
+    builder = builder.no_proxy();
+    let no_proxy = proxy.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
+    let bad = |url: &str, e: reqwest::Error| {
+        SourceError::InvalidOption(format!("proxy {}: {}", redact_proxy(url), e.without_url()))
+    };
+    if let Some(url) = proxy.http.as_deref().filter(|u| !u.trim().is_empty()) {
+        builder = builder.proxy(reqwest::Proxy::http(url).map_err(|e| bad(url, e))?.no_proxy(no_proxy.clone()));
+    }
+    if let Some(url) = proxy.https.as_deref().filter(|u| !u.trim().is_empty()) {
+        builder = builder.proxy(reqwest::Proxy::https(url).map_err(|e| bad(url, e))?.no_proxy(no_proxy));
+    }
+    match &proxy.ca {
+        Some(ca) => trusting(builder, ca),
+        None => Ok(builder),
+    }
+}
+
+/// The client trusting every certificate of `ca` besides the system's.
+fn trusting(builder: reqwest::ClientBuilder, ca: &CaBundle) -> Result<reqwest::ClientBuilder, SourceError> {
+    let bad = |reason: String| SourceError::CaFile { origin: ca.origin.clone(), reason };
+    let certs = reqwest::Certificate::from_pem_bundle(&ca.pem).map_err(|e| bad(e.without_url().to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    Ok(builder.tls_certs_merge(certs))
 }
 
 fn parse_headers(headers: &[(String, String)]) -> Result<HeaderMap, SourceError> {

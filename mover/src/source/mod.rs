@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 pub use file::FileSource;
 pub use gcs::{GcsLocation, GcsOptions};
-pub use http::{CaBundle, Credentials, HttpOptions, HttpSource, ObjectAccess, RequestAuth};
+pub use http::{CaBundle, Credentials, HttpOptions, HttpSource, ObjectAccess, ProxySettings, RequestAuth};
 pub use peer::{PeerClient, PeerError, PeerTls, PeerVolume};
 pub use registry::{ImageRef, Platform, RegistryError, RegistryOptions};
 pub use s3::S3Location;

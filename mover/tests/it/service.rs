@@ -280,6 +280,45 @@ fn populate_over_mutual_tls_with_the_cli_client_into_a_file_and_a_loop_device() 
     assert_same(&img.raw, "raw", &dev.path);
 }
 
+/// CDIConfig's importProxy as the populator sends it: every request of the import goes
+/// through the proxy (nginx as a forward proxy here), except to hosts it lists as direct.
+#[test]
+fn an_import_proxy_in_the_request_carries_the_download_unless_the_host_is_direct() {
+    let img = image(8 * MIB, "");
+    let www = img.dir.path().join("proxy-www");
+    std::fs::create_dir(&www).unwrap();
+    // A forward proxy: requests arrive in absolute form and are passed to the host they name.
+    let proxy = Nginx::start(img.dir.path(), &www, "location / { proxy_pass http://$http_host$request_uri; }", "");
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext"]);
+    let url = img.nginx.url("http", "disk.qcow2");
+    let populate = |id: &str, out: &Path, extra: &[&str]| {
+        let mut c = Command::new(mover_bin());
+        c.args(["client", "--address", &serve.addr, "--insecure-plaintext", "populate", "--task-id", id, &url])
+            .args([s(out), "--progress", "none"])
+            .args(["--import-http-proxy", &format!("http://127.0.0.1:{}", proxy.port)])
+            .args(extra);
+        with_timeout(c, Duration::from_secs(120))
+    };
+    let through = |log: &str| log.lines().filter(|l| l.starts_with(&format!("GET {url}"))).count();
+
+    let out = img.dir.path().join("proxied.raw");
+    assert_ok(&populate("proxied", &out, &[]));
+    assert_same(&img.raw, "raw", &out);
+    let proxied = through(&proxy.detail_log());
+    assert!(proxied >= 1, "no request went through the proxy: {}", proxy.detail_log());
+
+    let out = img.dir.path().join("direct.raw");
+    assert_ok(&populate("direct", &out, &["--import-no-proxy", "example.com,127.0.0.1"]));
+    assert_same(&img.raw, "raw", &out);
+    assert_eq!(through(&proxy.detail_log()), proxied, "a host listed as direct went through the proxy");
+
+    // A proxy URL that is not one fails the call, without echoing what may be a password.
+    let out = img.dir.path().join("refused.raw");
+    let res = populate("refused", &out, &["--import-https-proxy", "proxyuser:pw-9x@"]);
+    let line = assert_refused(&res, &["import_proxy.https_proxy"]);
+    assert!(!line.contains("pw-9x") && !out.exists(), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_without_a_certificate_from_the_ca_are_refused() {
     let dir = tempdir();

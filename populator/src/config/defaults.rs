@@ -104,6 +104,12 @@ impl Defaults {
         self.config().and_then(|c| c.status.as_ref().map(|s| s.preallocation)).unwrap_or(false)
     }
 
+    /// The proxies imports go through (CDIConfig's `status.importProxy`, which CDI's
+    /// importers read too).
+    pub fn import_proxy(&self) -> Option<crate::api::ImportProxy> {
+        self.config().and_then(|c| c.status.as_ref()?.import_proxy.clone())
+    }
+
     /// Registries reached without TLS verification (CDIConfig's spec: CDI keeps no status copy).
     pub fn insecure_registries(&self) -> Vec<String> {
         self.config().map(|c| c.spec.insecure_registries.clone()).unwrap_or_default()

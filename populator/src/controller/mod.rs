@@ -56,6 +56,9 @@ pub struct ControllerConfig {
     pub progress_interval: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// The populator's namespace: CDIConfig's `importProxy.trustedCAProxy` names a ConfigMap
+    /// there, as in CDI's.
+    pub namespace: String,
 }
 
 /// Everything a reconcile needs.
@@ -80,6 +83,21 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
+    /// CDIConfig's settings for `plan`'s import; the import proxy's CA bundle is read now,
+    /// and only for a source fetched over the network.
+    pub async fn import_settings(
+        &self,
+        plan: &crate::plan::ImportPlan,
+    ) -> Result<source::ImportSettings, source::SourceError> {
+        let proxy = if source::over_network(plan) {
+            let own = source::ApiObjects::new(self.client.clone(), &self.cfg.namespace);
+            source::import_proxy(self.defaults.import_proxy().as_ref(), &own).await?
+        } else {
+            None
+        };
+        Ok(source::ImportSettings { insecure_registries: self.defaults.insecure_registries(), proxy })
+    }
+
     pub fn me(&self) -> Arc<Ctx> {
         self.me.upgrade().expect("the context outlives its reconciles")
     }

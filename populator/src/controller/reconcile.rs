@@ -793,7 +793,7 @@ async fn populate_request(
         return Ok(source::clone_request(&task.plan, dest, volume));
     }
     let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
+    source::populate_request(&objects, &task.plan, dest, &ctx.import_settings(&task.plan).await?).await
 }
 
 async fn task_ended(pvc: &PersistentVolumeClaim, target: &Target, ctx: &Ctx, ended: Ended) -> Result<Action, Error> {

@@ -133,14 +133,43 @@ impl NamespaceObjects for ApiObjects {
     }
 }
 
-/// Builds the request for an import of a supported kind. `insecure_registries` is
-/// CDIConfig's `spec.insecureRegistries`.
+/// What CDIConfig says of every import.
+#[derive(Debug, Clone, Default)]
+pub struct ImportSettings {
+    /// `spec.insecureRegistries`.
+    pub insecure_registries: Vec<String>,
+    /// `status.importProxy`, with its CA bundle read: for the sources that go over the network.
+    pub proxy: Option<pb::ImportProxy>,
+}
+
+/// CDIConfig's `importProxy` as the mover takes it, with every PEM of the ConfigMap its
+/// `trustedCAProxy` names in the populator's namespace (`own`).
+pub async fn import_proxy(
+    config: Option<&crate::api::ImportProxy>,
+    own: &impl NamespaceObjects,
+) -> Result<Option<pb::ImportProxy>, SourceError> {
+    let Some(c) = config else { return Ok(None) };
+    let ca_pem = match c.trusted_ca_proxy.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => ca_pem(own, name).await?,
+        None => Vec::new(),
+    };
+    let text = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
+    Ok(Some(pb::ImportProxy {
+        http_proxy: text(&c.http_proxy),
+        https_proxy: text(&c.https_proxy),
+        no_proxy: text(&c.no_proxy),
+        ca_pem,
+    }))
+}
+
+/// Builds the request for an import of a supported kind.
 pub async fn populate_request(
     objects: &impl NamespaceObjects,
     plan: &ImportPlan,
     dest: Destination,
-    insecure_registries: &[String],
+    settings: &ImportSettings,
 ) -> Result<pb::PopulateRequest, SourceError> {
+    let insecure_registries = &settings.insecure_registries;
     let (source, checksum) = match &plan.source {
         ImportSource::Http(http) => {
             let checksum = http.checksum.as_ref().map(|c| c.to_string()).unwrap_or_default();
@@ -160,7 +189,19 @@ pub async fn populate_request(
         // Only with the source's mover known: see [`clone_request`].
         ImportSource::Clone(_) => return Err(SourceError::Unsupported { variant: "clone" }),
     };
-    Ok(request(plan, dest, source, checksum))
+    let mut request = request(plan, dest, source, checksum);
+    if over_network(plan) {
+        request.import_proxy = settings.proxy.clone();
+    }
+    Ok(request)
+}
+
+/// Whether the plan's source is fetched over the network (and so through an import proxy).
+pub fn over_network(plan: &ImportPlan) -> bool {
+    matches!(
+        plan.source,
+        ImportSource::Http(_) | ImportSource::Registry(_) | ImportSource::S3(_) | ImportSource::Gcs(_)
+    )
 }
 
 /// The request of a host-assisted clone: the target's mover reads `volume` from the mover
@@ -180,6 +221,7 @@ fn request(plan: &ImportPlan, dest: Destination, source: pb::source::Kind, check
         filesystem_overhead: dest.filesystem_overhead,
         checksum,
         log: dest.log,
+        import_proxy: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct RegistryOptions {
     pub insecure: bool,
     /// The platform an image index is resolved for (default: this mover's).
     pub platform: Option<Platform>,
+    /// Forward proxies instead of the process's `HTTP(S)_PROXY` environment.
+    pub proxy: Option<super::ProxySettings>,
 }
 
 impl RegistryOptions {

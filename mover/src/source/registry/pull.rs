@@ -70,23 +70,30 @@ pub fn resolve(reference: &Reference, opts: &RegistryOptions, rt: &Handle) -> Re
 
 fn config(opts: &RegistryOptions, protocol: ClientProtocol, image: &str) -> Result<ClientConfig, SourceError> {
     let mut extra = Vec::new();
-    if let Some(ca) = &opts.ca {
+    let proxy = opts.proxy.clone().unwrap_or_default();
+    for ca in [&opts.ca, &proxy.ca].into_iter().flatten() {
         let bad = |reason: String| SourceError::CaFile { origin: ca.origin.clone(), reason };
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
+        let before = extra.len();
         for cert in CertificateDer::pem_slice_iter(&ca.pem) {
             let cert = cert.map_err(|e| bad(e.to_string()))?;
             extra.push(Certificate { encoding: CertificateEncoding::Der, data: cert.to_vec() });
         }
-        if extra.is_empty() {
+        if extra.len() == before {
             return Err(bad("no PEM certificate found".into()));
         }
     }
-    tracing::debug!(image, certificates = extra.len(), insecure = opts.insecure, "registry client");
+    tracing::debug!(image, certificates = extra.len(), insecure = opts.insecure, ?proxy, "registry client");
+    // oci-client falls back to the process's proxy environment for a proxy left unset.
+    let set = |url: Option<String>| url.filter(|u| !u.trim().is_empty());
     Ok(ClientConfig {
         protocol,
         accept_invalid_certificates: opts.insecure,
         extra_root_certificates: extra,
+        http_proxy: set(proxy.http),
+        https_proxy: set(proxy.https),
+        no_proxy: proxy.no_proxy,
         // We resolve indexes ourselves, to name the platforms an index has when ours is missing.
         platform_resolver: None,
         connect_timeout: Some(std::time::Duration::from_secs(30)),

@@ -161,8 +161,8 @@ async fn start_task(
 ) -> Result<Action, Error> {
     let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
     let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    let request = match source::populate_request(&objects, &task.plan, dest, &ctx.defaults.insecure_registries()).await
-    {
+    let settings = ctx.import_settings(&task.plan).await;
+    let request = match async { source::populate_request(&objects, &task.plan, dest, &settings?).await }.await {
         Ok(r) => r,
         Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
         Err(e) => {

@@ -67,8 +67,9 @@ fn plan_of(source: ImportSourceType) -> ImportPlan {
 }
 
 async fn request(objects: &Memory, source: ImportSourceType, insecure: &[&str]) -> Result<pb::Source, SourceError> {
-    let insecure: Vec<String> = insecure.iter().map(|s| s.to_string()).collect();
-    let req = populate_request(objects, &plan_of(source), dest(), &insecure).await?;
+    let settings =
+        ImportSettings { insecure_registries: insecure.iter().map(|s| s.to_string()).collect(), proxy: None };
+    let req = populate_request(objects, &plan_of(source), dest(), &settings).await?;
     assert!(req.checksum.is_empty(), "only http sources carry a checksum");
     Ok(req.source.expect("a source"))
 }
@@ -111,7 +112,7 @@ async fn a_blank_source_becomes_the_movers_blank_source() {
         ..Default::default()
     };
     let plan = ImportPlan::try_from(&spec).expect("a valid blank source");
-    let req = populate_request(&Memory::default(), &plan, dest(), &[]).await.expect("a request");
+    let req = populate_request(&Memory::default(), &plan, dest(), &ImportSettings::default()).await.expect("a request");
     assert_eq!(req.source.and_then(|s| s.kind), Some(pb::source::Kind::Blank(pb::BlankSource {})));
     assert_eq!(req.content_type, pb::ContentType::Kubevirt as i32);
     assert!(req.preallocate);
@@ -219,7 +220,7 @@ async fn http_sources_still_take_basic_auth_ca_and_checksum() {
         }),
         ..Default::default()
     };
-    let req = populate_request(&objects, &plan_of(source), dest(), &[]).await.unwrap();
+    let req = populate_request(&objects, &plan_of(source), dest(), &ImportSettings::default()).await.unwrap();
     assert_eq!(req.checksum, checksum);
     let Some(pb::source::Kind::Http(h)) = req.source.and_then(|s| s.kind) else { panic!("http") };
     assert_eq!(h.basic_auth, Some(pb::BasicAuth { username: "u".into(), password: "p".into() }));
@@ -234,4 +235,42 @@ fn only_a_node_pull_is_announced_as_a_fallback() {
     assert!(note.contains("pullMethod node") && note.contains("pullMethod pod"), "{note}");
     assert_eq!(node_pull_fallback(&plan_of(registry("docker://r/d:1", None, None))), None);
     assert_eq!(node_pull_fallback(&plan_of(s3("s3://b/k", None, None))), None);
+}
+
+#[tokio::test]
+async fn cdiconfigs_import_proxy_goes_with_network_sources_only() {
+    let own = Memory::default().config_map("proxy-ca", &[("ca.pem", PEM_A), ("note", "not a certificate")]);
+    let config = crate::api::ImportProxy {
+        http_proxy: Some("http://proxy.example:3128".into()),
+        https_proxy: Some(" http://proxy.example:3129 ".into()),
+        no_proxy: Some(".svc,10.0.0.0/8".into()),
+        trusted_ca_proxy: Some("proxy-ca".into()),
+    };
+    let proxy = import_proxy(Some(&config), &own).await.unwrap().expect("a proxy");
+    assert_eq!(
+        (proxy.http_proxy.as_str(), proxy.https_proxy.as_str(), proxy.no_proxy.as_str()),
+        ("http://proxy.example:3128", "http://proxy.example:3129", ".svc,10.0.0.0/8")
+    );
+    assert_eq!(String::from_utf8(proxy.ca_pem.clone()).unwrap(), PEM_A);
+    // CDIConfig without importProxy: the mover's own environment decides.
+    assert_eq!(import_proxy(None, &own).await.unwrap(), None);
+    // A CA ConfigMap that is not there is a clear error, naming it.
+    let missing = crate::api::ImportProxy { trusted_ca_proxy: Some("gone".into()), ..Default::default() };
+    let err = import_proxy(Some(&missing), &own).await.unwrap_err().to_string();
+    assert!(err.contains("gone") && err.contains("does not exist"), "{err}");
+
+    let settings = ImportSettings { insecure_registries: Vec::new(), proxy: Some(proxy.clone()) };
+    let http = ImportSourceType {
+        http: Some(DataVolumeSourceHttp { url: "http://images.example/d.qcow2".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    for source in
+        [http, registry("docker://quay.example/vm:1", None, None), s3("s3://b/k", None, None), gcs("gs://b/o", None)]
+    {
+        let req = populate_request(&Memory::default(), &plan_of(source), dest(), &settings).await.unwrap();
+        assert_eq!(req.import_proxy.as_ref(), Some(&proxy));
+    }
+    let blank = ImportSourceType { blank: Some(DataVolumeBlankImage {}), ..Default::default() };
+    let req = populate_request(&Memory::default(), &plan_of(blank), dest(), &settings).await.unwrap();
+    assert_eq!(req.import_proxy, None, "a blank disk fetches nothing");
 }
