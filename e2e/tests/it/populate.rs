@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use crate::common::within;
 
 mod faults;
+mod proxy;
 
 /// The populator's own record of attempts (not one of CDI's annotations).
 const ATTEMPT: &str = "cdi.kubevirt.io/storage.populator.attempt";
