@@ -384,10 +384,16 @@ async fn a_server_that_fails_twice_then_works_succeeds_with_two_restarts() {
     let env = Env::start(8, &["--retry-base", "1", "--retry-cap", "2"]).await;
     env.server.knobs.fail_first.store(2, Ordering::SeqCst);
     env.source("flaky", &env.server.url("disk.qcow2")).await;
+    let created = std::time::Instant::now();
     env.pvc("data", "local-immediate", Mode::Filesystem, "flaky").await;
     let pvc = env.wait_bound("data").await;
+    // The retries waited out their backoff (1 s, then 2 s), although the annotations that
+    // record each retry wake the populator at once.
+    let took = created.elapsed();
+    assert!(took >= Duration::from_secs(3), "two retries within {took:?}: the backoff was not kept");
     let ann = pvc.metadata.annotations.clone().unwrap();
     assert_eq!(ann.get(key::POD_RESTARTS).map(String::as_str), Some("2"));
+    assert!(ann.contains_key("cdi.kubevirt.io/storage.populator.retryAfter"), "{ann:?}");
     qemu_same(&env.raw, &env.backing(&pvc).await.join("disk.img"), None);
     env.stop().await;
 }

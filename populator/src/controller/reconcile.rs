@@ -177,6 +177,7 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         Step::WaitForStorageClass => wait_for_class(pvc, &seen.target, ctx).await,
         Step::WaitForConsumer { announce } => wait_for_consumer(pvc, ctx, announce).await?,
         Step::WaitForHolder => Action::requeue(POLL),
+        Step::StartTask { task, .. } if let Some(left) = retry_wait(pvc, &task.plan) => Action::requeue(left),
         Step::StartTask { task, announce } => start_task(pvc, &seen.target, *task, announce, ctx).await?,
         Step::WaitForTask => Action::requeue(FOLLOWED),
         Step::TaskEnded(ended) => {
@@ -921,6 +922,7 @@ pub(super) async fn retry_later(
     work: Work,
 ) -> Result<Action, Error> {
     let delay = cdi_common::backoff::Backoff::new(ctx.cfg.retry_base, ctx.cfg.retry_cap).delay(restarts);
+    let not_before = jiff::Timestamp::now().checked_add(delay).unwrap_or(jiff::Timestamp::MAX);
     ctx.event(
         &ObjectRef::from_obj(pvc),
         work.failed(),
@@ -931,11 +933,24 @@ pub(super) async fn retry_later(
     pairs.extend([
         (ann::POD_RESTARTS, Some(restarts.to_string())),
         (ann::ATTEMPT, Some(attempt.to_string())),
+        (ann::RETRY_AFTER, Some(not_before.to_string())),
         phase(PodPhase::Pending),
     ]);
     annotate(ctx, pvc, &pairs).await?;
     ctx.metrics.population_finished(Finished::Retried(why), pvc);
     Ok(Action::requeue(delay))
+}
+
+/// What is left of the delay [`retry_later`] set before the task of `plan` may start; `None`
+/// when it may start now. The annotations that record a retry wake the controller at once,
+/// so the requeue alone would not hold the retry back. An upload waits for its uploader
+/// anyway.
+pub(super) fn retry_wait(pvc: &PersistentVolumeClaim, plan: &crate::plan::ImportPlan) -> Option<Duration> {
+    if matches!(plan.source, crate::plan::ImportSource::Upload) {
+        return None;
+    }
+    let at = pvc.annotations().get(ann::RETRY_AFTER)?.parse::<jiff::Timestamp>().ok()?;
+    Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok().filter(|left| !left.is_zero())
 }
 
 async fn fail_terminally(

@@ -18,6 +18,9 @@ pub mod ann {
     /// cdi-rs bookkeeping: the source generation a terminal failure was for; nothing is
     /// retried until the source changes.
     pub const FAILED_GENERATION: &str = "cdi.kubevirt.io/storage.populator.failedSourceGeneration";
+    /// cdi-rs bookkeeping: after a retryable failure, when the next attempt may start
+    /// (RFC 3339, UTC).
+    pub const RETRY_AFTER: &str = "cdi.kubevirt.io/storage.populator.retryAfter";
     /// On a clone's source holder: the target claim, `<namespace>/<name>`.
     pub const CLONE_TARGET: &str = "cdi.kubevirt.io/storage.populator.cloneTarget";
     /// On a clone's target, CDI's: the strategy used (`copy` for host-assisted).

@@ -91,6 +91,9 @@ async fn act(step: Step, seen: &mut Snapshot, pvc: &PersistentVolumeClaim, ctx: 
         // The claim's own changes (bound, the pod's) trigger the next look.
         Step::WaitForBind => Action::requeue(SHORT),
         Step::WaitForHolder => Action::requeue(POLL),
+        Step::StartTask { task, .. } if let Some(left) = super::reconcile::retry_wait(pvc, &task.plan) => {
+            Action::requeue(left)
+        }
         Step::StartTask { task, announce } => start_task(pvc, t, *task, announce, ctx).await?,
         Step::WaitForTask => Action::requeue(FOLLOWED),
         Step::TaskEnded(ended) => {
