@@ -164,8 +164,11 @@ async fn start_task(
 ) -> Result<Action, Error> {
     let dest = ctx.holder_destination(pvc, &task.id, &task.holder_uid, &task.pv_name).await;
     let objects = source::ApiObjects::new(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    let settings = ctx.import_settings(&task.plan).await;
-    let request = match async { source::populate_request(&objects, &task.plan, dest, &settings?).await }.await {
+    let built = match ctx.import_settings(&task.plan).await {
+        Ok(settings) => source::populate_request(&objects, &task.plan, dest, &settings).await,
+        Err(e) => Err(e),
+    };
+    let request = match built {
         Ok(r) => r,
         Err(e @ source::SourceError::Api { .. }) => return Err(Error::Source(e)),
         Err(e) => {
