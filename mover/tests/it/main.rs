@@ -5,6 +5,7 @@
 
 mod peers;
 mod peers_gcs;
+mod peers_proxy;
 mod peers_registry;
 mod peers_s3;
 mod support;

@@ -10,6 +10,7 @@ use cdi_proto::v1 as pb;
 use cdi_proto::v1::mover_client::MoverClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::peers_proxy::Tinyproxy;
 use crate::support::*;
 
 /// A CA that signs the mover's certificate and its clients'.
@@ -317,6 +318,42 @@ fn an_import_proxy_in_the_request_carries_the_download_unless_the_host_is_direct
     let res = populate("refused", &out, &["--import-https-proxy", "proxyuser:pw-9x@"]);
     let line = assert_refused(&res, &["import_proxy.https_proxy"]);
     assert!(!line.contains("pw-9x") && !out.exists(), "{line}");
+}
+
+/// An https source through the import proxy's CONNECT tunnel (tinyproxy), its server's CA
+/// trusted as the import proxy's own (CDIConfig's trustedCAProxy).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_import_tunnels_through_the_import_proxy_trusting_its_ca() {
+    let img = image(8 * MIB, "");
+    let ca = make_ca(img.dir.path());
+    let tls = format!("ssl_certificate {}; ssl_certificate_key {};", s(&ca.cert_pem), s(&ca.key_pem));
+    let origin = Nginx::start(img.dir.path(), &img.dir.path().join("www"), &tls, "ssl");
+    let proxy = Tinyproxy::start(img.dir.path(), origin.port);
+    let serve = Serve::start(img.dir.path(), &["--insecure-plaintext"]);
+    let mut client = client_plain(&serve.addr).await;
+    let request = |id: &str, ca_pem: Vec<u8>| pb::PopulateRequest {
+        task_id: id.into(),
+        source: http_source(&origin.url("https", "disk.qcow2")),
+        target: host_target(&img.dir.path().join(format!("{id}.raw"))),
+        import_proxy: Some(pb::ImportProxy {
+            https_proxy: format!("http://127.0.0.1:{}", proxy.port),
+            ca_pem,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Without the CA, the origin's certificate is refused through the tunnel as anywhere.
+    let (_, _, refused) =
+        follow(&mut client.populate(request("untrusted", Vec::new())).await.unwrap().into_inner()).await;
+    let failed = refused.expect_err("an unknown issuer was trusted");
+    assert!(failed.message.to_lowercase().contains("certificate"), "{}", failed.message);
+
+    let ca_pem = std::fs::read(&ca.ca_pem).unwrap();
+    let (_, _, outcome) = follow(&mut client.populate(request("tunnelled", ca_pem)).await.unwrap().into_inner()).await;
+    outcome.expect("imported through the tunnel");
+    assert_same(&img.raw, "raw", &img.dir.path().join("tunnelled.raw"));
+    let log = proxy.log();
+    assert!(log.contains(&format!("CONNECT 127.0.0.1:{}", origin.port)), "tinyproxy logged: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
