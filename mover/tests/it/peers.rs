@@ -57,6 +57,25 @@ pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Starts a server on a free loopback port and waits until it listens: `command(port)` makes
+/// its command line (writing whatever configuration it needs); a port taken meanwhile means
+/// another try on another port.
+pub fn spawn_listening(what: &str, mut command: impl FnMut(u16) -> Command) -> (u16, Child) {
+    for attempt in 0..5 {
+        let port = free_port();
+        let mut cmd = command(port);
+        let mut child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        if wait_listening(&mut child, port, Duration::from_secs(10)) {
+            return (port, child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("{what} attempt {attempt} on port {port} failed to come up; retrying");
+    }
+    panic!("{what} did not start");
+}
+
 pub fn which(binary: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {binary}")])
@@ -81,9 +100,9 @@ impl Nginx {
     /// `server_extra` goes inside the `server` block (locations, ssl settings...).
     pub fn start(dir: &Path, root: &Path, server_extra: &str, listen_extra: &str) -> Nginx {
         ensure_tool("nginx", "nginx-light");
-        for attempt in 0..5 {
-            let port = free_port();
-            let prefix = dir.join(format!("nginx-{port}"));
+        let prefix_of = |port: u16| dir.join(format!("nginx-{port}"));
+        let (port, child) = spawn_listening("nginx", |port| {
+            let prefix = prefix_of(port);
             std::fs::create_dir_all(prefix.join("logs")).unwrap();
             let conf = format!(
                 r#"daemon off;
@@ -111,29 +130,11 @@ http {{
             );
             let conf_path = prefix.join("nginx.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let child = Command::new("nginx")
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(&conf_path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nginx");
-            let mut n = Nginx { port, prefix, child };
-            if n.wait_ready() {
-                return n;
-            }
-            let _ = n.child.kill();
-            let _ = n.child.wait();
-            eprintln!("nginx attempt {attempt} on port {port} failed to come up; retrying");
-        }
-        panic!("nginx did not start");
-    }
-
-    /// Waits until nginx accepts connections, or it exited (port taken).
-    fn wait_ready(&mut self) -> bool {
-        wait_listening(&mut self.child, self.port, Duration::from_secs(10))
+            let mut nginx = Command::new("nginx");
+            nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
+            nginx
+        });
+        Nginx { port, prefix: prefix_of(port), child }
     }
 
     pub fn url(&self, scheme: &str, path: &str) -> String {

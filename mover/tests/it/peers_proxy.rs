@@ -1,10 +1,9 @@
 //! tinyproxy, the forward proxy of the import proxy's tests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
-use crate::peers::{ensure_tool, free_port, wait_listening};
+use crate::peers::{ensure_tool, spawn_listening};
 
 /// A tinyproxy forward proxy on a loopback port: plain requests and CONNECT tunnels (to
 /// `connect_port` only, besides its defaults), each logged.
@@ -17,34 +16,23 @@ pub struct Tinyproxy {
 impl Tinyproxy {
     pub fn start(dir: &Path, connect_port: u16) -> Tinyproxy {
         ensure_tool("tinyproxy", "tinyproxy");
-        for attempt in 0..5 {
-            let port = free_port();
-            let log = dir.join(format!("tinyproxy-{port}.log"));
+        let log_of = |port: u16| dir.join(format!("tinyproxy-{port}.log"));
+        let (port, child) = spawn_listening("tinyproxy", |port| {
             let conf = dir.join(format!("tinyproxy-{port}.conf"));
             std::fs::write(
                 &conf,
                 format!(
                     "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 32\nAllow 127.0.0.1\n\
                      LogLevel Connect\nLogFile \"{}\"\nConnectPort {connect_port}\n",
-                    log.display()
+                    log_of(port).display()
                 ),
             )
             .unwrap();
-            let child = Command::new("tinyproxy")
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tinyproxy");
-            let mut t = Tinyproxy { port, log, child };
-            if wait_listening(&mut t.child, port, Duration::from_secs(10)) {
-                return t;
-            }
-            eprintln!("tinyproxy attempt {attempt} on port {port} failed to come up; retrying");
-        }
-        panic!("tinyproxy did not start");
+            let mut tinyproxy = Command::new("tinyproxy");
+            tinyproxy.arg("-d").arg("-c").arg(&conf);
+            tinyproxy
+        });
+        Tinyproxy { port, log: log_of(port), child }
     }
 
     pub fn log(&self) -> String {

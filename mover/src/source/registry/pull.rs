@@ -165,7 +165,7 @@ impl BlobStore for RegistryStore {
                 ..OciDescriptor::default()
             },
         };
-        let (stream, skip) = self.rt.block_on(blob.from(0)).map_err(|e| map_error(&self.image, "layer", e))?;
+        let (stream, skip) = self.rt.block_on(blob.fetch_from(0)).map_err(|e| map_error(&self.image, "layer", e))?;
         Ok(Box::new(BlobReader {
             blob,
             stream,
@@ -191,7 +191,7 @@ struct Blob {
 impl Blob {
     /// The blob from byte `offset` on, and how many leading bytes of that stream to drop: all
     /// of `offset` when the registry ignored the range and answered from the start.
-    async fn from(&self, offset: u64) -> Result<(ByteStream, u64), OciDistributionError> {
+    async fn fetch_from(&self, offset: u64) -> Result<(ByteStream, u64), OciDistributionError> {
         if self.desc.size <= 0 {
             // No size to check a range against: the whole blob, which oci-client verifies.
             let sized = self.client.pull_blob_stream(&self.reference, &self.desc).await?;
@@ -296,7 +296,7 @@ impl BlobReader {
             let (blob, offset, delay) = (&self.blob, self.pos, RESUME.delay(self.resumes));
             let again = self.rt.block_on(async move {
                 tokio::time::sleep(delay).await;
-                blob.from(offset).await
+                blob.fetch_from(offset).await
             });
             match again {
                 Ok((stream, skip)) => {
