@@ -22,6 +22,19 @@ use crate::TLS_READ_BUFFER;
 /// Ciphertext rustls may hold for the socket: one of the largest stream messages.
 pub const WRITE_BUFFER: usize = 1 << 20;
 
+/// ring's suites, AES-128-GCM first. ring's own order puts AES-256-GCM first, which costs
+/// more per byte; Go's TLS (CDI's servers, virtctl) puts AES-128-GCM first too. Servers
+/// built on this provider should also set `ignore_client_order`, so that clients preferring
+/// AES-256 (OpenSSL's curl, rustls) get the cheaper suite as they would from CDI.
+#[must_use]
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let first = TLS13_AES_128_GCM_SHA256.suite();
+    provider.cipher_suites.sort_by_key(|s| s.suite() != first);
+    provider
+}
+
 /// A client configuration presenting `cert` + `key` and trusting only `ca` (all PEM), speaking
 /// HTTP/2 (ALPN `h2`).
 ///
@@ -39,7 +52,7 @@ pub fn client_config(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<rustls::Clien
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("client certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

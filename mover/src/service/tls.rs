@@ -56,7 +56,7 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 
 /// Builds a server configuration that requires client certificates signed by the CA.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(cdi_common::mtls::crypto_provider());
     let chain = certs("certificate", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Read {
         what: "key",
@@ -77,6 +77,7 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("certificate and key do not go together: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    config.ignore_client_order = true;
     Ok(config)
 }
 

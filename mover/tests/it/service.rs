@@ -380,6 +380,36 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_mover_chooses_aes_128_gcm_over_a_clients_aes_256_preference() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let dir = tempdir();
+    let pki = Pki::new(dir.path(), "main");
+    let (scert, skey) = pki.issue("cdi-mover", true);
+    let (ccert, ckey) = pki.issue("populator", false);
+    let serve = Serve::start(dir.path(), &tls_args(&scert, &skey, &pki.ca_path()));
+
+    // ring's own order, AES-256-GCM first, as a client other than ours may offer.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_file(&ccert).unwrap()];
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&ckey).unwrap())
+            .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&serve.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("cdi-mover").unwrap(), tcp)
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rotated_certificates_are_picked_up_without_a_restart() {
     let dir = tempdir();
     let old = Pki::new(dir.path(), "old");

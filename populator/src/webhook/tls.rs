@@ -70,15 +70,17 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The rustls server settings: TLS 1.2+ with ring, HTTP/1.1 (what the API server speaks to
-/// webhooks), the certificate from `certs`.
+/// The rustls server settings: TLS 1.2+ with ring, our suite order (AES-128-GCM first, as a Go
+/// server would choose), HTTP/1.1 (what the API server speaks to webhooks and what upload
+/// clients use), the certificate from `certs`.
 pub fn server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(cdi_common::mtls::crypto_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(config)
 }
 

@@ -365,6 +365,15 @@ async fn a_raw_body_arrives_byte_identical_with_its_length_and_an_end() {
 }
 
 #[tokio::test]
+async fn a_client_preferring_aes_256_is_served_aes_128_as_a_go_server_would() {
+    // The harness's client offers ring's order, AES-256-GCM first, as curl (OpenSSL) does.
+    let h = start(None).await;
+    let tls = h.connect().await;
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+}
+
+#[tokio::test]
 async fn a_chunked_body_without_a_length_gets_its_end_too() {
     let mut h = start(None).await;
     let data = image(700 * 1024);
