@@ -193,6 +193,21 @@ fn sync() {
     nix::unistd::sync();
 }
 
+/// Installs Debian's `package` when `binary` is not on this machine: the benchmarks bring
+/// their own peers, as the tests do.
+fn ensure_package(binary: &str, package: &str) -> anyhow::Result<()> {
+    let found = std::process::Command::new("sh").args(["-c", &format!("command -v {binary} >/dev/null")]).status()?;
+    if found.success() {
+        return Ok(());
+    }
+    let install =
+        format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package} >/dev/null");
+    if !std::process::Command::new("sh").args(["-c", &install]).status()?.success() {
+        bail!("cannot install {package} (apt-get install {package})");
+    }
+    Ok(())
+}
+
 /// `cdi-mover import URL /dev/loopN` into a fresh loop device of `size` bytes, as the
 /// provisioner makes them.
 async fn import_alone(mover: &Path, dir: &Path, url: &str, size: u64) -> anyhow::Result<Duration> {

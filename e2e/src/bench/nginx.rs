@@ -17,7 +17,7 @@ struct Instance {
 impl Instance {
     /// Starts nginx with `http` as its `http {}` block, and waits until `port` accepts.
     fn start(root: &Path, name: &str, http: &str, port: u16) -> anyhow::Result<Instance> {
-        installed()?;
+        super::ensure_package("nginx", "nginx-light")?;
         std::fs::create_dir_all(root.join(format!("{name}-temp")))?;
         let temp = root.join(format!("{name}-temp")).display().to_string();
         let conf = root.join(format!("{name}.conf"));
@@ -50,20 +50,6 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// nginx from Debian, installed when missing.
-fn installed() -> anyhow::Result<()> {
-    if Command::new("nginx").arg("-v").output().is_ok() {
-        return Ok(());
-    }
-    let st = Command::new("sh")
-        .args(["-c", "apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null"])
-        .status()?;
-    if !st.success() {
-        bail!("cannot install nginx");
-    }
-    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -17,7 +17,7 @@ use kube::runtime::wait::await_condition;
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 
 use super::nginx::{FileServer, ScratchUpload};
-use super::{NAMESPACE, import_alone, median, sync, virtual_size, workdir};
+use super::{NAMESPACE, ensure_package, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::host;
 use crate::procs::{self, Peaks, RoleSeconds};
@@ -51,6 +51,10 @@ const RSS_TARGET_MIB: u64 = 64;
 pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
     let (dir, _temp) = workdir(args.dir.clone())?;
     let size = virtual_size(&args.image)?;
+    // The NodePort is routed in the kernel, as kube-proxy does, only where `nft` is here.
+    if let Err(e) = ensure_package("nft", "nftables") {
+        tracing::warn!(error = %e, "the NodePort will be relayed in userspace");
+    }
     let system = System::start(SystemConfig::new(dir.join("cluster"))?).await?;
     let outcome = interruptible(runs(&system, &dir, &args, size)).await;
     system.shutdown().await;
