@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use cdi_common::backoff::Backoff;
 use clap::{ArgGroup, Parser, ValueEnum};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
@@ -33,8 +34,12 @@ const MAX_TOKENS: u32 = 3;
 const MAX_RETRIES: u32 = 5;
 /// Bytes per read of the file.
 const READ_CHUNK: usize = 1024 * 1024;
-/// Between readiness and completion checks (virtctl's interval).
+/// Before retrying an interrupted upload (virtctl's interval).
 const POLL: Duration = Duration::from_secs(2);
+/// Between readiness and completion checks: soon at first, as both usually follow within
+/// moments (the proxy answers once the image is committed), then virtctl's interval. A fixed
+/// 2 s kept the user waiting a second on average, after every upload.
+const CHECKS: Backoff = Backoff::new(Duration::from_millis(100), POLL);
 
 /// Upload a disk image (or a tar archive) into a new or existing DataVolume or
 /// PVC, as `virtctl image-upload` does.
@@ -419,7 +424,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("waiting for {what} to be ready for the upload...");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
-    loop {
+    for check in 1.. {
         let ready = match args.kind {
             Kind::Dv => {
                 let dv = data_volumes(&client, &namespace)
@@ -446,7 +451,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if tokio::time::Instant::now() >= deadline {
             bail!("{what} was not ready for an upload within {} s", args.wait_secs);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(CHECKS.delay(check)).await;
     }
 
     let (base, ca) = proxy_url(&client, args.uploadproxy_url.as_deref()).await?;
@@ -458,12 +463,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     bar.finish();
 
     eprintln!("waiting for {what} to be processed...");
-    loop {
+    for check in 1.. {
         let pvc = pvcs.get(&args.name).await.with_context(|| format!("reading PVC {namespace}/{}", args.name))?;
         if annotation(&pvc, ann::POD_PHASE) == Some("Succeeded") {
             break;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(CHECKS.delay(check)).await;
     }
     eprintln!("uploading {} to {what} completed successfully", file.display());
     Ok(())
@@ -497,6 +502,12 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("cdi-upload").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn completion_is_checked_within_moments_then_at_virtctls_interval() {
+        let delays: Vec<u64> = (1..=7).map(|n| CHECKS.delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
     }
 
     #[test]
