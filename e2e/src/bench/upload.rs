@@ -75,7 +75,8 @@ enum Way {
 struct Uploads {
     times: Vec<Duration>,
     costs: Vec<Cost>,
-    /// From the proxy's answer to Succeeded (curl only: cdi-upload polls for it itself).
+    /// curl: from the proxy's answer to Succeeded. cdi-upload, which checks for Succeeded
+    /// itself: from Succeeded to its exit, what its user waits for past the upload.
     settles: Vec<Duration>,
 }
 
@@ -188,11 +189,10 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
             cost.busy * 100.0,
             std::thread::available_parallelism().map_or(1, usize::from)
         );
-        if with == UploadClient::Curl {
-            println!(
-                "  from the proxy's answer to the DataVolume's Succeeded: {}",
-                secs(median(uploads.settles.clone()))
-            );
+        let settle = secs(median(uploads.settles.clone()));
+        match with {
+            UploadClient::Curl => println!("  from the proxy's answer to the DataVolume's Succeeded: {settle}"),
+            UploadClient::CdiUpload => println!("  from the DataVolume's Succeeded to cdi-upload's exit: {settle}"),
         }
     }
     println!("scratch bytes: upload 0, CDI's way {} per run", human(image.metadata()?.len()));
@@ -306,7 +306,7 @@ fn children_cpu_seconds() -> f64 {
 
 /// An upload DataVolume until UploadReady; the client uploads the image to the proxy; until
 /// Succeeded; then the DataVolume is deleted. Timed from the client's start (curl: after the
-/// token) to Succeeded, and from the proxy's answer to Succeeded (the control plane's share).
+/// token) to Succeeded, and between Succeeded and the client's exit (see [`Uploads::settles`]).
 async fn upload_once(
     system: &System,
     with: UploadClient,
@@ -386,7 +386,11 @@ async fn upload_once(
     dvs.delete(name, &DeleteParams::default()).await?;
     let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
     tokio::time::timeout(Duration::from_secs(120), gone).await.ok();
-    Ok((took, took.saturating_sub(answered), cost))
+    let settle = match with {
+        UploadClient::Curl => took.saturating_sub(answered),
+        UploadClient::CdiUpload => answered.saturating_sub(took),
+    };
+    Ok((took, settle, cost))
 }
 
 async fn token(client: &kube::Client, pvc: &str) -> anyhow::Result<String> {
