@@ -37,8 +37,8 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Before retrying an interrupted upload (virtctl's interval).
 const POLL: Duration = Duration::from_secs(2);
 /// Between readiness and completion checks: soon at first, as both usually follow within
-/// moments (the proxy answers once the image is committed), then virtctl's interval. A fixed
-/// 2 s kept the user waiting a second on average, after every upload.
+/// moments (the proxy answers once the image is committed), then virtctl's interval. With a
+/// fixed 2 s the first completion check just missed, and every upload ended with a 2 s wait.
 const CHECKS: Backoff = Backoff::new(Duration::from_millis(100), POLL);
 
 /// Upload a disk image (or a tar archive) into a new or existing DataVolume or
