@@ -63,8 +63,13 @@ impl Movers {
 
     /// A client for the mover running on `node`.
     pub async fn on_node(&self, node: &str) -> Result<MoverClient<Channel>, MoverError> {
+        Ok(MoverClient::new(self.channel_on_node(node).await?))
+    }
+
+    /// The channel under [`Movers::on_node`]'s client, for calls made by hand.
+    pub async fn channel_on_node(&self, node: &str) -> Result<Channel, MoverError> {
         let address = self.address_on_node(node).await?;
-        Ok(MoverClient::new(self.channel(&address)?))
+        self.channel(&address)
     }
 
     /// `IP:PORT` of the mover running on `node` (its pod's IP).

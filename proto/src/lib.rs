@@ -42,6 +42,8 @@ pub mod v1 {
     }
 }
 
+pub mod upload_wire;
+
 /// The `.proto` source, for tools that generate their own clients.
 pub const MOVER_PROTO: &str = include_str!("../cdi/mover/v1/mover.proto");
 

@@ -1,5 +1,6 @@
 //! Running the service: listeners, TLS handshakes, metrics, and draining on shutdown.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -8,11 +9,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cdi_common::TLS_READ_BUFFER;
+use cdi_proto::upload_wire;
 use cdi_proto::v1::mover_server::MoverServer;
 use futures_util::StreamExt;
 use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::MoverService;
@@ -117,7 +122,7 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .add_service(MoverServer::new(service));
+        .add_service(Routes { tasks: service.tasks.clone(), grpc: MoverServer::new(service) });
     match cfg.tls {
         None => {
             let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(no_delay));
@@ -133,6 +138,37 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// The mover's service: the `Upload` call read straight from HTTP/2 (see
+/// [`super::upload::serve_http`]), every other call through the generated server.
+#[derive(Clone)]
+struct Routes {
+    grpc: MoverServer<MoverService>,
+    tasks: Arc<Registry>,
+}
+
+impl NamedService for Routes {
+    const NAME: &'static str = <MoverServer<MoverService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for Routes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == upload_wire::PATH {
+            let tasks = self.tasks.clone();
+            Box::pin(async move { Ok(super::upload::serve_http(&tasks, request).await) })
+        } else {
+            self.grpc.call(request)
+        }
+    }
 }
 
 /// Sends small frames at once. tonic sets this only on connections it accepts itself; ours
@@ -225,4 +261,46 @@ fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn routes() -> Routes {
+        let tasks = Registry::new(2, Duration::from_secs(60), Metrics::new());
+        let service = MoverService {
+            kubelet_root: PathBuf::from("/nonexistent"),
+            node_name: "node-1".into(),
+            tasks: tasks.clone(),
+            peers: PeerClient { tls: None },
+        };
+        Routes { grpc: MoverServer::new(service), tasks }
+    }
+
+    fn grpc_request(path: &'static str, body: &'static [u8]) -> http::Request<Body> {
+        let mut request = http::Request::new(Body::new(http_body_util::Full::new(bytes::Bytes::from_static(body))));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static(path);
+        request.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+        request
+    }
+
+    #[tokio::test]
+    async fn upload_is_read_by_our_decoder_and_other_calls_by_tonic() {
+        // A compressed message: our decoder's refusal, not tonic's, says who read it.
+        let response = routes().call(grpc_request(upload_wire::PATH, &[1, 0, 0, 0, 1, 0])).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
+        assert!(status.message().contains("compressed messages are not accepted"), "{status}");
+
+        let response = routes().call(grpc_request("/cdi.mover.v1.Mover/Capabilities", &[0, 0, 0, 0, 0])).await.unwrap();
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().unwrap();
+        assert_eq!(tonic::Status::from_header_map(&trailers).unwrap().code(), tonic::Code::Ok);
+        let answer: cdi_proto::v1::CapabilitiesResponse = upload_wire::read_one(body.to_bytes()).unwrap();
+        assert_eq!(answer.node_name, "node-1");
+    }
 }

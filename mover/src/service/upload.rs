@@ -9,9 +9,15 @@
 //! The pump stops reading as soon as the import is over (a bad image is refused while the
 //! uploader is still sending), and when the task is cancelled.
 
+use cdi_proto::upload_wire::{self, Decoder};
 use cdi_proto::v1 as pb;
+use futures_util::StreamExt as _;
+use futures_util::stream::Stream as MessageStream;
+use http_body::Frame;
+use http_body_util::BodyExt as _;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Status, Streaming};
+use tonic::Status;
+use tonic::body::Body;
 
 use super::convert;
 use super::tasks::{Attempt, Registry, UploadRefused};
@@ -36,11 +42,16 @@ enum Stream {
     Stopped,
 }
 
-pub async fn serve(tasks: &Registry, mut stream: Streaming<pb::UploadRequest>) -> Result<pb::UploadResponse, Status> {
+/// Serves one Upload call, its requests from tonic or from [`requests`].
+pub async fn serve(
+    tasks: &Registry,
+    mut stream: impl MessageStream<Item = Result<pb::UploadRequest, Status>> + Unpin,
+) -> Result<pb::UploadResponse, Status> {
     use pb::upload_request::Request;
     let first = stream
-        .message()
-        .await?
+        .next()
+        .await
+        .transpose()?
         .ok_or_else(|| Status::invalid_argument("the stream is empty: the first message must be start"))?;
     let Some(Request::Start(start)) = first.request else {
         return Err(Status::invalid_argument("start: the first message must be start (task_id, content_length)"));
@@ -63,7 +74,7 @@ pub async fn serve(tasks: &Registry, mut stream: Streaming<pb::UploadRequest>) -
     let mut sent: u64 = 0;
     let how = loop {
         let msg = tokio::select! {
-            msg = stream.message() => msg,
+            msg = stream.next() => msg.transpose(),
             done = &mut outcome => break Stream::ImportDone(done.unwrap_or(Err(ImportError::Cancelled))),
             _ = stopping.wait_for(|s| *s) => break Stream::Stopped,
         };
@@ -132,6 +143,70 @@ pub async fn serve(tasks: &Registry, mut stream: Streaming<pb::UploadRequest>) -
     };
     drop(turn);
     answer
+}
+
+/// The Upload call straight from HTTP/2: its data reaches the import as slices of the frames
+/// it came in, not copied into tonic's decode buffer first (see `cdi_proto::upload_wire`).
+/// The answer is the one tonic would send: the response message and `grpc-status: 0` in
+/// the trailers, or a trailers-only error.
+pub async fn serve_http(tasks: &Registry, request: http::Request<Body>) -> http::Response<Body> {
+    let outcome = serve(tasks, Box::pin(requests(request.into_body()))).await;
+    match outcome {
+        Ok(answer) => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = [Frame::data(upload_wire::frame(&answer)), Frame::trailers(trailers)];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames.map(Ok::<_, Status>)));
+            let mut response = http::Response::new(Body::new(body));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            response
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// The request messages of an Upload body: whole ones, and slices of large data messages
+/// as they arrive.
+fn requests(body: Body) -> impl MessageStream<Item = Result<pb::UploadRequest, Status>> {
+    struct Reading {
+        body: Body,
+        decoder: Decoder,
+        ready: std::collections::VecDeque<upload_wire::Piece>,
+        pieces: Vec<upload_wire::Piece>,
+        done: bool,
+    }
+    let reading =
+        Reading { body, decoder: Decoder::default(), ready: Default::default(), pieces: Vec::new(), done: false };
+    futures_util::stream::unfold(reading, |mut r| async move {
+        loop {
+            if let Some(piece) = r.ready.pop_front() {
+                return Some((Ok(piece.into_request()), r));
+            }
+            if r.done {
+                return None;
+            }
+            let read = match r.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => r.decoder.feed(data, &mut r.pieces),
+                    // A client's trailers say nothing the call needs.
+                    Err(_trailers) => Ok(()),
+                },
+                Some(Err(status)) => Err(status),
+                None => {
+                    r.done = true;
+                    r.decoder.finish()
+                }
+            };
+            if let Err(status) = read {
+                // The stream is cut here; what it had completed is moot.
+                r.done = true;
+                return Some((Err(status), r));
+            }
+            r.ready.extend(r.pieces.drain(..));
+        }
+    })
 }
 
 /// A failed attempt's answer; the task waits for another upload.

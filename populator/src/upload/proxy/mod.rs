@@ -20,6 +20,7 @@
 //! upload is running) → 503, FAILED_PRECONDITION → 409, NOT_FOUND/UNAVAILABLE → 503 with
 //! `Retry-After`, others → 500.
 
+mod mover_call;
 pub mod target;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
+use cdi_proto::upload_wire;
 use cdi_proto::v1::{UploadEnd, UploadRequest, UploadStart, upload_request};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
@@ -58,7 +60,8 @@ const SEND_AS_IS: usize = 64 * 1024;
 /// The largest data message: a larger chunk is sent in pieces of this size.
 const MAX_MESSAGE: usize = 1024 * 1024;
 /// Data messages in flight between the HTTP body and the gRPC stream: the bound on what the
-/// proxy holds per upload (about 1 MiB of CHUNK-sized messages, 4 MiB at most).
+/// proxy holds per upload (about 1 MiB of CHUNK-sized messages, 4 MiB at most). Each is two
+/// frames on the channel: its header, then its bytes.
 const CHANNEL_DEPTH: usize = 4;
 /// What a 503 asks the client to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -268,15 +271,13 @@ impl<C: Cluster> Proxy<C> {
         kind: BodyKind,
         body: Body,
     ) -> Result<u64, Reply> {
-        let mut mover = self.cluster.mover(&to.node).await.map_err(|e| {
+        let mover = self.cluster.mover(&to.node).await.map_err(|e| {
             Reply::retry(format!("cannot reach the mover holding PVC {claim} on node {}: {e}", to.node))
         })?;
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (tx, call) = mover_call::upload(mover, 2 * CHANNEL_DEPTH);
         let start = UploadStart { task_id: to.task_id.clone(), content_length: announced };
         // The channel is empty: this cannot wait.
-        let _ = tx.send(message(upload_request::Request::Start(start))).await;
-        let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let call = mover.upload(requests);
+        let _ = tx.send(frame(upload_request::Request::Start(start))).await;
         let pump = async move {
             match kind {
                 BodyKind::Raw => pump_raw(body, tx).await,
@@ -304,7 +305,7 @@ impl<C: Cluster> Proxy<C> {
                 ))
             }
             (pumped, Ok(answer)) => {
-                if let Some(done) = answer.into_inner().completed {
+                if let Some(done) = answer.completed {
                     tracing::info!(%claim, virtual_size = done.virtual_size, formats = ?done.formats, "upload committed");
                 }
                 Ok(match pumped {
@@ -330,8 +331,9 @@ enum PumpError {
     MoverGone,
 }
 
-fn message(request: upload_request::Request) -> UploadRequest {
-    UploadRequest { request: Some(request) }
+/// A whole request message, framed (start and end; data goes without a copy, see `Sender`).
+fn frame(request: upload_request::Request) -> Bytes {
+    upload_wire::frame(&UploadRequest { request: Some(request) })
 }
 
 fn content_length(headers: &HeaderMap) -> u64 {
@@ -339,15 +341,16 @@ fn content_length(headers: &HeaderMap) -> u64 {
 }
 
 /// Turns body chunks into data messages: large chunks as they are, small ones collected into
-/// messages of at most CHUNK bytes (a buffer that never grows, so never reallocates).
+/// messages of at most CHUNK bytes (a buffer that never grows, so never reallocates). Each
+/// message goes out as its header and then the chunk itself.
 struct Sender {
-    tx: mpsc::Sender<UploadRequest>,
+    tx: mpsc::Sender<Bytes>,
     buf: BytesMut,
     sent: u64,
 }
 
 impl Sender {
-    fn new(tx: mpsc::Sender<UploadRequest>) -> Sender {
+    fn new(tx: mpsc::Sender<Bytes>) -> Sender {
         Sender { tx, buf: BytesMut::new(), sent: 0 }
     }
 
@@ -379,7 +382,10 @@ impl Sender {
 
     async fn send(&mut self, data: Bytes) -> Result<(), PumpError> {
         let n = data.len() as u64;
-        self.tx.send(message(upload_request::Request::Data(data))).await.map_err(|_| PumpError::MoverGone)?;
+        let header = upload_wire::data_header(data.len());
+        for part in [header, data] {
+            self.tx.send(part).await.map_err(|_| PumpError::MoverGone)?;
+        }
         self.sent += n;
         Ok(())
     }
@@ -388,12 +394,12 @@ impl Sender {
     async fn finish(mut self) -> Result<u64, PumpError> {
         self.flush().await?;
         let end = UploadEnd { length: self.sent };
-        self.tx.send(message(upload_request::Request::End(end))).await.map_err(|_| PumpError::MoverGone)?;
+        self.tx.send(frame(upload_request::Request::End(end))).await.map_err(|_| PumpError::MoverGone)?;
         Ok(self.sent)
     }
 }
 
-async fn pump_raw(body: Body, tx: mpsc::Sender<UploadRequest>) -> Result<u64, PumpError> {
+async fn pump_raw(body: Body, tx: mpsc::Sender<Bytes>) -> Result<u64, PumpError> {
     let mut out = Sender::new(tx);
     let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
@@ -405,7 +411,7 @@ async fn pump_raw(body: Body, tx: mpsc::Sender<UploadRequest>) -> Result<u64, Pu
     out.finish().await
 }
 
-async fn pump_form(body: Body, boundary: &str, tx: mpsc::Sender<UploadRequest>) -> Result<u64, PumpError> {
+async fn pump_form(body: Body, boundary: &str, tx: mpsc::Sender<Bytes>) -> Result<u64, PumpError> {
     let mut out = Sender::new(tx);
     let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
     let broken = |e: multer::Error, sent: u64| {

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 
-use cdi_proto::v1::mover_client::MoverClient;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::Api;
 use tonic::transport::Channel;
@@ -23,8 +22,8 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<PersistentVolumeClaim>, String>> + Send;
     /// `namespace/name`, `None` if it does not exist.
     fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Result<Option<Pod>, String>> + Send;
-    /// A gRPC client of the mover on `node`.
-    fn mover(&self, node: &str) -> impl Future<Output = Result<MoverClient<Channel>, String>> + Send;
+    /// A gRPC channel to the mover on `node`.
+    fn mover(&self, node: &str) -> impl Future<Output = Result<Channel, String>> + Send;
 }
 
 /// The real cluster: the proxy's service account reads PVCs and pods; movers are found by
@@ -51,8 +50,8 @@ impl Cluster for KubeCluster {
         api.get_opt(name).await.map_err(|e| format!("cannot read pod {namespace}/{name}: {e}"))
     }
 
-    async fn mover(&self, node: &str) -> Result<MoverClient<Channel>, String> {
-        self.movers.on_node(node).await.map_err(|e| e.to_string())
+    async fn mover(&self, node: &str) -> Result<Channel, String> {
+        self.movers.channel_on_node(node).await.map_err(|e| e.to_string())
     }
 }
 

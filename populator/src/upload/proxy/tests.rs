@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use cdi_proto::v1::mover_client::MoverClient;
 use cdi_proto::v1::mover_server::{Mover, MoverServer};
 use cdi_proto::v1::{self as pb, Completed, UploadResponse};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -166,8 +165,8 @@ impl Cluster for FakeCluster {
     async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, String> {
         Ok(self.pods.get(&format!("{namespace}/{name}")).cloned())
     }
-    async fn mover(&self, node: &str) -> Result<MoverClient<Channel>, String> {
-        if node == "node-1" { Ok(MoverClient::new(self.mover.clone())) } else { Err(format!("no mover on {node}")) }
+    async fn mover(&self, node: &str) -> Result<Channel, String> {
+        if node == "node-1" { Ok(self.mover.clone()) } else { Err(format!("no mover on {node}")) }
     }
 }
 
@@ -608,9 +607,15 @@ async fn body_chunks_become_messages_large_ones_as_they_are_small_ones_collected
         out.push(Bytes::from(chunk)).await.unwrap();
     }
     let sent = tokio::spawn(out.finish());
+    // Read back as the mover reads them.
+    let (mut decoder, mut pieces) = (upload_wire::Decoder::default(), Vec::new());
+    while let Some(frame) = rx.recv().await {
+        decoder.feed(frame, &mut pieces).unwrap();
+    }
+    decoder.finish().unwrap();
     let (mut seen, mut messages) = (Vec::new(), Vec::new());
-    while let Some(msg) = rx.recv().await {
-        match msg.request {
+    for piece in pieces {
+        match piece.into_request().request {
             Some(upload_request::Request::Data(d)) => {
                 seen.extend_from_slice(&d);
                 messages.push(d.len());
