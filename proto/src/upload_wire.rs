@@ -115,7 +115,7 @@ impl Decoder {
     /// # Errors
     /// A compressed or oversized message, or one that does not decode. The stream is
     /// unusable from then on.
-    pub fn feed(&mut self, mut chunk: Bytes, out: &mut Vec<Piece>) -> Result<(), Status> {
+    pub fn feed(&mut self, mut chunk: Bytes, out: &mut impl Extend<Piece>) -> Result<(), Status> {
         loop {
             match self.state {
                 State::Data(left) => {
@@ -123,7 +123,7 @@ impl Decoder {
                         return Ok(());
                     }
                     let n = left.min(chunk.len());
-                    out.push(Piece::Data(chunk.split_to(n)));
+                    out.extend([Piece::Data(chunk.split_to(n))]);
                     self.state = if n == left { State::Prefix } else { State::Data(left - n) };
                 }
                 State::Prefix => {
@@ -161,7 +161,7 @@ impl Decoder {
                     }
                     let message = UploadRequest::decode(self.head.split().freeze())
                         .map_err(|e| Status::invalid_argument(format!("a message does not decode: {e}")))?;
-                    out.push(Piece::Message(message));
+                    out.extend([Piece::Message(message)]);
                     self.state = State::Prefix;
                 }
             }

@@ -174,11 +174,9 @@ fn requests(body: Body) -> impl MessageStream<Item = Result<pb::UploadRequest, S
         body: Body,
         decoder: Decoder,
         ready: std::collections::VecDeque<upload_wire::Piece>,
-        pieces: Vec<upload_wire::Piece>,
         done: bool,
     }
-    let reading =
-        Reading { body, decoder: Decoder::default(), ready: Default::default(), pieces: Vec::new(), done: false };
+    let reading = Reading { body, decoder: Decoder::default(), ready: Default::default(), done: false };
     futures_util::stream::unfold(reading, |mut r| async move {
         loop {
             if let Some(piece) = r.ready.pop_front() {
@@ -189,7 +187,7 @@ fn requests(body: Body) -> impl MessageStream<Item = Result<pb::UploadRequest, S
             }
             let read = match r.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => r.decoder.feed(data, &mut r.pieces),
+                    Ok(data) => r.decoder.feed(data, &mut r.ready),
                     // A client's trailers say nothing the call needs.
                     Err(_trailers) => Ok(()),
                 },
@@ -201,10 +199,10 @@ fn requests(body: Body) -> impl MessageStream<Item = Result<pb::UploadRequest, S
             };
             if let Err(status) = read {
                 // The stream is cut here; what it had completed is moot.
+                r.ready.clear();
                 r.done = true;
                 return Some((Err(status), r));
             }
-            r.ready.extend(r.pieces.drain(..));
         }
     })
 }
