@@ -147,7 +147,7 @@ async fn bound_runs(system: &System, dir: &Path, image: &Path, size: u64, runs: 
         order.rotate_left(run % 3);
         let (mut a, mut p, mut d) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         for way in order {
-            sync();
+            sync().await;
             match way {
                 Way::Alone => a = import_alone(&system.config.mover_binary, dir, &url, size).await?,
                 Way::Pvc => p = populate_block(client, &format!("bench-{run}"), &request).await?,
@@ -189,8 +189,10 @@ async fn bound_runs(system: &System, dir: &Path, image: &Path, size: u64, runs: 
     Ok(())
 }
 
-fn sync() {
-    nix::unistd::sync();
+/// `sync(2)` on a blocking thread: on a slow disk it takes seconds (minutes under load), and
+/// on a runtime worker it would hold off everything else, Ctrl-C's handling included.
+async fn sync() {
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
 }
 
 /// Installs Debian's `package` when `binary` is not on this machine: the benchmarks bring
@@ -211,23 +213,57 @@ fn ensure_package(binary: &str, package: &str) -> anyhow::Result<()> {
 /// `cdi-mover import URL /dev/loopN` into a fresh loop device of `size` bytes, as the
 /// provisioner makes them.
 async fn import_alone(mover: &Path, dir: &Path, url: &str, size: u64) -> anyhow::Result<Duration> {
-    let backing = dir.join("alone.img");
-    host::sparse_file(&backing, size)?;
-    let device = host::loop_attach(&backing)?;
+    let device = LoopDevice::new(dir.join("alone.img"), size)?;
     let started = Instant::now();
     let status = tokio::process::Command::new(mover)
         .args(["import", url])
-        .arg(&device)
+        .arg(&device.path)
         .args(["--progress", "none"])
+        .kill_on_drop(true)
         .status()
         .await;
     let took = started.elapsed();
-    host::loop_detach(&device)?;
-    std::fs::remove_file(&backing)?;
+    let path = device.path.clone();
+    device.release()?;
     if !status?.success() {
-        bail!("cdi-mover import {url} {} failed", device.display());
+        bail!("cdi-mover import {url} {} failed", path.display());
     }
     Ok(took)
+}
+
+/// A loop device over a fresh sparse file, as the provisioner makes them. Detached and its
+/// file removed by [`LoopDevice::release`], or when dropped: an interrupted run drops it
+/// mid-way, and nothing of it should stay attached.
+struct LoopDevice {
+    path: PathBuf,
+    backing: PathBuf,
+    released: bool,
+}
+
+impl LoopDevice {
+    fn new(backing: PathBuf, size: u64) -> anyhow::Result<LoopDevice> {
+        host::sparse_file(&backing, size)?;
+        let path = host::loop_attach(&backing)?;
+        Ok(LoopDevice { path, backing, released: false })
+    }
+
+    /// Detaches the device and removes its file, saying what failed.
+    fn release(mut self) -> anyhow::Result<()> {
+        self.released = true;
+        host::loop_detach(&self.path)?;
+        std::fs::remove_file(&self.backing)?;
+        Ok(())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if !self.released {
+            // Best effort: a device still held goes at its last close.
+            let _ = host::loop_detach(&self.path);
+            let _ = std::fs::remove_file(&self.backing);
+        }
+    }
 }
 
 /// Creates a Block PVC populated from the `bench` source, waits until it is Bound, then

@@ -17,9 +17,8 @@ use kube::runtime::wait::await_condition;
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 
 use super::nginx::{FileServer, ScratchUpload};
-use super::{NAMESPACE, ensure_package, import_alone, median, sync, virtual_size, workdir};
+use super::{LoopDevice, NAMESPACE, ensure_package, import_alone, median, sync, virtual_size, workdir};
 use crate::cluster::CLASS_IMMEDIATE;
-use crate::host;
 use crate::procs::{self, Peaks, RoleSeconds};
 use crate::system::{System, SystemConfig};
 use crate::workload::{human, interruptible, secs};
@@ -121,7 +120,7 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         order.rotate_left(run % ways);
         let (mut by_ours, mut by_curl, mut h, mut c, mut l) = Default::default();
         for way in order {
-            sync();
+            sync().await;
             match way {
                 Way::Upload(with) => {
                     let name = format!("up-{run}-{}", with.name());
@@ -416,9 +415,7 @@ enum Scratch<'a> {
 /// CDI's upload of an image qemu-img must convert: the body to a scratch file, then
 /// `qemu-img convert` of it into the device (and `sync`, as the mover's fsync).
 async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyhow::Result<Duration> {
-    let backing = dir.join("cdi-way.img");
-    host::sparse_file(&backing, size)?;
-    let device = host::loop_attach(&backing)?;
+    let device = LoopDevice::new(dir.join("cdi-way.img"), size)?;
     let name = "scratch.upload";
     let (mut fill, scratch) = match how {
         Scratch::Uploaded(server) => {
@@ -435,17 +432,17 @@ async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyho
         }
     };
     let started = Instant::now();
-    let filled = fill.stdin(Stdio::null()).status().await?;
+    let filled = fill.stdin(Stdio::null()).kill_on_drop(true).status().await?;
     let converted = tokio::process::Command::new("qemu-img")
         .args(["convert", "-t", "none", "-n", "-W", "-O", "raw"])
         .arg(&scratch)
-        .arg(&device)
+        .arg(&device.path)
+        .kill_on_drop(true)
         .status()
         .await?;
-    sync();
+    sync().await;
     let took = started.elapsed();
-    host::loop_detach(&device)?;
-    std::fs::remove_file(&backing)?;
+    device.release()?;
     let _ = std::fs::remove_file(&scratch);
     if !filled.success() {
         bail!("CDI's way: filling the scratch file {} failed ({filled})", scratch.display());
