@@ -8,7 +8,7 @@
 //! compression), so either end may still be plain tonic.
 
 use prost::Message as _;
-use prost::bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use prost::bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use tonic::Status;
 
 use crate::v1::{UploadRequest, upload_request};
@@ -31,8 +31,7 @@ const ASSEMBLE_BELOW: usize = 64 * 1024;
 pub fn data_header(data_len: usize) -> Bytes {
     let body = 1 + prost::encoding::encoded_len_varint(data_len as u64) + data_len;
     let mut head = BytesMut::with_capacity(PREFIX + DATA_HEAD_MAX);
-    head.put_u8(0);
-    head.put_u32(body as u32);
+    put_prefix(&mut head, body);
     head.put_u8(DATA_TAG);
     prost::encoding::encode_varint(data_len as u64, &mut head);
     head.freeze()
@@ -42,11 +41,25 @@ pub fn data_header(data_len: usize) -> Bytes {
 pub fn frame(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
     let mut out = BytesMut::with_capacity(PREFIX + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
+    put_prefix(&mut out, len);
     // Cannot fail: the buffer has room for the whole message.
     let _ = message.encode(&mut out);
     out.freeze()
+}
+
+/// Writes a message's prefix: not compressed, `len` bytes.
+fn put_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
+
+/// Reads a message's prefix (at least [`PREFIX`] bytes): its length.
+fn take_prefix(bytes: &mut impl Buf) -> Result<usize, Status> {
+    if bytes.get_u8() != 0 {
+        // Nothing offers compression on this call, so nothing may use it.
+        return Err(Status::unimplemented("compressed messages are not accepted"));
+    }
+    Ok(bytes.get_u32() as usize)
 }
 
 /// Reads one message of type `M` from a response body's bytes (a unary answer).
@@ -57,11 +70,7 @@ pub fn read_one<M: prost::Message + Default>(mut body: Bytes) -> Result<M, Statu
     if body.len() < PREFIX {
         return Err(Status::internal("the answer has no message"));
     }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented("the answer is compressed; no compression was offered"));
-    }
+    let len = take_prefix(&mut body)?;
     if len != body.len() {
         return Err(Status::internal(format!("the answer's message says {len} bytes but {} came", body.len())));
     }
@@ -130,12 +139,7 @@ impl Decoder {
                     if !self.gather(&mut chunk, PREFIX) {
                         return Ok(());
                     }
-                    let mut prefix = self.head.split().freeze();
-                    let compressed = prefix.get_u8();
-                    let len = prefix.get_u32() as usize;
-                    if compressed != 0 {
-                        return Err(Status::unimplemented("compressed messages are not accepted"));
-                    }
+                    let len = take_prefix(&mut self.head.split())?;
                     if len > MAX_MESSAGE {
                         return Err(Status::out_of_range(format!(
                             "a message of {len} bytes; the limit is {MAX_MESSAGE} bytes"
