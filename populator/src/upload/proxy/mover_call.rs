@@ -46,7 +46,7 @@ async fn call(mut channel: Channel, body: Body) -> Result<UploadResponse, Status
 
 /// The mover's answer: a trailers-only error, or one message and `grpc-status: 0`.
 async fn answer(response: http::Response<Body>) -> Result<UploadResponse, Status> {
-    if let Some(status) = Status::from_header_map(response.headers())
+    if let Some(status) = status_of(response.headers())
         && status.code() != Code::Ok
     {
         return Err(status);
@@ -57,12 +57,23 @@ async fn answer(response: http::Response<Body>) -> Result<UploadResponse, Status
     let collected = response.into_body().collect().await?;
     let status = collected
         .trailers()
-        .and_then(Status::from_header_map)
+        .and_then(status_of)
         .unwrap_or_else(|| Status::internal("the mover's answer to Upload ended without a grpc-status"));
     if status.code() != Code::Ok {
         return Err(status);
     }
     upload_wire::read_one(collected.to_bytes())
+}
+
+/// The status `headers` carry, if any. Without its details: tonic's reader panics on details
+/// that are not base64, and the proxy has no use for them.
+fn status_of(headers: &http::HeaderMap) -> Option<Status> {
+    if !headers.contains_key(Status::GRPC_STATUS) {
+        return None;
+    }
+    let mut headers = headers.clone();
+    headers.remove(Status::GRPC_STATUS_DETAILS);
+    Status::from_header_map(&headers)
 }
 
 #[cfg(test)]
@@ -105,6 +116,9 @@ mod tests {
         let refused = response(&[("grpc-status", "10"), ("grpc-message", "another%20upload")], vec![]);
         let err = answer(refused).await.unwrap_err();
         assert_eq!((err.code(), err.message()), (Code::Aborted, "another upload"));
+
+        let garbled = response(&[("grpc-status", "8"), ("grpc-status-details-bin", "not base64!")], vec![]);
+        assert_eq!(answer(garbled).await.unwrap_err().code(), Code::ResourceExhausted);
 
         let mut gateway = response(&[], vec![]);
         *gateway.status_mut() = http::StatusCode::BAD_GATEWAY;
