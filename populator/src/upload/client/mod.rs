@@ -339,11 +339,12 @@ fn read_stream(
             }
         };
         loop {
-            let mut buf = vec![0; READ_CHUNK];
-            match f.read(&mut buf) {
+            // `read_to_end` reads a File into spare capacity without zeroing it first, which
+            // `vec![0; READ_CHUNK]` did for every megabyte sent.
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            match f.by_ref().take(READ_CHUNK as u64).read_to_end(&mut buf) {
                 Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
+                Ok(_) => {
                     if tx.blocking_send(Ok(buf)).is_err() {
                         return;
                     }
@@ -502,6 +503,21 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("cdi-upload").chain(args.iter().copied()))
+    }
+
+    #[tokio::test]
+    async fn the_file_is_sent_whole_in_chunks_of_at_most_a_read() {
+        use futures_util::StreamExt as _;
+        let path = std::env::temp_dir().join(format!("cdi-upload-read-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..READ_CHUNK * 5 / 2 + 7).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let progress = indicatif::ProgressBar::hidden();
+        let chunks: Vec<Vec<u8>> =
+            read_stream(path.clone(), progress.clone()).map(Result::unwrap).collect::<Vec<_>>().await;
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [READ_CHUNK, READ_CHUNK, READ_CHUNK / 2 + 7]);
+        assert_eq!(chunks.concat(), bytes);
+        assert_eq!(progress.position(), bytes.len() as u64);
     }
 
     #[test]
