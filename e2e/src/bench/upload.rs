@@ -3,8 +3,9 @@
 //! of the same file from nginx on loopback (same bytes, one hop fewer) and against CDI's way
 //! (curl's upload through a TLS proxy to a server writing a scratch file, then `qemu-img
 //! convert` into the device), in alternating runs. CDI's way without its upload (a local `cp`
-//! to the scratch file, then the convert) is timed too, as a lower bound of it. Reports the
-//! upload proxy's and the node mover's peak resident memory over the runs.
+//! to the scratch file, then the convert) is timed too, as a lower bound of it, and so is the
+//! convert of the local image straight into a device: writing it once, the floor of every
+//! way on this disk. Reports the upload proxy's and the node mover's peak resident memory.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -67,6 +68,9 @@ enum Way {
     Cdi,
     /// CDI's way with a local copy in place of its upload.
     CdiLocal,
+    /// `qemu-img convert` of the local image straight into a device: the image written once,
+    /// with no network, which is as fast as any way can put it on this disk.
+    Convert,
 }
 
 /// One client's uploads over the measured runs.
@@ -98,27 +102,34 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         human(image.metadata()?.len())
     );
     println!(
-        "{:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "{:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}",
         "run",
         "cdi-upload",
         "curl",
         "HTTP import",
         "CDI's way",
         "cp+convert",
+        "convert",
         "ours/http",
         "curl/http",
         "ours/cdi",
         "curl/cdi"
     );
     let (mut ours, mut curl) = (Uploads::default(), Uploads::default());
-    let (mut https, mut cdis, mut locals) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut https, mut cdis, mut locals, mut converts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peaks = Peaks::default();
     for run in 0..=runs {
-        let mut order =
-            [Way::Upload(UploadClient::CdiUpload), Way::Upload(UploadClient::Curl), Way::Http, Way::Cdi, Way::CdiLocal];
+        let mut order = [
+            Way::Upload(UploadClient::CdiUpload),
+            Way::Upload(UploadClient::Curl),
+            Way::Http,
+            Way::Cdi,
+            Way::CdiLocal,
+            Way::Convert,
+        ];
         let ways = order.len();
         order.rotate_left(run % ways);
-        let (mut by_ours, mut by_curl, mut h, mut c, mut l) = Default::default();
+        let (mut by_ours, mut by_curl, mut h, mut c, mut l, mut v) = Default::default();
         for way in order {
             sync().await;
             match way {
@@ -137,17 +148,19 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
                 Way::Http => h = import_alone(&system.config.mover_binary, dir, &url, size).await?,
                 Way::Cdi => c = cdi_way(dir, Scratch::Uploaded(&scratch), image, size).await?,
                 Way::CdiLocal => l = cdi_way(dir, Scratch::Copied, image, size).await?,
+                Way::Convert => v = convert_alone(dir, image, size).await?,
             }
         }
         let label = if run == 0 { "warm".to_string() } else { run.to_string() };
         let ratio = |up: Duration, base: Duration| up.as_secs_f64() / base.as_secs_f64();
         println!(
-            "{label:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>9.3}  {:>9.3}  {:>9.3}  {:>9.3}",
+            "{label:>4}  {:>10}  {:>10}  {:>11}  {:>10}  {:>10}  {:>8}  {:>9.3}  {:>9.3}  {:>9.3}  {:>9.3}",
             secs(by_ours),
             secs(by_curl),
             secs(h),
             secs(c),
             secs(l),
+            secs(v),
             ratio(by_ours, h),
             ratio(by_curl, h),
             ratio(by_ours, c),
@@ -159,16 +172,28 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
             https.push(h);
             cdis.push(c);
             locals.push(l);
+            converts.push(v);
         }
     }
-    let (h, c, l) = (median(https), median(cdis), median(locals));
+    let (h, c, l, v) = (median(https), median(cdis), median(locals), median(converts));
     println!(
-        "median of {runs}: upload with cdi-upload {}, with curl {}, HTTP import {}, CDI's way {}, cp+convert {}",
+        "median of {runs}: upload with cdi-upload {}, with curl {}, HTTP import {}, CDI's way {}, cp+convert {}, convert {}",
         secs(median(ours.times.clone())),
         secs(median(curl.times.clone())),
         secs(h),
         secs(c),
-        secs(l)
+        secs(l),
+        secs(v)
+    );
+    // Every way writes the image's data at least once, so none can take less than writing it
+    // once from a local file: that bounds how far below CDI's way an upload can get here.
+    println!(
+        "convert (the image written once, locally) {}: the HTTP import takes {:.2}x that, CDI's way {:.2}x; \
+         no upload can get below {:.3}x of CDI's way on this machine",
+        secs(v),
+        h.as_secs_f64() / v.as_secs_f64(),
+        c.as_secs_f64() / v.as_secs_f64(),
+        v.as_secs_f64() / c.as_secs_f64()
     );
     let met = |ok: bool| if ok { "met" } else { "MISSED" };
     for (with, uploads) in [(UploadClient::CdiUpload, &ours), (UploadClient::Curl, &curl)] {
@@ -433,13 +458,7 @@ async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyho
     };
     let started = Instant::now();
     let filled = fill.stdin(Stdio::null()).kill_on_drop(true).status().await?;
-    let converted = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-t", "none", "-n", "-W", "-O", "raw"])
-        .arg(&scratch)
-        .arg(&device.path)
-        .kill_on_drop(true)
-        .status()
-        .await?;
+    let converted = convert(&scratch, &device.path).await?;
     sync().await;
     let took = started.elapsed();
     device.release()?;
@@ -449,6 +468,33 @@ async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyho
     }
     if !converted.success() {
         bail!("CDI's way: qemu-img convert of {} failed ({converted})", scratch.display());
+    }
+    Ok(took)
+}
+
+/// `qemu-img convert` of `image` into `device`, bypassing the page cache and writing out of
+/// order, as CDI converts.
+async fn convert(image: &Path, device: &Path) -> std::io::Result<std::process::ExitStatus> {
+    tokio::process::Command::new("qemu-img")
+        .args(["convert", "-t", "none", "-n", "-W", "-O", "raw"])
+        .arg(image)
+        .arg(device)
+        .kill_on_drop(true)
+        .status()
+        .await
+}
+
+/// The local image converted straight into a fresh device (and `sync`): the time to write it
+/// once, with nothing in the way.
+async fn convert_alone(dir: &Path, image: &Path, size: u64) -> anyhow::Result<Duration> {
+    let device = LoopDevice::new(dir.join("convert.img"), size)?;
+    let started = Instant::now();
+    let converted = convert(image, &device.path).await?;
+    sync().await;
+    let took = started.elapsed();
+    device.release()?;
+    if !converted.success() {
+        bail!("qemu-img convert of {} failed ({converted})", image.display());
     }
     Ok(took)
 }
