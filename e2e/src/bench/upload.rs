@@ -4,8 +4,8 @@
 //! (curl's upload through a TLS proxy to a server writing a scratch file, then `qemu-img
 //! convert` into the device), in alternating runs. CDI's way without its upload (a local `cp`
 //! to the scratch file, then the convert) is timed too, as a lower bound of it, and so is the
-//! convert of the local image straight into a device: writing it once, the floor of every
-//! way on this disk. Reports the upload proxy's and the node mover's peak resident memory.
+//! convert of the local image straight into a device: writing it once, about the floor of
+//! every way on this disk. Reports the upload proxy's and the node mover's peak resident memory.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -69,7 +69,7 @@ enum Way {
     /// CDI's way with a local copy in place of its upload.
     CdiLocal,
     /// `qemu-img convert` of the local image straight into a device: the image written once,
-    /// with no network, which is as fast as any way can put it on this disk.
+    /// with no network, about as fast as any way can put it on this disk.
     Convert,
 }
 
@@ -185,11 +185,11 @@ async fn runs(system: &System, dir: &Path, args: &UploadArgs, size: u64) -> anyh
         secs(l),
         secs(v)
     );
-    // Every way writes the image's data at least once, so none can take less than writing it
-    // once from a local file: that bounds how far below CDI's way an upload can get here.
+    // Every way writes the image's data at least once, so writing it once from a local file
+    // is about as fast as any can be here: how far below CDI's way an upload could get.
     println!(
         "convert (the image written once, locally) {}: the HTTP import takes {:.2}x that, CDI's way {:.2}x; \
-         no upload can get below {:.3}x of CDI's way on this machine",
+         an upload as fast as it would score {:.3}x of CDI's way",
         secs(v),
         h.as_secs_f64() / v.as_secs_f64(),
         c.as_secs_f64() / v.as_secs_f64(),
