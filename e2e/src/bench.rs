@@ -292,14 +292,25 @@ async fn datavolume_block(client: &kube::Client, name: &str, url: &str, request:
     dvs.create(&PostParams::default(), &dv).await.with_context(|| format!("creating DataVolume {name}"))?;
     workload::until_succeeded(client, NAMESPACE, &[name], |_| {}).await?;
     let took = started.elapsed();
+    delete_datavolume(client, name).await?;
+    Ok(took)
+}
+
+/// Deletes a Succeeded DataVolume and waits for its PV (and loop device) to go with its PVC:
+/// a volume still being torn down would write to the disk under the next measurement.
+async fn delete_datavolume(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), NAMESPACE);
     let claim = dvs.get(name).await?.status.and_then(|s| s.claim_name).unwrap_or_else(|| name.to_string());
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
     let pv_name = pvcs.get(&claim).await?.spec.and_then(|s| s.volume_name).context("Succeeded without a volume")?;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let pv_uid = pvs.get(&pv_name).await?.metadata.uid.unwrap_or_default();
     dvs.delete(name, &DeleteParams::default()).await?;
-    await_condition(pvs, &pv_name, conditions::is_deleted(&pv_uid)).await?;
-    Ok(took)
+    let gone = await_condition(pvs, &pv_name, conditions::is_deleted(&pv_uid));
+    tokio::time::timeout(Duration::from_secs(120), gone)
+        .await
+        .with_context(|| format!("the volume {pv_name} of DataVolume {name} was not deleted within 2 minutes"))??;
+    Ok(())
 }
 
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {

@@ -12,13 +12,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::runtime::wait::await_condition;
 
 use cdi_populator::api::{CDIConfig, DataVolume, DataVolumePhase};
 
 use super::nginx::{FileServer, ScratchUpload};
-use super::{LoopDevice, NAMESPACE, ensure_package, import_alone, median, sync, virtual_size, workdir};
+use super::{
+    LoopDevice, NAMESPACE, delete_datavolume, ensure_package, import_alone, median, sync, virtual_size, workdir,
+};
 use crate::cluster::CLASS_IMMEDIATE;
 use crate::procs::{self, Peaks, RoleSeconds};
 use crate::system::{System, SystemConfig};
@@ -407,9 +409,7 @@ async fn upload_once(
     let (answered, took) = (answered.unwrap_or_default(), took.unwrap_or_default());
     let cost = clocks.until(&done_clocks.unwrap_or_else(CpuClocks::now));
     peaks.sample(None);
-    dvs.delete(name, &DeleteParams::default()).await?;
-    let gone = await_condition(dvs, name, |d: Option<&DataVolume>| d.is_none());
-    tokio::time::timeout(Duration::from_secs(120), gone).await.ok();
+    delete_datavolume(client, name).await?;
     let settle = match with {
         UploadClient::Curl => took.saturating_sub(answered),
         UploadClient::CdiUpload => answered.saturating_sub(took),
