@@ -8,6 +8,8 @@
 //! * [`storage`]: the [`Storage`] trait the copy engine writes through; [`Disk`] is the real
 //!   one, an in-memory one that fails on request serves the engine's unit tests.
 //! * [`sizing`]: CDI's volume size arithmetic.
+//! * `write_behind` (files) and `flush_behind` (block devices written from a stream): how
+//!   the data reaches stable storage while the import runs, not all at its end.
 //!
 //! # Guarantees
 //! * Nothing looks complete before it is: files are written as `NAME.partial`, fsync'd, and
@@ -19,6 +21,7 @@
 //!   space; an image larger than the space available is refused before anything is written.
 
 // The fuzzing harnesses write to it too; outside tests most of its fault injection is unused.
+mod flush_behind;
 #[cfg(any(test, feature = "fuzzing"))]
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod mem;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::TargetError;
+use super::flush_behind::FlushBehind;
 use super::write_behind::WriteBehind;
 use crate::direct_io::{self, AlignedBuf, IoMode};
 
@@ -43,6 +44,8 @@ pub struct Disk {
     spool_end: AtomicU64,
     /// Files written through the page cache: their write-back, started early and bounded.
     write_behind: Option<WriteBehind>,
+    /// Block devices written from a stream: their write cache flushed a stretch at a time.
+    flush_behind: Option<FlushBehind>,
     /// Until a successful [`Disk::finish`]: dropping the disk cleans up (see `Drop`).
     armed: bool,
 }
@@ -95,7 +98,24 @@ impl Disk {
             spool,
             spool_end: AtomicU64::new(0),
             write_behind: (!is_block && mode == IoMode::Buffered).then(WriteBehind::default),
+            flush_behind: None,
             armed: true,
+        }
+    }
+
+    /// From now on, flushes a block device's write cache a stretch at a time on a helper
+    /// thread (see `flush_behind`), so little is left for [`Disk::finish`] to wait for. For
+    /// streamed sources (an upload, a download, a decompression), whose bytes come slower
+    /// than the device takes them: there the device drains while the stream goes on. A
+    /// random-access copy keeps the device busy without it, and each flush would hold its
+    /// writes up. No-op on files, and when the helper cannot start (only the end is slower).
+    pub fn flush_behind(&mut self) {
+        if !self.is_block || self.flush_behind.is_some() {
+            return;
+        }
+        match FlushBehind::start(&self.file) {
+            Ok(fb) => self.flush_behind = Some(fb),
+            Err(e) => tracing::debug!(error = %e, "no flush-behind"),
         }
     }
 
@@ -120,7 +140,15 @@ impl Disk {
             }
             _ => direct_io::write_all_at(&self.file, data, offset),
         };
-        result.map_err(|source| TargetError::Io { op: "spool to", path: self.path.clone(), offset, source })
+        result.map_err(|source| TargetError::Io { op: "spool to", path: self.path.clone(), offset, source })?;
+        self.count_for_flush(data.len());
+        Ok(())
+    }
+
+    fn count_for_flush(&self, len: usize) {
+        if let Some(fb) = &self.flush_behind {
+            fb.wrote(len as u64);
+        }
     }
 
     /// Reads back `len` parked bytes from `offset`.
@@ -216,6 +244,7 @@ impl Disk {
                 source,
             })?;
         }
+        self.count_for_flush(data.len());
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -334,6 +363,9 @@ impl Disk {
         let bytes_written = self.bytes_written.load(Ordering::Relaxed);
         let Some(final_path) = self.final_path.clone() else {
             self.clear_spool()?;
+            if let Some(fb) = &mut self.flush_behind {
+                fb.finish().map_err(|e| fin("flush", &self.path, e))?;
+            }
             self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
             return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_size), bytes_written });
         };
