@@ -69,7 +69,9 @@ impl FlushBehind {
     /// flush that failed, if any.
     pub(super) fn finish(&mut self) -> io::Result<()> {
         self.stop();
-        self.shared.lock().failed.take().map_or(Ok(()), Err)
+        let mut state = self.shared.lock();
+        tracing::debug!(flushes = state.flushes, written = self.written.load(Ordering::Relaxed), "flushed behind");
+        state.failed.take().map_or(Ok(()), Err)
     }
 
     fn stop(&mut self) {
