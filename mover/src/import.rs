@@ -410,8 +410,7 @@ fn run_stream(
         if let Some(len) = uncompressed_len {
             plan.check_fits(raw::smallest_disk(len))?;
         }
-        let mut disk = plan.open(uncompressed_len, true)?;
-        disk.flush_behind();
+        let disk = plan.open_stream(uncompressed_len)?;
         let need_zero = !disk.unwritten_reads_zero();
         let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| {
             raw::convert_stream(&mut stream, sink, need_zero)
@@ -440,8 +439,7 @@ fn run_stream(
     let image = plan_stream(format, &mut input, &head)?;
     let virtual_size = image.virtual_size().ok_or(FormatError::Internal("stream plan without a size"))?;
     plan.check_fits(virtual_size)?;
-    let mut disk = plan.open(Some(virtual_size), image.direct_ok())?;
-    disk.flush_behind();
+    let disk = plan.open_stream(Some(virtual_size))?;
     let need_zero = !disk.unwritten_reads_zero();
     let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| match &image {
         Plan::Qcow2(h) => {

@@ -1,12 +1,15 @@
-//! Flush-behind for block devices: every [`STRETCH`] bytes written, a helper thread flushes
-//! the device, so its volatile write cache drains while the import goes on.
+//! Flush-behind for block devices written from a stream: every [`STRETCH`] bytes written, a
+//! helper thread flushes the device, so its volatile write cache drains while the import
+//! goes on.
 //!
-//! Why: a direct write completes once the device has the bytes in its write cache (a
-//! virtual disk's host page cache, an SSD's DRAM), not once they are stored. Left alone, that
-//! cache holds up to the whole image when the last write returns, and the final fsync then
-//! waits for all of it: seconds of nothing but I/O wait at the end of every import. Flushed
-//! a stretch at a time, the device drains it while the transfer still runs (a network
-//! upload, a decoder), and the final fsync waits for the last stretch only.
+//! Why: a write completes once the device has the bytes in its write cache (a virtual disk's
+//! host page cache, an SSD's DRAM), not once they are stored. Left alone, that cache holds up
+//! to the whole image when the last write returns, and the final fsync then waits for all of
+//! it: seconds of nothing but I/O wait at the end of every import. Flushed a stretch at a
+//! time, the device drains it while the transfer still runs (a network upload, a decoder),
+//! and the final fsync waits for the last stretch only. A stretch is two write-behind
+//! windows: a device that takes no writes while it flushes (a loop device) is done with a
+//! stretch's flush before the writers, a window ahead in the page cache, need it.
 //!
 //! The writers never wait for a flush: a request made while one runs is folded into the
 //! next. A flush that fails is kept and reported by [`FlushBehind::finish`]: the failure is
@@ -19,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Bytes written between two flushes.
-pub(super) const STRETCH: u64 = 256 << 20;
+pub(super) const STRETCH: u64 = 2 * super::write_behind::WINDOW;
 
 /// The flush-behind of one open device.
 #[derive(Debug)]

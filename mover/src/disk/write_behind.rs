@@ -1,6 +1,6 @@
-//! Write-behind for file targets: writes go through the page cache, their write-back starts
-//! at once, and what lies more than [`WINDOW`] behind the newest write is waited for and
-//! dropped from the cache.
+//! Write-behind for file targets, and for block devices written from a stream: writes go
+//! through the page cache, their write-back starts at once, and what lies more than
+//! [`WINDOW`] behind the newest write is waited for and dropped from the cache.
 //!
 //! Why not `O_DIRECT` for files: a direct write is one request in flight at a time, so on
 //! storage with any latency (network volumes, a virtual disk) it runs far below the
@@ -38,8 +38,9 @@ struct Marks {
 
 impl WriteBehind {
     /// Called after `[offset, offset + len)` was written: starts its write-back and settles
-    /// what the window left behind. Writes arrive in image order (the copy engine's turns),
-    /// so marks are enough; a write below them is flushed by the final fsync.
+    /// what the window left behind. A file's writes arrive in image order (the copy engine's
+    /// turns), a stream's nearly so, so marks are enough; a write below them is flushed by
+    /// the next flush (block devices) or the final fsync.
     pub(super) fn wrote(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
         direct_io::start_writeback(file, offset, len)?;
         let behind = (offset + len).saturating_sub(WINDOW);

@@ -42,7 +42,8 @@ pub struct Disk {
     spool: Option<(u64, u64)>,
     /// End of the spool bytes written, to clean them up.
     spool_end: AtomicU64,
-    /// Files written through the page cache: their write-back, started early and bounded.
+    /// Writes through the page cache (files; block devices written from a stream): their
+    /// write-back, started early and bounded.
     write_behind: Option<WriteBehind>,
     /// Block devices written from a stream: their write cache flushed a stretch at a time.
     flush_behind: Option<FlushBehind>,
@@ -103,16 +104,16 @@ impl Disk {
         }
     }
 
-    /// From now on, flushes a block device's write cache a stretch at a time on a helper
-    /// thread (see `flush_behind`), so little is left for [`Disk::finish`] to wait for. For
-    /// streamed sources (an upload, a download, a decompression), whose bytes come slower
-    /// than the device takes them: there the device drains while the stream goes on. A
-    /// random-access copy keeps the device busy without it, and each flush would hold its
-    /// writes up. No-op on files, and when the helper cannot start (only the end is slower).
-    pub fn flush_behind(&mut self) {
-        if !self.is_block || self.flush_behind.is_some() {
+    /// For a block device opened through the page cache to take a stream: its writes are
+    /// written back behind (as a file's) and its write cache flushed a stretch at a time on
+    /// a helper thread (see `flush_behind`), so little is left for [`Disk::finish`] to wait
+    /// for and a flush holds no writer up. Without the helper (it could not start) only the
+    /// end is slower.
+    pub(super) fn stream_behind(&mut self) {
+        if !self.is_block || self.mode != IoMode::Buffered || self.flush_behind.is_some() {
             return;
         }
+        self.write_behind = Some(WriteBehind::default());
         match FlushBehind::start(&self.file) {
             Ok(fb) => self.flush_behind = Some(fb),
             Err(e) => tracing::debug!(error = %e, "no flush-behind"),
@@ -367,6 +368,9 @@ impl Disk {
                 fb.finish().map_err(|e| fin("flush", &self.path, e))?;
             }
             self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
+            if self.write_behind.is_some() {
+                self.drop_cached(self.size.unwrap_or(image_size));
+            }
             return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_size), bytes_written });
         };
         let size = self.fixed_len.unwrap_or(image_size);
@@ -376,10 +380,7 @@ impl Disk {
         }
         self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
         if self.write_behind.is_some() {
-            // All clean now: nothing of the image stays charged to the pod. Only a hint.
-            if let Err(e) = direct_io::drop_cached(&self.file, 0, size) {
-                tracing::debug!(error = %e, "could not drop the image from the page cache");
-            }
+            self.drop_cached(size);
         }
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(DISK_IMAGE_MODE))
             .map_err(|e| fin("set the mode of", &self.path, e))?;
@@ -390,6 +391,14 @@ impl Disk {
             File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fin("flush the directory of", &self.path, e))?;
         }
         Ok(Finished { path: final_path, size, bytes_written })
+    }
+
+    /// Drops the first `len` bytes, all clean after the final flush, from the page cache:
+    /// nothing of the image stays charged to the pod. Only a hint.
+    fn drop_cached(&self, len: u64) {
+        if let Err(e) = direct_io::drop_cached(&self.file, 0, len) {
+            tracing::debug!(error = %e, "could not drop the image from the page cache");
+        }
     }
 
     /// Zeroes what a spool left in a block device's tail.
