@@ -410,7 +410,7 @@ fn run_stream(
         if let Some(len) = uncompressed_len {
             plan.check_fits(raw::smallest_disk(len))?;
         }
-        let disk = plan.open_stream(uncompressed_len)?;
+        let disk = plan.open_stream(uncompressed_len, true)?;
         let need_zero = !disk.unwritten_reads_zero();
         let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| {
             raw::convert_stream(&mut stream, sink, need_zero)
@@ -439,7 +439,7 @@ fn run_stream(
     let image = plan_stream(format, &mut input, &head)?;
     let virtual_size = image.virtual_size().ok_or(FormatError::Internal("stream plan without a size"))?;
     plan.check_fits(virtual_size)?;
-    let disk = plan.open_stream(Some(virtual_size))?;
+    let disk = plan.open_stream(Some(virtual_size), image.direct_ok())?;
     let need_zero = !disk.unwritten_reads_zero();
     let copied = copy::run(req.copy, &disk, None, &progress.counters, cancel, |sink| match &image {
         Plan::Qcow2(h) => {

@@ -168,15 +168,12 @@ impl TargetPlan {
     }
 
     /// Opens the target for an image that arrives as a stream (an upload, a download without
-    /// ranges, a decompression), as [`TargetPlan::open`] does, except that a block device is
-    /// written through the page cache, behind, and flushed a stretch at a time (see
-    /// `Disk::stream_behind`). Why not `O_DIRECT` there: a stream's bytes come at the pace of
-    /// the network or the decoder, and a device that flushes its cache (a loop device always
-    /// does) holds every write back meanwhile, so the stream would stall for each flush, or
-    /// for all of them at the end. Through the page cache, up to a write-behind window goes on
-    /// while a flush runs.
-    pub fn open_stream(self, virtual_size: Option<u64>) -> Result<Disk, TargetError> {
-        let mut disk = self.open(virtual_size, false)?;
+    /// ranges, a decompression), as [`TargetPlan::open`] does, and has a block device flushed
+    /// a stretch at a time while it is written (see `Disk::stream_behind`). Not for
+    /// random-access copies: they keep the device busy on their own, and each flush would
+    /// hold some of their writes up.
+    pub fn open_stream(self, virtual_size: Option<u64>, direct: bool) -> Result<Disk, TargetError> {
+        let mut disk = self.open(virtual_size, direct)?;
         disk.stream_behind();
         Ok(disk)
     }

@@ -1,6 +1,6 @@
-//! Write-behind for file targets, and for block devices written from a stream: writes go
-//! through the page cache, their write-back starts at once, and what lies more than
-//! [`WINDOW`] behind the newest write is waited for and dropped from the cache.
+//! Write-behind for file targets, and for block devices written from a stream that take no
+//! `O_DIRECT`: writes go through the page cache, their write-back starts at once, and what
+//! lies more than [`WINDOW`] behind the newest write is waited for and dropped from the cache.
 //!
 //! Why not `O_DIRECT` for files: a direct write is one request in flight at a time, so on
 //! storage with any latency (network volumes, a virtual disk) it runs far below the

@@ -47,6 +47,9 @@ pub struct Disk {
     write_behind: Option<WriteBehind>,
     /// Block devices written from a stream: their write cache flushed a stretch at a time.
     flush_behind: Option<FlushBehind>,
+    /// A block device written with `O_DIRECT` from a stream: a second handle, through the
+    /// page cache, for the writes parked while a flush runs (see `flush_behind`).
+    cache: Option<File>,
     /// Until a successful [`Disk::finish`]: dropping the disk cleans up (see `Drop`).
     armed: bool,
 }
@@ -100,20 +103,27 @@ impl Disk {
             spool_end: AtomicU64::new(0),
             write_behind: (!is_block && mode == IoMode::Buffered).then(WriteBehind::default),
             flush_behind: None,
+            cache: None,
             armed: true,
         }
     }
 
-    /// For a block device opened through the page cache to take a stream: its writes are
-    /// written back behind (as a file's) and its write cache flushed a stretch at a time on
+    /// For a block device taking a stream: its write cache is flushed a stretch at a time on
     /// a helper thread (see `flush_behind`), so little is left for [`Disk::finish`] to wait
-    /// for and a flush holds no writer up. Without the helper (it could not start) only the
-    /// end is slower.
+    /// for, and a flush holds no writer up: with `O_DIRECT`, writes made while it runs are
+    /// parked in the page cache; through the page cache, they are written back behind, as a
+    /// file's. Without the helper (it could not start) only the end is slower.
     pub(super) fn stream_behind(&mut self) {
-        if !self.is_block || self.mode != IoMode::Buffered || self.flush_behind.is_some() {
+        if !self.is_block || self.flush_behind.is_some() {
             return;
         }
-        self.write_behind = Some(WriteBehind::default());
+        match self.mode {
+            IoMode::Buffered => self.write_behind = Some(WriteBehind::default()),
+            IoMode::Direct { .. } => match std::fs::OpenOptions::new().write(true).open(&self.path) {
+                Ok(cache) => self.cache = Some(cache),
+                Err(e) => tracing::debug!(error = %e, "no parking: writes wait out each flush"),
+            },
+        }
         match FlushBehind::start(&self.file) {
             Ok(fb) => self.flush_behind = Some(fb),
             Err(e) => tracing::debug!(error = %e, "no flush-behind"),
@@ -230,11 +240,16 @@ impl Disk {
         }
         self.check_limit(offset, data.len() as u64)?;
         self.touched.store(true, Ordering::Relaxed);
-        let result = match self.mode {
-            IoMode::Direct { align } if !direct_io::is_aligned(data, offset, align) => {
-                self.write_bounced(data, offset, align)
+        let result = if let Some(cache) = self.parking(offset, data.len() as u64) {
+            direct_io::write_all_at(cache, data, offset)
+                .and_then(|()| direct_io::start_writeback(cache, offset, data.len() as u64))
+        } else {
+            match self.mode {
+                IoMode::Direct { align } if !direct_io::is_aligned(data, offset, align) => {
+                    self.write_bounced(data, offset, align)
+                }
+                _ => direct_io::write_all_at(&self.file, data, offset),
             }
-            _ => direct_io::write_all_at(&self.file, data, offset),
         };
         result.map_err(|source| TargetError::Io { op: "write", path: self.path.clone(), offset, source })?;
         if let Some(wb) = &self.write_behind {
@@ -248,6 +263,12 @@ impl Disk {
         self.count_for_flush(data.len());
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The page-cache handle, when a write of `[offset, offset + len)` is to be parked there.
+    fn parking(&self, offset: u64, len: u64) -> Option<&File> {
+        let (cache, fb) = (self.cache.as_ref()?, self.flush_behind.as_ref()?);
+        fb.park(offset, len).then_some(cache)
     }
 
     fn write_bounced(&self, data: &[u8], offset: u64, align: usize) -> io::Result<()> {
@@ -368,7 +389,7 @@ impl Disk {
                 fb.finish().map_err(|e| fin("flush", &self.path, e))?;
             }
             self.file.sync_all().map_err(|e| fin("flush", &self.path, e))?;
-            if self.write_behind.is_some() {
+            if self.write_behind.is_some() || self.flush_behind.as_ref().is_some_and(FlushBehind::parked_any) {
                 self.drop_cached(self.size.unwrap_or(image_size));
             }
             return Ok(Finished { path: self.path.clone(), size: self.size.unwrap_or(image_size), bytes_written });
