@@ -168,9 +168,7 @@ impl Shared {
             }
         }
     }
-}
 
-impl Shared {
     /// One flush, with writes parked meanwhile; then the parked writes it made stable (those
     /// made before it started: one made during it may have missed its write-back) leave the
     /// cache.

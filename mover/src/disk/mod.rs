@@ -8,9 +8,9 @@
 //! * [`storage`]: the [`Storage`] trait the copy engine writes through; [`Disk`] is the real
 //!   one, an in-memory one that fails on request serves the engine's unit tests.
 //! * [`sizing`]: CDI's volume size arithmetic.
-//! * `write_behind` (files; block devices written from a stream without `O_DIRECT`) and `flush_behind`
-//!   (block devices written from a stream): how the data reaches stable storage while the
-//!   import runs, not all at its end.
+//! * `write_behind` (files; block devices written from a stream without `O_DIRECT`) and
+//!   `flush_behind` (block devices written from a stream): how the data reaches stable
+//!   storage while the import runs, not all at its end.
 //!
 //! # Guarantees
 //! * Nothing looks complete before it is: files are written as `NAME.partial`, fsync'd, and

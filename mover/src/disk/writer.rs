@@ -42,8 +42,8 @@ pub struct Disk {
     spool: Option<(u64, u64)>,
     /// End of the spool bytes written, to clean them up.
     spool_end: AtomicU64,
-    /// Writes through the page cache (files; block devices written from a stream): their
-    /// write-back, started early and bounded.
+    /// Writes through the page cache (files; block devices written from a stream without
+    /// `O_DIRECT`): their write-back, started early and bounded.
     write_behind: Option<WriteBehind>,
     /// Block devices written from a stream: their write cache flushed a stretch at a time.
     flush_behind: Option<FlushBehind>,
