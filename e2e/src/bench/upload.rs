@@ -473,14 +473,8 @@ async fn cdi_way(dir: &Path, how: Scratch<'_>, image: &Path, size: u64) -> anyho
         tokio::task::spawn_blocking(move || std::fs::File::open(&synced)?.sync_all())
             .await?
             .with_context(|| format!("CDI's way: fsync of the scratch file {}", scratch.display()))?;
-        let info = qemu_img(&["info", "--output=json"], &scratch, None).await?;
-        if !info.success() {
-            bail!("CDI's way: qemu-img info of {} failed ({info})", scratch.display());
-        }
-        let converted = qemu_img(&CDI_CONVERT, &scratch, Some(&device.path)).await?;
-        if !converted.success() {
-            bail!("CDI's way: qemu-img convert of {} failed ({converted})", scratch.display());
-        }
+        qemu_img(&["info", "--output=json"], &scratch, None).await.context("CDI's way")?;
+        qemu_img(&CDI_CONVERT, &scratch, Some(&device.path)).await.context("CDI's way")?;
         sync().await;
         Ok(started.elapsed())
     }
@@ -497,16 +491,20 @@ const CDI_CONVERT: [&str; 6] = ["convert", "-t", "none", "-p", "-O", "raw"];
 /// written out of order (`-W`, which CDI does not ask for), the device taken as it is.
 const FASTEST_CONVERT: [&str; 7] = ["convert", "-t", "none", "-n", "-W", "-O", "raw"];
 
-/// `qemu-img <args> <image> [<device>]`, its output dropped.
-async fn qemu_img(args: &[&str], image: &Path, device: Option<&Path>) -> std::io::Result<std::process::ExitStatus> {
-    tokio::process::Command::new("qemu-img")
+/// `qemu-img <args> <image> [<device>]`, its output dropped; an error unless it succeeded.
+async fn qemu_img(args: &[&str], image: &Path, device: Option<&Path>) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("qemu-img")
         .args(args)
         .arg(image)
         .args(device)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .status()
-        .await
+        .await?;
+    if !status.success() {
+        bail!("qemu-img {} of {} failed ({status})", args.first().unwrap_or(&""), image.display());
+    }
+    Ok(())
 }
 
 /// The local image converted straight into a fresh device as fast as qemu-img can (and `sync`):
@@ -514,12 +512,10 @@ async fn qemu_img(args: &[&str], image: &Path, device: Option<&Path>) -> std::io
 async fn convert_alone(dir: &Path, image: &Path, size: u64) -> anyhow::Result<Duration> {
     let device = LoopDevice::new(dir.join("convert.img"), size)?;
     let started = Instant::now();
-    let converted = qemu_img(&FASTEST_CONVERT, image, Some(&device.path)).await?;
+    // A failed convert leaves the device to `LoopDevice`'s drop.
+    qemu_img(&FASTEST_CONVERT, image, Some(&device.path)).await?;
     sync().await;
     let took = started.elapsed();
     device.release()?;
-    if !converted.success() {
-        bail!("qemu-img convert of {} failed ({converted})", image.display());
-    }
     Ok(took)
 }
